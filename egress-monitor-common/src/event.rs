@@ -1,0 +1,49 @@
+//! The record the kernel writes to the `EVENTS` ring buffer for each denied packet.
+
+/// `Event::flags` bits.
+pub mod flags {
+    /// `src_port` and `dst_port` hold the transport ports (TCP/UDP/SCTP/UDP-Lite, first
+    /// fragment only).
+    pub const HAS_PORTS: u8 = 1 << 0;
+    /// The packet is an IP fragment.
+    pub const FRAGMENT: u8 = 1 << 1;
+    /// The IP header could not be read in full; only the fields read so far are set.
+    pub const MALFORMED: u8 = 1 << 2;
+}
+
+/// Ordered largest-first so that no implicit padding exists; the tail is padded explicitly to a
+/// multiple of 8 so consecutive records in the ring buffer stay aligned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns()` when the packet was seen.
+    pub ts_boot_ns: u64,
+    /// cgroup v2 id of the sending socket (cgroup hook only; 0 on TC).
+    pub cgroup_id: u64,
+    /// Length of the IP packet in bytes.
+    pub len: u32,
+    /// Socket owner's uid (cgroup hook only).
+    pub uid: u32,
+    /// Interface the packet leaves by (TC hook only).
+    pub ifindex: u32,
+    /// Matched rule, or [`crate::verdict::RULE_ID_DEFAULT`].
+    pub rule_id: u32,
+    /// Source and destination addresses: IPv4 in the first 4 bytes, network order.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Host byte order; meaningful only with [`flags::HAS_PORTS`].
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// IP protocol number of the transport header (after IPv6 extension headers).
+    pub proto: u8,
+    /// [`crate::verdict::hook`].
+    pub hook: u8,
+    /// [`crate::verdict::outcome`], as a byte.
+    pub outcome: u8,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+pub const EVENT_SIZE: usize = 80;
+const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);

@@ -1,0 +1,16 @@
+//! The ABI between the egress-monitor kernel programs and the daemon.
+//!
+//! Everything here is `#[repr(C)]`, free of `bool`/`Option`/enums, padded explicitly, and its
+//! size is asserted at compile time, so both sides agree on every byte.
+//!
+//! # Layout
+//! - [`verdict`]: action, outcome, hook and mode codes, defined once.
+//! - [`policy`]: the LPM trie value (verdict + rule id) and the config array slots.
+//! - [`maps`]: map names and counter-array indexing.
+//! - [`event`]: the record written to the ring buffer for every denied packet.
+#![no_std]
+
+pub mod event;
+pub mod maps;
+pub mod policy;
+pub mod verdict;

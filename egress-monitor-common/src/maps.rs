@@ -1,0 +1,55 @@
+//! Map names (what the loader looks up) and how the counter arrays are indexed.
+
+use crate::verdict::{hook, outcome};
+
+pub const POLICY_V4: &str = "POLICY_V4";
+pub const POLICY_V6: &str = "POLICY_V6";
+pub const CONFIG: &str = "CONFIG";
+pub const COUNTERS: &str = "COUNTERS";
+pub const RULE_HITS: &str = "RULE_HITS";
+pub const STATS: &str = "STATS";
+pub const EVENTS: &str = "EVENTS";
+
+/// Entries of the per-CPU `COUNTERS` array: one per (hook, outcome).
+pub const COUNTER_SLOTS: u32 = hook::COUNT * outcome::COUNT;
+
+/// Index into `COUNTERS` for a hook and an outcome.
+#[inline(always)]
+pub const fn counter_index(hook: u8, outcome: u32) -> u32 {
+    hook as u32 * outcome::COUNT + outcome
+}
+
+/// Packets and bytes (bytes of the IP packet, from the IP header on, whatever the hook).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+/// Slots of the per-CPU `STATS` array (`u64` values): things that are not per-verdict.
+pub mod stat {
+    /// Events that did not fit in the ring buffer (the packet's verdict was still applied and
+    /// counted).
+    pub const EVENTS_LOST: u32 = 0;
+    /// IP packets too short or malformed to read a destination from. They are treated as
+    /// denied (dropped in enforce mode): a firewall must not pass what it cannot read.
+    pub const MALFORMED: u32 = 1;
+    /// Non-IP frames seen on the TC hook (ARP, LLDP, ...). They pass: they never leave the link.
+    pub const NON_IP: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Default ring buffer size; a power-of-two multiple of the page size as the kernel requires.
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+
+/// Default capacity of each policy trie and of the per-rule hit counters. The loader raises
+/// it to fit a larger policy.
+pub const DEFAULT_RULE_CAPACITY: u32 = 1 << 12;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), two u64 fields, no padding.
+    unsafe impl aya::Pod for super::Counter {}
+}

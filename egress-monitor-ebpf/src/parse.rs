@@ -1,0 +1,226 @@
+//! Bounded packet parsing: where the IP header is, what its destination is, and (when the
+//! transport header is reachable) the protocol and ports.
+//!
+//! Every read goes through `bpf_skb_load_bytes` with a fixed size, so a short or non-linear skb
+//! fails the read instead of the verifier. Loops are bounded by constants.
+
+use aya_ebpf::programs::sk_buff::SkBuff;
+use egress_monitor_common::event::flags;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const VLAN_HLEN: usize = 4;
+/// Q-in-Q at most; deeper stacks are not seen on egress in practice and stay "non-IP".
+const MAX_VLAN_TAGS: usize = 2;
+
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+/// Enough for any sane chain (hop-by-hop, destination options, routing, fragment, AH, ...).
+const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_UDPLITE: u8 = 136;
+
+/// Where the program's packet data starts.
+#[derive(Clone, Copy)]
+pub enum L3Start {
+    /// At the IP header (cgroup_skb).
+    Network,
+    /// At an Ethernet header, possibly VLAN-tagged (TC on an Ethernet device).
+    Ethernet,
+}
+
+/// What a packet is, as far as the verdict and the event need to know.
+pub struct Packet {
+    /// 4 or 6; 0 when the frame is not IP at all.
+    pub ip_version: u8,
+    pub proto: u8,
+    pub flags: u8,
+    /// IPv4 addresses fill the first 4 bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Bytes from the IP header on.
+    pub len: u32,
+}
+
+impl Packet {
+    const fn empty(len: u32) -> Self {
+        Self {
+            ip_version: 0,
+            proto: 0,
+            flags: 0,
+            src: [0; 16],
+            dst: [0; 16],
+            src_port: 0,
+            dst_port: 0,
+            len,
+        }
+    }
+}
+
+/// The outcome of parsing.
+pub enum Parsed {
+    /// An IP packet with a readable destination.
+    Ip(Packet),
+    /// An IP packet whose fixed header cannot be read: no destination, so no allow rule can
+    /// apply. `ip_version` says which family it claimed to be.
+    Malformed(Packet),
+    /// Not IP (ARP, LLDP, ...): never routed off the link.
+    NotIp,
+}
+
+pub fn parse(skb: &SkBuff, start: L3Start) -> Parsed {
+    let (l3, ethertype) = match start {
+        L3Start::Network => (0, None),
+        L3Start::Ethernet => match ethernet(skb) {
+            Some((l3, ethertype)) => (l3, Some(ethertype)),
+            None => return Parsed::NotIp,
+        },
+    };
+    let len = skb.len().saturating_sub(l3 as u32);
+    let Ok(first) = skb.load::<u8>(l3) else {
+        return match ethertype {
+            Some(ETH_P_IP) => malformed(4, len),
+            Some(_) => malformed(6, len),
+            None => malformed(0, len),
+        };
+    };
+    let version = first >> 4;
+    // On TC the ethertype and the version nibble must agree; a mismatch is a crafted frame.
+    match (ethertype, version) {
+        (None | Some(ETH_P_IP), 4) => ipv4(skb, l3, len),
+        (None | Some(ETH_P_IPV6), 6) => ipv6(skb, l3, len),
+        (Some(ETH_P_IP), _) => malformed(4, len),
+        (Some(_), _) => malformed(6, len),
+        (None, _) => malformed(version, len),
+    }
+}
+
+fn malformed(ip_version: u8, len: u32) -> Parsed {
+    let mut packet = Packet::empty(len);
+    packet.ip_version = ip_version;
+    packet.flags = flags::MALFORMED;
+    Parsed::Malformed(packet)
+}
+
+/// Returns the offset of the IP header and the ethertype, or `None` for non-IP frames.
+fn ethernet(skb: &SkBuff) -> Option<(usize, u16)> {
+    let mut offset = ETH_HLEN - 2;
+    let mut ethertype = u16::from_be_bytes(skb.load::<[u8; 2]>(offset).ok()?);
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        offset += VLAN_HLEN;
+        ethertype = u16::from_be_bytes(skb.load::<[u8; 2]>(offset).ok()?);
+    }
+    match ethertype {
+        ETH_P_IP | ETH_P_IPV6 => Some((offset + 2, ethertype)),
+        _ => None,
+    }
+}
+
+fn ipv4(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
+    let Ok(h) = skb.load::<[u8; IPV4_MIN_HLEN]>(l3) else {
+        return malformed(4, len);
+    };
+    let mut packet = Packet::empty(len);
+    packet.ip_version = 4;
+    packet.proto = h[9];
+    packet.src[..4].copy_from_slice(&h[12..16]);
+    packet.dst[..4].copy_from_slice(&h[16..20]);
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if ihl < IPV4_MIN_HLEN {
+        packet.flags |= flags::MALFORMED;
+        return Parsed::Ip(packet);
+    }
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    let more_fragments = frag & 0x2000 != 0;
+    let offset = frag & 0x1fff;
+    if more_fragments || offset != 0 {
+        packet.flags |= flags::FRAGMENT;
+    }
+    // Only the first fragment carries the transport header.
+    if offset == 0 {
+        ports(skb, l3 + ihl, &mut packet);
+    }
+    Parsed::Ip(packet)
+}
+
+fn ipv6(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
+    let Ok(h) = skb.load::<[u8; IPV6_HLEN]>(l3) else {
+        return malformed(6, len);
+    };
+    let mut packet = Packet::empty(len);
+    packet.ip_version = 6;
+    packet.src.copy_from_slice(&h[8..24]);
+    packet.dst.copy_from_slice(&h[24..40]);
+    // The verdict needs only the destination above; the walk below finds the transport
+    // header for the event. A chain we cannot walk still gets its verdict.
+    let mut next = h[6];
+    let mut offset = l3 + IPV6_HLEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
+                    packet.flags |= flags::MALFORMED;
+                    break;
+                };
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
+                    packet.flags |= flags::MALFORMED;
+                    break;
+                };
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let Ok(ext) = skb.load::<[u8; 4]>(offset) else {
+                    packet.flags |= flags::MALFORMED;
+                    break;
+                };
+                packet.flags |= flags::FRAGMENT;
+                next = ext[0];
+                offset += 8;
+                let fragment_offset = u16::from_be_bytes([ext[2], ext[3]]) >> 3;
+                if fragment_offset != 0 {
+                    packet.proto = next;
+                    return Parsed::Ip(packet);
+                }
+            }
+            _ => break,
+        }
+    }
+    packet.proto = next;
+    ports(skb, offset, &mut packet);
+    Parsed::Ip(packet)
+}
+
+fn ports(skb: &SkBuff, l4: usize, packet: &mut Packet) {
+    if !matches!(
+        packet.proto,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
+    ) {
+        return;
+    }
+    if let Ok(p) = skb.load::<[u8; 4]>(l4) {
+        packet.src_port = u16::from_be_bytes([p[0], p[1]]);
+        packet.dst_port = u16::from_be_bytes([p[2], p[3]]);
+        packet.flags |= flags::HAS_PORTS;
+    }
+}

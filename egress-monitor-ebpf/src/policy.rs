@@ -1,0 +1,86 @@
+//! The verdict: look the destination up in the policy tries, apply the mode, account for it.
+
+use aya_ebpf::{bindings::__sk_buff, maps::lpm_trie::Key, programs::sk_buff::SkBuff};
+use egress_monitor_common::{
+    maps::stat,
+    policy::{IPV4_ADDR_LEN, RuleValue, config},
+    verdict::{RULE_ID_DEFAULT, action, mode, outcome},
+};
+
+use crate::{
+    emit,
+    maps::{CONFIG, POLICY_V4, POLICY_V6},
+    parse::{self, L3Start, Packet, Parsed},
+};
+
+pub enum Verdict {
+    Pass,
+    Drop,
+}
+
+pub struct Judgement {
+    pub verdict: Verdict,
+    /// The IP header could not be read; the packet was treated as denied.
+    pub malformed: bool,
+}
+
+/// The one verdict function both hooks share. `raw` is the same skb as `skb`, for the context
+/// fields and helpers the event needs.
+#[inline(always)]
+pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Judgement {
+    let (packet, malformed) = match parse::parse(skb, start) {
+        Parsed::Ip(packet) => (packet, false),
+        Parsed::Malformed(packet) => {
+            emit::stat(stat::MALFORMED);
+            (packet, true)
+        }
+        Parsed::NotIp => {
+            emit::stat(stat::NON_IP);
+            return Judgement {
+                verdict: Verdict::Pass,
+                malformed: false,
+            };
+        }
+    };
+    // A malformed packet has no destination to match: it falls to the default deny.
+    let rule = if malformed { None } else { lookup(&packet) };
+    let (rule_id, allowed) = match rule {
+        Some(rule) => (rule.rule_id, rule.action == action::ALLOW),
+        None => (RULE_ID_DEFAULT, false),
+    };
+    if rule_id != RULE_ID_DEFAULT {
+        emit::rule_hit(rule_id);
+    }
+    let (result, verdict) = if allowed {
+        (outcome::ALLOWED, Verdict::Pass)
+    } else if enforcing() {
+        (outcome::DENIED_DROPPED, Verdict::Drop)
+    } else {
+        (outcome::DENIED_OBSERVED, Verdict::Pass)
+    };
+    emit::count(hook, result, packet.len);
+    if result != outcome::ALLOWED {
+        emit::event(skb, raw, hook, result, rule_id, &packet);
+    }
+    Judgement { verdict, malformed }
+}
+
+#[inline(always)]
+fn lookup(packet: &Packet) -> Option<RuleValue> {
+    if packet.ip_version == 4 {
+        let mut addr = [0u8; IPV4_ADDR_LEN];
+        addr.copy_from_slice(&packet.dst[..IPV4_ADDR_LEN]);
+        POLICY_V4.get(&Key::new(32, addr)).copied()
+    } else {
+        POLICY_V6.get(&Key::new(128, packet.dst)).copied()
+    }
+}
+
+/// Enforce unless the daemon set observe. The loader writes the mode before attaching; an
+/// unreadable slot (which the verifier makes impossible for an array) would mean enforce.
+#[inline(always)]
+fn enforcing() -> bool {
+    CONFIG
+        .get(config::MODE)
+        .is_none_or(|&value| value == mode::ENFORCE)
+}

@@ -1,0 +1,113 @@
+//! The cgroup v2 hierarchy: where it is mounted, and whether a path is one of its cgroups.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "no cgroup2 filesystem is mounted (looked in /proc/mounts); mount one or pass --cgroup"
+    )]
+    NoHierarchy,
+    #[error("cannot read /proc/mounts")]
+    Mounts(#[source] io::Error),
+    #[error("cgroup {} does not exist", .0.display())]
+    NotFound(PathBuf),
+    #[error("{} is not a cgroup v2 directory", .0.display())]
+    NotCgroup2(PathBuf),
+    #[error("cannot open cgroup {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The mount point of the cgroup v2 hierarchy (its root cgroup), from `/proc/mounts`.
+pub fn root() -> Result<PathBuf, CgroupError> {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(CgroupError::Mounts)?;
+    root_from_mounts(&mounts).ok_or(CgroupError::NoHierarchy)
+}
+
+fn root_from_mounts(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(target)))
+    })
+}
+
+/// /proc/mounts writes space, tab, newline and backslash as octal escapes.
+fn unescape_mount_path(path: &str) -> String {
+    path.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Opens a cgroup v2 directory for attaching, after checking that it is one.
+pub fn open(path: &Path) -> Result<File, CgroupError> {
+    if !path.exists() {
+        return Err(CgroupError::NotFound(path.to_owned()));
+    }
+    if !is_cgroup2(path) {
+        return Err(CgroupError::NotCgroup2(path.to_owned()));
+    }
+    File::open(path).map_err(|source| CgroupError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs(2) on a valid C string into a zeroed out-struct.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut stat) == 0
+            && i64::from(stat.f_type) == CGROUP2_SUPER_MAGIC
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_cgroup2_mount_is_the_root() {
+        let mounts = "sysfs /sys sysfs rw 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n\
+                      cgroup2 /mnt/other cgroup2 rw 0 0\n";
+        assert_eq!(
+            root_from_mounts(mounts),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(root_from_mounts("proc /proc proc rw 0 0\n"), None);
+        assert_eq!(
+            root_from_mounts("none /mnt/my\\040cg cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+    }
+
+    #[test]
+    fn a_plain_directory_is_not_a_cgroup() {
+        assert!(matches!(
+            open(Path::new("/tmp")),
+            Err(CgroupError::NotCgroup2(_))
+        ));
+        assert!(matches!(
+            open(Path::new("/no/such/cgroup")),
+            Err(CgroupError::NotFound(_))
+        ));
+    }
+}

@@ -1,0 +1,348 @@
+//! Events: decoding the kernel's ring-buffer records and writing them as JSON lines.
+//!
+//! One JSON object per line (schema in README.md):
+//! `{"ts":"…","hook":"cgroup","action":"dropped","proto":"udp","src":"10.77.0.2",
+//! "dst":"203.0.113.1","src_port":40000,"dst_port":53,"len":56,"rule":"default","uid":0,
+//! "cgroup_id":1234}`
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use egress_monitor_common::{
+    event::{EVENT_SIZE, Event, flags},
+    verdict::{hook, outcome},
+};
+use serde::Serialize;
+
+use crate::policy::Policy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("ring buffer record of {0} bytes; expected {EVENT_SIZE}")]
+    BadSize(usize),
+    #[error("event record with unknown {field} code {value}")]
+    BadCode { field: &'static str, value: u8 },
+}
+
+/// Reads a kernel event record.
+pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
+    if bytes.len() != EVENT_SIZE {
+        return Err(EventError::BadSize(bytes.len()));
+    }
+    // SAFETY: the length matches and Event is plain old data for which any bytes are valid.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+/// A protocol by name where it has a common one, else by number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Proto {
+    Name(&'static str),
+    Number(u8),
+}
+
+impl Proto {
+    pub fn from_number(number: u8, ip_version: u8) -> Proto {
+        match (number, ip_version) {
+            (6, _) => Proto::Name("tcp"),
+            (17, _) => Proto::Name("udp"),
+            (1, 4) => Proto::Name("icmp"),
+            (58, 6) => Proto::Name("icmpv6"),
+            (number, _) => Proto::Number(number),
+        }
+    }
+}
+
+/// One event as written to the JSON-lines stream.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventRecord {
+    /// RFC 3339, UTC, nanoseconds.
+    pub ts: String,
+    pub hook: &'static str,
+    /// `observed` (observe mode: passed) or `dropped` (enforce mode).
+    pub action: &'static str,
+    pub proto: Proto,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    pub len: u32,
+    pub rule: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    /// Present (true) only for IP fragments.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fragment: bool,
+    /// Present (true) only when the IP header could not be read.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub malformed: bool,
+}
+
+impl EventRecord {
+    pub fn new(event: &Event, policy: &Policy, clock: &Clock) -> Result<EventRecord, EventError> {
+        let hook_name = match event.hook {
+            hook::CGROUP => "cgroup",
+            hook::TC => "tc",
+            value => {
+                return Err(EventError::BadCode {
+                    field: "hook",
+                    value,
+                });
+            }
+        };
+        let action = match u32::from(event.outcome) {
+            outcome::DENIED_OBSERVED => "observed",
+            outcome::DENIED_DROPPED => "dropped",
+            _ => {
+                return Err(EventError::BadCode {
+                    field: "outcome",
+                    value: event.outcome,
+                });
+            }
+        };
+        let address = |bytes: &[u8; 16]| -> IpAddr {
+            if event.ip_version == 6 {
+                IpAddr::V6(Ipv6Addr::from(*bytes))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+            }
+        };
+        let has_ports = event.flags & flags::HAS_PORTS != 0;
+        let on_cgroup = event.hook == hook::CGROUP;
+        Ok(EventRecord {
+            ts: humantime::format_rfc3339_nanos(clock.wall_time(event.ts_boot_ns)).to_string(),
+            hook: hook_name,
+            action,
+            proto: Proto::from_number(event.proto, event.ip_version),
+            src: address(&event.src),
+            dst: address(&event.dst),
+            src_port: has_ports.then_some(event.src_port),
+            dst_port: has_ports.then_some(event.dst_port),
+            len: event.len,
+            rule: policy.rule_name(event.rule_id).to_owned(),
+            uid: on_cgroup.then_some(event.uid),
+            cgroup_id: on_cgroup.then_some(event.cgroup_id),
+            ifindex: (!on_cgroup).then_some(event.ifindex),
+            fragment: event.flags & flags::FRAGMENT != 0,
+            malformed: event.flags & flags::MALFORMED != 0,
+        })
+    }
+}
+
+/// Converts `CLOCK_BOOTTIME` nanoseconds (what the kernel stamps) to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock time at boot time zero.
+    boot_epoch: SystemTime,
+}
+
+impl Clock {
+    /// Reads both clocks now. Re-read it per batch so wall-clock steps are followed.
+    pub fn now() -> Clock {
+        let mut boot = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec; CLOCK_BOOTTIME always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut boot) };
+        let since_boot = Duration::new(boot.tv_sec as u64, boot.tv_nsec as u32);
+        Clock::with_boot_epoch(SystemTime::now() - since_boot)
+    }
+
+    pub fn with_boot_epoch(boot_epoch: SystemTime) -> Clock {
+        Clock { boot_epoch }
+    }
+
+    pub fn wall_time(&self, boot_ns: u64) -> SystemTime {
+        self.boot_epoch + Duration::from_nanos(boot_ns)
+    }
+}
+
+/// Where events go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventsTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+impl EventsTarget {
+    /// `-` is standard output; anything else a file path.
+    pub fn parse(text: &str) -> EventsTarget {
+        if text == "-" {
+            EventsTarget::Stdout
+        } else {
+            EventsTarget::File(PathBuf::from(text))
+        }
+    }
+}
+
+/// A JSON-lines writer. Lines are buffered within a batch and flushed at the end of each, so a
+/// reader sees every event within the batch interval.
+pub struct EventWriter {
+    out: BufWriter<Box<dyn Write + Send>>,
+    written: u64,
+}
+
+impl EventWriter {
+    pub fn open(target: &EventsTarget) -> io::Result<EventWriter> {
+        let out: Box<dyn Write + Send> = match target {
+            EventsTarget::Stdout => Box::new(io::stdout()),
+            EventsTarget::File(path) => Box::new(open_append(path)?),
+        };
+        Ok(EventWriter {
+            out: BufWriter::with_capacity(64 * 1024, out),
+            written: 0,
+        })
+    }
+
+    pub fn write(&mut self, record: &EventRecord) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, record)?;
+        self.out.write_all(b"\n")?;
+        self.written += 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::CommandLineRules;
+
+    fn event() -> Event {
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&[10, 77, 0, 2]);
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&[203, 0, 113, 1]);
+        Event {
+            ts_boot_ns: 1_500_000_123,
+            cgroup_id: 4242,
+            len: 56,
+            uid: 1000,
+            ifindex: 0,
+            rule_id: u32::MAX,
+            src,
+            dst,
+            src_port: 40000,
+            dst_port: 53,
+            ip_version: 4,
+            proto: 17,
+            hook: hook::CGROUP,
+            outcome: outcome::DENIED_DROPPED as u8,
+            flags: flags::HAS_PORTS,
+            _pad: [0; 7],
+        }
+    }
+
+    fn bytes_of(event: &Event) -> Vec<u8> {
+        // SAFETY: Event is repr(C) plain data without implicit padding.
+        unsafe {
+            std::slice::from_raw_parts((event as *const Event).cast::<u8>(), EVENT_SIZE).to_vec()
+        }
+    }
+
+    fn policy() -> Policy {
+        let rules = CommandLineRules {
+            allow: vec![],
+            deny: vec!["10.1.2.0/24".into()],
+        };
+        Policy::build(None, &rules, None).unwrap()
+    }
+
+    fn clock() -> Clock {
+        Clock::with_boot_epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_374_400))
+    }
+
+    #[test]
+    fn decoding_round_trips_and_checks_the_size() {
+        let original = event();
+        assert_eq!(decode(&bytes_of(&original)).unwrap(), original);
+        assert!(matches!(decode(&[0; 10]), Err(EventError::BadSize(10))));
+    }
+
+    #[test]
+    fn a_cgroup_event_has_every_schema_field() {
+        let record = EventRecord::new(&event(), &policy(), &clock()).unwrap();
+        let json: serde_json::Value = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "ts": "2025-11-29T00:00:01.500000123Z",
+                "hook": "cgroup", "action": "dropped", "proto": "udp",
+                "src": "10.77.0.2", "dst": "203.0.113.1", "src_port": 40000, "dst_port": 53,
+                "len": 56, "rule": "default", "uid": 1000, "cgroup_id": 4242
+            })
+        );
+    }
+
+    #[test]
+    fn a_tc_v6_fragment_names_its_rule_and_has_null_ports() {
+        let policy = policy();
+        let rule_id = policy
+            .rules
+            .iter()
+            .position(|r| r.name == "cli-deny")
+            .unwrap() as u32;
+        let mut e = event();
+        e.hook = hook::TC;
+        e.outcome = outcome::DENIED_OBSERVED as u8;
+        e.ifindex = 3;
+        e.ip_version = 6;
+        e.proto = 58;
+        e.flags = flags::FRAGMENT;
+        e.rule_id = rule_id;
+        e.dst = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        e.src = "fd77::2".parse::<Ipv6Addr>().unwrap().octets();
+        let json = serde_json::to_value(EventRecord::new(&e, &policy, &clock()).unwrap()).unwrap();
+        assert_eq!(json["hook"], "tc");
+        assert_eq!(json["action"], "observed");
+        assert_eq!(json["proto"], "icmpv6");
+        assert_eq!(json["dst"], "2001:db8::1");
+        assert_eq!(json["src"], "fd77::2");
+        assert_eq!(json["src_port"], serde_json::Value::Null);
+        assert_eq!(json["dst_port"], serde_json::Value::Null);
+        assert_eq!(json["ifindex"], 3);
+        assert_eq!(json["rule"], "cli-deny");
+        assert_eq!(json["fragment"], true);
+        assert!(json.get("uid").is_none() && json.get("cgroup_id").is_none());
+        assert!(json.get("malformed").is_none());
+    }
+
+    #[test]
+    fn unknown_protocols_are_numbers_and_bad_codes_are_errors() {
+        assert_eq!(Proto::from_number(47, 4), Proto::Number(47));
+        assert_eq!(serde_json::to_string(&Proto::Number(47)).unwrap(), "47");
+        assert_eq!(Proto::from_number(1, 4), Proto::Name("icmp"));
+        let mut e = event();
+        e.hook = 9;
+        assert!(EventRecord::new(&e, &policy(), &clock()).is_err());
+        let mut e = event();
+        e.outcome = outcome::ALLOWED as u8;
+        assert!(EventRecord::new(&e, &policy(), &clock()).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! egress-monitor: an eBPF egress firewall and audit monitor for isolated Linux cloud nodes.
+//!
+//! Every outbound packet is checked in the kernel against an allow set (private ranges, the
+//! cloud's internal addresses, what the operator allows) and counted (observe mode) or dropped
+//! (enforce mode) when it is not allowed. This crate is the userspace side: it loads and
+//! attaches the programs of `egress-monitor-ebpf`, fills their maps, and turns their ring
+//! buffer into JSON-lines events.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap); [`app`]: what each command does, exit codes.
+//! - [`policy`]: groups, the policy file, validation, the effective rule list.
+//! - [`datapath`]: load, fill maps, attach, read counters — all BPF syscalls live here.
+//! - [`events`]: ring-buffer records → JSON lines.
+//! - [`daemon`]: `run(config, shutdown)`, the long-running loop.
+//! - [`cgroup`], [`iface`]: the cgroup2 hierarchy and network interfaces.
+//! - [`error`]: exit codes and operator-facing error text.
+
+pub mod app;
+pub mod cgroup;
+pub mod cli;
+pub mod daemon;
+pub mod datapath;
+pub mod error;
+pub mod events;
+pub mod iface;
+pub mod policy;

@@ -1,0 +1,145 @@
+//! The policy file (TOML), parsed strictly: unknown keys, wrong types, bad CIDRs and unknown
+//! groups are errors with `path:line:column`, never warnings.
+//!
+//! ```toml
+//! mode = "enforce"            # or "observe"; --mode overrides it
+//!
+//! [groups]                    # default groups on/off; see `egress-monitor policy show`
+//! cgnat = true
+//!
+//! [[rule]]
+//! name = "update-mirror"
+//! cidr = "203.0.113.0/24"
+//! action = "allow"
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Action, Diagnostic, Mode, Origin, PolicyError, Rule, groups, parse_cidr};
+
+/// A parsed, validated policy file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyFile {
+    pub path: PathBuf,
+    pub mode: Option<Mode>,
+    /// Group switches the file sets explicitly.
+    pub groups: Vec<(&'static str, bool)>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    mode: Option<Mode>,
+    #[serde(default)]
+    groups: BTreeMap<String, Spanned<bool>>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    cidr: Spanned<String>,
+    action: Action,
+}
+
+impl PolicyFile {
+    pub fn load(path: &Path) -> Result<PolicyFile, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<PolicyFile, PolicyError> {
+        let place = |span: Range<usize>| {
+            let (line, column) = line_column(text, span.start);
+            format!("{}:{line}:{column}", path.display())
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|err| {
+            PolicyError::Invalid(vec![Diagnostic {
+                place: err
+                    .span()
+                    .map_or_else(|| path.display().to_string(), &place),
+                message: err.message().trim_end().to_owned(),
+            }])
+        })?;
+
+        let mut diagnostics = Vec::new();
+        let mut switches = Vec::new();
+        for (name, on) in &raw.groups {
+            match groups::by_name(name) {
+                Some(group) => switches.push((group.name, *on.get_ref())),
+                None => diagnostics.push(Diagnostic {
+                    place: place(on.span()),
+                    message: format!(
+                        "unknown group `{name}`, expected one of {}",
+                        groups::ALL.map(|g| format!("`{}`", g.name)).join(", ")
+                    ),
+                }),
+            }
+        }
+        let mut rules = Vec::new();
+        for raw_rule in raw.rule {
+            let name = raw_rule.name.get_ref().trim();
+            if name.is_empty() || name.chars().any(char::is_control) {
+                diagnostics.push(Diagnostic {
+                    place: place(raw_rule.name.span()),
+                    message: "a rule name must be non-empty printable text".to_owned(),
+                });
+                continue;
+            }
+            let line = line_column(text, raw_rule.cidr.span().start).0;
+            match parse_cidr(raw_rule.cidr.get_ref()) {
+                Ok(network) => rules.push(Rule {
+                    name: name.to_owned(),
+                    network,
+                    action: raw_rule.action,
+                    origin: Origin::File {
+                        path: path.to_owned(),
+                        line,
+                    },
+                }),
+                Err(message) => diagnostics.push(Diagnostic {
+                    place: place(raw_rule.cidr.span()),
+                    message,
+                }),
+            }
+        }
+        if !diagnostics.is_empty() {
+            return Err(PolicyError::Invalid(diagnostics));
+        }
+        Ok(PolicyFile {
+            path: path.to_owned(),
+            mode: raw.mode,
+            groups: switches,
+            rules,
+        })
+    }
+
+    /// Whether the file switches group `name` on or off, if it says.
+    pub fn group_switch(&self, name: &str) -> Option<bool> {
+        self.groups
+            .iter()
+            .find(|(group, _)| *group == name)
+            .map(|(_, on)| *on)
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}

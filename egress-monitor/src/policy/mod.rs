@@ -1,0 +1,310 @@
+//! The policy: which destinations a node may reach.
+//!
+//! A policy is built from three sources, in this order: the default groups (on unless switched
+//! off), the policy file's `[[rule]]` entries, and `--allow`/`--deny` on the command line. The
+//! datapath matches the longest prefix, so a narrow `deny` inside a broad `allow` wins; a
+//! destination that matches nothing is denied.
+//!
+//! Validation never falls back: a policy with any error is refused whole, with every error's
+//! place (`file:line:column` or the command-line flag) and what was expected.
+
+mod file;
+pub mod groups;
+
+use std::{fmt, path::PathBuf};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+pub use self::file::PolicyFile;
+
+/// What the datapath does with denied packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Count and report denied packets, drop nothing (audits, first roll-out).
+    Observe,
+    /// Drop and report denied packets.
+    Enforce,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Observe => "observe",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+/// Where a rule came from, for `policy show` and for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Group(&'static str),
+    File { path: PathBuf, line: usize },
+    CommandLine,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Group(name) => write!(f, "group {name}"),
+            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::CommandLine => f.write_str("command line"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub network: IpNetwork,
+    pub action: Action,
+    pub origin: Origin,
+}
+
+/// One thing wrong with a policy, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// `path:line:column`, or the command-line flag and value.
+    pub place: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.place, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}: cannot read the policy file", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", join_lines(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn join_lines(diagnostics: &[Diagnostic]) -> String {
+    diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `--allow`/`--deny` from the command line, in the order given.
+#[derive(Clone, Debug, Default)]
+pub struct CommandLineRules {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+/// The effective policy: the mode and every rule the datapath holds. A rule's id is its index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub mode: Mode,
+    pub rules: Vec<Rule>,
+    /// Which groups are on, in [`groups::ALL`] order.
+    pub groups: Vec<(&'static str, bool)>,
+}
+
+impl Policy {
+    /// Builds the effective policy. `mode` (from `--mode`) overrides the file's `mode`; with
+    /// neither, the mode is observe.
+    pub fn build(
+        file: Option<&PolicyFile>,
+        command_line: &CommandLineRules,
+        mode: Option<Mode>,
+    ) -> Result<Policy, PolicyError> {
+        let mut diagnostics = Vec::new();
+        let groups: Vec<(&'static str, bool)> = groups::ALL
+            .iter()
+            .map(|group| {
+                let on = file
+                    .and_then(|file| file.group_switch(group.name))
+                    .unwrap_or(group.enabled_by_default);
+                (group.name, on)
+            })
+            .collect();
+        let mut rules: Vec<Rule> = groups::ALL
+            .iter()
+            .zip(&groups)
+            .filter(|(_, (_, on))| *on)
+            .flat_map(|(group, _)| {
+                group.networks().map(|network| Rule {
+                    name: group.name.to_owned(),
+                    network,
+                    action: Action::Allow,
+                    origin: Origin::Group(group.name),
+                })
+            })
+            .collect();
+
+        // The file's rules: each prefix at most once; a rule replaces a group member with the
+        // same prefix (the operator said so explicitly).
+        if let Some(file) = file {
+            for rule in &file.rules {
+                if let Some(earlier) = rules
+                    .iter()
+                    .find(|r| r.network == rule.network && matches!(r.origin, Origin::File { .. }))
+                {
+                    diagnostics.push(Diagnostic {
+                        place: rule.origin.to_string(),
+                        message: format!(
+                            "{} is already given by rule `{}` at {}; each prefix may appear once",
+                            rule.network, earlier.name, earlier.origin
+                        ),
+                    });
+                    continue;
+                }
+                rules.retain(|r| r.network != rule.network);
+                rules.push(rule.clone());
+            }
+        }
+
+        // The command line's rules, which replace any earlier rule for the same prefix.
+        let flags = command_line
+            .allow
+            .iter()
+            .map(|cidr| (Action::Allow, cidr))
+            .chain(command_line.deny.iter().map(|cidr| (Action::Deny, cidr)));
+        let mut from_command_line: Vec<Rule> = Vec::new();
+        for (action, cidr) in flags {
+            let place = format!("--{} {cidr}", action.as_str());
+            let network = match parse_cidr(cidr) {
+                Ok(network) => network,
+                Err(message) => {
+                    diagnostics.push(Diagnostic { place, message });
+                    continue;
+                }
+            };
+            if let Some(earlier) = from_command_line.iter().find(|r| r.network == network) {
+                diagnostics.push(Diagnostic {
+                    place,
+                    message: format!(
+                        "{network} is already given by --{} on the command line",
+                        earlier.action.as_str()
+                    ),
+                });
+                continue;
+            }
+            from_command_line.push(Rule {
+                name: format!("cli-{}", action.as_str()),
+                network,
+                action,
+                origin: Origin::CommandLine,
+            });
+        }
+        for rule in from_command_line {
+            rules.retain(|r| r.network != rule.network);
+            rules.push(rule);
+        }
+
+        if !diagnostics.is_empty() {
+            return Err(PolicyError::Invalid(diagnostics));
+        }
+        let mode = mode
+            .or_else(|| file.and_then(|file| file.mode))
+            .unwrap_or(Mode::Observe);
+        Ok(Policy {
+            mode,
+            rules,
+            groups,
+        })
+    }
+
+    /// The name events carry for a rule id; `default` for "no rule matched".
+    pub fn rule_name(&self, rule_id: u32) -> &str {
+        usize::try_from(rule_id)
+            .ok()
+            .and_then(|index| self.rules.get(index))
+            .map_or("default", |rule| rule.name.as_str())
+    }
+
+    /// The rules as `policy show` prints them: one per line, aligned.
+    pub fn render(&self) -> String {
+        let mut out = format!("mode {}\n", self.mode);
+        for (name, on) in &self.groups {
+            out.push_str(&format!(
+                "group {name} {}\n",
+                if *on { "on" } else { "off" }
+            ));
+        }
+        let width = self
+            .rules
+            .iter()
+            .map(|rule| rule.network.to_string().len())
+            .max()
+            .unwrap_or(0);
+        for rule in &self.rules {
+            out.push_str(&format!(
+                "{:<5} {:<width$}  {:<16} ({})\n",
+                rule.action.as_str(),
+                rule.network.to_string(),
+                rule.name,
+                rule.origin,
+            ));
+        }
+        out.push_str(&format!(
+            "deny  {:<width$}  {:<16} (everything else)\n",
+            "*", "default"
+        ));
+        out
+    }
+}
+
+/// Parses a CIDR (or a bare address, meaning /32 or /128) strictly: host bits must be zero and
+/// IPv4-mapped IPv6 prefixes are refused, because sockets send those as IPv4.
+pub fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
+    let network: IpNetwork = text
+        .trim()
+        .parse()
+        .map_err(|err| format!("`{text}` is not a CIDR such as 10.0.0.0/8 or fd00::/8 ({err})"))?;
+    if network.network() != network.ip() {
+        let canonical = IpNetwork::new(network.network(), network.prefix())
+            .map_or_else(|_| network.network().to_string(), |n| n.to_string());
+        return Err(format!(
+            "`{text}` has host bits set; did you mean {canonical}?"
+        ));
+    }
+    if let IpNetwork::V6(v6) = network {
+        let mapped: ipnetwork::Ipv6Network = "::ffff:0:0/96".parse().expect("valid");
+        if v6.prefix() >= 96 && mapped.contains(v6.network()) {
+            return Err(format!(
+                "`{text}` is an IPv4-mapped IPv6 prefix; packets to it leave as IPv4, so \
+                 write the IPv4 form"
+            ));
+        }
+    }
+    Ok(network)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<PolicyFile, PolicyError> {
+    PolicyFile::parse(Path::new("p.toml"), text)
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text) {
+        Err(PolicyError::Invalid(diagnostics)) => {
+            diagnostics.iter().map(ToString::to_string).collect()
+        }
+        other => panic!("expected an invalid policy, got {other:?}"),
+    }
+}
+
+fn build(file: Option<&PolicyFile>, allow: &[&str], deny: &[&str]) -> Result<Policy, PolicyError> {
+    let command_line = CommandLineRules {
+        allow: allow.iter().map(|s| s.to_string()).collect(),
+        deny: deny.iter().map(|s| s.to_string()).collect(),
+    };
+    Policy::build(file, &command_line, None)
+}
+
+fn find<'a>(policy: &'a Policy, cidr: &str) -> Option<&'a Rule> {
+    let network: IpNetwork = cidr.parse().unwrap();
+    policy.rules.iter().find(|rule| rule.network == network)
+}
+
+const GOOD: &str = r#"
+mode = "enforce"
+
+[groups]
+cgnat = true
+azure = false
+
+[[rule]]
+name = "mirror"
+cidr = "203.0.113.0/24"
+action = "allow"
+
+[[rule]]
+name = "lab"
+cidr = "10.1.2.0/24"
+action = "deny"
+
+[[rule]]
+name = "docs-v6"
+cidr = "2001:db8::/32"
+action = "allow"
+"#;
+
+#[test]
+fn a_good_file_gives_mode_groups_and_rules_with_lines() {
+    let file = parse(GOOD).unwrap();
+    assert_eq!(file.mode, Some(Mode::Enforce));
+    assert_eq!(file.group_switch("cgnat"), Some(true));
+    assert_eq!(file.group_switch("azure"), Some(false));
+    assert_eq!(file.group_switch("private"), None);
+    assert_eq!(file.rules.len(), 3);
+    assert_eq!(file.rules[1].name, "lab");
+    assert_eq!(file.rules[1].action, Action::Deny);
+    assert_eq!(
+        file.rules[1].origin,
+        Origin::File {
+            path: "p.toml".into(),
+            line: 15
+        }
+    );
+}
+
+#[test]
+fn the_effective_policy_follows_the_group_switches() {
+    let file = parse(GOOD).unwrap();
+    let policy = build(Some(&file), &[], &[]).unwrap();
+    assert_eq!(policy.mode, Mode::Enforce);
+    assert!(find(&policy, "10.0.0.0/8").is_some(), "private stays on");
+    assert!(
+        find(&policy, "100.64.0.0/10").is_some(),
+        "cgnat switched on"
+    );
+    assert!(
+        find(&policy, "168.63.129.16/32").is_none(),
+        "azure switched off"
+    );
+    assert_eq!(find(&policy, "10.1.2.0/24").unwrap().action, Action::Deny);
+    let private = groups::PRIVATE.members.len();
+    assert_eq!(policy.rules.len(), private + 1 + 3);
+}
+
+#[test]
+fn defaults_are_observe_private_and_azure() {
+    let policy = build(None, &[], &[]).unwrap();
+    assert_eq!(policy.mode, Mode::Observe);
+    for cidr in groups::PRIVATE.members.iter().chain(groups::AZURE.members) {
+        assert_eq!(find(&policy, cidr).unwrap().action, Action::Allow, "{cidr}");
+    }
+    assert!(find(&policy, "100.64.0.0/10").is_none());
+}
+
+#[test]
+fn the_mode_flag_overrides_the_file() {
+    let file = parse("mode = \"enforce\"").unwrap();
+    let policy = Policy::build(
+        Some(&file),
+        &CommandLineRules::default(),
+        Some(Mode::Observe),
+    )
+    .unwrap();
+    assert_eq!(policy.mode, Mode::Observe);
+}
+
+#[test]
+fn rule_ids_name_rules_and_unknown_ids_are_default() {
+    let policy = build(None, &[], &["198.51.100.0/24"]).unwrap();
+    let id = policy
+        .rules
+        .iter()
+        .position(|r| r.network.to_string() == "198.51.100.0/24")
+        .unwrap();
+    assert_eq!(policy.rule_name(id as u32), "cli-deny");
+    assert_eq!(policy.rule_name(u32::MAX), "default");
+}
+
+#[test]
+fn an_explicit_rule_replaces_a_group_member_with_the_same_prefix() {
+    let file =
+        parse("[[rule]]\nname = \"no-imds\"\ncidr = \"169.254.169.254/32\"\naction = \"deny\"\n")
+            .unwrap();
+    let policy = build(Some(&file), &[], &[]).unwrap();
+    let rule = find(&policy, "169.254.169.254/32").unwrap();
+    assert_eq!((rule.action, rule.name.as_str()), (Action::Deny, "no-imds"));
+    let count = policy
+        .rules
+        .iter()
+        .filter(|r| r.network.to_string() == "169.254.169.254/32")
+        .count();
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn the_command_line_replaces_a_file_rule_for_the_same_prefix() {
+    let file = parse(GOOD).unwrap();
+    let policy = build(Some(&file), &[], &["203.0.113.0/24"]).unwrap();
+    let rule = find(&policy, "203.0.113.0/24").unwrap();
+    assert_eq!(
+        (rule.action, &rule.origin),
+        (Action::Deny, &Origin::CommandLine)
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_line() {
+    let errs = errors("mode = \"observe\"\nmodes = 1\n");
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].starts_with("p.toml:2:1: unknown field `modes`"),
+        "{errs:?}"
+    );
+    let errs =
+        errors("[[rule]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\nport = 443\n");
+    assert!(
+        errs[0].starts_with("p.toml:5:1: unknown field `port`"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn wrong_types_and_values_are_refused() {
+    let errs = errors("mode = 1\n");
+    assert!(errs[0].starts_with("p.toml:1:8:"), "{errs:?}");
+    let errs = errors("mode = \"audit\"\n");
+    assert!(errs[0].contains("unknown variant `audit`"), "{errs:?}");
+    assert!(
+        errs[0].contains("observe") && errs[0].contains("enforce"),
+        "{errs:?}"
+    );
+    let errs = errors("[[rule]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"permit\"\n");
+    assert!(errs[0].starts_with("p.toml:4:10:"), "{errs:?}");
+    let errs = errors("[[rule]]\nname = \"x\"\naction = \"allow\"\n");
+    assert!(errs[0].contains("missing field `cidr`"), "{errs:?}");
+    let errs = errors("[groups]\nprivate = \"yes\"\n");
+    assert!(errs[0].starts_with("p.toml:2:11:"), "{errs:?}");
+}
+
+#[test]
+fn bad_cidrs_are_all_reported_with_their_places() {
+    let text = "[[rule]]\nname = \"a\"\ncidr = \"10.0.0.300/8\"\naction = \"allow\"\n\
+                [[rule]]\nname = \"b\"\ncidr = \"10.1.2.3/8\"\naction = \"deny\"\n\
+                [[rule]]\nname = \"c\"\ncidr = \"::ffff:203.0.113.0/120\"\naction = \"deny\"\n";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(
+        errs[0].starts_with("p.toml:3:8: `10.0.0.300/8` is not a CIDR"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with("p.toml:7:8: `10.1.2.3/8` has host bits set; did you mean 10.0.0.0/8?"),
+        "{errs:?}"
+    );
+    assert!(errs[2].contains("IPv4-mapped"), "{errs:?}");
+}
+
+#[test]
+fn unknown_groups_and_empty_names_are_refused() {
+    let errs = errors("[groups]\naws = true\n");
+    assert!(
+        errs[0].starts_with("p.toml:2:7: unknown group `aws`"),
+        "{errs:?}"
+    );
+    let errs = errors("[[rule]]\nname = \" \"\ncidr = \"10.0.0.0/8\"\naction = \"allow\"\n");
+    assert!(errs[0].starts_with("p.toml:2:8: a rule name"), "{errs:?}");
+}
+
+#[test]
+fn a_prefix_twice_in_the_file_is_refused_with_both_places() {
+    let file = parse(
+        "[[rule]]\nname = \"a\"\ncidr = \"203.0.113.0/24\"\naction = \"allow\"\n\
+         [[rule]]\nname = \"b\"\ncidr = \"203.0.113.0/24\"\naction = \"deny\"\n",
+    )
+    .unwrap();
+    let Err(PolicyError::Invalid(errs)) = build(Some(&file), &[], &[]) else {
+        panic!("a duplicate prefix must be refused");
+    };
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].place, "p.toml:7");
+    assert!(errs[0].message.contains("rule `a` at p.toml:3"), "{errs:?}");
+}
+
+#[test]
+fn bad_command_line_rules_are_refused_with_the_flag() {
+    let Err(PolicyError::Invalid(errs)) =
+        build(None, &["10.0.0.0/33", "192.0.2.0/24"], &["192.0.2.0/24"])
+    else {
+        panic!("bad flags must be refused");
+    };
+    let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 2, "{text:?}");
+    assert!(
+        text[0].starts_with("--allow 10.0.0.0/33: `10.0.0.0/33` is not a CIDR"),
+        "{text:?}"
+    );
+    assert!(
+        text[1].starts_with("--deny 192.0.2.0/24: 192.0.2.0/24 is already given"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn an_unreadable_file_names_the_path() {
+    let err = PolicyFile::load(Path::new("/nonexistent/policy.toml")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "/nonexistent/policy.toml: cannot read the policy file"
+    );
+    assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn bare_addresses_are_host_prefixes() {
+    assert_eq!(parse_cidr("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
+    assert_eq!(
+        parse_cidr("2001:db8::1").unwrap().to_string(),
+        "2001:db8::1/128"
+    );
+}
+
+#[test]
+fn render_lists_every_rule_and_the_default() {
+    let policy = build(None, &[], &["10.1.2.0/24"]).unwrap();
+    let text = policy.render();
+    assert!(text.starts_with("mode observe\ngroup private on\ngroup azure on\ngroup cgnat off\n"));
+    assert!(text.contains("allow 10.0.0.0/8"), "{text}");
+    assert!(text.contains("deny  10.1.2.0/24"), "{text}");
+    assert!(text.contains("(command line)"), "{text}");
+    assert!(text.trim_end().ends_with("(everything else)"), "{text}");
+    assert_eq!(text.lines().count(), 4 + policy.rules.len() + 1);
+}
