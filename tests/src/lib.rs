@@ -1,1 +1,85 @@
+//! The harness for egress-monitor's kernel tests: isolated network namespaces, child cgroups,
+//! peers that count what reaches them, and a client that sends from inside both.
+//!
+//! Safety rules (see shared/testing.md): nothing attaches to the root cgroup or to a real
+//! interface; traffic stays between the test's own namespaces; "internet" peers are
+//! documentation addresses; every guard cleans up on drop, and [`sweep_stale`] removes what a
+//! killed run left behind.
+//!
+//! ```text
+//!  netns em-node-<id>                         netns em-net-<id>
+//!    veth-n 10.77.0.2/24 fd77::2/64   <--->   veth-p 10.77.0.1/24 fd77::1/64
+//!    default via 10.77.0.1 / fd77::1          lo: 203.0.113.1, 2001:db8::1 (internet)
+//!                                                 10.78.0.1 (private, for deny-inside-allow)
+//! ```
 
+pub mod cgroup;
+pub mod client;
+pub mod netns;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Prefix of everything the tests create, so a sweep can find leftovers.
+pub const PREFIX: &str = "em";
+
+/// Fails loudly when the tests cannot run: they need root and BPF, which CI here has.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the kernel tests need root (BPF, network namespaces, cgroups): run `cargo xtask test` as root"
+    );
+}
+
+/// The `egress-monitor` binary under test: `$EGRESS_MONITOR_BIN`, or the one cargo built next
+/// to this test binary (`cargo xtask test` builds it first).
+pub fn daemon_binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("EGRESS_MONITOR_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> -> target/<profile>/egress-monitor
+    let path = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("a target directory")
+        .join("egress-monitor");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p egress-monitor` (cargo xtask test does)",
+        path.display()
+    );
+    path
+}
+
+/// A name part unique within this machine: the pid (for the stale sweep) and a counter.
+pub fn unique_id() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether a resource named `<kind>-<pid>-<n>` belongs to a process that is gone.
+pub(crate) fn is_stale(name: &str, kind: &str) -> bool {
+    let Some(rest) = name.strip_prefix(kind) else {
+        return false;
+    };
+    let Some(pid) = rest
+        .split('-')
+        .nth(1)
+        .and_then(|pid| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes namespaces and cgroups left by earlier runs that were killed before cleaning up.
+pub fn sweep_stale() {
+    netns::sweep_stale();
+    cgroup::sweep_stale();
+}

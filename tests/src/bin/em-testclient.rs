@@ -1,1 +1,286 @@
-fn main() {}
+//! em-testclient: sends test traffic from inside a cgroup and a network namespace.
+//!
+//! ```text
+//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] udp  DST PORT COUNT PAYLOAD [dstopts]
+//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] tcp  DST PORT TIMEOUT_MS
+//! em-testclient --netns NAME [--cgroup PATH]             ping DST COUNT
+//! ```
+//! It joins the cgroup first (so every socket it makes belongs there), then the namespace,
+//! then drops to UID, and prints `ok=N eperm=N failed=N replies=N src_port=N`.
+
+use std::{
+    fs::File,
+    io::{self, Write as _},
+    mem::size_of,
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Type};
+
+#[derive(Default)]
+struct Report {
+    ok: u64,
+    eperm: u64,
+    failed: u64,
+    replies: u64,
+    src_port: u16,
+}
+
+impl Report {
+    fn error(&mut self, err: &io::Error) {
+        if err.raw_os_error() == Some(libc::EPERM) {
+            self.eperm += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut netns = None;
+    let mut cgroup = None;
+    let mut uid = None;
+    while args.first().is_some_and(|a| a.starts_with("--")) {
+        let flag = args.remove(0);
+        if args.is_empty() {
+            bail!("{flag} needs a value");
+        }
+        let value = args.remove(0);
+        match flag.as_str() {
+            "--netns" => netns = Some(value),
+            "--cgroup" => cgroup = Some(value),
+            "--uid" => uid = Some(value.parse::<u32>().context("--uid")?),
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    if let Some(cgroup) = cgroup {
+        std::fs::write(format!("{cgroup}/cgroup.procs"), "0")
+            .with_context(|| format!("joining cgroup {cgroup}"))?;
+    }
+    let netns = netns.context("--netns is required")?;
+    let file = File::open(format!("/run/netns/{netns}")).context("opening the netns")?;
+    // SAFETY: setns on a valid netns fd; this process is single-threaded here.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error()).context("entering the netns");
+    }
+    if let Some(uid) = uid {
+        // SAFETY: plain setgid/setuid calls.
+        if unsafe { libc::setgid(uid) } != 0 || unsafe { libc::setuid(uid) } != 0 {
+            return Err(io::Error::last_os_error()).context("dropping to the uid");
+        }
+    }
+    let arg = |i: usize| args.get(i).map(String::as_str).context("missing argument");
+    let report = match arg(0)? {
+        "udp" => udp(
+            arg(1)?.parse()?,
+            arg(2)?.parse()?,
+            arg(3)?.parse()?,
+            arg(4)?.parse()?,
+            args.get(5).is_some_and(|a| a == "dstopts"),
+        )?,
+        "tcp" => tcp(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
+        "ping" => ping(arg(1)?.parse()?, arg(2)?.parse()?)?,
+        other => bail!("unknown command {other}"),
+    };
+    println!(
+        "ok={} eperm={} failed={} replies={} src_port={}",
+        report.ok, report.eperm, report.failed, report.replies, report.src_port
+    );
+    io::stdout().flush()?;
+    Ok(())
+}
+
+fn udp(
+    dst: IpAddr,
+    port: u16,
+    count: u32,
+    payload: usize,
+    dstopts: bool,
+) -> anyhow::Result<Report> {
+    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let socket = UdpSocket::bind(bind)?;
+    if dstopts {
+        if dst.is_ipv4() {
+            bail!("dstopts is IPv6 only");
+        }
+        // A Destination Options header holding one PadN option (8 bytes in all); the kernel
+        // fills in the next-header byte.
+        let header: [u8; 8] = [0, 0, 1, 4, 0, 0, 0, 0];
+        // SAFETY: setsockopt with a valid buffer and its length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_DSTOPTS,
+                header.as_ptr().cast(),
+                header.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("setting IPV6_DSTOPTS");
+        }
+    }
+    let mut report = Report {
+        src_port: socket.local_addr()?.port(),
+        ..Report::default()
+    };
+    let data = vec![0x5a; payload];
+    for _ in 0..count {
+        match socket.send_to(&data, SocketAddr::new(dst, port)) {
+            Ok(_) => report.ok += 1,
+            Err(err) => report.error(&err),
+        }
+    }
+    Ok(report)
+}
+
+fn tcp(dst: IpAddr, port: u16, timeout_ms: u64) -> Report {
+    let mut report = Report::default();
+    match TcpStream::connect_timeout(
+        &SocketAddr::new(dst, port),
+        Duration::from_millis(timeout_ms),
+    ) {
+        Ok(mut stream) => {
+            report.ok += 1;
+            report.replies += 1;
+            report.src_port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+            let _ = stream.write_all(b"hello");
+        }
+        Err(err) => report.error(&err),
+    }
+    report
+}
+
+fn ping(dst: IpAddr, count: u16) -> anyhow::Result<Report> {
+    let (domain, protocol) = match dst {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+    };
+    // SAFETY: plain socket(2); owned below.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("raw ICMP socket");
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let timeout = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 500_000,
+    };
+    // SAFETY: setsockopt with a valid timeval.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    let id = (std::process::id() & 0xffff) as u16;
+    let mut report = Report::default();
+    for seq in 0..count {
+        let echo = IcmpEchoHeader { id, seq };
+        let packet = match dst {
+            IpAddr::V4(_) => {
+                let header = Icmpv4Header::with_checksum(Icmpv4Type::EchoRequest(echo), b"egress");
+                let mut bytes = header.to_bytes().to_vec();
+                bytes.extend_from_slice(b"egress");
+                bytes
+            }
+            // ICMPv6 raw sockets have the kernel fill in the checksum.
+            IpAddr::V6(_) => {
+                let mut bytes = vec![128, 0, 0, 0];
+                bytes.extend_from_slice(&id.to_be_bytes());
+                bytes.extend_from_slice(&seq.to_be_bytes());
+                bytes.extend_from_slice(b"egress");
+                bytes
+            }
+        };
+        match send_to(&socket, &packet, dst) {
+            Ok(()) => report.ok += 1,
+            Err(err) => {
+                report.error(&err);
+                continue;
+            }
+        }
+        if await_reply(&socket, dst, id, seq) {
+            report.replies += 1;
+        }
+    }
+    Ok(report)
+}
+
+fn send_to(socket: &OwnedFd, packet: &[u8], dst: IpAddr) -> io::Result<()> {
+    // SAFETY: sockaddr_storage is large enough for either family; zeroed is valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match dst {
+        IpAddr::V4(v4) => {
+            // SAFETY: storage is suitably sized and aligned for sockaddr_in.
+            let addr = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+            size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(v6) => {
+            // SAFETY: storage is suitably sized and aligned for sockaddr_in6.
+            let addr = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+            addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            addr.sin6_addr.s6_addr = v6.octets();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: a valid buffer and sockaddr of the given length.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads until our echo reply arrives or the socket's receive timeout passes (bounded loop).
+fn await_reply(socket: &OwnedFd, dst: IpAddr, id: u16, seq: u16) -> bool {
+    let mut buffer = [0u8; 2048];
+    for _ in 0..64 {
+        // SAFETY: reading into a valid buffer.
+        let read = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
+        if read <= 0 {
+            return false;
+        }
+        let data = &buffer[..read as usize];
+        // IPv4 raw sockets deliver the IP header too; IPv6 ones do not.
+        let icmp = match dst {
+            IpAddr::V4(_) => &data[usize::from(data[0] & 0x0f) * 4..],
+            IpAddr::V6(_) => data,
+        };
+        let reply_type = if dst.is_ipv4() { 0 } else { 129 };
+        if icmp.len() >= 8
+            && icmp[0] == reply_type
+            && u16::from_be_bytes([icmp[4], icmp[5]]) == id
+            && u16::from_be_bytes([icmp[6], icmp[7]]) == seq
+        {
+            return true;
+        }
+    }
+    false
+}

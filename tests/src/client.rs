@@ -1,0 +1,116 @@
+//! Drives `em-testclient`: a process that joins a cgroup and a network namespace, then sends
+//! exactly what it is told and reports what happened as one `key=value` line.
+
+use std::{net::IpAddr, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+/// What the client reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Sends (or connects) that the kernel accepted.
+    pub ok: u64,
+    /// Sends refused with EPERM (a cgroup_skb drop).
+    pub eperm: u64,
+    /// Other failures (timeouts, resets).
+    pub failed: u64,
+    /// Replies received (ICMP echo replies; TCP: connections established).
+    pub replies: u64,
+    /// The local port used (UDP, TCP).
+    pub src_port: u16,
+}
+
+/// Where the client runs.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub binary: PathBuf,
+    pub netns: String,
+    pub cgroup: Option<PathBuf>,
+    pub uid: Option<u32>,
+}
+
+impl Client {
+    /// Sends `count` UDP datagrams of `payload` bytes to `dst:port`. `dstopts` adds an IPv6
+    /// Destination Options extension header to each.
+    pub fn udp(
+        &self,
+        dst: IpAddr,
+        port: u16,
+        count: u32,
+        payload: usize,
+        dstopts: bool,
+    ) -> anyhow::Result<Outcome> {
+        let mut args = vec![
+            "udp".to_owned(),
+            dst.to_string(),
+            port.to_string(),
+            count.to_string(),
+            payload.to_string(),
+        ];
+        if dstopts {
+            args.push("dstopts".to_owned());
+        }
+        self.call(&args)
+    }
+
+    /// One TCP connection (timeout in milliseconds) that sends a few bytes when established.
+    pub fn tcp(&self, dst: IpAddr, port: u16, timeout_ms: u32) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "tcp".into(),
+            dst.to_string(),
+            port.to_string(),
+            timeout_ms.to_string(),
+        ])
+    }
+
+    /// `count` ICMP/ICMPv6 echo requests, waiting up to 500 ms for each reply.
+    pub fn ping(&self, dst: IpAddr, count: u32) -> anyhow::Result<Outcome> {
+        self.call(&["ping".into(), dst.to_string(), count.to_string()])
+    }
+
+    fn call(&self, args: &[String]) -> anyhow::Result<Outcome> {
+        let mut command = Command::new(&self.binary);
+        command.arg("--netns").arg(&self.netns);
+        if let Some(cgroup) = &self.cgroup {
+            command.arg("--cgroup").arg(cgroup);
+        }
+        if let Some(uid) = self.uid {
+            command.arg("--uid").arg(uid.to_string());
+        }
+        command.args(args);
+        let output = command.output().context("running em-testclient")?;
+        if !output.status.success() {
+            bail!(
+                "em-testclient {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        parse(&String::from_utf8_lossy(&output.stdout))
+    }
+}
+
+/// `ok=N eperm=N failed=N replies=N src_port=N`
+fn parse(line: &str) -> anyhow::Result<Outcome> {
+    let mut outcome = Outcome {
+        ok: 0,
+        eperm: 0,
+        failed: 0,
+        replies: 0,
+        src_port: 0,
+    };
+    for field in line.split_whitespace() {
+        let (key, value) = field.split_once('=').context("field without =")?;
+        let value: u64 = value
+            .parse()
+            .with_context(|| format!("bad number in {field}"))?;
+        match key {
+            "ok" => outcome.ok = value,
+            "eperm" => outcome.eperm = value,
+            "failed" => outcome.failed = value,
+            "replies" => outcome.replies = value,
+            "src_port" => outcome.src_port = u16::try_from(value)?,
+            _ => bail!("unknown field {key}"),
+        }
+    }
+    Ok(outcome)
+}

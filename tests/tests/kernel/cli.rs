@@ -1,0 +1,177 @@
+//! Bad input and a hostile environment: refused before anything is attached, with one clear
+//! sentence and the documented exit code.
+
+use std::process::{Command, Output};
+
+use egress_monitor_tests::{cgroup::Cgroup, daemon_binary, require_root};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(daemon_binary())
+        .args(args)
+        .output()
+        .expect("run egress-monitor")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn scratch_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("em-{}-{name}", egress_monitor_tests::unique_id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Programs attached to a cgroup, as bpftool (an independent witness) lists them.
+fn attached(cgroup: &Cgroup) -> String {
+    let output = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&cgroup.path)
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    assert!(
+        output.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn policy_check_accepts_a_good_file_and_locates_errors_in_a_bad_one() {
+    let good = scratch_file(
+        "good.toml",
+        "mode = \"enforce\"\n[[rule]]\nname = \"m\"\ncidr = \"203.0.113.0/24\"\naction = \"allow\"\n",
+    );
+    let output = run(&["policy", "check", good.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("valid"));
+
+    let bad = scratch_file(
+        "bad.toml",
+        "mode = \"enforce\"\n[[rule]]\nname = \"m\"\ncidr = \"203.0.113.7/24\"\naction = \"allow\"\n",
+    );
+    let output = run(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!(
+            "{}:4:8: `203.0.113.7/24` has host bits set",
+            bad.display()
+        )),
+        "{text}"
+    );
+
+    let output = run(&["policy", "check", "/nonexistent/em-policy.toml"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output)
+            .contains("/nonexistent/em-policy.toml: cannot read the policy file: No such file")
+    );
+    let _ = std::fs::remove_file(good);
+    let _ = std::fs::remove_file(bad);
+}
+
+#[test]
+fn policy_show_prints_the_groups_and_the_effective_rules() {
+    let output = run(&[
+        "policy",
+        "show",
+        "--deny",
+        "10.1.2.0/24",
+        "--allow",
+        "198.51.100.0/24",
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "group private on",
+        "group azure on",
+        "group cgnat off",
+        "allow 168.63.129.16/32",
+        "allow 169.254.169.254/32",
+        "allow fc00::/7",
+        "deny  10.1.2.0/24",
+        "allow 198.51.100.0/24",
+        "(everything else)",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
+
+#[test]
+fn a_bad_policy_is_refused_before_anything_is_attached() {
+    require_root();
+    let cgroup = Cgroup::new().unwrap();
+    let bad = scratch_file("run-bad.toml", "mode = \"enforce\"\nbogus = 1\n");
+    let output = run(&[
+        "run",
+        "--cgroup",
+        cgroup.path.to_str().unwrap(),
+        "--policy",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains(&format!("{}:2:1: unknown field `bogus`", bad.display())));
+    assert_eq!(attached(&cgroup).trim(), "", "nothing may be attached");
+    let output = run(&[
+        "run",
+        "--cgroup",
+        cgroup.path.to_str().unwrap(),
+        "--deny",
+        "2001:db8::/129",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--deny 2001:db8::/129: `2001:db8::/129` is not a CIDR"));
+    let _ = std::fs::remove_file(bad);
+}
+
+#[test]
+fn a_missing_cgroup_or_interface_is_one_sentence_and_exit_3() {
+    require_root();
+    for (args, sentence) in [
+        (
+            vec!["run", "--cgroup", "/sys/fs/cgroup/em-no-such-cgroup"],
+            "egress-monitor: cgroup /sys/fs/cgroup/em-no-such-cgroup does not exist\n",
+        ),
+        (
+            vec!["run", "--cgroup", "/tmp"],
+            "egress-monitor: /tmp is not a cgroup v2 directory\n",
+        ),
+        (
+            vec!["run", "--hook", "tc", "--iface", "em-nope0"],
+            "egress-monitor: no network interface named `em-nope0`\n",
+        ),
+        (
+            vec!["run", "--hook", "tc", "--iface", "lo"],
+            "egress-monitor: interface `lo` is not an Ethernet device (link type 772); the TC hook supports Ethernet devices only\n",
+        ),
+    ] {
+        let output = run(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        let text = stderr(&output);
+        let last = text.lines().last().unwrap_or_default();
+        assert_eq!(format!("{last}\n"), sentence, "{args:?}");
+        assert!(
+            !text.contains("panicked") && !text.contains("backtrace"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn help_has_examples() {
+    let output = run(&["run", "--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("Examples:") && text.contains("--mode enforce --hook both"),
+        "{text}"
+    );
+}

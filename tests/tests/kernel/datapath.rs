@@ -1,0 +1,390 @@
+//! The datapath through the library: every hook × mode × family × protocol, with exact counts.
+
+use std::net::IpAddr;
+
+use egress_monitor::{datapath::Totals, events::Proto, policy::Mode};
+use egress_monitor_tests::netns::{
+    INTERNET_V4, INTERNET_V6, LAB_V4, NODE_V4, NODE_V6, PRIVATE_V4, PRIVATE_V6, TCP_PORT, UDP_PORT,
+};
+
+use crate::{Fixture, Hook, to};
+
+const N: u32 = 5;
+const PAYLOAD: usize = 100;
+const NOBODY: u32 = 65534;
+const INTERNET: [IpAddr; 2] = [IpAddr::V4(INTERNET_V4), IpAddr::V6(INTERNET_V6)];
+const PRIVATE: [IpAddr; 2] = [IpAddr::V4(PRIVATE_V4), IpAddr::V6(PRIVATE_V6)];
+
+/// IP packet length of one test datagram.
+fn udp_len(dst: IpAddr, payload: usize) -> u64 {
+    let ip_header = if dst.is_ipv4() { 20 } else { 40 };
+    (ip_header + 8 + payload) as u64
+}
+
+fn delta(after: Totals, before: Totals) -> Totals {
+    Totals {
+        packets: after.packets - before.packets,
+        bytes: after.bytes - before.bytes,
+    }
+}
+
+/// UDP: N datagrams to each internet and private peer, v4 and v6. Counters move by exactly
+/// what was sent; every denied datagram has an event with every field right.
+fn udp_phase(fx: &mut Fixture, hook: Hook, mode: Mode) {
+    let before = fx.counters(hook);
+    let client = fx.client(Some(NOBODY));
+    let mut src_ports = Vec::new();
+    for dst in INTERNET {
+        let outcome = client.udp(dst, UDP_PORT, N, PAYLOAD, false).unwrap();
+        match (hook, mode) {
+            // cgroup_skb drops make the sender's sendmsg fail with EPERM.
+            (Hook::Cgroup, Mode::Enforce) => assert_eq!(outcome.eperm, u64::from(N), "{dst}"),
+            // TC drops are silent; observe passes everything.
+            _ => assert_eq!(outcome.ok, u64::from(N), "{dst}: {outcome:?}"),
+        }
+        src_ports.push((dst, outcome.src_port));
+    }
+    for dst in PRIVATE {
+        let outcome = client.udp(dst, UDP_PORT, N, PAYLOAD, false).unwrap();
+        assert_eq!(
+            outcome.ok,
+            u64::from(N),
+            "private {dst} must pass: {outcome:?}"
+        );
+    }
+
+    for dst in PRIVATE {
+        assert_eq!(
+            fx.topology.peers.udp_received(dst),
+            N as usize,
+            "private {dst}"
+        );
+    }
+    let expected_internet = if mode == Mode::Enforce { 0 } else { N as usize };
+    for dst in INTERNET {
+        assert_eq!(
+            fx.topology.peers.udp_received(dst),
+            expected_internet,
+            "internet {dst}"
+        );
+    }
+
+    let after = fx.counters(hook);
+    let denied_bytes: u64 = INTERNET
+        .iter()
+        .map(|d| udp_len(*d, PAYLOAD) * u64::from(N))
+        .sum();
+    let denied = Totals {
+        packets: 2 * u64::from(N),
+        bytes: denied_bytes,
+    };
+    let (hit, untouched) = match mode {
+        Mode::Enforce => (
+            delta(after.denied_dropped, before.denied_dropped),
+            delta(after.denied_observed, before.denied_observed),
+        ),
+        Mode::Observe => (
+            delta(after.denied_observed, before.denied_observed),
+            delta(after.denied_dropped, before.denied_dropped),
+        ),
+    };
+    assert_eq!(hit, denied, "denied counter for {hook:?} {mode:?}");
+    assert_eq!(untouched, Totals::default());
+    let allowed = delta(after.allowed, before.allowed);
+    let allowed_bytes: u64 = PRIVATE
+        .iter()
+        .map(|d| udp_len(*d, PAYLOAD) * u64::from(N))
+        .sum();
+    if hook == Hook::Cgroup {
+        // The cgroup hook sees only the client's sockets: exactly what it sent.
+        assert_eq!(
+            allowed,
+            Totals {
+                packets: 2 * u64::from(N),
+                bytes: allowed_bytes
+            }
+        );
+    } else {
+        // TC also sees the kernel's own neighbour discovery, which is allowed.
+        assert!(
+            allowed.packets >= 2 * u64::from(N) && allowed.bytes >= allowed_bytes,
+            "{allowed:?}"
+        );
+    }
+
+    let records = fx.events(2 * N as usize);
+    assert_eq!(
+        records.len(),
+        2 * N as usize,
+        "one event per denied datagram: {records:#?}"
+    );
+    let ifindex = fx.topology.node_ifindex().unwrap();
+    for (dst, src_port) in src_ports {
+        let events = to(&records, dst);
+        assert_eq!(events.len(), N as usize, "{dst}");
+        for event in events {
+            let src: IpAddr = if dst.is_ipv4() {
+                NODE_V4.into()
+            } else {
+                NODE_V6.into()
+            };
+            assert_eq!(event.src, src);
+            assert_eq!(event.proto, Proto::Name("udp"));
+            assert_eq!(event.src_port, Some(src_port));
+            assert_eq!(event.dst_port, Some(UDP_PORT));
+            assert_eq!(u64::from(event.len), udp_len(dst, PAYLOAD));
+            assert_eq!(event.rule, "default");
+            assert_eq!(
+                event.action,
+                if mode == Mode::Enforce {
+                    "dropped"
+                } else {
+                    "observed"
+                }
+            );
+            assert!(!event.fragment && !event.malformed);
+            match hook {
+                Hook::Cgroup => {
+                    assert_eq!(event.hook, "cgroup");
+                    assert_eq!(event.uid, Some(NOBODY));
+                    assert_eq!(event.cgroup_id, Some(fx.cgroup.id()));
+                    assert_eq!(event.ifindex, None);
+                }
+                _ => {
+                    assert_eq!(event.hook, "tc");
+                    assert_eq!(event.ifindex, Some(ifindex));
+                    assert_eq!((event.uid, event.cgroup_id), (None, None));
+                }
+            }
+        }
+    }
+}
+
+/// TCP: a connection to each peer. Internet ones fail in enforce mode and succeed in observe
+/// mode; every denied segment is reported with its ports.
+fn tcp_phase(fx: &mut Fixture, mode: Mode) {
+    let client = fx.client(None);
+    for dst in PRIVATE {
+        let outcome = client.tcp(dst, TCP_PORT, 2000).unwrap();
+        assert_eq!(
+            outcome.replies, 1,
+            "private {dst} must connect: {outcome:?}"
+        );
+    }
+    for dst in INTERNET {
+        let outcome = client.tcp(dst, TCP_PORT, 1000).unwrap();
+        let connected = outcome.replies == 1;
+        assert_eq!(
+            connected,
+            mode == Mode::Observe,
+            "internet {dst}: {outcome:?}"
+        );
+    }
+    let records = fx.events(2);
+    for dst in INTERNET {
+        let events = to(&records, dst);
+        assert!(!events.is_empty(), "no TCP event for {dst}");
+        for event in events {
+            assert_eq!(event.proto, Proto::Name("tcp"));
+            assert_eq!(event.dst_port, Some(TCP_PORT));
+            assert!(event.src_port.is_some_and(|p| p != 0));
+        }
+    }
+    assert!(
+        records.iter().all(|r| !PRIVATE.contains(&r.dst)),
+        "allowed traffic has no events"
+    );
+}
+
+/// ICMP echo: replies from private peers always, from internet peers only in observe mode.
+fn ping_phase(fx: &mut Fixture, mode: Mode) {
+    const PINGS: u32 = 3;
+    let client = fx.client(None);
+    for dst in PRIVATE {
+        assert_eq!(
+            client.ping(dst, PINGS).unwrap().replies,
+            u64::from(PINGS),
+            "private {dst}"
+        );
+    }
+    for dst in INTERNET {
+        let outcome = client.ping(dst, PINGS).unwrap();
+        let expected = if mode == Mode::Observe {
+            u64::from(PINGS)
+        } else {
+            0
+        };
+        assert_eq!(outcome.replies, expected, "internet {dst}: {outcome:?}");
+    }
+    let records = fx.events(2 * PINGS as usize);
+    for (dst, proto) in [(INTERNET[0], "icmp"), (INTERNET[1], "icmpv6")] {
+        let events = to(&records, dst);
+        assert_eq!(events.len(), PINGS as usize, "{dst}: {records:#?}");
+        for event in events {
+            assert_eq!(event.proto, Proto::Name(proto));
+            assert_eq!((event.src_port, event.dst_port), (None, None));
+        }
+    }
+}
+
+fn matrix(hook: Hook, mode: Mode) {
+    let mut fx = Fixture::new(hook, mode, &[]);
+    udp_phase(&mut fx, hook, mode);
+    tcp_phase(&mut fx, mode);
+    ping_phase(&mut fx, mode);
+}
+
+#[test]
+fn cgroup_enforce_blocks_the_internet_and_passes_private_peers() {
+    matrix(Hook::Cgroup, Mode::Enforce);
+}
+
+#[test]
+fn cgroup_observe_passes_everything_and_reports_each_denied_packet() {
+    matrix(Hook::Cgroup, Mode::Observe);
+}
+
+#[test]
+fn tc_enforce_blocks_the_internet_and_passes_private_peers() {
+    matrix(Hook::Tc, Mode::Enforce);
+}
+
+#[test]
+fn tc_observe_passes_everything_and_reports_each_denied_packet() {
+    matrix(Hook::Tc, Mode::Observe);
+}
+
+/// `deny 10.78.0.0/24` inside the allowed 10.0.0.0/8: the longest prefix wins, on both hooks.
+#[test]
+fn a_deny_rule_inside_an_allowed_range_wins() {
+    for hook in [Hook::Cgroup, Hook::Tc] {
+        let mut fx = Fixture::new(hook, Mode::Enforce, &["10.78.0.0/24"]);
+        let client = fx.client(None);
+        client
+            .udp(LAB_V4.into(), UDP_PORT, N, PAYLOAD, false)
+            .unwrap();
+        client
+            .udp(PRIVATE_V4.into(), UDP_PORT, N, PAYLOAD, false)
+            .unwrap();
+        assert_eq!(fx.topology.peers.udp_received(LAB_V4.into()), 0, "{hook:?}");
+        assert_eq!(
+            fx.topology.peers.udp_received(PRIVATE_V4.into()),
+            N as usize,
+            "{hook:?}"
+        );
+        let deny_id = fx
+            .policy
+            .rules
+            .iter()
+            .position(|r| r.name == "cli-deny")
+            .unwrap();
+        let hits = fx.datapath.rule_hits(fx.policy.rules.len()).unwrap();
+        assert_eq!(hits[deny_id], u64::from(N), "{hook:?}: per-rule hits");
+        let ten_slash_eight = fx
+            .policy
+            .rules
+            .iter()
+            .position(|r| r.network.to_string() == "10.0.0.0/8")
+            .unwrap();
+        assert!(
+            hits[ten_slash_eight] >= u64::from(N),
+            "{hook:?}: the /8 matched the private peer"
+        );
+        let records = fx.events(N as usize);
+        let lab = to(&records, LAB_V4.into());
+        assert_eq!(lab.len(), N as usize, "{hook:?}");
+        assert!(
+            lab.iter()
+                .all(|e| e.rule == "cli-deny" && e.action == "dropped")
+        );
+    }
+}
+
+/// Fragments and IPv6 extension headers still get a verdict from their destination: the cgroup
+/// hook sees each datagram whole, TC sees every fragment, and only first fragments have ports.
+#[test]
+fn fragments_and_extension_headers_get_verdicts() {
+    const BIG: usize = 3000;
+    const DATAGRAMS: u32 = 2;
+    // Both hooks at once, observe: every packet reaches the peer and is reported by both.
+    let mut fx = Fixture::new(Hook::Both, Mode::Observe, &[]);
+    let client = fx.client(None);
+    for dst in INTERNET {
+        client.udp(dst, UDP_PORT, DATAGRAMS, BIG, false).unwrap();
+        assert_eq!(
+            fx.topology.peers.udp_received(dst),
+            DATAGRAMS as usize,
+            "{dst}"
+        );
+    }
+    // 3000 bytes of payload over a 1500-byte MTU: 3 fragments per datagram in either family.
+    let records = fx.events(2 * DATAGRAMS as usize * (1 + 3));
+    for dst in INTERNET {
+        let events = to(&records, dst);
+        let whole: Vec<_> = events.iter().filter(|e| e.hook == "cgroup").collect();
+        assert_eq!(
+            whole.len(),
+            DATAGRAMS as usize,
+            "{dst}: cgroup sees whole datagrams"
+        );
+        assert!(
+            whole
+                .iter()
+                .all(|e| u64::from(e.len) == udp_len(dst, BIG) && !e.fragment)
+        );
+        let fragments: Vec<_> = events.iter().filter(|e| e.hook == "tc").collect();
+        assert_eq!(
+            fragments.len(),
+            3 * DATAGRAMS as usize,
+            "{dst}: TC sees every fragment"
+        );
+        assert!(
+            fragments
+                .iter()
+                .all(|e| e.fragment && e.proto == Proto::Name("udp"))
+        );
+        let with_ports = fragments
+            .iter()
+            .filter(|e| e.dst_port == Some(UDP_PORT))
+            .count();
+        assert_eq!(
+            with_ports, DATAGRAMS as usize,
+            "{dst}: only first fragments carry ports"
+        );
+        let on_the_wire: u64 = fragments.iter().map(|e| u64::from(e.len)).sum();
+        assert!(
+            on_the_wire > udp_len(dst, BIG) * u64::from(DATAGRAMS),
+            "{dst}: {on_the_wire}"
+        );
+    }
+
+    // An IPv6 Destination Options header before UDP: the parser walks past it to the ports.
+    let v6 = IpAddr::V6(INTERNET_V6);
+    client.udp(v6, UDP_PORT, N, PAYLOAD, true).unwrap();
+    assert_eq!(fx.topology.peers.udp_received(v6), N as usize);
+    let records = fx.events(2 * N as usize);
+    assert_eq!(records.len(), 2 * N as usize, "{records:#?}");
+    for event in &records {
+        assert_eq!(event.dst, v6);
+        assert_eq!(event.proto, Proto::Name("udp"));
+        assert_eq!(event.dst_port, Some(UDP_PORT));
+        assert_eq!(
+            u64::from(event.len),
+            udp_len(v6, PAYLOAD) + 8,
+            "the 8-byte header counts"
+        );
+    }
+
+    // The mode flips to enforce in the live maps, without reloading: now they are dropped.
+    fx.datapath.set_mode(Mode::Enforce).unwrap();
+    let outcome = client.udp(v6, UDP_PORT, N, PAYLOAD, true).unwrap();
+    assert_eq!(outcome.eperm, u64::from(N));
+    assert_eq!(fx.topology.peers.udp_received(v6), 0);
+    let records = fx.events(N as usize);
+    assert_eq!(records.len(), N as usize);
+    assert!(
+        records
+            .iter()
+            .all(|e| e.action == "dropped" && e.hook == "cgroup")
+    );
+}
