@@ -66,6 +66,10 @@ pub fn open(path: &Path) -> Result<File, CgroupError> {
     })
 }
 
+#[expect(
+    clippy::useless_conversion,
+    reason = "statfs.f_type is i64 on x86_64 but another width on other architectures"
+)]
 fn is_cgroup2(path: &Path) -> bool {
     let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
         return false;

@@ -1,1 +1,60 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`.
+//!
+//! - `setup`: install what building and testing need (toolchains, bpf-linker, Debian tools);
+//!   idempotent, so every other task runs it first.
+//! - `run`: build and start the daemon on this host (observe mode, cgroup hook on the root
+//!   cgroup unless told otherwise).
+//! - `test`: format check, clippy, and the whole test suite, kernel tests included.
+
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "egress-monitor project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the pinned toolchains, bpf-linker and the Debian tools the tests use.
+    Setup,
+    /// Build, then run `egress-monitor run ARGS…` as root (default: observe mode on this host).
+    #[command(
+        after_help = "Examples:\n  cargo xtask run\n  cargo xtask run -- --mode enforce --hook both"
+    )]
+    Run {
+        /// Arguments for `egress-monitor run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Check formatting and lints, then run every test (kernel tests need root).
+    Test {
+        /// Extra arguments for the test binaries, e.g. a name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::setup(),
+        Task::Run { args } => setup::setup().and_then(|()| run::run(&args)),
+        Task::Test { args } => setup::setup().and_then(|()| test::test(&args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

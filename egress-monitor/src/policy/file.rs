@@ -68,9 +68,7 @@ impl PolicyFile {
         };
         let raw: RawFile = toml::from_str(text).map_err(|err| {
             PolicyError::Invalid(vec![Diagnostic {
-                place: err
-                    .span()
-                    .map_or_else(|| path.display().to_string(), &place),
+                place: err.span().map_or_else(|| path.display().to_string(), place),
                 message: err.message().trim_end().to_owned(),
             }])
         })?;

@@ -1,0 +1,124 @@
+//! `cargo xtask test`: formatting, lints, then every test, kernel tests included.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{is_root, root, step, target_dir};
+
+pub fn test(args: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the kernel tests load eBPF programs and create namespaces: run as root");
+    }
+    step(
+        "cargo fmt --check",
+        Command::new("cargo").args(["fmt", "--all", "--", "--check"]),
+    )?;
+    step(
+        "cargo clippy",
+        Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    // The daemon tests run the real binary, which `cargo test` does not build for another
+    // package's tests.
+    step(
+        "build egress-monitor",
+        Command::new("cargo").args(["build", "-p", "egress-monitor"]),
+    )?;
+    cargo_test(args)
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line that totals every
+/// test binary's result (cargo's own last line is whichever binary ran last).
+fn cargo_test(args: &[String]) -> anyhow::Result<()> {
+    eprintln!("==> cargo test");
+    let started = Instant::now();
+    let mut child = Command::new("cargo")
+        .arg("test")
+        .arg("--")
+        .args(args)
+        .env(
+            "EGRESS_MONITOR_BIN",
+            target_dir().join("debug/egress-monitor"),
+        )
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait()?;
+    eprintln!("    cargo test: {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !status.success() || totals.failed > 0 {
+        bail!("cargo test failed ({status})");
+    }
+    if totals.passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
+}
+
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds a libtest summary: `test result: ok. 28 passed; 0 failed; 1 ignored; …`.
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(kind), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match kind {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_summaries_are_totalled() {
+        let mut totals = Totals::default();
+        totals.add("test result: ok. 28 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s");
+        totals.add("running 13 tests");
+        totals
+            .add("test result: FAILED. 12 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        assert_eq!(
+            totals,
+            Totals {
+                passed: 40,
+                failed: 1,
+                ignored: 1
+            }
+        );
+    }
+}
