@@ -388,3 +388,62 @@ fn fragments_and_extension_headers_get_verdicts() {
             .all(|e| e.action == "dropped" && e.hook == "cgroup")
     );
 }
+
+/// A dual-stack IPv6 socket sending to `::ffff:203.0.113.1` puts an IPv4 packet on the wire:
+/// both hooks judge it by its IPv4 destination, so the mapped form is no way around the policy.
+#[test]
+fn an_ipv4_mapped_destination_is_judged_as_ipv4() {
+    let mapped: IpAddr = "::ffff:203.0.113.1".parse().unwrap();
+    for hook in [Hook::Cgroup, Hook::Tc] {
+        let mut fx = Fixture::new(hook, Mode::Enforce, &[]);
+        let outcome = fx
+            .client(None)
+            .udp(mapped, UDP_PORT, N, PAYLOAD, false)
+            .unwrap();
+        if hook == Hook::Cgroup {
+            assert_eq!(outcome.eperm, u64::from(N), "{outcome:?}");
+        }
+        assert_eq!(
+            fx.topology.peers.udp_received(INTERNET_V4.into()),
+            0,
+            "{hook:?}"
+        );
+        let records = fx.events(N as usize);
+        assert_eq!(records.len(), N as usize, "{hook:?}: {records:#?}");
+        for event in &records {
+            assert_eq!(event.dst, IpAddr::V4(INTERNET_V4), "{hook:?}");
+            assert_eq!(event.src, IpAddr::V4(NODE_V4), "{hook:?}");
+            assert_eq!(
+                u64::from(event.len),
+                udp_len(IpAddr::V4(INTERNET_V4), PAYLOAD)
+            );
+        }
+    }
+}
+
+/// More denied packets than the ring buffer holds, with nobody reading: every one is either an
+/// event or counted in `events_lost` — exactly, none silently gone — and all were judged.
+#[test]
+fn a_full_ring_buffer_counts_every_lost_event() {
+    // 1 MiB of 88-byte records (80 bytes + the ring's 8-byte header) is about 11,900 events.
+    const FLOOD: u32 = 20_000;
+    let mut fx = Fixture::new(Hook::Cgroup, Mode::Observe, &[]);
+    let outcome = fx
+        .client(None)
+        .udp(INTERNET_V4.into(), UDP_PORT, FLOOD, 0, false)
+        .unwrap();
+    assert_eq!(outcome.ok, u64::from(FLOOD));
+    let counters = fx.datapath.counters().unwrap();
+    assert_eq!(counters.cgroup.denied_observed.packets, u64::from(FLOOD));
+    let read = fx.events(FLOOD as usize).len() as u64;
+    assert!(
+        counters.events_lost > 0,
+        "the flood must overflow the ring buffer"
+    );
+    assert_eq!(
+        read + counters.events_lost,
+        u64::from(FLOOD),
+        "read {read}, lost {}",
+        counters.events_lost
+    );
+}
