@@ -57,10 +57,12 @@ pub enum DaemonError {
     Interface(#[from] InterfaceError),
     #[error("no interface to attach the TC hook to: none is up apart from loopback")]
     NoInterfaces,
-    #[error("cannot open the event output")]
-    EventsOpen(#[source] io::Error),
-    #[error("cannot write events")]
-    EventsWrite(#[source] io::Error),
+    #[error("cannot open the event output {path}")]
+    EventsOpen {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot poll the event ring buffer")]
     Poll(#[source] io::Error),
 }
@@ -71,6 +73,8 @@ pub struct Summary {
     pub attachments: Vec<Attachment>,
     pub counters: Counters,
     pub events_written: u64,
+    /// Events the output did not accept (see [`EventWriter`]).
+    pub events_unwritten: u64,
 }
 
 /// Upper bound on how long an event may wait in the ring buffer when no wake-up comes.
@@ -83,7 +87,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary, DaemonError> {
     raise_memlock_limit();
-    let mut writer = EventWriter::open(&config.events).map_err(DaemonError::EventsOpen)?;
+    let mut writer =
+        EventWriter::open(&config.events).map_err(|source| DaemonError::EventsOpen {
+            path: config.events.to_string(),
+            source,
+        })?;
     let mut datapath = Datapath::load(&config.policy)?;
     let ring = datapath.take_events()?;
     let logger = datapath.take_logger();
@@ -104,10 +112,7 @@ pub async fn run(
     log::info!(
         "{} rules loaded; events to {}",
         config.policy.rules.len(),
-        match &config.events {
-            EventsTarget::Stdout => "standard output".to_owned(),
-            EventsTarget::File(path) => path.display().to_string(),
-        }
+        config.events
     );
 
     let mut ring = watch(ring)?;
@@ -119,7 +124,7 @@ pub async fn run(
             () = &mut shutdown => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(DaemonError::Poll)?;
-                drain(guard.get_inner_mut(), &config.policy, &mut writer)?;
+                drain(guard.get_inner_mut(), &config.policy, &mut writer);
                 guard.clear_ready();
             }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
@@ -128,18 +133,28 @@ pub async fn run(
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                drain(ring.get_mut(), &config.policy, &mut writer)?;
+                drain(ring.get_mut(), &config.policy, &mut writer);
             }
         }
     }
     // Whatever arrived before the stop is written, not lost.
-    drain(ring.get_mut(), &config.policy, &mut writer)?;
+    drain(ring.get_mut(), &config.policy, &mut writer);
     let counters = datapath.counters()?;
-    log::info!("stopping: {}", summary_line(&counters));
+    log::info!(
+        "stopping: {}; {} events written, {} unwritten",
+        summary_line(&counters),
+        writer.written(),
+        writer.unwritten()
+    );
+    let hits = datapath.rule_hits(config.policy.rules.len())?;
+    if let Some(line) = rule_hits_line(&config.policy, &hits) {
+        log::info!("rule hits: {line}");
+    }
     Ok(Summary {
         attachments: datapath.attachments().to_vec(),
         counters,
         events_written: writer.written(),
+        events_unwritten: writer.unwritten(),
     })
 }
 
@@ -196,24 +211,19 @@ fn egress_interfaces() -> Result<Vec<String>, DaemonError> {
     Ok(names)
 }
 
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    policy: &Policy,
-    writer: &mut EventWriter,
-) -> Result<(), DaemonError> {
+fn drain(ring: &mut RingBuf<MapData>, policy: &Policy, writer: &mut EventWriter) {
     let clock = Clock::now();
     let mut any = false;
     while let Some(item) = ring.next() {
         any = true;
         match events::decode(&item).and_then(|event| EventRecord::new(&event, policy, &clock)) {
-            Ok(record) => writer.write(&record).map_err(DaemonError::EventsWrite)?,
+            Ok(record) => writer.write(&record),
             Err(err) => log::error!("skipping an unreadable event: {err}"),
         }
     }
     if any {
-        writer.flush().map_err(DaemonError::EventsWrite)?;
+        writer.flush();
     }
-    Ok(())
 }
 
 pub fn summary_line(counters: &Counters) -> String {
@@ -230,6 +240,23 @@ pub fn summary_line(counters: &Counters) -> String {
         counters.events_lost,
         counters.malformed
     )
+}
+
+/// The rules that matched, most hits first: `private 10.0.0.0/8=12, lab 10.1.2.0/24=3`.
+fn rule_hits_line(policy: &Policy, hits: &[u64]) -> Option<String> {
+    let mut hit: Vec<(u64, &crate::policy::Rule)> = hits
+        .iter()
+        .zip(&policy.rules)
+        .filter(|(count, _)| **count > 0)
+        .map(|(count, rule)| (*count, rule))
+        .collect();
+    hit.sort_by_key(|(count, _)| std::cmp::Reverse(*count));
+    (!hit.is_empty()).then(|| {
+        hit.iter()
+            .map(|(count, rule)| format!("{} {}={count}", rule.name, rule.network))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg and ignore it.

@@ -63,6 +63,9 @@ fn hint_for(err: &io::Error) -> Option<&'static str> {
 
 /// Which exit code a daemon error deserves.
 pub fn classify(err: &DaemonError) -> ExitStatus {
+    if matches!(err, DaemonError::EventsOpen { .. }) {
+        return ExitStatus::InvalidInput;
+    }
     let environment = match err {
         DaemonError::Cgroup(_) | DaemonError::Interface(_) | DaemonError::NoInterfaces => true,
         DaemonError::Datapath(

@@ -10,7 +10,7 @@ use std::{
     io::{self, BufWriter, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use egress_monitor_common::{
@@ -174,6 +174,15 @@ pub enum EventsTarget {
     File(PathBuf),
 }
 
+impl std::fmt::Display for EventsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventsTarget::Stdout => f.write_str("standard output"),
+            EventsTarget::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 impl EventsTarget {
     /// `-` is standard output; anything else a file path.
     pub fn parse(text: &str) -> EventsTarget {
@@ -187,10 +196,18 @@ impl EventsTarget {
 
 /// A JSON-lines writer. Lines are buffered within a batch and flushed at the end of each, so a
 /// reader sees every event within the batch interval.
+///
+/// A write that fails (a full disk, a closed pipe) never stops the daemon — stopping would
+/// detach the firewall — it is counted in [`EventWriter::unwritten`] and warned about at most
+/// every [`WARN_INTERVAL`], and writing resumes when the output accepts data again.
 pub struct EventWriter {
     out: BufWriter<Box<dyn Write + Send>>,
     written: u64,
+    unwritten: u64,
+    last_warning: Option<Instant>,
 }
+
+pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 impl EventWriter {
     pub fn open(target: &EventsTarget) -> io::Result<EventWriter> {
@@ -198,25 +215,57 @@ impl EventWriter {
             EventsTarget::Stdout => Box::new(io::stdout()),
             EventsTarget::File(path) => Box::new(open_append(path)?),
         };
-        Ok(EventWriter {
+        Ok(Self::new(out))
+    }
+
+    pub fn new(out: Box<dyn Write + Send>) -> EventWriter {
+        EventWriter {
             out: BufWriter::with_capacity(64 * 1024, out),
             written: 0,
-        })
+            unwritten: 0,
+            last_warning: None,
+        }
     }
 
-    pub fn write(&mut self, record: &EventRecord) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, record)?;
-        self.out.write_all(b"\n")?;
-        self.written += 1;
-        Ok(())
+    pub fn write(&mut self, record: &EventRecord) {
+        let result = serde_json::to_writer(&mut self.out, record)
+            .map_err(io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"));
+        match result {
+            Ok(()) => self.written += 1,
+            Err(err) => {
+                self.unwritten += 1;
+                self.warn(&err);
+            }
+        }
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    pub fn flush(&mut self) {
+        if let Err(err) = self.out.flush() {
+            self.warn(&err);
+        }
+    }
+
+    fn warn(&mut self, err: &io::Error) {
+        if self
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= WARN_INTERVAL)
+        {
+            self.last_warning = Some(Instant::now());
+            log::error!(
+                "cannot write events ({err}); {} unwritten so far, enforcement continues",
+                self.unwritten
+            );
+        }
     }
 
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Events that could not be written to the output.
+    pub fn unwritten(&self) -> u64 {
+        self.unwritten
     }
 }
 
@@ -331,6 +380,59 @@ mod tests {
         assert_eq!(json["fragment"], true);
         assert!(json.get("uid").is_none() && json.get("cgroup_id").is_none());
         assert!(json.get("malformed").is_none());
+    }
+
+    /// An output that takes `capacity` bytes (a short write when it fills), then fails like a
+    /// full disk.
+    struct FullDisk {
+        capacity: usize,
+        taken: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut taken = self.taken.lock().unwrap();
+            let room = self.capacity - taken.len();
+            if room == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = room.min(buf.len());
+            taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_output_counts_unwritten_events_and_keeps_going() {
+        let record = EventRecord::new(&event(), &policy(), &clock()).unwrap();
+        let line_len = serde_json::to_string(&record).unwrap().len() + 1;
+        let taken = std::sync::Arc::default();
+        let disk = FullDisk {
+            capacity: 2 * line_len,
+            taken: std::sync::Arc::clone(&taken),
+        };
+        let mut writer = EventWriter::new(Box::new(disk));
+        // The 64 KiB buffer takes the lines; the flush finds the disk full after two.
+        for _ in 0..5 {
+            writer.write(&record);
+        }
+        writer.flush();
+        assert_eq!(writer.written(), 5, "buffered");
+        // Past the buffer, writes fail and are counted rather than stopping anything.
+        let many = 64 * 1024 / line_len + 10;
+        for _ in 0..many {
+            writer.write(&record);
+        }
+        assert!(writer.unwritten() > 0);
+        assert_eq!(writer.written() + writer.unwritten(), 5 + many as u64);
+        assert_eq!(
+            taken.lock().unwrap().len(),
+            2 * line_len,
+            "the disk was filled"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub fn setup() -> anyhow::Result<()> {
 fn toolchains() -> anyhow::Result<()> {
     // `rustup toolchain install` is a no-op for a toolchain already present.
     step(
-        &format!("toolchain {NIGHTLY} + rust-src"),
+        &format!("toolchain {NIGHTLY} + rust-src, clippy"),
         Command::new("rustup").args([
             "toolchain",
             "install",
@@ -31,7 +31,7 @@ fn toolchains() -> anyhow::Result<()> {
             "--profile",
             "minimal",
             "-c",
-            "rust-src",
+            "rust-src,clippy",
         ]),
     )?;
     step(

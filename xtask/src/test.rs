@@ -8,7 +8,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{is_root, root, step, target_dir};
+use crate::{
+    setup::NIGHTLY,
+    util::{is_root, root, step, target_dir},
+};
 
 pub fn test(args: &[String]) -> anyhow::Result<()> {
     if !is_root() {
@@ -21,6 +24,24 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
     step(
         "cargo clippy",
         Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    // The kernel crate only builds for the BPF target with the pinned nightly.
+    step(
+        "cargo clippy (kernel crate)",
+        Command::new("rustup")
+            .args([
+                "run",
+                NIGHTLY,
+                "cargo",
+                "clippy",
+                "-p",
+                "egress-monitor-ebpf",
+            ])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .arg("--target-dir")
+            .arg(target_dir().join("ebpf-clippy"))
+            .args(["--", "-D", "warnings"])
+            .env("RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""),
     )?;
     // The daemon tests run the real binary, which `cargo test` does not build for another
     // package's tests.

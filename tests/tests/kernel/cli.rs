@@ -124,6 +124,19 @@ fn a_bad_policy_is_refused_before_anything_is_attached() {
     ]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("--deny 2001:db8::/129: `2001:db8::/129` is not a CIDR"));
+    let output = run(&[
+        "run",
+        "--cgroup",
+        cgroup.path.to_str().unwrap(),
+        "--events",
+        "/nonexistent/dir/events.jsonl",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output)
+            .contains("cannot open the event output /nonexistent/dir/events.jsonl: No such file")
+    );
+    assert_eq!(attached(&cgroup).trim(), "", "nothing may be attached");
     let _ = std::fs::remove_file(bad);
 }
 

@@ -1,0 +1,65 @@
+//! The two entry points. They differ only in where the IP header starts; the verdict is
+//! [`crate::policy::judge`]'s, and each returns exactly that verdict.
+#![allow(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "aya's macros wrap these functions in the raw-pointer entry points the kernel calls"
+)]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::{cgroup_skb, classifier},
+    programs::{SkBuffContext, TcContext},
+};
+use egress_monitor_common::verdict::hook;
+
+use aya_log_ebpf::warn;
+
+use crate::{
+    parse::L3Start,
+    policy::{self, Verdict},
+};
+
+/// cgroup_skb return codes: 1 lets the packet go, 0 drops it (the sender sees EPERM).
+const CGROUP_PASS: i32 = 1;
+const CGROUP_DROP: i32 = 0;
+
+#[cgroup_skb]
+pub fn cgroup_egress(ctx: SkBuffContext) -> i32 {
+    let judgement = policy::judge(
+        &ctx.skb,
+        ctx.as_ptr().cast(),
+        L3Start::Network,
+        hook::CGROUP,
+    );
+    if judgement.malformed {
+        warn!(
+            &ctx,
+            "cgroup egress: unreadable IP header, treated as denied"
+        );
+    }
+    match judgement.verdict {
+        Verdict::Pass => CGROUP_PASS,
+        Verdict::Drop => CGROUP_DROP,
+    }
+}
+
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "TC_ACT_SHOT is u32 in some architectures' bindings and i32 in others"
+)]
+const TC_DROP: i32 = TC_ACT_SHOT as i32;
+
+/// TC pass is `TC_ACT_UNSPEC` (TCX_NEXT): let later programs on the hook have their say rather
+/// than ending the chain, so egress-monitor composes with other TC users. Drop ends it.
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    let judgement = policy::judge(&ctx.skb, ctx.as_ptr().cast(), L3Start::Ethernet, hook::TC);
+    if judgement.malformed {
+        warn!(&ctx, "tc egress: unreadable IP header, treated as denied");
+    }
+    match judgement.verdict {
+        Verdict::Pass => TC_ACT_UNSPEC,
+        Verdict::Drop => TC_DROP,
+    }
+}
