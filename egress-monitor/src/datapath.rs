@@ -38,6 +38,11 @@ const TC_PROGRAM: &str = "tc_egress";
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error(
+        "loading the firewall needs root, or {}; this process lacks {}",
+        REQUIRED_CAPABILITIES, missing.join(" and ")
+    )]
+    Privilege { missing: Vec<&'static str> },
+    #[error(
         "this binary was built without its eBPF programs (AYA_BUILD_SKIP); run `cargo xtask setup` and rebuild"
     )]
     NoObject,
@@ -131,6 +136,11 @@ impl Datapath {
     pub fn load(policy: &Policy) -> Result<Datapath, DatapathError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
+        }
+        let missing =
+            missing_capabilities(&std::fs::read_to_string("/proc/self/status").unwrap_or_default());
+        if !missing.is_empty() {
+            return Err(DatapathError::Privilege { missing });
         }
         let count_v4 = policy.rules.iter().filter(|r| r.network.is_ipv4()).count();
         let count_v6 = policy.rules.len() - count_v4;
@@ -364,6 +374,31 @@ where
         .map_err(|source| DatapathError::Program { name, source })
 }
 
+const REQUIRED_CAPABILITIES: &str = "CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN";
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// What loading and attaching need that the process's effective capabilities (the `CapEff`
+/// line of /proc/self/status) lack. Checked up front so the operator gets one sentence instead
+/// of the kernel's EPERM from somewhere inside the loader.
+fn missing_capabilities(status: &str) -> Vec<&'static str> {
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    missing
+}
+
 /// An LPM trie key: prefix length and the address bytes in network order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LpmKey {
@@ -405,6 +440,31 @@ mod tests {
         assert_eq!(prefix, 32);
         assert_eq!(bytes[..4], [0x20, 0x01, 0x0d, 0xb8]);
         assert!(bytes[4..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn capabilities_are_read_from_the_effective_set() {
+        let status =
+            |cap_eff: &str| format!("Name:\tx\nCapPrm:\t000001ffffffffff\nCapEff:\t{cap_eff}\n");
+        assert!(
+            missing_capabilities(&status("000001ffffffffff")).is_empty(),
+            "root"
+        );
+        assert_eq!(
+            missing_capabilities(&status("0000000000000000")),
+            ["CAP_BPF", "CAP_NET_ADMIN"]
+        );
+        // CAP_BPF + CAP_NET_ADMIN, and CAP_SYS_ADMIN + CAP_NET_ADMIN, are each enough.
+        assert!(missing_capabilities(&status("0000008000001000")).is_empty());
+        assert!(missing_capabilities(&status("0000000000201000")).is_empty());
+        assert_eq!(
+            missing_capabilities(&status("0000008000000000")),
+            ["CAP_NET_ADMIN"]
+        );
+        assert_eq!(
+            missing_capabilities("no such line"),
+            ["CAP_BPF", "CAP_NET_ADMIN"]
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ fn root_io_error<'a>(err: &'a (dyn Error + 'static)) -> Option<&'a io::Error> {
 fn hint_for(err: &io::Error) -> Option<&'static str> {
     match err.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => {
-            Some("egress-monitor needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")
+            Some("this needs root, or CAP_BPF and CAP_NET_ADMIN")
         }
         Some(libc::ENOSYS) => Some("this kernel has no BPF support"),
         _ => None,
@@ -71,7 +71,8 @@ pub fn classify(err: &DaemonError) -> ExitStatus {
         DaemonError::Datapath(
             DatapathError::Cgroup(_)
             | DatapathError::Interface(_)
-            | DatapathError::NotEthernet { .. },
+            | DatapathError::NotEthernet { .. }
+            | DatapathError::Privilege { .. },
         ) => true,
         _ => root_io_error(err).and_then(hint_for).is_some(),
     };

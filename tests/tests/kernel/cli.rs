@@ -179,6 +179,26 @@ fn a_missing_cgroup_or_interface_is_one_sentence_and_exit_3() {
 }
 
 #[test]
+fn without_privilege_it_says_what_is_missing() {
+    require_root();
+    let cgroup = Cgroup::new().unwrap();
+    // setpriv (util-linux) runs the daemon as nobody, with no capabilities.
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(daemon_binary())
+        .args(["run", "--cgroup", cgroup.path.to_str().unwrap()])
+        .output()
+        .expect("setpriv");
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        "egress-monitor: loading the firewall needs root, or CAP_BPF (or CAP_SYS_ADMIN) and \
+         CAP_NET_ADMIN; this process lacks CAP_BPF and CAP_NET_ADMIN\n"
+    );
+    assert_eq!(attached(&cgroup).trim(), "");
+}
+
+#[test]
 fn help_has_examples() {
     let output = run(&["run", "--help"]);
     assert_eq!(output.status.code(), Some(0));
