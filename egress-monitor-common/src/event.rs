@@ -9,6 +9,9 @@ pub mod flags {
     pub const FRAGMENT: u8 = 1 << 1;
     /// The IP header could not be read in full; only the fields read so far are set.
     pub const MALFORMED: u8 = 1 << 2;
+    /// Not an IP packet (TC hook): an ethertype other than IPv4, IPv6 and ARP, or more VLAN
+    /// tags than the parser unwraps. `ethertype` says which; there are no addresses.
+    pub const NOT_IP: u8 = 1 << 3;
 }
 
 /// Ordered largest-first so that no implicit padding exists; the tail is padded explicitly to a
@@ -43,7 +46,10 @@ pub struct Event {
     /// [`crate::verdict::outcome`], as a byte.
     pub outcome: u8,
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// The frame's ethertype (host byte order) on the TC hook; 0 on the cgroup hook.
+    pub ethertype: u16,
+    pub _pad2: [u8; 4],
 }
 pub const EVENT_SIZE: usize = 80;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);

@@ -36,9 +36,12 @@ pub mod stat {
     /// IP packets too short or malformed to read a destination from. They are treated as
     /// denied (dropped in enforce mode): a firewall must not pass what it cannot read.
     pub const MALFORMED: u32 = 1;
-    /// Non-IP frames seen on the TC hook (ARP, LLDP, ...). They pass: they never leave the link.
-    pub const NON_IP: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// ARP frames seen on the TC hook. They pass: they never leave the link, and IPv4 needs them.
+    pub const ARP: u32 = 2;
+    /// Other non-IP frames on the TC hook (and IP hidden under more VLAN tags than are
+    /// unwrapped). Denied like malformed packets: nothing in them can be checked.
+    pub const NOT_IP: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Default ring buffer size; a power-of-two multiple of the page size as the kernel requires.

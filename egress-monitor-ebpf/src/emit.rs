@@ -82,7 +82,9 @@ pub fn event(
         hook,
         outcome: outcome as u8,
         flags: packet.flags,
-        _pad: [0; 7],
+        _pad: 0,
+        ethertype: packet.ethertype,
+        _pad2: [0; 4],
     });
     entry.submit(0);
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use egress_monitor_common::verdict::hook;
 
-use aya_log_ebpf::warn;
+use aya_log_ebpf::debug;
 
 use crate::{
     parse::L3Start,
@@ -32,11 +32,8 @@ pub fn cgroup_egress(ctx: SkBuffContext) -> i32 {
         L3Start::Network,
         hook::CGROUP,
     );
-    if judgement.malformed {
-        warn!(
-            &ctx,
-            "cgroup egress: unreadable IP header, treated as denied"
-        );
+    if judgement.unjudgeable {
+        debug!(&ctx, "cgroup egress: unreadable IP header, denied");
     }
     match judgement.verdict {
         Verdict::Pass => CGROUP_PASS,
@@ -55,8 +52,8 @@ const TC_DROP: i32 = TC_ACT_SHOT as i32;
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
     let judgement = policy::judge(&ctx.skb, ctx.as_ptr().cast(), L3Start::Ethernet, hook::TC);
-    if judgement.malformed {
-        warn!(&ctx, "tc egress: unreadable IP header, treated as denied");
+    if judgement.unjudgeable {
+        debug!(&ctx, "tc egress: no readable IP destination, denied");
     }
     match judgement.verdict {
         Verdict::Pass => TC_ACT_UNSPEC,

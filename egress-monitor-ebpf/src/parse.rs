@@ -9,11 +9,12 @@ use egress_monitor_common::event::flags;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const VLAN_HLEN: usize = 4;
-/// Q-in-Q at most; deeper stacks are not seen on egress in practice and stay "non-IP".
+/// Q-in-Q at most; a deeper stack is judged as a non-IP frame (denied), not looked into.
 const MAX_VLAN_TAGS: usize = 2;
 
 const IPV4_MIN_HLEN: usize = 20;
@@ -44,6 +45,8 @@ pub enum L3Start {
 pub struct Packet {
     /// 4 or 6; 0 when the frame is not IP at all.
     pub ip_version: u8,
+    /// The Ethernet frame's ethertype (after VLAN tags); 0 on the cgroup hook.
+    pub ethertype: u16,
     pub proto: u8,
     pub flags: u8,
     /// IPv4 addresses fill the first 4 bytes.
@@ -59,6 +62,7 @@ impl Packet {
     const fn empty(len: u32) -> Self {
         Self {
             ip_version: 0,
+            ethertype: 0,
             proto: 0,
             flags: 0,
             src: [0; 16],
@@ -74,20 +78,24 @@ impl Packet {
 pub enum Parsed {
     /// An IP packet with a readable destination.
     Ip(Packet),
-    /// An IP packet whose fixed header cannot be read: no destination, so no allow rule can
-    /// apply. `ip_version` says which family it claimed to be.
-    Malformed(Packet),
-    /// Not IP (ARP, LLDP, ...): never routed off the link.
-    NotIp,
+    /// A frame with no destination address to judge: an IP packet whose fixed header cannot
+    /// be read, or a non-IP, non-ARP frame. No allow rule can apply, so it is denied.
+    Unjudgeable(Packet),
+    /// ARP: stays on the link, and IPv4 cannot work without it.
+    Arp,
 }
 
 pub fn parse(skb: &SkBuff, start: L3Start) -> Parsed {
     let (l3, ethertype) = match start {
         L3Start::Network => (0, None),
-        L3Start::Ethernet => match ethernet(skb) {
-            Some((l3, ethertype)) => (l3, Some(ethertype)),
-            None => return Parsed::NotIp,
-        },
+        L3Start::Ethernet => {
+            let (l3, ethertype) = ethernet(skb);
+            match ethertype {
+                ETH_P_IP | ETH_P_IPV6 => (l3, Some(ethertype)),
+                ETH_P_ARP => return Parsed::Arp,
+                _ => return not_ip(ethertype, skb.len().saturating_sub(l3 as u32)),
+            }
+        }
     };
     let len = skb.len().saturating_sub(l3 as u32);
     let Ok(first) = skb.load::<u8>(l3) else {
@@ -99,12 +107,27 @@ pub fn parse(skb: &SkBuff, start: L3Start) -> Parsed {
     };
     let version = first >> 4;
     // On TC the ethertype and the version nibble must agree; a mismatch is a crafted frame.
-    match (ethertype, version) {
+    let parsed = match (ethertype, version) {
         (None | Some(ETH_P_IP), 4) => ipv4(skb, l3, len),
         (None | Some(ETH_P_IPV6), 6) => ipv6(skb, l3, len),
         (Some(ETH_P_IP), _) => malformed(4, len),
         (Some(_), _) => malformed(6, len),
         (None, _) => malformed(version, len),
+    };
+    with_ethertype(parsed, ethertype.unwrap_or(0))
+}
+
+fn with_ethertype(parsed: Parsed, ethertype: u16) -> Parsed {
+    match parsed {
+        Parsed::Ip(mut packet) => {
+            packet.ethertype = ethertype;
+            Parsed::Ip(packet)
+        }
+        Parsed::Unjudgeable(mut packet) => {
+            packet.ethertype = ethertype;
+            Parsed::Unjudgeable(packet)
+        }
+        Parsed::Arp => Parsed::Arp,
     }
 }
 
@@ -112,40 +135,45 @@ fn malformed(ip_version: u8, len: u32) -> Parsed {
     let mut packet = Packet::empty(len);
     packet.ip_version = ip_version;
     packet.flags = flags::MALFORMED;
-    Parsed::Malformed(packet)
+    Parsed::Unjudgeable(packet)
 }
 
-/// Returns the offset of the IP header and the ethertype, or `None` for non-IP frames.
-fn ethernet(skb: &SkBuff) -> Option<(usize, u16)> {
+fn not_ip(ethertype: u16, len: u32) -> Parsed {
+    let mut packet = Packet::empty(len);
+    packet.ethertype = ethertype;
+    packet.flags = flags::NOT_IP;
+    Parsed::Unjudgeable(packet)
+}
+
+/// The offset of the payload and its ethertype, after at most [`MAX_VLAN_TAGS`] tags. A frame
+/// too short for its header reports ethertype 0 (unknown, so denied).
+fn ethernet(skb: &SkBuff) -> (usize, u16) {
     let mut offset = ETH_HLEN - 2;
-    let mut ethertype = u16::from_be_bytes(skb.load::<[u8; 2]>(offset).ok()?);
+    let read = |offset: usize| skb.load::<[u8; 2]>(offset).map_or(0, u16::from_be_bytes);
+    let mut ethertype = read(offset);
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
         offset += VLAN_HLEN;
-        ethertype = u16::from_be_bytes(skb.load::<[u8; 2]>(offset).ok()?);
+        ethertype = read(offset);
     }
-    match ethertype {
-        ETH_P_IP | ETH_P_IPV6 => Some((offset + 2, ethertype)),
-        _ => None,
-    }
+    (offset + 2, ethertype)
 }
 
 fn ipv4(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
     let Ok(h) = skb.load::<[u8; IPV4_MIN_HLEN]>(l3) else {
         return malformed(4, len);
     };
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    if ihl < IPV4_MIN_HLEN {
+        return malformed(4, len);
+    }
     let mut packet = Packet::empty(len);
     packet.ip_version = 4;
     packet.proto = h[9];
     packet.src[..4].copy_from_slice(&h[12..16]);
     packet.dst[..4].copy_from_slice(&h[16..20]);
-    let ihl = usize::from(h[0] & 0x0f) * 4;
-    if ihl < IPV4_MIN_HLEN {
-        packet.flags |= flags::MALFORMED;
-        return Parsed::Ip(packet);
-    }
     let frag = u16::from_be_bytes([h[6], h[7]]);
     let more_fragments = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
@@ -168,14 +196,14 @@ fn ipv6(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
     packet.src.copy_from_slice(&h[8..24]);
     packet.dst.copy_from_slice(&h[24..40]);
     // The verdict needs only the destination above; the walk below finds the transport
-    // header for the event. A chain we cannot walk still gets its verdict.
+    // header for the event. A chain we cannot walk (truncated, or longer than
+    // MAX_IPV6_EXT_HEADERS) still gets its verdict; its event just has no ports.
     let mut next = h[6];
     let mut offset = l3 + IPV6_HLEN;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
-                    packet.flags |= flags::MALFORMED;
                     break;
                 };
                 next = ext[0];
@@ -183,7 +211,6 @@ fn ipv6(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
             }
             IPPROTO_AH => {
                 let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
-                    packet.flags |= flags::MALFORMED;
                     break;
                 };
                 next = ext[0];
@@ -191,7 +218,6 @@ fn ipv6(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
             }
             IPPROTO_FRAGMENT => {
                 let Ok(ext) = skb.load::<[u8; 4]>(offset) else {
-                    packet.flags |= flags::MALFORMED;
                     break;
                 };
                 packet.flags |= flags::FRAGMENT;

@@ -2,6 +2,7 @@
 
 use aya_ebpf::{bindings::__sk_buff, maps::lpm_trie::Key, programs::sk_buff::SkBuff};
 use egress_monitor_common::{
+    event::flags,
     maps::stat,
     policy::{IPV4_ADDR_LEN, RuleValue, config},
     verdict::{RULE_ID_DEFAULT, action, mode, outcome},
@@ -20,30 +21,35 @@ pub enum Verdict {
 
 pub struct Judgement {
     pub verdict: Verdict,
-    /// The IP header could not be read; the packet was treated as denied.
-    pub malformed: bool,
+    /// No destination could be read (a malformed IP header, or a non-IP frame other than ARP):
+    /// the packet was treated as denied.
+    pub unjudgeable: bool,
 }
 
 /// The one verdict function both hooks share. `raw` is the same skb as `skb`, for the context
 /// fields and helpers the event needs.
 #[inline(always)]
 pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Judgement {
-    let (packet, malformed) = match parse::parse(skb, start) {
-        Parsed::Ip(packet) => (packet, false),
-        Parsed::Malformed(packet) => {
-            emit::stat(stat::MALFORMED);
-            (packet, true)
-        }
-        Parsed::NotIp => {
-            emit::stat(stat::NON_IP);
+    let (packet, judgeable) = match parse::parse(skb, start) {
+        Parsed::Ip(packet) => (packet, true),
+        Parsed::Unjudgeable(packet) => (packet, false),
+        Parsed::Arp => {
+            emit::stat(stat::ARP);
             return Judgement {
                 verdict: Verdict::Pass,
-                malformed: false,
+                unjudgeable: false,
             };
         }
     };
-    // A malformed packet has no destination to match: it falls to the default deny.
-    let rule = if malformed { None } else { lookup(&packet) };
+    if !judgeable {
+        emit::stat(if packet.flags & flags::NOT_IP != 0 {
+            stat::NOT_IP
+        } else {
+            stat::MALFORMED
+        });
+    }
+    // Without a destination no rule can match: the packet falls to the default deny.
+    let rule = if judgeable { lookup(&packet) } else { None };
     let (rule_id, allowed) = match rule {
         Some(rule) => (rule.rule_id, rule.action == action::ALLOW),
         None => (RULE_ID_DEFAULT, false),
@@ -62,7 +68,10 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
     if result != outcome::ALLOWED {
         emit::event(skb, raw, hook, result, rule_id, &packet);
     }
-    Judgement { verdict, malformed }
+    Judgement {
+        verdict,
+        unjudgeable: !judgeable,
+    }
 }
 
 #[inline(always)]

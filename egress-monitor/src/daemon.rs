@@ -234,11 +234,12 @@ pub fn summary_line(counters: &Counters) -> String {
         )
     };
     format!(
-        "{}; {}; {} events lost, {} malformed",
+        "{}; {}; {} events lost, {} malformed, {} non-IP denied",
         hook("cgroup", &counters.cgroup),
         hook("tc", &counters.tc),
         counters.events_lost,
-        counters.malformed
+        counters.malformed,
+        counters.not_ip
     )
 }
 

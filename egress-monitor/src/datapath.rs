@@ -118,8 +118,12 @@ pub struct Counters {
     pub cgroup: HookCounters,
     pub tc: HookCounters,
     pub events_lost: u64,
+    /// IP packets whose header could not be read (denied, and in the outcome counters too).
     pub malformed: u64,
-    pub non_ip: u64,
+    /// TC: non-IP frames other than ARP (denied, and in the outcome counters too).
+    pub not_ip: u64,
+    /// TC: ARP frames (passed; not in the outcome counters, which are about IP).
+    pub arp: u64,
 }
 
 /// The datapath: programs loaded, policy in the maps, attached where asked. Dropping it
@@ -158,6 +162,9 @@ impl Datapath {
             .map_max_entries(names::POLICY_V6, capacity(count_v6))
             .map_max_entries(names::RULE_HITS, rule_capacity)
             .map_max_entries(names::EVENTS, EVENTS_RING_BYTES)
+            // Kernel-side log records (debug: packets denied for want of a destination) follow
+            // the daemon's own level; aya-log's levels and `log`'s filter share their numbers.
+            .override_global("AYA_LOG_LEVEL", &(log::max_level() as u8), false)
             .load(EBPF_OBJECT)
             .map_err(DatapathError::Load)?;
         let mut datapath = Datapath {
@@ -326,7 +333,8 @@ impl Datapath {
             tc: per_hook(hook::TC)?,
             events_lost: stat_at(stat::EVENTS_LOST),
             malformed: stat_at(stat::MALFORMED),
-            non_ip: stat_at(stat::NON_IP),
+            not_ip: stat_at(stat::NOT_IP),
+            arp: stat_at(stat::ARP),
         })
     }
 

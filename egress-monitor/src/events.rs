@@ -67,8 +67,9 @@ pub struct EventRecord {
     /// `observed` (observe mode: passed) or `dropped` (enforce mode).
     pub action: &'static str,
     pub proto: Proto,
-    pub src: IpAddr,
-    pub dst: IpAddr,
+    /// Null only when no IP header could be read (`malformed` or `ethertype` says why).
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
     pub src_port: Option<u16>,
     pub dst_port: Option<u16>,
     pub len: u32,
@@ -85,6 +86,9 @@ pub struct EventRecord {
     /// Present (true) only when the IP header could not be read.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub malformed: bool,
+    /// Present only for a non-IP frame on the TC hook: its ethertype, as `0x88b5`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ethertype: Option<String>,
 }
 
 impl EventRecord {
@@ -109,11 +113,15 @@ impl EventRecord {
                 });
             }
         };
-        let address = |bytes: &[u8; 16]| -> IpAddr {
-            if event.ip_version == 6 {
-                IpAddr::V6(Ipv6Addr::from(*bytes))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+        let not_ip = event.flags & flags::NOT_IP != 0;
+        let malformed = event.flags & flags::MALFORMED != 0;
+        let address = |bytes: &[u8; 16]| -> Option<IpAddr> {
+            match event.ip_version {
+                _ if not_ip || malformed => None,
+                6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+                _ => Some(IpAddr::V4(Ipv4Addr::new(
+                    bytes[0], bytes[1], bytes[2], bytes[3],
+                ))),
             }
         };
         let has_ports = event.flags & flags::HAS_PORTS != 0;
@@ -133,7 +141,8 @@ impl EventRecord {
             cgroup_id: on_cgroup.then_some(event.cgroup_id),
             ifindex: (!on_cgroup).then_some(event.ifindex),
             fragment: event.flags & flags::FRAGMENT != 0,
-            malformed: event.flags & flags::MALFORMED != 0,
+            malformed,
+            ethertype: not_ip.then(|| format!("{:#06x}", event.ethertype)),
         })
     }
 }
@@ -304,7 +313,9 @@ mod tests {
             hook: hook::CGROUP,
             outcome: outcome::DENIED_DROPPED as u8,
             flags: flags::HAS_PORTS,
-            _pad: [0; 7],
+            _pad: 0,
+            ethertype: 0,
+            _pad2: [0; 4],
         }
     }
 
@@ -379,7 +390,35 @@ mod tests {
         assert_eq!(json["rule"], "cli-deny");
         assert_eq!(json["fragment"], true);
         assert!(json.get("uid").is_none() && json.get("cgroup_id").is_none());
+        assert!(json.get("malformed").is_none() && json.get("ethertype").is_none());
+    }
+
+    #[test]
+    fn a_non_ip_frame_has_null_addresses_and_its_ethertype() {
+        let mut e = event();
+        e.hook = hook::TC;
+        e.ip_version = 0;
+        e.proto = 0;
+        e.flags = flags::NOT_IP;
+        e.ethertype = 0x88b5;
+        let json =
+            serde_json::to_value(EventRecord::new(&e, &policy(), &clock()).unwrap()).unwrap();
+        assert_eq!(json["ethertype"], "0x88b5");
+        assert_eq!(
+            (&json["src"], &json["dst"]),
+            (&serde_json::Value::Null, &serde_json::Value::Null)
+        );
+        assert_eq!(json["dst_port"], serde_json::Value::Null);
+        assert_eq!(json["rule"], "default");
         assert!(json.get("malformed").is_none());
+        let mut e = event();
+        e.flags = flags::MALFORMED;
+        let json =
+            serde_json::to_value(EventRecord::new(&e, &policy(), &clock()).unwrap()).unwrap();
+        assert_eq!(
+            (json["malformed"].clone(), json["dst"].clone()),
+            (serde_json::Value::Bool(true), serde_json::Value::Null)
+        );
     }
 
     /// An output that takes `capacity` bytes (a short write when it fills), then fails like a

@@ -68,6 +68,24 @@ impl Client {
         self.call(&["ping".into(), dst.to_string(), count.to_string()])
     }
 
+    /// `count` raw broadcast Ethernet frames on `iface` with `ethertype` behind `vlan_tags`
+    /// 802.1Q tags (for 0x0800, a UDP datagram to 203.0.113.1).
+    pub fn frame(
+        &self,
+        iface: &str,
+        ethertype: u16,
+        count: u32,
+        vlan_tags: u8,
+    ) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "frame".into(),
+            iface.to_owned(),
+            format!("{ethertype:04x}"),
+            count.to_string(),
+            vlan_tags.to_string(),
+        ])
+    }
+
     fn call(&self, args: &[String]) -> anyhow::Result<Outcome> {
         let mut command = Command::new(&self.binary);
         command.arg("--netns").arg(&self.netns);

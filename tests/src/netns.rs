@@ -190,6 +190,97 @@ impl Topology {
     }
 }
 
+/// A packet socket on the peer's end of the veth: sees every frame that arrives, whatever it
+/// carries, so a test can tell whether a frame made it across.
+pub struct Tap {
+    socket: std::os::fd::OwnedFd,
+}
+
+impl Topology {
+    /// Starts capturing on `veth-p` (frames sent before this are not seen).
+    pub fn tap(&self) -> anyhow::Result<Tap> {
+        self.net.run(|| -> anyhow::Result<Tap> {
+            const ETH_P_ALL: u16 = 0x0003;
+            // SAFETY: plain socket(2); owned below.
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    i32::from(ETH_P_ALL.to_be()),
+                )
+            };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+            }
+            // SAFETY: a fresh fd nobody else owns.
+            let socket =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let name = std::ffi::CString::new(NET_IF).expect("no NUL");
+            // SAFETY: sockaddr_ll is plain data; if_nametoindex takes a valid C string.
+            let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            address.sll_family = libc::AF_PACKET as u16;
+            address.sll_protocol = ETH_P_ALL.to_be();
+            address.sll_ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+            // SAFETY: bind with a valid sockaddr_ll.
+            let rc = unsafe {
+                libc::bind(
+                    fd,
+                    (&address as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error()).context("binding the tap");
+            }
+            let timeout = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 300_000,
+            };
+            // SAFETY: setsockopt with a valid timeval.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&timeout as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            Ok(Tap { socket })
+        })?
+    }
+}
+
+impl Tap {
+    /// Frames captured so far whose outer ethertype is `ethertype` (waits until quiet).
+    pub fn frames_with_ethertype(&self, ethertype: u16) -> usize {
+        let mut buffer = [0u8; 2048];
+        let mut count = 0;
+        // Bounded: each read waits at most the receive timeout.
+        for _ in 0..10_000 {
+            // SAFETY: reading into a valid buffer.
+            let read = unsafe {
+                libc::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.socket),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    0,
+                )
+            };
+            if read < 14 {
+                if read < 0 {
+                    break;
+                }
+                continue;
+            }
+            if u16::from_be_bytes([buffer[12], buffer[13]]) == ethertype {
+                count += 1;
+            }
+        }
+        count
+    }
+}
+
 impl Peers {
     /// Datagrams that reached `address` since the last call (waits until the socket is quiet).
     pub fn udp_received(&self, address: IpAddr) -> usize {

@@ -4,7 +4,10 @@
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] udp  DST PORT COUNT PAYLOAD [dstopts]
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] tcp  DST PORT TIMEOUT_MS
 //! em-testclient --netns NAME [--cgroup PATH]             ping DST COUNT
+//! em-testclient --netns NAME                             frame IFACE ETHERTYPE COUNT VLAN_TAGS
 //! ```
+//! `frame` sends raw Ethernet frames through an AF_PACKET socket: broadcast, behind VLAN_TAGS
+//! 802.1Q tags, with ETHERTYPE (hex); for 0800 the payload is a UDP datagram to 203.0.113.1.
 //! It joins the cgroup first (so every socket it makes belongs there), then the namespace,
 //! then drops to UID, and prints `ok=N eperm=N failed=N replies=N src_port=N`.
 
@@ -84,6 +87,12 @@ fn main() -> anyhow::Result<()> {
         )?,
         "tcp" => tcp(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
         "ping" => ping(arg(1)?.parse()?, arg(2)?.parse()?)?,
+        "frame" => frame(
+            arg(1)?,
+            u16::from_str_radix(arg(2)?, 16).context("ETHERTYPE is hex")?,
+            arg(3)?.parse()?,
+            arg(4)?.parse()?,
+        )?,
         other => bail!("unknown command {other}"),
     };
     println!(
@@ -210,6 +219,66 @@ fn ping(dst: IpAddr, count: u16) -> anyhow::Result<Report> {
         }
         if await_reply(&socket, dst, id, seq) {
             report.replies += 1;
+        }
+    }
+    Ok(report)
+}
+
+fn frame(iface: &str, ethertype: u16, count: u32, vlan_tags: u8) -> anyhow::Result<Report> {
+    const ETH_P_8021Q: u16 = 0x8100;
+    let mut bytes = vec![0xff; 6];
+    bytes.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
+    for _ in 0..vlan_tags {
+        bytes.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+        bytes.extend_from_slice(&1u16.to_be_bytes());
+    }
+    bytes.extend_from_slice(&ethertype.to_be_bytes());
+    if ethertype == 0x0800 {
+        let builder =
+            etherparse::PacketBuilder::ipv4([10, 77, 0, 2], [203, 0, 113, 1], 64).udp(40000, 7001);
+        let payload = [0x5a; 32];
+        builder
+            .write(&mut bytes, &payload)
+            .context("building the IPv4 packet")?;
+    } else {
+        bytes.extend_from_slice(&[0; 46]);
+    }
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: a valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {iface}");
+    }
+    // SAFETY: plain socket(2); owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("AF_PACKET socket");
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; zeroed is valid.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_ifindex = ifindex as i32;
+    address.sll_halen = 6;
+    address.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let mut report = Report::default();
+    for _ in 0..count {
+        // SAFETY: a valid buffer and sockaddr_ll.
+        let sent = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                (&address as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            report.error(&io::Error::last_os_error());
+        } else {
+            report.ok += 1;
         }
     }
     Ok(report)

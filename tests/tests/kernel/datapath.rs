@@ -7,6 +7,8 @@ use egress_monitor_tests::netns::{
     INTERNET_V4, INTERNET_V6, LAB_V4, NODE_V4, NODE_V6, PRIVATE_V4, PRIVATE_V6, TCP_PORT, UDP_PORT,
 };
 
+use egress_monitor_tests::netns::NODE_IF;
+
 use crate::{Fixture, Hook, to};
 
 const N: u32 = 5;
@@ -128,7 +130,7 @@ fn udp_phase(fx: &mut Fixture, hook: Hook, mode: Mode) {
             } else {
                 NODE_V6.into()
             };
-            assert_eq!(event.src, src);
+            assert_eq!(event.src, Some(src));
             assert_eq!(event.proto, Proto::Name("udp"));
             assert_eq!(event.src_port, Some(src_port));
             assert_eq!(event.dst_port, Some(UDP_PORT));
@@ -191,7 +193,9 @@ fn tcp_phase(fx: &mut Fixture, mode: Mode) {
         }
     }
     assert!(
-        records.iter().all(|r| !PRIVATE.contains(&r.dst)),
+        records
+            .iter()
+            .all(|r| r.dst.is_some_and(|dst| !PRIVATE.contains(&dst))),
         "allowed traffic has no events"
     );
 }
@@ -365,7 +369,7 @@ fn fragments_and_extension_headers_get_verdicts() {
     let records = fx.events(2 * N as usize);
     assert_eq!(records.len(), 2 * N as usize, "{records:#?}");
     for event in &records {
-        assert_eq!(event.dst, v6);
+        assert_eq!(event.dst, Some(v6));
         assert_eq!(event.proto, Proto::Name("udp"));
         assert_eq!(event.dst_port, Some(UDP_PORT));
         assert_eq!(
@@ -411,8 +415,8 @@ fn an_ipv4_mapped_destination_is_judged_as_ipv4() {
         let records = fx.events(N as usize);
         assert_eq!(records.len(), N as usize, "{hook:?}: {records:#?}");
         for event in &records {
-            assert_eq!(event.dst, IpAddr::V4(INTERNET_V4), "{hook:?}");
-            assert_eq!(event.src, IpAddr::V4(NODE_V4), "{hook:?}");
+            assert_eq!(event.dst, Some(IpAddr::V4(INTERNET_V4)), "{hook:?}");
+            assert_eq!(event.src, Some(IpAddr::V4(NODE_V4)), "{hook:?}");
             assert_eq!(
                 u64::from(event.len),
                 udp_len(IpAddr::V4(INTERNET_V4), PAYLOAD)
@@ -446,4 +450,76 @@ fn a_full_ring_buffer_counts_every_lost_event() {
         "read {read}, lost {}",
         counters.events_lost
     );
+}
+
+/// On the TC hook only ARP passes without a destination check. Any other ethertype — and an
+/// IPv4 packet hidden under more VLAN tags than are unwrapped — has no destination that could
+/// be allowed, so it is denied (dropped in enforce mode) and reported with its ethertype.
+#[test]
+fn non_ip_frames_are_denied_and_arp_passes() {
+    const LOCAL_EXPERIMENTAL: u16 = 0x88b5;
+    const VLAN: u16 = 0x8100;
+    const FRAMES: u32 = 4;
+    for mode in [Mode::Observe, Mode::Enforce] {
+        let mut fx = Fixture::new(Hook::Tc, mode, &[]);
+        let tap = fx.topology.tap().unwrap();
+        let mut client = fx.client(None);
+        client.cgroup = None;
+        client
+            .frame(NODE_IF, LOCAL_EXPERIMENTAL, FRAMES, 0)
+            .unwrap();
+        client.frame(NODE_IF, 0x0800, FRAMES, 3).unwrap();
+        let expected = if mode == Mode::Enforce {
+            0
+        } else {
+            FRAMES as usize
+        };
+        let seen_experimental = tap.frames_with_ethertype(LOCAL_EXPERIMENTAL);
+        assert_eq!(
+            seen_experimental, expected,
+            "{mode:?}: 0x88b5 frames across"
+        );
+        let tap = fx.topology.tap().unwrap();
+        client.frame(NODE_IF, 0x0800, FRAMES, 3).unwrap();
+        assert_eq!(
+            tap.frames_with_ethertype(VLAN),
+            expected,
+            "{mode:?}: triple-tagged IPv4 across"
+        );
+
+        let records = fx.events(3 * FRAMES as usize);
+        assert_eq!(records.len(), 3 * FRAMES as usize, "{records:#?}");
+        let by_type = |ethertype: &str| {
+            records
+                .iter()
+                .filter(|r| r.ethertype.as_deref() == Some(ethertype))
+                .count()
+        };
+        assert_eq!(by_type("0x88b5"), FRAMES as usize);
+        assert_eq!(
+            by_type("0x8100"),
+            2 * FRAMES as usize,
+            "the third tag is what is left unread"
+        );
+        assert!(
+            records
+                .iter()
+                .all(|r| r.src.is_none() && r.dst.is_none() && r.rule == "default")
+        );
+        let counters = fx.datapath.counters().unwrap();
+        assert_eq!(counters.not_ip, 3 * u64::from(FRAMES));
+
+        // ARP still works: the private peer is reached, which needs the gateway's address.
+        fx.client(None)
+            .udp(PRIVATE_V4.into(), UDP_PORT, N, PAYLOAD, false)
+            .unwrap();
+        assert_eq!(
+            fx.topology.peers.udp_received(PRIVATE_V4.into()),
+            N as usize
+        );
+        assert!(
+            fx.datapath.counters().unwrap().arp > 0,
+            "ARP was seen and passed"
+        );
+    }
 }

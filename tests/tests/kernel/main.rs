@@ -121,5 +121,5 @@ impl Fixture {
 
 /// Events for one destination.
 pub fn to(records: &[EventRecord], dst: IpAddr) -> Vec<&EventRecord> {
-    records.iter().filter(|r| r.dst == dst).collect()
+    records.iter().filter(|r| r.dst == Some(dst)).collect()
 }
