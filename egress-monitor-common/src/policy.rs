@@ -23,11 +23,18 @@ impl RuleValue {
     }
 }
 
-/// Slots of the `CONFIG` array (`u32` values).
+/// Slots of the `CONFIG` array (`u64` values). Pinned with the other maps, so the live state
+/// describes itself: any later process can read what is enforced, since when, by which build.
 pub mod config {
-    /// [`crate::verdict::mode`]: observe or enforce. Flipped by the daemon without a reload.
+    /// [`crate::verdict::mode`]: observe or enforce. Flipped without reloading anything.
     pub const MODE: u32 = 0;
-    pub const COUNT: u32 = 1;
+    /// The applied policy's version: the first 8 bytes of its content hash.
+    pub const POLICY_VERSION: u32 = 1;
+    /// Identifies the kernel object that created the maps; a different build replaces them.
+    pub const BUILD_ID: u32 = 2;
+    /// When the state was first pinned (seconds since the Unix epoch).
+    pub const PINNED_SINCE: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// LPM trie key data lengths, in bytes (the key is `prefix_len: u32` followed by the address in

@@ -19,7 +19,7 @@ pub static POLICY_V6: LpmTrie<[u8; IPV6_ADDR_LEN], RuleValue> =
     LpmTrie::with_max_entries(DEFAULT_RULE_CAPACITY, 0);
 
 #[map]
-pub static CONFIG: Array<u32> = Array::with_max_entries(config::COUNT, 0);
+pub static CONFIG: Array<u64> = Array::with_max_entries(config::COUNT, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);

@@ -5,7 +5,7 @@ use egress_monitor_common::{
     event::flags,
     maps::stat,
     policy::{IPV4_ADDR_LEN, RuleValue, config},
-    verdict::{RULE_ID_DEFAULT, action, mode, outcome},
+    verdict::{CHECK_MARK, RULE_ID_DEFAULT, action, mode, outcome},
 };
 
 use crate::{
@@ -30,18 +30,22 @@ pub struct Judgement {
 /// fields and helpers the event needs.
 #[inline(always)]
 pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Judgement {
+    // SAFETY: reading a context field of the program's own skb.
+    let accounted = unsafe { (*raw).mark } != CHECK_MARK;
     let (packet, judgeable) = match parse::parse(skb, start) {
         Parsed::Ip(packet) => (packet, true),
         Parsed::Unjudgeable(packet) => (packet, false),
         Parsed::Arp => {
-            emit::stat(stat::ARP);
+            if accounted {
+                emit::stat(stat::ARP);
+            }
             return Judgement {
                 verdict: Verdict::Pass,
                 unjudgeable: false,
             };
         }
     };
-    if !judgeable {
+    if !judgeable && accounted {
         emit::stat(if packet.flags & flags::NOT_IP != 0 {
             stat::NOT_IP
         } else {
@@ -54,7 +58,7 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
         Some(rule) => (rule.rule_id, rule.action == action::ALLOW),
         None => (RULE_ID_DEFAULT, false),
     };
-    if rule_id != RULE_ID_DEFAULT {
+    if rule_id != RULE_ID_DEFAULT && accounted {
         emit::rule_hit(rule_id);
     }
     let (result, verdict) = if allowed {
@@ -64,9 +68,11 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
     } else {
         (outcome::DENIED_OBSERVED, Verdict::Pass)
     };
-    emit::count(hook, result, packet.len);
-    if result != outcome::ALLOWED {
-        emit::event(skb, raw, hook, result, rule_id, &packet);
+    if accounted {
+        emit::count(hook, result, packet.len);
+        if result != outcome::ALLOWED {
+            emit::event(skb, raw, hook, result, rule_id, &packet);
+        }
     }
     Judgement {
         verdict,
@@ -91,5 +97,5 @@ fn lookup(packet: &Packet) -> Option<RuleValue> {
 fn enforcing() -> bool {
     CONFIG
         .get(config::MODE)
-        .is_none_or(|&value| value == mode::ENFORCE)
+        .is_none_or(|&value| value == u64::from(mode::ENFORCE))
 }

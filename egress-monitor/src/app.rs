@@ -1,37 +1,102 @@
 //! From a parsed command line to work done and an exit code.
 
-use std::{io::Write as _, process::ExitCode};
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
+
+use serde::Serialize;
 
 use crate::{
+    check,
     cli::{Cli, Command, PolicyArgs, PolicyCommand, RunArgs},
-    daemon::{self, DaemonError, RunConfig},
-    error::{ExitStatus, classify},
+    daemon::{self, RunConfig},
+    datapath::{self, Datapath},
+    error::{ExitStatus, chain, classify},
     events::EventsTarget,
-    policy::{CommandLineRules, Mode, Policy, PolicyError, PolicyFile},
+    pins::PinLayout,
+    policy::{CommandLineRules, PolicySource},
+    status,
 };
 
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
-        Command::Policy(PolicyCommand::Check { file }) => match PolicyFile::load(&file)
-            .and_then(|parsed| Policy::build(Some(&parsed), &CommandLineRules::default(), None))
-        {
-            Ok(policy) => {
-                println!(
-                    "{}: valid ({} rules, {} mode)",
-                    file.display(),
-                    policy.rules.len(),
-                    policy.mode
-                );
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                report(&err);
-                // `policy check` answers a yes/no question: no is 1, whatever the reason.
-                ExitCode::from(1)
-            }
+        Command::Status { pins, json } => match status::status(&PinLayout::new(pins.pin_path)) {
+            Ok(status) => print(&status, json, status::render),
+            Err(err) => fail(&err, classify(&err)),
         },
-        Command::Policy(PolicyCommand::Show { policy }) => match build_policy(&policy, None) {
+        Command::Check { pins, mode, json } => {
+            match check::check(&PinLayout::new(pins.pin_path), mode) {
+                Ok(report) => {
+                    print(&report, json, check::render);
+                    if report.ok() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitStatus::Failure.into()
+                    }
+                }
+                Err(err) => fail(&err, classify(&err)),
+            }
+        }
+        Command::Detach { pins, json } => {
+            let layout = PinLayout::new(pins.pin_path);
+            if !layout.exists() && !layout.links().exists() {
+                eprintln!(
+                    "egress-monitor: nothing is pinned at {}",
+                    layout.root.display()
+                );
+                return ExitStatus::Environment.into();
+            }
+            if let Some(pid) = status::running_daemon(&layout) {
+                eprintln!(
+                    "egress-monitor: a daemon (pid {pid}) serves {}; detaching anyway (it keeps running without programs until stopped)",
+                    layout.root.display()
+                );
+            }
+            match datapath::detach(&layout) {
+                Ok(report) => print(&report, json, |r| {
+                    format!(
+                        "detached {}\nremoved programs {}\nremoved maps {}\n",
+                        if r.links.is_empty() {
+                            "nothing (no attachment was pinned)".to_owned()
+                        } else {
+                            r.links.join(", ")
+                        },
+                        r.programs.join(", "),
+                        r.maps.join(", ")
+                    )
+                }),
+                Err(err) => fail(&err, classify(&err)),
+            }
+        }
+        Command::Policy(PolicyCommand::Check {
+            file,
+            mode,
+            break_platform_access,
+        }) => {
+            let source = PolicySource {
+                file: Some(file.clone()),
+                command_line: CommandLineRules::default(),
+                mode,
+                accept_risk: break_platform_access,
+            };
+            match source.build() {
+                Ok(policy) => {
+                    println!(
+                        "{}: valid ({} rules, {} mode, version {:016x})",
+                        file.display(),
+                        policy.rules.len(),
+                        policy.mode,
+                        policy.version()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    report(&err);
+                    // `policy check` answers a yes/no question: no is 1, whatever the reason.
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Policy(PolicyCommand::Show { policy }) => match source(&policy, None).build() {
             Ok(policy) => {
                 let mut out = std::io::stdout().lock();
                 // A closed pipe (`| head`) is not an error worth reporting.
@@ -40,29 +105,72 @@ pub fn main(cli: Cli) -> ExitCode {
             }
             Err(err) => fail(&err, ExitStatus::InvalidInput),
         },
+        Command::Policy(PolicyCommand::Apply {
+            file,
+            mode,
+            break_platform_access,
+            pins,
+        }) => {
+            let source = PolicySource {
+                file: Some(file),
+                command_line: CommandLineRules::default(),
+                mode,
+                accept_risk: break_platform_access,
+            };
+            let policy = match source.build() {
+                Ok(policy) => policy,
+                Err(err) => return fail(&err, ExitStatus::InvalidInput),
+            };
+            let applied = Datapath::existing(&PinLayout::new(pins.pin_path))
+                .and_then(|mut datapath| datapath.apply(&policy));
+            match applied {
+                Ok(report) => {
+                    println!(
+                        "policy {:016x} applied ({} mode, was {:016x}): {} inserted, {} updated, {} removed, {} unchanged in {:.1} ms",
+                        report.version,
+                        report.mode,
+                        report.previous_version,
+                        report.inserted,
+                        report.updated,
+                        report.removed,
+                        report.unchanged,
+                        report.elapsed.as_secs_f64() * 1000.0
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => fail(&err, classify(&err)),
+            }
+        }
     }
 }
 
-fn build_policy(args: &PolicyArgs, mode: Option<Mode>) -> Result<Policy, PolicyError> {
-    let file = args.policy.as_deref().map(PolicyFile::load).transpose()?;
-    let command_line = CommandLineRules {
-        allow: args.allow.clone(),
-        deny: args.deny.clone(),
-    };
-    Policy::build(file.as_ref(), &command_line, mode)
+fn source(args: &PolicyArgs, mode: Option<crate::policy::Mode>) -> PolicySource {
+    PolicySource {
+        file: args.policy.clone(),
+        command_line: CommandLineRules {
+            allow: args.allow.clone(),
+            deny: args.deny.clone(),
+        },
+        mode,
+        accept_risk: args.break_platform_access,
+    }
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let policy = match build_policy(&args.policy, args.mode) {
+    let source = source(&args.policy, args.mode);
+    let policy = match source.build() {
         Ok(policy) => policy,
         Err(err) => return fail(&err, ExitStatus::InvalidInput),
     };
     let config = RunConfig {
         policy,
+        source,
         hook: args.hook,
         cgroup: args.cgroup,
         interfaces: args.interfaces,
         events: EventsTarget::parse(&args.events),
+        pin_path: PathBuf::from(&args.pins.pin_path),
+        rule_capacity: args.rule_capacity,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -71,33 +179,48 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return fail(&err, ExitStatus::Failure),
     };
-    match runtime.block_on(daemon::run(config, stop_signal())) {
+    // The handlers are installed before anything else happens: a signal that arrives while
+    // the daemon starts must stop it cleanly, not kill it half-way.
+    let _context = runtime.enter();
+    let stop = match stop_signal() {
+        Ok(stop) => stop,
+        Err(err) => return fail(&err, ExitStatus::Failure),
+    };
+    match runtime.block_on(daemon::run(config, stop)) {
         Ok(_) => ExitCode::SUCCESS,
-        Err(err) => {
-            let status = classify(&err);
-            fail::<DaemonError>(&err, status)
-        }
+        Err(err) => fail(&err, classify(&err)),
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn stop_signal() {
+/// Installs SIGINT and SIGTERM handlers now; the future completes on either.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        log::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => log::info!("SIGINT received"),
+            _ = terminate.recv() => log::info!("SIGTERM received"),
+        }
+    })
+}
+
+/// Prints a report as JSON or as text.
+fn print<T: Serialize>(value: &T, json: bool, text: impl Fn(&T) -> String) -> ExitCode {
+    let rendered = if json {
+        match serde_json::to_string_pretty(value) {
+            Ok(json) => json + "\n",
+            Err(err) => return fail(&err, ExitStatus::Failure),
+        }
+    } else {
+        text(value)
     };
-    tokio::select! {
-        _ = interrupt.recv() => log::info!("SIGINT received"),
-        _ = terminate.recv() => log::info!("SIGTERM received"),
-    }
+    let _ = std::io::stdout().lock().write_all(rendered.as_bytes());
+    ExitCode::SUCCESS
 }
 
 fn report(err: &(dyn std::error::Error + 'static)) {
-    eprintln!("egress-monitor: {}", crate::error::chain(err));
+    eprintln!("egress-monitor: {}", chain(err));
 }
 
 fn fail<E: std::error::Error + 'static>(err: &E, status: ExitStatus) -> ExitCode {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{daemon::HookChoice, policy::Mode};
+use crate::{daemon::HookChoice, pins::DEFAULT_PIN_PATH, policy::Mode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -12,9 +12,10 @@ use crate::{daemon::HookChoice, policy::Mode};
     version,
     about = "eBPF egress firewall and audit monitor: allow private and cloud-internal \
              destinations, count (observe) or drop (enforce) everything else",
-    after_help = "Exit codes: 0 ok; 1 failure (and `policy check`: invalid policy); 2 invalid \
-                  input (arguments, policy); 3 environment (privilege, kernel, missing cgroup or \
-                  interface).\n\nRun `egress-monitor <command> --help` for examples."
+    after_help = "Exit codes: 0 ok; 1 failure (`policy check`: invalid policy; `check`: not \
+                  isolated as configured); 2 invalid input (arguments, policy); 3 environment \
+                  (privilege, kernel, missing cgroup, interface or pinned state).\n\nRun \
+                  `egress-monitor <command> --help` for examples."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -23,7 +24,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the datapath, attach it, and stream an event for every denied packet.
+    /// Pin and attach the datapath (or adopt the pinned one), then stream an event for every
+    /// denied packet. Stopping leaves enforcement in place; `detach` removes it.
     #[command(after_help = "Examples:
   # Audit the whole host (observe mode, cgroup hook on the cgroup2 root), events to stdout:
   egress-monitor run
@@ -31,11 +33,53 @@ pub enum Command {
   egress-monitor run --mode enforce --hook both --policy /etc/egress-monitor/policy.toml \\
       --events /var/log/egress-monitor/events.jsonl
   # Let one update mirror through, and deny a lab subnet inside 10/8:
-  egress-monitor run --allow 203.0.113.0/24 --deny 10.1.2.0/24")]
+  egress-monitor run --allow 203.0.113.0/24 --deny 10.1.2.0/24
+
+SIGHUP re-reads the policy and applies the difference.")]
     Run(RunArgs),
-    /// Validate or print policies.
+    /// Say what is enforced: hooks, mode, policy version, counters, daemon.
+    #[command(after_help = "Examples:\n  egress-monitor status\n  egress-monitor status --json")]
+    Status {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prove the live verdicts without sending a packet: synthetic packets through the attached
+    /// programs. Exit 0 only when the node is isolated as configured.
+    #[command(
+        after_help = "Examples:\n  egress-monitor check --mode enforce   # fail unless enforcing\n  egress-monitor check --json"
+    )]
+    Check {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Also require this mode.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the programs, links and pins: the only thing that ends enforcement.
+    #[command(after_help = "Example:\n  egress-monitor detach")]
+    Detach {
+        #[command(flatten)]
+        pins: PinArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate, print or apply policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Where the datapath is pinned (on a bpf filesystem; /sys/fs/bpf is mounted if needed).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +102,12 @@ pub struct RunArgs {
     /// Where to write events (JSON lines): a file (appended to) or `-` for standard output.
     #[arg(long, value_name = "PATH|-", default_value = "-")]
     pub events: String,
+    #[command(flatten)]
+    pub pins: PinArgs,
+    /// Rule slots of newly pinned maps (at least twice the policy's rules are always made).
+    /// Later policies may not need more without a `detach`.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub rule_capacity: usize,
 }
 
 /// Where the policy comes from.
@@ -72,6 +122,11 @@ pub struct PolicyArgs {
     /// Also deny this destination prefix (wins inside a broader allow); repeatable.
     #[arg(long, value_name = "CIDR")]
     pub deny: Vec<String>,
+    /// Let enforce mode deny the platform essentials (loopback, DHCP, the wireserver's DNS and
+    /// health probes, instance metadata, IPv6 neighbour discovery): the node may lose its
+    /// lease, its name resolution and its management.
+    #[arg(long)]
+    pub break_platform_access: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +138,12 @@ pub enum PolicyCommand {
     Check {
         /// The policy file.
         file: PathBuf,
+        /// Validate it for this mode (the failsafe applies to enforce mode).
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// Accept a policy that denies platform essentials in enforce mode.
+        #[arg(long)]
+        break_platform_access: bool,
     },
     /// Print the effective rules, one per line: built-in groups, the file, the command line.
     #[command(after_help = "Examples:
@@ -91,5 +152,22 @@ pub enum PolicyCommand {
     Show {
         #[command(flatten)]
         policy: PolicyArgs,
+    },
+    /// Apply a policy to the live datapath as a difference (new rules first, stale ones
+    /// after); an invalid policy changes nothing.
+    #[command(
+        after_help = "Example:\n  egress-monitor policy apply /etc/egress-monitor/policy.toml"
+    )]
+    Apply {
+        /// The policy file.
+        file: PathBuf,
+        /// Overrides the file's mode.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// Accept a policy that denies platform essentials in enforce mode.
+        #[arg(long)]
+        break_platform_access: bool,
+        #[command(flatten)]
+        pins: PinArgs,
     },
 }

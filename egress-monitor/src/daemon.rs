@@ -1,19 +1,27 @@
-//! `egress-monitor run`: load, attach, stream events until asked to stop.
+//! `egress-monitor run`: make the pinned datapath match the configuration, then stream events
+//! until asked to stop. Stopping leaves the programs attached: only `detach` removes them.
 //!
 //! [`run`] takes its shutdown signal as a future, so tests drive the daemon in-process exactly
-//! as the binary does with SIGINT/SIGTERM.
+//! as the binary does with SIGINT/SIGTERM. SIGHUP re-reads the policy and applies the
+//! difference; a policy applied by `egress-monitor policy apply` is noticed within a tick.
 
 use std::{future::Future, io, path::PathBuf, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
 
 use crate::{
     cgroup::{self, CgroupError},
-    datapath::{Attachment, Counters, Datapath, DatapathError},
+    datapath::{ApplyReport, Counters, Datapath, DatapathError, Opened},
     events::{self, Clock, EventRecord, EventWriter, EventsTarget},
     iface::{self, InterfaceError},
-    policy::Policy,
+    pins::PinLayout,
+    policy::{Policy, PolicySource},
+    state::{StateError, StateFile},
+    status,
 };
 
 /// Which programs to attach.
@@ -38,13 +46,19 @@ impl HookChoice {
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
+    /// The validated policy to apply at start.
     pub policy: Policy,
+    /// Where it came from, to build it again on SIGHUP.
+    pub source: PolicySource,
     pub hook: HookChoice,
     /// The cgroup to attach to; the root of the cgroup2 hierarchy when `None`.
     pub cgroup: Option<PathBuf>,
     /// Interfaces for the TC hook; every up, non-loopback interface when empty.
     pub interfaces: Vec<String>,
     pub events: EventsTarget,
+    pub pin_path: PathBuf,
+    /// Minimum rule slots for newly created maps.
+    pub rule_capacity: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +69,12 @@ pub enum DaemonError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Interface(#[from] InterfaceError),
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("no interface to attach the TC hook to: none is up apart from loopback")]
     NoInterfaces,
+    #[error("a daemon (pid {pid}) already serves {pin_path}; stop it first")]
+    AlreadyRunning { pid: u32, pin_path: String },
     #[error("cannot open the event output {path}")]
     EventsOpen {
         path: String,
@@ -65,58 +83,118 @@ pub enum DaemonError {
     },
     #[error("cannot poll the event ring buffer")]
     Poll(#[source] io::Error),
+    #[error("cannot write the pid file")]
+    PidFile(#[source] io::Error),
 }
 
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct Summary {
-    pub attachments: Vec<Attachment>,
+    pub opened: Opened,
     pub counters: Counters,
     pub events_written: u64,
     /// Events the output did not accept (see [`EventWriter`]).
     pub events_unwritten: u64,
 }
 
-/// Upper bound on how long an event may wait in the ring buffer when no wake-up comes.
+/// Upper bound on how long an event may wait in the ring buffer when no wake-up comes, and on
+/// how long an applied policy's new names take to reach events.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Loads and attaches the datapath, then writes every event until `shutdown` completes.
-/// Detaches on return (the programs go with the daemon; pinning comes with durable mode).
 pub async fn run(
     config: RunConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary, DaemonError> {
     raise_memlock_limit();
+    // Installed first: a SIGHUP during start-up must not terminate the daemon.
+    let hangup = signal(SignalKind::hangup()).map_err(DaemonError::Poll)?;
+    let layout = PinLayout::new(&config.pin_path);
+    if let Some(pid) = status::running_daemon(&layout) {
+        return Err(DaemonError::AlreadyRunning {
+            pid,
+            pin_path: layout.root.display().to_string(),
+        });
+    }
     let mut writer =
         EventWriter::open(&config.events).map_err(|source| DaemonError::EventsOpen {
             path: config.events.to_string(),
             source,
         })?;
-    let mut datapath = Datapath::load(&config.policy)?;
-    let ring = datapath.take_events()?;
-    let logger = datapath.take_logger();
-    attach(&mut datapath, &config)?;
-    for attachment in datapath.attachments() {
-        match attachment {
-            Attachment::Cgroup { path } => log::info!(
-                "attached cgroup egress hook to {} ({} mode)",
-                path.display(),
-                config.policy.mode
-            ),
-            Attachment::Tc { interface, ifindex } => log::info!(
-                "attached TC egress hook to {interface} (ifindex {ifindex}, {} mode)",
-                config.policy.mode
-            ),
-        }
+    // Every target must exist before anything is pinned: a typo pins nothing.
+    let targets = resolve_targets(&config)?;
+    let capacity = config.rule_capacity.max(config.policy.rules.len() * 2);
+    let mut datapath = Datapath::open(&layout, capacity)?;
+    match datapath.opened() {
+        Opened::Created => log::info!("pinned a new datapath at {}", layout.root.display()),
+        Opened::Adopted => log::info!(
+            "adopted the pinned datapath at {}: attachments, counters and policy carry on",
+            layout.root.display()
+        ),
+        Opened::Replacing { previous_build } => log::warn!(
+            "{} was pinned by another build ({previous_build:016x}); replacing it: new programs attach first, then the old ones go",
+            layout.root.display()
+        ),
     }
+    log_apply(&datapath.apply(&config.policy)?);
+    attach(&mut datapath, &targets)?;
+    for kept in datapath.finish_replacement()? {
+        log::warn!(
+            "kept the old build's attachment {kept}: it was not asked for again (`detach` removes it)"
+        );
+    }
+    for attachment in datapath.attachments() {
+        log::info!(
+            "attached: {}{} ({} mode)",
+            attachment.name,
+            attachment
+                .target
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default(),
+            config.policy.mode
+        );
+    }
+    std::fs::write(layout.pid_file(), std::process::id().to_string())
+        .map_err(DaemonError::PidFile)?;
     log::info!(
         "{} rules loaded; events to {}",
         config.policy.rules.len(),
         config.events
     );
 
-    let mut ring = watch(ring)?;
-    let mut logger = logger.map(watch).transpose()?;
+    let result = serve(&mut datapath, &config, &mut writer, hangup, shutdown).await;
+    if status::running_daemon(&layout) == Some(std::process::id()) {
+        let _ = std::fs::remove_file(layout.pid_file());
+    }
+    result?;
+    let counters = datapath.counters()?;
+    log::info!(
+        "stopping: {}; {} events written, {} unwritten; the programs stay attached (`egress-monitor detach` removes them)",
+        summary_line(&counters),
+        writer.written(),
+        writer.unwritten()
+    );
+    if let Some(line) = rule_hits_line(&layout)? {
+        log::info!("rule hits: {line}");
+    }
+    Ok(Summary {
+        opened: datapath.opened(),
+        counters,
+        events_written: writer.written(),
+        events_unwritten: writer.unwritten(),
+    })
+}
+
+async fn serve(
+    datapath: &mut Datapath,
+    config: &RunConfig,
+    writer: &mut EventWriter,
+    mut hangup: tokio::signal::unix::Signal,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let layout = datapath.layout().clone();
+    let mut names = load_names(&layout)?;
+    let mut ring = watch(datapath.events()?)?;
+    let mut logger = datapath.logger().map(watch).transpose()?;
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     tokio::pin!(shutdown);
     loop {
@@ -124,7 +202,7 @@ pub async fn run(
             () = &mut shutdown => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(DaemonError::Poll)?;
-                drain(guard.get_inner_mut(), &config.policy, &mut writer);
+                drain(guard.get_inner_mut(), &names, writer);
                 guard.clear_ready();
             }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
@@ -132,30 +210,58 @@ pub async fn run(
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            _ = hangup.recv() => {
+                log::info!("SIGHUP: re-reading the policy");
+                match config.source.build() {
+                    Ok(policy) => match datapath.apply(&policy) {
+                        Ok(report) => log_apply(&report),
+                        Err(err) => log::error!("the new policy was not applied: {}", crate::error::chain(&err)),
+                    },
+                    Err(err) => log::error!("the new policy is invalid; the live one stays:\n{err}"),
+                }
+                // Events read before the reload name the old rules; after it, the new.
+                drain(ring.get_mut(), &names, writer);
+                names = load_names(&layout)?;
+            }
             _ = tick.tick() => {
-                drain(ring.get_mut(), &config.policy, &mut writer);
+                drain(ring.get_mut(), &names, writer);
+                let live = datapath.config()?.policy_version;
+                if format!("{live:016x}") != names.version {
+                    names = load_names(&layout)?;
+                    log::info!("policy {} is live now", names.version);
+                }
             }
         }
     }
     // Whatever arrived before the stop is written, not lost.
-    drain(ring.get_mut(), &config.policy, &mut writer);
-    let counters = datapath.counters()?;
+    drain(ring.get_mut(), &names, writer);
+    Ok(())
+}
+
+fn load_names(layout: &PinLayout) -> Result<StateFile, DaemonError> {
+    Ok(
+        StateFile::load(&layout.state_file())?.unwrap_or_else(|| StateFile {
+            version: String::new(),
+            mode: crate::policy::Mode::Observe,
+            applied_at: String::new(),
+            groups: Vec::new(),
+            rules: Vec::new(),
+        }),
+    )
+}
+
+fn log_apply(report: &ApplyReport) {
     log::info!(
-        "stopping: {}; {} events written, {} unwritten",
-        summary_line(&counters),
-        writer.written(),
-        writer.unwritten()
+        "policy {:016x} applied ({} mode, was {:016x}): {} inserted, {} updated, {} removed, {} unchanged in {:.1} ms",
+        report.version,
+        report.mode,
+        report.previous_version,
+        report.inserted,
+        report.updated,
+        report.removed,
+        report.unchanged,
+        report.elapsed.as_secs_f64() * 1000.0
     );
-    let hits = datapath.rule_hits(config.policy.rules.len())?;
-    if let Some(line) = rule_hits_line(&config.policy, &hits) {
-        log::info!("rule hits: {line}");
-    }
-    Ok(Summary {
-        attachments: datapath.attachments().to_vec(),
-        counters,
-        events_written: writer.written(),
-        events_unwritten: writer.unwritten(),
-    })
 }
 
 /// Registers a ring buffer's fd with the reactor.
@@ -166,23 +272,50 @@ fn watch<T: std::os::fd::AsRawFd>(inner: T) -> Result<AsyncFd<T>, DaemonError> {
         .map_err(|err| DaemonError::Poll(err.into()))
 }
 
-fn attach(datapath: &mut Datapath, config: &RunConfig) -> Result<(), DaemonError> {
-    if config.hook.cgroup() {
+/// Where to attach, checked: the cgroup is a cgroup2 directory, the interfaces exist and are
+/// Ethernet devices.
+struct Targets {
+    cgroup: Option<PathBuf>,
+    interfaces: Vec<String>,
+}
+
+fn resolve_targets(config: &RunConfig) -> Result<Targets, DaemonError> {
+    let cgroup = if config.hook.cgroup() {
         let path = match &config.cgroup {
             Some(path) => path.clone(),
             None => cgroup::root()?,
         };
-        datapath.attach_cgroup(&path)?;
-    }
-    if config.hook.tc() {
-        let names = if config.interfaces.is_empty() {
-            egress_interfaces()?
-        } else {
-            config.interfaces.clone()
-        };
-        for name in names {
-            datapath.attach_tc(&name)?;
+        cgroup::open(&path)?;
+        Some(path)
+    } else {
+        None
+    };
+    let interfaces = if !config.hook.tc() {
+        Vec::new()
+    } else if config.interfaces.is_empty() {
+        egress_interfaces()?
+    } else {
+        for name in &config.interfaces {
+            let interface = iface::lookup(name)?;
+            if !interface.is_ethernet() {
+                return Err(DatapathError::NotEthernet {
+                    name: name.clone(),
+                    link_type: interface.link_type,
+                }
+                .into());
+            }
         }
+        config.interfaces.clone()
+    };
+    Ok(Targets { cgroup, interfaces })
+}
+
+fn attach(datapath: &mut Datapath, targets: &Targets) -> Result<(), DaemonError> {
+    if let Some(path) = &targets.cgroup {
+        datapath.attach_cgroup(path)?;
+    }
+    for name in &targets.interfaces {
+        datapath.attach_tc(name)?;
     }
     Ok(())
 }
@@ -211,12 +344,12 @@ fn egress_interfaces() -> Result<Vec<String>, DaemonError> {
     Ok(names)
 }
 
-fn drain(ring: &mut RingBuf<MapData>, policy: &Policy, writer: &mut EventWriter) {
+fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, writer: &mut EventWriter) {
     let clock = Clock::now();
     let mut any = false;
     while let Some(item) = ring.next() {
         any = true;
-        match events::decode(&item).and_then(|event| EventRecord::new(&event, policy, &clock)) {
+        match events::decode(&item).and_then(|event| EventRecord::new(&event, names, &clock)) {
             Ok(record) => writer.write(&record),
             Err(err) => log::error!("skipping an unreadable event: {err}"),
         }
@@ -244,20 +377,14 @@ pub fn summary_line(counters: &Counters) -> String {
 }
 
 /// The rules that matched, most hits first: `private 10.0.0.0/8=12, lab 10.1.2.0/24=3`.
-fn rule_hits_line(policy: &Policy, hits: &[u64]) -> Option<String> {
-    let mut hit: Vec<(u64, &crate::policy::Rule)> = hits
-        .iter()
-        .zip(&policy.rules)
-        .filter(|(count, _)| **count > 0)
-        .map(|(count, rule)| (*count, rule))
-        .collect();
-    hit.sort_by_key(|(count, _)| std::cmp::Reverse(*count));
-    (!hit.is_empty()).then(|| {
-        hit.iter()
-            .map(|(count, rule)| format!("{} {}={count}", rule.name, rule.network))
+fn rule_hits_line(layout: &PinLayout) -> Result<Option<String>, DaemonError> {
+    let hits = status::status(layout)?.rule_hits;
+    Ok((!hits.is_empty()).then(|| {
+        hits.iter()
+            .map(|rule| format!("{} {}={}", rule.name, rule.cidr, rule.hits))
             .collect::<Vec<_>>()
             .join(", ")
-    })
+    }))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use memcg and ignore it.

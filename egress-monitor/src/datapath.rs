@@ -1,17 +1,31 @@
-//! The loaded kernel programs and their maps: load, fill the policy, set the mode, attach, and
-//! read counters back. Everything that makes BPF syscalls lives here.
+//! The pinned datapath: programs, maps and links on a bpf filesystem, so that enforcement
+//! outlives any process. Everything that makes BPF syscalls for the live state lives here.
+//!
+//! - [`Datapath::open`] creates the pinned state, or adopts it when a compatible build pinned it
+//!   earlier (counters and policy carry on, the attached programs are never detached), or
+//!   prepares to replace it when another build did (attach new, then detach old).
+//! - [`Datapath::apply`] brings the live policy to a new one by a diff: inserts and updates
+//!   first, deletions after, so no allowed destination is ever dropped and no denied one passes
+//!   while it runs.
+//! - [`detach`] is the only thing that removes the state.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     ffi::CString,
     path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    EbpfLoader,
+    maps::{
+        Array, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues, RingBuf,
+        lpm_trie::Key,
+    },
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SchedClassifier,
         TcAttachType,
+        links::{FdLink, PinnedLink},
     },
 };
 use egress_monitor_common::{
@@ -25,15 +39,33 @@ use serde::Serialize;
 use crate::{
     cgroup::{self, CgroupError},
     iface::{self, InterfaceError},
+    pins::{self, PinError, PinLayout},
     policy::{Action, Mode, Policy},
+    state::{StateError, StateFile, StateRule},
 };
 
 /// The kernel object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-monitor"));
 
-const CGROUP_PROGRAM: &str = "cgroup_egress";
-const TC_PROGRAM: &str = "tc_egress";
+pub const CGROUP_PROGRAM: &str = "cgroup_egress";
+pub const TC_PROGRAM: &str = "tc_egress";
+/// aya-log's ring buffer; pinned like the others so a later daemon can read it.
+const LOG_MAP: &str = "AYA_LOGS";
+/// Every map the object defines, all pinned.
+const MAPS: [&str; 8] = [
+    names::POLICY_V4,
+    names::POLICY_V6,
+    names::CONFIG,
+    names::COUNTERS,
+    names::RULE_HITS,
+    names::STATS,
+    names::EVENTS,
+    LOG_MAP,
+];
+/// Where a replacement is staged before it takes over the pin path (bpffs allows no dots in
+/// names, and no map or program is called this).
+const STAGING: &str = "replacing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -50,9 +82,7 @@ pub enum DatapathError {
     Load(#[source] aya::EbpfError),
     #[error("the eBPF object has no program `{0}`")]
     MissingProgram(&'static str),
-    #[error("the eBPF object has no map `{0}`")]
-    MissingMap(&'static str),
-    #[error("the kernel refused program `{name}`")]
+    #[error("program `{name}`")]
     Program {
         name: &'static str,
         #[source]
@@ -65,8 +95,16 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
-    #[error("the policy has {count} rules; at most {max} fit in the datapath")]
-    TooManyRules { count: usize, max: usize },
+    #[error("nothing is pinned at {}; start `egress-monitor run` first", .0.display())]
+    NotPinned(PathBuf),
+    #[error(
+        "the policy needs {needed} rule slots but the live maps hold {capacity}; nothing was changed (restart the daemon with --rule-capacity {needed} or more)"
+    )]
+    TooManyRules { needed: usize, capacity: u32 },
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -81,6 +119,13 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error("{what} {}", path.display())]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl DatapathError {
@@ -88,14 +133,37 @@ impl DatapathError {
         let what = what.into();
         move |source| DatapathError::Map { name, what, source }
     }
+
+    fn program(name: &'static str) -> impl FnOnce(ProgramError) -> Self {
+        move |source| DatapathError::Program { name, source }
+    }
+
+    fn pin(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.to_owned();
+        move |source| DatapathError::Pin { what, path, source }
+    }
 }
 
-/// Where the programs are attached.
+/// How [`Datapath::open`] found the pin path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// Nothing was pinned: fresh state, nothing attached yet.
+    Created,
+    /// A compatible build's state: maps, counters, policy and attachments carry on.
+    Adopted,
+    /// Another build's state: a fresh one is staged; [`Datapath::finish_replacement`] attaches
+    /// it where the old one was and then removes the old.
+    Replacing { previous_build: u64 },
+}
+
+/// An attachment, as its pinned link names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "hook", rename_all = "lowercase")]
-pub enum Attachment {
-    Cgroup { path: PathBuf },
-    Tc { interface: String, ifindex: u32 },
+pub struct Attachment {
+    /// `cgroup-<id>` or `tc-<netns id>-<ifindex>`.
+    pub name: String,
+    /// What the daemon that attached it called the target (the cgroup path or interface name),
+    /// when this process knows it.
+    pub target: Option<String>,
 }
 
 /// Packets and bytes (of the IP packet) summed over CPUs.
@@ -126,18 +194,43 @@ pub struct Counters {
     pub arp: u64,
 }
 
-/// The datapath: programs loaded, policy in the maps, attached where asked. Dropping it
-/// detaches everything.
+/// The live config: what the config map says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveConfig {
+    pub mode: Mode,
+    pub policy_version: u64,
+    pub build_id: u64,
+    pub pinned_since: u64,
+}
+
+/// What [`Datapath::apply`] changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    pub version: u64,
+    pub previous_version: u64,
+    pub inserted: usize,
+    pub updated: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    pub mode: Mode,
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+/// The pinned datapath of one pin path.
 pub struct Datapath {
-    ebpf: Ebpf,
-    attachments: Vec<Attachment>,
-    rule_capacity: u32,
+    layout: PinLayout,
+    /// Where new links and maps go: the layout itself, or the staging area while replacing.
+    target: PinLayout,
+    opened: Opened,
+    /// Targets attached by this process, by link name.
+    targets: HashMap<String, String>,
 }
 
 impl Datapath {
-    /// Loads both programs with `policy` in the tries and its mode set. Nothing is attached yet,
-    /// so no packet is judged before the policy is complete.
-    pub fn load(policy: &Policy) -> Result<Datapath, DatapathError> {
+    /// Creates or adopts the pinned state at `layout` (see [`Opened`]). `rule_capacity` sizes
+    /// new maps (policy tries and per-rule counters); adopted maps keep their size.
+    pub fn open(layout: &PinLayout, rule_capacity: usize) -> Result<Datapath, DatapathError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::NoObject);
         }
@@ -146,109 +239,78 @@ impl Datapath {
         if !missing.is_empty() {
             return Err(DatapathError::Privilege { missing });
         }
-        let count_v4 = policy.rules.iter().filter(|r| r.network.is_ipv4()).count();
-        let count_v6 = policy.rules.len() - count_v4;
-        let max = u32::MAX as usize - 1;
-        if policy.rules.len() > max {
-            return Err(DatapathError::TooManyRules {
-                count: policy.rules.len(),
-                max,
-            });
+        layout.prepare()?;
+        let staging = PinLayout::new(layout.root.join(STAGING));
+        // A replacement that died half-way left a staging area: it was never attached alone
+        // (the old links stay until the new are pinned), so it can go.
+        if staging.root.exists() {
+            remove_pins(&staging);
         }
-        let capacity = |count: usize| (count as u32).max(DEFAULT_RULE_CAPACITY);
-        let rule_capacity = capacity(policy.rules.len());
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::POLICY_V4, capacity(count_v4))
-            .map_max_entries(names::POLICY_V6, capacity(count_v6))
-            .map_max_entries(names::RULE_HITS, rule_capacity)
-            .map_max_entries(names::EVENTS, EVENTS_RING_BYTES)
-            // Kernel-side log records (debug: packets denied for want of a destination) follow
-            // the daemon's own level; aya-log's levels and `log`'s filter share their numbers.
-            .override_global("AYA_LOG_LEVEL", &(log::max_level() as u8), false)
-            .load(EBPF_OBJECT)
-            .map_err(DatapathError::Load)?;
-        let mut datapath = Datapath {
-            ebpf: {
-                for name in [CGROUP_PROGRAM, TC_PROGRAM] {
-                    load_program(&mut ebpf, name)?;
-                }
-                ebpf
-            },
-            attachments: Vec::new(),
-            rule_capacity,
-        };
-        datapath.set_mode(policy.mode)?;
-        datapath.insert_rules(policy)?;
-        Ok(datapath)
-    }
-
-    /// Takes the aya-log ring buffer so its records reach the `log` crate; poll it with
-    /// [`aya_log::EbpfLogger::flush`] when its fd is readable.
-    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        match aya_log::EbpfLogger::init(&mut self.ebpf) {
-            Ok(logger) => Some(logger),
-            Err(err) => {
-                log::warn!("kernel-side log records will not be shown: {err}");
-                None
+        let (opened, target) = if layout.exists() {
+            let live = read_config(layout)?;
+            if live.build_id == build_id() {
+                (Opened::Adopted, layout.clone())
+            } else {
+                staging.prepare()?;
+                create(&staging, rule_capacity)?;
+                (
+                    Opened::Replacing {
+                        previous_build: live.build_id,
+                    },
+                    staging,
+                )
             }
-        }
-    }
-
-    /// Switches observe/enforce without reloading anything.
-    pub fn set_mode(&mut self, new_mode: Mode) -> Result<(), DatapathError> {
-        let value = match new_mode {
-            Mode::Observe => mode::OBSERVE,
-            Mode::Enforce => mode::ENFORCE,
+        } else {
+            create(layout, rule_capacity)?;
+            (Opened::Created, layout.clone())
         };
-        let mut array: Array<&mut MapData, u32> = Array::try_from(
-            self.ebpf
-                .map_mut(names::CONFIG)
-                .ok_or(DatapathError::MissingMap(names::CONFIG))?,
-        )
-        .map_err(DatapathError::map(names::CONFIG, "open"))?;
-        array
-            .set(config::MODE, &value, 0)
-            .map_err(DatapathError::map(names::CONFIG, "set the mode"))
+        Ok(Datapath {
+            layout: layout.clone(),
+            target,
+            opened,
+            targets: HashMap::new(),
+        })
     }
 
-    fn insert_rules(&mut self, policy: &Policy) -> Result<(), DatapathError> {
-        let [v4, v6] = self
-            .ebpf
-            .maps_disjoint_mut([names::POLICY_V4, names::POLICY_V6]);
-        let mut v4: LpmTrie<&mut MapData, [u8; IPV4_ADDR_LEN], RuleValue> =
-            LpmTrie::try_from(v4.ok_or(DatapathError::MissingMap(names::POLICY_V4))?)
-                .map_err(DatapathError::map(names::POLICY_V4, "open"))?;
-        let mut v6: LpmTrie<&mut MapData, [u8; IPV6_ADDR_LEN], RuleValue> =
-            LpmTrie::try_from(v6.ok_or(DatapathError::MissingMap(names::POLICY_V6))?)
-                .map_err(DatapathError::map(names::POLICY_V6, "open"))?;
-        for (id, rule) in policy.rules.iter().enumerate() {
-            let value = rule_value(id as u32, rule.action);
-            match lpm_key(rule.network) {
-                LpmKey::V4(prefix, addr) => {
-                    v4.insert(&Key::new(prefix, addr), &value, 0)
-                        .map_err(DatapathError::map(
-                            names::POLICY_V4,
-                            format!("insert {}", rule.network),
-                        ))?
-                }
-                LpmKey::V6(prefix, addr) => {
-                    v6.insert(&Key::new(prefix, addr), &value, 0)
-                        .map_err(DatapathError::map(
-                            names::POLICY_V6,
-                            format!("insert {}", rule.network),
-                        ))?
-                }
-            }
+    /// Opens existing pinned state, for commands that inspect or change it (`status`,
+    /// `policy apply`, `check`).
+    pub fn existing(layout: &PinLayout) -> Result<Datapath, DatapathError> {
+        if !layout.exists() {
+            return Err(DatapathError::NotPinned(layout.root.clone()));
         }
-        Ok(())
+        Ok(Datapath {
+            layout: layout.clone(),
+            target: layout.clone(),
+            opened: Opened::Adopted,
+            targets: HashMap::new(),
+        })
     }
 
-    /// Attaches the cgroup_skb egress program to a cgroup v2 directory: every socket of every
-    /// process in it and its descendants, whatever their network namespace.
-    pub fn attach_cgroup(&mut self, path: &Path) -> Result<(), DatapathError> {
+    pub fn opened(&self) -> Opened {
+        self.opened
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// Attaches the cgroup_skb egress program to a cgroup v2 directory (every socket of every
+    /// process in it and below, whatever their network namespace) and pins the link. Returns
+    /// false when it was already attached (adopted).
+    pub fn attach_cgroup(&mut self, path: &Path) -> Result<bool, DatapathError> {
         let cgroup = cgroup::open(path)?;
-        let program: &mut CgroupSkb = program_mut(&mut self.ebpf, CGROUP_PROGRAM)?;
-        program
+        let name = pins::cgroup_link_name(path).map_err(DatapathError::pin("reading", path))?;
+        self.targets
+            .insert(name.clone(), path.display().to_string());
+        if self.target.links().join(&name).exists() {
+            return Ok(false);
+        }
+        let mut program = CgroupSkb::from_pin(
+            self.target.program(CGROUP_PROGRAM),
+            CgroupSkbAttachType::Egress,
+        )
+        .map_err(DatapathError::program(CGROUP_PROGRAM))?;
+        let link_id = program
             .attach(
                 cgroup,
                 CgroupSkbAttachType::Egress,
@@ -258,15 +320,21 @@ impl Datapath {
                 target: format!("cgroup {}", path.display()),
                 source,
             })?;
-        self.attachments.push(Attachment::Cgroup {
-            path: path.to_owned(),
-        });
-        Ok(())
+        let link: FdLink = program
+            .take_link(link_id)
+            .map_err(DatapathError::program(CGROUP_PROGRAM))?
+            .try_into()
+            .map_err(|err| DatapathError::Program {
+                name: CGROUP_PROGRAM,
+                source: ProgramError::from(err),
+            })?;
+        self.pin_link(link, &name)?;
+        Ok(true)
     }
 
     /// Attaches the TC egress program to an interface of the calling thread's network
-    /// namespace.
-    pub fn attach_tc(&mut self, name: &str) -> Result<(), DatapathError> {
+    /// namespace and pins the link. Returns false when it was already attached (adopted).
+    pub fn attach_tc(&mut self, name: &str) -> Result<bool, DatapathError> {
         let interface = iface::lookup(name)?;
         if !interface.is_ethernet() {
             return Err(DatapathError::NotEthernet {
@@ -274,42 +342,289 @@ impl Datapath {
                 link_type: interface.link_type,
             });
         }
+        let link_name = pins::tc_link_name(interface.index).map_err(DatapathError::pin(
+            "reading",
+            Path::new("/proc/thread-self/ns/net"),
+        ))?;
+        self.targets.insert(link_name.clone(), name.to_owned());
+        if self.target.links().join(&link_name).exists() {
+            return Ok(false);
+        }
         let c_name = CString::new(name).map_err(|_| InterfaceError::BadName(name.to_owned()))?;
-        let program: &mut SchedClassifier = program_mut(&mut self.ebpf, TC_PROGRAM)?;
-        if let Err(source) = program.attach(&c_name, TcAttachType::Egress) {
-            return Err(DatapathError::Attach {
+        let mut program = SchedClassifier::from_pin(self.target.program(TC_PROGRAM))
+            .map_err(DatapathError::program(TC_PROGRAM))?;
+        let link_id = program
+            .attach(&c_name, TcAttachType::Egress)
+            .map_err(|source| DatapathError::Attach {
                 target: format!("interface {name}"),
                 source,
-            });
-        }
-        self.attachments.push(Attachment::Tc {
-            interface: name.to_owned(),
-            ifindex: interface.index,
-        });
+            })?;
+        let link: FdLink = program
+            .take_link(link_id)
+            .map_err(DatapathError::program(TC_PROGRAM))?
+            .try_into()
+            .map_err(|err| DatapathError::Program {
+                name: TC_PROGRAM,
+                source: ProgramError::from(err),
+            })?;
+        self.pin_link(link, &link_name)?;
+        Ok(true)
+    }
+
+    fn pin_link(&self, link: FdLink, name: &str) -> Result<(), DatapathError> {
+        let path = self.target.links().join(name);
+        link.pin(&path).map_err(|err| DatapathError::Pin {
+            what: "pinning link",
+            path,
+            source: std::io::Error::other(err),
+        })?;
         Ok(())
     }
 
-    pub fn attachments(&self) -> &[Attachment] {
-        &self.attachments
+    /// Completes a replacement once the staged programs are attached everywhere the caller
+    /// wants: the old links whose targets got a new link are detached, the old pins removed,
+    /// and the staged ones moved into place. Old links to targets not attached again are kept
+    /// (only `detach` removes enforcement) and named in the returned list.
+    pub fn finish_replacement(&mut self) -> Result<Vec<String>, DatapathError> {
+        let Opened::Replacing { .. } = self.opened else {
+            return Ok(Vec::new());
+        };
+        let staging = self.target.clone();
+        let mut kept = Vec::new();
+        for name in link_names(&self.layout) {
+            let old = self.layout.links().join(&name);
+            if staging.links().join(&name).exists() {
+                // The new program is attached here already: detaching the old leaves no gap.
+                unpin_link(&old)?;
+            } else {
+                kept.push(name);
+            }
+        }
+        for dir in [self.layout.maps(), self.layout.programs()] {
+            remove_dir_entries(&dir);
+        }
+        for (from, to) in [
+            (staging.maps(), self.layout.maps()),
+            (staging.programs(), self.layout.programs()),
+            (staging.links(), self.layout.links()),
+        ] {
+            for entry in std::fs::read_dir(&from)
+                .map_err(DatapathError::pin("reading", &from))?
+                .flatten()
+            {
+                let destination = to.join(entry.file_name());
+                std::fs::rename(entry.path(), &destination)
+                    .map_err(DatapathError::pin("moving a pin to", &destination))?;
+            }
+        }
+        remove_pins(&staging);
+        self.target = self.layout.clone();
+        self.opened = Opened::Adopted;
+        Ok(kept)
     }
 
-    /// Takes the event ring buffer (once) for a reader.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, DatapathError> {
-        let map = self
-            .ebpf
-            .take_map(names::EVENTS)
-            .ok_or(DatapathError::MissingMap(names::EVENTS))?;
-        RingBuf::try_from(map).map_err(DatapathError::map(names::EVENTS, "open"))
+    /// Every attachment pinned at this pin path.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        link_names(&self.target)
+            .into_iter()
+            .map(|name| Attachment {
+                target: self.targets.get(&name).cloned(),
+                name,
+            })
+            .collect()
+    }
+
+    /// Brings the live policy to `policy` by a diff, sets its mode and version, and records
+    /// its names in the state file. Rule ids stay with their prefixes across applies, so the
+    /// per-rule counters keep meaning the same rule.
+    pub fn apply(&mut self, policy: &Policy) -> Result<ApplyReport, DatapathError> {
+        let started = Instant::now();
+        let previous_version = read_config(&self.target)?.policy_version;
+        let capacity = MapInfo::from_pin(self.target.map(names::RULE_HITS))
+            .map_err(DatapathError::map(names::RULE_HITS, "open"))?
+            .max_entries();
+        let mut v4 = open_trie::<IPV4_ADDR_LEN>(&self.target, names::POLICY_V4)?;
+        let mut v6 = open_trie::<IPV6_ADDR_LEN>(&self.target, names::POLICY_V6)?;
+        let mut live: HashMap<LpmKey, RuleValue> = HashMap::new();
+        for item in v4.iter() {
+            let (key, value) = item.map_err(DatapathError::map(names::POLICY_V4, "read"))?;
+            live.insert(LpmKey::V4(key.prefix_len(), key.data()), value);
+        }
+        for item in v6.iter() {
+            let (key, value) = item.map_err(DatapathError::map(names::POLICY_V6, "read"))?;
+            live.insert(LpmKey::V6(key.prefix_len(), key.data()), value);
+        }
+
+        // Ids: a prefix that stays keeps its id; new prefixes take the lowest free ones.
+        let wanted: Vec<(LpmKey, &crate::policy::Rule)> = policy
+            .rules
+            .iter()
+            .map(|rule| (lpm_key(rule.network), rule))
+            .collect();
+        let wanted_keys: BTreeSet<LpmKey> = wanted.iter().map(|(key, _)| *key).collect();
+        let mut used: BTreeSet<u32> = wanted
+            .iter()
+            .filter_map(|(key, _)| live.get(key).map(|value| value.rule_id))
+            .collect();
+        let mut free = (0..capacity).filter(|id| !used.contains(id));
+        let mut plan = Vec::with_capacity(wanted.len());
+        let mut fresh_ids = Vec::new();
+        for (key, rule) in &wanted {
+            let id = match live.get(key) {
+                Some(value) => value.rule_id,
+                None => {
+                    let Some(id) = free.next() else {
+                        return Err(DatapathError::TooManyRules {
+                            needed: policy.rules.len(),
+                            capacity,
+                        });
+                    };
+                    fresh_ids.push(id);
+                    id
+                }
+            };
+            plan.push((*key, rule_value(id, rule.action), *rule));
+        }
+        used.extend(fresh_ids.iter().copied());
+
+        // A recycled id starts counting from zero.
+        if !fresh_ids.is_empty() {
+            let mut hits: PerCpuArray<MapData, u64> = open_map(&self.target, names::RULE_HITS)?;
+            let cpus = aya::util::nr_cpus()
+                .map_err(|(_, err)| {
+                    DatapathError::pin("reading", Path::new("/sys/devices/system/cpu/possible"))(
+                        err,
+                    )
+                })?
+                .get() as usize;
+            for id in &fresh_ids {
+                let zeros =
+                    PerCpuValues::try_from(vec![0u64; cpus]).map_err(|err| DatapathError::Map {
+                        name: names::RULE_HITS,
+                        what: "reset".into(),
+                        source: MapError::from(err),
+                    })?;
+                hits.set(*id, zeros, 0)
+                    .map_err(DatapathError::map(names::RULE_HITS, "reset"))?;
+            }
+        }
+
+        // Inserts and updates first: every destination allowed before and after stays allowed,
+        // every one denied before and after stays denied, at every moment.
+        let (mut inserted, mut updated, mut unchanged) = (0, 0, 0);
+        for (key, value, rule) in &plan {
+            match live.get(key) {
+                Some(current) if current == value => {
+                    unchanged += 1;
+                    continue;
+                }
+                Some(_) => updated += 1,
+                None => inserted += 1,
+            }
+            match key {
+                LpmKey::V4(prefix, addr) => v4
+                    .insert(&Key::new(*prefix, *addr), value, 0)
+                    .map_err(DatapathError::map(
+                        names::POLICY_V4,
+                        format!("insert {}", rule.network),
+                    ))?,
+                LpmKey::V6(prefix, addr) => v6
+                    .insert(&Key::new(*prefix, *addr), value, 0)
+                    .map_err(DatapathError::map(
+                        names::POLICY_V6,
+                        format!("insert {}", rule.network),
+                    ))?,
+            }
+        }
+        // Then deletions: a removed prefix falls back to the next shorter one, which is already
+        // in its final state.
+        let mut removed = 0;
+        for key in live.keys().filter(|key| !wanted_keys.contains(key)) {
+            match key {
+                LpmKey::V4(prefix, addr) => v4
+                    .remove(&Key::new(*prefix, *addr))
+                    .map_err(DatapathError::map(names::POLICY_V4, "remove a stale rule"))?,
+                LpmKey::V6(prefix, addr) => v6
+                    .remove(&Key::new(*prefix, *addr))
+                    .map_err(DatapathError::map(names::POLICY_V6, "remove a stale rule"))?,
+            }
+            removed += 1;
+        }
+
+        let version = policy.version();
+        // Names first, then the version: a reader that sees the new version finds its names.
+        StateFile {
+            version: format!("{version:016x}"),
+            mode: policy.mode,
+            applied_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            groups: policy
+                .groups
+                .iter()
+                .map(|(n, on)| ((*n).to_owned(), *on))
+                .collect(),
+            rules: plan
+                .iter()
+                .map(|(_, value, rule)| StateRule {
+                    id: value.rule_id,
+                    cidr: rule.network.to_string(),
+                    action: rule.action,
+                    name: rule.name.clone(),
+                    origin: rule.origin.to_string(),
+                })
+                .collect(),
+        }
+        .save(&self.layout.state_file())?;
+        self.set_mode(policy.mode)?;
+        write_config(&self.target, config::POLICY_VERSION, version)?;
+        Ok(ApplyReport {
+            version,
+            previous_version,
+            inserted,
+            updated,
+            removed,
+            unchanged,
+            mode: policy.mode,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Switches observe/enforce without reloading anything.
+    pub fn set_mode(&mut self, new_mode: Mode) -> Result<(), DatapathError> {
+        let value = match new_mode {
+            Mode::Observe => mode::OBSERVE,
+            Mode::Enforce => mode::ENFORCE,
+        };
+        write_config(&self.target, config::MODE, u64::from(value))
+    }
+
+    pub fn config(&self) -> Result<LiveConfig, DatapathError> {
+        read_config(&self.target)
+    }
+
+    /// The event ring buffer, opened from its pin. Events written while no daemon ran wait in
+    /// it (up to its size; beyond, `events_lost` counts them).
+    pub fn events(&self) -> Result<RingBuf<MapData>, DatapathError> {
+        let data = MapData::from_pin(self.target.map(names::EVENTS))
+            .map_err(DatapathError::map(names::EVENTS, "open"))?;
+        RingBuf::try_from(Map::RingBuf(data)).map_err(DatapathError::map(names::EVENTS, "open"))
+    }
+
+    /// The aya-log reader for kernel-side debug records, when the programs have its map.
+    pub fn logger(&self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        let info =
+            aya::programs::ProgramInfo::from_pin(self.target.program(CGROUP_PROGRAM)).ok()?;
+        match aya_log::EbpfLogger::init_from_id(info.id()) {
+            Ok(logger) => Some(logger),
+            Err(err) => {
+                log::warn!("kernel-side log records will not be shown: {err}");
+                None
+            }
+        }
     }
 
     /// Every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, DatapathError> {
-        let counters: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(
-            self.ebpf
-                .map(names::COUNTERS)
-                .ok_or(DatapathError::MissingMap(names::COUNTERS))?,
-        )
-        .map_err(DatapathError::map(names::COUNTERS, "open"))?;
+        let counters: PerCpuArray<MapData, Counter> = open_map(&self.target, names::COUNTERS)?;
         let read = |hook_code: u8, result: u32| -> Result<Totals, DatapathError> {
             let values = counters
                 .get(&counter_index(hook_code, result), 0)
@@ -338,17 +653,13 @@ impl Datapath {
         })
     }
 
-    /// Hits per rule id (index into the policy's rules), summed over CPUs.
-    pub fn rule_hits(&self, rule_count: usize) -> Result<Vec<u64>, DatapathError> {
-        let mut hits = self.per_cpu_sums(names::RULE_HITS)?;
-        hits.truncate(rule_count.min(self.rule_capacity as usize));
-        Ok(hits)
+    /// Hits per rule id, summed over CPUs.
+    pub fn rule_hits(&self) -> Result<Vec<u64>, DatapathError> {
+        self.per_cpu_sums(names::RULE_HITS)
     }
 
     fn per_cpu_sums(&self, name: &'static str) -> Result<Vec<u64>, DatapathError> {
-        let array: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?)
-                .map_err(DatapathError::map(name, "open"))?;
+        let array: PerCpuArray<MapData, u64> = open_map(&self.target, name)?;
         array
             .iter()
             .map(|values| {
@@ -360,26 +671,184 @@ impl Datapath {
     }
 }
 
-fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), DatapathError> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or(DatapathError::MissingProgram(name))?;
-    let result = match program {
-        aya::programs::Program::CgroupSkb(program) => program.load(),
-        aya::programs::Program::SchedClassifier(program) => program.load(),
-        _ => return Err(DatapathError::MissingProgram(name)),
-    };
-    result.map_err(|source| DatapathError::Program { name, source })
+/// What [`detach`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DetachReport {
+    pub links: Vec<String>,
+    pub programs: Vec<String>,
+    pub maps: Vec<String>,
 }
 
-fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DatapathError>
+/// Detaches every program pinned at `layout` and removes all its pins and its run directory.
+/// The only way enforcement ends.
+pub fn detach(layout: &PinLayout) -> Result<DetachReport, DatapathError> {
+    let mut report = DetachReport::default();
+    for area in [PinLayout::new(layout.root.join(STAGING)), layout.clone()] {
+        for name in link_names(&area) {
+            unpin_link(&area.links().join(&name))?;
+            report.links.push(name);
+        }
+    }
+    for (dir, list) in [
+        (layout.programs(), &mut report.programs),
+        (layout.maps(), &mut report.maps),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                list.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        list.sort();
+    }
+    remove_pins(layout);
+    let _ = std::fs::remove_dir_all(layout.run_dir());
+    Ok(report)
+}
+
+/// Loads the object with every map pinned under `layout` and pins both programs there; the
+/// programs are not attached. Records the build and the time.
+fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError> {
+    let capacity = u32::try_from(rule_capacity)
+        .unwrap_or(u32::MAX)
+        .max(DEFAULT_RULE_CAPACITY);
+    let log_level = log::max_level() as u8;
+    let mut loader = EbpfLoader::new();
+    for name in MAPS {
+        loader.map_pin_path(name, layout.map(name));
+    }
+    let mut ebpf = loader
+        .map_max_entries(names::POLICY_V4, capacity)
+        .map_max_entries(names::POLICY_V6, capacity)
+        .map_max_entries(names::RULE_HITS, capacity)
+        .map_max_entries(names::EVENTS, EVENTS_RING_BYTES)
+        // Kernel-side log records (debug: packets denied for want of a destination) follow
+        // the daemon's own level; aya-log's levels and `log`'s filter share their numbers.
+        .override_global("AYA_LOG_LEVEL", &log_level, false)
+        .load(EBPF_OBJECT)
+        .map_err(DatapathError::Load)?;
+    for name in [CGROUP_PROGRAM, TC_PROGRAM] {
+        let program = ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?;
+        let loaded = match program {
+            aya::programs::Program::CgroupSkb(program) => program.load(),
+            aya::programs::Program::SchedClassifier(program) => program.load(),
+            _ => return Err(DatapathError::MissingProgram(name)),
+        };
+        loaded.map_err(DatapathError::program(name))?;
+        let path = layout.program(name);
+        program.pin(&path).map_err(|err| DatapathError::Pin {
+            what: "pinning program",
+            path,
+            source: std::io::Error::other(err),
+        })?;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    write_config(layout, config::PINNED_SINCE, now)?;
+    write_config(layout, config::BUILD_ID, build_id())?;
+    Ok(())
+}
+
+/// Identifies this binary's kernel object (FNV-1a of its bytes).
+pub fn build_id() -> u64 {
+    EBPF_OBJECT
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+}
+
+fn open_map<T>(layout: &PinLayout, name: &'static str) -> Result<T, DatapathError>
 where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    T: TryFrom<Map, Error = MapError>,
 {
-    ebpf.program_mut(name)
-        .ok_or(DatapathError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| DatapathError::Program { name, source })
+    let data = MapData::from_pin(layout.map(name)).map_err(DatapathError::map(name, "open"))?;
+    let map = match name {
+        names::POLICY_V4 | names::POLICY_V6 => Map::LpmTrie(data),
+        names::EVENTS | LOG_MAP => Map::RingBuf(data),
+        names::CONFIG => Map::Array(data),
+        _ => Map::PerCpuArray(data),
+    };
+    T::try_from(map).map_err(DatapathError::map(name, "open"))
+}
+
+fn open_trie<const N: usize>(
+    layout: &PinLayout,
+    name: &'static str,
+) -> Result<LpmTrie<MapData, [u8; N], RuleValue>, DatapathError> {
+    open_map(layout, name)
+}
+
+fn read_config(layout: &PinLayout) -> Result<LiveConfig, DatapathError> {
+    let array: Array<MapData, u64> = open_map(layout, names::CONFIG)?;
+    let get = |slot: u32| {
+        array
+            .get(&slot, 0)
+            .map_err(DatapathError::map(names::CONFIG, "read"))
+    };
+    Ok(LiveConfig {
+        mode: if get(config::MODE)? == u64::from(mode::ENFORCE) {
+            Mode::Enforce
+        } else {
+            Mode::Observe
+        },
+        policy_version: get(config::POLICY_VERSION)?,
+        build_id: get(config::BUILD_ID)?,
+        pinned_since: get(config::PINNED_SINCE)?,
+    })
+}
+
+fn write_config(layout: &PinLayout, slot: u32, value: u64) -> Result<(), DatapathError> {
+    let mut array: Array<MapData, u64> = open_map(layout, names::CONFIG)?;
+    array
+        .set(slot, &value, 0)
+        .map_err(DatapathError::map(names::CONFIG, "write"))
+}
+
+fn link_names(layout: &PinLayout) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(layout.links())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Removes a link's pin and closes it, which detaches its program.
+fn unpin_link(path: &Path) -> Result<(), DatapathError> {
+    let link = PinnedLink::from_pin(path).map_err(|err| DatapathError::Pin {
+        what: "opening link",
+        path: path.to_owned(),
+        source: std::io::Error::other(err),
+    })?;
+    link.unpin()
+        .map_err(DatapathError::pin("unpinning link", path))?;
+    Ok(())
+}
+
+fn remove_dir_entries(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Removes every pin and directory of a layout (links first, so nothing is left attached to
+/// programs whose maps are gone).
+fn remove_pins(layout: &PinLayout) {
+    for dir in [layout.links(), layout.programs(), layout.maps()] {
+        remove_dir_entries(&dir);
+        let _ = std::fs::remove_dir(&dir);
+    }
+    let _ = std::fs::remove_dir(layout.root.join(STAGING));
+    let _ = std::fs::remove_dir(&layout.root);
 }
 
 const REQUIRED_CAPABILITIES: &str = "CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN";
@@ -408,7 +877,7 @@ fn missing_capabilities(status: &str) -> Vec<&'static str> {
 }
 
 /// An LPM trie key: prefix length and the address bytes in network order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LpmKey {
     V4(u32, [u8; IPV4_ADDR_LEN]),
     V6(u32, [u8; IPV6_ADDR_LEN]),
@@ -480,5 +949,10 @@ mod tests {
         assert_eq!(rule_value(7, Action::Deny), RuleValue::new(7, action::DENY));
         assert_eq!(rule_value(0, Action::Allow).action, action::ALLOW);
         assert_eq!(rule_value(0, Action::Allow)._pad, [0; 3]);
+    }
+
+    #[test]
+    fn the_build_id_is_stable_for_this_binary() {
+        assert_eq!(build_id(), build_id());
     }
 }

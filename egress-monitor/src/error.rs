@@ -2,7 +2,7 @@
 
 use std::{error::Error, io, process::ExitCode};
 
-use crate::{daemon::DaemonError, datapath::DatapathError};
+use crate::{check::CheckError, daemon::DaemonError, datapath::DatapathError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -61,24 +61,55 @@ fn hint_for(err: &io::Error) -> Option<&'static str> {
     }
 }
 
-/// Which exit code a daemon error deserves.
-pub fn classify(err: &DaemonError) -> ExitStatus {
-    if matches!(err, DaemonError::EventsOpen { .. }) {
-        return ExitStatus::InvalidInput;
+/// Which exit code an error deserves: the first cause in its chain that says.
+pub fn classify(err: &(dyn Error + 'static)) -> ExitStatus {
+    let mut current: Option<&(dyn Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(status) = status_of(e) {
+            return status;
+        }
+        current = e.source();
     }
-    let environment = match err {
-        DaemonError::Cgroup(_) | DaemonError::Interface(_) | DaemonError::NoInterfaces => true,
-        DaemonError::Datapath(
-            DatapathError::Cgroup(_)
-            | DatapathError::Interface(_)
-            | DatapathError::NotEthernet { .. }
-            | DatapathError::Privilege { .. },
-        ) => true,
-        _ => root_io_error(err).and_then(hint_for).is_some(),
-    };
-    if environment {
+    if root_io_error(err).and_then(hint_for).is_some() {
         ExitStatus::Environment
     } else {
         ExitStatus::Failure
     }
+}
+
+/// The status an error of ours implies. Wrappers marked `#[error(transparent)]` forward
+/// `source()` past the error they wrap, so they are unwrapped here explicitly.
+fn status_of(err: &(dyn Error + 'static)) -> Option<ExitStatus> {
+    use ExitStatus::{Environment, InvalidInput};
+    if let Some(err) = err.downcast_ref::<DaemonError>() {
+        return match err {
+            DaemonError::Datapath(inner) => status_of(inner),
+            DaemonError::EventsOpen { .. } => Some(InvalidInput),
+            DaemonError::Cgroup(_)
+            | DaemonError::Interface(_)
+            | DaemonError::NoInterfaces
+            | DaemonError::AlreadyRunning { .. } => Some(Environment),
+            _ => None,
+        };
+    }
+    if let Some(err) = err.downcast_ref::<DatapathError>() {
+        return match err {
+            DatapathError::TooManyRules { .. } => Some(InvalidInput),
+            DatapathError::Cgroup(_)
+            | DatapathError::Interface(_)
+            | DatapathError::NotEthernet { .. }
+            | DatapathError::Privilege { .. }
+            | DatapathError::NotPinned(_)
+            | DatapathError::Pins(_) => Some(Environment),
+            _ => None,
+        };
+    }
+    if let Some(err) = err.downcast_ref::<CheckError>() {
+        return match err {
+            CheckError::Datapath(inner) => status_of(inner),
+            CheckError::NoState(_) => Some(Environment),
+            CheckError::TestRun { .. } => None,
+        };
+    }
+    None
 }

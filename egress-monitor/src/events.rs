@@ -19,7 +19,7 @@ use egress_monitor_common::{
 };
 use serde::Serialize;
 
-use crate::policy::Policy;
+use crate::state::StateFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -74,6 +74,8 @@ pub struct EventRecord {
     pub dst_port: Option<u16>,
     pub len: u32,
     pub rule: String,
+    /// The version of the policy that was live when the event was read.
+    pub policy: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -92,7 +94,8 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
-    pub fn new(event: &Event, policy: &Policy, clock: &Clock) -> Result<EventRecord, EventError> {
+    /// `names` is the applied policy's state: rule names by id, and its version.
+    pub fn new(event: &Event, names: &StateFile, clock: &Clock) -> Result<EventRecord, EventError> {
         let hook_name = match event.hook {
             hook::CGROUP => "cgroup",
             hook::TC => "tc",
@@ -136,7 +139,8 @@ impl EventRecord {
             src_port: has_ports.then_some(event.src_port),
             dst_port: has_ports.then_some(event.dst_port),
             len: event.len,
-            rule: policy.rule_name(event.rule_id).to_owned(),
+            rule: names.rule_name(event.rule_id).to_owned(),
+            policy: names.version.clone(),
             uid: on_cgroup.then_some(event.uid),
             cgroup_id: on_cgroup.then_some(event.cgroup_id),
             ifindex: (!on_cgroup).then_some(event.ifindex),
@@ -290,7 +294,10 @@ fn open_append(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::CommandLineRules;
+    use crate::{
+        policy::{Action, Mode},
+        state::StateRule,
+    };
 
     fn event() -> Event {
         let mut src = [0u8; 16];
@@ -326,12 +333,20 @@ mod tests {
         }
     }
 
-    fn policy() -> Policy {
-        let rules = CommandLineRules {
-            allow: vec![],
-            deny: vec!["10.1.2.0/24".into()],
-        };
-        Policy::build(None, &rules, None).unwrap()
+    fn policy() -> StateFile {
+        StateFile {
+            version: "00000000deadbeef".into(),
+            mode: Mode::Observe,
+            applied_at: "2026-11-29T00:00:00Z".into(),
+            groups: vec![],
+            rules: vec![StateRule {
+                id: 14,
+                cidr: "10.1.2.0/24".into(),
+                action: Action::Deny,
+                name: "cli-deny".into(),
+                origin: "command line".into(),
+            }],
+        }
     }
 
     fn clock() -> Clock {
@@ -355,7 +370,8 @@ mod tests {
                 "ts": "2025-11-29T00:00:01.500000123Z",
                 "hook": "cgroup", "action": "dropped", "proto": "udp",
                 "src": "10.77.0.2", "dst": "203.0.113.1", "src_port": 40000, "dst_port": 53,
-                "len": 56, "rule": "default", "uid": 1000, "cgroup_id": 4242
+                "len": 56, "rule": "default", "policy": "00000000deadbeef",
+                "uid": 1000, "cgroup_id": 4242
             })
         );
     }
@@ -363,11 +379,8 @@ mod tests {
     #[test]
     fn a_tc_v6_fragment_names_its_rule_and_has_null_ports() {
         let policy = policy();
-        let rule_id = policy
-            .rules
-            .iter()
-            .position(|r| r.name == "cli-deny")
-            .unwrap() as u32;
+        // Ids come from the live maps, not from positions: the state file maps 14 to the rule.
+        let rule_id = 14;
         let mut e = event();
         e.hook = hook::TC;
         e.outcome = outcome::DENIED_OBSERVED as u8;

@@ -9,18 +9,25 @@
 //! # Layout
 //! - [`cli`]: the command line (clap); [`app`]: what each command does, exit codes.
 //! - [`policy`]: groups, the policy file, validation, the effective rule list.
-//! - [`datapath`]: load, fill maps, attach, read counters — all BPF syscalls live here.
+//! - [`datapath`]: the pinned state — create, adopt or replace it, apply policies by diff,
+//!   attach, read counters, detach. All BPF syscalls for the live state live here.
+//! - [`pins`]: where pins and the run directory are; [`state`]: the applied policy's names.
 //! - [`events`]: ring-buffer records → JSON lines.
 //! - [`daemon`]: `run(config, shutdown)`, the long-running loop.
+//! - [`status`], [`check`]: what is enforced, and proof by synthetic packets.
 //! - [`cgroup`], [`iface`]: the cgroup2 hierarchy and network interfaces.
 //! - [`error`]: exit codes and operator-facing error text.
 
 pub mod app;
 pub mod cgroup;
+pub mod check;
 pub mod cli;
 pub mod daemon;
 pub mod datapath;
 pub mod error;
 pub mod events;
 pub mod iface;
+pub mod pins;
 pub mod policy;
+pub mod state;
+pub mod status;

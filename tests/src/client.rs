@@ -27,6 +27,8 @@ pub struct Client {
     pub netns: String,
     pub cgroup: Option<PathBuf>,
     pub uid: Option<u32>,
+    /// A pause between sends, for clients that must keep going for a while.
+    pub interval_ms: Option<u32>,
 }
 
 impl Client {
@@ -94,6 +96,9 @@ impl Client {
         }
         if let Some(uid) = self.uid {
             command.arg("--uid").arg(uid.to_string());
+        }
+        if let Some(interval) = self.interval_ms {
+            command.arg("--interval-ms").arg(interval.to_string());
         }
         command.args(args);
         let output = command.output().context("running em-testclient")?;

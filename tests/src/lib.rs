@@ -2,9 +2,10 @@
 //! peers that count what reaches them, and a client that sends from inside both.
 //!
 //! Safety rules (see shared/testing.md): nothing attaches to the root cgroup or to a real
-//! interface; traffic stays between the test's own namespaces; "internet" peers are
-//! documentation addresses; every guard cleans up on drop, and [`sweep_stale`] removes what a
-//! killed run left behind.
+//! interface, and nothing pins on the host's own bpf filesystem (each test mounts its own);
+//! traffic stays between the test's own namespaces; "internet" peers are documentation
+//! addresses; every guard cleans up on drop, and [`sweep_stale`] removes what a killed run left
+//! behind.
 //!
 //! ```text
 //!  netns em-node-<id>                         netns em-net-<id>
@@ -13,6 +14,7 @@
 //!                                                 10.78.0.1 (private, for deny-inside-allow)
 //! ```
 
+pub mod bpffs;
 pub mod cgroup;
 pub mod client;
 pub mod netns;
@@ -82,4 +84,5 @@ pub(crate) fn is_stale(name: &str, kind: &str) -> bool {
 pub fn sweep_stale() {
     netns::sweep_stale();
     cgroup::sweep_stale();
+    bpffs::sweep_stale();
 }

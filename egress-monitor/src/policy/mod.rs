@@ -8,6 +8,7 @@
 //! Validation never falls back: a policy with any error is refused whole, with every error's
 //! place (`file:line:column` or the command-line flag) and what was expected.
 
+pub mod failsafe;
 mod file;
 pub mod groups;
 
@@ -117,6 +118,27 @@ fn join_lines(diagnostics: &[Diagnostic]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Where a policy comes from, kept so that a reload (SIGHUP) builds it again the same way.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySource {
+    pub file: Option<PathBuf>,
+    pub command_line: CommandLineRules,
+    /// `--mode`, overriding the file's.
+    pub mode: Option<Mode>,
+    /// `--break-platform-access`: let enforce mode deny essentials (see [`failsafe`]).
+    pub accept_risk: bool,
+}
+
+impl PolicySource {
+    /// Reads, validates and builds the policy, failsafe included.
+    pub fn build(&self) -> Result<Policy, PolicyError> {
+        let file = self.file.as_deref().map(PolicyFile::load).transpose()?;
+        let policy = Policy::build(file.as_ref(), &self.command_line, self.mode)?;
+        failsafe::check(&policy, self.accept_risk)?;
+        Ok(policy)
+    }
 }
 
 /// `--allow`/`--deny` from the command line, in the order given.
@@ -240,12 +262,27 @@ impl Policy {
         })
     }
 
-    /// The name events carry for a rule id; `default` for "no rule matched".
-    pub fn rule_name(&self, rule_id: u32) -> &str {
-        usize::try_from(rule_id)
-            .ok()
-            .and_then(|index| self.rules.get(index))
-            .map_or("default", |rule| rule.name.as_str())
+    /// The policy's version: a content hash of its rules (prefix, action, name), independent of
+    /// their order and of the mode. Shown as 16 hex digits; the config map holds it as a u64.
+    pub fn version(&self) -> u64 {
+        use sha2::{Digest as _, Sha256};
+        let mut lines: Vec<String> = self
+            .rules
+            .iter()
+            .map(|rule| format!("{} {} {}", rule.network, rule.action.as_str(), rule.name))
+            .collect();
+        lines.sort();
+        let digest = Sha256::digest(lines.join("\n").as_bytes());
+        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+
+    /// What the datapath decides for `address`: the longest matching prefix, or `None` (the
+    /// default deny). The same semantics as the kernel's LPM lookup.
+    pub fn verdict(&self, address: std::net::IpAddr) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .filter(|rule| rule.network.contains(address))
+            .max_by_key(|rule| rule.network.prefix())
     }
 
     /// The rules as `policy show` prints them: one per line, aligned.

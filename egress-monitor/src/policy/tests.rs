@@ -112,18 +112,6 @@ fn the_mode_flag_overrides_the_file() {
 }
 
 #[test]
-fn rule_ids_name_rules_and_unknown_ids_are_default() {
-    let policy = build(None, &[], &["198.51.100.0/24"]).unwrap();
-    let id = policy
-        .rules
-        .iter()
-        .position(|r| r.network.to_string() == "198.51.100.0/24")
-        .unwrap();
-    assert_eq!(policy.rule_name(id as u32), "cli-deny");
-    assert_eq!(policy.rule_name(u32::MAX), "default");
-}
-
-#[test]
 fn an_explicit_rule_replaces_a_group_member_with_the_same_prefix() {
     let file =
         parse("[[rule]]\nname = \"no-imds\"\ncidr = \"169.254.169.254/32\"\naction = \"deny\"\n")
@@ -276,4 +264,99 @@ fn render_lists_every_rule_and_the_default() {
     assert!(text.contains("(command line)"), "{text}");
     assert!(text.trim_end().ends_with("(everything else)"), "{text}");
     assert_eq!(text.lines().count(), 4 + policy.rules.len() + 1);
+}
+
+#[test]
+fn the_version_depends_on_the_rules_not_their_order_or_the_mode() {
+    let a = build(None, &["203.0.113.0/24"], &["10.1.2.0/24"]).unwrap();
+    let b = build(None, &["203.0.113.0/24"], &["10.1.2.0/24"]).unwrap();
+    assert_eq!(a.version(), b.version());
+    let mut reordered = a.clone();
+    reordered.rules.reverse();
+    reordered.mode = Mode::Enforce;
+    assert_eq!(a.version(), reordered.version());
+    let c = build(None, &["203.0.113.0/24"], &["10.1.3.0/24"]).unwrap();
+    assert_ne!(a.version(), c.version());
+}
+
+#[test]
+fn the_verdict_is_the_longest_matching_prefix() {
+    let policy = build(None, &[], &["10.1.2.0/24"]).unwrap();
+    let verdict = |ip: &str| {
+        policy
+            .verdict(ip.parse().unwrap())
+            .map(|r| (r.action, r.network.to_string()))
+    };
+    assert_eq!(
+        verdict("10.1.2.3"),
+        Some((Action::Deny, "10.1.2.0/24".into()))
+    );
+    assert_eq!(
+        verdict("10.1.3.3"),
+        Some((Action::Allow, "10.0.0.0/8".into()))
+    );
+    assert_eq!(
+        verdict("169.254.169.254"),
+        Some((Action::Allow, "169.254.169.254/32".into()))
+    );
+    assert_eq!(verdict("203.0.113.1"), None);
+    assert_eq!(
+        verdict("fe80::1"),
+        Some((Action::Allow, "fe80::/10".into()))
+    );
+}
+
+#[test]
+fn the_failsafe_refuses_denying_essentials_in_enforce_mode_only() {
+    let deny_imds = parse("mode = \"enforce\"\n[[rule]]\nname = \"no-imds\"\ncidr = \"169.254.169.254/32\"\naction = \"deny\"\n").unwrap();
+    let policy = build(Some(&deny_imds), &[], &[]).unwrap();
+    let Err(PolicyError::Invalid(errs)) = failsafe::check(&policy, false) else {
+        panic!("denying IMDS in enforce mode must be refused");
+    };
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    let text = errs[0].to_string();
+    assert!(
+        text.starts_with(
+            "failsafe: in enforce mode 169.254.169.254 (the instance metadata service"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("denied by rule `no-imds`") && text.contains("--break-platform-access"),
+        "{text}"
+    );
+    assert!(
+        failsafe::check(&policy, true).is_ok(),
+        "the flag accepts the risk"
+    );
+
+    let observe = Policy::build(
+        Some(&deny_imds),
+        &CommandLineRules::default(),
+        Some(Mode::Observe),
+    )
+    .unwrap();
+    assert!(
+        failsafe::check(&observe, false).is_ok(),
+        "observe mode drops nothing"
+    );
+
+    let no_private = parse("mode = \"enforce\"\n[groups]\nprivate = false\n").unwrap();
+    let Err(PolicyError::Invalid(errs)) =
+        failsafe::check(&build(Some(&no_private), &[], &[]).unwrap(), false)
+    else {
+        panic!("switching the private group off in enforce mode must be refused");
+    };
+    assert_eq!(
+        errs.len(),
+        5,
+        "loopback x2, broadcast, link-local, multicast: {errs:?}"
+    );
+    assert!(failsafe::check(&build(None, &[], &[]).unwrap(), false).is_ok());
+    let enforce_default =
+        Policy::build(None, &CommandLineRules::default(), Some(Mode::Enforce)).unwrap();
+    assert!(
+        failsafe::check(&enforce_default, false).is_ok(),
+        "the defaults keep every essential"
+    );
 }

@@ -1,7 +1,7 @@
 //! em-testclient: sends test traffic from inside a cgroup and a network namespace.
 //!
 //! ```text
-//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] udp  DST PORT COUNT PAYLOAD [dstopts]
+//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] [--interval-ms MS] udp  DST PORT COUNT PAYLOAD [dstopts]
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] tcp  DST PORT TIMEOUT_MS
 //! em-testclient --netns NAME [--cgroup PATH]             ping DST COUNT
 //! em-testclient --netns NAME                             frame IFACE ETHERTYPE COUNT VLAN_TAGS
@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     let mut netns = None;
     let mut cgroup = None;
     let mut uid = None;
+    let mut interval = Duration::ZERO;
     while args.first().is_some_and(|a| a.starts_with("--")) {
         let flag = args.remove(0);
         if args.is_empty() {
@@ -57,6 +58,9 @@ fn main() -> anyhow::Result<()> {
             "--netns" => netns = Some(value),
             "--cgroup" => cgroup = Some(value),
             "--uid" => uid = Some(value.parse::<u32>().context("--uid")?),
+            "--interval-ms" => {
+                interval = Duration::from_millis(value.parse().context("--interval-ms")?)
+            }
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -84,9 +88,10 @@ fn main() -> anyhow::Result<()> {
             arg(3)?.parse()?,
             arg(4)?.parse()?,
             args.get(5).is_some_and(|a| a == "dstopts"),
+            interval,
         )?,
         "tcp" => tcp(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
-        "ping" => ping(arg(1)?.parse()?, arg(2)?.parse()?)?,
+        "ping" => ping(arg(1)?.parse()?, arg(2)?.parse()?, interval)?,
         "frame" => frame(
             arg(1)?,
             u16::from_str_radix(arg(2)?, 16).context("ETHERTYPE is hex")?,
@@ -109,6 +114,7 @@ fn udp(
     count: u32,
     payload: usize,
     dstopts: bool,
+    interval: Duration,
 ) -> anyhow::Result<Report> {
     let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
     let socket = UdpSocket::bind(bind)?;
@@ -143,6 +149,7 @@ fn udp(
             Ok(_) => report.ok += 1,
             Err(err) => report.error(&err),
         }
+        std::thread::sleep(interval);
     }
     Ok(report)
 }
@@ -164,7 +171,7 @@ fn tcp(dst: IpAddr, port: u16, timeout_ms: u64) -> Report {
     report
 }
 
-fn ping(dst: IpAddr, count: u16) -> anyhow::Result<Report> {
+fn ping(dst: IpAddr, count: u16, interval: Duration) -> anyhow::Result<Report> {
     let (domain, protocol) = match dst {
         IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
         IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
@@ -220,6 +227,7 @@ fn ping(dst: IpAddr, count: u16) -> anyhow::Result<Report> {
         if await_reply(&socket, dst, id, seq) {
             report.replies += 1;
         }
+        std::thread::sleep(interval);
     }
     Ok(report)
 }

@@ -3,17 +3,20 @@
 
 use std::process::{Command, Output};
 
-use egress_monitor_tests::{cgroup::Cgroup, daemon_binary, require_root};
+use egress_monitor_tests::{bpffs::BpfFs, cgroup::Cgroup, daemon_binary, require_root};
 
+use crate::stderr;
+
+/// Runs `egress-monitor ARGS`; `run` gets a private pin path, so that even a test that fails
+/// never pins anything on the host's own bpf filesystem.
 fn run(args: &[&str]) -> Output {
-    Command::new(daemon_binary())
-        .args(args)
-        .output()
-        .expect("run egress-monitor")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let bpffs = (args.first() == Some(&"run")).then(|| BpfFs::new().expect("a bpf filesystem"));
+    let mut command = Command::new(daemon_binary());
+    command.args(args);
+    if let Some(bpffs) = &bpffs {
+        command.arg("--pin-path").arg(bpffs.pin_path());
+    }
+    command.output().expect("run egress-monitor")
 }
 
 fn scratch_file(name: &str, text: &str) -> std::path::PathBuf {
@@ -182,11 +185,14 @@ fn a_missing_cgroup_or_interface_is_one_sentence_and_exit_3() {
 fn without_privilege_it_says_what_is_missing() {
     require_root();
     let cgroup = Cgroup::new().unwrap();
+    let bpffs = BpfFs::new().unwrap();
     // setpriv (util-linux) runs the daemon as nobody, with no capabilities.
     let output = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(daemon_binary())
         .args(["run", "--cgroup", cgroup.path.to_str().unwrap()])
+        .arg("--pin-path")
+        .arg(bpffs.pin_path())
         .output()
         .expect("setpriv");
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));

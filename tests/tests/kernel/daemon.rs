@@ -1,156 +1,18 @@
 //! The `egress-monitor` binary end to end: attach, events to a file as they happen, clean stop.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::IpAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use egress_monitor_tests::{
+    bpffs::BpfFs,
     cgroup::Cgroup,
-    client::Client,
-    daemon_binary,
     netns::{INTERNET_V4, INTERNET_V6, LAB_V4, NODE_V4, PRIVATE_V4, Topology, UDP_PORT},
     require_root, sweep_stale,
 };
-use serde_json::Value;
 
-use crate::CLIENT;
-
-/// A running daemon; killed on drop if a test fails before stopping it.
-struct Daemon {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl Daemon {
-    /// Starts `egress-monitor run ARGS`, optionally inside a network namespace, and waits
-    /// (bounded) until it says it is attached.
-    fn start(netns: Option<&str>, args: &[&str]) -> Daemon {
-        let mut command = match netns {
-            Some(netns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", netns]).arg(daemon_binary());
-                command
-            }
-            None => Command::new(daemon_binary()),
-        };
-        command.arg("run").args(args);
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start egress-monitor");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut daemon = Daemon {
-            child,
-            stderr: receiver,
-            log: Vec::new(),
-        };
-        daemon.wait_for("rules loaded", Duration::from_secs(20));
-        daemon
-    }
-
-    fn wait_for(&mut self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(100)) {
-                let found = line.contains(needle);
-                self.log.push(line);
-                if found {
-                    return;
-                }
-            }
-        }
-        panic!(
-            "egress-monitor never logged `{needle}`; its log: {:#?}",
-            self.log
-        );
-    }
-
-    /// SIGTERM, then the exit status and the whole log.
-    fn stop(mut self) -> (i32, Vec<String>) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "egress-monitor did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(500)) {
-            self.log.push(line);
-        }
-        (status.code().unwrap_or(-1), std::mem::take(&mut self.log))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Lines of the events file once it holds at least `count` (bounded wait).
-fn event_lines(path: &Path, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
-            .collect();
-        if lines.len() >= count || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("em-{}-{name}", egress_monitor_tests::unique_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn client(topology: &Topology, cgroup: Option<&Cgroup>) -> Client {
-    Client {
-        binary: CLIENT.into(),
-        netns: topology.node.name.clone(),
-        cgroup: cgroup.map(|c| c.path.clone()),
-        uid: None,
-    }
-}
+use crate::{Daemon, Scratch, client, egress_monitor, event_lines, stderr, stdout};
 
 /// Observe mode on the cgroup hook: traffic passes, each denied datagram is a JSON line in the
 /// events file while the daemon runs, and SIGTERM stops it with exit 0 and a summary.
@@ -162,10 +24,19 @@ fn observe_mode_writes_each_denied_packet_as_a_json_line() {
     let cgroup = Cgroup::new().unwrap();
     let scratch = Scratch::new("observe");
     let events = scratch.0.join("events.jsonl");
+    let bpffs = BpfFs::new().unwrap();
+    let pin_path = bpffs.pin_path();
     let cgroup_arg = cgroup.path.to_str().unwrap();
     let daemon = Daemon::start(
         None,
-        &["--cgroup", cgroup_arg, "--events", events.to_str().unwrap()],
+        &[
+            "--cgroup",
+            cgroup_arg,
+            "--events",
+            events.to_str().unwrap(),
+            "--pin-path",
+            pin_path.to_str().unwrap(),
+        ],
     );
 
     let started = SystemTime::now();
@@ -220,6 +91,8 @@ fn enforce_mode_on_tc_drops_and_names_the_rule() {
     require_root();
     sweep_stale();
     let topology = Topology::new().unwrap();
+    let bpffs = BpfFs::new().unwrap();
+    let pin_path = bpffs.pin_path();
     let scratch = Scratch::new("enforce");
     let events = scratch.0.join("events.jsonl");
     let policy = scratch.0.join("policy.toml");
@@ -239,6 +112,8 @@ fn enforce_mode_on_tc_drops_and_names_the_rule() {
             policy.to_str().unwrap(),
             "--events",
             events.to_str().unwrap(),
+            "--pin-path",
+            pin_path.to_str().unwrap(),
         ],
     );
     let node = client(&topology, None);
@@ -271,8 +146,34 @@ fn enforce_mode_on_tc_drops_and_names_the_rule() {
 
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log:#?}");
-    // Without pinning (a later feature), stopping the daemon removes the hook.
+    // The daemon is gone; enforcement is not.
     node.udp(INTERNET_V4.into(), UDP_PORT, 2, 10, false)
         .unwrap();
-    assert_eq!(topology.peers.udp_received(INTERNET_V4.into()), 2);
+    assert_eq!(
+        topology.peers.udp_received(INTERNET_V4.into()),
+        0,
+        "still dropped"
+    );
+
+    // `detach` is what removes it, and it says what it removed.
+    let output = egress_monitor(&["detach", "--pin-path", pin_path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.starts_with("detached tc-"), "{text}");
+    assert!(
+        text.contains("removed programs cgroup_egress, tc_egress"),
+        "{text}"
+    );
+    assert!(
+        text.contains("POLICY_V4") && text.contains("EVENTS"),
+        "{text}"
+    );
+    assert!(!pin_path.exists(), "every pin is gone");
+    node.udp(INTERNET_V4.into(), UDP_PORT, 2, 10, false)
+        .unwrap();
+    assert_eq!(
+        topology.peers.udp_received(INTERNET_V4.into()),
+        2,
+        "flows after detach"
+    );
 }

@@ -9,7 +9,7 @@ use egress_monitor_tests::netns::{
 
 use egress_monitor_tests::netns::NODE_IF;
 
-use crate::{Fixture, Hook, to};
+use crate::{Fixture, Hook, rule_id, to};
 
 const N: u32 = 5;
 const PAYLOAD: usize = 100;
@@ -276,20 +276,16 @@ fn a_deny_rule_inside_an_allowed_range_wins() {
             N as usize,
             "{hook:?}"
         );
-        let deny_id = fx
-            .policy
-            .rules
-            .iter()
-            .position(|r| r.name == "cli-deny")
-            .unwrap();
-        let hits = fx.datapath.rule_hits(fx.policy.rules.len()).unwrap();
+        let deny_id = rule_id(&fx.names, "cli-deny");
+        let hits = fx.datapath.rule_hits().unwrap();
         assert_eq!(hits[deny_id], u64::from(N), "{hook:?}: per-rule hits");
         let ten_slash_eight = fx
-            .policy
+            .names
             .rules
             .iter()
-            .position(|r| r.network.to_string() == "10.0.0.0/8")
-            .unwrap();
+            .find(|r| r.cidr == "10.0.0.0/8")
+            .unwrap()
+            .id as usize;
         assert!(
             hits[ten_slash_eight] >= u64::from(N),
             "{hook:?}: the /8 matched the private peer"

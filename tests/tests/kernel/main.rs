@@ -9,10 +9,14 @@
 mod cli;
 mod daemon;
 mod datapath;
+mod durable;
 
 use std::{
+    io::{BufRead as _, BufReader},
     net::IpAddr,
-    path::Path,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -21,13 +25,17 @@ use egress_monitor::{
     datapath::{Datapath, HookCounters},
     events::{self, Clock, EventRecord},
     policy::{CommandLineRules, Mode, Policy},
+    state::StateFile,
 };
 use egress_monitor_tests::{
+    bpffs::BpfFs,
     cgroup::Cgroup,
     client::Client,
+    daemon_binary,
     netns::{NODE_IF, Topology},
     require_root, sweep_stale,
 };
+use serde_json::Value;
 
 pub const CLIENT: &str = env!("CARGO_BIN_EXE_em-testclient");
 
@@ -38,12 +46,15 @@ pub enum Hook {
     Both,
 }
 
-/// A loaded, attached datapath with its topology and cgroup. Fields drop in order: the
-/// programs are detached before the namespaces and the cgroup go.
+/// A pinned, attached datapath with its topology and cgroup, on a bpf filesystem of its own.
+/// Fields drop in order: unmounting that filesystem removes the pins (detaching the programs)
+/// before the namespaces and the cgroup go.
 pub struct Fixture {
     pub datapath: Datapath,
     pub ring: RingBuf<MapData>,
-    pub policy: Policy,
+    /// The applied policy's rule names and ids.
+    pub names: StateFile,
+    pub bpffs: BpfFs,
     pub topology: Topology,
     pub cgroup: Cgroup,
 }
@@ -59,8 +70,13 @@ impl Fixture {
             deny: deny.iter().map(|s| s.to_string()).collect(),
         };
         let policy = Policy::build(None, &rules, Some(mode)).expect("policy");
-        let mut datapath = Datapath::load(&policy).expect("load the datapath");
-        let ring = datapath.take_events().expect("event ring");
+        let bpffs = BpfFs::new().expect("a bpf filesystem for the test's pins");
+        let mut datapath = Datapath::open(&bpffs.layout(), 4096).expect("pin the datapath");
+        datapath.apply(&policy).expect("apply the policy");
+        let names = StateFile::load(&bpffs.layout().state_file())
+            .expect("state file")
+            .expect("written by apply");
+        let ring = datapath.events().expect("event ring");
         if matches!(hook, Hook::Cgroup | Hook::Both) {
             datapath
                 .attach_cgroup(&cgroup.path)
@@ -76,7 +92,8 @@ impl Fixture {
         Fixture {
             datapath,
             ring,
-            policy,
+            names,
+            bpffs,
             topology,
             cgroup,
         }
@@ -89,6 +106,7 @@ impl Fixture {
             netns: self.topology.node.name.clone(),
             cgroup: Some(self.cgroup.path.clone()),
             uid,
+            interval_ms: None,
         }
     }
 
@@ -109,7 +127,7 @@ impl Fixture {
             let clock = Clock::now();
             while let Some(item) = self.ring.next() {
                 let event = events::decode(&item).expect("decodable event");
-                records.push(EventRecord::new(&event, &self.policy, &clock).expect("valid event"));
+                records.push(EventRecord::new(&event, &self.names, &clock).expect("valid event"));
             }
             if records.len() >= expected || Instant::now() > deadline {
                 return records;
@@ -122,4 +140,187 @@ impl Fixture {
 /// Events for one destination.
 pub fn to(records: &[EventRecord], dst: IpAddr) -> Vec<&EventRecord> {
     records.iter().filter(|r| r.dst == Some(dst)).collect()
+}
+
+/// The id the live maps gave the rule named `name`.
+pub fn rule_id(names: &StateFile, name: &str) -> usize {
+    names
+        .rules
+        .iter()
+        .find(|rule| rule.name == name)
+        .unwrap_or_else(|| panic!("no rule {name}"))
+        .id as usize
+}
+
+/// A running daemon; killed on drop if a test fails before stopping it.
+pub struct Daemon {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    /// Every line it logged so far.
+    pub log: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `egress-monitor run ARGS`, optionally inside a network namespace, and waits
+    /// (bounded) until it says it is attached.
+    pub fn start(netns: Option<&str>, args: &[&str]) -> Daemon {
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(daemon_binary());
+                command
+            }
+            None => Command::new(daemon_binary()),
+        };
+        command.arg("run").args(args);
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start egress-monitor");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            stderr: receiver,
+            log: Vec::new(),
+        };
+        daemon.wait_for("rules loaded", Duration::from_secs(20));
+        daemon
+    }
+
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(100)) {
+                let found = line.contains(needle);
+                self.log.push(line);
+                if found {
+                    return;
+                }
+            }
+        }
+        panic!(
+            "egress-monitor never logged `{needle}`; its log: {:#?}",
+            self.log
+        );
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status and the whole log.
+    pub fn stop(mut self) -> (i32, Vec<String>) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "egress-monitor did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(500)) {
+            self.log.push(line);
+        }
+        use std::os::unix::process::ExitStatusExt as _;
+        if let Some(signal) = status.signal() {
+            self.log.push(format!("(killed by signal {signal})"));
+        }
+        (status.code().unwrap_or(-1), std::mem::take(&mut self.log))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of the events file once it holds at least `count` (bounded wait).
+pub fn event_lines(path: &Path, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
+            .collect();
+        if lines.len() >= count || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("em-{}-{name}", egress_monitor_tests::unique_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn client(topology: &Topology, cgroup: Option<&Cgroup>) -> Client {
+    Client {
+        binary: CLIENT.into(),
+        netns: topology.node.name.clone(),
+        cgroup: cgroup.map(|c| c.path.clone()),
+        uid: None,
+        interval_ms: None,
+    }
+}
+
+/// Runs `egress-monitor ARGS` to completion.
+pub fn egress_monitor(args: &[&str]) -> Output {
+    Command::new(daemon_binary())
+        .args(args)
+        .output()
+        .expect("run egress-monitor")
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `egress-monitor status --json` for a pin path.
+pub fn status_json(pin_path: &Path) -> Value {
+    let output = egress_monitor(&["status", "--json", "--pin-path", pin_path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "status: {}", stderr(&output));
+    serde_json::from_slice(&output.stdout).expect("status --json is JSON")
 }

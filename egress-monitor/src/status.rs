@@ -1,0 +1,136 @@
+//! `egress-monitor status`: what is enforced here, read from the pinned state alone.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::{
+    datapath::{Counters, Datapath, DatapathError, build_id},
+    pins::PinLayout,
+    policy::Mode,
+    state::StateFile,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub pin_path: String,
+    pub mode: Mode,
+    pub policy_version: String,
+    pub rules: usize,
+    /// Attachments by pinned link name (`cgroup-<id>`, `tc-<netns>-<ifindex>`).
+    pub attached: Vec<String>,
+    /// RFC 3339.
+    pub pinned_since: String,
+    /// Whether the pinned programs come from this binary's build.
+    pub same_build: bool,
+    /// The pid of the daemon serving this pin path, if one runs.
+    pub daemon_pid: Option<u32>,
+    pub counters: Counters,
+    /// Hits per named rule, most first (rules without hits left out).
+    pub rule_hits: Vec<RuleHits>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleHits {
+    pub name: String,
+    pub cidr: String,
+    pub hits: u64,
+}
+
+pub fn status(layout: &PinLayout) -> Result<Status, DatapathError> {
+    let datapath = Datapath::existing(layout)?;
+    let live = datapath.config()?;
+    let state = StateFile::load(&layout.state_file())?;
+    let hits = datapath.rule_hits()?;
+    let mut rule_hits: Vec<RuleHits> = state
+        .iter()
+        .flat_map(|state| &state.rules)
+        .filter_map(|rule| {
+            let count = *hits.get(rule.id as usize)?;
+            (count > 0).then(|| RuleHits {
+                name: rule.name.clone(),
+                cidr: rule.cidr.clone(),
+                hits: count,
+            })
+        })
+        .collect();
+    rule_hits.sort_by_key(|rule| std::cmp::Reverse(rule.hits));
+    Ok(Status {
+        pin_path: layout.root.display().to_string(),
+        mode: live.mode,
+        policy_version: format!("{:016x}", live.policy_version),
+        rules: state.as_ref().map_or(0, |state| state.rules.len()),
+        attached: datapath.attachments().into_iter().map(|a| a.name).collect(),
+        pinned_since: humantime::format_rfc3339_seconds(
+            UNIX_EPOCH + Duration::from_secs(live.pinned_since),
+        )
+        .to_string(),
+        same_build: live.build_id == build_id(),
+        daemon_pid: running_daemon(layout),
+        counters: datapath.counters()?,
+        rule_hits,
+    })
+}
+
+/// The pid in the pid file, if that process is alive and is an egress-monitor.
+pub fn running_daemon(layout: &PinLayout) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(layout.pid_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "egress-monitor").then_some(pid)
+}
+
+pub fn render(status: &Status) -> String {
+    let hook = |name: &str, c: &crate::datapath::HookCounters| {
+        format!(
+            "{name:<7} allowed {} pkts / {} B, denied-observed {} / {} B, denied-dropped {} / {} B\n",
+            c.allowed.packets,
+            c.allowed.bytes,
+            c.denied_observed.packets,
+            c.denied_observed.bytes,
+            c.denied_dropped.packets,
+            c.denied_dropped.bytes
+        )
+    };
+    let mut out = format!(
+        "pin path     {}\nmode         {}\npolicy       {} ({} rules)\nattached     {}\npinned since {}{}\ndaemon       {}\n",
+        status.pin_path,
+        status.mode,
+        status.policy_version,
+        status.rules,
+        if status.attached.is_empty() {
+            "nowhere (not enforcing)".to_owned()
+        } else {
+            status.attached.join(", ")
+        },
+        status.pinned_since,
+        if status.same_build {
+            ""
+        } else {
+            " (another build; the next `run` replaces it)"
+        },
+        status.daemon_pid.map_or(
+            "not running (enforcement continues; events wait in the ring buffer)".to_owned(),
+            |pid| format!("running, pid {pid}")
+        ),
+    );
+    out.push_str(&hook("cgroup", &status.counters.cgroup));
+    out.push_str(&hook("tc", &status.counters.tc));
+    out.push_str(&format!(
+        "events lost {}, malformed {}, non-IP denied {}, ARP {}\n",
+        status.counters.events_lost,
+        status.counters.malformed,
+        status.counters.not_ip,
+        status.counters.arp
+    ));
+    for rule in &status.rule_hits {
+        out.push_str(&format!(
+            "hits {:>12}  {} {}\n",
+            rule.hits, rule.name, rule.cidr
+        ));
+    }
+    out
+}

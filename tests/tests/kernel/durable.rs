@@ -1,0 +1,445 @@
+//! Enforcement that outlives the daemon: pinning, adoption, live policy, check, detach.
+
+use std::{net::IpAddr, path::Path, time::Duration};
+
+use aya::maps::{Array, Map, MapData};
+use egress_monitor::pins::PinLayout;
+use egress_monitor_common::{maps::CONFIG, policy::config};
+use egress_monitor_tests::{
+    bpffs::BpfFs,
+    cgroup::Cgroup,
+    netns::{INTERNET_V4, LAB_V4, PRIVATE_V4, Topology, UDP_PORT},
+    require_root, sweep_stale,
+};
+
+use crate::{Daemon, Scratch, client, egress_monitor, event_lines, status_json, stderr, stdout};
+
+struct Node {
+    topology: Topology,
+    cgroup: Cgroup,
+    bpffs: BpfFs,
+    scratch: Scratch,
+}
+
+impl Node {
+    fn new(name: &str) -> Node {
+        require_root();
+        sweep_stale();
+        Node {
+            topology: Topology::new().unwrap(),
+            cgroup: Cgroup::new().unwrap(),
+            bpffs: BpfFs::new().unwrap(),
+            scratch: Scratch::new(name),
+        }
+    }
+
+    fn pin(&self) -> String {
+        self.bpffs.pin_path().to_str().unwrap().to_owned()
+    }
+
+    fn events(&self) -> std::path::PathBuf {
+        self.scratch.0.join("events.jsonl")
+    }
+
+    /// A daemon on the node's cgroup with this pin path and events file.
+    fn daemon(&self, extra: &[&str]) -> Daemon {
+        let pin = self.pin();
+        let events = self.events();
+        let mut args = vec![
+            "--cgroup",
+            self.cgroup.path.to_str().unwrap(),
+            "--pin-path",
+            &pin,
+            "--events",
+            events.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(None, &args)
+    }
+
+    /// Sends `count` datagrams to `dst` from the node's cgroup; returns how many the kernel
+    /// refused (EPERM: dropped by the cgroup hook).
+    fn send(&self, dst: IpAddr, count: u32) -> u64 {
+        client(&self.topology, Some(&self.cgroup))
+            .udp(dst, UDP_PORT, count, 10, false)
+            .unwrap()
+            .eperm
+    }
+
+    fn policy_file(&self, name: &str, text: &str) -> String {
+        let path = self.scratch.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
+fn dropped(status: &serde_json::Value) -> u64 {
+    status["counters"]["cgroup"]["denied_dropped"]["packets"]
+        .as_u64()
+        .unwrap()
+}
+
+/// SIGKILL the daemon in enforce mode: blocked traffic stays blocked and is still counted;
+/// a restarted daemon adopts the state, counters carry on, and the events written while no
+/// daemon ran are delivered from the ring buffer.
+#[test]
+fn a_killed_daemon_leaves_the_node_enforced_and_a_restart_adopts_it() {
+    let node = Node::new("kill");
+    let internet = IpAddr::V4(INTERNET_V4);
+    let daemon = node.daemon(&["--mode", "enforce"]);
+    assert_eq!(node.send(internet, 3), 3);
+    assert_eq!(event_lines(&node.events(), 3).len(), 3);
+    daemon.kill();
+
+    assert_eq!(node.send(internet, 3), 3, "still dropped with no daemon");
+    assert_eq!(node.topology.peers.udp_received(internet), 0);
+    let status = status_json(&node.bpffs.pin_path());
+    assert_eq!(status["daemon_pid"], serde_json::Value::Null);
+    assert_eq!(status["mode"], "enforce");
+    assert_eq!(dropped(&status), 6, "counted while no daemon ran");
+
+    let daemon = node.daemon(&["--mode", "enforce"]);
+    assert!(
+        daemon
+            .log
+            .iter()
+            .any(|l| l.contains("adopted the pinned datapath")),
+        "{:#?}",
+        daemon.log
+    );
+    assert!(
+        daemon
+            .log
+            .iter()
+            .any(|l| l.contains("0 inserted, 0 updated, 0 removed")),
+        "same policy: no change"
+    );
+    assert_eq!(node.send(internet, 3), 3);
+    assert_eq!(
+        dropped(&status_json(&node.bpffs.pin_path())),
+        9,
+        "counters carry on"
+    );
+    let lines = event_lines(&node.events(), 9);
+    assert_eq!(
+        lines.len(),
+        9,
+        "the 3 events from while no daemon ran were kept: {lines:#?}"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+}
+
+/// SIGHUP re-reads the policy file and applies the difference; events name the new rule and
+/// carry the new version.
+#[test]
+fn sighup_applies_the_changed_policy_file() {
+    let node = Node::new("sighup");
+    let policy = node.policy_file("policy.toml", "mode = \"enforce\"\n");
+    let mut daemon = node.daemon(&["--policy", &policy]);
+    let before = status_json(&node.bpffs.pin_path())["policy_version"].clone();
+    assert_eq!(
+        node.send(LAB_V4.into(), 2),
+        0,
+        "10.78.0.1 is private: allowed"
+    );
+    std::fs::write(
+        &policy,
+        "mode = \"enforce\"\n[[rule]]\nname = \"lab\"\ncidr = \"10.78.0.0/24\"\naction = \"deny\"\n",
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("1 inserted, 0 updated, 0 removed", Duration::from_secs(10));
+    assert_eq!(node.send(LAB_V4.into(), 2), 2, "denied now");
+    let after = status_json(&node.bpffs.pin_path())["policy_version"].clone();
+    assert_ne!(before, after);
+    let lines = event_lines(&node.events(), 2);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["rule"] == "lab" && l["policy"] == after),
+        "{lines:#?}"
+    );
+
+    // An invalid file on SIGHUP changes nothing.
+    std::fs::write(&policy, "mode = \"enforce\"\nbogus = 1\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("the new policy is invalid", Duration::from_secs(10));
+    assert_eq!(status_json(&node.bpffs.pin_path())["policy_version"], after);
+    assert_eq!(node.send(LAB_V4.into(), 2), 2, "still denied");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+}
+
+/// 100 applies alternating two policies that rewrite the rules covering both peers, while a
+/// private peer is pinged and an internet peer probed without pause: not one ping lost, not
+/// one datagram through.
+#[test]
+fn a_hundred_live_policy_changes_open_no_gap() {
+    const APPLIES: usize = 100;
+    let node = Node::new("applies");
+    // Filler rules make every apply a real diff of a few hundred entries.
+    let filler = |first: u32| -> String {
+        (first..first + 200)
+            .map(|i| {
+                format!(
+                    "[[rule]]\nname = \"f{i}\"\ncidr = \"198.51.{}.{}/32\"\naction = \"deny\"\n",
+                    i / 256,
+                    i % 256
+                )
+            })
+            .collect()
+    };
+    let a = node.policy_file(
+        "a.toml",
+        &format!(
+            "mode = \"enforce\"\n[[rule]]\nname = \"node-net\"\ncidr = \"10.77.0.0/24\"\naction = \"allow\"\n\
+             [[rule]]\nname = \"gateway\"\ncidr = \"10.77.0.1/32\"\naction = \"allow\"\n\
+             [[rule]]\nname = \"doc-net\"\ncidr = \"203.0.113.0/24\"\naction = \"deny\"\n{}",
+            filler(0)
+        ),
+    );
+    let b = node.policy_file(
+        "b.toml",
+        &format!("mode = \"enforce\"\n[[rule]]\nname = \"lab\"\ncidr = \"10.78.0.0/16\"\naction = \"deny\"\n{}", filler(100)),
+    );
+    let daemon = node.daemon(&["--policy", &a]);
+
+    // Both witnesses run for several seconds, longer than the applies take.
+    let mut pinger = client(&node.topology, Some(&node.cgroup));
+    pinger.interval_ms = Some(2);
+    let prober = pinger.clone();
+    let ping = std::thread::spawn(move || pinger.ping(PRIVATE_V4.into(), 2500));
+    let probe =
+        std::thread::spawn(move || prober.udp(INTERNET_V4.into(), UDP_PORT, 2500, 10, false));
+    std::thread::sleep(Duration::from_millis(200));
+    let pin = node.pin();
+    let mut slowest = Duration::ZERO;
+    for i in 0..APPLIES {
+        let file = if i % 2 == 0 { &b } else { &a };
+        let started = std::time::Instant::now();
+        let output = egress_monitor(&["policy", "apply", file, "--pin-path", &pin]);
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "apply {i}: {}",
+            stderr(&output)
+        );
+        assert!(stdout(&output).contains("applied"), "{}", stdout(&output));
+    }
+    assert!(
+        !ping.is_finished() && !probe.is_finished(),
+        "the applies ran while traffic flowed"
+    );
+    let ping = ping.join().unwrap().unwrap();
+    let probe = probe.join().unwrap().unwrap();
+    eprintln!("slowest apply (process start to exit): {slowest:?}");
+    assert_eq!(
+        (ping.ok, ping.replies),
+        (2500, 2500),
+        "no ping lost: {ping:?}"
+    );
+    assert_eq!(probe.eperm, 2500, "every probe refused: {probe:?}");
+    assert_eq!(
+        node.topology.peers.udp_received(INTERNET_V4.into()),
+        0,
+        "nothing through"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+}
+
+/// An invalid policy applied to a live datapath is refused and changes nothing; a policy
+/// denying an essential in enforce mode is refused unless the risk is named.
+#[test]
+fn invalid_and_unsafe_policies_change_nothing() {
+    let node = Node::new("invalid");
+    let daemon = node.daemon(&["--mode", "enforce"]);
+    let pin = node.pin();
+    let before = status_json(&node.bpffs.pin_path());
+
+    let bad = node.policy_file(
+        "bad.toml",
+        "mode = \"enforce\"\n[[rule]]\nname = \"x\"\ncidr = \"10.0.0.0/33\"\naction = \"deny\"\n",
+    );
+    let output = egress_monitor(&["policy", "apply", &bad, "--pin-path", &pin]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("bad.toml:4:8: `10.0.0.0/33` is not a CIDR"),
+        "{}",
+        stderr(&output)
+    );
+
+    let unsafe_policy = node.policy_file("imds.toml", "mode = \"enforce\"\n[[rule]]\nname = \"no-imds\"\ncidr = \"169.254.169.254/32\"\naction = \"deny\"\n");
+    let output = egress_monitor(&["policy", "apply", &unsafe_policy, "--pin-path", &pin]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains("169.254.169.254 (the instance metadata service")
+            && text.contains("--break-platform-access"),
+        "{text}"
+    );
+
+    let after = status_json(&node.bpffs.pin_path());
+    assert_eq!(after["policy_version"], before["policy_version"]);
+    assert_eq!(after["rules"], before["rules"]);
+    assert_eq!(node.send(INTERNET_V4.into(), 2), 2, "still enforcing");
+
+    // Naming the risk applies it.
+    let output = egress_monitor(&[
+        "policy",
+        "apply",
+        &unsafe_policy,
+        "--break-platform-access",
+        "--pin-path",
+        &pin,
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_ne!(
+        status_json(&node.bpffs.pin_path())["policy_version"],
+        before["policy_version"]
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+}
+
+/// `check` passes on an enforcing node, fails when enforce is asked of an observing one, when
+/// no program is attached, and when nothing is pinned.
+#[test]
+fn check_proves_isolation_and_fails_when_it_is_not_there() {
+    let node = Node::new("check");
+    let daemon = node.daemon(&["--mode", "enforce"]);
+    let pin = node.pin();
+    let before = status_json(&node.bpffs.pin_path());
+    let output = egress_monitor(&["check", "--mode", "enforce", "--pin-path", &pin]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    let text = stdout(&output);
+    assert!(
+        text.contains("OK: the node is isolated as configured"),
+        "{text}"
+    );
+    assert!(text.contains("drop cgroup_egress 8.8.8.8"), "{text}");
+    assert!(
+        text.contains("pass tc_egress     169.254.169.254"),
+        "{text}"
+    );
+    // The synthetic packets are judged, not counted.
+    assert_eq!(
+        status_json(&node.bpffs.pin_path())["counters"],
+        before["counters"]
+    );
+
+    let observe = node.policy_file("observe.toml", "mode = \"observe\"\n");
+    assert_eq!(
+        egress_monitor(&["policy", "apply", &observe, "--pin-path", &pin])
+            .status
+            .code(),
+        Some(0)
+    );
+    let output = egress_monitor(&["check", "--mode", "enforce", "--pin-path", &pin, "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["problems"][0], "the mode is observe, not enforce");
+    assert!(
+        report["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["actual"] == "pass")
+    );
+
+    // A program whose link is gone filters nothing.
+    let (code, _) = daemon.stop();
+    assert_eq!(code, 0);
+    for link in std::fs::read_dir(PinLayout::new(&pin).links())
+        .unwrap()
+        .flatten()
+    {
+        std::fs::remove_file(link.path()).unwrap();
+    }
+    let output = egress_monitor(&["check", "--pin-path", &pin]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stdout(&output).contains("PROBLEM: no program is attached"),
+        "{}",
+        stdout(&output)
+    );
+
+    assert_eq!(
+        egress_monitor(&["detach", "--pin-path", &pin])
+            .status
+            .code(),
+        Some(0)
+    );
+    let output = egress_monitor(&["check", "--pin-path", &pin]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(
+        stderr(&output).contains("nothing is pinned at"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// State pinned by another build is replaced without a gap: the new programs attach first,
+/// then the old ones go; afterwards the state is this build's.
+#[test]
+fn another_builds_state_is_replaced_without_a_gap() {
+    let node = Node::new("replace");
+    let (code, log) = node.daemon(&["--mode", "enforce"]).stop();
+    assert_eq!(code, 0, "{log:#?}");
+    // Pretend another build pinned it.
+    let layout = PinLayout::new(node.bpffs.pin_path());
+    let data = MapData::from_pin(layout.map(CONFIG)).unwrap();
+    let mut array: Array<MapData, u64> = Array::try_from(Map::Array(data)).unwrap();
+    array.set(config::BUILD_ID, &1, 0).unwrap();
+    assert_eq!(status_json(&layout.root)["same_build"], false);
+
+    // A probe runs across the whole replacement: every datagram must be refused.
+    let mut prober = client(&node.topology, Some(&node.cgroup));
+    prober.interval_ms = Some(1);
+    let probe =
+        std::thread::spawn(move || prober.udp(INTERNET_V4.into(), UDP_PORT, 1500, 10, false));
+    std::thread::sleep(Duration::from_millis(100));
+    let daemon = node.daemon(&["--mode", "enforce"]);
+    assert!(
+        !probe.is_finished(),
+        "the replacement happened while the probe ran"
+    );
+    let probe = probe.join().unwrap().unwrap();
+    assert_eq!(
+        probe.eperm, 1500,
+        "no probe got through during the replacement: {probe:?}"
+    );
+    assert_eq!(node.topology.peers.udp_received(INTERNET_V4.into()), 0);
+    assert!(
+        daemon
+            .log
+            .iter()
+            .any(|l| l.contains("pinned by another build")),
+        "{:#?}",
+        daemon.log
+    );
+    assert_eq!(
+        node.send(INTERNET_V4.into(), 2),
+        2,
+        "enforced by the new programs"
+    );
+    let status = status_json(&layout.root);
+    assert_eq!(status["same_build"], true);
+    assert_eq!(
+        status["attached"].as_array().unwrap().len(),
+        1,
+        "the old link is gone: {status}"
+    );
+    assert!(!Path::new(&layout.root.join("replacing")).exists());
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+}
