@@ -17,8 +17,8 @@ pub struct Status {
     pub mode: Mode,
     pub policy_version: String,
     pub rules: usize,
-    /// Attachments by pinned link name (`cgroup-<id>`, `tc-<netns>-<ifindex>`).
-    pub attached: Vec<String>,
+    /// Where the programs are attached.
+    pub attached: Vec<Attached>,
     /// RFC 3339.
     pub pinned_since: String,
     /// Whether the pinned programs come from this binary's build.
@@ -28,6 +28,14 @@ pub struct Status {
     pub counters: Counters,
     /// Hits per named rule, most first (rules without hits left out).
     pub rule_hits: Vec<RuleHits>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Attached {
+    /// The pinned link's name: `cgroup-<id>` or `tc-<netns id>-<ifindex>`.
+    pub link: String,
+    /// The cgroup's path or the interface's name, when they can still be found from here.
+    pub target: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,7 +68,14 @@ pub fn status(layout: &PinLayout) -> Result<Status, DatapathError> {
         mode: live.mode,
         policy_version: format!("{:016x}", live.policy_version),
         rules: state.as_ref().map_or(0, |state| state.rules.len()),
-        attached: datapath.attachments().into_iter().map(|a| a.name).collect(),
+        attached: datapath
+            .attachments()
+            .into_iter()
+            .map(|a| Attached {
+                target: describe(&a.name),
+                link: a.name,
+            })
+            .collect(),
         pinned_since: humantime::format_rfc3339_seconds(
             UNIX_EPOCH + Duration::from_secs(live.pinned_since),
         )
@@ -70,6 +85,50 @@ pub fn status(layout: &PinLayout) -> Result<Status, DatapathError> {
         counters: datapath.counters()?,
         rule_hits,
     })
+}
+
+/// The cgroup path or interface name behind a link name, if it can be found: the cgroup by
+/// its id (the directory's inode) below the cgroup2 root, the interface by index when the link
+/// is in this process's network namespace.
+fn describe(link: &str) -> Option<String> {
+    if let Some(id) = link.strip_prefix("cgroup-") {
+        let id: u64 = id.parse().ok()?;
+        return find_cgroup(&crate::cgroup::root().ok()?, id, 0).map(|p| p.display().to_string());
+    }
+    let rest = link.strip_prefix("tc-")?;
+    let (netns, ifindex) = rest.split_once('-')?;
+    let own = std::fs::metadata("/proc/self/ns/net").ok()?;
+    if std::os::unix::fs::MetadataExt::ino(&own).to_string() != netns {
+        return Some(format!("ifindex {ifindex} in network namespace {netns}"));
+    }
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into the buffer.
+    let found = unsafe { libc::if_indextoname(ifindex.parse().ok()?, name.as_mut_ptr()) };
+    if found.is_null() {
+        return Some(format!("ifindex {ifindex} (gone)"));
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    Some(
+        unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// Depth-first search for the cgroup directory whose inode is `id` (bounded depth).
+fn find_cgroup(dir: &std::path::Path, id: u64, depth: usize) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata(dir).ok()?.ino() == id {
+        return Some(dir.to_path_buf());
+    }
+    if depth >= 16 {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|entry| find_cgroup(&entry.path(), id, depth + 1))
 }
 
 /// The pid in the pid file, if that process is alive and is an egress-monitor.
@@ -104,7 +163,15 @@ pub fn render(status: &Status) -> String {
         if status.attached.is_empty() {
             "nowhere (not enforcing)".to_owned()
         } else {
-            status.attached.join(", ")
+            status
+                .attached
+                .iter()
+                .map(|a| match &a.target {
+                    Some(target) => format!("{} ({target})", a.link),
+                    None => a.link.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         },
         status.pinned_since,
         if status.same_build {

@@ -175,27 +175,25 @@ impl Policy {
                 (group.name, on)
             })
             .collect();
-        let mut rules: Vec<Rule> = groups::ALL
-            .iter()
-            .zip(&groups)
-            .filter(|(_, (_, on))| *on)
-            .flat_map(|(group, _)| {
-                group.networks().map(|network| Rule {
+        let mut rules = RuleSet::default();
+        for (group, _) in groups::ALL.iter().zip(&groups).filter(|(_, (_, on))| *on) {
+            for network in group.networks() {
+                rules.put(Rule {
                     name: group.name.to_owned(),
                     network,
                     action: Action::Allow,
                     origin: Origin::Group(group.name),
-                })
-            })
-            .collect();
+                });
+            }
+        }
 
         // The file's rules: each prefix at most once; a rule replaces a group member with the
         // same prefix (the operator said so explicitly).
         if let Some(file) = file {
             for rule in &file.rules {
                 if let Some(earlier) = rules
-                    .iter()
-                    .find(|r| r.network == rule.network && matches!(r.origin, Origin::File { .. }))
+                    .get(rule.network)
+                    .filter(|r| matches!(r.origin, Origin::File { .. }))
                 {
                     diagnostics.push(Diagnostic {
                         place: rule.origin.to_string(),
@@ -206,8 +204,7 @@ impl Policy {
                     });
                     continue;
                 }
-                rules.retain(|r| r.network != rule.network);
-                rules.push(rule.clone());
+                rules.put(rule.clone());
             }
         }
 
@@ -217,7 +214,7 @@ impl Policy {
             .iter()
             .map(|cidr| (Action::Allow, cidr))
             .chain(command_line.deny.iter().map(|cidr| (Action::Deny, cidr)));
-        let mut from_command_line: Vec<Rule> = Vec::new();
+        let mut from_command_line = RuleSet::default();
         for (action, cidr) in flags {
             let place = format!("--{} {cidr}", action.as_str());
             let network = match parse_cidr(cidr) {
@@ -227,7 +224,7 @@ impl Policy {
                     continue;
                 }
             };
-            if let Some(earlier) = from_command_line.iter().find(|r| r.network == network) {
+            if let Some(earlier) = from_command_line.get(network) {
                 diagnostics.push(Diagnostic {
                     place,
                     message: format!(
@@ -237,17 +234,17 @@ impl Policy {
                 });
                 continue;
             }
-            from_command_line.push(Rule {
+            from_command_line.put(Rule {
                 name: format!("cli-{}", action.as_str()),
                 network,
                 action,
                 origin: Origin::CommandLine,
             });
         }
-        for rule in from_command_line {
-            rules.retain(|r| r.network != rule.network);
-            rules.push(rule);
+        for rule in from_command_line.rules {
+            rules.put(rule);
         }
+        let rules = rules.rules;
 
         if !diagnostics.is_empty() {
             return Err(PolicyError::Invalid(diagnostics));
@@ -314,6 +311,30 @@ impl Policy {
             "*", "default"
         ));
         out
+    }
+}
+
+/// Rules by prefix, in the order first given: a later rule for the same prefix takes the
+/// earlier one's place. Indexed, so policies of 100,000 rules build in linear time.
+#[derive(Default)]
+struct RuleSet {
+    rules: Vec<Rule>,
+    index: std::collections::HashMap<IpNetwork, usize>,
+}
+
+impl RuleSet {
+    fn get(&self, network: IpNetwork) -> Option<&Rule> {
+        self.index.get(&network).map(|&i| &self.rules[i])
+    }
+
+    fn put(&mut self, rule: Rule) {
+        match self.index.get(&rule.network) {
+            Some(&i) => self.rules[i] = rule,
+            None => {
+                self.index.insert(rule.network, self.rules.len());
+                self.rules.push(rule);
+            }
+        }
     }
 }
 

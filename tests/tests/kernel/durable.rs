@@ -96,6 +96,11 @@ fn a_killed_daemon_leaves_the_node_enforced_and_a_restart_adopts_it() {
     let status = status_json(&node.bpffs.pin_path());
     assert_eq!(status["daemon_pid"], serde_json::Value::Null);
     assert_eq!(status["mode"], "enforce");
+    assert_eq!(
+        status["attached"][0]["target"],
+        node.cgroup.path.to_str().unwrap(),
+        "status says where: {status}"
+    );
     assert_eq!(dropped(&status), 6, "counted while no daemon ran");
 
     let daemon = node.daemon(&["--mode", "enforce"]);
