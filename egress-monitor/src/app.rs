@@ -125,17 +125,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 .and_then(|mut datapath| datapath.apply(&policy));
             match applied {
                 Ok(report) => {
-                    println!(
-                        "policy {:016x} applied ({} mode, was {:016x}): {} inserted, {} updated, {} removed, {} unchanged in {:.1} ms",
-                        report.version,
-                        report.mode,
-                        report.previous_version,
-                        report.inserted,
-                        report.updated,
-                        report.removed,
-                        report.unchanged,
-                        report.elapsed.as_secs_f64() * 1000.0
-                    );
+                    println!("{report}");
                     ExitCode::SUCCESS
                 }
                 Err(err) => fail(&err, classify(&err)),

@@ -1,14 +1,10 @@
 //! The cgroup v2 hierarchy: where it is mounted, and whether a path is one of its cgroups.
 
 use std::{
-    ffi::CString,
     fs::File,
     io,
-    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
-
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -57,29 +53,13 @@ pub fn open(path: &Path) -> Result<File, CgroupError> {
     if !path.exists() {
         return Err(CgroupError::NotFound(path.to_owned()));
     }
-    if !is_cgroup2(path) {
+    if !crate::fs::is(path, crate::fs::CGROUP2) {
         return Err(CgroupError::NotCgroup2(path.to_owned()));
     }
     File::open(path).map_err(|source| CgroupError::Open {
         path: path.to_owned(),
         source,
     })
-}
-
-#[expect(
-    clippy::useless_conversion,
-    reason = "statfs.f_type is i64 on x86_64 but another width on other architectures"
-)]
-fn is_cgroup2(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs(2) on a valid C string into a zeroed out-struct.
-    unsafe {
-        let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut stat) == 0
-            && i64::from(stat.f_type) == CGROUP2_SUPER_MAGIC
-    }
 }
 
 #[cfg(test)]

@@ -251,17 +251,7 @@ fn load_names(layout: &PinLayout) -> Result<StateFile, DaemonError> {
 }
 
 fn log_apply(report: &ApplyReport) {
-    log::info!(
-        "policy {:016x} applied ({} mode, was {:016x}): {} inserted, {} updated, {} removed, {} unchanged in {:.1} ms",
-        report.version,
-        report.mode,
-        report.previous_version,
-        report.inserted,
-        report.updated,
-        report.removed,
-        report.unchanged,
-        report.elapsed.as_secs_f64() * 1000.0
-    );
+    log::info!("{report}");
 }
 
 /// Registers a ring buffer's fd with the reactor.

@@ -217,6 +217,23 @@ pub struct ApplyReport {
     pub elapsed: Duration,
 }
 
+impl std::fmt::Display for ApplyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "policy {:016x} applied ({} mode, was {:016x}): {} inserted, {} updated, {} removed, {} unchanged in {:.1} ms",
+            self.version,
+            self.mode,
+            self.previous_version,
+            self.inserted,
+            self.updated,
+            self.removed,
+            self.unchanged,
+            self.elapsed.as_secs_f64() * 1000.0
+        )
+    }
+}
+
 /// The pinned datapath of one pin path.
 pub struct Datapath {
     layout: PinLayout,
@@ -320,15 +337,10 @@ impl Datapath {
                 target: format!("cgroup {}", path.display()),
                 source,
             })?;
-        let link: FdLink = program
+        let link = program
             .take_link(link_id)
-            .map_err(DatapathError::program(CGROUP_PROGRAM))?
-            .try_into()
-            .map_err(|err| DatapathError::Program {
-                name: CGROUP_PROGRAM,
-                source: ProgramError::from(err),
-            })?;
-        self.pin_link(link, &name)?;
+            .map_err(DatapathError::program(CGROUP_PROGRAM))?;
+        self.pin_link(link, CGROUP_PROGRAM, &name)?;
         Ok(true)
     }
 
@@ -359,19 +371,23 @@ impl Datapath {
                 target: format!("interface {name}"),
                 source,
             })?;
-        let link: FdLink = program
+        let link = program
             .take_link(link_id)
-            .map_err(DatapathError::program(TC_PROGRAM))?
-            .try_into()
-            .map_err(|err| DatapathError::Program {
-                name: TC_PROGRAM,
-                source: ProgramError::from(err),
-            })?;
-        self.pin_link(link, &link_name)?;
+            .map_err(DatapathError::program(TC_PROGRAM))?;
+        self.pin_link(link, TC_PROGRAM, &link_name)?;
         Ok(true)
     }
 
-    fn pin_link(&self, link: FdLink, name: &str) -> Result<(), DatapathError> {
+    /// Pins a program's link under `links/<name>`: from then on the attachment lives as long
+    /// as the pin, whatever happens to this process.
+    fn pin_link<L>(&self, link: L, program: &'static str, name: &str) -> Result<(), DatapathError>
+    where
+        L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+    {
+        let link: FdLink = link.try_into().map_err(|err| DatapathError::Program {
+            name: program,
+            source: ProgramError::from(err),
+        })?;
         let path = self.target.links().join(name);
         link.pin(&path).map_err(|err| DatapathError::Pin {
             what: "pinning link",

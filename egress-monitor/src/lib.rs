@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod error;
 pub mod events;
+mod fs;
 pub mod iface;
 pub mod pins;
 pub mod policy;

@@ -15,13 +15,12 @@
 use std::{
     ffi::CString,
     io,
-    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/egress-monitor";
 const DEFAULT_RUN_DIR: &str = "/run/egress-monitor";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPF_FS_DEFAULT_MOUNT: &str = "/sys/fs/bpf";
 
 #[derive(Debug, thiserror::Error)]
@@ -100,11 +99,11 @@ impl PinLayout {
     /// then creates the directories.
     pub fn prepare(&self) -> Result<(), PinError> {
         let probe = existing_ancestor(&self.root);
-        if !is_bpf_fs(&probe) {
+        if !crate::fs::is(&probe, crate::fs::BPF) {
             if self.root.starts_with(BPF_FS_DEFAULT_MOUNT) {
                 mount_bpf_fs()?;
             }
-            if !is_bpf_fs(&existing_ancestor(&self.root)) {
+            if !crate::fs::is(&existing_ancestor(&self.root), crate::fs::BPF) {
                 return Err(PinError::NotBpfFs(self.root.clone()));
             }
         }
@@ -137,21 +136,6 @@ fn existing_ancestor(path: &Path) -> PathBuf {
         }
     }
     current
-}
-
-#[expect(
-    clippy::useless_conversion,
-    reason = "statfs.f_type is i64 on x86_64 but another width on other architectures"
-)]
-fn is_bpf_fs(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs(2) on a valid C string into a zeroed out-struct.
-    unsafe {
-        let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && i64::from(stat.f_type) == BPF_FS_MAGIC
-    }
 }
 
 fn mount_bpf_fs() -> Result<(), PinError> {

@@ -55,6 +55,31 @@ pub fn daemon_binary() -> std::path::PathBuf {
     path
 }
 
+/// Sets `SO_RCVTIMEO` on a socket: reads give up after `timeout`.
+pub fn set_receive_timeout(
+    fd: std::os::fd::RawFd,
+    timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    let value = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    // SAFETY: setsockopt with a valid timeval and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&value as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A name part unique within this machine: the pid (for the stale sweep) and a counter.
 pub fn unique_id() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

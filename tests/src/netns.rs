@@ -232,20 +232,7 @@ impl Topology {
             if rc != 0 {
                 return Err(std::io::Error::last_os_error()).context("binding the tap");
             }
-            let timeout = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 300_000,
-            };
-            // SAFETY: setsockopt with a valid timeval.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&timeout as *const libc::timeval).cast(),
-                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-                )
-            };
+            crate::set_receive_timeout(fd, Duration::from_millis(300)).context("SO_RCVTIMEO")?;
             Ok(Tap { socket })
         })?
     }

@@ -183,20 +183,8 @@ fn ping(dst: IpAddr, count: u16, interval: Duration) -> anyhow::Result<Report> {
     }
     // SAFETY: a fresh fd nobody else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 500_000,
-    };
-    // SAFETY: setsockopt with a valid timeval.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+    egress_monitor_tests::set_receive_timeout(fd, Duration::from_millis(500))
+        .context("SO_RCVTIMEO")?;
     let id = (std::process::id() & 0xffff) as u16;
     let mut report = Report::default();
     for seq in 0..count {
