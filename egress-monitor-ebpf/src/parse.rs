@@ -41,12 +41,15 @@ pub enum L3Start {
     Ethernet,
 }
 
-/// What a packet is, as far as the verdict and the event need to know.
+/// What a packet is. The verdict needs only the destination; the transport fields (protocol
+/// after IPv6 extension headers, ports) are filled in by [`transport`] for events alone, so
+/// an allowed packet costs one header read.
 pub struct Packet {
     /// 4 or 6; 0 when the frame is not IP at all.
     pub ip_version: u8,
     /// The Ethernet frame's ethertype (after VLAN tags); 0 on the cgroup hook.
     pub ethertype: u16,
+    /// The IP protocol; for IPv6, the fixed header's next header until [`transport`] walks on.
     pub proto: u8,
     pub flags: u8,
     /// IPv4 addresses fill the first 4 bytes.
@@ -56,6 +59,10 @@ pub struct Packet {
     pub dst_port: u16,
     /// Bytes from the IP header on.
     pub len: u32,
+    /// Where the header after the fixed IP header starts.
+    l4: usize,
+    /// An IPv4 fragment other than the first: no transport header.
+    later_fragment: bool,
 }
 
 impl Packet {
@@ -70,6 +77,8 @@ impl Packet {
             src_port: 0,
             dst_port: 0,
             len,
+            l4: 0,
+            later_fragment: false,
         }
     }
 }
@@ -78,56 +87,40 @@ impl Packet {
 pub enum Parsed {
     /// An IP packet with a readable destination.
     Ip(Packet),
-    /// A frame with no destination address to judge: an IP packet whose fixed header cannot
-    /// be read, or a non-IP, non-ARP frame. No allow rule can apply, so it is denied.
+    /// A frame with no destination to judge: an IP packet whose fixed header cannot be read,
+    /// or a non-IP, non-ARP frame. No allow rule can apply, so it is denied.
     Unjudgeable(Packet),
     /// ARP: stays on the link, and IPv4 cannot work without it.
     Arp,
 }
 
-pub fn parse(skb: &SkBuff, start: L3Start) -> Parsed {
+/// Reads what the verdict needs. `protocol` is `skb->protocol` (network order), which the
+/// stack sets for every locally sent IP packet: the cgroup hook takes the family from it. The
+/// TC hook reads the ethertype from the frame itself instead, since an AF_PACKET sender
+/// chooses `skb->protocol` freely.
+pub fn parse(skb: &SkBuff, start: L3Start, protocol: u16) -> Parsed {
     let (l3, ethertype) = match start {
-        L3Start::Network => (0, None),
-        L3Start::Ethernet => {
-            let (l3, ethertype) = ethernet(skb);
-            match ethertype {
-                ETH_P_IP | ETH_P_IPV6 => (l3, Some(ethertype)),
-                ETH_P_ARP => return Parsed::Arp,
-                _ => return not_ip(ethertype, skb.len().saturating_sub(l3 as u32)),
-            }
-        }
+        L3Start::Network => (0, u16::from_be(protocol)),
+        L3Start::Ethernet => ethernet(skb),
     };
     let len = skb.len().saturating_sub(l3 as u32);
-    let Ok(first) = skb.load::<u8>(l3) else {
-        return match ethertype {
-            Some(ETH_P_IP) => malformed(4, len),
-            Some(_) => malformed(6, len),
-            None => malformed(0, len),
-        };
+    let parsed = match ethertype {
+        ETH_P_IP => ipv4(skb, l3, len),
+        ETH_P_IPV6 => ipv6(skb, l3, len),
+        ETH_P_ARP if matches!(start, L3Start::Ethernet) => return Parsed::Arp,
+        _ if matches!(start, L3Start::Ethernet) => return not_ip(ethertype, len),
+        _ => return malformed(0, len),
     };
-    let version = first >> 4;
-    // On TC the ethertype and the version nibble must agree; a mismatch is a crafted frame.
-    let parsed = match (ethertype, version) {
-        (None | Some(ETH_P_IP), 4) => ipv4(skb, l3, len),
-        (None | Some(ETH_P_IPV6), 6) => ipv6(skb, l3, len),
-        (Some(ETH_P_IP), _) => malformed(4, len),
-        (Some(_), _) => malformed(6, len),
-        (None, _) => malformed(version, len),
-    };
-    with_ethertype(parsed, ethertype.unwrap_or(0))
-}
-
-fn with_ethertype(parsed: Parsed, ethertype: u16) -> Parsed {
-    match parsed {
-        Parsed::Ip(mut packet) => {
+    match (parsed, start) {
+        (Parsed::Ip(mut packet), L3Start::Ethernet) => {
             packet.ethertype = ethertype;
             Parsed::Ip(packet)
         }
-        Parsed::Unjudgeable(mut packet) => {
+        (Parsed::Unjudgeable(mut packet), L3Start::Ethernet) => {
             packet.ethertype = ethertype;
             Parsed::Unjudgeable(packet)
         }
-        Parsed::Arp => Parsed::Arp,
+        (parsed, _) => parsed,
     }
 }
 
@@ -166,7 +159,8 @@ fn ipv4(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
         return malformed(4, len);
     };
     let ihl = usize::from(h[0] & 0x0f) * 4;
-    if ihl < IPV4_MIN_HLEN {
+    // The version must match the family the frame claims: a mismatch is a crafted packet.
+    if h[0] >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return malformed(4, len);
     }
     let mut packet = Packet::empty(len);
@@ -174,6 +168,7 @@ fn ipv4(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
     packet.proto = h[9];
     packet.src[..4].copy_from_slice(&h[12..16]);
     packet.dst[..4].copy_from_slice(&h[16..20]);
+    packet.l4 = l3 + ihl;
     let frag = u16::from_be_bytes([h[6], h[7]]);
     let more_fragments = frag & 0x2000 != 0;
     let offset = frag & 0x1fff;
@@ -181,9 +176,7 @@ fn ipv4(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
         packet.flags |= flags::FRAGMENT;
     }
     // Only the first fragment carries the transport header.
-    if offset == 0 {
-        ports(skb, l3 + ihl, &mut packet);
-    }
+    packet.later_fragment = offset != 0;
     Parsed::Ip(packet)
 }
 
@@ -191,60 +184,68 @@ fn ipv6(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
     let Ok(h) = skb.load::<[u8; IPV6_HLEN]>(l3) else {
         return malformed(6, len);
     };
+    if h[0] >> 4 != 6 {
+        return malformed(6, len);
+    }
     let mut packet = Packet::empty(len);
     packet.ip_version = 6;
+    packet.proto = h[6];
     packet.src.copy_from_slice(&h[8..24]);
     packet.dst.copy_from_slice(&h[24..40]);
-    // The verdict needs only the destination above; the walk below finds the transport
-    // header for the event. A chain we cannot walk (truncated, or longer than
-    // MAX_IPV6_EXT_HEADERS) still gets its verdict; its event just has no ports.
-    let mut next = h[6];
-    let mut offset = l3 + IPV6_HLEN;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
-        match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
-                    break;
-                };
-                next = ext[0];
-                offset += (usize::from(ext[1]) + 1) * 8;
-            }
-            IPPROTO_AH => {
-                let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
-                    break;
-                };
-                next = ext[0];
-                offset += (usize::from(ext[1]) + 2) * 4;
-            }
-            IPPROTO_FRAGMENT => {
-                let Ok(ext) = skb.load::<[u8; 4]>(offset) else {
-                    break;
-                };
-                packet.flags |= flags::FRAGMENT;
-                next = ext[0];
-                offset += 8;
-                let fragment_offset = u16::from_be_bytes([ext[2], ext[3]]) >> 3;
-                if fragment_offset != 0 {
-                    packet.proto = next;
-                    return Parsed::Ip(packet);
-                }
-            }
-            _ => break,
-        }
-    }
-    packet.proto = next;
-    ports(skb, offset, &mut packet);
+    packet.l4 = l3 + IPV6_HLEN;
     Parsed::Ip(packet)
 }
 
-fn ports(skb: &SkBuff, l4: usize, packet: &mut Packet) {
-    if !matches!(
-        packet.proto,
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
-    ) {
+/// Fills in the transport fields of a parsed IP packet, for its event: walks IPv6 extension
+/// headers (bounded; a chain that cannot be walked just leaves the ports out) and reads the
+/// ports of TCP, UDP, SCTP and UDP-Lite first fragments.
+pub fn transport(skb: &SkBuff, packet: &mut Packet) {
+    if packet.ip_version == 6 {
+        let mut next = packet.proto;
+        let mut offset = packet.l4;
+        for _ in 0..MAX_IPV6_EXT_HEADERS {
+            match next {
+                IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                    let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
+                        break;
+                    };
+                    next = ext[0];
+                    offset += (usize::from(ext[1]) + 1) * 8;
+                }
+                IPPROTO_AH => {
+                    let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
+                        break;
+                    };
+                    next = ext[0];
+                    offset += (usize::from(ext[1]) + 2) * 4;
+                }
+                IPPROTO_FRAGMENT => {
+                    let Ok(ext) = skb.load::<[u8; 4]>(offset) else {
+                        break;
+                    };
+                    packet.flags |= flags::FRAGMENT;
+                    next = ext[0];
+                    offset += 8;
+                    if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
+                        packet.later_fragment = true;
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        packet.proto = next;
+        packet.l4 = offset;
+    }
+    if packet.later_fragment
+        || !matches!(
+            packet.proto,
+            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
+        )
+    {
         return;
     }
-    if let Ok(p) = skb.load::<[u8; 4]>(l4) {
+    if let Ok(p) = skb.load::<[u8; 4]>(packet.l4) {
         packet.src_port = u16::from_be_bytes([p[0], p[1]]);
         packet.dst_port = u16::from_be_bytes([p[2], p[3]]);
         packet.flags |= flags::HAS_PORTS;

@@ -32,7 +32,9 @@ pub struct Judgement {
 pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Judgement {
     // SAFETY: reading a context field of the program's own skb.
     let accounted = unsafe { (*raw).mark } != CHECK_MARK;
-    let (packet, judgeable) = match parse::parse(skb, start) {
+    // SAFETY: reading a context field of the program's own skb.
+    let protocol = unsafe { (*raw).protocol } as u16;
+    let (mut packet, judgeable) = match parse::parse(skb, start, protocol) {
         Parsed::Ip(packet) => (packet, true),
         Parsed::Unjudgeable(packet) => (packet, false),
         Parsed::Arp => {
@@ -71,6 +73,9 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
     if accounted {
         emit::count(hook, result, packet.len);
         if result != outcome::ALLOWED {
+            if judgeable {
+                parse::transport(skb, &mut packet);
+            }
             emit::event(skb, raw, hook, result, rule_id, &packet);
         }
     }

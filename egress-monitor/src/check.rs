@@ -23,6 +23,7 @@ use crate::{
     pins::PinLayout,
     policy::{Action, Mode},
     state::StateFile,
+    testrun,
 };
 
 /// Destinations probed: (address, what it stands for).
@@ -144,13 +145,14 @@ pub fn check(layout: &PinLayout, required_mode: Option<Mode>) -> Result<CheckRep
         } else {
             "drop"
         };
-        let frame = frame_to(destination);
+        let frame = testrun::frame_to(destination);
         for (program, fd, pass_code) in [
             (CGROUP_PROGRAM, cgroup_fd.as_fd().as_raw_fd(), 1u32),
             (TC_PROGRAM, tc_fd.as_fd().as_raw_fd(), u32::MAX),
         ] {
-            let retval =
-                test_run(fd, &frame).map_err(|source| CheckError::TestRun { program, source })?;
+            let retval = testrun::run(fd, &frame, 1, Some(CHECK_MARK))
+                .map_err(|source| CheckError::TestRun { program, source })?
+                .retval;
             let actual = if retval == pass_code { "pass" } else { "drop" };
             if actual != expected {
                 problems.push(format!(
@@ -192,84 +194,6 @@ fn decide(state: &StateFile, address: IpAddr) -> (String, bool) {
         .map_or(("default".to_owned(), false), |(_, rule)| {
             (rule.name.clone(), rule.action == Action::Allow)
         })
-}
-
-/// An Ethernet frame carrying a small UDP datagram to `destination` (test runs take an L2
-/// frame for both program types; cgroup_skb sees it from the IP header on, as on the wire).
-pub fn frame_to(destination: IpAddr) -> Vec<u8> {
-    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-    let payload = [0u8; 16];
-    let mut frame = Vec::new();
-    let written = match destination {
-        IpAddr::V4(v4) => builder
-            .ipv4([192, 0, 2, 2], v4.octets(), 64)
-            .udp(40000, 443)
-            .write(&mut frame, &payload),
-        IpAddr::V6(v6) => builder
-            .ipv6(
-                "2001:db8::2"
-                    .parse::<std::net::Ipv6Addr>()
-                    .expect("valid")
-                    .octets(),
-                v6.octets(),
-                64,
-            )
-            .udp(40000, 443)
-            .write(&mut frame, &payload),
-    };
-    written.expect("a frame fits in a Vec");
-    frame
-}
-
-/// `bpf(BPF_PROG_TEST_RUN)` once, with a context whose mark is [`CHECK_MARK`]. Returns the
-/// program's return value.
-pub fn test_run(program_fd: i32, frame: &[u8]) -> io::Result<u32> {
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    // struct __sk_buff begins `len, pkt_type, mark`: only the mark is set.
-    let mut context = [0u8; 12];
-    context[8..12].copy_from_slice(&CHECK_MARK.to_ne_bytes());
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
-    }
-    let mut attr = TestAttr {
-        prog_fd: program_fd as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat: 1,
-        ctx_size_in: context.len() as u32,
-        ctx_in: context.as_ptr() as u64,
-        ..TestAttr::default()
-    };
-    // SAFETY: bpf(2) with a test-run attribute whose pointers outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(attr.retval)
 }
 
 /// The report as text, one probe per line.
@@ -315,7 +239,7 @@ mod tests {
     fn probe_frames_parse_back_to_their_destination() {
         for (address, _) in PROBES {
             let destination: IpAddr = address.parse().unwrap();
-            let frame = frame_to(destination);
+            let frame = testrun::frame_to(destination);
             let parsed = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
             let dst = match parsed.net.unwrap() {
                 etherparse::NetSlice::Ipv4(ip) => IpAddr::V4(ip.header().destination_addr()),

@@ -32,3 +32,4 @@ pub mod pins;
 pub mod policy;
 pub mod state;
 pub mod status;
+pub mod testrun;

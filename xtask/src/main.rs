@@ -6,6 +6,7 @@
 //!   cgroup unless told otherwise).
 //! - `test`: format check, clippy, and the whole test suite, kernel tests included.
 
+mod bench;
 mod run;
 mod setup;
 mod test;
@@ -35,6 +36,14 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure speed and memory side by side with no filter, nftables and iptables + ipset;
+    /// writes bench/results/latest.{md,json} (needs root; about 5 minutes).
+    #[command(after_help = "Examples:\n  cargo xtask bench\n  cargo xtask bench -- --quick")]
+    Bench {
+        /// Arguments for em-bench (`--quick`, `--out DIR`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Check formatting and lints, then run every test (kernel tests need root).
     Test {
         /// Extra arguments for the test binaries, e.g. a name filter.
@@ -49,6 +58,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(),
         Task::Run { args } => setup::setup().and_then(|()| run::run(&args)),
         Task::Test { args } => setup::setup().and_then(|()| test::test(&args)),
+        Task::Bench { args } => setup::setup().and_then(|()| bench::bench(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

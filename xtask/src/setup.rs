@@ -11,8 +11,16 @@ pub const STABLE: &str = "1.99.0";
 /// The kernel crate's toolchain; keep in step with egress-monitor/build.rs.
 pub const NIGHTLY: &str = "nightly-2026-10-01";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Commands the tests and the daemon's users rely on, and the Debian packages that have them.
-const DEBIAN_TOOLS: [(&str, &str); 2] = [("ip", "iproute2"), ("bpftool", "bpftool")];
+/// Commands the tests, the benchmark and the daemon's users rely on, and the Debian packages
+/// that have them (iperf3, nft, iptables and ipset are the benchmark's peers and rivals).
+const DEBIAN_TOOLS: [(&str, &str); 6] = [
+    ("ip", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("iperf3", "iperf3"),
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
+    ("ipset", "ipset"),
+];
 
 pub fn setup() -> anyhow::Result<()> {
     toolchains()?;

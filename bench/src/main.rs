@@ -1,0 +1,69 @@
+//! `em-bench` (run by `cargo xtask bench`, as root): measures egress-monitor on this machine
+//! and writes `bench/results/latest.{md,json}`.
+//!
+//! 1. [`verdict`]: per-packet cost of each program by `BPF_PROG_TEST_RUN`, allowed and denied,
+//!    IPv4 and IPv6, with 10, 1,000 and 100,000 rules per address family.
+//! 2. [`throughput`]: TCP throughput and 64-byte UDP packet rate between two network namespaces
+//!    (iperf3), in alternation: no filter, egress-monitor enforce, egress-monitor observe,
+//!    nftables with the same rules in interval sets, iptables with the same rules in ipsets.
+//! 3. [`flood`]: the denied path under a flood: packets dropped per second, events written.
+//! 4. [`daemon`]: resident memory at idle.
+//!
+//! Everything runs in the benchmark's own namespaces, cgroups and bpf filesystems; every loop
+//! is bounded in count and time.
+
+mod daemon;
+mod flood;
+mod report;
+mod rules;
+mod throughput;
+mod verdict;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut out = PathBuf::from("bench/results");
+    let mut quick = false;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => out = args.next().context("--out DIR")?.into(),
+            "--quick" => quick = true,
+            other => {
+                anyhow::bail!("unknown argument {other}; usage: em-bench [--out DIR] [--quick]")
+            }
+        }
+    }
+    egress_monitor_tests::require_root();
+    egress_monitor_tests::sweep_stale();
+    let started = std::time::Instant::now();
+    let machine = report::Machine::read();
+    eprintln!("== per-packet verdict cost (BPF_PROG_TEST_RUN)");
+    let verdict = verdict::measure(
+        if quick {
+            &[10, 1_000]
+        } else {
+            &[10, 1_000, 100_000]
+        },
+        quick,
+    )?;
+    eprintln!("== throughput over veth (iperf3), filters in alternation");
+    let throughput = throughput::measure(if quick { 1 } else { 3 }, if quick { 1 } else { 3 })?;
+    eprintln!("== denied flood");
+    let flood = flood::measure(if quick { 50_000 } else { 300_000 })?;
+    eprintln!("== daemon");
+    let daemon = daemon::measure()?;
+    let results = report::Results {
+        machine,
+        verdict,
+        throughput,
+        flood,
+        daemon,
+        elapsed_s: started.elapsed().as_secs_f64(),
+    };
+    let markdown = report::write(&results, &out)?;
+    println!("{markdown}");
+    Ok(())
+}

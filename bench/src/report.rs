@@ -1,0 +1,253 @@
+//! The results as a markdown table and as JSON, both under the output directory.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::{
+    daemon::Daemon,
+    flood::Flood,
+    throughput::{Filter, Throughput},
+    verdict::Verdicts,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub memory_gib: f64,
+    /// RFC 3339, when the run started.
+    pub date: String,
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |text: &str, key: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+                .unwrap_or_default()
+        };
+        Machine {
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            cpu: field(&cpuinfo, "model name"),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory_gib: field(&meminfo, "MemTotal")
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .unwrap_or(0.0)
+                / 1024.0
+                / 1024.0,
+            date: date_now(),
+        }
+    }
+}
+
+fn date_now() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Civil date from days since the epoch (Howard Hinnant's algorithm), UTC.
+    let days = (seconds / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let time = seconds % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        time / 3600,
+        time / 60 % 60,
+        time % 60
+    )
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    pub machine: Machine,
+    pub verdict: Verdicts,
+    pub throughput: Throughput,
+    pub flood: Flood,
+    pub daemon: Daemon,
+    pub elapsed_s: f64,
+}
+
+/// Writes `latest.md` and `latest.json` under `out` and returns the markdown.
+pub fn write(results: &Results, out: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let markdown = markdown(results);
+    std::fs::write(out.join("latest.md"), &markdown)?;
+    std::fs::write(
+        out.join("latest.json"),
+        serde_json::to_string_pretty(results)? + "\n",
+    )?;
+    Ok(markdown)
+}
+
+fn markdown(r: &Results) -> String {
+    let m = &r.machine;
+    let mut out = format!(
+        "# egress-monitor benchmark\n\n{} · Linux {} · {} × {} · {:.0} GiB · run took {:.0} s\n\n",
+        m.date, m.kernel, m.cpus, m.cpu, m.memory_gib, r.elapsed_s
+    );
+
+    out.push_str(&format!(
+        "## Per-packet verdict cost\n\nBPF_PROG_TEST_RUN, ns per packet (median of 5 runs of {} packets each). \
+         The denied path includes the event: with nobody reading the ring buffer it is full after \
+         ~12,000 events, so most denied runs measure the reserve failing and `events_lost` counted.\n\n",
+        r.verdict.repeat
+    ));
+    out.push_str("| rules per family | program | allowed v4 | denied v4 | allowed v6 | denied v6 |\n|---:|---|---:|---:|---:|---:|\n");
+    let mut rows: Vec<(usize, &str)> = r
+        .verdict
+        .costs
+        .iter()
+        .map(|c| (c.rules_per_family, c.program))
+        .collect();
+    rows.dedup();
+    for (rules, program) in rows {
+        let cell = |case: &str| {
+            r.verdict
+                .costs
+                .iter()
+                .find(|c| c.rules_per_family == rules && c.program == program && c.case == case)
+                .map_or("–".to_owned(), |c| {
+                    format!("{} ({}–{})", c.ns_per_packet, c.min_ns, c.max_ns)
+                })
+        };
+        out.push_str(&format!(
+            "| {rules} | {program} | {} | {} | {} | {} |\n",
+            cell("allowed v4"),
+            cell("denied v4"),
+            cell("allowed v6"),
+            cell("denied v6")
+        ));
+    }
+    out.push_str("\nPolicy load into fresh maps:\n\n| rules per family | rules in all | ms |\n|---:|---:|---:|\n");
+    for (per_family, total, ms) in &r.verdict.load_ms {
+        out.push_str(&format!("| {per_family} | {total} | {ms:.1} |\n"));
+    }
+
+    let t = &r.throughput;
+    out.push_str(&format!(
+        "\n## Throughput over veth between two namespaces\n\niperf3 from the node namespace (and cgroup) to a private peer; {} rounds in alternation, {} s per test; \
+         every filter holds the default allow groups plus {} deny prefixes per family. Ratio to the no-filter run of the same round: median [min–max].\n\n",
+        t.rounds, t.seconds_per_test, t.rules_per_family
+    ));
+    out.push_str("| filter | TCP Gbit/s | TCP ratio | UDP 64 B kpps | UDP ratio | load + attach ms |\n|---|---:|---:|---:|---:|---:|\n");
+    for s in &t.summary {
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.3} [{:.3}–{:.3}] | {:.1} | {:.3} [{:.3}–{:.3}] | {} |\n",
+            s.filter.label(),
+            s.tcp_gbit_s,
+            s.tcp_ratio.0,
+            s.tcp_ratio.1,
+            s.tcp_ratio.2,
+            s.udp_kpps,
+            s.udp_ratio.0,
+            s.udp_ratio.1,
+            s.udp_ratio.2,
+            if s.filter == Filter::None {
+                "–".to_owned()
+            } else {
+                format!("{:.1}", s.setup_ms)
+            }
+        ));
+    }
+
+    let f = &r.flood;
+    out.push_str(&format!(
+        "\n## Denied path under a flood\n\nOne UDP sender, enforce mode, cgroup hook, daemon writing events to a file.\n\n\
+         | sent | dropped | dropped/s | events written | events/s written | events lost |\n|---:|---:|---:|---:|---:|---:|\n\
+         | {} | {} | {:.0} | {} | {:.0} | {} |\n",
+        f.sent, f.dropped, f.dropped_per_s, f.events_written, f.events_per_s, f.events_lost
+    ));
+
+    out.push_str(&format!(
+        "\n## Daemon\n\nResident memory at idle: {:.1} MiB.\n",
+        r.daemon.rss_idle_kib as f64 / 1024.0
+    ));
+
+    out.push_str("\n## Targets\n\n| target | measured | met |\n|---|---|---|\n");
+    for (target, measured, met) in targets(r) {
+        out.push_str(&format!(
+            "| {target} | {measured} | {} |\n",
+            if met { "yes" } else { "**no**" }
+        ));
+    }
+    out
+}
+
+fn targets(r: &Results) -> Vec<(String, String, bool)> {
+    let mut rows = Vec::new();
+    let summary = |filter: Filter| r.throughput.summary.iter().find(|s| s.filter == filter);
+    if let Some(em) = summary(Filter::EgressMonitorEnforce) {
+        rows.push((
+            "allowed-path TCP ≥ 98% of no filter".into(),
+            format!("{:.1}%", em.tcp_ratio.0 * 100.0),
+            em.tcp_ratio.0 >= 0.98,
+        ));
+        rows.push((
+            "allowed-path 64 B UDP ≥ 95% of no filter".into(),
+            format!("{:.1}%", em.udp_ratio.0 * 100.0),
+            em.udp_ratio.0 >= 0.95,
+        ));
+        if let Some(nft) = summary(Filter::Nftables) {
+            rows.push((
+                "not worse than nftables on the same rules (64 B UDP)".into(),
+                format!("{:.1} vs {:.1} kpps", em.udp_kpps, nft.udp_kpps),
+                em.udp_ratio.0 >= nft.udp_ratio.0 * 0.99,
+            ));
+        }
+    }
+    let largest = r
+        .verdict
+        .costs
+        .iter()
+        .map(|c| c.rules_per_family)
+        .max()
+        .unwrap_or(0);
+    let worst_allowed = r
+        .verdict
+        .costs
+        .iter()
+        .filter(|c| c.rules_per_family == largest && c.case.starts_with("allowed"))
+        .map(|c| c.ns_per_packet)
+        .max()
+        .unwrap_or(0);
+    rows.push((
+        format!(
+            "per-packet cost ≤ 50 ns at {largest} rules (allowed path, worst program and family)"
+        ),
+        format!("{worst_allowed} ns"),
+        worst_allowed <= 50,
+    ));
+    if let Some((per_family, total, ms)) = r.verdict.load_ms.iter().find(|(n, _, _)| *n == 100_000)
+    {
+        rows.push((
+            format!("100,000 rules loaded in < 1 s ({per_family} per family, {total} in all)"),
+            format!("{ms:.0} ms"),
+            *ms < 1000.0,
+        ));
+    }
+    let rss = r.daemon.rss_idle_kib as f64 / 1024.0;
+    rows.push((
+        "daemon RSS < 50 MiB at idle".into(),
+        format!("{rss:.1} MiB"),
+        rss < 50.0,
+    ));
+    rows
+}

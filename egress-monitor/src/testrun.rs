@@ -1,0 +1,94 @@
+//! Running packets through a loaded program without sending them: `BPF_PROG_TEST_RUN`, for
+//! `check` (one verdict per probe) and the benchmark (the per-packet cost).
+
+use std::{io, net::IpAddr};
+
+/// An Ethernet frame carrying a small UDP datagram to `destination` (test runs take an L2
+/// frame for both program types; cgroup_skb sees it from the IP header on, as on the wire).
+pub fn frame_to(destination: IpAddr) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let payload = [0u8; 16];
+    let mut frame = Vec::new();
+    let written = match destination {
+        IpAddr::V4(v4) => builder
+            .ipv4([192, 0, 2, 2], v4.octets(), 64)
+            .udp(40000, 443)
+            .write(&mut frame, &payload),
+        IpAddr::V6(v6) => builder
+            .ipv6(
+                "2001:db8::2"
+                    .parse::<std::net::Ipv6Addr>()
+                    .expect("valid")
+                    .octets(),
+                v6.octets(),
+                64,
+            )
+            .udp(40000, 443)
+            .write(&mut frame, &payload),
+    };
+    written.expect("a frame fits in a Vec");
+    frame
+}
+
+/// What one `BPF_PROG_TEST_RUN` returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TestRun {
+    /// The program's return value.
+    pub retval: u32,
+    /// The kernel's average time per run, in nanoseconds.
+    pub duration_ns: u32,
+}
+
+/// `bpf(BPF_PROG_TEST_RUN)`: runs `frame` through the program `repeat` times, with `mark` as
+/// the skb mark when given (see [`egress_monitor_common::verdict::CHECK_MARK`]).
+pub fn run(program_fd: i32, frame: &[u8], repeat: u32, mark: Option<u32>) -> io::Result<TestRun> {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // struct __sk_buff begins `len, pkt_type, mark`: only the mark may be set.
+    let mut context = [0u8; 12];
+    context[8..12].copy_from_slice(&mark.unwrap_or(0).to_ne_bytes());
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    let mut attr = TestAttr {
+        prog_fd: program_fd as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: context.len() as u32,
+        ctx_in: context.as_ptr() as u64,
+        ..TestAttr::default()
+    };
+    // SAFETY: bpf(2) with a test-run attribute whose pointers outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            std::mem::size_of::<TestAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TestRun {
+        retval: attr.retval,
+        duration_ns: attr.duration,
+    })
+}
