@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         quick,
     )?;
     eprintln!("== throughput over veth (iperf3), filters in alternation");
-    let throughput = throughput::measure(if quick { 1 } else { 3 }, if quick { 1 } else { 3 })?;
+    let throughput = throughput::measure(if quick { 1 } else { 5 }, if quick { 1 } else { 3 })?;
     eprintln!("== denied flood");
     let flood = flood::measure(if quick { 50_000 } else { 300_000 })?;
     eprintln!("== daemon");

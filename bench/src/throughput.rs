@@ -32,15 +32,17 @@ pub const RULES_PER_FAMILY: usize = 1_000;
 pub enum Filter {
     None,
     EgressMonitorEnforce,
+    EgressMonitorCgroupOnly,
     EgressMonitorObserve,
     Nftables,
     IptablesIpset,
 }
 
 impl Filter {
-    pub const ALL: [Filter; 5] = [
+    pub const ALL: [Filter; 6] = [
         Filter::None,
         Filter::EgressMonitorEnforce,
+        Filter::EgressMonitorCgroupOnly,
         Filter::EgressMonitorObserve,
         Filter::Nftables,
         Filter::IptablesIpset,
@@ -50,6 +52,7 @@ impl Filter {
         match self {
             Filter::None => "no filter (the limit)",
             Filter::EgressMonitorEnforce => "egress-monitor enforce (both hooks)",
+            Filter::EgressMonitorCgroupOnly => "egress-monitor enforce (cgroup hook only)",
             Filter::EgressMonitorObserve => "egress-monitor observe (both hooks)",
             Filter::Nftables => "nftables, interval sets",
             Filter::IptablesIpset => "iptables + ipset (hash:net)",
@@ -289,18 +292,22 @@ impl Active {
         let node = &topology.node.name;
         Ok(match filter {
             Filter::None => Active::None,
-            Filter::EgressMonitorEnforce | Filter::EgressMonitorObserve => {
+            Filter::EgressMonitorEnforce
+            | Filter::EgressMonitorCgroupOnly
+            | Filter::EgressMonitorObserve => {
                 let mut policy = policy.clone();
-                policy.mode = if filter == Filter::EgressMonitorEnforce {
-                    Mode::Enforce
-                } else {
+                policy.mode = if filter == Filter::EgressMonitorObserve {
                     Mode::Observe
+                } else {
+                    Mode::Enforce
                 };
                 let bpffs = BpfFs::new()?;
                 let mut datapath = Datapath::open(&bpffs.layout(), policy.rules.len())?;
                 datapath.apply(&policy)?;
                 datapath.attach_cgroup(&cgroup.path)?;
-                topology.node.run(|| datapath.attach_tc(NODE_IF))??;
+                if filter != Filter::EgressMonitorCgroupOnly {
+                    topology.node.run(|| datapath.attach_tc(NODE_IF))??;
+                }
                 Active::EgressMonitor {
                     _datapath: datapath,
                     _pins: bpffs,
