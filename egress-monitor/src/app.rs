@@ -5,7 +5,7 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode};
 use serde::Serialize;
 
 use crate::{
-    check,
+    azure, check,
     cli::{Cli, Command, PolicyArgs, PolicyCommand, RunArgs},
     daemon::{self, RunConfig},
     datapath::{self, Datapath},
@@ -94,6 +94,39 @@ pub fn main(cli: Cli) -> ExitCode {
                     // `policy check` answers a yes/no question: no is 1, whatever the reason.
                     ExitCode::from(1)
                 }
+            }
+        }
+        Command::NsgAudit {
+            file,
+            node_ip,
+            json,
+        } => match azure::nsg::load(&file) {
+            Ok(rules) => {
+                let audit = azure::nsg::audit(&rules, node_ip);
+                print(&audit, json, azure::nsg::render);
+                if audit.isolated() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitStatus::Failure.into()
+                }
+            }
+            Err(err) => fail(&err, ExitStatus::InvalidInput),
+        },
+        Command::Policy(PolicyCommand::ServiceTags {
+            file,
+            tags,
+            allow_azure_cloud,
+        }) => {
+            let result = azure::service_tags::ServiceTags::load(&file).and_then(|loaded| {
+                let prefixes = loaded.prefixes(&tags, allow_azure_cloud)?;
+                Ok(azure::service_tags::render_rules(&loaded, &prefixes))
+            });
+            match result {
+                Ok(text) => {
+                    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => fail(&err, ExitStatus::InvalidInput),
             }
         }
         Command::Policy(PolicyCommand::Show { policy }) => match source(&policy, None).build() {

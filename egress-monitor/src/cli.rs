@@ -73,6 +73,22 @@ SIGHUP re-reads the policy and applies the difference.")]
     /// Validate, print or apply policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Audit an Azure NSG export: can this node reach the internet, on which ports, by which
+    /// rule? Exit 0 when isolated, 1 when not (a deployment gate), 2 for an unreadable file.
+    #[command(after_help = "Examples:
+  az network nsg show -g RG -n NSG -o json > nsg.json && egress-monitor nsg-audit nsg.json
+  az network nic list-effective-nsg -g RG -n NIC -o json > eff.json && egress-monitor nsg-audit eff.json")]
+    NsgAudit {
+        /// `az network nsg show -o json` or `az network nic list-effective-nsg -o json` output.
+        file: PathBuf,
+        /// The node's private address, to decide rules limited to some sources (without it, a
+        /// source-limited Deny is not trusted and a source-limited Allow is).
+        #[arg(long, value_name = "IP")]
+        node_ip: Option<std::net::IpAddr>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +168,25 @@ pub enum PolicyCommand {
     Show {
         #[command(flatten)]
         policy: PolicyArgs,
+    },
+    /// Print `[[rule]]` entries allowing Azure service tags, from Microsoft's published
+    /// ServiceTags_Public.json.
+    #[command(after_help = "Example:
+  egress-monitor policy service-tags ServiceTags_Public.json --tag Storage.WestEurope >> policy.toml
+
+A policy file can also name the tags itself, so that a refreshed file is one reload away:
+  [service_tags]
+  file = \"ServiceTags_Public.json\"
+  tags = [\"Storage.WestEurope\"]")]
+    ServiceTags {
+        /// The service tags file.
+        file: PathBuf,
+        /// A tag to allow (`Storage`, `Storage.WestEurope`, ...); repeatable.
+        #[arg(long = "tag", value_name = "NAME", required = true)]
+        tags: Vec<String>,
+        /// Allow `AzureCloud`, which covers every Azure tenant's public addresses.
+        #[arg(long)]
+        allow_azure_cloud: bool,
     },
     /// Apply a policy to the live datapath as a difference (new rules first, stale ones
     /// after); an invalid policy changes nothing.

@@ -15,10 +15,12 @@
 //! - [`events`]: ring-buffer records → JSON lines.
 //! - [`daemon`]: `run(config, shutdown)`, the long-running loop.
 //! - [`status`], [`check`]: what is enforced, and proof by synthetic packets.
+//! - [`azure`]: `nsg-audit` (does the NSG let the node out?) and service tags as rules.
 //! - [`cgroup`], [`iface`]: the cgroup2 hierarchy and network interfaces.
 //! - [`error`]: exit codes and operator-facing error text.
 
 pub mod app;
+pub mod azure;
 pub mod cgroup;
 pub mod check;
 pub mod cli;

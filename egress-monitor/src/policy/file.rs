@@ -32,16 +32,31 @@ pub struct PolicyFile {
     /// Group switches the file sets explicitly.
     pub groups: Vec<(&'static str, bool)>,
     pub rules: Vec<Rule>,
+    /// Allow rules from `[service_tags]`; they rank like the default groups (an explicit rule
+    /// for the same prefix replaces them).
+    pub service_tag_rules: Vec<Rule>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     mode: Option<Mode>,
+    service_tags: Option<Spanned<RawServiceTags>>,
     #[serde(default)]
     groups: BTreeMap<String, Spanned<bool>>,
     #[serde(default)]
     rule: Vec<RawRule>,
+}
+
+/// `[service_tags]`: allow Azure service tags from a tags file (a path relative to the policy
+/// file's directory, or absolute), so a refreshed tags file is one reload away.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServiceTags {
+    file: String,
+    tags: Vec<String>,
+    #[serde(default)]
+    allow_azure_cloud: bool,
 }
 
 #[derive(Deserialize)]
@@ -115,10 +130,32 @@ impl PolicyFile {
                 }),
             }
         }
+        let mut service_tag_rules = Vec::new();
+        if let Some(tags) = &raw.service_tags {
+            let settings = tags.get_ref();
+            let tags_path = path.parent().unwrap_or(Path::new(".")).join(&settings.file);
+            let loaded = crate::azure::service_tags::ServiceTags::load(&tags_path)
+                .and_then(|loaded| loaded.prefixes(&settings.tags, settings.allow_azure_cloud));
+            match loaded {
+                Ok(prefixes) => {
+                    service_tag_rules.extend(prefixes.into_iter().map(|(tag, network)| Rule {
+                        origin: Origin::ServiceTag(tag.clone()),
+                        name: tag,
+                        network,
+                        action: Action::Allow,
+                    }))
+                }
+                Err(err) => diagnostics.push(Diagnostic {
+                    place: place(tags.span()),
+                    message: crate::error::chain(&err),
+                }),
+            }
+        }
         if !diagnostics.is_empty() {
             return Err(PolicyError::Invalid(diagnostics));
         }
         Ok(PolicyFile {
+            service_tag_rules,
             path: path.to_owned(),
             mode: raw.mode,
             groups: switches,

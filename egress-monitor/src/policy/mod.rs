@@ -64,7 +64,12 @@ impl Action {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
     Group(&'static str),
-    File { path: PathBuf, line: usize },
+    /// An Azure service tag named in the policy file's `[service_tags]`.
+    ServiceTag(String),
+    File {
+        path: PathBuf,
+        line: usize,
+    },
     CommandLine,
 }
 
@@ -72,6 +77,7 @@ impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Group(name) => write!(f, "group {name}"),
+            Origin::ServiceTag(name) => write!(f, "service tag {name}"),
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
             Origin::CommandLine => f.write_str("command line"),
         }
@@ -185,6 +191,11 @@ impl Policy {
                     origin: Origin::Group(group.name),
                 });
             }
+        }
+
+        // Service tags rank like groups: an explicit rule for the same prefix replaces them.
+        for rule in file.iter().flat_map(|file| &file.service_tag_rules) {
+            rules.put(rule.clone());
         }
 
         // The file's rules: each prefix at most once; a rule replaces a group member with the

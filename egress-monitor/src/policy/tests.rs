@@ -360,3 +360,48 @@ fn the_failsafe_refuses_denying_essentials_in_enforce_mode_only() {
         "the defaults keep every essential"
     );
 }
+
+#[test]
+fn service_tags_named_in_the_file_become_allow_rules() {
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/azure");
+    // A relative tags path is taken from the policy file's directory.
+    let file = PolicyFile::parse(
+        &fixtures.join("policy.toml"),
+        "[service_tags]\nfile = \"ServiceTags_Public.json\"\ntags = [\"Storage.WestEurope\"]\n\n\
+         [[rule]]\nname = \"no-this-one\"\ncidr = \"20.60.0.0/16\"\naction = \"deny\"\n",
+    )
+    .unwrap();
+    assert_eq!(file.service_tag_rules.len(), 3);
+    let policy = build(Some(&file), &[], &[]).unwrap();
+    let rule = find(&policy, "2603:1020:206::/48").unwrap();
+    assert_eq!(
+        (rule.action, rule.name.as_str()),
+        (Action::Allow, "Storage.WestEurope")
+    );
+    assert_eq!(rule.origin, Origin::ServiceTag("Storage.WestEurope".into()));
+    assert_eq!(
+        find(&policy, "20.60.0.0/16").unwrap().action,
+        Action::Deny,
+        "an explicit rule wins"
+    );
+    assert!(policy.render().contains("(service tag Storage.WestEurope)"));
+
+    let errs = errors("[service_tags]\nfile = \"/nonexistent/tags.json\"\ntags = [\"Storage\"]\n");
+    assert!(
+        errs[0].starts_with("p.toml:1:1: cannot read the service tags file /nonexistent/tags.json"),
+        "{errs:?}"
+    );
+    let azure_cloud = PolicyFile::parse(
+        &fixtures.join("policy.toml"),
+        "mode = \"observe\"\n[service_tags]\nfile = \"ServiceTags_Public.json\"\ntags = [\"AzureCloud\"]\n",
+    );
+    let Err(PolicyError::Invalid(errs)) = azure_cloud else {
+        panic!("AzureCloud must be refused");
+    };
+    assert!(
+        errs[0]
+            .to_string()
+            .contains("policy.toml:2:1: `AzureCloud` covers the public addresses"),
+        "{errs:?}"
+    );
+}

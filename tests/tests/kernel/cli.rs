@@ -214,3 +214,59 @@ fn help_has_examples() {
         "{text}"
     );
 }
+
+fn azure_fixture(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../egress-monitor/fixtures/azure")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// nsg-audit gates a pipeline: exit 1 when the internet is reachable, 0 when isolated, 2 for a
+/// file that is not an NSG export.
+#[test]
+fn nsg_audit_exit_codes_gate_a_deployment() {
+    let output = run(&["nsg-audit", &azure_fixture("nsg-default.json")]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.starts_with("NOT ISOLATED"), "{text}");
+    assert!(
+        text.contains(
+            "the internet Tcp all ports: allowed by AllowInternetOutBound (priority 65001)"
+        ),
+        "{text}"
+    );
+
+    let output = run(&["nsg-audit", &azure_fixture("nsg-fixed.json"), "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["exposures"], serde_json::json!([]));
+
+    let output = run(&["nsg-audit", &azure_fixture("ServiceTags_Public.json")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("not an NSG export"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn service_tags_print_policy_rules_and_refuse_azure_cloud() {
+    let tags = azure_fixture("ServiceTags_Public.json");
+    let output = run(&[
+        "policy",
+        "service-tags",
+        &tags,
+        "--tag",
+        "Storage.WestEurope",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.matches("[[rule]]").count(), 3, "{text}");
+    let output = run(&["policy", "service-tags", &tags, "--tag", "AzureCloud"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("every Azure tenant"));
+}

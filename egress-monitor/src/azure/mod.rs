@@ -1,0 +1,8 @@
+//! Azure: finding the NSG gap this product exists for, and allowing one Azure service by its
+//! published service tag instead of by hand-copied prefixes.
+//!
+//! - [`nsg`]: `egress-monitor nsg-audit`, does an NSG let this node reach the internet?
+//! - [`service_tags`]: `ServiceTags_Public.json` entries as named allow rules.
+
+pub mod nsg;
+pub mod service_tags;

@@ -1,0 +1,230 @@
+//! Azure service tags (`ServiceTags_Public.json`, as Microsoft publishes it weekly) as named
+//! allow rules: the way to let a node reach one Azure service — a storage account's region, say —
+//! and nothing else.
+//!
+//! The catch-all `AzureCloud` tag (and its regional `AzureCloud.*` variants) is refused unless
+//! forced: it covers the public addresses of every Azure tenant, so allowing it voids the
+//! isolation.
+
+use std::path::Path;
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+use crate::policy::parse_cidr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("cannot read the service tags file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not a service tags file (values[].name, values[].properties.addressPrefixes)"
+    )]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no service tag `{name}` in {path}{}", suggestion(.close))]
+    Unknown {
+        name: String,
+        path: String,
+        close: Vec<String>,
+    },
+    #[error(
+        "`{0}` covers the public addresses of every Azure tenant: allowing it voids the isolation; pass --allow-azure-cloud (or allow_azure_cloud = true) to do it anyway"
+    )]
+    AzureCloud(String),
+    #[error("service tag `{tag}` has an invalid prefix: {message}")]
+    Prefix { tag: String, message: String },
+}
+
+fn suggestion(close: &[String]) -> String {
+    if close.is_empty() {
+        String::new()
+    } else {
+        format!("; did you mean {}?", close.join(", "))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawFile {
+    #[serde(rename = "changeNumber")]
+    change_number: Option<u64>,
+    values: Vec<RawTag>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTag {
+    name: String,
+    properties: RawProperties,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawProperties {
+    #[serde(rename = "addressPrefixes", default)]
+    address_prefixes: Vec<String>,
+}
+
+/// A loaded service tags file.
+#[derive(Debug)]
+pub struct ServiceTags {
+    pub path: String,
+    pub change_number: Option<u64>,
+    tags: Vec<RawTag>,
+}
+
+impl ServiceTags {
+    pub fn load(path: &Path) -> Result<ServiceTags, TagError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| TagError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        let raw: RawFile = serde_json::from_str(&text).map_err(|source| TagError::Parse {
+            path: name.clone(),
+            source,
+        })?;
+        Ok(ServiceTags {
+            path: name,
+            change_number: raw.change_number,
+            tags: raw.values,
+        })
+    }
+
+    /// The prefixes of the named tags, as (tag, prefix) in the order asked, each prefix once.
+    pub fn prefixes(
+        &self,
+        names: &[String],
+        allow_azure_cloud: bool,
+    ) -> Result<Vec<(String, IpNetwork)>, TagError> {
+        let mut out: Vec<(String, IpNetwork)> = Vec::new();
+        for name in names {
+            let lower = name.to_ascii_lowercase();
+            if !allow_azure_cloud && (lower == "azurecloud" || lower.starts_with("azurecloud.")) {
+                return Err(TagError::AzureCloud(name.clone()));
+            }
+            let tag = self
+                .tags
+                .iter()
+                .find(|tag| tag.name.eq_ignore_ascii_case(name))
+                .ok_or_else(|| TagError::Unknown {
+                    name: name.clone(),
+                    path: self.path.clone(),
+                    close: self
+                        .tags
+                        .iter()
+                        .filter(|tag| {
+                            let candidate = tag.name.to_ascii_lowercase();
+                            candidate.starts_with(&lower) || lower.starts_with(&candidate)
+                        })
+                        .take(5)
+                        .map(|tag| tag.name.clone())
+                        .collect(),
+                })?;
+            for prefix in &tag.properties.address_prefixes {
+                let network = parse_cidr(prefix).map_err(|message| TagError::Prefix {
+                    tag: tag.name.clone(),
+                    message,
+                })?;
+                if !out.iter().any(|(_, seen)| *seen == network) {
+                    out.push((tag.name.clone(), network));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Policy-file `[[rule]]` entries allowing the prefixes, named after their tag.
+pub fn render_rules(tags: &ServiceTags, prefixes: &[(String, IpNetwork)]) -> String {
+    let mut out = format!(
+        "# From {} (changeNumber {}): {} prefixes.\n",
+        tags.path,
+        tags.change_number
+            .map_or("unknown".to_owned(), |n| n.to_string()),
+        prefixes.len()
+    );
+    for (tag, network) in prefixes {
+        out.push_str(&format!(
+            "\n[[rule]]\nname = \"{tag}\"\ncidr = \"{network}\"\naction = \"allow\"\n"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn fixture() -> ServiceTags {
+        ServiceTags::load(
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/azure/ServiceTags_Public.json"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tags_become_named_allow_prefixes_v4_and_v6() {
+        let tags = fixture();
+        assert_eq!(tags.change_number, Some(354));
+        let prefixes = tags
+            .prefixes(&["Storage.WestEurope".into()], false)
+            .unwrap();
+        let text: Vec<String> = prefixes.iter().map(|(t, n)| format!("{t} {n}")).collect();
+        assert_eq!(
+            text,
+            [
+                "Storage.WestEurope 20.38.108.0/23",
+                "Storage.WestEurope 20.60.0.0/16",
+                "Storage.WestEurope 2603:1020:206::/48"
+            ]
+        );
+        let rendered = render_rules(&tags, &prefixes);
+        assert!(rendered.contains("[[rule]]\nname = \"Storage.WestEurope\"\ncidr = \"2603:1020:206::/48\"\naction = \"allow\""));
+        // The rendered rules are a valid policy file.
+        let file = crate::policy::PolicyFile::parse(Path::new("tags.toml"), &rendered).unwrap();
+        assert_eq!(file.rules.len(), 3);
+    }
+
+    #[test]
+    fn shared_prefixes_are_listed_once_and_names_match_case_insensitively() {
+        let prefixes = fixture()
+            .prefixes(&["storage.westeurope".into(), "Storage".into()], false)
+            .unwrap();
+        assert_eq!(prefixes.len(), 4, "{prefixes:?}");
+        assert_eq!(prefixes[3].0, "Storage");
+    }
+
+    #[test]
+    fn azure_cloud_is_refused_unless_forced() {
+        let tags = fixture();
+        for name in ["AzureCloud", "AzureCloud.westeurope"] {
+            let err = tags.prefixes(&[name.into()], false).unwrap_err();
+            assert!(err.to_string().contains("every Azure tenant"), "{err}");
+        }
+        assert_eq!(
+            tags.prefixes(&["AzureCloud".into()], true).unwrap().len(),
+            2
+        );
+    }
+
+    #[test]
+    fn unknown_tags_suggest_close_ones() {
+        let err = fixture()
+            .prefixes(&["Storage.West".into()], false)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("did you mean") && text.contains("Storage.WestEurope"),
+            "{text}"
+        );
+    }
+}
