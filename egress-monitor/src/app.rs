@@ -77,6 +77,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 command_line: CommandLineRules::default(),
                 mode,
                 accept_risk: break_platform_access,
+                discovered: Vec::new(),
             };
             match source.build() {
                 Ok(policy) => {
@@ -149,6 +150,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 command_line: CommandLineRules::default(),
                 mode,
                 accept_risk: break_platform_access,
+                discovered: Vec::new(),
             };
             let policy = match source.build() {
                 Ok(policy) => policy,
@@ -176,6 +178,7 @@ fn source(args: &PolicyArgs, mode: Option<crate::policy::Mode>) -> PolicySource 
         },
         mode,
         accept_risk: args.break_platform_access,
+        discovered: Vec::new(),
     }
 }
 
@@ -185,6 +188,7 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(policy) => policy,
         Err(err) => return fail(&err, ExitStatus::InvalidInput),
     };
+    let policy_wants_azure = policy.azure;
     let config = RunConfig {
         policy,
         source,
@@ -194,6 +198,10 @@ fn run(args: RunArgs) -> ExitCode {
         events: EventsTarget::parse(&args.events),
         pin_path: PathBuf::from(&args.pins.pin_path),
         rule_capacity: args.rule_capacity,
+        imds: (args.azure || policy_wants_azure).then(|| daemon::Imds {
+            url: args.imds_url.clone(),
+            interval: std::time::Duration::from_secs(args.imds_interval.max(1)),
+        }),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -120,6 +120,17 @@ pub struct RunArgs {
     pub events: String,
     #[command(flatten)]
     pub pins: PinArgs,
+    /// Allow the node's own VNet (any address space) as the Azure instance metadata service
+    /// reports it, at start and every --imds-interval; the policy key `azure = true` does the
+    /// same. When IMDS does not answer, the last prefixes it gave stay.
+    #[arg(long)]
+    pub azure: bool,
+    /// Where the instance metadata service answers (never through a proxy).
+    #[arg(long, value_name = "URL", default_value = crate::azure::imds::DEFAULT_URL)]
+    pub imds_url: String,
+    /// Seconds between IMDS refreshes.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub imds_interval: u64,
     /// Rule slots of newly pinned maps (at least twice the policy's rules are always made).
     /// Later policies may not need more without a `detach`.
     #[arg(long, value_name = "N", default_value_t = 4096)]

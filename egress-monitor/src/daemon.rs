@@ -59,6 +59,14 @@ pub struct RunConfig {
     pub pin_path: PathBuf,
     /// Minimum rule slots for newly created maps.
     pub rule_capacity: usize,
+    /// Allow the node's VNet from the Azure instance metadata service.
+    pub imds: Option<Imds>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Imds {
+    pub url: String,
+    pub interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +93,8 @@ pub enum DaemonError {
     Poll(#[source] io::Error),
     #[error("cannot write the pid file")]
     PidFile(#[source] io::Error),
+    #[error("the policy with the VNet prefixes is invalid")]
+    Policy(#[source] crate::policy::PolicyError),
 }
 
 /// What a finished run reports.
@@ -122,6 +132,18 @@ pub async fn run(
         })?;
     // Every target must exist before anything is pinned: a typo pins nothing.
     let targets = resolve_targets(&config)?;
+    let mut config = config;
+    match &config.imds {
+        Some(imds) => {
+            std::fs::create_dir_all(layout.run_dir()).map_err(DaemonError::PidFile)?;
+            config.source.discovered = vnet_rules(imds, &layout);
+            config.policy = config.source.build().map_err(DaemonError::Policy)?;
+        }
+        None if crate::azure::imds::on_azure() => log::info!(
+            "this is an Azure VM: --azure (or `azure = true` in the policy) would allow its VNet's own prefixes"
+        ),
+        None => {}
+    }
     let capacity = config.rule_capacity.max(config.policy.rules.len() * 2);
     let mut datapath = Datapath::open(&layout, capacity)?;
     match datapath.opened() {
@@ -161,7 +183,7 @@ pub async fn run(
         config.events
     );
 
-    let result = serve(&mut datapath, &config, &mut writer, hangup, shutdown).await;
+    let result = serve(&mut datapath, &mut config, &mut writer, hangup, shutdown).await;
     if status::running_daemon(&layout) == Some(std::process::id()) {
         let _ = std::fs::remove_file(layout.pid_file());
     }
@@ -186,7 +208,7 @@ pub async fn run(
 
 async fn serve(
     datapath: &mut Datapath,
-    config: &RunConfig,
+    config: &mut RunConfig,
     writer: &mut EventWriter,
     mut hangup: tokio::signal::unix::Signal,
     shutdown: impl Future<Output = ()>,
@@ -196,6 +218,13 @@ async fn serve(
     let mut ring = watch(datapath.events()?)?;
     let mut logger = datapath.logger().map(watch).transpose()?;
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    let mut imds_tick = tokio::time::interval(
+        config
+            .imds
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |i| i.interval),
+    );
+    imds_tick.reset();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -209,6 +238,20 @@ async fn serve(
                 let mut guard = guard.map_err(DaemonError::Poll)?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
+            }
+            _ = imds_tick.tick(), if config.imds.is_some() => {
+                let imds = config.imds.clone().expect("guarded");
+                let discovered = vnet_rules(&imds, &layout);
+                if discovered != config.source.discovered {
+                    config.source.discovered = discovered;
+                    match config.source.build().map_err(DaemonError::Policy) {
+                        Ok(policy) => match datapath.apply(&policy) {
+                            Ok(report) => log_apply(&report),
+                            Err(err) => log::error!("the new VNet prefixes were not applied: {}", crate::error::chain(&err)),
+                        },
+                        Err(err) => log::error!("{}", crate::error::chain(&err)),
+                    }
+                }
             }
             _ = hangup.recv() => {
                 log::info!("SIGHUP: re-reading the policy");
@@ -252,6 +295,21 @@ fn load_names(layout: &PinLayout) -> Result<StateFile, DaemonError> {
 
 fn log_apply(report: &ApplyReport) {
     log::info!("{report}");
+}
+
+/// The VNet's prefixes as rules: from IMDS, or the last known when it does not answer.
+fn vnet_rules(imds: &Imds, layout: &PinLayout) -> Vec<crate::policy::Rule> {
+    let prefixes =
+        crate::azure::imds::prefixes_or_last_known(&imds.url, &layout.run_dir().join("imds.json"));
+    log::info!(
+        "VNet prefixes from the instance metadata service: {}",
+        prefixes
+            .iter()
+            .map(|p| p.network.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    crate::azure::imds::rules(&prefixes)
 }
 
 /// Registers a ring buffer's fd with the reactor.

@@ -29,6 +29,8 @@ use super::{Action, Diagnostic, Mode, Origin, PolicyError, Rule, groups, parse_c
 pub struct PolicyFile {
     pub path: PathBuf,
     pub mode: Option<Mode>,
+    /// `azure = true`: allow the node's VNet as IMDS reports it.
+    pub azure: bool,
     /// Group switches the file sets explicitly.
     pub groups: Vec<(&'static str, bool)>,
     pub rules: Vec<Rule>,
@@ -41,6 +43,9 @@ pub struct PolicyFile {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     mode: Option<Mode>,
+    /// Allow the node's VNet from the Azure instance metadata service (as `run --azure`).
+    #[serde(default)]
+    azure: bool,
     service_tags: Option<Spanned<RawServiceTags>>,
     #[serde(default)]
     groups: BTreeMap<String, Spanned<bool>>,
@@ -155,6 +160,7 @@ impl PolicyFile {
             return Err(PolicyError::Invalid(diagnostics));
         }
         Ok(PolicyFile {
+            azure: raw.azure,
             service_tag_rules,
             path: path.to_owned(),
             mode: raw.mode,

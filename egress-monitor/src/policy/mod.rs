@@ -66,6 +66,8 @@ pub enum Origin {
     Group(&'static str),
     /// An Azure service tag named in the policy file's `[service_tags]`.
     ServiceTag(String),
+    /// The node's VNet, from the instance metadata service (`run --azure`).
+    Imds(String),
     File {
         path: PathBuf,
         line: usize,
@@ -78,6 +80,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Group(name) => write!(f, "group {name}"),
             Origin::ServiceTag(name) => write!(f, "service tag {name}"),
+            Origin::Imds(source) => write!(f, "imds {source}"),
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
             Origin::CommandLine => f.write_str("command line"),
         }
@@ -135,13 +138,21 @@ pub struct PolicySource {
     pub mode: Option<Mode>,
     /// `--break-platform-access`: let enforce mode deny essentials (see [`failsafe`]).
     pub accept_risk: bool,
+    /// Allow rules found at run time (the VNet from IMDS); they rank like the default groups.
+    pub discovered: Vec<Rule>,
 }
 
 impl PolicySource {
     /// Reads, validates and builds the policy, failsafe included.
     pub fn build(&self) -> Result<Policy, PolicyError> {
         let file = self.file.as_deref().map(PolicyFile::load).transpose()?;
-        let policy = Policy::build(file.as_ref(), &self.command_line, self.mode)?;
+        let mut policy = Policy::build(file.as_ref(), &self.command_line, self.mode)?;
+        // Discovered prefixes fill in where the policy says nothing about the same prefix.
+        for rule in &self.discovered {
+            if !policy.rules.iter().any(|r| r.network == rule.network) {
+                policy.rules.push(rule.clone());
+            }
+        }
         failsafe::check(&policy, self.accept_risk)?;
         Ok(policy)
     }
@@ -161,6 +172,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Which groups are on, in [`groups::ALL`] order.
     pub groups: Vec<(&'static str, bool)>,
+    /// The policy file asks for the node's VNet from IMDS (`azure = true`).
+    pub azure: bool,
 }
 
 impl Policy {
@@ -267,6 +280,7 @@ impl Policy {
             mode,
             rules,
             groups,
+            azure: file.is_some_and(|file| file.azure),
         })
     }
 

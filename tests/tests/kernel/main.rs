@@ -6,6 +6,7 @@
 //! - `daemon`: the binary end to end: events file, signals, exit.
 //! - `cli`: exit codes and messages for bad input.
 
+mod azure;
 mod cli;
 mod daemon;
 mod datapath;
