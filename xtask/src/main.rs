@@ -7,6 +7,7 @@
 //! - `test`: format check, clippy, and the whole test suite, kernel tests included.
 
 mod bench;
+mod package;
 mod run;
 mod setup;
 mod test;
@@ -44,6 +45,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package (target/debian/*.deb) and check it in a scratch root.
+    Package,
     /// Check formatting and lints, then run every test (kernel tests need root).
     Test {
         /// Extra arguments for the test binaries, e.g. a name filter.
@@ -59,6 +62,13 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::setup().and_then(|()| run::run(&args)),
         Task::Test { args } => setup::setup().and_then(|()| test::test(&args)),
         Task::Bench { args } => setup::setup().and_then(|()| bench::bench(&args)),
+        Task::Package => setup::setup()
+            .and_then(|()| package::package())
+            .and_then(|deb| {
+                package::verify(&deb)?;
+                println!("{}", deb.display());
+                Ok(())
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,7 +25,8 @@ const DEBIAN_TOOLS: [(&str, &str); 6] = [
 pub fn setup() -> anyhow::Result<()> {
     toolchains()?;
     bpf_linker()?;
-    debian_tools()
+    debian_tools()?;
+    crate::package::ensure_cargo_deb()
 }
 
 fn toolchains() -> anyhow::Result<()> {

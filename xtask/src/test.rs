@@ -49,6 +49,8 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
         "build egress-monitor",
         Command::new("cargo").args(["build", "-p", "egress-monitor"]),
     )?;
+    // The Debian package builds and installs into a scratch root.
+    crate::package::verify(&crate::package::package()?)?;
     cargo_test(args)
 }
 
