@@ -322,40 +322,22 @@ impl Active {
             Filter::IptablesIpset => {
                 run(node, "ipset", &["restore"], Some(&ipset_restore(policy)))?;
                 for (tool, family) in [("iptables", "4"), ("ip6tables", "6")] {
-                    let deny = format!("em-deny{family}");
-                    let allow = format!("em-allow{family}");
-                    run(
-                        node,
-                        tool,
-                        &[
+                    // Denied prefixes dropped, allowed ones accepted, the rest dropped.
+                    for (set, target) in [("deny", "DROP"), ("allow", "ACCEPT")] {
+                        let set = format!("em-{set}{family}");
+                        let rule = [
                             "-A",
                             "OUTPUT",
                             "-m",
                             "set",
                             "--match-set",
-                            &deny,
+                            &set,
                             "dst",
                             "-j",
-                            "DROP",
-                        ],
-                        None,
-                    )?;
-                    run(
-                        node,
-                        tool,
-                        &[
-                            "-A",
-                            "OUTPUT",
-                            "-m",
-                            "set",
-                            "--match-set",
-                            &allow,
-                            "dst",
-                            "-j",
-                            "ACCEPT",
-                        ],
-                        None,
-                    )?;
+                            target,
+                        ];
+                        run(node, tool, &rule, None)?;
+                    }
                     run(node, tool, &["-A", "OUTPUT", "-j", "DROP"], None)?;
                 }
                 Active::Iptables
