@@ -471,18 +471,27 @@ impl Datapath {
             live.insert(LpmKey::V6(key.prefix_len(), key.data()), value);
         }
 
-        // Ids: a prefix that stays keeps its id; new prefixes take the lowest free ones.
+        // Ids: a prefix that stays keeps its id. New prefixes take ids no live entry holds, so
+        // that while the stale entries still exist no two prefixes share an id (events and
+        // per-rule counters stay right); only when those run out do they take a stale entry's.
         let wanted: Vec<(LpmKey, &crate::policy::Rule)> = policy
             .rules
             .iter()
             .map(|rule| (lpm_key(rule.network), rule))
             .collect();
         let wanted_keys: BTreeSet<LpmKey> = wanted.iter().map(|(key, _)| *key).collect();
-        let mut used: BTreeSet<u32> = wanted
+        let kept: BTreeSet<u32> = wanted
             .iter()
             .filter_map(|(key, _)| live.get(key).map(|value| value.rule_id))
             .collect();
-        let mut free = (0..capacity).filter(|id| !used.contains(id));
+        let stale: BTreeSet<u32> = live
+            .iter()
+            .filter(|(key, _)| !wanted_keys.contains(key))
+            .map(|(_, value)| value.rule_id)
+            .collect();
+        let mut free = (0..capacity)
+            .filter(|id| !kept.contains(id) && !stale.contains(id))
+            .chain(stale.iter().copied().filter(|id| !kept.contains(id)));
         let mut plan = Vec::with_capacity(wanted.len());
         let mut fresh_ids = Vec::new();
         for (key, rule) in &wanted {
@@ -501,7 +510,6 @@ impl Datapath {
             };
             plan.push((*key, rule_value(id, rule.action), *rule));
         }
-        used.extend(fresh_ids.iter().copied());
 
         // A recycled id starts counting from zero.
         if !fresh_ids.is_empty() {

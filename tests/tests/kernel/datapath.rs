@@ -519,3 +519,53 @@ fn non_ip_frames_are_denied_and_arp_passes() {
         );
     }
 }
+
+/// A policy change keeps ids with their prefixes and gives a new prefix an id no live entry
+/// holds, its counter starting at zero: hits and event names never leak between rules.
+#[test]
+fn rule_ids_follow_prefixes_across_applies() {
+    let mut fx = Fixture::new(Hook::Cgroup, Mode::Enforce, &["10.78.0.0/24"]);
+    fx.client(None)
+        .udp(LAB_V4.into(), UDP_PORT, N, PAYLOAD, false)
+        .unwrap();
+    let lab_id = rule_id(&fx.names, "cli-deny");
+    let private_id = fx
+        .names
+        .rules
+        .iter()
+        .find(|r| r.cidr == "10.0.0.0/8")
+        .unwrap()
+        .id;
+    assert_eq!(fx.datapath.rule_hits().unwrap()[lab_id], u64::from(N));
+
+    let rules = egress_monitor::policy::CommandLineRules {
+        allow: vec![],
+        deny: vec!["10.79.0.0/24".into()],
+    };
+    let next = egress_monitor::policy::Policy::build(None, &rules, Some(Mode::Enforce)).unwrap();
+    let report = fx.datapath.apply(&next).unwrap();
+    assert_eq!((report.inserted, report.removed), (1, 1), "{report}");
+    let names = egress_monitor::state::StateFile::load(&fx.bpffs.layout().state_file())
+        .unwrap()
+        .unwrap();
+    let new_id = rule_id(&names, "cli-deny");
+    assert_ne!(
+        new_id, lab_id,
+        "a new prefix does not take the id of the entry it replaces"
+    );
+    assert_eq!(
+        names
+            .rules
+            .iter()
+            .find(|r| r.cidr == "10.0.0.0/8")
+            .unwrap()
+            .id,
+        private_id,
+        "kept prefixes keep their ids"
+    );
+    assert_eq!(
+        fx.datapath.rule_hits().unwrap()[new_id],
+        0,
+        "a new rule starts from zero"
+    );
+}
