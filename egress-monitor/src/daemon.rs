@@ -165,15 +165,17 @@ pub async fn run(
         );
     }
     for attachment in datapath.attachments() {
-        log::info!(
-            "attached: {}{} ({} mode)",
-            attachment.name,
-            attachment
-                .target
-                .map(|t| format!(" ({t})"))
-                .unwrap_or_default(),
-            config.policy.mode
-        );
+        match attachment.target {
+            Some(target) => log::info!(
+                "attached: {} ({target}) ({} mode)",
+                attachment.name,
+                config.policy.mode
+            ),
+            None => log::warn!(
+                "still attached from an earlier run: {} (not asked for now; `egress-monitor detach` removes it)",
+                attachment.name
+            ),
+        }
     }
     std::fs::write(layout.pid_file(), std::process::id().to_string())
         .map_err(DaemonError::PidFile)?;

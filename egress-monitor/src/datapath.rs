@@ -269,7 +269,7 @@ impl Datapath {
                 (Opened::Adopted, layout.clone())
             } else {
                 staging.prepare()?;
-                create(&staging, rule_capacity)?;
+                create_or_clean(&staging, rule_capacity)?;
                 (
                     Opened::Replacing {
                         previous_build: live.build_id,
@@ -278,7 +278,7 @@ impl Datapath {
                 )
             }
         } else {
-            create(layout, rule_capacity)?;
+            create_or_clean(layout, rule_capacity)?;
             (Opened::Created, layout.clone())
         };
         Ok(Datapath {
@@ -727,6 +727,12 @@ pub fn detach(layout: &PinLayout) -> Result<DetachReport, DatapathError> {
     remove_pins(layout);
     let _ = std::fs::remove_dir_all(layout.run_dir());
     Ok(report)
+}
+
+/// [`create`], removing whatever it pinned if it fails half-way (a verifier rejection, say), so
+/// that no half-made state is left for the next start to trip over.
+fn create_or_clean(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError> {
+    create(layout, rule_capacity).inspect_err(|_| remove_pins(layout))
 }
 
 /// Loads the object with every map pinned under `layout` and pins both programs there; the
