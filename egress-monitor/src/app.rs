@@ -198,6 +198,7 @@ fn run(args: RunArgs) -> ExitCode {
         events: EventsTarget::parse(&args.events),
         pin_path: PathBuf::from(&args.pins.pin_path),
         rule_capacity: args.rule_capacity,
+        metrics: args.metrics,
         imds: (args.azure || policy_wants_azure).then(|| daemon::Imds {
             url: args.imds_url.clone(),
             interval: std::time::Duration::from_secs(args.imds_interval.max(1)),

@@ -120,6 +120,9 @@ pub struct RunArgs {
     pub events: String,
     #[command(flatten)]
     pub pins: PinArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Allow the node's own VNet (any address space) as the Azure instance metadata service
     /// reports it, at start and every --imds-interval; the policy key `azure = true` does the
     /// same. When IMDS does not answer, the last prefixes it gave stay.

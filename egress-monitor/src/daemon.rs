@@ -5,7 +5,7 @@
 //! as the binary does with SIGINT/SIGTERM. SIGHUP re-reads the policy and applies the
 //! difference; a policy applied by `egress-monitor policy apply` is noticed within a tick.
 
-use std::{future::Future, io, path::PathBuf, time::Duration};
+use std::{future::Future, io, path::PathBuf, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub rule_capacity: usize,
     /// Allow the node's VNet from the Azure instance metadata service.
     pub imds: Option<Imds>,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -93,6 +95,12 @@ pub enum DaemonError {
     Poll(#[source] io::Error),
     #[error("cannot write the pid file")]
     PidFile(#[source] io::Error),
+    #[error("cannot serve metrics on {address}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("the policy with the VNet prefixes is invalid")]
     Policy(#[source] crate::policy::PolicyError),
 }
@@ -130,8 +138,16 @@ pub async fn run(
             path: config.events.to_string(),
             source,
         })?;
-    // Every target must exist before anything is pinned: a typo pins nothing.
+    // Every target must exist, and the metrics address be free, before anything is pinned.
     let targets = resolve_targets(&config)?;
+    let metrics_listener = match config.metrics {
+        Some(address) => Some(
+            crate::metrics::bind(address)
+                .await
+                .map_err(|source| DaemonError::Metrics { address, source })?,
+        ),
+        None => None,
+    };
     let mut config = config;
     match &config.imds {
         Some(imds) => {
@@ -179,13 +195,27 @@ pub async fn run(
     }
     std::fs::write(layout.pid_file(), std::process::id().to_string())
         .map_err(DaemonError::PidFile)?;
+    let counts = Arc::new(crate::metrics::DaemonCounts::default());
+    if let Some(listener) = metrics_listener {
+        let address = listener.local_addr().map_err(DaemonError::Poll)?;
+        crate::metrics::spawn(listener, layout.clone(), Arc::clone(&counts));
+        log::info!("metrics at http://{address}/metrics");
+    }
     log::info!(
         "{} rules loaded; events to {}",
         config.policy.rules.len(),
         config.events
     );
 
-    let result = serve(&mut datapath, &mut config, &mut writer, hangup, shutdown).await;
+    let result = serve(
+        &mut datapath,
+        &mut config,
+        &mut writer,
+        &counts,
+        hangup,
+        shutdown,
+    )
+    .await;
     if status::running_daemon(&layout) == Some(std::process::id()) {
         let _ = std::fs::remove_file(layout.pid_file());
     }
@@ -212,6 +242,7 @@ async fn serve(
     datapath: &mut Datapath,
     config: &mut RunConfig,
     writer: &mut EventWriter,
+    counts: &crate::metrics::DaemonCounts,
     mut hangup: tokio::signal::unix::Signal,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
@@ -233,7 +264,7 @@ async fn serve(
             () = &mut shutdown => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(DaemonError::Poll)?;
-                drain(guard.get_inner_mut(), &names, writer);
+                drain(guard.get_inner_mut(), &names, writer, counts);
                 guard.clear_ready();
             }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
@@ -265,11 +296,11 @@ async fn serve(
                     Err(err) => log::error!("the new policy is invalid; the live one stays:\n{err}"),
                 }
                 // Events read before the reload name the old rules; after it, the new.
-                drain(ring.get_mut(), &names, writer);
+                drain(ring.get_mut(), &names, writer, counts);
                 names = load_names(&layout)?;
             }
             _ = tick.tick() => {
-                drain(ring.get_mut(), &names, writer);
+                drain(ring.get_mut(), &names, writer, counts);
                 let live = datapath.config()?.policy_version;
                 if format!("{live:016x}") != names.version {
                     names = load_names(&layout)?;
@@ -279,7 +310,7 @@ async fn serve(
         }
     }
     // Whatever arrived before the stop is written, not lost.
-    drain(ring.get_mut(), &names, writer);
+    drain(ring.get_mut(), &names, writer, counts);
     Ok(())
 }
 
@@ -394,7 +425,12 @@ fn egress_interfaces() -> Result<Vec<String>, DaemonError> {
     Ok(names)
 }
 
-fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, writer: &mut EventWriter) {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    names: &StateFile,
+    writer: &mut EventWriter,
+    counts: &crate::metrics::DaemonCounts,
+) {
     let clock = Clock::now();
     let mut any = false;
     while let Some(item) = ring.next() {
@@ -406,6 +442,12 @@ fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, writer: &mut EventWrite
     }
     if any {
         writer.flush();
+        counts
+            .events_written
+            .store(writer.written(), std::sync::atomic::Ordering::Relaxed);
+        counts
+            .events_unwritten
+            .store(writer.unwritten(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -84,7 +84,9 @@ fn status_of(err: &(dyn Error + 'static)) -> Option<ExitStatus> {
     if let Some(err) = err.downcast_ref::<DaemonError>() {
         return match err {
             DaemonError::Datapath(inner) => status_of(inner),
-            DaemonError::EventsOpen { .. } | DaemonError::Policy(_) => Some(InvalidInput),
+            DaemonError::EventsOpen { .. }
+            | DaemonError::Policy(_)
+            | DaemonError::Metrics { .. } => Some(InvalidInput),
             DaemonError::Cgroup(_)
             | DaemonError::Interface(_)
             | DaemonError::NoInterfaces

@@ -15,6 +15,7 @@
 //! - [`events`]: ring-buffer records → JSON lines.
 //! - [`daemon`]: `run(config, shutdown)`, the long-running loop.
 //! - [`status`], [`check`]: what is enforced, and proof by synthetic packets.
+//! - [`metrics`]: Prometheus `/metrics`, read from the pinned maps at each scrape.
 //! - [`azure`]: `nsg-audit` (does the NSG let the node out?) and service tags as rules.
 //! - [`cgroup`], [`iface`]: the cgroup2 hierarchy and network interfaces.
 //! - [`error`]: exit codes and operator-facing error text.
@@ -30,6 +31,7 @@ pub mod error;
 pub mod events;
 mod fs;
 pub mod iface;
+pub mod metrics;
 pub mod pins;
 pub mod policy;
 pub mod state;

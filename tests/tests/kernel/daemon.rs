@@ -12,7 +12,10 @@ use egress_monitor_tests::{
     require_root, sweep_stale,
 };
 
-use crate::{Daemon, Scratch, client, egress_monitor, event_lines, stderr, stdout};
+use crate::{
+    Daemon, Scratch, client, egress_monitor, event_lines, free_port, sample, scrape, status_json,
+    stderr, stdout,
+};
 
 /// Observe mode on the cgroup hook: traffic passes, each denied datagram is a JSON line in the
 /// events file while the daemon runs, and SIGTERM stops it with exit 0 and a summary.
@@ -27,6 +30,8 @@ fn observe_mode_writes_each_denied_packet_as_a_json_line() {
     let bpffs = BpfFs::new().unwrap();
     let pin_path = bpffs.pin_path();
     let cgroup_arg = cgroup.path.to_str().unwrap();
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
     let daemon = Daemon::start(
         None,
         &[
@@ -36,6 +41,8 @@ fn observe_mode_writes_each_denied_packet_as_a_json_line() {
             events.to_str().unwrap(),
             "--pin-path",
             pin_path.to_str().unwrap(),
+            "--metrics",
+            &metrics,
         ],
     );
 
@@ -71,6 +78,50 @@ fn observe_mode_writes_each_denied_packet_as_a_json_line() {
         assert_eq!(line["cgroup_id"], cgroup.id());
         assert!(line.get("ifindex").is_none());
     }
+
+    // /metrics says what the kernel counted, as status does.
+    let scraped = scrape(port);
+    let status = status_json(&pin_path);
+    let cgroup_counters = &status["counters"]["cgroup"];
+    for (labels, outcome) in [
+        ("verdict=\"denied\",action=\"observed\"", "denied_observed"),
+        ("verdict=\"allowed\",action=\"pass\"", "allowed"),
+    ] {
+        for (metric, field) in [("packets", "packets"), ("bytes", "bytes")] {
+            let series = format!("egress_monitor_{metric}_total{{hook=\"cgroup\",{labels}}}");
+            assert_eq!(
+                sample(&scraped, &series),
+                cgroup_counters[outcome][field].as_f64().unwrap(),
+                "{series}"
+            );
+        }
+    }
+    assert_eq!(
+        sample(
+            &scraped,
+            "egress_monitor_packets_total{hook=\"cgroup\",verdict=\"denied\",action=\"observed\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &scraped,
+            "egress_monitor_rule_hits_total{rule=\"private\",cidr=\"10.0.0.0/8\"}"
+        ),
+        3.0
+    );
+    assert_eq!(sample(&scraped, "egress_monitor_events_written_total"), 3.0);
+    assert_eq!(sample(&scraped, "egress_monitor_events_lost_total"), 0.0);
+    assert_eq!(sample(&scraped, "egress_monitor_enforcing"), 0.0);
+    assert_eq!(sample(&scraped, "egress_monitor_up"), 1.0);
+    let version = status["policy_version"].as_str().unwrap();
+    assert_eq!(
+        sample(
+            &scraped,
+            &format!("egress_monitor_policy_info{{version=\"{version}\"}}")
+        ),
+        1.0
+    );
 
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log:#?}");

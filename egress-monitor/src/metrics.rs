@@ -1,0 +1,199 @@
+//! `run --metrics ADDR`: Prometheus (OpenMetrics text) at `/metrics`. Every value is read from
+//! the pinned maps at scrape time, so the metrics are the kernel's counters, not a copy that
+//! could drift; what only the daemon knows (events written) comes from [`DaemonCounts`].
+//!
+//! | metric | labels |
+//! |---|---|
+//! | `egress_monitor_packets_total`, `egress_monitor_bytes_total` | `hook`, `verdict` (allowed, denied), `action` (pass, observed, dropped) |
+//! | `egress_monitor_rule_hits_total` | `rule`, `cidr` |
+//! | `egress_monitor_events_written_total`, `_unwritten_total`, `_lost_total` | |
+//! | `egress_monitor_malformed_packets_total`, `_non_ip_denied_total`, `_arp_frames_total` | |
+//! | `egress_monitor_enforcing` (1 enforce, 0 observe), `egress_monitor_policy_info{version}`, `egress_monitor_up` | |
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use axum::{Router, http::header::CONTENT_TYPE, routing::get};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use crate::{
+    datapath::{Datapath, Totals},
+    pins::PinLayout,
+    policy::Mode,
+    status,
+};
+
+/// Counts only the daemon has, shared with the scrape handler.
+#[derive(Debug, Default)]
+pub struct DaemonCounts {
+    pub events_written: AtomicU64,
+    pub events_unwritten: AtomicU64,
+}
+
+#[derive(Debug)]
+struct DatapathCollector {
+    layout: PinLayout,
+    counts: Arc<DaemonCounts>,
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let up = |encoder: &mut DescriptorEncoder, value: i64| -> Result<(), std::fmt::Error> {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(
+                "egress_monitor_up",
+                "Whether the pinned datapath could be read",
+                None,
+                gauge.metric_type(),
+            )?)
+        };
+        // A scrape that cannot read the maps says so rather than failing.
+        let Ok(status) = status::status(&self.layout) else {
+            return up(&mut encoder, 0);
+        };
+        up(&mut encoder, 1)?;
+        let Ok(datapath) = Datapath::existing(&self.layout) else {
+            return Ok(());
+        };
+        let Ok(counters) = datapath.counters() else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "egress_monitor_packets",
+                "IP packets judged, by hook, verdict and action",
+                (|t: &Totals| t.packets) as fn(&Totals) -> u64,
+            ),
+            (
+                "egress_monitor_bytes",
+                "Bytes of IP packets judged, by hook, verdict and action",
+                |t: &Totals| t.bytes,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (hook, by_outcome) in [("cgroup", &counters.cgroup), ("tc", &counters.tc)] {
+                for (verdict, action, totals) in [
+                    ("allowed", "pass", &by_outcome.allowed),
+                    ("denied", "observed", &by_outcome.denied_observed),
+                    ("denied", "dropped", &by_outcome.denied_dropped),
+                ] {
+                    let labels = [("hook", hook), ("verdict", verdict), ("action", action)];
+                    ConstCounter::new(value(totals)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut hits = encoder.encode_descriptor(
+            "egress_monitor_rule_hits",
+            "Packets that matched each rule",
+            None,
+            MetricType::Counter,
+        )?;
+        for rule in &status.rule_hits {
+            let labels = [("rule", rule.name.as_str()), ("cidr", rule.cidr.as_str())];
+            ConstCounter::new(rule.hits).encode(hits.encode_family(&labels)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "egress_monitor_events_written",
+                "Events written to the event output",
+                self.counts.events_written.load(Ordering::Relaxed),
+            ),
+            (
+                "egress_monitor_events_unwritten",
+                "Events the event output did not accept",
+                self.counts.events_unwritten.load(Ordering::Relaxed),
+            ),
+            (
+                "egress_monitor_events_lost",
+                "Events the kernel could not queue (ring buffer full)",
+                counters.events_lost,
+            ),
+            (
+                "egress_monitor_malformed_packets",
+                "IP packets whose header could not be read (denied)",
+                counters.malformed,
+            ),
+            (
+                "egress_monitor_non_ip_denied",
+                "Non-IP frames other than ARP on the TC hook (denied)",
+                counters.not_ip,
+            ),
+            (
+                "egress_monitor_arp_frames",
+                "ARP frames on the TC hook (passed)",
+                counters.arp,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let enforcing = ConstGauge::new(i64::from(status.mode == Mode::Enforce));
+        enforcing.encode(encoder.encode_descriptor(
+            "egress_monitor_enforcing",
+            "1 in enforce mode, 0 in observe mode",
+            None,
+            enforcing.metric_type(),
+        )?)?;
+        let mut info = encoder.encode_descriptor(
+            "egress_monitor_policy_info",
+            "The applied policy's version",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(1i64)
+            .encode(info.encode_family(&[("version", status.policy_version.as_str())])?)?;
+        Ok(())
+    }
+}
+
+/// Binds the metrics listener (done before anything is pinned, so a bad address stops the
+/// daemon early).
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
+/// Serves `/metrics` on `listener` until the runtime stops.
+pub fn spawn(listener: tokio::net::TcpListener, layout: PinLayout, counts: Arc<DaemonCounts>) {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(DatapathCollector { layout, counts }));
+    let registry = Arc::new(registry);
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = Arc::clone(&registry);
+            async move {
+                let mut body = String::new();
+                if let Err(err) = prometheus_client::encoding::text::encode(&mut body, &registry) {
+                    log::error!("cannot encode metrics: {err}");
+                }
+                (
+                    [(
+                        CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            log::error!("the metrics server stopped: {err}");
+        }
+    });
+}
