@@ -12,6 +12,8 @@ pub mod flags {
     /// Not an IP packet (TC hook): an ethertype other than IPv4, IPv6 and ARP, or more VLAN
     /// tags than the parser unwraps. `ethertype` says which; there are no addresses.
     pub const NOT_IP: u8 = 1 << 3;
+    /// `pid` and `comm` name the process that created the sending socket.
+    pub const OWNER_KNOWN: u8 = 1 << 4;
 }
 
 /// Ordered largest-first so that no implicit padding exists; the tail is padded explicitly to a
@@ -31,9 +33,14 @@ pub struct Event {
     pub ifindex: u32,
     /// Matched rule, or [`crate::verdict::RULE_ID_DEFAULT`].
     pub rule_id: u32,
+    /// Process (thread-group) id of the socket's creator, with [`flags::OWNER_KNOWN`].
+    pub pid: u32,
+    pub _pad_pid: u32,
     /// Source and destination addresses: IPv4 in the first 4 bytes, network order.
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    /// Command name of the socket's creator (NUL-padded), with [`flags::OWNER_KNOWN`].
+    pub comm: [u8; 16],
     /// Host byte order; meaningful only with [`flags::HAS_PORTS`].
     pub src_port: u16,
     pub dst_port: u16,
@@ -51,5 +58,5 @@ pub struct Event {
     pub ethertype: u16,
     pub _pad2: [u8; 4],
 }
-pub const EVENT_SIZE: usize = 80;
+pub const EVENT_SIZE: usize = 104;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);

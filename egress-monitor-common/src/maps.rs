@@ -9,6 +9,25 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const RULE_HITS: &str = "RULE_HITS";
 pub const STATS: &str = "STATS";
 pub const EVENTS: &str = "EVENTS";
+pub const SOCK_OWNERS: &str = "SOCK_OWNERS";
+
+/// Sockets remembered with their creator (an LRU map: the oldest are forgotten first).
+pub const SOCK_OWNERS_CAPACITY: u32 = 1 << 16;
+
+/// Who created a socket, recorded by the `sock_create` program in process context and looked
+/// up by socket cookie on the egress path (packets carry no pid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOwner {
+    pub cgroup_id: u64,
+    /// Thread-group id: the process id as userspace sees it.
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
 
 /// Entries of the per-CPU `COUNTERS` array: one per (hook, outcome).
 pub const COUNTER_SLOTS: u32 = hook::COUNT * outcome::COUNT;
@@ -55,4 +74,6 @@ pub const DEFAULT_RULE_CAPACITY: u32 = 1 << 12;
 mod pod {
     // SAFETY: repr(C), two u64 fields, no padding.
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: repr(C), integer fields and explicit padding: every bit pattern is valid.
+    unsafe impl aya::Pod for super::SockOwner {}
 }

@@ -3,17 +3,22 @@
 
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
+        generated::bpf_get_socket_cookie,
+    },
     programs::sk_buff::SkBuff,
 };
 use egress_monitor_common::{
-    event::Event,
+    event::{Event, flags},
+    maps::SockOwner,
     maps::{counter_index, stat as stat_slot},
     verdict::hook as hooks,
 };
 
 use crate::{
-    maps::{COUNTERS, EVENTS, RULE_HITS, STATS},
+    maps::{COUNTERS, EVENTS, RULE_HITS, SOCK_OWNERS, STATS},
     parse::Packet,
 };
 
@@ -44,6 +49,30 @@ pub fn stat(slot: u32) {
     }
 }
 
+/// Remembers the current process as the creator of the socket `sock` (a `bpf_sock` context).
+#[inline(always)]
+pub fn record_owner(sock: *mut core::ffi::c_void) {
+    // SAFETY: the helpers read the current task and the program's own socket context.
+    let (cookie, pid_tgid, uid_gid, cgroup_id) = unsafe {
+        (
+            bpf_get_socket_cookie(sock),
+            bpf_get_current_pid_tgid(),
+            bpf_get_current_uid_gid(),
+            bpf_get_current_cgroup_id(),
+        )
+    };
+    let owner = SockOwner {
+        cgroup_id,
+        pid: (pid_tgid >> 32) as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    // A full map evicts the least recently used socket: an old socket may lose its name.
+    let _ = SOCK_OWNERS.insert(&cookie, &owner, 0);
+}
+
 #[inline(always)]
 pub fn event(
     skb: &SkBuff,
@@ -66,6 +95,18 @@ pub fn event(
         // SAFETY: reading a context field of the program's own skb.
         (0, 0, unsafe { (*raw).ifindex })
     };
+    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    let owner = if cookie == 0 {
+        None
+    } else {
+        SOCK_OWNERS.get_ptr(&cookie)
+    };
+    let (pid, comm, owner_flag) = match owner {
+        // SAFETY: a value pointer the map lookup returned, valid for this program run.
+        Some(owner) => unsafe { ((*owner).pid, (*owner).comm, flags::OWNER_KNOWN) },
+        None => (0, [0; 16], 0),
+    };
     entry.write(Event {
         ts_boot_ns,
         cgroup_id,
@@ -73,15 +114,18 @@ pub fn event(
         uid,
         ifindex,
         rule_id,
+        pid,
+        _pad_pid: 0,
         src: packet.src,
         dst: packet.dst,
+        comm,
         src_port: packet.src_port,
         dst_port: packet.dst_port,
         ip_version: packet.ip_version,
         proto: packet.proto,
         hook,
         outcome: outcome as u8,
-        flags: packet.flags,
+        flags: packet.flags | owner_flag,
         _pad: 0,
         ethertype: packet.ethertype,
         _pad2: [0; 4],

@@ -8,8 +8,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    macros::{cgroup_skb, classifier},
-    programs::{SkBuffContext, TcContext},
+    macros::{cgroup_skb, cgroup_sock, classifier},
+    programs::{SkBuffContext, SockContext, TcContext},
 };
 use egress_monitor_common::verdict::hook;
 
@@ -19,6 +19,14 @@ use crate::{
     parse::L3Start,
     policy::{self, Verdict},
 };
+
+/// Runs in the creating process's context whenever a socket is made in the cgroup: remembers
+/// who made it, for the events of its packets. Never refuses a socket.
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    crate::emit::record_owner(ctx.as_ptr());
+    1
+}
 
 /// cgroup_skb return codes: 1 lets the packet go, 0 drops it (the sender sees EPERM).
 const CGROUP_PASS: i32 = 1;

@@ -3,10 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use egress_monitor_common::{
-    maps::{COUNTER_SLOTS, Counter, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES, stat},
+    maps::{
+        COUNTER_SLOTS, Counter, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES, SOCK_OWNERS_CAPACITY,
+        SockOwner, stat,
+    },
     policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue, config},
 };
 
@@ -32,3 +35,8 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Socket cookie → who created the socket.
+#[map]
+pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> =
+    LruHashMap::with_max_entries(SOCK_OWNERS_CAPACITY, 0);

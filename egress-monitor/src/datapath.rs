@@ -23,8 +23,8 @@ use aya::{
         lpm_trie::Key,
     },
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, SchedClassifier,
-        TcAttachType,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAttachType,
+        ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
     },
 };
@@ -50,10 +50,12 @@ static EBPF_OBJECT: &[u8] =
 
 pub const CGROUP_PROGRAM: &str = "cgroup_egress";
 pub const TC_PROGRAM: &str = "tc_egress";
+/// Records who creates each socket in the cgroup, for the events' pid and comm.
+pub const SOCK_PROGRAM: &str = "sock_create";
 /// aya-log's ring buffer; pinned like the others so a later daemon can read it.
 const LOG_MAP: &str = "AYA_LOGS";
 /// Every map the object defines, all pinned.
-const MAPS: [&str; 8] = [
+const MAPS: [&str; 9] = [
     names::POLICY_V4,
     names::POLICY_V6,
     names::CONFIG,
@@ -61,6 +63,7 @@ const MAPS: [&str; 8] = [
     names::RULE_HITS,
     names::STATS,
     names::EVENTS,
+    names::SOCK_OWNERS,
     LOG_MAP,
 ];
 /// Where a replacement is staged before it takes over the pin path (bpffs allows no dots in
@@ -341,6 +344,23 @@ impl Datapath {
             .take_link(link_id)
             .map_err(DatapathError::program(CGROUP_PROGRAM))?;
         self.pin_link(link, CGROUP_PROGRAM, &name)?;
+        // Beside it, the socket-owner recorder (same cgroup, its own pinned link).
+        let mut recorder = CgroupSock::from_pin(
+            self.target.program(SOCK_PROGRAM),
+            CgroupSockAttachType::SockCreate,
+        )
+        .map_err(DatapathError::program(SOCK_PROGRAM))?;
+        let cgroup = cgroup::open(path)?;
+        let link_id = recorder
+            .attach(cgroup, CgroupAttachMode::Single)
+            .map_err(|source| DatapathError::Attach {
+                target: format!("cgroup {} (socket owners)", path.display()),
+                source,
+            })?;
+        let link = recorder
+            .take_link(link_id)
+            .map_err(DatapathError::program(SOCK_PROGRAM))?;
+        self.pin_link(link, SOCK_PROGRAM, &format!("sock{name}"))?;
         Ok(true)
     }
 
@@ -756,13 +776,14 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .load(EBPF_OBJECT)
         .map_err(DatapathError::Load)?;
-    for name in [CGROUP_PROGRAM, TC_PROGRAM] {
+    for name in [CGROUP_PROGRAM, TC_PROGRAM, SOCK_PROGRAM] {
         let program = ebpf
             .program_mut(name)
             .ok_or(DatapathError::MissingProgram(name))?;
         let loaded = match program {
             aya::programs::Program::CgroupSkb(program) => program.load(),
             aya::programs::Program::SchedClassifier(program) => program.load(),
+            aya::programs::Program::CgroupSock(program) => program.load(),
             _ => return Err(DatapathError::MissingProgram(name)),
         };
         loaded.map_err(DatapathError::program(name))?;
@@ -799,6 +820,7 @@ where
         names::POLICY_V4 | names::POLICY_V6 => Map::LpmTrie(data),
         names::EVENTS | LOG_MAP => Map::RingBuf(data),
         names::CONFIG => Map::Array(data),
+        names::SOCK_OWNERS => Map::LruHashMap(data),
         _ => Map::PerCpuArray(data),
     };
     T::try_from(map).map_err(DatapathError::map(name, "open"))

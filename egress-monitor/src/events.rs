@@ -76,6 +76,12 @@ pub struct EventRecord {
     pub rule: String,
     /// The version of the policy that was live when the event was read.
     pub policy: String,
+    /// The process that created the sending socket (null when unknown: a socket made before
+    /// the cgroup hook was attached, a kernel thread, a forwarded packet).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// Its executable, when the process still exists as the event is read.
+    pub exe: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +134,19 @@ impl EventRecord {
             }
         };
         let has_ports = event.flags & flags::HAS_PORTS != 0;
+        let owner_known = event.flags & flags::OWNER_KNOWN != 0;
+        let comm = owner_known.then(|| {
+            let end = event
+                .comm
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(event.comm.len());
+            String::from_utf8_lossy(&event.comm[..end]).into_owned()
+        });
+        let exe = owner_known
+            .then(|| std::fs::read_link(format!("/proc/{}/exe", event.pid)).ok())
+            .flatten()
+            .map(|path| path.display().to_string());
         let on_cgroup = event.hook == hook::CGROUP;
         Ok(EventRecord {
             ts: humantime::format_rfc3339_nanos(clock.wall_time(event.ts_boot_ns)).to_string(),
@@ -139,6 +158,9 @@ impl EventRecord {
             src_port: has_ports.then_some(event.src_port),
             dst_port: has_ports.then_some(event.dst_port),
             len: event.len,
+            pid: owner_known.then_some(event.pid),
+            comm,
+            exe,
             rule: names.rule_name(event.rule_id).to_owned(),
             policy: names.version.clone(),
             uid: on_cgroup.then_some(event.uid),
@@ -311,8 +333,11 @@ mod tests {
             uid: 1000,
             ifindex: 0,
             rule_id: u32::MAX,
+            pid: 0,
+            _pad_pid: 0,
             src,
             dst,
+            comm: [0; 16],
             src_port: 40000,
             dst_port: 53,
             ip_version: 4,
@@ -371,6 +396,7 @@ mod tests {
                 "hook": "cgroup", "action": "dropped", "proto": "udp",
                 "src": "10.77.0.2", "dst": "203.0.113.1", "src_port": 40000, "dst_port": 53,
                 "len": 56, "rule": "default", "policy": "00000000deadbeef",
+                "pid": null, "comm": null, "exe": null,
                 "uid": 1000, "cgroup_id": 4242
             })
         );
@@ -484,6 +510,31 @@ mod tests {
             taken.lock().unwrap().len(),
             2 * line_len,
             "the disk was filled"
+        );
+    }
+
+    #[test]
+    fn a_known_owner_names_the_process_and_its_executable() {
+        let mut e = event();
+        e.flags |= flags::OWNER_KNOWN;
+        e.pid = std::process::id();
+        e.comm[..6].copy_from_slice(b"curl\0\0");
+        let json =
+            serde_json::to_value(EventRecord::new(&e, &policy(), &clock()).unwrap()).unwrap();
+        assert_eq!(json["pid"], std::process::id());
+        assert_eq!(json["comm"], "curl");
+        let exe = std::env::current_exe().unwrap().display().to_string();
+        assert_eq!(
+            json["exe"], exe,
+            "resolved from /proc while the process lives"
+        );
+        e.pid = u32::MAX;
+        let json =
+            serde_json::to_value(EventRecord::new(&e, &policy(), &clock()).unwrap()).unwrap();
+        assert_eq!(
+            (json["pid"].clone(), json["exe"].clone()),
+            (serde_json::json!(u32::MAX), serde_json::Value::Null),
+            "a gone process has no exe"
         );
     }
 

@@ -91,7 +91,10 @@ pub fn status(layout: &PinLayout) -> Result<Status, DatapathError> {
 /// its id (the directory's inode) below the cgroup2 root, the interface by index when the link
 /// is in this process's network namespace.
 fn describe(link: &str) -> Option<String> {
-    if let Some(id) = link.strip_prefix("cgroup-") {
+    if let Some(id) = link
+        .strip_prefix("cgroup-")
+        .or_else(|| link.strip_prefix("sockcgroup-"))
+    {
         let id: u64 = id.parse().ok()?;
         return find_cgroup(&crate::cgroup::root().ok()?, id, 0).map(|p| p.display().to_string());
     }

@@ -18,6 +18,8 @@ pub struct Outcome {
     pub replies: u64,
     /// The local port used (UDP, TCP).
     pub src_port: u16,
+    /// The client's process id (what events should name as the sender).
+    pub pid: u32,
 }
 
 /// Where the client runs.
@@ -120,6 +122,7 @@ fn parse(line: &str) -> anyhow::Result<Outcome> {
         failed: 0,
         replies: 0,
         src_port: 0,
+        pid: 0,
     };
     for field in line.split_whitespace() {
         let (key, value) = field.split_once('=').context("field without =")?;
@@ -132,6 +135,7 @@ fn parse(line: &str) -> anyhow::Result<Outcome> {
             "failed" => outcome.failed = value,
             "replies" => outcome.replies = value,
             "src_port" => outcome.src_port = u16::try_from(value)?,
+            "pid" => outcome.pid = u32::try_from(value)?,
             _ => bail!("unknown field {key}"),
         }
     }

@@ -101,8 +101,13 @@ fn main() -> anyhow::Result<()> {
         other => bail!("unknown command {other}"),
     };
     println!(
-        "ok={} eperm={} failed={} replies={} src_port={}",
-        report.ok, report.eperm, report.failed, report.replies, report.src_port
+        "ok={} eperm={} failed={} replies={} src_port={} pid={}",
+        report.ok,
+        report.eperm,
+        report.failed,
+        report.replies,
+        report.src_port,
+        std::process::id()
     );
     io::stdout().flush()?;
     Ok(())

@@ -44,7 +44,7 @@ fn udp_phase(fx: &mut Fixture, hook: Hook, mode: Mode) {
             // TC drops are silent; observe passes everything.
             _ => assert_eq!(outcome.ok, u64::from(N), "{dst}: {outcome:?}"),
         }
-        src_ports.push((dst, outcome.src_port));
+        src_ports.push((dst, outcome.src_port, outcome.pid));
     }
     for dst in PRIVATE {
         let outcome = client.udp(dst, UDP_PORT, N, PAYLOAD, false).unwrap();
@@ -121,7 +121,7 @@ fn udp_phase(fx: &mut Fixture, hook: Hook, mode: Mode) {
         "one event per denied datagram: {records:#?}"
     );
     let ifindex = fx.topology.node_ifindex().unwrap();
-    for (dst, src_port) in src_ports {
+    for (dst, src_port, pid) in src_ports {
         let events = to(&records, dst);
         assert_eq!(events.len(), N as usize, "{dst}");
         for event in events {
@@ -148,12 +148,17 @@ fn udp_phase(fx: &mut Fixture, hook: Hook, mode: Mode) {
             match hook {
                 Hook::Cgroup => {
                     assert_eq!(event.hook, "cgroup");
+                    // The socket's creator, recorded by the sock_create program.
+                    assert_eq!(event.pid, Some(pid), "{event:?}");
+                    assert_eq!(event.comm.as_deref(), Some("em-testclient"));
                     assert_eq!(event.uid, Some(NOBODY));
                     assert_eq!(event.cgroup_id, Some(fx.cgroup.id()));
                     assert_eq!(event.ifindex, None);
                 }
                 _ => {
                     assert_eq!(event.hook, "tc");
+                    // TC alone records no socket owners: honestly unknown.
+                    assert_eq!((event.pid, event.comm.as_deref()), (None, None));
                     assert_eq!(event.ifindex, Some(ifindex));
                     assert_eq!((event.uid, event.cgroup_id), (None, None));
                 }
@@ -211,8 +216,10 @@ fn ping_phase(fx: &mut Fixture, mode: Mode) {
             "private {dst}"
         );
     }
+    let mut pids = Vec::new();
     for dst in INTERNET {
         let outcome = client.ping(dst, PINGS).unwrap();
+        pids.push(outcome.pid);
         let expected = if mode == Mode::Observe {
             u64::from(PINGS)
         } else {
@@ -221,6 +228,13 @@ fn ping_phase(fx: &mut Fixture, mode: Mode) {
         assert_eq!(outcome.replies, expected, "internet {dst}: {outcome:?}");
     }
     let records = fx.events(2 * PINGS as usize);
+    for event in records.iter().filter(|e| e.hook == "cgroup") {
+        // Raw sockets are attributed too.
+        assert!(
+            event.pid.is_some_and(|pid| pids.contains(&pid)),
+            "{event:?}"
+        );
+    }
     for (dst, proto) in [(INTERNET[0], "icmp"), (INTERNET[1], "icmpv6")] {
         let events = to(&records, dst);
         assert_eq!(events.len(), PINGS as usize, "{dst}: {records:#?}");

@@ -441,7 +441,7 @@ fn another_builds_state_is_replaced_without_a_gap() {
     assert_eq!(status["same_build"], true);
     assert_eq!(
         status["attached"].as_array().unwrap().len(),
-        1,
+        2,
         "the old link is gone: {status}"
     );
     assert!(!Path::new(&layout.root.join("replacing")).exists());
