@@ -62,6 +62,62 @@ pub fn open(path: &Path) -> Result<File, CgroupError> {
     })
 }
 
+/// The cgroup directory below `root` whose id (inode number) is `id`: a depth-first search,
+/// at most 16 levels deep.
+pub fn path_of(root: &Path, id: u64) -> Option<PathBuf> {
+    find(root, id, 0)
+}
+
+fn find(dir: &Path, id: u64, depth: usize) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata(dir).ok()?.ino() == id {
+        return Some(dir.to_path_buf());
+    }
+    if depth >= 16 {
+        return None;
+    }
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .find_map(|entry| find(&entry.path(), id, depth + 1))
+}
+
+/// Cgroup paths by id, remembered (a cgroup's path does not change while it exists), so the
+/// hierarchy is searched once per cgroup rather than once per event. Bounded.
+#[derive(Debug, Default)]
+pub struct PathCache {
+    root: Option<PathBuf>,
+    paths: std::collections::HashMap<u64, Option<String>>,
+}
+
+impl PathCache {
+    const CAPACITY: usize = 4096;
+
+    pub fn new() -> PathCache {
+        PathCache {
+            root: root().ok(),
+            paths: std::collections::HashMap::new(),
+        }
+    }
+
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(known) = self.paths.get(&id) {
+            return known.clone();
+        }
+        let found = self
+            .root
+            .as_deref()
+            .and_then(|root| path_of(root, id))
+            .map(|path| path.display().to_string());
+        if self.paths.len() >= Self::CAPACITY {
+            self.paths.clear();
+        }
+        self.paths.insert(id, found.clone());
+        found
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

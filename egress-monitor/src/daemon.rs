@@ -248,6 +248,7 @@ async fn serve(
 ) -> Result<(), DaemonError> {
     let layout = datapath.layout().clone();
     let mut names = load_names(&layout)?;
+    let mut cgroups = crate::cgroup::PathCache::new();
     let mut ring = watch(datapath.events()?)?;
     let mut logger = datapath.logger().map(watch).transpose()?;
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
@@ -264,7 +265,7 @@ async fn serve(
             () = &mut shutdown => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(DaemonError::Poll)?;
-                drain(guard.get_inner_mut(), &names, writer, counts);
+                drain(guard.get_inner_mut(), &names, writer, counts, &mut cgroups);
                 guard.clear_ready();
             }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
@@ -296,11 +297,11 @@ async fn serve(
                     Err(err) => log::error!("the new policy is invalid; the live one stays:\n{err}"),
                 }
                 // Events read before the reload name the old rules; after it, the new.
-                drain(ring.get_mut(), &names, writer, counts);
+                drain(ring.get_mut(), &names, writer, counts, &mut cgroups);
                 names = load_names(&layout)?;
             }
             _ = tick.tick() => {
-                drain(ring.get_mut(), &names, writer, counts);
+                drain(ring.get_mut(), &names, writer, counts, &mut cgroups);
                 let live = datapath.config()?.policy_version;
                 if format!("{live:016x}") != names.version {
                     names = load_names(&layout)?;
@@ -310,7 +311,7 @@ async fn serve(
         }
     }
     // Whatever arrived before the stop is written, not lost.
-    drain(ring.get_mut(), &names, writer, counts);
+    drain(ring.get_mut(), &names, writer, counts, &mut cgroups);
     Ok(())
 }
 
@@ -430,13 +431,19 @@ fn drain(
     names: &StateFile,
     writer: &mut EventWriter,
     counts: &crate::metrics::DaemonCounts,
+    cgroups: &mut crate::cgroup::PathCache,
 ) {
     let clock = Clock::now();
     let mut any = false;
     while let Some(item) = ring.next() {
         any = true;
         match events::decode(&item).and_then(|event| EventRecord::new(&event, names, &clock)) {
-            Ok(record) => writer.write(&record),
+            Ok(mut record) => {
+                if let Some(id) = record.cgroup_id {
+                    record.cgroup = cgroups.path(id);
+                }
+                writer.write(&record)
+            }
             Err(err) => log::error!("skipping an unreadable event: {err}"),
         }
     }

@@ -86,6 +86,10 @@ pub struct EventRecord {
     pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
+    /// The cgroup's path, when it still exists (filled in by the daemon, see
+    /// [`crate::cgroup::PathCache`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
     /// Present (true) only for IP fragments.
@@ -165,6 +169,7 @@ impl EventRecord {
             policy: names.version.clone(),
             uid: on_cgroup.then_some(event.uid),
             cgroup_id: on_cgroup.then_some(event.cgroup_id),
+            cgroup: None,
             ifindex: (!on_cgroup).then_some(event.ifindex),
             fragment: event.flags & flags::FRAGMENT != 0,
             malformed,

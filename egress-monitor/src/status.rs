@@ -96,7 +96,8 @@ fn describe(link: &str) -> Option<String> {
         .or_else(|| link.strip_prefix("sockcgroup-"))
     {
         let id: u64 = id.parse().ok()?;
-        return find_cgroup(&crate::cgroup::root().ok()?, id, 0).map(|p| p.display().to_string());
+        return crate::cgroup::path_of(&crate::cgroup::root().ok()?, id)
+            .map(|p| p.display().to_string());
     }
     let rest = link.strip_prefix("tc-")?;
     let (netns, ifindex) = rest.split_once('-')?;
@@ -116,22 +117,6 @@ fn describe(link: &str) -> Option<String> {
             .to_string_lossy()
             .into_owned(),
     )
-}
-
-/// Depth-first search for the cgroup directory whose inode is `id` (bounded depth).
-fn find_cgroup(dir: &std::path::Path, id: u64, depth: usize) -> Option<std::path::PathBuf> {
-    use std::os::unix::fs::MetadataExt as _;
-    if std::fs::metadata(dir).ok()?.ino() == id {
-        return Some(dir.to_path_buf());
-    }
-    if depth >= 16 {
-        return None;
-    }
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
-        .find_map(|entry| find_cgroup(&entry.path(), id, depth + 1))
 }
 
 /// The pid in the pid file, if that process is alive and is an egress-monitor.

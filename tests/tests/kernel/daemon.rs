@@ -76,6 +76,13 @@ fn observe_mode_writes_each_denied_packet_as_a_json_line() {
         assert_eq!(line["rule"], "default");
         assert_eq!(line["uid"], 0);
         assert_eq!(line["cgroup_id"], cgroup.id());
+        assert_eq!(
+            line["cgroup"],
+            cgroup.path.to_str().unwrap(),
+            "resolved from the id"
+        );
+        assert_eq!(line["pid"], sent.pid);
+        assert_eq!(line["comm"], "em-testclient");
         assert!(line.get("ifindex").is_none());
     }
 
