@@ -34,7 +34,10 @@ pub mod config {
     pub const BUILD_ID: u32 = 2;
     /// When the state was first pinned (seconds since the Unix epoch).
     pub const PINNED_SINCE: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Non-zero: the programs write debug log records (aya-log) about packets they could not
+    /// judge. Off by default; `run --kernel-log` turns it on without reloading anything.
+    pub const KERNEL_LOG: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// LPM trie key data lengths, in bytes (the key is `prefix_len: u32` followed by the address in

@@ -40,7 +40,7 @@ pub fn cgroup_egress(ctx: SkBuffContext) -> i32 {
         L3Start::Network,
         hook::CGROUP,
     );
-    if judgement.unjudgeable {
+    if judgement.unjudgeable && policy::kernel_log() {
         debug!(&ctx, "cgroup egress: unreadable IP header, denied");
     }
     match judgement.verdict {
@@ -60,7 +60,7 @@ const TC_DROP: i32 = TC_ACT_SHOT as i32;
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
     let judgement = policy::judge(&ctx.skb, ctx.as_ptr().cast(), L3Start::Ethernet, hook::TC);
-    if judgement.unjudgeable {
+    if judgement.unjudgeable && policy::kernel_log() {
         debug!(&ctx, "tc egress: no readable IP destination, denied");
     }
     match judgement.verdict {

@@ -96,6 +96,14 @@ fn lookup(packet: &Packet) -> Option<RuleValue> {
     }
 }
 
+/// Whether the daemon asked for kernel debug log records (`run --kernel-log`).
+#[inline(always)]
+pub fn kernel_log() -> bool {
+    CONFIG
+        .get(config::KERNEL_LOG)
+        .is_some_and(|&value| value != 0)
+}
+
 /// Enforce unless the daemon set observe. The loader writes the mode before attaching; an
 /// unreadable slot (which the verifier makes impossible for an array) would mean enforce.
 #[inline(always)]

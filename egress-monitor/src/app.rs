@@ -199,6 +199,7 @@ fn run(args: RunArgs) -> ExitCode {
         pin_path: PathBuf::from(&args.pins.pin_path),
         rule_capacity: args.rule_capacity,
         metrics: args.metrics,
+        kernel_log: args.kernel_log,
         imds: (args.azure || policy_wants_azure).then(|| daemon::Imds {
             url: args.imds_url.clone(),
             interval: std::time::Duration::from_secs(args.imds_interval.max(1)),

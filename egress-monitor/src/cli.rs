@@ -120,6 +120,10 @@ pub struct RunArgs {
     pub events: String,
     #[command(flatten)]
     pub pins: PinArgs,
+    /// Log, at debug level, each packet the kernel could not judge (an unreadable IP header, a
+    /// non-IP frame); off by default. Turned on or off live, also on adopted programs.
+    #[arg(long)]
+    pub kernel_log: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,

@@ -63,6 +63,8 @@ pub struct RunConfig {
     pub imds: Option<Imds>,
     /// Serve Prometheus metrics here.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Kernel debug log records on.
+    pub kernel_log: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -174,6 +176,7 @@ pub async fn run(
         ),
     }
     log_apply(&datapath.apply(&config.policy)?);
+    datapath.set_kernel_log(config.kernel_log)?;
     attach(&mut datapath, &targets)?;
     for kept in datapath.finish_replacement()? {
         log::warn!(

@@ -641,6 +641,11 @@ impl Datapath {
         write_config(&self.target, config::MODE, u64::from(value))
     }
 
+    /// Turns the kernel's debug log records on or off, live.
+    pub fn set_kernel_log(&mut self, on: bool) -> Result<(), DatapathError> {
+        write_config(&self.target, config::KERNEL_LOG, u64::from(on))
+    }
+
     pub fn config(&self) -> Result<LiveConfig, DatapathError> {
         read_config(&self.target)
     }
@@ -761,7 +766,9 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
     let capacity = u32::try_from(rule_capacity)
         .unwrap_or(u32::MAX)
         .max(DEFAULT_RULE_CAPACITY);
-    let log_level = log::max_level() as u8;
+    // aya-log's own level filter is frozen into the programs at load; every record is let
+    // through here and the KERNEL_LOG config slot decides, live (`run --kernel-log`).
+    let log_level = log::LevelFilter::Debug as u8;
     let mut loader = EbpfLoader::new();
     for name in MAPS {
         loader.map_pin_path(name, layout.map(name));
@@ -771,8 +778,7 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
         .map_max_entries(names::POLICY_V6, capacity)
         .map_max_entries(names::RULE_HITS, capacity)
         .map_max_entries(names::EVENTS, EVENTS_RING_BYTES)
-        // Kernel-side log records (debug: packets denied for want of a destination) follow
-        // the daemon's own level; aya-log's levels and `log`'s filter share their numbers.
+        // aya-log's levels and `log`'s filter share their numbers.
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .load(EBPF_OBJECT)
         .map_err(DatapathError::Load)?;

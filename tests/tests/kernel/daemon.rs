@@ -142,6 +142,53 @@ fn observe_mode_writes_each_denied_packet_as_a_json_line() {
     );
 }
 
+/// `--kernel-log` makes the kernel report, as debug log records, the frames it could not judge;
+/// a restart without it turns that off live on the adopted programs.
+#[test]
+fn kernel_log_is_off_unless_asked_and_switches_live() {
+    require_root();
+    sweep_stale();
+    let topology = Topology::new().unwrap();
+    let bpffs = BpfFs::new().unwrap();
+    let pin = bpffs.pin_path().to_str().unwrap().to_owned();
+    let args = [
+        "--hook",
+        "tc",
+        "--iface",
+        "veth-n",
+        "--pin-path",
+        &pin,
+        "--events",
+        "/dev/null",
+    ];
+    let frames = client(&topology, None);
+    let mut with_log: Vec<&str> = args.to_vec();
+    with_log.push("--kernel-log");
+    let mut daemon = Daemon::start(Some(&topology.node.name), &with_log);
+    frames.frame("veth-n", 0x88b5, 1, 0).unwrap();
+    daemon.wait_for(
+        "tc egress: no readable IP destination, denied",
+        Duration::from_secs(10),
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+
+    let daemon = Daemon::start(Some(&topology.node.name), &args);
+    frames.frame("veth-n", 0x88b5, 3, 0).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    assert!(
+        log.iter()
+            .all(|l| !l.contains("no readable IP destination")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("adopted")),
+        "the same programs, switched live: {log:#?}"
+    );
+}
+
 /// Enforce mode on the TC hook of the node's interface, with a policy file: internet and the
 /// denied lab subnet are dropped and named in events; after SIGTERM the hook is gone.
 #[test]
