@@ -332,7 +332,7 @@ impl Datapath {
         .map_err(DatapathError::program(CGROUP_PROGRAM))?;
         let link_id = program
             .attach(
-                cgroup,
+                &cgroup,
                 CgroupSkbAttachType::Egress,
                 CgroupAttachMode::Single,
             )
@@ -350,9 +350,8 @@ impl Datapath {
             CgroupSockAttachType::SockCreate,
         )
         .map_err(DatapathError::program(SOCK_PROGRAM))?;
-        let cgroup = cgroup::open(path)?;
         let link_id = recorder
-            .attach(cgroup, CgroupAttachMode::Single)
+            .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|source| DatapathError::Attach {
                 target: format!("cgroup {} (socket owners)", path.display()),
                 source,
