@@ -1,4 +1,5 @@
-//! The record the kernel writes to the `EVENTS` ring buffer for each denied packet.
+//! The record the kernel writes to the `EVENTS` ring buffer for a denied packet: the first of
+//! its flow, or each one when aggregation is off (see [`crate::flow`]).
 
 /// `Event::flags` bits.
 pub mod flags {
@@ -14,6 +15,9 @@ pub mod flags {
     pub const NOT_IP: u8 = 1 << 3;
     /// `pid` and `comm` name the process that created the sending socket.
     pub const OWNER_KNOWN: u8 = 1 << 4;
+    /// The first packet of a flow: the flow's later packets are counted, not sent as events
+    /// (see [`crate::flow`]). Without it, the event stands for this one packet alone.
+    pub const FLOW_FIRST: u8 = 1 << 5;
 }
 
 /// Ordered largest-first so that no implicit padding exists; the tail is padded explicitly to a

@@ -7,10 +7,12 @@
 //! - [`verdict`]: action, outcome, hook and mode codes, defined once.
 //! - [`policy`]: the LPM trie value (verdict + rule id) and the config array slots.
 //! - [`maps`]: map names and counter-array indexing.
-//! - [`event`]: the record written to the ring buffer for every denied packet.
+//! - [`event`]: the record written to the ring buffer for a denied packet.
+//! - [`flow`]: how denied packets are aggregated per flow.
 #![no_std]
 
 pub mod event;
+pub mod flow;
 pub mod maps;
 pub mod policy;
 pub mod verdict;

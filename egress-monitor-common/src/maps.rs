@@ -10,6 +10,10 @@ pub const RULE_HITS: &str = "RULE_HITS";
 pub const STATS: &str = "STATS";
 pub const EVENTS: &str = "EVENTS";
 pub const SOCK_OWNERS: &str = "SOCK_OWNERS";
+pub const FLOWS: &str = "FLOWS";
+pub const FLOW_DIRTY: &str = "FLOW_DIRTY";
+pub const FLOW_REPORTED: &str = "FLOW_REPORTED";
+pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
 
 /// Sockets remembered with their creator (an LRU map: the oldest are forgotten first).
 pub const SOCK_OWNERS_CAPACITY: u32 = 1 << 16;
@@ -60,7 +64,13 @@ pub mod stat {
     /// Other non-IP frames on the TC hook (and IP hidden under more VLAN tags than are
     /// unwrapped). Denied like malformed packets: nothing in them can be checked.
     pub const NOT_IP: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Denied packets folded into their flow's counts instead of getting an event of their own
+    /// (see [`crate::flow`]).
+    pub const AGGREGATED: u32 = 4;
+    /// Times a flow could not be queued for its report because `FLOW_DIRTY` was full; the
+    /// flow's next packet tries again.
+    pub const FLOW_QUEUE_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Default ring buffer size; a power-of-two multiple of the page size as the kernel requires.

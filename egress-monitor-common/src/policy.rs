@@ -37,7 +37,10 @@ pub mod config {
     /// Non-zero: the programs write debug log records (aya-log) about packets they could not
     /// judge. Off by default; `run --kernel-log` turns it on without reloading anything.
     pub const KERNEL_LOG: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// The flow reporting period (see [`crate::flow`]), advanced by the daemon once per
+    /// interval. 0 turns aggregation off: every denied packet is an event of its own.
+    pub const FLOW_GENERATION: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// LPM trie key data lengths, in bytes (the key is `prefix_len: u32` followed by the address in

@@ -1,5 +1,6 @@
 //! What the datapath reports: per-CPU counters (no atomics on the hot path), per-rule hits,
-//! and a ring-buffer event for every denied packet. A full ring buffer is counted, never silent.
+//! and ring-buffer events for denied packets (which ones: `flow`). A full ring buffer is
+//! counted, never silent.
 
 use aya_ebpf::{
     bindings::__sk_buff,
@@ -73,19 +74,28 @@ pub fn record_owner(sock: *mut core::ffi::c_void) {
     let _ = SOCK_OWNERS.insert(&cookie, &owner, 0);
 }
 
+/// Queues `event` on the ring buffer, or counts it lost when the buffer is full.
 #[inline(always)]
-pub fn event(
+pub fn output(event: &Event) {
+    if EVENTS.output(event, 0).is_err() {
+        stat(stat_slot::EVENTS_LOST);
+    }
+}
+
+/// Writes the event for a denied packet into `out`. `cookie` is the sending socket's (0 without
+/// one).
+#[inline(always)]
+#[allow(clippy::too_many_arguments, reason = "inlined; every argument is a packet fact")]
+pub fn describe(
+    out: &mut Event,
     skb: &SkBuff,
     raw: *mut __sk_buff,
     hook: u8,
     outcome: u32,
     rule_id: u32,
     packet: &Packet,
+    cookie: u64,
 ) {
-    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        stat(stat_slot::EVENTS_LOST);
-        return;
-    };
     // SAFETY: the helpers only read the skb the program was given.
     let ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     let (uid, cgroup_id, ifindex) = if hook == hooks::CGROUP {
@@ -95,8 +105,6 @@ pub fn event(
         // SAFETY: reading a context field of the program's own skb.
         (0, 0, unsafe { (*raw).ifindex })
     };
-    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
-    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
     let owner = if cookie == 0 {
         None
     } else {
@@ -107,7 +115,7 @@ pub fn event(
         Some(owner) => unsafe { ((*owner).pid, (*owner).comm, flags::OWNER_KNOWN) },
         None => (0, [0; 16], 0),
     };
-    entry.write(Event {
+    *out = Event {
         ts_boot_ns,
         cgroup_id,
         len: packet.len,
@@ -129,6 +137,5 @@ pub fn event(
         _pad: 0,
         ethertype: packet.ethertype,
         _pad2: [0; 4],
-    });
-    entry.submit(0);
+    };
 }

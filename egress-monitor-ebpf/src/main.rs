@@ -11,11 +11,21 @@
 //! - `parse`: bounded IPv4/IPv6 parsing (extension headers, fragments) into a [`parse::Packet`].
 //! - `policy`: the LPM lookup and the mode: what to do with a packet.
 //! - `emit`: per-CPU counters, per-rule hits and ring-buffer events.
+//! - `flow`: which denied packets become events (the first of each flow) and which are counted.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the only way to BPF's atomic add from Rust (see `flow::atomic_add`); the
+// kernel build uses the pinned nightly. A host build (`cargo build --workspace`) uses core's
+// atomics instead.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    allow(internal_features, reason = "core_intrinsics, for atomic_xadd")
+)]
 
 mod emit;
 mod entry;
+mod flow;
 mod maps;
 mod parse;
 mod policy;

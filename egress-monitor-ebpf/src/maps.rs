@@ -3,9 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use egress_monitor_common::{
+    flow::{
+        FLOW_DIRTY_CAPACITY, FLOW_REPORTED_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowReported,
+        FlowValue,
+    },
     maps::{
         COUNTER_SLOTS, Counter, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES, SOCK_OWNERS_CAPACITY,
         SockOwner, stat,
@@ -40,3 +44,21 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map]
 pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> =
     LruHashMap::with_max_entries(SOCK_OWNERS_CAPACITY, 0);
+
+/// Denied flows: first event and cumulative counts (see `egress_monitor_common::flow`).
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
+
+/// Where a flow's first event is built (one slot per CPU: it does not fit on the stack).
+#[map]
+pub static FLOW_SCRATCH: PerCpuArray<FlowValue> = PerCpuArray::with_max_entries(1, 0);
+
+/// Flows with packets not yet reported, queued once per reporting period.
+#[map]
+pub static FLOW_DIRTY: Queue<FlowKey> = Queue::with_max_entries(FLOW_DIRTY_CAPACITY, 0);
+
+/// What the daemon reported of each flow. Only the daemon uses it; it is defined here so that
+/// it is created and pinned with the others.
+#[map]
+pub static FLOW_REPORTED: LruHashMap<FlowKey, FlowReported> =
+    LruHashMap::with_max_entries(FLOW_REPORTED_CAPACITY, 0);

@@ -9,7 +9,7 @@ use egress_monitor_common::{
 };
 
 use crate::{
-    emit,
+    emit, flow,
     maps::{CONFIG, POLICY_V4, POLICY_V6},
     parse::{self, L3Start, Packet, Parsed},
 };
@@ -76,7 +76,7 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
             if judgeable {
                 parse::transport(skb, &mut packet);
             }
-            emit::event(skb, raw, hook, result, rule_id, &packet);
+            flow::denied(skb, raw, hook, result, rule_id, &packet);
         }
     }
     Judgement {

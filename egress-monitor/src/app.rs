@@ -200,6 +200,7 @@ fn run(args: RunArgs) -> ExitCode {
         rule_capacity: args.rule_capacity,
         metrics: args.metrics,
         kernel_log: args.kernel_log,
+        flow_interval: std::time::Duration::from_secs(args.flow_interval),
         imds: (args.azure || policy_wants_azure).then(|| daemon::Imds {
             url: args.imds_url.clone(),
             interval: std::time::Duration::from_secs(args.imds_interval.max(1)),

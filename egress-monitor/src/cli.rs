@@ -124,6 +124,12 @@ pub struct RunArgs {
     /// non-IP frame); off by default. Turned on or off live, also on adopted programs.
     #[arg(long)]
     pub kernel_log: bool,
+    /// Seconds between the reports of a busy flow: its first denied packet is an event at once,
+    /// the rest are counted in the kernel and reported (packets, bytes) at most once per
+    /// interval. 0: an event for every denied packet (a flood fills the ring buffer; losses are
+    /// counted).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub flow_interval: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,

@@ -17,6 +17,7 @@ use crate::{
     cgroup::{self, CgroupError},
     datapath::{ApplyReport, Counters, Datapath, DatapathError, Opened},
     events::{self, Clock, EventRecord, EventWriter, EventsTarget},
+    flows::FlowReporter,
     iface::{self, InterfaceError},
     pins::PinLayout,
     policy::{Policy, PolicySource},
@@ -65,6 +66,9 @@ pub struct RunConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// Kernel debug log records on.
     pub kernel_log: bool,
+    /// How often each flow's aggregated packets are reported; zero: every denied packet is an
+    /// event of its own.
+    pub flow_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -251,8 +255,23 @@ async fn serve(
 ) -> Result<(), DaemonError> {
     let layout = datapath.layout().clone();
     let mut names = load_names(&layout)?;
-    let mut cgroups = crate::cgroup::PathCache::new();
+    let mut out = Output {
+        writer,
+        counts,
+        cgroups: crate::cgroup::PathCache::new(),
+        clock: Clock::now(),
+    };
     let mut ring = watch(datapath.events()?)?;
+    // What the flows gathered while no daemon ran is reported now.
+    let mut flows = FlowReporter::open(&layout)?;
+    drain(ring.get_mut(), &names, &mut out);
+    report_flows(&mut flows, &names, &mut out);
+    let aggregate = !config.flow_interval.is_zero();
+    if !aggregate {
+        flows.disable()?;
+    }
+    let mut flow_tick = tokio::time::interval(config.flow_interval.max(Duration::from_millis(1)));
+    flow_tick.reset();
     let mut logger = datapath.logger().map(watch).transpose()?;
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut imds_tick = tokio::time::interval(
@@ -268,7 +287,7 @@ async fn serve(
             () = &mut shutdown => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(DaemonError::Poll)?;
-                drain(guard.get_inner_mut(), &names, writer, counts, &mut cgroups);
+                drain(guard.get_inner_mut(), &names, &mut out);
                 guard.clear_ready();
             }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
@@ -300,11 +319,16 @@ async fn serve(
                     Err(err) => log::error!("the new policy is invalid; the live one stays:\n{err}"),
                 }
                 // Events read before the reload name the old rules; after it, the new.
-                drain(ring.get_mut(), &names, writer, counts, &mut cgroups);
+                drain(ring.get_mut(), &names, &mut out);
                 names = load_names(&layout)?;
             }
+            _ = flow_tick.tick(), if aggregate => {
+                // A flow's first event goes out before its first update.
+                drain(ring.get_mut(), &names, &mut out);
+                report_flows(&mut flows, &names, &mut out);
+            }
             _ = tick.tick() => {
-                drain(ring.get_mut(), &names, writer, counts, &mut cgroups);
+                drain(ring.get_mut(), &names, &mut out);
                 let live = datapath.config()?.policy_version;
                 if format!("{live:016x}") != names.version {
                     names = load_names(&layout)?;
@@ -313,8 +337,12 @@ async fn serve(
             }
         }
     }
-    // Whatever arrived before the stop is written, not lost.
-    drain(ring.get_mut(), &names, writer, counts, &mut cgroups);
+    // Whatever arrived before the stop is written, not lost; the flows say what they gathered
+    // (the kernel goes on counting them, and the next daemon reports the rest).
+    drain(ring.get_mut(), &names, &mut out);
+    if aggregate {
+        report_flows(&mut flows, &names, &mut out);
+    }
     Ok(())
 }
 
@@ -429,35 +457,75 @@ fn egress_interfaces() -> Result<Vec<String>, DaemonError> {
     Ok(names)
 }
 
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    names: &StateFile,
-    writer: &mut EventWriter,
-    counts: &crate::metrics::DaemonCounts,
-    cgroups: &mut crate::cgroup::PathCache,
-) {
-    let clock = Clock::now();
+/// Where the daemon's event records go, and what it counts of them.
+struct Output<'a> {
+    writer: &'a mut EventWriter,
+    counts: &'a crate::metrics::DaemonCounts,
+    cgroups: crate::cgroup::PathCache,
+    clock: Clock,
+}
+
+impl Output<'_> {
+    fn write(&mut self, mut record: EventRecord) {
+        if let Some(id) = record.cgroup_id {
+            record.cgroup = self.cgroups.path(id);
+        }
+        self.writer.write(&record);
+    }
+
+    /// Ends a batch: readers see its records, the metrics their counts.
+    fn flush(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.writer.flush();
+        self.counts
+            .events_written
+            .store(self.writer.written(), Relaxed);
+        self.counts
+            .events_unwritten
+            .store(self.writer.unwritten(), Relaxed);
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, out: &mut Output) {
+    out.clock.follow();
     let mut any = false;
     while let Some(item) = ring.next() {
         any = true;
-        match events::decode(&item).and_then(|event| EventRecord::new(&event, names, &clock)) {
-            Ok(mut record) => {
-                if let Some(id) = record.cgroup_id {
-                    record.cgroup = cgroups.path(id);
-                }
-                writer.write(&record)
-            }
+        match events::decode(&item).and_then(|event| EventRecord::new(&event, names, &out.clock)) {
+            Ok(record) => out.write(record),
             Err(err) => log::error!("skipping an unreadable event: {err}"),
         }
     }
     if any {
-        writer.flush();
-        counts
-            .events_written
-            .store(writer.written(), std::sync::atomic::Ordering::Relaxed);
-        counts
-            .events_unwritten
-            .store(writer.unwritten(), std::sync::atomic::Ordering::Relaxed);
+        out.flush();
+    }
+}
+
+/// Writes an update for every flow that sent packets since its previous report. A failure is
+/// logged and the daemon goes on: the counts stay in the kernel for the next sweep.
+fn report_flows(flows: &mut FlowReporter, names: &StateFile, out: &mut Output) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let updates = match flows.sweep() {
+        Ok(updates) => updates,
+        Err(err) => {
+            log::error!(
+                "cannot read the flows: {}",
+                crate::error::chain(&err)
+            );
+            return;
+        }
+    };
+    out.clock.follow();
+    for update in &updates {
+        match EventRecord::update(update, names, &out.clock) {
+            Ok(record) => out.write(record),
+            Err(err) => log::error!("skipping an unreadable flow: {err}"),
+        }
+    }
+    out.counts.flow_updates.store(flows.updates(), Relaxed);
+    out.counts.flows_evicted.store(flows.evicted(), Relaxed);
+    if !updates.is_empty() {
+        out.flush();
     }
 }
 

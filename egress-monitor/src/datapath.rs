@@ -55,7 +55,7 @@ pub const SOCK_PROGRAM: &str = "sock_create";
 /// aya-log's ring buffer; pinned like the others so a later daemon can read it.
 const LOG_MAP: &str = "AYA_LOGS";
 /// Every map the object defines, all pinned.
-const MAPS: [&str; 9] = [
+const MAPS: [&str; 13] = [
     names::POLICY_V4,
     names::POLICY_V6,
     names::CONFIG,
@@ -64,6 +64,10 @@ const MAPS: [&str; 9] = [
     names::STATS,
     names::EVENTS,
     names::SOCK_OWNERS,
+    names::FLOWS,
+    names::FLOW_DIRTY,
+    names::FLOW_REPORTED,
+    names::FLOW_SCRATCH,
     LOG_MAP,
 ];
 /// Where a replacement is staged before it takes over the pin path (bpffs allows no dots in
@@ -132,7 +136,7 @@ pub enum DatapathError {
 }
 
 impl DatapathError {
-    fn map(name: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> Self {
+    pub(crate) fn map(name: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> Self {
         let what = what.into();
         move |source| DatapathError::Map { name, what, source }
     }
@@ -195,6 +199,10 @@ pub struct Counters {
     pub not_ip: u64,
     /// TC: ARP frames (passed; not in the outcome counters, which are about IP).
     pub arp: u64,
+    /// Denied packets counted in their flow instead of getting an event of their own.
+    pub aggregated: u64,
+    /// Times a flow could not be queued for its report (the queue was full).
+    pub flow_queue_full: u64,
 }
 
 /// The live config: what the config map says.
@@ -204,6 +212,8 @@ pub struct LiveConfig {
     pub policy_version: u64,
     pub build_id: u64,
     pub pinned_since: u64,
+    /// The flow reporting period; 0: every denied packet is an event (see [`crate::flows`]).
+    pub flow_generation: u64,
 }
 
 /// What [`Datapath::apply`] changed.
@@ -698,6 +708,8 @@ impl Datapath {
             malformed: stat_at(stat::MALFORMED),
             not_ip: stat_at(stat::NOT_IP),
             arp: stat_at(stat::ARP),
+            aggregated: stat_at(stat::AGGREGATED),
+            flow_queue_full: stat_at(stat::FLOW_QUEUE_FULL),
         })
     }
 
@@ -816,7 +828,7 @@ pub fn build_id() -> u64 {
         })
 }
 
-fn open_map<T>(layout: &PinLayout, name: &'static str) -> Result<T, DatapathError>
+pub(crate) fn open_map<T>(layout: &PinLayout, name: &'static str) -> Result<T, DatapathError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
@@ -825,7 +837,8 @@ where
         names::POLICY_V4 | names::POLICY_V6 => Map::LpmTrie(data),
         names::EVENTS | LOG_MAP => Map::RingBuf(data),
         names::CONFIG => Map::Array(data),
-        names::SOCK_OWNERS => Map::LruHashMap(data),
+        names::SOCK_OWNERS | names::FLOWS | names::FLOW_REPORTED => Map::LruHashMap(data),
+        names::FLOW_DIRTY => Map::Queue(data),
         _ => Map::PerCpuArray(data),
     };
     T::try_from(map).map_err(DatapathError::map(name, "open"))
@@ -838,7 +851,7 @@ fn open_trie<const N: usize>(
     open_map(layout, name)
 }
 
-fn read_config(layout: &PinLayout) -> Result<LiveConfig, DatapathError> {
+pub(crate) fn read_config(layout: &PinLayout) -> Result<LiveConfig, DatapathError> {
     let array: Array<MapData, u64> = open_map(layout, names::CONFIG)?;
     let get = |slot: u32| {
         array
@@ -854,10 +867,11 @@ fn read_config(layout: &PinLayout) -> Result<LiveConfig, DatapathError> {
         policy_version: get(config::POLICY_VERSION)?,
         build_id: get(config::BUILD_ID)?,
         pinned_since: get(config::PINNED_SINCE)?,
+        flow_generation: get(config::FLOW_GENERATION)?,
     })
 }
 
-fn write_config(layout: &PinLayout, slot: u32, value: u64) -> Result<(), DatapathError> {
+pub(crate) fn write_config(layout: &PinLayout, slot: u32, value: u64) -> Result<(), DatapathError> {
     let mut array: Array<MapData, u64> = open_map(layout, names::CONFIG)?;
     array
         .set(slot, &value, 0)

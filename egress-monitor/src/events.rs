@@ -1,9 +1,10 @@
-//! Events: decoding the kernel's ring-buffer records and writing them as JSON lines.
+//! Events: decoding the kernel's ring-buffer records (and the daemon's flow updates) and
+//! writing them as JSON lines.
 //!
 //! One JSON object per line (schema in README.md):
-//! `{"ts":"…","hook":"cgroup","action":"dropped","proto":"udp","src":"10.77.0.2",
-//! "dst":"203.0.113.1","src_port":40000,"dst_port":53,"len":56,"rule":"default","uid":0,
-//! "cgroup_id":1234}`
+//! `{"ts":"…","kind":"first","hook":"cgroup","action":"dropped","proto":"udp",
+//! "src":"10.77.0.2","dst":"203.0.113.1","src_port":40000,"dst_port":53,"packets":1,
+//! "bytes":56,"len":56,"rule":"default",…,"uid":0,"cgroup_id":1234}`
 
 use std::{
     fs::{File, OpenOptions},
@@ -19,7 +20,7 @@ use egress_monitor_common::{
 };
 use serde::Serialize;
 
-use crate::state::StateFile;
+use crate::{flows::FlowUpdate, state::StateFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -61,8 +62,12 @@ impl Proto {
 /// One event as written to the JSON-lines stream.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EventRecord {
-    /// RFC 3339, UTC, nanoseconds.
+    /// RFC 3339, UTC, nanoseconds: when the packet was seen (for `update`, the latest one).
     pub ts: String,
+    /// `packet`: one denied packet (flow aggregation off); `first`: the first denied packet of
+    /// a flow, reported at once; `update`: the flow's later packets, counted in the kernel and
+    /// reported at most once per flow interval.
+    pub kind: &'static str,
     pub hook: &'static str,
     /// `observed` (observe mode: passed) or `dropped` (enforce mode).
     pub action: &'static str,
@@ -72,7 +77,17 @@ pub struct EventRecord {
     pub dst: Option<IpAddr>,
     pub src_port: Option<u16>,
     pub dst_port: Option<u16>,
-    pub len: u32,
+    /// Packets and IP bytes this event stands for: 1 and `len` for `packet` and `first`; for
+    /// `update`, what the flow sent since its previous event. A flow's `packets` add up to
+    /// every packet it sent.
+    pub packets: u64,
+    pub bytes: u64,
+    /// IP length of the packet (`packet` and `first`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub len: Option<u32>,
+    /// When the flow's first packet was seen (`update` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_ts: Option<String>,
     pub rule: String,
     /// The version of the policy that was live when the event was read.
     pub policy: String,
@@ -153,7 +168,12 @@ impl EventRecord {
             .map(|path| path.display().to_string());
         let on_cgroup = event.hook == hook::CGROUP;
         Ok(EventRecord {
-            ts: humantime::format_rfc3339_nanos(clock.wall_time(event.ts_boot_ns)).to_string(),
+            ts: clock.rfc3339(event.ts_boot_ns),
+            kind: if event.flags & flags::FLOW_FIRST != 0 {
+                "first"
+            } else {
+                "packet"
+            },
             hook: hook_name,
             action,
             proto: Proto::from_number(event.proto, event.ip_version),
@@ -161,7 +181,10 @@ impl EventRecord {
             dst: address(&event.dst),
             src_port: has_ports.then_some(event.src_port),
             dst_port: has_ports.then_some(event.dst_port),
-            len: event.len,
+            packets: 1,
+            bytes: u64::from(event.len),
+            len: Some(event.len),
+            first_ts: None,
             pid: owner_known.then_some(event.pid),
             comm,
             exe,
@@ -177,6 +200,29 @@ impl EventRecord {
         })
     }
 }
+
+impl EventRecord {
+    /// The record of a flow's aggregated packets.
+    pub fn update(
+        update: &FlowUpdate,
+        names: &StateFile,
+        clock: &Clock,
+    ) -> Result<EventRecord, EventError> {
+        let first = EventRecord::new(&update.first, names, clock)?;
+        Ok(EventRecord {
+            ts: clock.rfc3339(update.last_seen_ns),
+            kind: "update",
+            packets: update.packets,
+            bytes: update.bytes,
+            len: None,
+            first_ts: Some(first.ts.clone()),
+            ..first
+        })
+    }
+}
+
+/// Smaller differences between two readings of the boot epoch are jitter, not a clock step.
+const CLOCK_STEP: Duration = Duration::from_millis(1);
 
 /// Converts `CLOCK_BOOTTIME` nanoseconds (what the kernel stamps) to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -198,12 +244,31 @@ impl Clock {
         Clock::with_boot_epoch(SystemTime::now() - since_boot)
     }
 
+    /// Follows a step of the wall clock (NTP, an operator). Reading the two clocks is not
+    /// atomic, so a new reading differs by a few hundred nanoseconds even without a step; such
+    /// jitter is ignored, so that one packet's time reads the same in every event.
+    pub fn follow(&mut self) {
+        let now = Clock::now();
+        let drift = now
+            .boot_epoch
+            .duration_since(self.boot_epoch)
+            .unwrap_or_else(|err| err.duration());
+        if drift > CLOCK_STEP {
+            *self = now;
+        }
+    }
+
     pub fn with_boot_epoch(boot_epoch: SystemTime) -> Clock {
         Clock { boot_epoch }
     }
 
     pub fn wall_time(&self, boot_ns: u64) -> SystemTime {
         self.boot_epoch + Duration::from_nanos(boot_ns)
+    }
+
+    /// RFC 3339, UTC, nanoseconds.
+    pub fn rfc3339(&self, boot_ns: u64) -> String {
+        humantime::format_rfc3339_nanos(self.wall_time(boot_ns)).to_string()
     }
 }
 
@@ -397,14 +462,44 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({
-                "ts": "2025-11-29T00:00:01.500000123Z",
+                "ts": "2025-11-29T00:00:01.500000123Z", "kind": "packet",
                 "hook": "cgroup", "action": "dropped", "proto": "udp",
                 "src": "10.77.0.2", "dst": "203.0.113.1", "src_port": 40000, "dst_port": 53,
-                "len": 56, "rule": "default", "policy": "00000000deadbeef",
+                "packets": 1, "bytes": 56, "len": 56,
+                "rule": "default", "policy": "00000000deadbeef",
                 "pid": null, "comm": null, "exe": null,
                 "uid": 1000, "cgroup_id": 4242
             })
         );
+    }
+
+    #[test]
+    fn a_flow_has_a_first_event_then_updates_with_what_was_aggregated() {
+        let mut first = event();
+        first.flags |= flags::FLOW_FIRST | flags::OWNER_KNOWN;
+        first.pid = 4321;
+        first.comm[..4].copy_from_slice(b"curl");
+        let record = EventRecord::new(&first, &policy(), &clock()).unwrap();
+        assert_eq!((record.kind, record.packets, record.bytes), ("first", 1, 56));
+        let update = FlowUpdate {
+            first,
+            packets: 9_999,
+            bytes: 9_999 * 56,
+            last_seen_ns: 12_000_000_000,
+        };
+        let json = serde_json::to_value(EventRecord::update(&update, &policy(), &clock()).unwrap())
+            .unwrap();
+        assert_eq!(json["kind"], "update");
+        assert_eq!(json["ts"], "2025-11-29T00:00:12.000000000Z", "the latest packet's time");
+        assert_eq!(json["first_ts"], "2025-11-29T00:00:01.500000123Z");
+        assert_eq!((json["packets"].clone(), json["bytes"].clone()), (9_999.into(), (9_999 * 56).into()));
+        assert!(json.get("len").is_none(), "an update is not one packet");
+        // Everything else is the flow's: who sent what to where.
+        assert_eq!(json["comm"], "curl");
+        assert_eq!(json["pid"], 4321);
+        assert_eq!(json["dst"], "203.0.113.1");
+        assert_eq!(json["dst_port"], 53);
+        assert_eq!(json["rule"], "default");
     }
 
     #[test]

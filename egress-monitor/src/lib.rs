@@ -12,7 +12,7 @@
 //! - [`datapath`]: the pinned state — create, adopt or replace it, apply policies by diff,
 //!   attach, read counters, detach. All BPF syscalls for the live state live here.
 //! - [`pins`]: where pins and the run directory are; [`state`]: the applied policy's names.
-//! - [`events`]: ring-buffer records → JSON lines.
+//! - [`events`]: ring-buffer records → JSON lines; [`flows`]: the periodic flow reports.
 //! - [`daemon`]: `run(config, shutdown)`, the long-running loop.
 //! - [`status`], [`check`]: what is enforced, and proof by synthetic packets.
 //! - [`metrics`]: Prometheus `/metrics`, read from the pinned maps at each scrape.
@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod error;
 pub mod events;
+pub mod flows;
 mod fs;
 pub mod iface;
 pub mod metrics;

@@ -7,6 +7,7 @@
 //! | `egress_monitor_packets_total`, `egress_monitor_bytes_total` | `hook`, `verdict` (allowed, denied), `action` (pass, observed, dropped) |
 //! | `egress_monitor_rule_hits_total` | `rule`, `cidr` |
 //! | `egress_monitor_events_written_total`, `_unwritten_total`, `_lost_total` | |
+//! | `egress_monitor_packets_aggregated_total`, `_flow_updates_total`, `_flows_evicted_total`, `_flow_queue_full_total` | |
 //! | `egress_monitor_malformed_packets_total`, `_non_ip_denied_total`, `_arp_frames_total` | |
 //! | `egress_monitor_enforcing` (1 enforce, 0 observe), `egress_monitor_policy_info{version}`, `egress_monitor_up` | |
 
@@ -33,6 +34,10 @@ use crate::{datapath::Totals, pins::PinLayout, policy::Mode, status};
 pub struct DaemonCounts {
     pub events_written: AtomicU64,
     pub events_unwritten: AtomicU64,
+    /// Flow updates written (also in `events_written`).
+    pub flow_updates: AtomicU64,
+    /// Flows forgotten by the kernel's LRU map before their last packets were reported.
+    pub flows_evicted: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -108,6 +113,26 @@ impl Collector for DatapathCollector {
                 "egress_monitor_events_lost",
                 "Events the kernel could not queue (ring buffer full)",
                 counters.events_lost,
+            ),
+            (
+                "egress_monitor_packets_aggregated",
+                "Denied packets counted in their flow instead of getting an event of their own",
+                counters.aggregated,
+            ),
+            (
+                "egress_monitor_flow_updates",
+                "Flow updates written (events of kind update)",
+                self.counts.flow_updates.load(Ordering::Relaxed),
+            ),
+            (
+                "egress_monitor_flows_evicted",
+                "Flows forgotten by the kernel before their last packets were reported",
+                self.counts.flows_evicted.load(Ordering::Relaxed),
+            ),
+            (
+                "egress_monitor_flow_queue_full",
+                "Times a flow could not be queued for its report (retried at its next packet)",
+                counters.flow_queue_full,
             ),
             (
                 "egress_monitor_malformed_packets",

@@ -17,10 +17,11 @@ use crate::{
     stderr, stdout,
 };
 
-/// Observe mode on the cgroup hook: traffic passes, each denied datagram is a JSON line in the
-/// events file while the daemon runs, and SIGTERM stops it with exit 0 and a summary.
+/// Observe mode on the cgroup hook: traffic passes; the flow's first denied datagram is a JSON
+/// line in the events file while the daemon runs, the other two are counted in the kernel and
+/// reported by the update written when SIGTERM stops the daemon (exit 0, a summary).
 #[test]
-fn observe_mode_writes_each_denied_packet_as_a_json_line() {
+fn observe_mode_reports_the_first_denied_packet_at_once_and_the_rest_as_an_update() {
     require_root();
     sweep_stale();
     let topology = Topology::new().unwrap();
@@ -57,8 +58,12 @@ fn observe_mode_writes_each_denied_packet_as_a_json_line() {
     assert_eq!(topology.peers.udp_received(INTERNET_V4.into()), 3);
 
     // Written while the daemon runs, not at exit.
-    let lines = event_lines(&events, 3);
-    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let lines = event_lines(&events, 1);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let first = &lines[0];
+    assert_eq!(first["kind"], "first");
+    assert_eq!((first["packets"].as_u64(), first["bytes"].as_u64()), (Some(1), Some(38)));
+    assert_eq!(first["len"], 38);
     for line in &lines {
         let ts = humantime::parse_rfc3339(line["ts"].as_str().unwrap()).expect("RFC 3339 ts");
         let age = ts
@@ -72,7 +77,6 @@ fn observe_mode_writes_each_denied_packet_as_a_json_line() {
         assert_eq!(line["dst"], INTERNET_V4.to_string());
         assert_eq!(line["src_port"], u64::from(sent.src_port));
         assert_eq!(line["dst_port"], u64::from(UDP_PORT));
-        assert_eq!(line["len"], 38);
         assert_eq!(line["rule"], "default");
         assert_eq!(line["uid"], 0);
         assert_eq!(line["cgroup_id"], cgroup.id());
@@ -117,7 +121,12 @@ fn observe_mode_writes_each_denied_packet_as_a_json_line() {
         ),
         3.0
     );
-    assert_eq!(sample(&scraped, "egress_monitor_events_written_total"), 3.0);
+    assert_eq!(sample(&scraped, "egress_monitor_events_written_total"), 1.0);
+    assert_eq!(
+        sample(&scraped, "egress_monitor_packets_aggregated_total"),
+        2.0
+    );
+    assert_eq!(sample(&scraped, "egress_monitor_flow_updates_total"), 0.0);
     assert_eq!(sample(&scraped, "egress_monitor_events_lost_total"), 0.0);
     assert_eq!(sample(&scraped, "egress_monitor_enforcing"), 0.0);
     assert_eq!(sample(&scraped, "egress_monitor_up"), 1.0);
@@ -140,6 +149,20 @@ fn observe_mode_writes_each_denied_packet_as_a_json_line() {
         summary.contains("cgroup: 3 allowed, 3 denied-observed, 0 denied-dropped"),
         "{summary}"
     );
+    // At stop, the flow's other two datagrams, as one update of the same flow.
+    let lines = event_lines(&events, 2);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let (first, update) = (&lines[0], &lines[1]);
+    assert_eq!(update["kind"], "update");
+    assert_eq!(
+        (update["packets"].as_u64(), update["bytes"].as_u64()),
+        (Some(2), Some(76))
+    );
+    assert!(update.get("len").is_none());
+    assert_eq!(update["first_ts"], first["ts"]);
+    for field in ["hook", "action", "src", "dst", "src_port", "dst_port", "pid", "comm", "cgroup"] {
+        assert_eq!(update[field], first[field], "{field}");
+    }
 }
 
 /// `--kernel-log` makes the kernel report, as debug log records, the frames it could not judge;
@@ -233,8 +256,10 @@ fn enforce_mode_on_tc_drops_and_names_the_rule() {
     node.udp(PRIVATE_V4.into(), UDP_PORT, 2, 10, false).unwrap();
     assert_eq!(topology.peers.udp_received(PRIVATE_V4.into()), 2);
 
-    let lines = event_lines(&events, 6);
-    assert_eq!(lines.len(), 6, "{lines:#?}");
+    // One flow per destination (each client run is a socket): a first event each.
+    let lines = event_lines(&events, 3);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines.iter().all(|l| l["kind"] == "first"), "{lines:#?}");
     let ifindex = topology.node_ifindex().unwrap();
     for line in &lines {
         assert_eq!(line["hook"], "tc");
@@ -251,6 +276,15 @@ fn enforce_mode_on_tc_drops_and_names_the_rule() {
 
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log:#?}");
+    // Each flow's second datagram, reported at stop.
+    let lines = event_lines(&events, 6);
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    assert!(
+        lines[3..]
+            .iter()
+            .all(|l| l["kind"] == "update" && l["packets"] == 1 && l["ifindex"] == ifindex),
+        "{lines:#?}"
+    );
     // The daemon is gone; enforcement is not.
     node.udp(INTERNET_V4.into(), UDP_PORT, 2, 10, false)
         .unwrap();

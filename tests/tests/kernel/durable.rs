@@ -80,15 +80,20 @@ fn dropped(status: &serde_json::Value) -> u64 {
 }
 
 /// SIGKILL the daemon in enforce mode: blocked traffic stays blocked and is still counted;
-/// a restarted daemon adopts the state, counters carry on, and the events written while no
-/// daemon ran are delivered from the ring buffer.
+/// a restarted daemon adopts the state, counters carry on, and what happened while no daemon
+/// ran is delivered: first events from the ring buffer, aggregated counts from the flows. The
+/// events' packets add up to every dropped packet.
 #[test]
 fn a_killed_daemon_leaves_the_node_enforced_and_a_restart_adopts_it() {
     let node = Node::new("kill");
     let internet = IpAddr::V4(INTERNET_V4);
     let daemon = node.daemon(&["--mode", "enforce"]);
     assert_eq!(node.send(internet, 3), 3);
-    assert_eq!(event_lines(&node.events(), 3).len(), 3);
+    assert_eq!(
+        event_lines(&node.events(), 1).len(),
+        1,
+        "one event for the flow's first packet; the other two are counted in the kernel"
+    );
     daemon.kill();
 
     assert_eq!(node.send(internet, 3), 3, "still dropped with no daemon");
@@ -125,14 +130,16 @@ fn a_killed_daemon_leaves_the_node_enforced_and_a_restart_adopts_it() {
         9,
         "counters carry on"
     );
-    let lines = event_lines(&node.events(), 9);
-    assert_eq!(
-        lines.len(),
-        9,
-        "the 3 events from while no daemon ran were kept: {lines:#?}"
-    );
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log:#?}");
+    // Three client runs, three sockets, three flows: each a first event and an update (the
+    // killed daemon's flow and the one from while no daemon ran are reported by the restarted
+    // daemon at start; its own at stop).
+    let lines = event_lines(&node.events(), 6);
+    let kinds = |kind: &str| lines.iter().filter(|l| l["kind"] == kind).count();
+    assert_eq!((kinds("first"), kinds("update")), (3, 3), "{lines:#?}");
+    let packets: u64 = lines.iter().map(|l| l["packets"].as_u64().unwrap()).sum();
+    assert_eq!(packets, 9, "every dropped packet is in an event: {lines:#?}");
 }
 
 /// SIGHUP re-reads the policy file and applies the difference; events name the new rule and
@@ -158,8 +165,8 @@ fn sighup_applies_the_changed_policy_file() {
     assert_eq!(node.send(LAB_V4.into(), 2), 2, "denied now");
     let after = status_json(&node.bpffs.pin_path())["policy_version"].clone();
     assert_ne!(before, after);
-    let lines = event_lines(&node.events(), 2);
-    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let lines = event_lines(&node.events(), 1);
+    assert!(!lines.is_empty());
     assert!(
         lines
             .iter()

@@ -1,0 +1,158 @@
+//! Which denied packets become events: per flow, the first at once; the rest are added to the
+//! flow's counts and reported by the daemon at most once per interval (the protocol is
+//! described in `egress_monitor_common::flow`). With aggregation off (generation 0) every
+//! denied packet is an event.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, __sk_buff},
+    helpers::{bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie},
+    programs::sk_buff::SkBuff,
+};
+use egress_monitor_common::{
+    event::flags,
+    flow::{FlowKey, FlowValue},
+    maps::stat,
+    policy::config,
+    verdict::hook as hooks,
+};
+
+use crate::{
+    emit,
+    maps::{CONFIG, FLOW_DIRTY, FLOW_SCRATCH, FLOWS},
+    parse::Packet,
+};
+
+/// Reports a denied packet: an event, or a count in its flow.
+#[inline(always)]
+pub fn denied(
+    skb: &SkBuff,
+    raw: *mut __sk_buff,
+    hook: u8,
+    outcome: u32,
+    rule_id: u32,
+    packet: &Packet,
+) {
+    // The event is built in a per-CPU scratch slot: the 512-byte stack has no room for it.
+    let Some(scratch) = FLOW_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    if generation() == 0 {
+        // SAFETY: a per-CPU slot: only this program run uses it until it returns.
+        let event = unsafe { &mut (*scratch).first };
+        emit::describe(event, skb, raw, hook, outcome, rule_id, packet, cookie);
+        emit::output(event);
+        return;
+    }
+    let key = FlowKey {
+        cookie,
+        src: packet.src,
+        dst: packet.dst,
+        rule_id,
+        // SAFETY: reading a context field of the program's own skb.
+        ifindex: if hook == hooks::TC {
+            unsafe { (*raw).ifindex }
+        } else {
+            0
+        },
+        dst_port: packet.dst_port,
+        ethertype: packet.ethertype,
+        proto: packet.proto,
+        ip_version: packet.ip_version,
+        hook,
+        outcome: outcome as u8,
+    };
+    if let Some(flow) = FLOWS.get_ptr_mut(&key) {
+        aggregate(flow, &key, packet.len);
+        return;
+    }
+    // SAFETY: as above.
+    let flow = unsafe { &mut *scratch };
+    emit::describe(
+        &mut flow.first,
+        skb,
+        raw,
+        hook,
+        outcome,
+        rule_id,
+        packet,
+        cookie,
+    );
+    flow.first.flags |= flags::FLOW_FIRST;
+    flow.packets = 1;
+    flow.bytes = u64::from(packet.len);
+    flow.last_seen_ns = flow.first.ts_boot_ns;
+    // Never a live generation: the flow's next packet queues it.
+    flow.queued_generation = 0;
+    if FLOWS.insert(&key, flow, u64::from(BPF_NOEXIST)).is_ok() {
+        emit::output(&flow.first);
+    } else if let Some(existing) = FLOWS.get_ptr_mut(&key) {
+        // Another CPU started the same flow a moment ago.
+        aggregate(existing, &key, packet.len);
+    } else {
+        // The flow cannot be tracked: the packet is reported on its own rather than lost.
+        flow.first.flags &= !flags::FLOW_FIRST;
+        emit::output(&flow.first);
+    }
+}
+
+/// Adds a packet to its flow, and queues the flow for the daemon's next report unless it is
+/// queued already in this period.
+#[inline(always)]
+fn aggregate(flow: *mut FlowValue, key: &FlowKey, len: u32) {
+    // SAFETY: `flow` is a value pointer from a map lookup, valid for this program run; the
+    // counts are shared between CPUs and so added to atomically.
+    unsafe {
+        atomic_add(&raw mut (*flow).packets, 1);
+        atomic_add(&raw mut (*flow).bytes, u64::from(len));
+        (*flow).last_seen_ns = bpf_ktime_get_boot_ns();
+    }
+    emit::stat(stat::AGGREGATED);
+    // Read after the counts were added: a packet counted before the daemon advanced the
+    // generation is in the values the daemon reads after advancing it; one counted after sees
+    // the new generation and queues the flow for the next report.
+    let generation = generation();
+    // SAFETY: as above.
+    if unsafe { (*flow).queued_generation } == generation {
+        return;
+    }
+    if FLOW_DIRTY.push(key, 0).is_ok() {
+        // SAFETY: as above. Two CPUs may both push the flow; the daemon reads each key once.
+        unsafe { (*flow).queued_generation = generation };
+    } else {
+        emit::stat(stat::FLOW_QUEUE_FULL);
+    }
+}
+
+/// BPF's atomic add (`lock xadd`). The bpf target has no compare-and-swap, so core's atomic
+/// types offer no `fetch_add` there; the intrinsic compiles to the one instruction.
+///
+/// # Safety
+/// `dst` must be valid for writes and 8-byte aligned.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, value: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: as the caller promises.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, value) };
+}
+
+/// # Safety
+/// `dst` must be valid for writes and 8-byte aligned.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+unsafe fn atomic_add(dst: *mut u64, value: u64) {
+    // SAFETY: as the caller promises.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(dst) }
+        .fetch_add(value, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The current reporting period; 0: aggregation is off.
+#[inline(always)]
+fn generation() -> u64 {
+    CONFIG
+        .get(config::FLOW_GENERATION)
+        .copied()
+        .unwrap_or(0)
+}

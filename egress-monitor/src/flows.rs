@@ -1,0 +1,147 @@
+//! The daemon's half of flow aggregation (the protocol: `egress_monitor_common::flow`).
+//!
+//! The kernel makes an event of each flow's first denied packet and only counts the rest. Once
+//! per interval, [`FlowReporter::sweep`] starts a new reporting period, pops the flows that had
+//! packets in the one that ended, and returns what each accumulated since its previous report.
+//! What was reported is kept in the pinned `FLOW_REPORTED` map, so the reports of a flow add up
+//! to exactly its packets, across daemon restarts too.
+
+use std::collections::HashSet;
+
+use aya::maps::{HashMap, MapData, MapError, Queue};
+use egress_monitor_common::{
+    event::Event,
+    flow::{FlowKey, FlowReported, FlowValue},
+    maps as names,
+    policy::config,
+};
+
+use crate::{
+    datapath::{DatapathError, open_map, read_config, write_config},
+    pins::PinLayout,
+};
+
+/// What one flow sent since its previous report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowUpdate {
+    /// The event of the flow's first packet (addresses, ports, process, rule).
+    pub first: Event,
+    /// Packets and IP bytes since the previous report.
+    pub packets: u64,
+    pub bytes: u64,
+    /// `CLOCK_BOOTTIME` nanoseconds of the latest packet.
+    pub last_seen_ns: u64,
+}
+
+/// Reads and reports the kernel's flows.
+pub struct FlowReporter {
+    layout: PinLayout,
+    dirty: Queue<MapData, FlowKey>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    reported: HashMap<MapData, FlowKey, FlowReported>,
+    generation: u64,
+    updates: u64,
+    evicted: u64,
+}
+
+impl FlowReporter {
+    /// Opens the flow maps pinned at `layout`. Aggregation is on from the first [`sweep`].
+    ///
+    /// [`sweep`]: FlowReporter::sweep
+    pub fn open(layout: &PinLayout) -> Result<FlowReporter, DatapathError> {
+        Ok(FlowReporter {
+            layout: layout.clone(),
+            dirty: open_map(layout, names::FLOW_DIRTY)?,
+            flows: open_map(layout, names::FLOWS)?,
+            reported: open_map(layout, names::FLOW_REPORTED)?,
+            generation: read_config(layout)?.flow_generation,
+            updates: 0,
+            evicted: 0,
+        })
+    }
+
+    /// Ends the current reporting period (starting one if aggregation was off) and returns,
+    /// oldest activity first, the update of every flow with packets not yet reported.
+    pub fn sweep(&mut self) -> Result<Vec<FlowUpdate>, DatapathError> {
+        // Advanced before the queue is read: a packet counted from here on queues its flow
+        // for the next sweep (the kernel reads the generation after counting).
+        self.generation = match self.generation.wrapping_add(1) {
+            0 => 1,
+            next => next,
+        };
+        write_config(&self.layout, config::FLOW_GENERATION, self.generation)?;
+        let mut keys = HashSet::new();
+        loop {
+            match self.dirty.pop(0) {
+                Ok(key) => {
+                    keys.insert(key);
+                }
+                Err(MapError::ElementNotFound) => break,
+                Err(err) => return Err(DatapathError::map(names::FLOW_DIRTY, "read")(err)),
+            }
+        }
+        let mut updates = Vec::with_capacity(keys.len());
+        for key in keys {
+            let flow = match self.flows.get(&key, 0) {
+                Ok(flow) => flow,
+                Err(MapError::KeyNotFound) => {
+                    // Forgotten by the LRU map between its packets and this sweep (more flows
+                    // than it holds): what it sent since its last report is in the counters
+                    // and metrics, not in an event.
+                    self.evicted += 1;
+                    continue;
+                }
+                Err(err) => return Err(DatapathError::map(names::FLOWS, "read")(err)),
+            };
+            let before = self
+                .reported
+                .get(&key, 0)
+                .ok()
+                .filter(|r| r.first_ts_boot_ns == flow.first.ts_boot_ns)
+                // Never reported since its first event, which stood for one packet.
+                .unwrap_or(FlowReported {
+                    first_ts_boot_ns: flow.first.ts_boot_ns,
+                    packets: 1,
+                    bytes: u64::from(flow.first.len),
+                });
+            let packets = flow.packets.saturating_sub(before.packets);
+            if packets == 0 {
+                continue;
+            }
+            updates.push(FlowUpdate {
+                first: flow.first,
+                packets,
+                bytes: flow.bytes.saturating_sub(before.bytes),
+                last_seen_ns: flow.last_seen_ns,
+            });
+            let now = FlowReported {
+                first_ts_boot_ns: flow.first.ts_boot_ns,
+                packets: flow.packets,
+                bytes: flow.bytes,
+            };
+            self.reported
+                .insert(&key, &now, 0)
+                .map_err(DatapathError::map(names::FLOW_REPORTED, "write"))?;
+        }
+        updates.sort_by_key(|update| update.last_seen_ns);
+        self.updates += updates.len() as u64;
+        Ok(updates)
+    }
+
+    /// Turns aggregation off: from now on every denied packet is an event of its own. Call
+    /// [`sweep`](FlowReporter::sweep) first to report what the flows hold.
+    pub fn disable(&mut self) -> Result<(), DatapathError> {
+        self.generation = 0;
+        write_config(&self.layout, config::FLOW_GENERATION, 0)
+    }
+
+    /// Flow updates reported so far by this reporter.
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Flows whose unreported packets were forgotten before a sweep could read them.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+}
