@@ -46,7 +46,7 @@ pub fn measure(count: u32) -> anyhow::Result<Flood> {
         netns: topology.node.name.clone(),
         cgroup: Some(cgroup.path.clone()),
         uid: None,
-        interval_ms: None,
+        interval: None,
     };
     let started = Instant::now();
     let outcome = client.udp(INTERNET_V4.into(), UDP_PORT, count, 0, false)?;

@@ -85,7 +85,10 @@ pub fn output(event: &Event) {
 /// Writes the event for a denied packet into `out`. `cookie` is the sending socket's (0 without
 /// one).
 #[inline(always)]
-#[allow(clippy::too_many_arguments, reason = "inlined; every argument is a packet fact")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined; every argument is a packet fact"
+)]
 pub fn describe(
     out: &mut Event,
     skb: &SkBuff,

@@ -4,7 +4,7 @@
 //! denied packet is an event.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, __sk_buff},
+    bindings::{__sk_buff, BPF_NOEXIST},
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie},
     programs::sk_buff::SkBuff,
 };
@@ -151,8 +151,5 @@ unsafe fn atomic_add(dst: *mut u64, value: u64) {
 /// The current reporting period; 0: aggregation is off.
 #[inline(always)]
 fn generation() -> u64 {
-    CONFIG
-        .get(config::FLOW_GENERATION)
-        .copied()
-        .unwrap_or(0)
+    CONFIG.get(config::FLOW_GENERATION).copied().unwrap_or(0)
 }

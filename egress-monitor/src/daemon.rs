@@ -508,10 +508,7 @@ fn report_flows(flows: &mut FlowReporter, names: &StateFile, out: &mut Output) {
     let updates = match flows.sweep() {
         Ok(updates) => updates,
         Err(err) => {
-            log::error!(
-                "cannot read the flows: {}",
-                crate::error::chain(&err)
-            );
+            log::error!("cannot read the flows: {}", crate::error::chain(&err));
             return;
         }
     };

@@ -136,7 +136,10 @@ pub enum DatapathError {
 }
 
 impl DatapathError {
-    pub(crate) fn map(name: &'static str, what: impl Into<String>) -> impl FnOnce(MapError) -> Self {
+    pub(crate) fn map(
+        name: &'static str,
+        what: impl Into<String>,
+    ) -> impl FnOnce(MapError) -> Self {
         let what = what.into();
         move |source| DatapathError::Map { name, what, source }
     }

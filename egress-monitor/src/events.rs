@@ -480,7 +480,10 @@ mod tests {
         first.pid = 4321;
         first.comm[..4].copy_from_slice(b"curl");
         let record = EventRecord::new(&first, &policy(), &clock()).unwrap();
-        assert_eq!((record.kind, record.packets, record.bytes), ("first", 1, 56));
+        assert_eq!(
+            (record.kind, record.packets, record.bytes),
+            ("first", 1, 56)
+        );
         let update = FlowUpdate {
             first,
             packets: 9_999,
@@ -490,9 +493,15 @@ mod tests {
         let json = serde_json::to_value(EventRecord::update(&update, &policy(), &clock()).unwrap())
             .unwrap();
         assert_eq!(json["kind"], "update");
-        assert_eq!(json["ts"], "2025-11-29T00:00:12.000000000Z", "the latest packet's time");
+        assert_eq!(
+            json["ts"], "2025-11-29T00:00:12.000000000Z",
+            "the latest packet's time"
+        );
         assert_eq!(json["first_ts"], "2025-11-29T00:00:01.500000123Z");
-        assert_eq!((json["packets"].clone(), json["bytes"].clone()), (9_999.into(), (9_999 * 56).into()));
+        assert_eq!(
+            (json["packets"].clone(), json["bytes"].clone()),
+            (9_999.into(), (9_999 * 56).into())
+        );
         assert!(json.get("len").is_none(), "an update is not one packet");
         // Everything else is the flow's: who sent what to where.
         assert_eq!(json["comm"], "curl");

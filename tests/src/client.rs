@@ -30,7 +30,7 @@ pub struct Client {
     pub cgroup: Option<PathBuf>,
     pub uid: Option<u32>,
     /// A pause between sends, for clients that must keep going for a while.
-    pub interval_ms: Option<u32>,
+    pub interval: Option<std::time::Duration>,
 }
 
 impl Client {
@@ -99,8 +99,10 @@ impl Client {
         if let Some(uid) = self.uid {
             command.arg("--uid").arg(uid.to_string());
         }
-        if let Some(interval) = self.interval_ms {
-            command.arg("--interval-ms").arg(interval.to_string());
+        if let Some(interval) = self.interval {
+            command
+                .arg("--interval-us")
+                .arg(interval.as_micros().to_string());
         }
         command.args(args);
         let output = command.output().context("running em-testclient")?;

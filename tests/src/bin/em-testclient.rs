@@ -1,7 +1,7 @@
 //! em-testclient: sends test traffic from inside a cgroup and a network namespace.
 //!
 //! ```text
-//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] [--interval-ms MS] udp  DST PORT COUNT PAYLOAD [dstopts]
+//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] [--interval-us US] udp  DST PORT COUNT PAYLOAD [dstopts]
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] tcp  DST PORT TIMEOUT_MS
 //! em-testclient --netns NAME [--cgroup PATH]             ping DST COUNT
 //! em-testclient --netns NAME                             frame IFACE ETHERTYPE COUNT VLAN_TAGS
@@ -58,8 +58,8 @@ fn main() -> anyhow::Result<()> {
             "--netns" => netns = Some(value),
             "--cgroup" => cgroup = Some(value),
             "--uid" => uid = Some(value.parse::<u32>().context("--uid")?),
-            "--interval-ms" => {
-                interval = Duration::from_millis(value.parse().context("--interval-ms")?)
+            "--interval-us" => {
+                interval = Duration::from_micros(value.parse().context("--interval-us")?)
             }
             _ => bail!("unknown flag {flag}"),
         }

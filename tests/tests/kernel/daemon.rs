@@ -62,7 +62,10 @@ fn observe_mode_reports_the_first_denied_packet_at_once_and_the_rest_as_an_updat
     assert_eq!(lines.len(), 1, "{lines:#?}");
     let first = &lines[0];
     assert_eq!(first["kind"], "first");
-    assert_eq!((first["packets"].as_u64(), first["bytes"].as_u64()), (Some(1), Some(38)));
+    assert_eq!(
+        (first["packets"].as_u64(), first["bytes"].as_u64()),
+        (Some(1), Some(38))
+    );
     assert_eq!(first["len"], 38);
     for line in &lines {
         let ts = humantime::parse_rfc3339(line["ts"].as_str().unwrap()).expect("RFC 3339 ts");
@@ -160,7 +163,9 @@ fn observe_mode_reports_the_first_denied_packet_at_once_and_the_rest_as_an_updat
     );
     assert!(update.get("len").is_none());
     assert_eq!(update["first_ts"], first["ts"]);
-    for field in ["hook", "action", "src", "dst", "src_port", "dst_port", "pid", "comm", "cgroup"] {
+    for field in [
+        "hook", "action", "src", "dst", "src_port", "dst_port", "pid", "comm", "cgroup",
+    ] {
         assert_eq!(update[field], first[field], "{field}");
     }
 }

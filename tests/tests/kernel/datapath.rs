@@ -131,6 +131,11 @@ fn udp_phase(fx: &mut Fixture, hook: Hook, mode: Mode) {
                 NODE_V6.into()
             };
             assert_eq!(event.src, Some(src));
+            assert_eq!(
+                (event.kind, event.packets),
+                ("packet", 1),
+                "aggregation is off until a daemon turns it on"
+            );
             assert_eq!(event.proto, Proto::Name("udp"));
             assert_eq!(event.src_port, Some(src_port));
             assert_eq!(event.dst_port, Some(UDP_PORT));

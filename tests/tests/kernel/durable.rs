@@ -5,73 +5,9 @@ use std::{net::IpAddr, path::Path, time::Duration};
 use aya::maps::{Array, Map, MapData};
 use egress_monitor::pins::PinLayout;
 use egress_monitor_common::{maps::CONFIG, policy::config};
-use egress_monitor_tests::{
-    bpffs::BpfFs,
-    cgroup::Cgroup,
-    netns::{INTERNET_V4, LAB_V4, PRIVATE_V4, Topology, UDP_PORT},
-    require_root, sweep_stale,
-};
+use egress_monitor_tests::netns::{INTERNET_V4, LAB_V4, PRIVATE_V4, UDP_PORT};
 
-use crate::{Daemon, Scratch, client, egress_monitor, event_lines, status_json, stderr, stdout};
-
-struct Node {
-    topology: Topology,
-    cgroup: Cgroup,
-    bpffs: BpfFs,
-    scratch: Scratch,
-}
-
-impl Node {
-    fn new(name: &str) -> Node {
-        require_root();
-        sweep_stale();
-        Node {
-            topology: Topology::new().unwrap(),
-            cgroup: Cgroup::new().unwrap(),
-            bpffs: BpfFs::new().unwrap(),
-            scratch: Scratch::new(name),
-        }
-    }
-
-    fn pin(&self) -> String {
-        self.bpffs.pin_path().to_str().unwrap().to_owned()
-    }
-
-    fn events(&self) -> std::path::PathBuf {
-        self.scratch.0.join("events.jsonl")
-    }
-
-    /// A daemon on the node's cgroup with this pin path and events file.
-    fn daemon(&self, extra: &[&str]) -> Daemon {
-        let pin = self.pin();
-        let events = self.events();
-        let mut args = vec![
-            "--cgroup",
-            self.cgroup.path.to_str().unwrap(),
-            "--pin-path",
-            &pin,
-            "--events",
-            events.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        Daemon::start(None, &args)
-    }
-
-    /// Sends `count` datagrams to `dst` from the node's cgroup; returns how many the kernel
-    /// refused (EPERM: dropped by the cgroup hook).
-    fn send(&self, dst: IpAddr, count: u32) -> u64 {
-        client(&self.topology, Some(&self.cgroup))
-            .udp(dst, UDP_PORT, count, 10, false)
-            .unwrap()
-            .eperm
-    }
-
-    fn policy_file(&self, name: &str, text: &str) -> String {
-        let path = self.scratch.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    }
-}
+use crate::{Node, client, egress_monitor, event_lines, status_json, stderr, stdout};
 
 fn dropped(status: &serde_json::Value) -> u64 {
     status["counters"]["cgroup"]["denied_dropped"]["packets"]
@@ -139,7 +75,10 @@ fn a_killed_daemon_leaves_the_node_enforced_and_a_restart_adopts_it() {
     let kinds = |kind: &str| lines.iter().filter(|l| l["kind"] == kind).count();
     assert_eq!((kinds("first"), kinds("update")), (3, 3), "{lines:#?}");
     let packets: u64 = lines.iter().map(|l| l["packets"].as_u64().unwrap()).sum();
-    assert_eq!(packets, 9, "every dropped packet is in an event: {lines:#?}");
+    assert_eq!(
+        packets, 9,
+        "every dropped packet is in an event: {lines:#?}"
+    );
 }
 
 /// SIGHUP re-reads the policy file and applies the difference; events name the new rule and
@@ -220,7 +159,7 @@ fn a_hundred_live_policy_changes_open_no_gap() {
 
     // Both witnesses run for several seconds, longer than the applies take.
     let mut pinger = client(&node.topology, Some(&node.cgroup));
-    pinger.interval_ms = Some(2);
+    pinger.interval = Some(Duration::from_millis(2));
     let prober = pinger.clone();
     let ping = std::thread::spawn(move || pinger.ping(PRIVATE_V4.into(), 2500));
     let probe =
@@ -416,7 +355,7 @@ fn another_builds_state_is_replaced_without_a_gap() {
 
     // A probe runs across the whole replacement: every datagram must be refused.
     let mut prober = client(&node.topology, Some(&node.cgroup));
-    prober.interval_ms = Some(1);
+    prober.interval = Some(Duration::from_millis(1));
     let probe =
         std::thread::spawn(move || prober.udp(INTERNET_V4.into(), UDP_PORT, 1500, 10, false));
     std::thread::sleep(Duration::from_millis(100));

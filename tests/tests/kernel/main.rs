@@ -5,12 +5,14 @@
 //! - `datapath`: the library, both hooks, both modes, IPv4/IPv6, TCP/UDP/ICMP, exact counters.
 //! - `daemon`: the binary end to end: events file, signals, exit.
 //! - `cli`: exit codes and messages for bad input.
+//! - `durable`: enforcement that outlives the daemon; `flows`: flow events and their counts.
 
 mod azure;
 mod cli;
 mod daemon;
 mod datapath;
 mod durable;
+mod flows;
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -33,7 +35,7 @@ use egress_monitor_tests::{
     cgroup::Cgroup,
     client::Client,
     daemon_binary,
-    netns::{NODE_IF, Topology},
+    netns::{NODE_IF, Topology, UDP_PORT},
     require_root, sweep_stale,
 };
 use serde_json::Value;
@@ -107,7 +109,7 @@ impl Fixture {
             netns: self.topology.node.name.clone(),
             cgroup: Some(self.cgroup.path.clone()),
             uid,
-            interval_ms: None,
+            interval: None,
         }
     }
 
@@ -260,6 +262,66 @@ impl Drop for Daemon {
     }
 }
 
+/// A node for daemon tests: its namespaces, child cgroup, bpf filesystem and scratch directory.
+pub struct Node {
+    pub topology: Topology,
+    pub cgroup: Cgroup,
+    pub bpffs: BpfFs,
+    pub scratch: Scratch,
+}
+
+impl Node {
+    pub fn new(name: &str) -> Node {
+        require_root();
+        sweep_stale();
+        Node {
+            topology: Topology::new().unwrap(),
+            cgroup: Cgroup::new().unwrap(),
+            bpffs: BpfFs::new().unwrap(),
+            scratch: Scratch::new(name),
+        }
+    }
+
+    pub fn pin(&self) -> String {
+        self.bpffs.pin_path().to_str().unwrap().to_owned()
+    }
+
+    pub fn events(&self) -> std::path::PathBuf {
+        self.scratch.0.join("events.jsonl")
+    }
+
+    /// A daemon on the node's cgroup with this pin path and events file.
+    pub fn daemon(&self, extra: &[&str]) -> Daemon {
+        let pin = self.pin();
+        let events = self.events();
+        let mut args = vec![
+            "--cgroup",
+            self.cgroup.path.to_str().unwrap(),
+            "--pin-path",
+            &pin,
+            "--events",
+            events.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(None, &args)
+    }
+
+    /// Sends `count` datagrams to `dst` from the node's cgroup; returns how many the kernel
+    /// refused (EPERM: dropped by the cgroup hook).
+    pub fn send(&self, dst: IpAddr, count: u32) -> u64 {
+        client(&self.topology, Some(&self.cgroup))
+            .udp(dst, UDP_PORT, count, 10, false)
+            .unwrap()
+            .eperm
+    }
+
+    pub fn policy_file(&self, name: &str, text: &str) -> String {
+        let path = self.scratch.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+}
+
 /// Lines of the events file once it holds at least `count` (bounded wait).
 pub fn event_lines(path: &Path, count: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -299,7 +361,7 @@ pub fn client(topology: &Topology, cgroup: Option<&Cgroup>) -> Client {
         netns: topology.node.name.clone(),
         cgroup: cgroup.map(|c| c.path.clone()),
         uid: None,
-        interval_ms: None,
+        interval: None,
     }
 }
 
