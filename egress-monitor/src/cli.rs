@@ -24,8 +24,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Pin and attach the datapath (or adopt the pinned one), then stream an event for every
-    /// denied packet. Stopping leaves enforcement in place; `detach` removes it.
+    /// Pin and attach the datapath (or adopt the pinned one), then stream events for denied
+    /// packets: each flow's first at once, then its counts once per flow interval. Stopping
+    /// leaves enforcement in place; `detach` removes it.
     #[command(after_help = "Examples:
   # Audit the whole host (observe mode, cgroup hook on the cgroup2 root), events to stdout:
   egress-monitor run
@@ -34,6 +35,8 @@ pub enum Command {
       --events /var/log/egress-monitor/events.jsonl
   # Let one update mirror through, and deny a lab subnet inside 10/8:
   egress-monitor run --allow 203.0.113.0/24 --deny 10.1.2.0/24
+  # Forensics: an event for every denied packet, not one per flow and interval; metrics:
+  egress-monitor run --flow-interval 0 --metrics 127.0.0.1:9464
 
 SIGHUP re-reads the policy and applies the difference.")]
     Run(RunArgs),

@@ -259,6 +259,7 @@ async fn serve(
         writer,
         counts,
         cgroups: crate::cgroup::PathCache::new(),
+        exes: crate::process::ExeCache::new(),
         clock: Clock::now(),
     };
     let mut ring = watch(datapath.events()?)?;
@@ -462,6 +463,7 @@ struct Output<'a> {
     writer: &'a mut EventWriter,
     counts: &'a crate::metrics::DaemonCounts,
     cgroups: crate::cgroup::PathCache,
+    exes: crate::process::ExeCache,
     clock: Clock,
 }
 
@@ -470,6 +472,7 @@ impl Output<'_> {
         if let Some(id) = record.cgroup_id {
             record.cgroup = self.cgroups.path(id);
         }
+        record.exe = record.pid.and_then(|pid| self.exes.exe(pid));
         self.writer.write(&record);
     }
 

@@ -95,7 +95,8 @@ pub struct EventRecord {
     /// the cgroup hook was attached, a kernel thread, a forwarded packet).
     pub pid: Option<u32>,
     pub comm: Option<String>,
-    /// Its executable, when the process still exists as the event is read.
+    /// Its executable, when the process still exists as the event is read (filled in by the
+    /// daemon, see [`crate::process::ExeCache`]).
     pub exe: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
@@ -162,10 +163,6 @@ impl EventRecord {
                 .unwrap_or(event.comm.len());
             String::from_utf8_lossy(&event.comm[..end]).into_owned()
         });
-        let exe = owner_known
-            .then(|| std::fs::read_link(format!("/proc/{}/exe", event.pid)).ok())
-            .flatten()
-            .map(|path| path.display().to_string());
         let on_cgroup = event.hook == hook::CGROUP;
         Ok(EventRecord {
             ts: clock.rfc3339(event.ts_boot_ns),
@@ -187,7 +184,7 @@ impl EventRecord {
             first_ts: None,
             pid: owner_known.then_some(event.pid),
             comm,
-            exe,
+            exe: None,
             rule: names.rule_name(event.rule_id).to_owned(),
             policy: names.version.clone(),
             uid: on_cgroup.then_some(event.uid),
@@ -623,7 +620,7 @@ mod tests {
     }
 
     #[test]
-    fn a_known_owner_names_the_process_and_its_executable() {
+    fn a_known_owner_names_the_process() {
         let mut e = event();
         e.flags |= flags::OWNER_KNOWN;
         e.pid = std::process::id();
@@ -632,18 +629,13 @@ mod tests {
             serde_json::to_value(EventRecord::new(&e, &policy(), &clock()).unwrap()).unwrap();
         assert_eq!(json["pid"], std::process::id());
         assert_eq!(json["comm"], "curl");
-        let exe = std::env::current_exe().unwrap().display().to_string();
-        assert_eq!(
-            json["exe"], exe,
-            "resolved from /proc while the process lives"
-        );
-        e.pid = u32::MAX;
+        e.flags &= !flags::OWNER_KNOWN;
         let json =
             serde_json::to_value(EventRecord::new(&e, &policy(), &clock()).unwrap()).unwrap();
         assert_eq!(
-            (json["pid"].clone(), json["exe"].clone()),
-            (serde_json::json!(u32::MAX), serde_json::Value::Null),
-            "a gone process has no exe"
+            (json["pid"].clone(), json["comm"].clone()),
+            (serde_json::Value::Null, serde_json::Value::Null),
+            "an unknown owner is null, not pid 0"
         );
     }
 

@@ -17,7 +17,8 @@
 //! - [`status`], [`check`]: what is enforced, and proof by synthetic packets.
 //! - [`metrics`]: Prometheus `/metrics`, read from the pinned maps at each scrape.
 //! - [`azure`]: `nsg-audit` (does the NSG let the node out?) and service tags as rules.
-//! - [`cgroup`], [`iface`]: the cgroup2 hierarchy and network interfaces.
+//! - [`cgroup`], [`iface`], [`process`]: the cgroup2 hierarchy, network interfaces, and the
+//!   executables that events name.
 //! - [`error`]: exit codes and operator-facing error text.
 
 pub mod app;
@@ -35,6 +36,7 @@ pub mod iface;
 pub mod metrics;
 pub mod pins;
 pub mod policy;
+pub mod process;
 pub mod state;
 pub mod status;
 pub mod testrun;

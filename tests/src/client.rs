@@ -1,7 +1,11 @@
 //! Drives `em-testclient`: a process that joins a cgroup and a network namespace, then sends
 //! exactly what it is told and reports what happened as one `key=value` line.
 
-use std::{net::IpAddr, path::PathBuf, process::Command};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -64,6 +68,17 @@ impl Client {
             dst.to_string(),
             port.to_string(),
             timeout_ms.to_string(),
+        ])
+    }
+
+    /// `count` UDP datagrams from one socket, each to another (address, port) in `dst`'s /24:
+    /// as many flows as datagrams (up to 254 × 64,512). Keep `dst` in a documentation range.
+    pub fn udp_spray(&self, dst: Ipv4Addr, count: u32, payload: usize) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "spray".into(),
+            dst.to_string(),
+            count.to_string(),
+            payload.to_string(),
         ])
     }
 

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] [--interval-us US] udp  DST PORT COUNT PAYLOAD [dstopts]
+//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] spray DST_V4 COUNT PAYLOAD
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] tcp  DST PORT TIMEOUT_MS
 //! em-testclient --netns NAME [--cgroup PATH]             ping DST COUNT
 //! em-testclient --netns NAME                             frame IFACE ETHERTYPE COUNT VLAN_TAGS
@@ -15,7 +16,7 @@ use std::{
     fs::File,
     io::{self, Write as _},
     mem::size_of,
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::Duration,
 };
@@ -90,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             args.get(5).is_some_and(|a| a == "dstopts"),
             interval,
         )?,
+        "spray" => spray(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?)?,
         "tcp" => tcp(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
         "ping" => ping(arg(1)?.parse()?, arg(2)?.parse()?, interval)?,
         "frame" => frame(
@@ -155,6 +157,31 @@ fn udp(
             Err(err) => report.error(&err),
         }
         std::thread::sleep(interval);
+    }
+    Ok(report)
+}
+
+/// Ports used by `spray`, from 1024 on.
+const SPRAY_PORTS: u32 = 64_512;
+
+/// `count` datagrams from one socket, each to a distinct (address, port) of `dst`'s /24 (hosts
+/// 1 to 254): a flood of distinct flows that stays inside one documentation prefix.
+fn spray(dst: Ipv4Addr, count: u32, payload: usize) -> anyhow::Result<Report> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let mut report = Report {
+        src_port: socket.local_addr()?.port(),
+        ..Report::default()
+    };
+    let [a, b, c, _] = dst.octets();
+    let data = vec![0x5a; payload];
+    for i in 0..count {
+        let host = 1 + (i / SPRAY_PORTS) % 254;
+        let port = 1024 + i % SPRAY_PORTS;
+        let to = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, host as u8)), port as u16);
+        match socket.send_to(&data, to) {
+            Ok(_) => report.ok += 1,
+            Err(err) => report.error(&err),
+        }
     }
     Ok(report)
 }

@@ -136,6 +136,9 @@ fn ten_thousand_packets_of_one_flow_are_one_event_and_updates_that_add_up() {
     let sum = |field: &str| -> u64 { lines.iter().map(|l| l[field].as_u64().unwrap()).sum() };
     assert_eq!(sum("packets"), u64::from(PACKETS), "{lines:#?}");
     assert_eq!(sum("bytes"), u64::from(PACKETS) * 38);
+    // The sender was still running when its first event was read: its executable is named.
+    let client = std::fs::canonicalize(crate::CLIENT).unwrap();
+    assert_eq!(first[0]["exe"], client.to_str().unwrap(), "{:#}", first[0]);
     for update in &updates {
         assert_eq!(update["first_ts"], first[0]["ts"]);
         assert_eq!(update["src_port"], u64::from(sent.src_port));
