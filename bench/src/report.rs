@@ -106,8 +106,8 @@ fn markdown(r: &Results) -> String {
 
     out.push_str(&format!(
         "## Per-packet verdict cost\n\nBPF_PROG_TEST_RUN, ns per packet (median of 5 runs of {} packets each). \
-         The denied path includes the event: with nobody reading the ring buffer it is full after \
-         ~12,000 events, so most denied runs measure the reserve failing and `events_lost` counted.\n\n",
+         The denied path is the daemon's default, flow aggregation on: the test repeats one packet, \
+         one flow, so after the first run's event every denied packet is added to its flow's counts.\n\n",
         r.verdict.repeat
     ));
     out.push_str("| rules per family | program | allowed v4 | denied v4 | allowed v6 | denied v6 |\n|---:|---|---:|---:|---:|---:|\n");

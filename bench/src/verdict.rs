@@ -65,6 +65,8 @@ pub fn measure(rule_counts: &[usize], quick: bool) -> anyhow::Result<Verdicts> {
             report.elapsed.as_secs_f64() * 1000.0
         );
         let layout = bpffs.layout();
+        // Flow aggregation on, as the daemon runs it: a denied packet is counted in its flow.
+        egress_monitor::flows::FlowReporter::open(&layout)?.sweep()?;
         let cgroup =
             CgroupSkb::from_pin(layout.program(CGROUP_PROGRAM), CgroupSkbAttachType::Egress)?;
         let tc = SchedClassifier::from_pin(layout.program(TC_PROGRAM))?;
