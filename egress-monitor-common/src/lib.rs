@@ -9,8 +9,10 @@
 //! - [`maps`]: map names and counter-array indexing.
 //! - [`event`]: the record written to the ring buffer for a denied packet.
 //! - [`flow`]: how denied packets are aggregated per flow.
+//! - [`dns`]: domain rules and the addresses their answers allow.
 #![no_std]
 
+pub mod dns;
 pub mod event;
 pub mod flow;
 pub mod maps;

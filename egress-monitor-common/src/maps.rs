@@ -14,6 +14,10 @@ pub const FLOWS: &str = "FLOWS";
 pub const FLOW_DIRTY: &str = "FLOW_DIRTY";
 pub const FLOW_REPORTED: &str = "FLOW_REPORTED";
 pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
+pub const DOMAINS: &str = "DOMAINS";
+pub const DNS_ALLOWED_V4: &str = "DNS_ALLOWED_V4";
+pub const DNS_ALLOWED_V6: &str = "DNS_ALLOWED_V6";
+pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
 
 /// Sockets remembered with their creator (an LRU map: the oldest are forgotten first).
 pub const SOCK_OWNERS_CAPACITY: u32 = 1 << 16;

@@ -40,7 +40,11 @@ pub mod config {
     /// The flow reporting period (see [`crate::flow`]), advanced by the daemon once per
     /// interval. 0 turns aggregation off: every denied packet is an event of its own.
     pub const FLOW_GENERATION: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Nanoseconds an address learned from a DNS answer stays allowed beyond the record's TTL.
+    pub const DNS_GRACE_NS: u32 = 6;
+    /// How many domain rules the policy has; 0: DNS answers are not looked into at all.
+    pub const DOMAIN_RULES: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// LPM trie key data lengths, in bytes (the key is `prefix_len: u32` followed by the address in

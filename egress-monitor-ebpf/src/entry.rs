@@ -28,6 +28,14 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     1
 }
 
+/// Runs for every packet delivered to a socket in the cgroup: learns the addresses that
+/// domain rules allow from DNS answers, before the process reads them. Passes everything.
+#[cgroup_skb]
+pub fn cgroup_ingress(ctx: SkBuffContext) -> i32 {
+    crate::dns::learn(&ctx.skb, ctx.as_ptr().cast());
+    CGROUP_PASS
+}
+
 /// cgroup_skb return codes: 1 lets the packet go, 0 drops it (the sender sees EPERM).
 const CGROUP_PASS: i32 = 1;
 const CGROUP_DROP: i32 = 0;

@@ -11,6 +11,7 @@
 //! - `parse`: bounded IPv4/IPv6 parsing (extension headers, fragments) into a [`parse::Packet`].
 //! - `policy`: the LPM lookup and the mode: what to do with a packet.
 //! - `emit`: per-CPU counters, per-rule hits and ring-buffer events.
+//! - `dns`: domain rules — learning allowed addresses from DNS answers (cgroup ingress).
 //! - `flow`: which denied packets become events (the first of each flow) and which are counted.
 #![no_std]
 #![no_main]
@@ -23,6 +24,7 @@
     allow(internal_features, reason = "core_intrinsics, for atomic_xadd")
 )]
 
+mod dns;
 mod emit;
 mod entry;
 mod flow;

@@ -3,9 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use egress_monitor_common::{
+    dns::{DOMAINS_CAPACITY, DomainValue, LEARNED_CAPACITY, LearnedValue},
     flow::{
         FLOW_DIRTY_CAPACITY, FLOW_REPORTED_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowReported,
         FlowValue,
@@ -16,6 +17,8 @@ use egress_monitor_common::{
     },
     policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue, config},
 };
+
+use crate::dns::NameScratch;
 
 #[map]
 pub static POLICY_V4: LpmTrie<[u8; IPV4_ADDR_LEN], RuleValue> =
@@ -48,6 +51,22 @@ pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> =
 /// Denied flows: first event and cumulative counts (see `egress_monitor_common::flow`).
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
+
+/// Domain rules, by the suffix hash of their domain (see `egress_monitor_common::dns`).
+#[map]
+pub static DOMAINS: HashMap<u64, DomainValue> = HashMap::with_max_entries(DOMAINS_CAPACITY, 0);
+
+/// Addresses allowed by a domain rule's answer, until they expire.
+#[map]
+pub static DNS_ALLOWED_V4: LruHashMap<[u8; 4], LearnedValue> =
+    LruHashMap::with_max_entries(LEARNED_CAPACITY, 0);
+#[map]
+pub static DNS_ALLOWED_V6: LruHashMap<[u8; 16], LearnedValue> =
+    LruHashMap::with_max_entries(LEARNED_CAPACITY, 0);
+
+/// Where a question name is read into (one slot per CPU: it does not fit on the stack).
+#[map]
+pub static DNS_SCRATCH: PerCpuArray<NameScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where a flow's first event is built (one slot per CPU: it does not fit on the stack).
 #[map]

@@ -66,6 +66,11 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// Where the transport header starts (after IPv6 extension headers once [`transport`] ran).
+    pub fn l4(&self) -> usize {
+        self.l4
+    }
+
     const fn empty(len: u32) -> Self {
         Self {
             ip_version: 0,

@@ -9,7 +9,7 @@ use egress_monitor_common::{
 };
 
 use crate::{
-    emit, flow,
+    dns, emit, flow,
     maps::{CONFIG, POLICY_V4, POLICY_V6},
     parse::{self, L3Start, Packet, Parsed},
 };
@@ -58,6 +58,12 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
     let rule = if judgeable { lookup(&packet) } else { None };
     let (rule_id, allowed) = match rule {
         Some(rule) => (rule.rule_id, rule.action == action::ALLOW),
+        // No prefix rule: an address a domain rule's answer allowed, until it expires. (An
+        // explicit deny prefix wins over a domain.)
+        None if judgeable => match dns::learned(packet.ip_version, &packet.dst) {
+            Some(rule_id) => (rule_id, true),
+            None => (RULE_ID_DEFAULT, false),
+        },
         None => (RULE_ID_DEFAULT, false),
     };
     if rule_id != RULE_ID_DEFAULT && accounted {

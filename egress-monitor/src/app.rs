@@ -201,6 +201,7 @@ fn run(args: RunArgs) -> ExitCode {
         metrics: args.metrics,
         kernel_log: args.kernel_log,
         flow_interval: std::time::Duration::from_secs(args.flow_interval),
+        dns_grace: std::time::Duration::from_secs(args.dns_grace),
         imds: (args.azure || policy_wants_azure).then(|| daemon::Imds {
             url: args.imds_url.clone(),
             interval: std::time::Duration::from_secs(args.imds_interval.max(1)),

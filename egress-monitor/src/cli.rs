@@ -133,6 +133,10 @@ pub struct RunArgs {
     /// counted).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub flow_interval: u64,
+    /// Seconds an address a domain rule allowed (from a DNS answer) stays allowed beyond the
+    /// record's TTL: connections opened just before expiry, and resolvers' caches, need it.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub dns_grace: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,

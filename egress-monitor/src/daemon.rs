@@ -69,6 +69,8 @@ pub struct RunConfig {
     /// How often each flow's aggregated packets are reported; zero: every denied packet is an
     /// event of its own.
     pub flow_interval: Duration,
+    /// How long an address a domain rule's DNS answer allowed stays allowed beyond its TTL.
+    pub dns_grace: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -125,6 +127,9 @@ pub struct Summary {
 /// how long an applied policy's new names take to reach events.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How often expired DNS-learned addresses are removed from their maps.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+
 pub async fn run(
     config: RunConfig,
     shutdown: impl Future<Output = ()>,
@@ -146,6 +151,11 @@ pub async fn run(
         })?;
     // Every target must exist, and the metrics address be free, before anything is pinned.
     let targets = resolve_targets(&config)?;
+    if !config.policy.domains.is_empty() && targets.cgroup.is_none() {
+        log::warn!(
+            "the policy's domain rules need the cgroup hook (it reads the DNS answers): with --hook tc alone their addresses stay denied"
+        );
+    }
     let metrics_listener = match config.metrics {
         Some(address) => Some(
             crate::metrics::bind(address)
@@ -181,6 +191,7 @@ pub async fn run(
     }
     log_apply(&datapath.apply(&config.policy)?);
     datapath.set_kernel_log(config.kernel_log)?;
+    datapath.set_dns_grace(config.dns_grace)?;
     attach(&mut datapath, &targets)?;
     for kept in datapath.finish_replacement()? {
         log::warn!(
@@ -273,6 +284,7 @@ async fn serve(
     }
     let mut flow_tick = tokio::time::interval(config.flow_interval.max(Duration::from_millis(1)));
     flow_tick.reset();
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     let mut logger = datapath.logger().map(watch).transpose()?;
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     let mut imds_tick = tokio::time::interval(
@@ -327,6 +339,11 @@ async fn serve(
                 // A flow's first event goes out before its first update.
                 drain(ring.get_mut(), &names, &mut out);
                 report_flows(&mut flows, &names, &mut out);
+            }
+            _ = housekeeping.tick() => {
+                if let Err(err) = datapath.prune_learned() {
+                    log::warn!("cannot prune expired DNS-learned addresses: {}", crate::error::chain(&err));
+                }
             }
             _ = tick.tick() => {
                 drain(ring.get_mut(), &names, &mut out);

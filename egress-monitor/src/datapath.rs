@@ -12,6 +12,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     ffi::CString,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -19,8 +20,8 @@ use std::{
 use aya::{
     EbpfLoader,
     maps::{
-        Array, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues, RingBuf,
-        lpm_trie::Key,
+        Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, MapInfo, PerCpuArray,
+        PerCpuValues, RingBuf, lpm_trie::Key,
     },
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAttachType,
@@ -29,9 +30,10 @@ use aya::{
     },
 };
 use egress_monitor_common::{
+    dns::{DomainValue, LearnedValue, NO_RULE, suffix_hash},
     maps::{self as names, Counter, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES, counter_index, stat},
     policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue, config},
-    verdict::{action, hook, mode, outcome},
+    verdict::{RULE_ID_DEFAULT, action, hook, mode, outcome},
 };
 use ipnetwork::IpNetwork;
 use serde::Serialize;
@@ -40,7 +42,7 @@ use crate::{
     cgroup::{self, CgroupError},
     iface::{self, InterfaceError},
     pins::{self, PinError, PinLayout},
-    policy::{Action, Mode, Policy},
+    policy::{Action, DomainRule, Mode, Policy},
     state::{StateError, StateFile, StateRule},
 };
 
@@ -52,10 +54,12 @@ pub const CGROUP_PROGRAM: &str = "cgroup_egress";
 pub const TC_PROGRAM: &str = "tc_egress";
 /// Records who creates each socket in the cgroup, for the events' pid and comm.
 pub const SOCK_PROGRAM: &str = "sock_create";
+/// Reads DNS answers delivered in the cgroup, for domain rules.
+pub const INGRESS_PROGRAM: &str = "cgroup_ingress";
 /// aya-log's ring buffer; pinned like the others so a later daemon can read it.
 const LOG_MAP: &str = "AYA_LOGS";
 /// Every map the object defines, all pinned.
-const MAPS: [&str; 13] = [
+const MAPS: [&str; 17] = [
     names::POLICY_V4,
     names::POLICY_V6,
     names::CONFIG,
@@ -68,6 +72,10 @@ const MAPS: [&str; 13] = [
     names::FLOW_DIRTY,
     names::FLOW_REPORTED,
     names::FLOW_SCRATCH,
+    names::DOMAINS,
+    names::DNS_ALLOWED_V4,
+    names::DNS_ALLOWED_V6,
+    names::DNS_SCRATCH,
     LOG_MAP,
 ];
 /// Where a replacement is staged before it takes over the pin path (bpffs allows no dots in
@@ -333,8 +341,9 @@ impl Datapath {
     pub fn attach_cgroup(&mut self, path: &Path) -> Result<bool, DatapathError> {
         let cgroup = cgroup::open(path)?;
         let name = pins::cgroup_link_name(path).map_err(DatapathError::pin("reading", path))?;
-        self.targets
-            .insert(name.clone(), path.display().to_string());
+        for link in [name.clone(), format!("sock{name}"), format!("in{name}")] {
+            self.targets.insert(link, path.display().to_string());
+        }
         if self.target.links().join(&name).exists() {
             return Ok(false);
         }
@@ -373,6 +382,26 @@ impl Datapath {
             .take_link(link_id)
             .map_err(DatapathError::program(SOCK_PROGRAM))?;
         self.pin_link(link, SOCK_PROGRAM, &format!("sock{name}"))?;
+        // And the DNS answer reader for domain rules (the ingress side of the same cgroup).
+        let mut learner = CgroupSkb::from_pin(
+            self.target.program(INGRESS_PROGRAM),
+            CgroupSkbAttachType::Ingress,
+        )
+        .map_err(DatapathError::program(INGRESS_PROGRAM))?;
+        let link_id = learner
+            .attach(
+                &cgroup,
+                CgroupSkbAttachType::Ingress,
+                CgroupAttachMode::Single,
+            )
+            .map_err(|source| DatapathError::Attach {
+                target: format!("cgroup {} (DNS answers)", path.display()),
+                source,
+            })?;
+        let link = learner
+            .take_link(link_id)
+            .map_err(DatapathError::program(INGRESS_PROGRAM))?;
+        self.pin_link(link, INGRESS_PROGRAM, &format!("in{name}"))?;
         Ok(true)
     }
 
@@ -512,14 +541,39 @@ impl Datapath {
             .map(|rule| (lpm_key(rule.network), rule))
             .collect();
         let wanted_keys: BTreeSet<LpmKey> = wanted.iter().map(|(key, _)| *key).collect();
+        // Domain rules take ids from the same space (they count hits and name events alike).
+        let mut domains: AyaHashMap<MapData, u64, DomainValue> =
+            open_map(&self.target, names::DOMAINS)?;
+        let live_domains = live_domain_ids(&domains)?;
+        let wanted_domains: Vec<((u64, bool), &DomainRule)> = policy
+            .domains
+            .iter()
+            .map(|rule| {
+                let hash = suffix_hash(&rule.domain.wire());
+                ((hash, rule.domain.subdomains), rule)
+            })
+            .collect();
+        let wanted_domain_keys: BTreeSet<(u64, bool)> =
+            wanted_domains.iter().map(|(key, _)| *key).collect();
         let kept: BTreeSet<u32> = wanted
             .iter()
             .filter_map(|(key, _)| live.get(key).map(|value| value.rule_id))
+            .chain(
+                wanted_domains
+                    .iter()
+                    .filter_map(|(key, _)| live_domains.get(key).copied()),
+            )
             .collect();
         let stale: BTreeSet<u32> = live
             .iter()
             .filter(|(key, _)| !wanted_keys.contains(key))
             .map(|(_, value)| value.rule_id)
+            .chain(
+                live_domains
+                    .iter()
+                    .filter(|(key, _)| !wanted_domain_keys.contains(key))
+                    .map(|(_, id)| *id),
+            )
             .collect();
         let mut free = (0..capacity)
             .filter(|id| !kept.contains(id) && !stale.contains(id))
@@ -541,6 +595,23 @@ impl Datapath {
                 }
             };
             plan.push((*key, rule_value(id, rule.action), *rule));
+        }
+        let mut domain_plan: Vec<(u32, &DomainRule)> = Vec::with_capacity(wanted_domains.len());
+        for (key, rule) in &wanted_domains {
+            let id = match live_domains.get(key) {
+                Some(id) => *id,
+                None => {
+                    let Some(id) = free.next() else {
+                        return Err(DatapathError::TooManyRules {
+                            needed: policy.rules.len() + policy.domains.len(),
+                            capacity,
+                        });
+                    };
+                    fresh_ids.push(id);
+                    id
+                }
+            };
+            domain_plan.push((id, rule));
         }
 
         // A recycled id starts counting from zero.
@@ -607,6 +678,41 @@ impl Datapath {
             removed += 1;
         }
 
+        // Domain rules: each domain's value says what its exact and its `*.` rule do. New
+        // values first, then stale keys go.
+        let mut values: HashMap<u64, DomainValue> = HashMap::new();
+        for (((hash, _), _), (id, rule)) in wanted_domains.iter().zip(&domain_plan) {
+            let value = values.entry(*hash).or_insert(DomainValue {
+                exact_rule: RULE_ID_DEFAULT,
+                subdomain_rule: RULE_ID_DEFAULT,
+                exact_action: NO_RULE,
+                subdomain_action: NO_RULE,
+                _pad: [0; 6],
+            });
+            let code = rule_value(*id, rule.action).action;
+            if rule.domain.subdomains {
+                (value.subdomain_rule, value.subdomain_action) = (*id, code);
+            } else {
+                (value.exact_rule, value.exact_action) = (*id, code);
+            }
+        }
+        for (hash, value) in &values {
+            domains
+                .insert(hash, value, 0)
+                .map_err(DatapathError::map(names::DOMAINS, "insert"))?;
+        }
+        let live_hashes: Vec<u64> = domains.keys().filter_map(Result::ok).collect();
+        for hash in live_hashes.iter().filter(|hash| !values.contains_key(hash)) {
+            domains
+                .remove(hash)
+                .map_err(DatapathError::map(names::DOMAINS, "remove a stale rule"))?;
+        }
+        write_config(
+            &self.target,
+            config::DOMAIN_RULES,
+            policy.domains.len() as u64,
+        )?;
+
         let version = policy.version();
         // Names first, then the version: a reader that sees the new version finds its names.
         StateFile {
@@ -627,6 +733,13 @@ impl Datapath {
                     name: rule.name.clone(),
                     origin: rule.origin.to_string(),
                 })
+                .chain(domain_plan.iter().map(|(id, rule)| StateRule {
+                    id: *id,
+                    cidr: rule.domain.to_string(),
+                    action: rule.action,
+                    name: rule.name.clone(),
+                    origin: rule.origin.to_string(),
+                }))
                 .collect(),
         }
         .save(&self.layout.state_file())?;
@@ -651,6 +764,65 @@ impl Datapath {
             Mode::Enforce => mode::ENFORCE,
         };
         write_config(&self.target, config::MODE, u64::from(value))
+    }
+
+    /// How long an address learned from a domain rule's DNS answer stays allowed beyond the
+    /// record's TTL.
+    pub fn set_dns_grace(&mut self, grace: Duration) -> Result<(), DatapathError> {
+        let nanos = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
+        write_config(&self.target, config::DNS_GRACE_NS, nanos)
+    }
+
+    /// Addresses domain rules allow now, with when each stops (`CLOCK_BOOTTIME` ns) and the
+    /// rule's id.
+    pub fn learned(&self) -> Result<Vec<(IpAddr, LearnedValue)>, DatapathError> {
+        let v4: AyaHashMap<MapData, [u8; 4], LearnedValue> =
+            open_map(&self.target, names::DNS_ALLOWED_V4)?;
+        let v6: AyaHashMap<MapData, [u8; 16], LearnedValue> =
+            open_map(&self.target, names::DNS_ALLOWED_V6)?;
+        let mut all = Vec::new();
+        for item in v4.iter() {
+            let (address, value) =
+                item.map_err(DatapathError::map(names::DNS_ALLOWED_V4, "read"))?;
+            all.push((IpAddr::from(address), value));
+        }
+        for item in v6.iter() {
+            let (address, value) =
+                item.map_err(DatapathError::map(names::DNS_ALLOWED_V6, "read"))?;
+            all.push((IpAddr::from(address), value));
+        }
+        Ok(all)
+    }
+
+    /// Removes learned addresses whose time is up (the kernel already ignores them; this
+    /// frees their slots). Returns how many went.
+    pub fn prune_learned(&self) -> Result<usize, DatapathError> {
+        let now = boot_time_ns();
+        let mut v4: AyaHashMap<MapData, [u8; 4], LearnedValue> =
+            open_map(&self.target, names::DNS_ALLOWED_V4)?;
+        let mut v6: AyaHashMap<MapData, [u8; 16], LearnedValue> =
+            open_map(&self.target, names::DNS_ALLOWED_V6)?;
+        let expired_v4: Vec<[u8; 4]> = v4
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, value)| value.expires_ns <= now)
+            .map(|(address, _)| address)
+            .collect();
+        let expired_v6: Vec<[u8; 16]> = v6
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, value)| value.expires_ns <= now)
+            .map(|(address, _)| address)
+            .collect();
+        // An entry refreshed by a new answer between the read and the removal is removed
+        // anyway; the next answer for its name brings it back.
+        for address in &expired_v4 {
+            let _ = v4.remove(address);
+        }
+        for address in &expired_v6 {
+            let _ = v6.remove(address);
+        }
+        Ok(expired_v4.len() + expired_v6.len())
     }
 
     /// Turns the kernel's debug log records on or off, live.
@@ -734,6 +906,24 @@ impl Datapath {
     }
 }
 
+/// The live domain rules' ids, by (hash of the domain, whether it is the `*.` rule): each
+/// value of the map holds the ids of both rules of its domain.
+fn live_domain_ids(
+    domains: &AyaHashMap<MapData, u64, DomainValue>,
+) -> Result<HashMap<(u64, bool), u32>, DatapathError> {
+    let mut ids = HashMap::new();
+    for item in domains.iter() {
+        let (hash, value) = item.map_err(DatapathError::map(names::DOMAINS, "read"))?;
+        if value.exact_action != NO_RULE {
+            ids.insert((hash, false), value.exact_rule);
+        }
+        if value.subdomain_action != NO_RULE {
+            ids.insert((hash, true), value.subdomain_rule);
+        }
+    }
+    Ok(ids)
+}
+
 /// What [`detach`] removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DetachReport {
@@ -796,7 +986,7 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .load(EBPF_OBJECT)
         .map_err(DatapathError::Load)?;
-    for name in [CGROUP_PROGRAM, TC_PROGRAM, SOCK_PROGRAM] {
+    for name in [CGROUP_PROGRAM, TC_PROGRAM, SOCK_PROGRAM, INGRESS_PROGRAM] {
         let program = ebpf
             .program_mut(name)
             .ok_or(DatapathError::MissingProgram(name))?;
@@ -822,6 +1012,17 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
     Ok(())
 }
 
+/// `CLOCK_BOOTTIME` in nanoseconds: the kernel's `bpf_ktime_get_boot_ns()`.
+pub fn boot_time_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec; CLOCK_BOOTTIME always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// Identifies this binary's kernel object (FNV-1a of its bytes).
 pub fn build_id() -> u64 {
     EBPF_OBJECT
@@ -840,7 +1041,12 @@ where
         names::POLICY_V4 | names::POLICY_V6 => Map::LpmTrie(data),
         names::EVENTS | LOG_MAP => Map::RingBuf(data),
         names::CONFIG => Map::Array(data),
-        names::SOCK_OWNERS | names::FLOWS | names::FLOW_REPORTED => Map::LruHashMap(data),
+        names::SOCK_OWNERS
+        | names::FLOWS
+        | names::FLOW_REPORTED
+        | names::DNS_ALLOWED_V4
+        | names::DNS_ALLOWED_V6 => Map::LruHashMap(data),
+        names::DOMAINS => Map::HashMap(data),
         names::FLOW_DIRTY => Map::Queue(data),
         _ => Map::PerCpuArray(data),
     };

@@ -28,6 +28,18 @@ pub struct Status {
     pub counters: Counters,
     /// Hits per named rule, most first (rules without hits left out).
     pub rule_hits: Vec<RuleHits>,
+    /// Addresses domain rules allow now (learned from DNS answers), soonest to expire first.
+    pub dns_allowed: Vec<DnsAllowed>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DnsAllowed {
+    pub address: std::net::IpAddr,
+    /// The domain rule's name and pattern.
+    pub rule: String,
+    pub domain: String,
+    /// Seconds left (the record's TTL plus the grace period, from the answer on).
+    pub expires_in_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -84,7 +96,29 @@ pub fn status(layout: &PinLayout) -> Result<Status, DatapathError> {
         daemon_pid: running_daemon(layout),
         counters: datapath.counters()?,
         rule_hits,
+        dns_allowed: dns_allowed(&datapath, state.as_ref())?,
     })
+}
+
+fn dns_allowed(
+    datapath: &Datapath,
+    state: Option<&StateFile>,
+) -> Result<Vec<DnsAllowed>, DatapathError> {
+    let now = crate::datapath::boot_time_ns();
+    let rule = |id: u32| state.and_then(|s| s.rules.iter().find(|r| r.id == id));
+    let mut allowed: Vec<DnsAllowed> = datapath
+        .learned()?
+        .into_iter()
+        .filter(|(_, value)| value.expires_ns > now)
+        .map(|(address, value)| DnsAllowed {
+            address,
+            rule: rule(value.rule_id).map_or_else(|| "?".to_owned(), |r| r.name.clone()),
+            domain: rule(value.rule_id).map_or_else(String::new, |r| r.cidr.clone()),
+            expires_in_s: (value.expires_ns - now) as f64 / 1e9,
+        })
+        .collect();
+    allowed.sort_by(|a, b| a.expires_in_s.total_cmp(&b.expires_in_s));
+    Ok(allowed)
 }
 
 /// The cgroup path or interface name behind a link name, if it can be found: the cgroup by
@@ -94,6 +128,7 @@ fn describe(link: &str) -> Option<String> {
     if let Some(id) = link
         .strip_prefix("cgroup-")
         .or_else(|| link.strip_prefix("sockcgroup-"))
+        .or_else(|| link.strip_prefix("incgroup-"))
     {
         let id: u64 = id.parse().ok()?;
         return crate::cgroup::path_of(&crate::cgroup::root().ok()?, id)
@@ -182,6 +217,12 @@ pub fn render(status: &Status) -> String {
         status.counters.not_ip,
         status.counters.arp
     ));
+    for learned in &status.dns_allowed {
+        out.push_str(&format!(
+            "dns-allowed {} ({} {}, {:.0} s left)\n",
+            learned.address, learned.rule, learned.domain, learned.expires_in_s
+        ));
+    }
     for rule in &status.rule_hits {
         out.push_str(&format!(
             "hits {:>12}  {} {}\n",

@@ -82,6 +82,27 @@ impl Client {
         ])
     }
 
+    /// One DNS question (`kind`: `a` or `aaaa`) to `server`:53, over TCP when `tcp`; `ok` says
+    /// whether an answer came back, `replies` how many addresses it held.
+    pub fn resolve(
+        &self,
+        server: IpAddr,
+        name: &str,
+        kind: &str,
+        tcp: bool,
+    ) -> anyhow::Result<Outcome> {
+        let mut args = vec![
+            "resolve".to_owned(),
+            server.to_string(),
+            name.to_owned(),
+            kind.to_owned(),
+        ];
+        if tcp {
+            args.push("tcp".to_owned());
+        }
+        self.call(&args)
+    }
+
     /// `count` ICMP/ICMPv6 echo requests, waiting up to 500 ms for each reply.
     pub fn ping(&self, dst: IpAddr, count: u32) -> anyhow::Result<Outcome> {
         self.call(&["ping".into(), dst.to_string(), count.to_string()])

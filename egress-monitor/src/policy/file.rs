@@ -11,6 +11,11 @@
 //! name = "update-mirror"
 //! cidr = "203.0.113.0/24"
 //! action = "allow"
+//!
+//! [[rule]]                    # a domain rule: what its DNS answers name is allowed
+//! name = "storage"
+//! domain = "*.blob.core.windows.net"
+//! action = "allow"
 //! ```
 
 use std::{
@@ -22,7 +27,11 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Action, Diagnostic, Mode, Origin, PolicyError, Rule, groups, parse_cidr};
+use super::{
+    Action, Diagnostic, Mode, Origin, PolicyError, Rule,
+    domain::{Domain, DomainRule},
+    groups, parse_cidr,
+};
 
 /// A parsed, validated policy file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +43,7 @@ pub struct PolicyFile {
     /// Group switches the file sets explicitly.
     pub groups: Vec<(&'static str, bool)>,
     pub rules: Vec<Rule>,
+    pub domain_rules: Vec<DomainRule>,
     /// Allow rules from `[service_tags]`; they rank like the default groups (an explicit rule
     /// for the same prefix replaces them).
     pub service_tag_rules: Vec<Rule>,
@@ -68,7 +78,9 @@ struct RawServiceTags {
 #[serde(deny_unknown_fields)]
 struct RawRule {
     name: Spanned<String>,
-    cidr: Spanned<String>,
+    /// Exactly one of `cidr` and `domain`.
+    cidr: Option<Spanned<String>>,
+    domain: Option<Spanned<String>>,
     action: Action,
 }
 
@@ -109,6 +121,7 @@ impl PolicyFile {
             }
         }
         let mut rules = Vec::new();
+        let mut domain_rules: Vec<DomainRule> = Vec::new();
         for raw_rule in raw.rule {
             let name = raw_rule.name.get_ref().trim();
             if name.is_empty() || name.chars().any(char::is_control) {
@@ -118,8 +131,54 @@ impl PolicyFile {
                 });
                 continue;
             }
-            let line = lines.line_column(raw_rule.cidr.span().start).0;
-            match parse_cidr(raw_rule.cidr.get_ref()) {
+            let cidr = match (raw_rule.cidr, raw_rule.domain) {
+                (Some(cidr), None) => cidr,
+                (None, Some(domain)) => {
+                    let line = lines.line_column(domain.span().start).0;
+                    match Domain::parse(domain.get_ref()) {
+                        Ok(parsed) => {
+                            if let Some(earlier) = domain_rules.iter().find(|r| r.domain == parsed)
+                            {
+                                diagnostics.push(Diagnostic {
+                                    place: place(domain.span()),
+                                    message: format!(
+                                        "{parsed} is already given by rule `{}` at {}; each domain may appear once",
+                                        earlier.name, earlier.origin
+                                    ),
+                                });
+                                continue;
+                            }
+                            domain_rules.push(DomainRule {
+                                name: name.to_owned(),
+                                domain: parsed,
+                                action: raw_rule.action,
+                                origin: Origin::File {
+                                    path: path.to_owned(),
+                                    line,
+                                },
+                            });
+                        }
+                        Err(message) => diagnostics.push(Diagnostic {
+                            place: place(domain.span()),
+                            message,
+                        }),
+                    }
+                    continue;
+                }
+                (cidr, _) => {
+                    diagnostics.push(Diagnostic {
+                        place: place(raw_rule.name.span()),
+                        message: if cidr.is_some() {
+                            "a rule has either `cidr` or `domain`, not both".to_owned()
+                        } else {
+                            "a rule needs `cidr` (a prefix) or `domain` (a name)".to_owned()
+                        },
+                    });
+                    continue;
+                }
+            };
+            let line = lines.line_column(cidr.span().start).0;
+            match parse_cidr(cidr.get_ref()) {
                 Ok(network) => rules.push(Rule {
                     name: name.to_owned(),
                     network,
@@ -130,7 +189,7 @@ impl PolicyFile {
                     },
                 }),
                 Err(message) => diagnostics.push(Diagnostic {
-                    place: place(raw_rule.cidr.span()),
+                    place: place(cidr.span()),
                     message,
                 }),
             }
@@ -166,6 +225,7 @@ impl PolicyFile {
             mode: raw.mode,
             groups: switches,
             rules,
+            domain_rules,
         })
     }
 

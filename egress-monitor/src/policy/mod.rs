@@ -8,6 +8,7 @@
 //! Validation never falls back: a policy with any error is refused whole, with every error's
 //! place (`file:line:column` or the command-line flag) and what was expected.
 
+pub mod domain;
 pub mod failsafe;
 mod file;
 pub mod groups;
@@ -17,7 +18,10 @@ use std::{fmt, path::PathBuf};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-pub use self::file::PolicyFile;
+pub use self::{
+    domain::{Domain, DomainRule},
+    file::PolicyFile,
+};
 
 /// What the datapath does with denied packets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -170,6 +174,8 @@ pub struct CommandLineRules {
 pub struct Policy {
     pub mode: Mode,
     pub rules: Vec<Rule>,
+    /// Domain rules (from the policy file).
+    pub domains: Vec<DomainRule>,
     /// Which groups are on, in [`groups::ALL`] order.
     pub groups: Vec<(&'static str, bool)>,
     /// The policy file asks for the node's VNet from IMDS (`azure = true`).
@@ -279,6 +285,9 @@ impl Policy {
         Ok(Policy {
             mode,
             rules,
+            domains: file
+                .map(|file| file.domain_rules.clone())
+                .unwrap_or_default(),
             groups,
             azure: file.is_some_and(|file| file.azure),
         })
@@ -292,6 +301,14 @@ impl Policy {
             .rules
             .iter()
             .map(|rule| format!("{} {} {}", rule.network, rule.action.as_str(), rule.name))
+            .chain(self.domains.iter().map(|rule| {
+                format!(
+                    "domain {} {} {}",
+                    rule.domain,
+                    rule.action.as_str(),
+                    rule.name
+                )
+            }))
             .collect();
         lines.sort();
         let digest = Sha256::digest(lines.join("\n").as_bytes());
@@ -327,6 +344,15 @@ impl Policy {
                 "{:<5} {:<width$}  {:<16} ({})\n",
                 rule.action.as_str(),
                 rule.network.to_string(),
+                rule.name,
+                rule.origin,
+            ));
+        }
+        for rule in &self.domains {
+            out.push_str(&format!(
+                "{:<5} {:<width$}  {:<16} ({}; the addresses its DNS answers name)\n",
+                rule.action.as_str(),
+                rule.domain.to_string(),
                 rule.name,
                 rule.origin,
             ));

@@ -167,9 +167,54 @@ fn wrong_types_and_values_are_refused() {
     let errs = errors("[[rule]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\naction = \"permit\"\n");
     assert!(errs[0].starts_with("p.toml:4:10:"), "{errs:?}");
     let errs = errors("[[rule]]\nname = \"x\"\naction = \"allow\"\n");
-    assert!(errs[0].contains("missing field `cidr`"), "{errs:?}");
+    assert_eq!(
+        errs,
+        ["p.toml:2:8: a rule needs `cidr` (a prefix) or `domain` (a name)"]
+    );
     let errs = errors("[groups]\nprivate = \"yes\"\n");
     assert!(errs[0].starts_with("p.toml:2:11:"), "{errs:?}");
+}
+
+#[test]
+fn domain_rules_are_parsed_checked_and_part_of_the_version() {
+    let text = "[[rule]]\nname = \"storage\"\ndomain = \"*.Blob.core.windows.net\"\naction = \"allow\"\n\
+                [[rule]]\nname = \"apex\"\ndomain = \"example.com\"\naction = \"allow\"\n";
+    let file = parse(text).unwrap();
+    let policy = build(Some(&file), &[], &[]).unwrap();
+    assert_eq!(policy.domains.len(), 2);
+    assert_eq!(
+        policy.domains[0].domain.to_string(),
+        "*.blob.core.windows.net"
+    );
+    assert_eq!(policy.domains[0].origin.to_string(), "p.toml:3");
+    assert!(policy.render().contains("*.blob.core.windows.net"));
+    let without = build(None, &[], &[]).unwrap();
+    assert_ne!(
+        policy.version(),
+        without.version(),
+        "domains change the version"
+    );
+
+    let errs = errors(
+        "[[rule]]\nname = \"x\"\ncidr = \"10.0.0.0/8\"\ndomain = \"a.com\"\naction = \"allow\"\n",
+    );
+    assert_eq!(
+        errs,
+        ["p.toml:2:8: a rule has either `cidr` or `domain`, not both"]
+    );
+    let errs = errors("[[rule]]\nname = \"x\"\ndomain = \"*.com\"\naction = \"allow\"\n");
+    assert!(
+        errs[0].starts_with("p.toml:3:10: `*.com` is not a valid domain"),
+        "{errs:?}"
+    );
+    let errs = errors(
+        "[[rule]]\nname = \"a\"\ndomain = \"a.com\"\naction = \"allow\"\n\
+         [[rule]]\nname = \"b\"\ndomain = \"A.com.\"\naction = \"deny\"\n",
+    );
+    assert!(
+        errs[0].starts_with("p.toml:7:10: a.com is already given by rule `a` at p.toml:3"),
+        "{errs:?}"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! ```text
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] [--interval-us US] udp  DST PORT COUNT PAYLOAD [dstopts]
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] spray DST_V4 COUNT PAYLOAD
+//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] resolve SERVER NAME a|aaaa [tcp]
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] tcp  DST PORT TIMEOUT_MS
 //! em-testclient --netns NAME [--cgroup PATH]             ping DST COUNT
 //! em-testclient --netns NAME                             frame IFACE ETHERTYPE COUNT VLAN_TAGS
@@ -14,7 +15,7 @@
 
 use std::{
     fs::File,
-    io::{self, Write as _},
+    io::{self, Read as _, Write as _},
     mem::size_of,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -91,6 +92,12 @@ fn main() -> anyhow::Result<()> {
             args.get(5).is_some_and(|a| a == "dstopts"),
             interval,
         )?,
+        "resolve" => resolve(
+            arg(1)?.parse()?,
+            arg(2)?,
+            arg(3)?,
+            args.get(4).is_some_and(|a| a == "tcp"),
+        )?,
         "spray" => spray(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?)?,
         "tcp" => tcp(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
         "ping" => ping(arg(1)?.parse()?, arg(2)?.parse()?, interval)?,
@@ -157,6 +164,86 @@ fn udp(
             Err(err) => report.error(&err),
         }
         std::thread::sleep(interval);
+    }
+    Ok(report)
+}
+
+/// One DNS question (`a` or `aaaa`) to `server`:53 over UDP or TCP; `replies` counts the
+/// answer's addresses, `ok` whether an answer came (an NXDOMAIN is an answer with none).
+fn resolve(server: IpAddr, name: &str, kind: &str, tcp: bool) -> anyhow::Result<Report> {
+    use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, Question, TYPE, rdata::RData};
+    let qtype = match kind {
+        "a" => TYPE::A,
+        "aaaa" => TYPE::AAAA,
+        other => bail!("unknown record type {other}; a or aaaa"),
+    };
+    let mut query = Packet::new_query(0x4d45);
+    query.set_flags(PacketFlag::RECURSION_DESIRED);
+    query.questions.push(Question::new(
+        Name::new(name)?,
+        QTYPE::TYPE(qtype),
+        CLASS::IN.into(),
+        false,
+    ));
+    let query = query.build_bytes_vec()?;
+    let to = SocketAddr::new(server, 53);
+    let mut report = Report::default();
+    let timeout = Duration::from_millis(1000);
+    let reply = if tcp {
+        let mut stream = match TcpStream::connect_timeout(&to, timeout) {
+            Ok(stream) => stream,
+            Err(err) => {
+                report.error(&err);
+                return Ok(report);
+            }
+        };
+        stream.set_read_timeout(Some(timeout))?;
+        report.src_port = stream.local_addr()?.port();
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&query);
+        if let Err(err) = stream.write_all(&framed) {
+            report.error(&err);
+            return Ok(report);
+        }
+        let mut length = [0u8; 2];
+        let mut reply = Vec::new();
+        if stream.read_exact(&mut length).is_ok() {
+            reply.resize(usize::from(u16::from_be_bytes(length)), 0);
+            if stream.read_exact(&mut reply).is_err() {
+                reply.clear();
+            }
+        }
+        reply
+    } else {
+        let bind: SocketAddr = if server.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()?;
+        let socket = UdpSocket::bind(bind)?;
+        socket.set_read_timeout(Some(timeout))?;
+        report.src_port = socket.local_addr()?.port();
+        if let Err(err) = socket.send_to(&query, to) {
+            report.error(&err);
+            return Ok(report);
+        }
+        let mut buffer = [0u8; 4096];
+        match socket.recv(&mut buffer) {
+            Ok(len) => buffer[..len].to_vec(),
+            Err(_) => Vec::new(),
+        }
+    };
+    match Packet::parse(&reply) {
+        Ok(packet) if !reply.is_empty() => {
+            report.ok = 1;
+            report.replies = packet
+                .answers
+                .iter()
+                .filter(|rr| matches!(rr.rdata, RData::A(_) | RData::AAAA(_)))
+                .count() as u64;
+        }
+        _ => report.failed += 1,
     }
     Ok(report)
 }

@@ -385,9 +385,10 @@ fn another_builds_state_is_replaced_without_a_gap() {
     );
     let status = status_json(&layout.root);
     assert_eq!(status["same_build"], true);
+    // One cgroup, three links: egress verdicts, socket owners, DNS answers.
     assert_eq!(
         status["attached"].as_array().unwrap().len(),
-        2,
+        3,
         "the old link is gone: {status}"
     );
     assert!(!Path::new(&layout.root.join("replacing")).exists());

@@ -11,6 +11,7 @@ mod azure;
 mod cli;
 mod daemon;
 mod datapath;
+mod dns;
 mod durable;
 mod flows;
 

@@ -1,0 +1,160 @@
+//! Domain rules: the addresses in the answers to a process's DNS questions for an allowed
+//! domain become reachable, learned in the kernel before the process reads the answer, and
+//! stop being reachable when the record's TTL (plus the grace period) runs out.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use egress_monitor_tests::{
+    dns::{DnsServer, Record},
+    netns::{INTERNET_V4, INTERNET_V6, PRIVATE_V4, UDP_PORT},
+};
+
+use crate::{Daemon, Node, client, event_lines, status_json};
+
+const POLICY: &str = "mode = \"enforce\"\n\n\
+    [[rule]]\nname = \"allowed-test\"\ndomain = \"*.allowed.test\"\naction = \"allow\"\n\n\
+    [[rule]]\nname = \"blocked-host\"\ndomain = \"bad.allowed.test\"\naction = \"deny\"\n";
+
+fn documentation_v4(host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, host))
+}
+
+/// A daemon in enforce mode with the domain rules above, no grace period, and a DNS server
+/// on the private peer (the resolver: private, so allowed).
+fn start(node: &Node, zone: Vec<Record>) -> (Daemon, DnsServer) {
+    let policy = node.scratch.0.join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let server = DnsServer::start(&node.topology.net, PRIVATE_V4.into(), zone).unwrap();
+    let daemon = node.daemon(&["--policy", policy.to_str().unwrap(), "--dns-grace", "0"]);
+    (daemon, server)
+}
+
+/// Whether a datagram to `dst` leaves (the cgroup hook refuses a denied one with EPERM).
+fn reachable(node: &Node, dst: IpAddr) -> bool {
+    let outcome = client(&node.topology, Some(&node.cgroup))
+        .udp(dst, UDP_PORT, 1, 10, false)
+        .unwrap();
+    assert_eq!(outcome.ok + outcome.eperm, 1, "{outcome:?}");
+    outcome.ok == 1
+}
+
+#[test]
+fn an_allowed_domains_addresses_are_reachable_until_their_ttl_runs_out() {
+    let node = Node::new("dns");
+    let (daemon, server) = start(
+        &node,
+        vec![
+            Record::new("api.allowed.test", INTERNET_V4, 2),
+            Record::new("api.allowed.test", INTERNET_V6, 2),
+            Record::new("bad.allowed.test", documentation_v4(7), 60),
+            Record::new("x.other.test", documentation_v4(8), 60),
+        ],
+    );
+    let resolver = client(&node.topology, Some(&node.cgroup));
+    let resolve = |name: &str, kind: &str| {
+        let outcome = resolver
+            .resolve(PRIVATE_V4.into(), name, kind, false)
+            .unwrap();
+        assert_eq!(outcome.ok, 1, "{name}: the resolver answers: {outcome:?}");
+        outcome.replies
+    };
+    assert!(!reachable(&node, INTERNET_V4.into()), "denied before");
+
+    // Names no allow rule covers teach nothing; a deny rule beats the wider allow.
+    assert_eq!(resolve("x.other.test", "a"), 1);
+    assert!(!reachable(&node, documentation_v4(8)));
+    assert_eq!(resolve("bad.allowed.test", "a"), 1);
+    assert!(!reachable(&node, documentation_v4(7)), "the deny rule wins");
+
+    // The allowed name's addresses, v4 and v6, from the first packet on.
+    assert_eq!(resolve("API.Allowed.Test", "a"), 1, "case does not matter");
+    assert_eq!(resolve("api.allowed.test", "aaaa"), 1);
+    assert!(reachable(&node, INTERNET_V4.into()));
+    assert!(reachable(&node, INTERNET_V6.into()));
+    assert_eq!(node.topology.peers.udp_received(INTERNET_V4.into()), 1);
+    let status = status_json(&node.bpffs.pin_path());
+    let learned = status["dns_allowed"].as_array().unwrap();
+    assert_eq!(learned.len(), 2, "{status:#}");
+    assert!(
+        learned
+            .iter()
+            .all(|l| l["rule"] == "allowed-test" && l["domain"] == "*.allowed.test"),
+        "{status:#}"
+    );
+    assert!(
+        status["rule_hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "allowed-test" && r["hits"] == 2),
+        "the domain rule counts its packets: {status:#}"
+    );
+
+    // Two seconds of TTL, no grace: then denied again, with an event.
+    std::thread::sleep(Duration::from_millis(2300));
+    assert!(!reachable(&node, INTERNET_V4.into()), "expired");
+    assert!(!reachable(&node, INTERNET_V6.into()), "expired");
+    assert_eq!(
+        server.questions(),
+        [
+            "x.other.test",
+            "bad.allowed.test",
+            "api.allowed.test",
+            "api.allowed.test"
+        ]
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    let lines = event_lines(&node.events(), 5);
+    let to_internet: Vec<_> = lines
+        .iter()
+        .filter(|l| l["dst"] == INTERNET_V4.to_string())
+        .collect();
+    assert_eq!(
+        to_internet
+            .iter()
+            .map(|l| l["packets"].as_u64().unwrap())
+            .sum::<u64>(),
+        2,
+        "before learning and after expiry; not while allowed: {lines:#?}"
+    );
+}
+
+#[test]
+fn many_addresses_over_tcp_and_rotation_are_all_learned() {
+    let node = Node::new("dnsmany");
+    let many = |first: u8| -> Vec<Record> {
+        (first..first + 8)
+            .map(|host| Record::new("many.allowed.test", documentation_v4(host), 30))
+            .collect()
+    };
+    let (daemon, server) = start(&node, many(10));
+    let resolver = client(&node.topology, Some(&node.cgroup));
+    let outcome = resolver
+        .resolve(PRIVATE_V4.into(), "many.allowed.test", "a", true)
+        .unwrap();
+    assert_eq!(
+        (outcome.ok, outcome.replies),
+        (1, 8),
+        "over TCP: {outcome:?}"
+    );
+    for host in 10..18 {
+        assert!(reachable(&node, documentation_v4(host)), "203.0.113.{host}");
+    }
+    // The name rotates to other addresses: the new ones are learned, the old ones stay until
+    // their own TTL.
+    server.set_zone(many(20));
+    let outcome = resolver
+        .resolve(PRIVATE_V4.into(), "many.allowed.test", "a", false)
+        .unwrap();
+    assert_eq!(outcome.replies, 8);
+    for host in (10..18).chain(20..28) {
+        assert!(reachable(&node, documentation_v4(host)), "203.0.113.{host}");
+    }
+    assert!(!reachable(&node, documentation_v4(30)), "never answered");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+}
