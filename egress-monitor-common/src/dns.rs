@@ -58,6 +58,98 @@ pub struct LearnedValue {
 }
 const _: () = assert!(core::mem::size_of::<LearnedValue>() == 16);
 
+/// `DNS_QUERIES` config values.
+pub mod queries {
+    /// Queries pass unexamined; no DNS events.
+    pub const OFF: u64 = 0;
+    /// Every query (rate-limited) and answer is reported; none is refused for its name.
+    pub const REPORT: u64 = 1;
+    /// Also: a query whose name no domain rule allows is denied (dropped in enforce mode), so
+    /// nothing leaves inside query names.
+    pub const FILTER: u64 = 2;
+}
+
+/// What the kernel reports of DNS: a question leaving, or an answer arriving.
+pub mod kind {
+    pub const QUERY: u8 = 1;
+    pub const ANSWER: u8 = 2;
+}
+
+/// Addresses an answer record carries to userspace (for `dst_name`).
+pub const ANSWER_ADDRESSES: usize = 8;
+
+/// The ring-buffer record for DNS (told from [`crate::event::Event`] by its size).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub ts_boot_ns: u64,
+    /// Sender's cgroup (queries on the cgroup hook; 0 otherwise).
+    pub cgroup_id: u64,
+    /// The resolver: the query's destination, the answer's source.
+    pub server: [u8; 16],
+    /// Answers: the first [`ANSWER_ADDRESSES`] A/AAAA addresses (IPv4 in the first 4 bytes).
+    pub addresses: [[u8; 16]; ANSWER_ADDRESSES],
+    /// Answers: the smallest TTL among them.
+    pub ttl: u32,
+    pub pid: u32,
+    pub uid: u32,
+    /// Queries: the rule that decided the name (a domain rule, or [`crate::verdict::RULE_ID_DEFAULT`]).
+    pub rule_id: u32,
+    /// Queries: the same question from the same socket since the previous event, not reported
+    /// on its own (rate limit).
+    pub repeats: u32,
+    pub ifindex: u32,
+    pub comm: [u8; 16],
+    pub src_port: u16,
+    pub qtype: u16,
+    /// Bytes of `name` used (wire format, root byte included).
+    pub name_len: u16,
+    /// [`kind`].
+    pub kind: u8,
+    pub ip_version: u8,
+    pub proto: u8,
+    pub hook: u8,
+    /// Queries: [`crate::verdict::outcome`].
+    pub outcome: u8,
+    /// [`crate::event::flags::OWNER_KNOWN`].
+    pub flags: u8,
+    pub address_count: u8,
+    pub _pad: [u8; 11],
+    /// The question's name in wire format.
+    pub name: [u8; 256],
+}
+pub const DNS_EVENT_SIZE: usize = 480;
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == DNS_EVENT_SIZE);
+// No implicit padding before the name.
+const _: () = assert!(core::mem::offset_of!(DnsEvent, name) == DNS_EVENT_SIZE - 256);
+// No implicit padding before the name.
+const _: () = assert!(core::mem::offset_of!(DnsEvent, name) == DNS_EVENT_SIZE - 256);
+
+/// Rate limit of query events: one per (name, type, socket, verdict) per interval.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryKey {
+    pub name_hash: u64,
+    pub cookie: u64,
+    pub qtype: u16,
+    pub hook: u8,
+    pub outcome: u8,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<QueryKey>() == 24);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryValue {
+    pub last_event_ns: u64,
+    /// Queries since the last event (added to atomically).
+    pub repeats: u64,
+}
+const _: () = assert!(core::mem::size_of::<QueryValue>() == 16);
+
+/// Query rate-limit entries (an LRU map).
+pub const QUERIES_CAPACITY: u32 = 16_384;
+
 /// Domain rules the kernel holds.
 pub const DOMAINS_CAPACITY: u32 = 4096;
 /// Addresses learned from answers, per family (an LRU map: the oldest are forgotten first).
@@ -71,6 +163,8 @@ mod pod {
     unsafe impl aya::Pod for super::DomainValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LearnedValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsEvent {}
 }
 
 #[cfg(test)]

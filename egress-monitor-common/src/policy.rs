@@ -44,7 +44,12 @@ pub mod config {
     pub const DNS_GRACE_NS: u32 = 6;
     /// How many domain rules the policy has; 0: DNS answers are not looked into at all.
     pub const DOMAIN_RULES: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// What the programs do with DNS queries: [`crate::dns`]`::queries` (off, report, filter).
+    pub const DNS_QUERIES: u32 = 8;
+    /// Nanoseconds between two events for the same question from the same socket; 0: every
+    /// query is an event.
+    pub const DNS_EVENT_INTERVAL_NS: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// LPM trie key data lengths, in bytes (the key is `prefix_len: u32` followed by the address in

@@ -7,23 +7,33 @@
 //!
 //! Every loop is bounded: at most [`MAX_LABELS`] labels per name, [`MAX_ANSWERS`] records.
 
-use core::hint::black_box;
+use core::{ffi::c_void, hint::black_box};
 
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::{bpf_ktime_get_boot_ns, generated::bpf_skb_load_bytes},
+    helpers::{
+        bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
+        generated::{bpf_get_socket_cookie, bpf_loop, bpf_skb_load_bytes},
+    },
     programs::sk_buff::SkBuff,
 };
 use egress_monitor_common::{
-    dns::{HASH_SEED, LearnedValue, MAX_ANSWERS, MAX_NAME, NO_RULE, fold},
+    dns::{
+        DnsEvent, HASH_SEED, LearnedValue, MAX_ANSWERS, MAX_NAME, NO_RULE, QueryKey, QueryValue,
+        fold, kind,
+    },
     event::flags,
+    maps::stat,
     policy::config,
-    verdict::action,
+    verdict::{RULE_ID_DEFAULT, action, hook as hooks},
 };
 
 use crate::{
-    maps::{CONFIG, DNS_ALLOWED_V4, DNS_ALLOWED_V6, DNS_SCRATCH, DOMAINS},
-    parse::{self, L3Start, Parsed},
+    emit,
+    maps::{
+        CONFIG, DNS_ALLOWED_V4, DNS_ALLOWED_V6, DNS_QUERY_EVENTS, DNS_SCRATCH, DOMAINS, EVENTS,
+    },
+    parse::{self, L3Start, Packet, Parsed},
 };
 
 const DNS_PORT: u16 = 53;
@@ -37,11 +47,11 @@ const CLASS_IN: u16 = 1;
 /// A name of at most 255 bytes has at most 127 labels.
 const MAX_LABELS: usize = 128;
 
-/// A question name read from a message, and where its labels start.
+/// A DNS event being built, with the question name read into it, and where its labels start.
 #[repr(C)]
-pub struct NameScratch {
-    /// The name in wire format (only the first `len` bytes are meaningful).
-    pub name: [u8; 256],
+pub struct DnsScratch {
+    /// `event.name` holds the name in wire format.
+    pub event: DnsEvent,
     /// `starts[i] == run`: a label's length byte is at offset `i` of the name read in this
     /// run (a mark per offset rather than a list keeps the verifier's work linear; the run
     /// number spares clearing the marks of earlier runs).
@@ -86,7 +96,8 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, message: usize) -> Option<()> {
     if flags & 0x8000 == 0 || flags & 0x000f != 0 || questions != 1 {
         return None;
     }
-    let (name_len, rule_id, rule_action) = question(skb, raw, message + DNS_HEADER)?;
+    let (name_len, _, rule) = question(skb, raw, message + DNS_HEADER)?;
+    let (rule_id, rule_action) = rule?;
     if rule_action != action::ALLOW {
         return None;
     }
@@ -127,9 +138,13 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, message: usize) -> Option<()> {
     Some(())
 }
 
-/// Reads the question name at `offset` and finds the most specific domain rule for it: the
-/// length of the name in wire format, and the rule's id and action.
-fn question(skb: &SkBuff, raw: *mut __sk_buff, offset: usize) -> Option<(usize, u32, u8)> {
+/// What a question says: its name's length in wire format, the hash of the whole name, and
+/// the most specific domain rule for it (id, action), if any.
+type Question = (usize, u64, Option<(u32, u8)>);
+
+/// Reads the question name at `offset` into the scratch event and finds the most specific
+/// domain rule for it. `None`: no readable name.
+fn question(skb: &SkBuff, raw: *mut __sk_buff, offset: usize) -> Option<Question> {
     let scratch = DNS_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot, used by this program run only.
     let scratch = unsafe { &mut *scratch };
@@ -145,7 +160,7 @@ fn question(skb: &SkBuff, raw: *mut __sk_buff, offset: usize) -> Option<(usize, 
         bpf_skb_load_bytes(
             raw.cast(),
             offset as u32,
-            scratch.name.as_mut_ptr().cast(),
+            scratch.event.name.as_mut_ptr().cast(),
             len as u32,
         )
     };
@@ -157,56 +172,293 @@ fn question(skb: &SkBuff, raw: *mut __sk_buff, offset: usize) -> Option<(usize, 
         0 => 1,
         run => run,
     };
-    let run = scratch.run;
-    let mut position = 0usize;
-    let mut end = 0usize;
-    for _ in 0..MAX_LABELS {
-        if position >= len {
-            return None;
-        }
-        let label = usize::from(scratch.name[position & 0xff]);
-        if label == 0 {
-            end = position + 1;
-            break;
-        }
-        // A compression pointer has no place in a question; longer labels do not exist.
-        if label > 63 {
-            return None;
-        }
-        scratch.starts[position & 0xff] = run;
-        position += 1 + label;
+    // Both walks run under `bpf_loop`: the verifier checks a loop body once, not once per
+    // iteration and per path into it (the egress program has many such paths).
+    let mut walk = NameWalk {
+        scratch,
+        len: len as u64,
+        run: scratch.run,
+        position: 0,
+        end: 0,
+        hash: HASH_SEED,
+        best_id: RULE_ID_DEFAULT,
+        best_action: NO_RULE,
+        bad: 0,
+    };
+    // SAFETY: the callbacks take `walk` (this frame's, alive for the call) and touch only it
+    // and the scratch slot it points to.
+    unsafe {
+        bpf_loop(
+            MAX_LABELS as u32,
+            label_step as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        );
     }
-    if end == 0 {
+    if walk.bad != 0 || walk.end == 0 {
         return None;
     }
-    // Backward: the hash of every suffix, looked up where a label starts. Going towards the
-    // name's start, a later match is a longer suffix: the most specific rule wins.
-    let mut hash = HASH_SEED;
-    let mut best = None;
-    for step in 0..256usize {
-        if step >= end {
-            break;
-        }
-        let at = end - 1 - step;
-        // black_box: the compiler would otherwise drop the mask (it knows `at` < 255) and
-        // hand the verifier a count-down index it cannot prove non-negative.
-        hash = fold(hash, scratch.name[black_box(at) & 0xff]);
-        if scratch.starts[black_box(at) & 0xff] == run
-            && let Some(rule) = DOMAINS.get_ptr(&hash)
-        {
-            // SAFETY: a value pointer from a map lookup, valid for this program run.
-            let rule = unsafe { *rule };
-            let (id, action) = if at == 0 {
-                (rule.exact_rule, rule.exact_action)
-            } else {
-                (rule.subdomain_rule, rule.subdomain_action)
-            };
-            if action != NO_RULE {
-                best = Some((id, action));
-            }
+    // SAFETY: as above.
+    unsafe {
+        bpf_loop(256, suffix_step as *mut c_void, (&raw mut walk).cast(), 0);
+    }
+    let end = walk.end as usize;
+    scratch.event.name_len = end as u16;
+    let best = (walk.best_action != NO_RULE).then_some((walk.best_id, walk.best_action));
+    Some((end, walk.hash, best))
+}
+
+/// The state of [`label_step`] and [`suffix_step`].
+#[repr(C)]
+struct NameWalk {
+    scratch: *mut DnsScratch,
+    /// Bytes of the name buffer that were read.
+    len: u64,
+    run: u32,
+    /// Forward: the next label's length byte; the offset after the root byte once found.
+    position: u64,
+    end: u64,
+    /// Backward: the hash of the suffix walked so far, and the best rule found.
+    hash: u64,
+    best_id: u32,
+    best_action: u8,
+    /// Set when the name is not a plain question name.
+    bad: u8,
+}
+
+/// Forward, one label per call: marks where each label starts, finds the root byte.
+extern "C" fn label_step(_index: u64, context: *mut c_void) -> i64 {
+    // SAFETY: `context` is the caller's `NameWalk`.
+    let walk = unsafe { &mut *context.cast::<NameWalk>() };
+    if walk.position >= walk.len {
+        walk.bad = 1;
+        return 1;
+    }
+    // SAFETY: the per-CPU scratch slot the caller holds.
+    let scratch = unsafe { &mut *walk.scratch };
+    let position = (walk.position & 0xff) as usize;
+    let label = u64::from(scratch.event.name[position]);
+    if label == 0 {
+        walk.end = walk.position + 1;
+        return 1;
+    }
+    // A compression pointer has no place in a question; longer labels do not exist.
+    if label > 63 {
+        walk.bad = 1;
+        return 1;
+    }
+    scratch.starts[position] = walk.run;
+    walk.position += 1 + label;
+    0
+}
+
+/// Backward, one byte per call: the hash of every suffix, looked up where a label starts.
+/// Going towards the name's start, a later match is a longer suffix: the most specific rule
+/// wins.
+extern "C" fn suffix_step(step: u64, context: *mut c_void) -> i64 {
+    // SAFETY: `context` is the caller's `NameWalk`.
+    let walk = unsafe { &mut *context.cast::<NameWalk>() };
+    if step >= walk.end {
+        return 1;
+    }
+    let at = ((walk.end - 1 - step) & 0xff) as usize;
+    // SAFETY: the per-CPU scratch slot the caller holds.
+    let scratch = unsafe { &*walk.scratch };
+    walk.hash = fold(walk.hash, scratch.event.name[at]);
+    if scratch.starts[at] == walk.run
+        && let Some(rule) = DOMAINS.get_ptr(&walk.hash)
+    {
+        // SAFETY: a value pointer from a map lookup, valid for this program run.
+        let rule = unsafe { *rule };
+        let (id, action) = if at == 0 {
+            (rule.exact_rule, rule.exact_action)
+        } else {
+            (rule.subdomain_rule, rule.subdomain_action)
+        };
+        if action != NO_RULE {
+            walk.best_id = id;
+            walk.best_action = action;
         }
     }
-    best.map(|(id, action)| (end, id, action))
+    0
+}
+
+/// A DNS query leaving, as the egress verdict sees it. Every field is always set (no enum
+/// payloads): the verifier refuses a program that copies uninitialised bytes, which moving a
+/// Rust enum around can produce.
+#[derive(Clone, Copy)]
+pub struct Query {
+    pub status: u8,
+    /// The most specific domain rule for the name, or [`NO_RULE`] as the action.
+    pub rule_id: u32,
+    pub rule_action: u8,
+    pub name_hash: u64,
+    pub qtype: u16,
+}
+
+/// [`Query::status`] values.
+pub mod status {
+    /// Not a DNS query (not port 53, or no DNS reading asked for).
+    pub const NONE: u8 = 0;
+    /// Port 53 without a payload (a TCP handshake, an acknowledgement).
+    pub const EMPTY: u8 = 1;
+    /// Port 53 with a payload that is not one readable question (filtered: denied).
+    pub const UNREADABLE: u8 = 2;
+    /// A question whose name was read.
+    pub const NAME: u8 = 3;
+}
+
+impl Query {
+    pub const fn with_status(status: u8) -> Query {
+        Query {
+            status,
+            rule_id: 0,
+            rule_action: NO_RULE,
+            name_hash: 0,
+            qtype: 0,
+        }
+    }
+}
+
+/// Reads the query a packet to port 53 carries (UDP, or a TCP segment that starts a message).
+/// Leaves the name in the scratch event for [`report_query`].
+#[inline(always)]
+pub fn query(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet) -> Query {
+    let unreadable = Query::with_status(status::UNREADABLE);
+    let message = match packet.proto {
+        IPPROTO_UDP => packet.l4() + UDP_HEADER,
+        _ => match skb.load::<u8>(packet.l4() + 12) {
+            Ok(offset) => {
+                let payload = packet.l4() + usize::from(offset >> 4) * 4;
+                if skb.len() as usize <= payload {
+                    return Query::with_status(status::EMPTY);
+                }
+                payload + 2
+            }
+            Err(_) => return unreadable,
+        },
+    };
+    let Ok(header) = skb.load::<[u8; DNS_HEADER]>(message) else {
+        return unreadable;
+    };
+    let flags = u16::from_be_bytes([header[2], header[3]]);
+    let questions = u16::from_be_bytes([header[4], header[5]]);
+    if flags & 0x8000 != 0 || questions != 1 {
+        return unreadable;
+    }
+    let Some((name_len, name_hash, rule)) = question(skb, raw, message + DNS_HEADER) else {
+        return unreadable;
+    };
+    let Ok(kind) = skb.load::<[u8; 2]>(message + DNS_HEADER + name_len) else {
+        return unreadable;
+    };
+    let (rule_id, rule_action) = rule.unwrap_or((RULE_ID_DEFAULT, NO_RULE));
+    Query {
+        status: status::NAME,
+        rule_id,
+        rule_action,
+        name_hash,
+        qtype: u16::from_be_bytes(kind),
+    }
+}
+
+/// What the programs do with DNS queries (`dns::queries`).
+#[inline(always)]
+pub fn queries_mode() -> u64 {
+    CONFIG.get(config::DNS_QUERIES).copied().unwrap_or(0)
+}
+
+/// Reports a query read by [`query`]: an event at once for a new (name, type, socket,
+/// verdict), then at most one per interval carrying how many repeats it stands for.
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined; every argument is a packet fact"
+)]
+pub fn report_query(
+    raw: *mut __sk_buff,
+    packet: &Packet,
+    hook: u8,
+    outcome: u32,
+    rule_id: u32,
+    name_hash: u64,
+    qtype: u16,
+) {
+    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    let key = QueryKey {
+        name_hash,
+        cookie,
+        qtype,
+        hook,
+        outcome: outcome as u8,
+        _pad: 0,
+    };
+    // SAFETY: the helper reads the clock.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let interval = CONFIG
+        .get(config::DNS_EVENT_INTERVAL_NS)
+        .copied()
+        .unwrap_or(0);
+    let mut repeats = 0;
+    if let Some(seen) = DNS_QUERY_EVENTS.get_ptr_mut(&key) {
+        // SAFETY: a value pointer from a map lookup, valid for this program run; the repeat
+        // count is shared between CPUs and so changed atomically.
+        unsafe {
+            if now.saturating_sub((*seen).last_event_ns) < interval {
+                emit::atomic_add(&raw mut (*seen).repeats, 1);
+                return;
+            }
+            repeats = (*seen).repeats;
+            // What is reported is taken off: repeats counted meanwhile stay for the next event.
+            emit::atomic_add(&raw mut (*seen).repeats, repeats.wrapping_neg());
+            (*seen).last_event_ns = now;
+        }
+    } else {
+        let _ = DNS_QUERY_EVENTS.insert(
+            &key,
+            &QueryValue {
+                last_event_ns: now,
+                repeats: 0,
+            },
+            0,
+        );
+    }
+    let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot; `query` left this run's name in it.
+    let event = unsafe { &mut (*scratch).event };
+    let (pid, comm, owner_flag) = emit::owner(cookie);
+    let on_cgroup = hook == hooks::CGROUP;
+    event.ts_boot_ns = now;
+    // SAFETY: cgroup_skb may ask for its skb's cgroup; the TC program reads its context field.
+    (event.cgroup_id, event.ifindex) = unsafe {
+        if on_cgroup {
+            (bpf_skb_cgroup_id(raw), 0)
+        } else {
+            (0, (*raw).ifindex)
+        }
+    };
+    event.server = packet.dst;
+    event.ttl = 0;
+    event.pid = pid;
+    event.uid = 0;
+    event.rule_id = rule_id;
+    event.repeats = repeats as u32;
+    event.comm = comm;
+    event.src_port = packet.src_port;
+    event.qtype = qtype;
+    event.kind = kind::QUERY;
+    event.ip_version = packet.ip_version;
+    event.proto = packet.proto;
+    event.hook = hook;
+    event.outcome = outcome as u8;
+    event.flags = owner_flag;
+    event.address_count = 0;
+    if EVENTS.output(event, 0).is_err() {
+        emit::stat(stat::EVENTS_LOST);
+    }
 }
 
 /// The offset after a record's owner name: labels ending in the root or in a compression

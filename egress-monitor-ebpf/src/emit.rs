@@ -74,6 +74,44 @@ pub fn record_owner(sock: *mut core::ffi::c_void) {
     let _ = SOCK_OWNERS.insert(&cookie, &owner, 0);
 }
 
+/// Who created the socket with this cookie: pid, comm and [`flags::OWNER_KNOWN`], when known.
+#[inline(always)]
+pub fn owner(cookie: u64) -> (u32, [u8; 16], u8) {
+    let owner = if cookie == 0 {
+        None
+    } else {
+        SOCK_OWNERS.get_ptr(&cookie)
+    };
+    match owner {
+        // SAFETY: a value pointer the map lookup returned, valid for this program run.
+        Some(owner) => unsafe { ((*owner).pid, (*owner).comm, flags::OWNER_KNOWN) },
+        None => (0, [0; 16], 0),
+    }
+}
+
+/// BPF's atomic add (`lock xadd`). The bpf target has no compare-and-swap, so core's atomic
+/// types offer no `fetch_add` there; the intrinsic compiles to the one instruction.
+///
+/// # Safety
+/// `dst` must be valid for writes and 8-byte aligned.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub unsafe fn atomic_add(dst: *mut u64, value: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: as the caller promises.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, value) };
+}
+
+/// # Safety
+/// `dst` must be valid for writes and 8-byte aligned.
+#[cfg(not(target_arch = "bpf"))]
+#[inline(always)]
+pub unsafe fn atomic_add(dst: *mut u64, value: u64) {
+    // SAFETY: as the caller promises.
+    unsafe { core::sync::atomic::AtomicU64::from_ptr(dst) }
+        .fetch_add(value, core::sync::atomic::Ordering::Relaxed);
+}
+
 /// Queues `event` on the ring buffer, or counts it lost when the buffer is full.
 #[inline(always)]
 pub fn output(event: &Event) {
@@ -108,16 +146,7 @@ pub fn describe(
         // SAFETY: reading a context field of the program's own skb.
         (0, 0, unsafe { (*raw).ifindex })
     };
-    let owner = if cookie == 0 {
-        None
-    } else {
-        SOCK_OWNERS.get_ptr(&cookie)
-    };
-    let (pid, comm, owner_flag) = match owner {
-        // SAFETY: a value pointer the map lookup returned, valid for this program run.
-        Some(owner) => unsafe { ((*owner).pid, (*owner).comm, flags::OWNER_KNOWN) },
-        None => (0, [0; 16], 0),
-    };
+    let (pid, comm, owner_flag) = owner(cookie);
     *out = Event {
         ts_boot_ns,
         cgroup_id,

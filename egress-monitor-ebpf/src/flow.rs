@@ -104,8 +104,8 @@ fn aggregate(flow: *mut FlowValue, key: &FlowKey, len: u32) {
     // SAFETY: `flow` is a value pointer from a map lookup, valid for this program run; the
     // counts are shared between CPUs and so added to atomically.
     unsafe {
-        atomic_add(&raw mut (*flow).packets, 1);
-        atomic_add(&raw mut (*flow).bytes, u64::from(len));
+        emit::atomic_add(&raw mut (*flow).packets, 1);
+        emit::atomic_add(&raw mut (*flow).bytes, u64::from(len));
         (*flow).last_seen_ns = bpf_ktime_get_boot_ns();
     }
     emit::stat(stat::AGGREGATED);
@@ -123,29 +123,6 @@ fn aggregate(flow: *mut FlowValue, key: &FlowKey, len: u32) {
     } else {
         emit::stat(stat::FLOW_QUEUE_FULL);
     }
-}
-
-/// BPF's atomic add (`lock xadd`). The bpf target has no compare-and-swap, so core's atomic
-/// types offer no `fetch_add` there; the intrinsic compiles to the one instruction.
-///
-/// # Safety
-/// `dst` must be valid for writes and 8-byte aligned.
-#[cfg(target_arch = "bpf")]
-#[inline(always)]
-unsafe fn atomic_add(dst: *mut u64, value: u64) {
-    use core::intrinsics::{AtomicOrdering, atomic_xadd};
-    // SAFETY: as the caller promises.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(dst, value) };
-}
-
-/// # Safety
-/// `dst` must be valid for writes and 8-byte aligned.
-#[cfg(not(target_arch = "bpf"))]
-#[inline(always)]
-unsafe fn atomic_add(dst: *mut u64, value: u64) {
-    // SAFETY: as the caller promises.
-    unsafe { core::sync::atomic::AtomicU64::from_ptr(dst) }
-        .fetch_add(value, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// The current reporting period; 0: aggregation is off.

@@ -15,7 +15,7 @@
 //! - `flow`: which denied packets become events (the first of each flow) and which are counted.
 #![no_std]
 #![no_main]
-// `atomic_xadd`: the only way to BPF's atomic add from Rust (see `flow::atomic_add`); the
+// `atomic_xadd`: the only way to BPF's atomic add from Rust (see `emit::atomic_add`); the
 // kernel build uses the pinned nightly. A host build (`cargo build --workspace`) uses core's
 // atomics instead.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]

@@ -6,7 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
 use egress_monitor_common::{
-    dns::{DOMAINS_CAPACITY, DomainValue, LEARNED_CAPACITY, LearnedValue},
+    dns::{
+        DOMAINS_CAPACITY, DomainValue, LEARNED_CAPACITY, LearnedValue, QUERIES_CAPACITY, QueryKey,
+        QueryValue,
+    },
     flow::{
         FLOW_DIRTY_CAPACITY, FLOW_REPORTED_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowReported,
         FlowValue,
@@ -18,7 +21,7 @@ use egress_monitor_common::{
     policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue, config},
 };
 
-use crate::dns::NameScratch;
+use crate::dns::DnsScratch;
 
 #[map]
 pub static POLICY_V4: LpmTrie<[u8; IPV4_ADDR_LEN], RuleValue> =
@@ -64,9 +67,14 @@ pub static DNS_ALLOWED_V4: LruHashMap<[u8; 4], LearnedValue> =
 pub static DNS_ALLOWED_V6: LruHashMap<[u8; 16], LearnedValue> =
     LruHashMap::with_max_entries(LEARNED_CAPACITY, 0);
 
+/// Query events' rate limit: one per question and socket per interval.
+#[map]
+pub static DNS_QUERY_EVENTS: LruHashMap<QueryKey, QueryValue> =
+    LruHashMap::with_max_entries(QUERIES_CAPACITY, 0);
+
 /// Where a question name is read into (one slot per CPU: it does not fit on the stack).
 #[map]
-pub static DNS_SCRATCH: PerCpuArray<NameScratch> = PerCpuArray::with_max_entries(1, 0);
+pub static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where a flow's first event is built (one slot per CPU: it does not fit on the stack).
 #[map]

@@ -2,6 +2,7 @@
 
 use aya_ebpf::{bindings::__sk_buff, maps::lpm_trie::Key, programs::sk_buff::SkBuff};
 use egress_monitor_common::{
+    dns::{NO_RULE, queries},
     event::flags,
     maps::stat,
     policy::{IPV4_ADDR_LEN, RuleValue, config},
@@ -13,6 +14,10 @@ use crate::{
     maps::{CONFIG, POLICY_V4, POLICY_V6},
     parse::{self, L3Start, Packet, Parsed},
 };
+
+const DNS_PORT: u16 = 53;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
 
 pub enum Verdict {
     Pass,
@@ -66,6 +71,32 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
         },
         None => (RULE_ID_DEFAULT, false),
     };
+    // DNS: a query to an allowed resolver is read for its name (reported, and with domain
+    // rules, denied unless a rule allows the name: nothing leaves inside query names).
+    let mode = dns::queries_mode();
+    let mut question = dns::Query::with_status(dns::status::NONE);
+    if judgeable && allowed && mode != queries::OFF {
+        parse::transport(skb, &mut packet);
+        if packet.flags & flags::HAS_PORTS != 0
+            && packet.dst_port == DNS_PORT
+            && (packet.proto == IPPROTO_UDP || packet.proto == IPPROTO_TCP)
+        {
+            question = dns::query(skb, raw, &packet);
+        }
+    }
+    let (rule_id, allowed) = if mode != queries::FILTER {
+        (rule_id, allowed)
+    } else if question.status == dns::status::NAME {
+        match question.rule_action {
+            action::ALLOW => (rule_id, true),
+            NO_RULE => (RULE_ID_DEFAULT, false),
+            _ => (question.rule_id, false),
+        }
+    } else if question.status == dns::status::UNREADABLE {
+        (RULE_ID_DEFAULT, false)
+    } else {
+        (rule_id, allowed)
+    };
     if rule_id != RULE_ID_DEFAULT && accounted {
         emit::rule_hit(rule_id);
     }
@@ -78,7 +109,18 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
     };
     if accounted {
         emit::count(hook, result, packet.len);
-        if result != outcome::ALLOWED {
+        if question.status == dns::status::NAME {
+            // A query is reported as such, with its name, whatever the verdict.
+            dns::report_query(
+                raw,
+                &packet,
+                hook,
+                result,
+                question.rule_id,
+                question.name_hash,
+                question.qtype,
+            );
+        } else if result != outcome::ALLOWED {
             if judgeable {
                 parse::transport(skb, &mut packet);
             }

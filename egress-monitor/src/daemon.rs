@@ -16,7 +16,8 @@ use tokio::{
 use crate::{
     cgroup::{self, CgroupError},
     datapath::{ApplyReport, Counters, Datapath, DatapathError, Opened},
-    events::{self, Clock, EventRecord, EventWriter, EventsTarget},
+    dns_events::{DnsRecord, wire_to_text},
+    events::{self, Clock, EventRecord, EventWriter, EventsTarget, KernelRecord},
     flows::FlowReporter,
     iface::{self, InterfaceError},
     pins::PinLayout,
@@ -192,6 +193,7 @@ pub async fn run(
     log_apply(&datapath.apply(&config.policy)?);
     datapath.set_kernel_log(config.kernel_log)?;
     datapath.set_dns_grace(config.dns_grace)?;
+    datapath.set_dns_event_interval(config.flow_interval)?;
     attach(&mut datapath, &targets)?;
     for kept in datapath.finish_replacement()? {
         log::warn!(
@@ -271,6 +273,7 @@ async fn serve(
         counts,
         cgroups: crate::cgroup::PathCache::new(),
         exes: crate::process::ExeCache::new(),
+        tunnel: crate::tunnel::TunnelScorer::new(),
         clock: Clock::now(),
     };
     let mut ring = watch(datapath.events()?)?;
@@ -481,11 +484,20 @@ struct Output<'a> {
     counts: &'a crate::metrics::DaemonCounts,
     cgroups: crate::cgroup::PathCache,
     exes: crate::process::ExeCache,
+    tunnel: crate::tunnel::TunnelScorer,
     clock: Clock,
 }
 
 impl Output<'_> {
     fn write(&mut self, mut record: EventRecord) {
+        if let Some(id) = record.cgroup_id {
+            record.cgroup = self.cgroups.path(id);
+        }
+        record.exe = record.pid.and_then(|pid| self.exes.exe(pid));
+        self.writer.write(&record);
+    }
+
+    fn write_dns(&mut self, mut record: DnsRecord) {
         if let Some(id) = record.cgroup_id {
             record.cgroup = self.cgroups.path(id);
         }
@@ -511,9 +523,20 @@ fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, out: &mut Output) {
     let mut any = false;
     while let Some(item) = ring.next() {
         any = true;
-        match events::decode(&item).and_then(|event| EventRecord::new(&event, names, &out.clock)) {
-            Ok(record) => out.write(record),
-            Err(err) => log::error!("skipping an unreadable event: {err}"),
+        let written = match events::decode_any(&item) {
+            Ok(KernelRecord::Packet(event)) => {
+                EventRecord::new(&event, names, &out.clock).map(|record| out.write(record))
+            }
+            Ok(KernelRecord::Dns(event)) => {
+                let len = usize::from(event.name_len).min(event.name.len());
+                let score = out.tunnel.score(&wire_to_text(&event.name[..len]));
+                DnsRecord::query(&event, names, &out.clock, score)
+                    .map(|record| out.write_dns(record))
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = written {
+            log::error!("skipping an unreadable event: {err}");
         }
     }
     if any {

@@ -30,7 +30,7 @@ use aya::{
     },
 };
 use egress_monitor_common::{
-    dns::{DomainValue, LearnedValue, NO_RULE, suffix_hash},
+    dns::{DomainValue, LearnedValue, NO_RULE, queries as dns_queries, suffix_hash},
     maps::{self as names, Counter, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES, counter_index, stat},
     policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue, config},
     verdict::{RULE_ID_DEFAULT, action, hook, mode, outcome},
@@ -712,6 +712,16 @@ impl Datapath {
             config::DOMAIN_RULES,
             policy.domains.len() as u64,
         )?;
+        // Queries are always reported; with domain rules, names no rule allows are refused.
+        write_config(
+            &self.target,
+            config::DNS_QUERIES,
+            if policy.domains.is_empty() {
+                dns_queries::REPORT
+            } else {
+                dns_queries::FILTER
+            },
+        )?;
 
         let version = policy.version();
         // Names first, then the version: a reader that sees the new version finds its names.
@@ -771,6 +781,13 @@ impl Datapath {
     pub fn set_dns_grace(&mut self, grace: Duration) -> Result<(), DatapathError> {
         let nanos = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
         write_config(&self.target, config::DNS_GRACE_NS, nanos)
+    }
+
+    /// Least time between two events for the same DNS question from the same socket (zero:
+    /// every query is an event).
+    pub fn set_dns_event_interval(&mut self, interval: Duration) -> Result<(), DatapathError> {
+        let nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        write_config(&self.target, config::DNS_EVENT_INTERVAL_NS, nanos)
     }
 
     /// Addresses domain rules allow now, with when each stops (`CLOCK_BOOTTIME` ns) and the

@@ -15,6 +15,7 @@ use std::{
 };
 
 use egress_monitor_common::{
+    dns::{DNS_EVENT_SIZE, DnsEvent},
     event::{EVENT_SIZE, Event, flags},
     verdict::{hook, outcome},
 };
@@ -28,6 +29,24 @@ pub enum EventError {
     BadSize(usize),
     #[error("event record with unknown {field} code {value}")]
     BadCode { field: &'static str, value: u8 },
+}
+
+/// A ring-buffer record: a packet event or a DNS event (told apart by size).
+#[derive(Clone, Debug)]
+pub enum KernelRecord {
+    Packet(Event),
+    Dns(Box<DnsEvent>),
+}
+
+/// Reads any kernel record.
+pub fn decode_any(bytes: &[u8]) -> Result<KernelRecord, EventError> {
+    if bytes.len() == DNS_EVENT_SIZE {
+        // SAFETY: the length matches and DnsEvent is plain old data for which any bytes are
+        // valid.
+        let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DnsEvent>()) };
+        return Ok(KernelRecord::Dns(Box::new(event)));
+    }
+    decode(bytes).map(KernelRecord::Packet)
 }
 
 /// Reads a kernel event record.
@@ -329,7 +348,7 @@ impl EventWriter {
         }
     }
 
-    pub fn write(&mut self, record: &EventRecord) {
+    pub fn write(&mut self, record: &impl Serialize) {
         let result = serde_json::to_writer(&mut self.out, record)
             .map_err(io::Error::from)
             .and_then(|()| self.out.write_all(b"\n"));

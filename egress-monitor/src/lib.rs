@@ -12,7 +12,8 @@
 //! - [`datapath`]: the pinned state — create, adopt or replace it, apply policies by diff,
 //!   attach, read counters, detach. All BPF syscalls for the live state live here.
 //! - [`pins`]: where pins and the run directory are; [`state`]: the applied policy's names.
-//! - [`events`]: ring-buffer records → JSON lines; [`flows`]: the periodic flow reports.
+//! - [`events`]: ring-buffer records → JSON lines; [`flows`]: the periodic flow reports;
+//!   [`tunnel`]: the tunnelling score of DNS names.
 //! - [`daemon`]: `run(config, shutdown)`, the long-running loop.
 //! - [`status`], [`check`]: what is enforced, and proof by synthetic packets.
 //! - [`metrics`]: Prometheus `/metrics`, read from the pinned maps at each scrape.
@@ -28,6 +29,7 @@ pub mod check;
 pub mod cli;
 pub mod daemon;
 pub mod datapath;
+pub mod dns_events;
 pub mod error;
 pub mod events;
 pub mod flows;
@@ -40,3 +42,4 @@ pub mod process;
 pub mod state;
 pub mod status;
 pub mod testrun;
+pub mod tunnel;

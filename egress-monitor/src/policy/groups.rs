@@ -9,6 +9,9 @@ pub struct Group {
     pub description: &'static str,
     pub enabled_by_default: bool,
     pub members: &'static [&'static str],
+    /// Domain patterns the group allows. They apply only to a policy with domain rules of its
+    /// own (without any, DNS queries are reported, never refused).
+    pub domains: &'static [&'static str],
 }
 
 pub const PRIVATE: Group = Group {
@@ -30,6 +33,7 @@ pub const PRIVATE: Group = Group {
         "fc00::/7",
         "ff00::/8",
     ],
+    domains: &[],
 };
 
 pub const AZURE: Group = Group {
@@ -38,6 +42,7 @@ pub const AZURE: Group = Group {
                   metadata service",
     enabled_by_default: true,
     members: &["168.63.129.16/32", "169.254.169.254/32"],
+    domains: &[],
 };
 
 pub const CGNAT: Group = Group {
@@ -45,10 +50,47 @@ pub const CGNAT: Group = Group {
     description: "carrier-grade NAT shared address space (RFC 6598); opt-in",
     enabled_by_default: false,
     members: &["100.64.0.0/10"],
+    domains: &[],
+};
+
+/// The names a node resolves for itself: Azure's internal DNS suffixes and the reverse zones
+/// of private addresses (PTR lookups of peers, which many tools do). With domain rules, a
+/// query for any other name must be allowed by a rule.
+pub const INTERNAL_NAMES: Group = Group {
+    name: "internal-names",
+    description: "names the node resolves for itself once domain rules filter DNS: Azure's \
+                  internal suffixes, reverse zones of private ranges",
+    enabled_by_default: true,
+    members: &[],
+    domains: &[
+        "*.internal.cloudapp.net",
+        "*.reddog.microsoft.com",
+        "*.10.in-addr.arpa",
+        "*.168.192.in-addr.arpa",
+        "*.254.169.in-addr.arpa",
+        "*.16.172.in-addr.arpa",
+        "*.17.172.in-addr.arpa",
+        "*.18.172.in-addr.arpa",
+        "*.19.172.in-addr.arpa",
+        "*.20.172.in-addr.arpa",
+        "*.21.172.in-addr.arpa",
+        "*.22.172.in-addr.arpa",
+        "*.23.172.in-addr.arpa",
+        "*.24.172.in-addr.arpa",
+        "*.25.172.in-addr.arpa",
+        "*.26.172.in-addr.arpa",
+        "*.27.172.in-addr.arpa",
+        "*.28.172.in-addr.arpa",
+        "*.29.172.in-addr.arpa",
+        "*.30.172.in-addr.arpa",
+        "*.31.172.in-addr.arpa",
+        "*.d.f.ip6.arpa",
+        "*.c.f.ip6.arpa",
+    ],
 };
 
 /// Every group, in the order their rules are listed.
-pub const ALL: [Group; 3] = [PRIVATE, AZURE, CGNAT];
+pub const ALL: [Group; 4] = [PRIVATE, AZURE, CGNAT, INTERNAL_NAMES];
 
 pub fn by_name(name: &str) -> Option<Group> {
     ALL.into_iter().find(|group| group.name == name)

@@ -282,12 +282,31 @@ impl Policy {
         let mode = mode
             .or_else(|| file.and_then(|file| file.mode))
             .unwrap_or(Mode::Observe);
+        let mut domains: Vec<DomainRule> = file
+            .map(|file| file.domain_rules.clone())
+            .unwrap_or_default();
+        if !domains.is_empty() {
+            // The groups' names rank below the file's: a file rule for the same pattern wins.
+            for (group, _) in groups::ALL.iter().zip(&groups).filter(|(_, (_, on))| *on) {
+                for pattern in group.domains {
+                    let domain = Domain::parse(pattern).unwrap_or_else(|err| {
+                        panic!("built-in group domain {pattern} is invalid: {err}")
+                    });
+                    if !domains.iter().any(|rule| rule.domain == domain) {
+                        domains.push(DomainRule {
+                            name: group.name.to_owned(),
+                            domain,
+                            action: Action::Allow,
+                            origin: Origin::Group(group.name),
+                        });
+                    }
+                }
+            }
+        }
         Ok(Policy {
             mode,
             rules,
-            domains: file
-                .map(|file| file.domain_rules.clone())
-                .unwrap_or_default(),
+            domains,
             groups,
             azure: file.is_some_and(|file| file.azure),
         })

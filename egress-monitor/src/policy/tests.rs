@@ -181,7 +181,18 @@ fn domain_rules_are_parsed_checked_and_part_of_the_version() {
                 [[rule]]\nname = \"apex\"\ndomain = \"example.com\"\naction = \"allow\"\n";
     let file = parse(text).unwrap();
     let policy = build(Some(&file), &[], &[]).unwrap();
-    assert_eq!(policy.domains.len(), 2);
+    // The file's two, then the internal names a node resolves for itself.
+    let internal = groups::INTERNAL_NAMES.domains.len();
+    assert_eq!(policy.domains.len(), 2 + internal);
+    assert!(
+        policy.domains[2..]
+            .iter()
+            .all(|rule| rule.origin == Origin::Group("internal-names"))
+    );
+    assert!(
+        build(None, &[], &[]).unwrap().domains.is_empty(),
+        "no domain rules of its own: no name filtering, no internal names"
+    );
     assert_eq!(
         policy.domains[0].domain.to_string(),
         "*.blob.core.windows.net"
@@ -308,7 +319,8 @@ fn render_lists_every_rule_and_the_default() {
     assert!(text.contains("deny  10.1.2.0/24"), "{text}");
     assert!(text.contains("(command line)"), "{text}");
     assert!(text.trim_end().ends_with("(everything else)"), "{text}");
-    assert_eq!(text.lines().count(), 4 + policy.rules.len() + 1);
+    assert!(text.contains("group internal-names on"), "{text}");
+    assert_eq!(text.lines().count(), 5 + policy.rules.len() + 1);
 }
 
 #[test]

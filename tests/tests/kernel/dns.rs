@@ -63,11 +63,16 @@ fn an_allowed_domains_addresses_are_reachable_until_their_ttl_runs_out() {
     };
     assert!(!reachable(&node, INTERNET_V4.into()), "denied before");
 
-    // Names no allow rule covers teach nothing; a deny rule beats the wider allow.
-    assert_eq!(resolve("x.other.test", "a"), 1);
+    // Names no allow rule covers cannot even be asked (the query is dropped before it
+    // leaves); a deny rule beats the wider allow.
+    for name in ["x.other.test", "bad.allowed.test"] {
+        let outcome = resolver
+            .resolve(PRIVATE_V4.into(), name, "a", false)
+            .unwrap();
+        assert_eq!(outcome.eperm, 1, "{name}: {outcome:?}");
+    }
     assert!(!reachable(&node, documentation_v4(8)));
-    assert_eq!(resolve("bad.allowed.test", "a"), 1);
-    assert!(!reachable(&node, documentation_v4(7)), "the deny rule wins");
+    assert!(!reachable(&node, documentation_v4(7)));
 
     // The allowed name's addresses, v4 and v6, from the first packet on.
     assert_eq!(resolve("API.Allowed.Test", "a"), 1, "case does not matter");
@@ -99,16 +104,33 @@ fn an_allowed_domains_addresses_are_reachable_until_their_ttl_runs_out() {
     assert!(!reachable(&node, INTERNET_V6.into()), "expired");
     assert_eq!(
         server.questions(),
-        [
-            "x.other.test",
-            "bad.allowed.test",
-            "api.allowed.test",
-            "api.allowed.test"
-        ]
+        ["api.allowed.test", "api.allowed.test"],
+        "the refused names never reached the resolver"
     );
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log:#?}");
-    let lines = event_lines(&node.events(), 5);
+    let lines = event_lines(&node.events(), 7);
+    let dns = |name: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["kind"] == "dns" && l["name"] == name)
+            .collect()
+    };
+    let refused = dns("x.other.test");
+    assert_eq!(refused.len(), 1, "{lines:#?}");
+    assert_eq!(refused[0]["action"], "dropped");
+    assert_eq!(refused[0]["rule"], "default");
+    assert_eq!(refused[0]["qtype"], "A");
+    assert_eq!(refused[0]["server"], PRIVATE_V4.to_string());
+    assert_eq!(refused[0]["comm"], "em-testclient");
+    assert_eq!(dns("bad.allowed.test")[0]["rule"], "blocked-host");
+    let asked = dns("API.Allowed.Test");
+    assert_eq!(asked.len(), 1, "{lines:#?}");
+    assert_eq!(
+        (&asked[0]["action"], &asked[0]["rule"]),
+        (&"allowed".into(), &"allowed-test".into())
+    );
+    assert_eq!(asked[0]["tunnel"]["suspicious"], false);
     let to_internet: Vec<_> = lines
         .iter()
         .filter(|l| l["dst"] == INTERNET_V4.to_string())
@@ -121,6 +143,80 @@ fn an_allowed_domains_addresses_are_reachable_until_their_ttl_runs_out() {
         2,
         "before learning and after expiry; not while allowed: {lines:#?}"
     );
+}
+
+/// In enforce mode with domain rules nothing leaves inside a query name no rule allows, over
+/// TCP either; in observe mode such queries leave and are reported, and a tunnelling-like name
+/// is flagged.
+#[test]
+fn queries_for_names_no_rule_allows_are_refused_or_reported() {
+    let node = Node::new("dnsq");
+    let (daemon, server) = start(&node, vec![Record::new("x.other.test", INTERNET_V4, 60)]);
+    let resolver = client(&node.topology, Some(&node.cgroup));
+    let outcome = resolver
+        .resolve(PRIVATE_V4.into(), "x.other.test", "a", true)
+        .unwrap();
+    assert_eq!(
+        (outcome.ok, outcome.replies),
+        (0, 0),
+        "over TCP the connection opens, the question never leaves: {outcome:?}"
+    );
+    assert!(server.questions().is_empty(), "{:?}", server.questions());
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    let lines = event_lines(&node.events(), 1);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "dns" && l["proto"] == "tcp" && l["action"] == "dropped"),
+        "{lines:#?}"
+    );
+
+    // Observe mode: the same policy reports instead of refusing.
+    let daemon = node.daemon(&[
+        "--policy",
+        node.scratch.0.join("policy.toml").to_str().unwrap(),
+        "--mode",
+        "observe",
+    ]);
+    let tunnel =
+        "mzxw6ytboi4dqnjrgu3tmobqgezdgnbvgy3tqojqgezdgnbvgy3tq.k3j9x2q7v5w8z1c4b6n0m.t.other.test";
+    for (name, tcp) in [
+        ("x.other.test", false),
+        ("x.other.test", true),
+        (tunnel, false),
+    ] {
+        let outcome = resolver.resolve(PRIVATE_V4.into(), name, "a", tcp).unwrap();
+        assert_eq!(outcome.ok, 1, "{name} (tcp {tcp}) is answered: {outcome:?}");
+    }
+    // (The refused TCP question may arrive now too: the closed socket's retransmission.)
+    let questions = server.questions();
+    assert!(
+        questions.len() >= 3 && questions.iter().any(|q| q == tunnel),
+        "{questions:?}"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    let lines = event_lines(&node.events(), 4);
+    let observed: Vec<_> = lines
+        .iter()
+        .filter(|l| l["kind"] == "dns" && l["action"] == "observed")
+        .collect();
+    // Three asked; the refused TCP question's retransmission may be a fourth.
+    assert!(
+        observed.len() >= 3
+            && observed
+                .iter()
+                .any(|l| l["name"] == "x.other.test" && l["proto"] == "udp"),
+        "{lines:#?}"
+    );
+    let flagged: Vec<_> = observed
+        .iter()
+        .filter(|l| l["tunnel"]["suspicious"] == true)
+        .collect();
+    assert_eq!(flagged.len(), 1, "{observed:#?}");
+    assert_eq!(flagged[0]["name"], tunnel);
+    assert!(flagged[0]["tunnel"]["score"].as_u64().unwrap() >= 50);
 }
 
 #[test]

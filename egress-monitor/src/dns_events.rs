@@ -1,0 +1,195 @@
+//! DNS events (`"kind":"dns"`): every question a process asks, with its name, type, resolver
+//! and verdict, rate-limited per (name, type, socket) like flows, and a tunnelling score.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use egress_monitor_common::{
+    dns::{DnsEvent, kind},
+    event::flags,
+    verdict::{hook, outcome},
+};
+use serde::Serialize;
+
+use crate::{
+    events::{Clock, EventError, Proto},
+    state::StateFile,
+    tunnel::TunnelScore,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DnsRecord {
+    pub ts: String,
+    /// Always `dns`.
+    pub kind: &'static str,
+    pub hook: &'static str,
+    /// `allowed` (the query left), `observed` (observe mode: it left, a domain policy would
+    /// refuse it) or `dropped`.
+    pub action: &'static str,
+    /// The question: its name (dotted, no trailing dot) and type.
+    pub name: String,
+    pub qtype: QueryType,
+    /// The resolver asked, over which protocol.
+    pub server: IpAddr,
+    pub proto: Proto,
+    pub src_port: u16,
+    /// The domain rule that decided the name, or `default` (none matched).
+    pub rule: String,
+    pub policy: String,
+    /// The same question from the same socket since the previous event for it.
+    pub repeats: u32,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    pub tunnel: TunnelScore,
+}
+
+/// A record type by name where it has a common one, else by number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum QueryType {
+    Name(&'static str),
+    Number(u16),
+}
+
+impl QueryType {
+    pub fn from_number(number: u16) -> QueryType {
+        match number {
+            1 => QueryType::Name("A"),
+            2 => QueryType::Name("NS"),
+            5 => QueryType::Name("CNAME"),
+            6 => QueryType::Name("SOA"),
+            12 => QueryType::Name("PTR"),
+            15 => QueryType::Name("MX"),
+            16 => QueryType::Name("TXT"),
+            28 => QueryType::Name("AAAA"),
+            33 => QueryType::Name("SRV"),
+            65 => QueryType::Name("HTTPS"),
+            255 => QueryType::Name("ANY"),
+            other => QueryType::Number(other),
+        }
+    }
+}
+
+/// A wire-format name as text: labels joined by dots; bytes outside printable ASCII (and dots
+/// inside a label) escaped as `\\DDD`, as `dig` prints them, so nothing hides in a label.
+pub fn wire_to_text(wire: &[u8]) -> String {
+    let mut text = String::new();
+    let mut position = 0;
+    while let Some(&len) = wire.get(position) {
+        if len == 0 || len > 63 {
+            break;
+        }
+        let label = wire
+            .get(position + 1..position + 1 + usize::from(len))
+            .unwrap_or(&[]);
+        if !text.is_empty() {
+            text.push('.');
+        }
+        for &byte in label {
+            if byte.is_ascii_graphic() && byte != b'.' && byte != b'\\' {
+                text.push(char::from(byte));
+            } else {
+                text.push_str(&format!("\\{byte:03}"));
+            }
+        }
+        position += 1 + usize::from(len);
+    }
+    text
+}
+
+impl DnsRecord {
+    /// A query event. The tunnelling score is filled in by the caller (it keeps state).
+    pub fn query(
+        event: &DnsEvent,
+        names: &StateFile,
+        clock: &Clock,
+        tunnel: TunnelScore,
+    ) -> Result<DnsRecord, EventError> {
+        if event.kind != kind::QUERY {
+            return Err(EventError::BadCode {
+                field: "dns kind",
+                value: event.kind,
+            });
+        }
+        let hook_name = match event.hook {
+            hook::CGROUP => "cgroup",
+            hook::TC => "tc",
+            value => {
+                return Err(EventError::BadCode {
+                    field: "hook",
+                    value,
+                });
+            }
+        };
+        let action = match u32::from(event.outcome) {
+            outcome::ALLOWED => "allowed",
+            outcome::DENIED_OBSERVED => "observed",
+            outcome::DENIED_DROPPED => "dropped",
+            _ => {
+                return Err(EventError::BadCode {
+                    field: "outcome",
+                    value: event.outcome,
+                });
+            }
+        };
+        let server = if event.ip_version == 6 {
+            IpAddr::V6(Ipv6Addr::from(event.server))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(
+                event.server[0],
+                event.server[1],
+                event.server[2],
+                event.server[3],
+            ))
+        };
+        let owner_known = event.flags & flags::OWNER_KNOWN != 0;
+        let comm = owner_known.then(|| {
+            let end = event.comm.iter().position(|b| *b == 0).unwrap_or(16);
+            String::from_utf8_lossy(&event.comm[..end]).into_owned()
+        });
+        let len = usize::from(event.name_len).min(event.name.len());
+        let on_cgroup = event.hook == hook::CGROUP;
+        Ok(DnsRecord {
+            ts: clock.rfc3339(event.ts_boot_ns),
+            kind: "dns",
+            hook: hook_name,
+            action,
+            name: wire_to_text(&event.name[..len]),
+            qtype: QueryType::from_number(event.qtype),
+            server,
+            proto: Proto::from_number(event.proto, event.ip_version),
+            src_port: event.src_port,
+            rule: names.rule_name(event.rule_id).to_owned(),
+            policy: names.version.clone(),
+            repeats: event.repeats,
+            pid: owner_known.then_some(event.pid),
+            comm,
+            exe: None,
+            cgroup_id: on_cgroup.then_some(event.cgroup_id),
+            cgroup: None,
+            ifindex: (!on_cgroup).then_some(event.ifindex),
+            tunnel,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_print_like_dig_and_hide_nothing() {
+        assert_eq!(
+            wire_to_text(b"\x03api\x07example\x03com\x00"),
+            "api.example.com"
+        );
+        assert_eq!(wire_to_text(b"\x03a.b\x02\x00z\x00"), "a\\046b.\\000z");
+        assert_eq!(wire_to_text(b"\x00"), "");
+    }
+}
