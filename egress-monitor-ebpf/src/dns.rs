@@ -19,8 +19,8 @@ use aya_ebpf::{
 };
 use egress_monitor_common::{
     dns::{
-        DnsEvent, HASH_SEED, LearnedValue, MAX_ANSWERS, MAX_NAME, NO_RULE, QueryKey, QueryValue,
-        fold, kind,
+        ANSWER_ADDRESSES, DnsEvent, HASH_SEED, LearnedValue, MAX_ANSWERS, MAX_NAME, NO_RULE,
+        QueryKey, QueryValue, fold, kind, queries,
     },
     event::flags,
     maps::stat,
@@ -62,7 +62,7 @@ pub struct DnsScratch {
 /// The cgroup ingress hook: learns from DNS answers. Never drops anything.
 #[inline(always)]
 pub fn learn(skb: &SkBuff, raw: *mut __sk_buff) {
-    if CONFIG.get(config::DOMAIN_RULES).is_none_or(|&n| n == 0) {
+    if queries_mode() == queries::OFF {
         return;
     }
     // SAFETY: reading a context field of the program's own skb.
@@ -84,10 +84,12 @@ pub fn learn(skb: &SkBuff, raw: *mut __sk_buff) {
         },
         _ => return,
     };
-    let _ = learn_from(skb, raw, message);
+    let _ = learn_from(skb, raw, &packet, message);
 }
 
-fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, message: usize) -> Option<()> {
+/// Reads an answer: learns its addresses when a domain rule allows the question's name, and
+/// reports name → addresses (rate-limited) so that events can name the destinations.
+fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet, message: usize) -> Option<()> {
     let header = skb.load::<[u8; DNS_HEADER]>(message).ok()?;
     let flags = u16::from_be_bytes([header[2], header[3]]);
     let questions = u16::from_be_bytes([header[4], header[5]]);
@@ -96,11 +98,17 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, message: usize) -> Option<()> {
     if flags & 0x8000 == 0 || flags & 0x000f != 0 || questions != 1 {
         return None;
     }
-    let (name_len, _, rule) = question(skb, raw, message + DNS_HEADER)?;
-    let (rule_id, rule_action) = rule?;
-    if rule_action != action::ALLOW {
-        return None;
-    }
+    let (name_len, name_hash, rule) = question(skb, raw, message + DNS_HEADER)?;
+    let (rule_id, rule_action) = rule.unwrap_or((RULE_ID_DEFAULT, NO_RULE));
+    let allowed = rule_action == action::ALLOW;
+    let qtype = u16::from_be_bytes(skb.load::<[u8; 2]>(message + DNS_HEADER + name_len).ok()?);
+    let scratch = DNS_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot, used by this program run only (`question` filled its name).
+    let event = unsafe { &mut (*scratch).event };
+    // The count and the smallest TTL live in the map slot, not in registers: as values the
+    // verifier cannot know, they do not multiply the states it explores per answer.
+    event.address_count = 0;
+    event.ttl = u32::MAX;
     // SAFETY: the helper reads the clock.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let grace = CONFIG.get(config::DNS_GRACE_NS).copied().unwrap_or(0);
@@ -124,18 +132,123 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, message: usize) -> Option<()> {
         };
         if class == CLASS_IN && kind == TYPE_A && length == 4 {
             if let Ok(address) = skb.load::<[u8; 4]>(offset) {
-                let _ = DNS_ALLOWED_V4.insert(&address, &learned, 0);
+                if allowed {
+                    let _ = DNS_ALLOWED_V4.insert(&address, &learned, 0);
+                }
+                let count = usize::from(event.address_count);
+                if count < ANSWER_ADDRESSES {
+                    let slot = &mut event.addresses[count & (ANSWER_ADDRESSES - 1)];
+                    *slot = [0; 16];
+                    slot[..4].copy_from_slice(&address);
+                    event.address_count += 1;
+                    event.ttl = event.ttl.min(ttl);
+                }
             }
         } else if class == CLASS_IN
             && kind == TYPE_AAAA
             && length == 16
             && let Ok(address) = skb.load::<[u8; 16]>(offset)
         {
-            let _ = DNS_ALLOWED_V6.insert(&address, &learned, 0);
+            if allowed {
+                let _ = DNS_ALLOWED_V6.insert(&address, &learned, 0);
+            }
+            let count = usize::from(event.address_count);
+            if count < ANSWER_ADDRESSES {
+                event.addresses[count & (ANSWER_ADDRESSES - 1)] = address;
+                event.address_count += 1;
+                event.ttl = event.ttl.min(ttl);
+            }
         }
         offset += length;
     }
+    if event.address_count > 0 {
+        report_answer(raw, packet, event, name_hash, qtype, rule_id);
+    }
     Some(())
+}
+
+/// Reports an answer's addresses: at most one event per (name, type) per interval.
+#[inline(always)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "inlined; every argument is a packet fact"
+)]
+fn report_answer(
+    raw: *mut __sk_buff,
+    packet: &Packet,
+    event: &mut DnsEvent,
+    name_hash: u64,
+    qtype: u16,
+    rule_id: u32,
+) {
+    let key = QueryKey {
+        name_hash,
+        cookie: 0,
+        qtype,
+        hook: ANSWER_KEY,
+        outcome: 0,
+        _pad: 0,
+    };
+    // SAFETY: the helper reads the clock.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if !due(&key, now) {
+        return;
+    }
+    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    let (pid, comm, owner_flag) = emit::owner(cookie);
+    event.ts_boot_ns = now;
+    // SAFETY: cgroup_skb may ask for its skb's cgroup.
+    event.cgroup_id = unsafe { bpf_skb_cgroup_id(raw) };
+    event.ifindex = 0;
+    event.server = packet.src;
+    event.pid = pid;
+    event.uid = 0;
+    event.rule_id = rule_id;
+    event.repeats = 0;
+    event.comm = comm;
+    event.src_port = packet.dst_port;
+    event.qtype = qtype;
+    event.kind = kind::ANSWER;
+    event.ip_version = packet.ip_version;
+    event.proto = packet.proto;
+    event.hook = hooks::CGROUP;
+    event.outcome = 0;
+    event.flags = owner_flag;
+    if EVENTS.output(event, 0).is_err() {
+        emit::stat(stat::EVENTS_LOST);
+    }
+}
+
+/// [`QueryKey::hook`] of answer rate-limit entries (no hook has this code).
+const ANSWER_KEY: u8 = 0xfe;
+
+/// Whether an answer event for `key` is due (none in the last interval), recording it if so.
+#[inline(always)]
+fn due(key: &QueryKey, now: u64) -> bool {
+    let interval = CONFIG
+        .get(config::DNS_EVENT_INTERVAL_NS)
+        .copied()
+        .unwrap_or(0);
+    if let Some(seen) = DNS_QUERY_EVENTS.get_ptr_mut(key) {
+        // SAFETY: a value pointer from a map lookup, valid for this program run.
+        unsafe {
+            if now.saturating_sub((*seen).last_event_ns) < interval {
+                return false;
+            }
+            (*seen).last_event_ns = now;
+        }
+    } else {
+        let _ = DNS_QUERY_EVENTS.insert(
+            key,
+            &QueryValue {
+                last_event_ns: now,
+                repeats: 0,
+            },
+            0,
+        );
+    }
+    true
 }
 
 /// What a question says: its name's length in wire format, the hash of the whole name, and

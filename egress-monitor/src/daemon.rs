@@ -16,7 +16,7 @@ use tokio::{
 use crate::{
     cgroup::{self, CgroupError},
     datapath::{ApplyReport, Counters, Datapath, DatapathError, Opened},
-    dns_events::{DnsRecord, wire_to_text},
+    dns_events::{DnsAnswerRecord, DnsRecord, wire_to_text},
     events::{self, Clock, EventRecord, EventWriter, EventsTarget, KernelRecord},
     flows::FlowReporter,
     iface::{self, InterfaceError},
@@ -274,6 +274,7 @@ async fn serve(
         cgroups: crate::cgroup::PathCache::new(),
         exes: crate::process::ExeCache::new(),
         tunnel: crate::tunnel::TunnelScorer::new(),
+        dst_names: crate::dns_events::NameCache::new(),
         clock: Clock::now(),
     };
     let mut ring = watch(datapath.events()?)?;
@@ -327,6 +328,8 @@ async fn serve(
             }
             _ = hangup.recv() => {
                 log::info!("SIGHUP: re-reading the policy");
+                // Events read before the reload name the old rules; after it, the new.
+                drain(ring.get_mut(), &names, &mut out);
                 match config.source.build() {
                     Ok(policy) => match datapath.apply(&policy) {
                         Ok(report) => log_apply(&report),
@@ -334,8 +337,6 @@ async fn serve(
                     },
                     Err(err) => log::error!("the new policy is invalid; the live one stays:\n{err}"),
                 }
-                // Events read before the reload name the old rules; after it, the new.
-                drain(ring.get_mut(), &names, &mut out);
                 names = load_names(&layout)?;
             }
             _ = flow_tick.tick(), if aggregate => {
@@ -485,6 +486,7 @@ struct Output<'a> {
     cgroups: crate::cgroup::PathCache,
     exes: crate::process::ExeCache,
     tunnel: crate::tunnel::TunnelScorer,
+    dst_names: crate::dns_events::NameCache,
     clock: Clock,
 }
 
@@ -494,6 +496,14 @@ impl Output<'_> {
             record.cgroup = self.cgroups.path(id);
         }
         record.exe = record.pid.and_then(|pid| self.exes.exe(pid));
+        record.dst_name = record.dst.and_then(|dst| self.dst_names.name(dst));
+        self.writer.write(&record);
+    }
+
+    fn write_answer(&mut self, mut record: DnsAnswerRecord) {
+        record.cgroup = self.cgroups.path(record.cgroup_id);
+        record.exe = record.pid.and_then(|pid| self.exes.exe(pid));
+        self.dst_names.learn(&record);
         self.writer.write(&record);
     }
 
@@ -526,6 +536,12 @@ fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, out: &mut Output) {
         let written = match events::decode_any(&item) {
             Ok(KernelRecord::Packet(event)) => {
                 EventRecord::new(&event, names, &out.clock).map(|record| out.write(record))
+            }
+            Ok(KernelRecord::Dns(event))
+                if event.kind == egress_monitor_common::dns::kind::ANSWER =>
+            {
+                DnsAnswerRecord::new(&event, names, &out.clock)
+                    .map(|record| out.write_answer(record))
             }
             Ok(KernelRecord::Dns(event)) => {
                 let len = usize::from(event.name_len).min(event.name.len());

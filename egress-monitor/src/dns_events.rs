@@ -49,6 +49,133 @@ pub struct DnsRecord {
     pub tunnel: TunnelScore,
 }
 
+/// An answer a process in the cgroup received (`"kind":"dns_answer"`): which addresses a name
+/// has now. At most one per (name, type) per flow interval.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DnsAnswerRecord {
+    pub ts: String,
+    /// Always `dns_answer`.
+    pub kind: &'static str,
+    pub name: String,
+    pub qtype: QueryType,
+    /// The resolver that answered, over which protocol.
+    pub server: IpAddr,
+    pub proto: Proto,
+    /// The first eight A/AAAA addresses of the answer, and the smallest of their TTLs.
+    pub addresses: Vec<IpAddr>,
+    pub ttl: u32,
+    /// The domain rule for the name, or `default`; `learned`: an allow rule, so the addresses
+    /// are allowed until the TTL (plus the grace period) runs out.
+    pub rule: String,
+    pub learned: bool,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+impl DnsAnswerRecord {
+    pub fn new(
+        event: &DnsEvent,
+        names: &StateFile,
+        clock: &Clock,
+    ) -> Result<DnsAnswerRecord, EventError> {
+        if event.kind != kind::ANSWER {
+            return Err(EventError::BadCode {
+                field: "dns kind",
+                value: event.kind,
+            });
+        }
+        let address = |bytes: &[u8; 16]| {
+            if is_v6(bytes) {
+                IpAddr::V6(Ipv6Addr::from(*bytes))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+            }
+        };
+        let count = usize::from(event.address_count).min(event.addresses.len());
+        let rule = names.rules.iter().find(|r| r.id == event.rule_id);
+        let owner_known = event.flags & flags::OWNER_KNOWN != 0;
+        let len = usize::from(event.name_len).min(event.name.len());
+        Ok(DnsAnswerRecord {
+            ts: clock.rfc3339(event.ts_boot_ns),
+            kind: "dns_answer",
+            name: wire_to_text(&event.name[..len]),
+            qtype: QueryType::from_number(event.qtype),
+            server: if event.ip_version == 6 {
+                IpAddr::V6(Ipv6Addr::from(event.server))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(
+                    event.server[0],
+                    event.server[1],
+                    event.server[2],
+                    event.server[3],
+                ))
+            },
+            proto: Proto::from_number(event.proto, event.ip_version),
+            addresses: event.addresses[..count].iter().map(address).collect(),
+            ttl: event.ttl,
+            rule: names.rule_name(event.rule_id).to_owned(),
+            learned: rule.is_some_and(|r| r.action == crate::policy::Action::Allow),
+            pid: owner_known.then_some(event.pid),
+            comm: owner_known.then(|| {
+                let end = event.comm.iter().position(|b| *b == 0).unwrap_or(16);
+                String::from_utf8_lossy(&event.comm[..end]).into_owned()
+            }),
+            exe: None,
+            cgroup_id: event.cgroup_id,
+            cgroup: None,
+        })
+    }
+}
+
+/// Whether an address slot holds an IPv6 address: the kernel writes IPv4 into the first four
+/// bytes and zeroes the rest; an AAAA record fills all sixteen. (An IPv6 address with twelve
+/// trailing zero bytes would be `x::` — a network address no resolver answers with.)
+fn is_v6(bytes: &[u8; 16]) -> bool {
+    bytes[4..].iter().any(|b| *b != 0)
+}
+
+/// Names the node resolved recently, by address: what `dst_name` says in packet events.
+/// Entries last the record's TTL plus [`NameCache::LINGER`] (a connection may come later than
+/// the TTL), bounded in number.
+#[derive(Debug, Default)]
+pub struct NameCache {
+    names: std::collections::HashMap<IpAddr, (String, std::time::Instant)>,
+}
+
+impl NameCache {
+    pub const LINGER: std::time::Duration = std::time::Duration::from_secs(300);
+    const CAPACITY: usize = 65_536;
+
+    pub fn new() -> NameCache {
+        NameCache::default()
+    }
+
+    pub fn learn(&mut self, answer: &DnsAnswerRecord) {
+        let now = std::time::Instant::now();
+        let until = now + std::time::Duration::from_secs(u64::from(answer.ttl)) + Self::LINGER;
+        if self.names.len() + answer.addresses.len() > Self::CAPACITY {
+            self.names.retain(|_, (_, expires)| *expires > now);
+            if self.names.len() + answer.addresses.len() > Self::CAPACITY {
+                self.names.clear();
+            }
+        }
+        for address in &answer.addresses {
+            self.names.insert(*address, (answer.name.clone(), until));
+        }
+    }
+
+    pub fn name(&self, address: IpAddr) -> Option<String> {
+        self.names
+            .get(&address)
+            .filter(|(_, expires)| *expires > std::time::Instant::now())
+            .map(|(name, _)| name.clone())
+    }
+}
+
 /// A record type by name where it has a common one, else by number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]

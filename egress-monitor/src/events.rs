@@ -94,6 +94,10 @@ pub struct EventRecord {
     /// Null only when no IP header could be read (`malformed` or `ethertype` says why).
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
+    /// The name the node resolved `dst` from recently, when an answer said so (filled in by
+    /// the daemon, see [`crate::dns_events::NameCache`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_name: Option<String>,
     pub src_port: Option<u16>,
     pub dst_port: Option<u16>,
     /// Packets and IP bytes this event stands for: 1 and `len` for `packet` and `first`; for
@@ -195,6 +199,7 @@ impl EventRecord {
             proto: Proto::from_number(event.proto, event.ip_version),
             src: address(&event.src),
             dst: address(&event.dst),
+            dst_name: None,
             src_port: has_ports.then_some(event.src_port),
             dst_port: has_ports.then_some(event.dst_port),
             packets: 1,

@@ -103,6 +103,21 @@ impl Client {
         self.call(&args)
     }
 
+    /// `count` identical A questions from one UDP socket (`interval` apart, when set).
+    pub fn resolve_repeat(
+        &self,
+        server: IpAddr,
+        name: &str,
+        count: u32,
+    ) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "resolve-repeat".into(),
+            server.to_string(),
+            name.to_owned(),
+            count.to_string(),
+        ])
+    }
+
     /// `count` ICMP/ICMPv6 echo requests, waiting up to 500 ms for each reply.
     pub fn ping(&self, dst: IpAddr, count: u32) -> anyhow::Result<Outcome> {
         self.call(&["ping".into(), dst.to_string(), count.to_string()])

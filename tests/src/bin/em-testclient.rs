@@ -4,6 +4,7 @@
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] [--interval-us US] udp  DST PORT COUNT PAYLOAD [dstopts]
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] spray DST_V4 COUNT PAYLOAD
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] resolve SERVER NAME a|aaaa [tcp]
+//! em-testclient --netns NAME [--cgroup PATH] [--interval-us US] resolve-repeat SERVER NAME COUNT
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] tcp  DST PORT TIMEOUT_MS
 //! em-testclient --netns NAME [--cgroup PATH]             ping DST COUNT
 //! em-testclient --netns NAME                             frame IFACE ETHERTYPE COUNT VLAN_TAGS
@@ -98,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             arg(3)?,
             args.get(4).is_some_and(|a| a == "tcp"),
         )?,
+        "resolve-repeat" => resolve_repeat(arg(1)?.parse()?, arg(2)?, arg(3)?.parse()?, interval)?,
         "spray" => spray(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?)?,
         "tcp" => tcp(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
         "ping" => ping(arg(1)?.parse()?, arg(2)?.parse()?, interval)?,
@@ -170,8 +172,9 @@ fn udp(
 
 /// One DNS question (`a` or `aaaa`) to `server`:53 over UDP or TCP; `replies` counts the
 /// answer's addresses, `ok` whether an answer came (an NXDOMAIN is an answer with none).
-fn resolve(server: IpAddr, name: &str, kind: &str, tcp: bool) -> anyhow::Result<Report> {
-    use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, Question, TYPE, rdata::RData};
+/// A query for `name` (`kind`: `a` or `aaaa`) in wire format.
+fn dns_query(name: &str, kind: &str) -> anyhow::Result<Vec<u8>> {
+    use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, Question, TYPE};
     let qtype = match kind {
         "a" => TYPE::A,
         "aaaa" => TYPE::AAAA,
@@ -185,7 +188,47 @@ fn resolve(server: IpAddr, name: &str, kind: &str, tcp: bool) -> anyhow::Result<
         CLASS::IN.into(),
         false,
     ));
-    let query = query.build_bytes_vec()?;
+    Ok(query.build_bytes_vec()?)
+}
+
+/// `count` identical A questions from one UDP socket, `interval` apart, each awaiting its
+/// answer (`ok` counts answers).
+fn resolve_repeat(
+    server: IpAddr,
+    name: &str,
+    count: u32,
+    interval: Duration,
+) -> anyhow::Result<Report> {
+    let query = dns_query(name, "a")?;
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
+    let socket = UdpSocket::bind(bind)?;
+    socket.set_read_timeout(Some(Duration::from_millis(1000)))?;
+    let mut report = Report {
+        src_port: socket.local_addr()?.port(),
+        ..Report::default()
+    };
+    let mut buffer = [0u8; 4096];
+    for _ in 0..count {
+        match socket.send_to(&query, SocketAddr::new(server, 53)) {
+            Ok(_) => match socket.recv(&mut buffer) {
+                Ok(_) => report.ok += 1,
+                Err(err) => report.error(&err),
+            },
+            Err(err) => report.error(&err),
+        }
+        std::thread::sleep(interval);
+    }
+    Ok(report)
+}
+
+fn resolve(server: IpAddr, name: &str, kind: &str, tcp: bool) -> anyhow::Result<Report> {
+    use simple_dns::{Packet, rdata::RData};
+    let query = dns_query(name, kind)?;
     let to = SocketAddr::new(server, 53);
     let mut report = Report::default();
     let timeout = Duration::from_millis(1000);

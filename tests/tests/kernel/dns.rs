@@ -254,3 +254,107 @@ fn many_addresses_over_tcp_and_rotation_are_all_learned() {
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log:#?}");
 }
+
+/// Without domain rules nothing is refused for its name, but every question and answer is
+/// reported, and a denied packet to an address the client resolved names it (`dst_name`).
+#[test]
+fn a_denied_packet_names_the_destination_the_client_resolved() {
+    let node = Node::new("dnsname");
+    let server = DnsServer::start(
+        &node.topology.net,
+        PRIVATE_V4.into(),
+        vec![
+            Record::new("x.other.test", INTERNET_V4, 60),
+            Record::new("x.other.test", INTERNET_V6, 60),
+        ],
+    )
+    .unwrap();
+    let daemon = node.daemon(&["--mode", "enforce"]);
+    let resolver = client(&node.topology, Some(&node.cgroup));
+    for kind in ["a", "aaaa"] {
+        let outcome = resolver
+            .resolve(PRIVATE_V4.into(), "x.other.test", kind, false)
+            .unwrap();
+        assert_eq!((outcome.ok, outcome.replies), (1, 1), "{kind}: {outcome:?}");
+    }
+    assert_eq!(
+        server.questions().len(),
+        2,
+        "no domain rules: nothing refused"
+    );
+    assert!(!reachable(&node, INTERNET_V4.into()));
+    assert!(!reachable(&node, INTERNET_V6.into()));
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    let lines = event_lines(&node.events(), 6);
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        lines.iter().filter(|l| l["kind"] == kind).collect()
+    };
+    let questions = of_kind("dns");
+    assert_eq!(questions.len(), 2, "{lines:#?}");
+    assert!(questions.iter().all(|q| q["action"] == "allowed"));
+    let answers = of_kind("dns_answer");
+    assert_eq!(answers.len(), 2, "{lines:#?}");
+    for (answer, address) in answers.iter().zip([
+        IpAddr::V4(INTERNET_V4).to_string(),
+        IpAddr::V6(INTERNET_V6).to_string(),
+    ]) {
+        assert_eq!(answer["name"], "x.other.test");
+        assert_eq!(answer["addresses"], serde_json::json!([address]));
+        assert_eq!(answer["ttl"], 60);
+        assert_eq!(answer["learned"], false, "no rule allows it");
+        assert_eq!(answer["comm"], "em-testclient");
+    }
+    let denied = of_kind("first");
+    assert_eq!(denied.len(), 2, "{lines:#?}");
+    assert!(
+        denied.iter().all(|d| d["dst_name"] == "x.other.test"),
+        "{denied:#?}"
+    );
+}
+
+/// Queries are rate-limited like flows: the same question from the same socket is one event
+/// per interval, the next carrying how many it stood for.
+#[test]
+fn repeated_questions_from_one_socket_are_rate_limited() {
+    let node = Node::new("dnsrate");
+    let _server = DnsServer::start(
+        &node.topology.net,
+        PRIVATE_V4.into(),
+        vec![Record::new("x.other.test", INTERNET_V4, 60)],
+    )
+    .unwrap();
+    let daemon = node.daemon(&["--flow-interval", "1"]);
+    let mut resolver = client(&node.topology, Some(&node.cgroup));
+    // Eight questions over about 1.6 s: at most two or three reporting periods.
+    resolver.interval = Some(Duration::from_millis(200));
+    let outcome = resolver
+        .resolve_repeat(PRIVATE_V4.into(), "x.other.test", 8)
+        .unwrap();
+    assert_eq!(outcome.ok, 8, "{outcome:?}");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    let lines = event_lines(&node.events(), 2);
+    let events: Vec<_> = lines
+        .iter()
+        .filter(|l| l["kind"] == "dns" && l["name"] == "x.other.test")
+        .collect();
+    assert!(
+        (2..=3).contains(&events.len()),
+        "eight questions, a few events: {events:#?}"
+    );
+    assert_eq!(events[0]["repeats"], 0, "the first is reported at once");
+    let reported: u64 = events
+        .iter()
+        .map(|e| 1 + e["repeats"].as_u64().unwrap())
+        .sum();
+    assert!(
+        reported > events.len() as u64 && reported <= 8,
+        "later events stand for the questions in between: {events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["src_port"] == u64::from(outcome.src_port))
+    );
+}
