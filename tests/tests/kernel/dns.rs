@@ -9,7 +9,7 @@ use std::{
 
 use egress_monitor_tests::{
     dns::{DnsServer, Record},
-    netns::{INTERNET_V4, INTERNET_V6, PRIVATE_V4, UDP_PORT},
+    netns::{INTERNET_V4, INTERNET_V6, PRIVATE_V4, PRIVATE_V6, UDP_PORT},
 };
 
 use crate::{Daemon, Node, client, event_lines, status_json};
@@ -356,5 +356,68 @@ fn repeated_questions_from_one_socket_are_rate_limited() {
         events
             .iter()
             .all(|e| e["src_port"] == u64::from(outcome.src_port))
+    );
+}
+
+/// Over IPv6 to the resolver too; and the refusal and the learning are the kernel's own: with
+/// the daemon killed, a disallowed name stays refused and an allowed name's addresses are
+/// still learned.
+#[test]
+fn ipv6_resolvers_and_a_dead_daemon_change_nothing() {
+    let node = Node::new("dnsv6");
+    let zone = vec![
+        Record::new("api.allowed.test", documentation_v4(40), 60),
+        Record::new("v6.allowed.test", documentation_v4(41), 60),
+        Record::new("x.other.test", INTERNET_V4, 60),
+    ];
+    let (daemon, _server) = start(&node, zone.clone());
+    let _server_v6 = DnsServer::start(&node.topology.net, PRIVATE_V6.into(), zone).unwrap();
+    let resolver = client(&node.topology, Some(&node.cgroup));
+    let outcome = resolver
+        .resolve(PRIVATE_V6.into(), "v6.allowed.test", "a", false)
+        .unwrap();
+    assert_eq!((outcome.ok, outcome.replies), (1, 1), "{outcome:?}");
+    assert!(reachable(&node, documentation_v4(41)), "learned over IPv6");
+    let outcome = resolver
+        .resolve(PRIVATE_V6.into(), "x.other.test", "a", true)
+        .unwrap();
+    assert_eq!(outcome.ok, 0, "refused over IPv6 and TCP: {outcome:?}");
+
+    daemon.kill();
+    let outcome = resolver
+        .resolve(PRIVATE_V4.into(), "x.other.test", "a", false)
+        .unwrap();
+    assert_eq!(
+        outcome.eperm, 1,
+        "still refused with no daemon: {outcome:?}"
+    );
+    assert!(!reachable(&node, documentation_v4(40)));
+    let outcome = resolver
+        .resolve(PRIVATE_V4.into(), "api.allowed.test", "a", false)
+        .unwrap();
+    assert_eq!(outcome.replies, 1);
+    assert!(
+        reachable(&node, documentation_v4(40)),
+        "learned with no daemon"
+    );
+    // The restarted daemon reports what happened meanwhile from the ring buffer.
+    let daemon = node.daemon(&[
+        "--policy",
+        node.scratch.0.join("policy.toml").to_str().unwrap(),
+    ]);
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    let lines = event_lines(&node.events(), 1);
+    let v6: Vec<_> = lines
+        .iter()
+        .filter(|l| l["kind"] == "dns" && l["server"] == PRIVATE_V6.to_string())
+        .collect();
+    assert_eq!(v6.len(), 2, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l["kind"] == "dns"
+            && l["name"] == "x.other.test"
+            && l["server"] == PRIVATE_V4.to_string()
+            && l["action"] == "dropped"),
+        "the refusal while no daemon ran is reported: {lines:#?}"
     );
 }
