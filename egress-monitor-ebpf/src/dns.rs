@@ -167,90 +167,6 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet, message: usize
     Some(())
 }
 
-/// Reports an answer's addresses: at most one event per (name, type) per interval.
-#[inline(always)]
-#[allow(
-    clippy::too_many_arguments,
-    reason = "inlined; every argument is a packet fact"
-)]
-fn report_answer(
-    raw: *mut __sk_buff,
-    packet: &Packet,
-    event: &mut DnsEvent,
-    name_hash: u64,
-    qtype: u16,
-    rule_id: u32,
-) {
-    let key = QueryKey {
-        name_hash,
-        cookie: 0,
-        qtype,
-        hook: ANSWER_KEY,
-        outcome: 0,
-        _pad: 0,
-    };
-    // SAFETY: the helper reads the clock.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    if !due(&key, now) {
-        return;
-    }
-    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
-    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
-    let (pid, comm, owner_flag) = emit::owner(cookie);
-    event.ts_boot_ns = now;
-    // SAFETY: cgroup_skb may ask for its skb's cgroup.
-    event.cgroup_id = unsafe { bpf_skb_cgroup_id(raw) };
-    event.ifindex = 0;
-    event.server = packet.src;
-    event.pid = pid;
-    event.uid = 0;
-    event.rule_id = rule_id;
-    event.repeats = 0;
-    event.comm = comm;
-    event.src_port = packet.dst_port;
-    event.qtype = qtype;
-    event.kind = kind::ANSWER;
-    event.ip_version = packet.ip_version;
-    event.proto = packet.proto;
-    event.hook = hooks::CGROUP;
-    event.outcome = 0;
-    event.flags = owner_flag;
-    if EVENTS.output(event, 0).is_err() {
-        emit::stat(stat::EVENTS_LOST);
-    }
-}
-
-/// [`QueryKey::hook`] of answer rate-limit entries (no hook has this code).
-const ANSWER_KEY: u8 = 0xfe;
-
-/// Whether an answer event for `key` is due (none in the last interval), recording it if so.
-#[inline(always)]
-fn due(key: &QueryKey, now: u64) -> bool {
-    let interval = CONFIG
-        .get(config::DNS_EVENT_INTERVAL_NS)
-        .copied()
-        .unwrap_or(0);
-    if let Some(seen) = DNS_QUERY_EVENTS.get_ptr_mut(key) {
-        // SAFETY: a value pointer from a map lookup, valid for this program run.
-        unsafe {
-            if now.saturating_sub((*seen).last_event_ns) < interval {
-                return false;
-            }
-            (*seen).last_event_ns = now;
-        }
-    } else {
-        let _ = DNS_QUERY_EVENTS.insert(
-            key,
-            &QueryValue {
-                last_event_ns: now,
-                repeats: 0,
-            },
-            0,
-        );
-    }
-    true
-}
-
 /// What a question says: its name's length in wire format, the hash of the whole name, and
 /// the most specific domain rule for it (id, action), if any.
 type Question = (usize, u64, Option<(u32, u8)>);
@@ -509,66 +425,117 @@ pub fn report_query(
     };
     // SAFETY: the helper reads the clock.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let interval = CONFIG
-        .get(config::DNS_EVENT_INTERVAL_NS)
-        .copied()
-        .unwrap_or(0);
-    let mut repeats = 0;
-    if let Some(seen) = DNS_QUERY_EVENTS.get_ptr_mut(&key) {
-        // SAFETY: a value pointer from a map lookup, valid for this program run; the repeat
-        // count is shared between CPUs and so changed atomically.
-        unsafe {
-            if now.saturating_sub((*seen).last_event_ns) < interval {
-                emit::atomic_add(&raw mut (*seen).repeats, 1);
-                return;
-            }
-            repeats = (*seen).repeats;
-            // What is reported is taken off: repeats counted meanwhile stay for the next event.
-            emit::atomic_add(&raw mut (*seen).repeats, repeats.wrapping_neg());
-            (*seen).last_event_ns = now;
-        }
-    } else {
-        let _ = DNS_QUERY_EVENTS.insert(
-            &key,
-            &QueryValue {
-                last_event_ns: now,
-                repeats: 0,
-            },
-            0,
-        );
-    }
+    let Some(repeats) = rate_limit(&key, now) else {
+        return;
+    };
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a per-CPU slot; `query` left this run's name in it.
     let event = unsafe { &mut (*scratch).event };
-    let (pid, comm, owner_flag) = emit::owner(cookie);
-    let on_cgroup = hook == hooks::CGROUP;
-    event.ts_boot_ns = now;
-    // SAFETY: cgroup_skb may ask for its skb's cgroup; the TC program reads its context field.
-    (event.cgroup_id, event.ifindex) = unsafe {
-        if on_cgroup {
-            (bpf_skb_cgroup_id(raw), 0)
-        } else {
-            (0, (*raw).ifindex)
-        }
-    };
     event.server = packet.dst;
     event.ttl = 0;
-    event.pid = pid;
-    event.uid = 0;
     event.rule_id = rule_id;
     event.repeats = repeats as u32;
-    event.comm = comm;
     event.src_port = packet.src_port;
     event.qtype = qtype;
     event.kind = kind::QUERY;
     event.ip_version = packet.ip_version;
     event.proto = packet.proto;
-    event.hook = hook;
     event.outcome = outcome as u8;
-    event.flags = owner_flag;
     event.address_count = 0;
+    send(event, raw, hook, now, cookie);
+}
+
+/// Reports an answer's addresses: at most one event per (name, type) per interval.
+#[inline(always)]
+fn report_answer(
+    raw: *mut __sk_buff,
+    packet: &Packet,
+    event: &mut DnsEvent,
+    name_hash: u64,
+    qtype: u16,
+    rule_id: u32,
+) {
+    let key = QueryKey {
+        name_hash,
+        cookie: 0,
+        qtype,
+        hook: ANSWER_KEY,
+        outcome: 0,
+        _pad: 0,
+    };
+    // SAFETY: the helper reads the clock.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if rate_limit(&key, now).is_none() {
+        return;
+    }
+    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    event.server = packet.src;
+    event.rule_id = rule_id;
+    event.repeats = 0;
+    event.src_port = packet.dst_port;
+    event.qtype = qtype;
+    event.kind = kind::ANSWER;
+    event.ip_version = packet.ip_version;
+    event.proto = packet.proto;
+    event.outcome = 0;
+    send(event, raw, hooks::CGROUP, now, cookie);
+}
+
+/// [`QueryKey::hook`] of answer rate-limit entries (no hook has this code).
+const ANSWER_KEY: u8 = 0xfe;
+
+/// Whether an event for `key` is due: none in the last interval. If so, records it and returns
+/// how many repeats it stands for (taken off the count: repeats counted meanwhile stay for the
+/// next event); if not, counts a repeat.
+#[inline(always)]
+fn rate_limit(key: &QueryKey, now: u64) -> Option<u64> {
+    let interval = CONFIG
+        .get(config::DNS_EVENT_INTERVAL_NS)
+        .copied()
+        .unwrap_or(0);
+    let Some(seen) = DNS_QUERY_EVENTS.get_ptr_mut(key) else {
+        let first = QueryValue {
+            last_event_ns: now,
+            repeats: 0,
+        };
+        let _ = DNS_QUERY_EVENTS.insert(key, &first, 0);
+        return Some(0);
+    };
+    // SAFETY: a value pointer from a map lookup, valid for this program run; the repeat count
+    // is shared between CPUs and so changed atomically.
+    unsafe {
+        if now.saturating_sub((*seen).last_event_ns) < interval {
+            emit::atomic_add(&raw mut (*seen).repeats, 1);
+            return None;
+        }
+        let repeats = (*seen).repeats;
+        emit::atomic_add(&raw mut (*seen).repeats, repeats.wrapping_neg());
+        (*seen).last_event_ns = now;
+        Some(repeats)
+    }
+}
+
+/// Completes a DNS event with when, where and who (the socket's creator), and queues it.
+#[inline(always)]
+fn send(event: &mut DnsEvent, raw: *mut __sk_buff, hook: u8, now: u64, cookie: u64) {
+    let (pid, comm, owner_flag) = emit::owner(cookie);
+    event.ts_boot_ns = now;
+    // SAFETY: cgroup_skb may ask for its skb's cgroup; the TC program reads its context field.
+    (event.cgroup_id, event.ifindex) = unsafe {
+        if hook == hooks::CGROUP {
+            (bpf_skb_cgroup_id(raw), 0)
+        } else {
+            (0, (*raw).ifindex)
+        }
+    };
+    event.pid = pid;
+    event.uid = 0;
+    event.comm = comm;
+    event.hook = hook;
+    event.flags = owner_flag;
     if EVENTS.output(event, 0).is_err() {
         emit::stat(stat::EVENTS_LOST);
     }

@@ -16,7 +16,7 @@ use tokio::{
 use crate::{
     cgroup::{self, CgroupError},
     datapath::{ApplyReport, Counters, Datapath, DatapathError, Opened},
-    dns_events::{DnsAnswerRecord, DnsRecord, wire_to_text},
+    dns_events::{DnsAnswerRecord, DnsRecord},
     events::{self, Clock, EventRecord, EventWriter, EventsTarget, KernelRecord},
     flows::FlowReporter,
     iface::{self, InterfaceError},
@@ -491,27 +491,33 @@ struct Output<'a> {
 }
 
 impl Output<'_> {
+    /// What the kernel cannot say: the sender's cgroup path and executable.
+    fn resolve(
+        &mut self,
+        cgroup_id: Option<u64>,
+        pid: Option<u32>,
+    ) -> (Option<String>, Option<String>) {
+        (
+            cgroup_id.and_then(|id| self.cgroups.path(id)),
+            pid.and_then(|pid| self.exes.exe(pid)),
+        )
+    }
+
     fn write(&mut self, mut record: EventRecord) {
-        if let Some(id) = record.cgroup_id {
-            record.cgroup = self.cgroups.path(id);
-        }
-        record.exe = record.pid.and_then(|pid| self.exes.exe(pid));
+        (record.cgroup, record.exe) = self.resolve(record.cgroup_id, record.pid);
         record.dst_name = record.dst.and_then(|dst| self.dst_names.name(dst));
         self.writer.write(&record);
     }
 
     fn write_answer(&mut self, mut record: DnsAnswerRecord) {
-        record.cgroup = self.cgroups.path(record.cgroup_id);
-        record.exe = record.pid.and_then(|pid| self.exes.exe(pid));
+        (record.cgroup, record.exe) = self.resolve(Some(record.cgroup_id), record.pid);
         self.dst_names.learn(&record);
         self.writer.write(&record);
     }
 
     fn write_dns(&mut self, mut record: DnsRecord) {
-        if let Some(id) = record.cgroup_id {
-            record.cgroup = self.cgroups.path(id);
-        }
-        record.exe = record.pid.and_then(|pid| self.exes.exe(pid));
+        (record.cgroup, record.exe) = self.resolve(record.cgroup_id, record.pid);
+        record.tunnel = self.tunnel.score(&record.name);
         self.writer.write(&record);
     }
 
@@ -544,10 +550,7 @@ fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, out: &mut Output) {
                     .map(|record| out.write_answer(record))
             }
             Ok(KernelRecord::Dns(event)) => {
-                let len = usize::from(event.name_len).min(event.name.len());
-                let score = out.tunnel.score(&wire_to_text(&event.name[..len]));
-                DnsRecord::query(&event, names, &out.clock, score)
-                    .map(|record| out.write_dns(record))
+                DnsRecord::query(&event, names, &out.clock).map(|record| out.write_dns(record))
             }
             Err(err) => Err(err),
         };

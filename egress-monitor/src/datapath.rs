@@ -815,31 +815,25 @@ impl Datapath {
     /// frees their slots). Returns how many went.
     pub fn prune_learned(&self) -> Result<usize, DatapathError> {
         let now = boot_time_ns();
+        let expired: Vec<IpAddr> = self
+            .learned()?
+            .into_iter()
+            .filter(|(_, value)| value.expires_ns <= now)
+            .map(|(address, _)| address)
+            .collect();
         let mut v4: AyaHashMap<MapData, [u8; 4], LearnedValue> =
             open_map(&self.target, names::DNS_ALLOWED_V4)?;
         let mut v6: AyaHashMap<MapData, [u8; 16], LearnedValue> =
             open_map(&self.target, names::DNS_ALLOWED_V6)?;
-        let expired_v4: Vec<[u8; 4]> = v4
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, value)| value.expires_ns <= now)
-            .map(|(address, _)| address)
-            .collect();
-        let expired_v6: Vec<[u8; 16]> = v6
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, value)| value.expires_ns <= now)
-            .map(|(address, _)| address)
-            .collect();
         // An entry refreshed by a new answer between the read and the removal is removed
         // anyway; the next answer for its name brings it back.
-        for address in &expired_v4 {
-            let _ = v4.remove(address);
+        for address in &expired {
+            let _ = match address {
+                IpAddr::V4(v4_address) => v4.remove(&v4_address.octets()),
+                IpAddr::V6(v6_address) => v6.remove(&v6_address.octets()),
+            };
         }
-        for address in &expired_v6 {
-            let _ = v6.remove(address);
-        }
-        Ok(expired_v4.len() + expired_v6.len())
+        Ok(expired.len())
     }
 
     /// Turns the kernel's debug log records on or off, live.

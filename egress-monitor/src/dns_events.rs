@@ -11,7 +11,7 @@ use egress_monitor_common::{
 use serde::Serialize;
 
 use crate::{
-    events::{Clock, EventError, Proto},
+    events::{Clock, EventError, Proto, comm_text},
     state::StateFile,
     tunnel::TunnelScore,
 };
@@ -97,38 +97,44 @@ impl DnsAnswerRecord {
         };
         let count = usize::from(event.address_count).min(event.addresses.len());
         let rule = names.rules.iter().find(|r| r.id == event.rule_id);
-        let owner_known = event.flags & flags::OWNER_KNOWN != 0;
-        let len = usize::from(event.name_len).min(event.name.len());
         Ok(DnsAnswerRecord {
             ts: clock.rfc3339(event.ts_boot_ns),
             kind: "dns_answer",
-            name: wire_to_text(&event.name[..len]),
+            name: name(event),
             qtype: QueryType::from_number(event.qtype),
-            server: if event.ip_version == 6 {
-                IpAddr::V6(Ipv6Addr::from(event.server))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(
-                    event.server[0],
-                    event.server[1],
-                    event.server[2],
-                    event.server[3],
-                ))
-            },
+            server: server(event),
             proto: Proto::from_number(event.proto, event.ip_version),
             addresses: event.addresses[..count].iter().map(address).collect(),
             ttl: event.ttl,
             rule: names.rule_name(event.rule_id).to_owned(),
             learned: rule.is_some_and(|r| r.action == crate::policy::Action::Allow),
-            pid: owner_known.then_some(event.pid),
-            comm: owner_known.then(|| {
-                let end = event.comm.iter().position(|b| *b == 0).unwrap_or(16);
-                String::from_utf8_lossy(&event.comm[..end]).into_owned()
-            }),
+            pid: owner_known(event).then_some(event.pid),
+            comm: owner_known(event).then(|| comm_text(&event.comm)),
             exe: None,
             cgroup_id: event.cgroup_id,
             cgroup: None,
         })
     }
+}
+
+/// The question's name as text.
+fn name(event: &DnsEvent) -> String {
+    let len = usize::from(event.name_len).min(event.name.len());
+    wire_to_text(&event.name[..len])
+}
+
+/// The resolver: the query's destination, the answer's source.
+fn server(event: &DnsEvent) -> IpAddr {
+    if event.ip_version == 6 {
+        IpAddr::V6(Ipv6Addr::from(event.server))
+    } else {
+        let s = event.server;
+        IpAddr::V4(Ipv4Addr::new(s[0], s[1], s[2], s[3]))
+    }
+}
+
+fn owner_known(event: &DnsEvent) -> bool {
+    event.flags & flags::OWNER_KNOWN != 0
 }
 
 /// Whether an address slot holds an IPv6 address: the kernel writes IPv4 into the first four
@@ -231,12 +237,12 @@ pub fn wire_to_text(wire: &[u8]) -> String {
 }
 
 impl DnsRecord {
-    /// A query event. The tunnelling score is filled in by the caller (it keeps state).
+    /// A query event. The tunnelling score is left for the daemon, which keeps the state it
+    /// needs (see [`crate::tunnel::TunnelScorer`]).
     pub fn query(
         event: &DnsEvent,
         names: &StateFile,
         clock: &Clock,
-        tunnel: TunnelScore,
     ) -> Result<DnsRecord, EventError> {
         if event.kind != kind::QUERY {
             return Err(EventError::BadCode {
@@ -265,43 +271,27 @@ impl DnsRecord {
                 });
             }
         };
-        let server = if event.ip_version == 6 {
-            IpAddr::V6(Ipv6Addr::from(event.server))
-        } else {
-            IpAddr::V4(Ipv4Addr::new(
-                event.server[0],
-                event.server[1],
-                event.server[2],
-                event.server[3],
-            ))
-        };
-        let owner_known = event.flags & flags::OWNER_KNOWN != 0;
-        let comm = owner_known.then(|| {
-            let end = event.comm.iter().position(|b| *b == 0).unwrap_or(16);
-            String::from_utf8_lossy(&event.comm[..end]).into_owned()
-        });
-        let len = usize::from(event.name_len).min(event.name.len());
         let on_cgroup = event.hook == hook::CGROUP;
         Ok(DnsRecord {
             ts: clock.rfc3339(event.ts_boot_ns),
             kind: "dns",
             hook: hook_name,
             action,
-            name: wire_to_text(&event.name[..len]),
+            name: name(event),
             qtype: QueryType::from_number(event.qtype),
-            server,
+            server: server(event),
             proto: Proto::from_number(event.proto, event.ip_version),
             src_port: event.src_port,
             rule: names.rule_name(event.rule_id).to_owned(),
             policy: names.version.clone(),
             repeats: event.repeats,
-            pid: owner_known.then_some(event.pid),
-            comm,
+            pid: owner_known(event).then_some(event.pid),
+            comm: owner_known(event).then(|| comm_text(&event.comm)),
             exe: None,
             cgroup_id: on_cgroup.then_some(event.cgroup_id),
             cgroup: None,
             ifindex: (!on_cgroup).then_some(event.ifindex),
-            tunnel,
+            tunnel: TunnelScore::default(),
         })
     }
 }

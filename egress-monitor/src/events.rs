@@ -58,6 +58,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
+/// A NUL-padded command name as text.
+pub fn comm_text(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
 /// A protocol by name where it has a common one, else by number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -178,14 +184,7 @@ impl EventRecord {
         };
         let has_ports = event.flags & flags::HAS_PORTS != 0;
         let owner_known = event.flags & flags::OWNER_KNOWN != 0;
-        let comm = owner_known.then(|| {
-            let end = event
-                .comm
-                .iter()
-                .position(|b| *b == 0)
-                .unwrap_or(event.comm.len());
-            String::from_utf8_lossy(&event.comm[..end]).into_owned()
-        });
+        let comm = owner_known.then(|| comm_text(&event.comm));
         let on_cgroup = event.hook == hook::CGROUP;
         Ok(EventRecord {
             ts: clock.rfc3339(event.ts_boot_ns),

@@ -11,7 +11,7 @@ use std::{
 
 use serde::Serialize;
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct TunnelScore {
     pub score: u8,
     pub suspicious: bool,
