@@ -81,8 +81,16 @@ pub fn main(cli: Cli) -> ExitCode {
             };
             match source.build() {
                 Ok(policy) => {
+                    let domains = if policy.domains.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            ", {} domain rules: DNS queries for other names refused in enforce mode",
+                            policy.domains.len()
+                        )
+                    };
                     println!(
-                        "{}: valid ({} rules, {} mode, version {:016x})",
+                        "{}: valid ({} rules{domains}, {} mode, version {:016x})",
                         file.display(),
                         policy.rules.len(),
                         policy.mode,

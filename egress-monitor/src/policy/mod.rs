@@ -356,6 +356,11 @@ impl Policy {
             .rules
             .iter()
             .map(|rule| rule.network.to_string().len())
+            .chain(
+                self.domains
+                    .iter()
+                    .map(|rule| rule.domain.to_string().len()),
+            )
             .max()
             .unwrap_or(0);
         for rule in &self.rules {
