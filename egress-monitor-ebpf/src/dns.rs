@@ -32,6 +32,7 @@ use crate::{
     emit,
     maps::{
         CONFIG, DNS_ALLOWED_V4, DNS_ALLOWED_V6, DNS_QUERY_EVENTS, DNS_SCRATCH, DOMAINS, EVENTS,
+        SOCK_OWNERS,
     },
     parse::{self, L3Start, Packet, Parsed},
 };
@@ -415,6 +416,12 @@ pub fn report_query(
 ) {
     // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
     let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    // With both hooks, a query from a socket made in the attached cgroup was reported by the
+    // cgroup hook already (with its process); TC reports the others (forwarded, raw, other
+    // cgroups).
+    if hook == hooks::TC && cookie != 0 && SOCK_OWNERS.get_ptr(&cookie).is_some() {
+        return;
+    }
     let key = QueryKey {
         name_hash,
         cookie,

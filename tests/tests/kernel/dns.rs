@@ -12,7 +12,13 @@ use egress_monitor_tests::{
     netns::{INTERNET_V4, INTERNET_V6, PRIVATE_V4, PRIVATE_V6, UDP_PORT},
 };
 
-use crate::{Daemon, Node, client, event_lines, status_json};
+use egress_monitor::{
+    events::{self, KernelRecord},
+    policy::Mode,
+};
+use egress_monitor_common::verdict::hook;
+
+use crate::{Daemon, Fixture, Hook, Node, client, event_lines, status_json};
 
 const POLICY: &str = "mode = \"enforce\"\n\n\
     [[rule]]\nname = \"allowed-test\"\ndomain = \"*.allowed.test\"\naction = \"allow\"\n\n\
@@ -420,4 +426,35 @@ fn ipv6_resolvers_and_a_dead_daemon_change_nothing() {
             && l["action"] == "dropped"),
         "the refusal while no daemon ran is reported: {lines:#?}"
     );
+}
+
+/// With both hooks, a question from a socket in the cgroup is one event (the cgroup hook's, with
+/// the process), not one per hook.
+#[test]
+fn with_both_hooks_a_question_is_reported_once() {
+    let mut fx = Fixture::new(Hook::Both, Mode::Observe, &[]);
+    let _server = DnsServer::start(
+        &fx.topology.net,
+        PRIVATE_V4.into(),
+        vec![Record::new("x.other.test", INTERNET_V4, 60)],
+    )
+    .unwrap();
+    let outcome = fx
+        .client(None)
+        .resolve(PRIVATE_V4.into(), "x.other.test", "a", false)
+        .unwrap();
+    assert_eq!(outcome.ok, 1, "{outcome:?}");
+    let mut questions = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        while let Some(item) = fx.ring.next() {
+            if let Ok(KernelRecord::Dns(event)) = events::decode_any(&item)
+                && event.kind == egress_monitor_common::dns::kind::QUERY
+            {
+                questions.push(event.hook);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(questions, [hook::CGROUP], "one event, from the cgroup hook");
 }
