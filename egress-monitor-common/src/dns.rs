@@ -147,6 +147,25 @@ pub struct QueryValue {
 }
 const _: () = assert!(core::mem::size_of::<QueryValue>() == 16);
 
+/// A question in flight: which socket asked which server, with which id (`DNS_PENDING`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingKey {
+    pub cookie: u64,
+    pub server: [u8; 16],
+    pub id: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<PendingKey>() == 32);
+
+/// Questions in flight remembered (an LRU map: a flood of questions forgets the oldest, whose
+/// answers then teach nothing).
+pub const PENDING_CAPACITY: u32 = 16_384;
+
+/// The longest TTL honoured for a learned address (a day): an answer cannot open an address
+/// for longer.
+pub const MAX_LEARNED_TTL: u32 = 86_400;
+
 /// Query rate-limit entries (an LRU map).
 pub const QUERIES_CAPACITY: u32 = 16_384;
 

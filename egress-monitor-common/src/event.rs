@@ -18,6 +18,9 @@ pub mod flags {
     /// The first packet of a flow: the flow's later packets are counted, not sent as events
     /// (see [`crate::flow`]). Without it, the event stands for this one packet alone.
     pub const FLOW_FIRST: u8 = 1 << 5;
+    /// DNS answers: a domain rule allowed the name and the answer answered a question this
+    /// socket asked, so its addresses were learned.
+    pub const LEARNED: u8 = 1 << 6;
 }
 
 /// Ordered largest-first so that no implicit padding exists; the tail is padded explicitly to a

@@ -19,6 +19,7 @@ pub const DNS_ALLOWED_V4: &str = "DNS_ALLOWED_V4";
 pub const DNS_ALLOWED_V6: &str = "DNS_ALLOWED_V6";
 pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
 pub const DNS_QUERY_EVENTS: &str = "DNS_QUERY_EVENTS";
+pub const DNS_PENDING: &str = "DNS_PENDING";
 
 /// Sockets remembered with their creator (an LRU map: the oldest are forgotten first).
 pub const SOCK_OWNERS_CAPACITY: u32 = 1 << 16;

@@ -19,8 +19,8 @@ use aya_ebpf::{
 };
 use egress_monitor_common::{
     dns::{
-        ANSWER_ADDRESSES, DnsEvent, HASH_SEED, LearnedValue, MAX_ANSWERS, MAX_NAME, NO_RULE,
-        QueryKey, QueryValue, fold, kind, queries,
+        ANSWER_ADDRESSES, DnsEvent, HASH_SEED, LearnedValue, MAX_ANSWERS, MAX_LEARNED_TTL,
+        MAX_NAME, NO_RULE, PendingKey, QueryKey, QueryValue, fold, kind, queries,
     },
     event::flags,
     maps::stat,
@@ -31,8 +31,8 @@ use egress_monitor_common::{
 use crate::{
     emit,
     maps::{
-        CONFIG, DNS_ALLOWED_V4, DNS_ALLOWED_V6, DNS_QUERY_EVENTS, DNS_SCRATCH, DOMAINS, EVENTS,
-        SOCK_OWNERS,
+        CONFIG, DNS_ALLOWED_V4, DNS_ALLOWED_V6, DNS_PENDING, DNS_QUERY_EVENTS, DNS_SCRATCH,
+        DOMAINS, EVENTS, SOCK_OWNERS,
     },
     parse::{self, L3Start, Packet, Parsed},
 };
@@ -101,7 +101,8 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet, message: usize
     }
     let (name_len, name_hash, rule) = question(skb, raw, message + DNS_HEADER)?;
     let (rule_id, rule_action) = rule.unwrap_or((RULE_ID_DEFAULT, NO_RULE));
-    let allowed = rule_action == action::ALLOW;
+    let id = u16::from_be_bytes([header[0], header[1]]);
+    let allowed = rule_action == action::ALLOW && answers_a_question(raw, packet, id, name_hash);
     let qtype = u16::from_be_bytes(skb.load::<[u8; 2]>(message + DNS_HEADER + name_len).ok()?);
     let scratch = DNS_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot, used by this program run only (`question` filled its name).
@@ -124,6 +125,7 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet, message: usize
         let kind = u16::from_be_bytes([record[0], record[1]]);
         let class = u16::from_be_bytes([record[2], record[3]]);
         let ttl = u32::from_be_bytes([record[4], record[5], record[6], record[7]]);
+        let ttl = ttl.min(MAX_LEARNED_TTL);
         let length = usize::from(u16::from_be_bytes([record[8], record[9]]));
         offset += 10;
         let learned = LearnedValue {
@@ -163,7 +165,8 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet, message: usize
         offset += length;
     }
     if event.address_count > 0 {
-        report_answer(raw, packet, event, name_hash, qtype, rule_id);
+        let learned = if allowed { flags::LEARNED } else { 0 };
+        report_answer(raw, packet, event, name_hash, qtype, rule_id, learned);
     }
     Some(())
 }
@@ -324,6 +327,8 @@ pub struct Query {
     pub rule_action: u8,
     pub name_hash: u64,
     pub qtype: u16,
+    /// The message id.
+    pub id: u16,
 }
 
 /// [`Query::status`] values.
@@ -346,6 +351,7 @@ impl Query {
             rule_action: NO_RULE,
             name_hash: 0,
             qtype: 0,
+            id: 0,
         }
     }
 }
@@ -389,6 +395,44 @@ pub fn query(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet) -> Query {
         rule_action,
         name_hash,
         qtype: u16::from_be_bytes(kind),
+        id: u16::from_be_bytes([header[0], header[1]]),
+    }
+}
+
+/// Remembers a question that leaves, so that its answer (same socket, from the server asked,
+/// same id and name) may teach addresses. Another answer — one a local process forged from a
+/// socket bound to port 53, say — teaches nothing.
+#[inline(always)]
+pub fn remember(raw: *mut __sk_buff, packet: &Packet, question: &Query) {
+    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    let key = PendingKey {
+        cookie,
+        server: packet.dst,
+        id: question.id,
+        _pad: [0; 6],
+    };
+    let _ = DNS_PENDING.insert(&key, &question.name_hash, 0);
+}
+
+/// Whether this answer answers a remembered question (which it then settles).
+#[inline(always)]
+fn answers_a_question(raw: *mut __sk_buff, packet: &Packet, id: u16, name_hash: u64) -> bool {
+    // SAFETY: the helper reads the receiving socket of the program's own skb.
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    let key = PendingKey {
+        cookie,
+        server: packet.src,
+        id,
+        _pad: [0; 6],
+    };
+    match DNS_PENDING.get_ptr(&key) {
+        // SAFETY: a value pointer from a map lookup, valid for this program run.
+        Some(asked) if unsafe { *asked } == name_hash => {
+            let _ = DNS_PENDING.remove(&key);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -451,7 +495,7 @@ pub fn report_query(
     event.proto = packet.proto;
     event.outcome = outcome as u8;
     event.address_count = 0;
-    send(event, raw, hook, now, cookie);
+    send(event, raw, hook, now, cookie, 0);
 }
 
 /// Reports an answer's addresses: at most one event per (name, type) per interval.
@@ -463,6 +507,7 @@ fn report_answer(
     name_hash: u64,
     qtype: u16,
     rule_id: u32,
+    learned: u8,
 ) {
     let key = QueryKey {
         name_hash,
@@ -488,7 +533,7 @@ fn report_answer(
     event.ip_version = packet.ip_version;
     event.proto = packet.proto;
     event.outcome = 0;
-    send(event, raw, hooks::CGROUP, now, cookie);
+    send(event, raw, hooks::CGROUP, now, cookie, learned);
 }
 
 /// [`QueryKey::hook`] of answer rate-limit entries (no hook has this code).
@@ -527,7 +572,7 @@ fn rate_limit(key: &QueryKey, now: u64) -> Option<u64> {
 
 /// Completes a DNS event with when, where and who (the socket's creator), and queues it.
 #[inline(always)]
-fn send(event: &mut DnsEvent, raw: *mut __sk_buff, hook: u8, now: u64, cookie: u64) {
+fn send(event: &mut DnsEvent, raw: *mut __sk_buff, hook: u8, now: u64, cookie: u64, extra: u8) {
     let (pid, comm, owner_flag) = emit::owner(cookie);
     event.ts_boot_ns = now;
     // SAFETY: cgroup_skb may ask for its skb's cgroup; the TC program reads its context field.
@@ -542,7 +587,7 @@ fn send(event: &mut DnsEvent, raw: *mut __sk_buff, hook: u8, now: u64, cookie: u
     event.uid = 0;
     event.comm = comm;
     event.hook = hook;
-    event.flags = owner_flag;
+    event.flags = owner_flag | extra;
     if EVENTS.output(event, 0).is_err() {
         emit::stat(stat::EVENTS_LOST);
     }

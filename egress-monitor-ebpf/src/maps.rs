@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use egress_monitor_common::{
     dns::{
-        DOMAINS_CAPACITY, DomainValue, LEARNED_CAPACITY, LearnedValue, QUERIES_CAPACITY, QueryKey,
-        QueryValue,
+        DOMAINS_CAPACITY, DomainValue, LEARNED_CAPACITY, LearnedValue, PENDING_CAPACITY,
+        PendingKey, QUERIES_CAPACITY, QueryKey, QueryValue,
     },
     flow::{
         FLOW_DIRTY_CAPACITY, FLOW_REPORTED_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowReported,
@@ -66,6 +66,11 @@ pub static DNS_ALLOWED_V4: LruHashMap<[u8; 4], LearnedValue> =
 #[map]
 pub static DNS_ALLOWED_V6: LruHashMap<[u8; 16], LearnedValue> =
     LruHashMap::with_max_entries(LEARNED_CAPACITY, 0);
+
+/// Questions in flight, with their name's hash: an answer teaches only when it answers one.
+#[map]
+pub static DNS_PENDING: LruHashMap<PendingKey, u64> =
+    LruHashMap::with_max_entries(PENDING_CAPACITY, 0);
 
 /// Query events' rate limit: one per question and socket per interval.
 #[map]

@@ -97,6 +97,9 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
     } else {
         (rule_id, allowed)
     };
+    if allowed && question.status == dns::status::NAME && question.rule_action == action::ALLOW {
+        dns::remember(raw, &packet, &question);
+    }
     if rule_id != RULE_ID_DEFAULT && accounted {
         emit::rule_hit(rule_id);
     }

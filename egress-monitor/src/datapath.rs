@@ -59,7 +59,7 @@ pub const INGRESS_PROGRAM: &str = "cgroup_ingress";
 /// aya-log's ring buffer; pinned like the others so a later daemon can read it.
 const LOG_MAP: &str = "AYA_LOGS";
 /// Every map the object defines, all pinned.
-const MAPS: [&str; 17] = [
+const MAPS: [&str; 19] = [
     names::POLICY_V4,
     names::POLICY_V6,
     names::CONFIG,
@@ -76,6 +76,8 @@ const MAPS: [&str; 17] = [
     names::DNS_ALLOWED_V4,
     names::DNS_ALLOWED_V6,
     names::DNS_SCRATCH,
+    names::DNS_QUERY_EVENTS,
+    names::DNS_PENDING,
     LOG_MAP,
 ];
 /// Where a replacement is staged before it takes over the pin path (bpffs allows no dots in

@@ -64,8 +64,9 @@ pub struct DnsAnswerRecord {
     /// The first eight A/AAAA addresses of the answer, and the smallest of their TTLs.
     pub addresses: Vec<IpAddr>,
     pub ttl: u32,
-    /// The domain rule for the name, or `default`; `learned`: an allow rule, so the addresses
-    /// are allowed until the TTL (plus the grace period) runs out.
+    /// The domain rule for the name, or `default`; `learned`: the kernel allowed the addresses
+    /// until the TTL (plus the grace period) runs out — an allow rule covers the name and the
+    /// answer answered a question this socket asked that server.
     pub rule: String,
     pub learned: bool,
     pub pid: Option<u32>,
@@ -96,7 +97,6 @@ impl DnsAnswerRecord {
             }
         };
         let count = usize::from(event.address_count).min(event.addresses.len());
-        let rule = names.rules.iter().find(|r| r.id == event.rule_id);
         Ok(DnsAnswerRecord {
             ts: clock.rfc3339(event.ts_boot_ns),
             kind: "dns_answer",
@@ -107,7 +107,7 @@ impl DnsAnswerRecord {
             addresses: event.addresses[..count].iter().map(address).collect(),
             ttl: event.ttl,
             rule: names.rule_name(event.rule_id).to_owned(),
-            learned: rule.is_some_and(|r| r.action == crate::policy::Action::Allow),
+            learned: event.flags & flags::LEARNED != 0,
             pid: owner_known(event).then_some(event.pid),
             comm: owner_known(event).then(|| comm_text(&event.comm)),
             exe: None,

@@ -118,6 +118,22 @@ impl Client {
         ])
     }
 
+    /// Asks `server` for `name`, then delivers to the asking socket a forged answer naming
+    /// `forged` from a local socket bound to port 53; `ok` counts the answers received.
+    pub fn forge_answer(
+        &self,
+        server: IpAddr,
+        name: &str,
+        forged: Ipv4Addr,
+    ) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "forge-answer".into(),
+            server.to_string(),
+            name.to_owned(),
+            forged.to_string(),
+        ])
+    }
+
     /// `count` ICMP/ICMPv6 echo requests, waiting up to 500 ms for each reply.
     pub fn ping(&self, dst: IpAddr, count: u32) -> anyhow::Result<Outcome> {
         self.call(&["ping".into(), dst.to_string(), count.to_string()])

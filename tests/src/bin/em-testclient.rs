@@ -5,6 +5,7 @@
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] spray DST_V4 COUNT PAYLOAD
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] resolve SERVER NAME a|aaaa [tcp]
 //! em-testclient --netns NAME [--cgroup PATH] [--interval-us US] resolve-repeat SERVER NAME COUNT
+//! em-testclient --netns NAME [--cgroup PATH] forge-answer SERVER NAME FORGED_V4
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] tcp  DST PORT TIMEOUT_MS
 //! em-testclient --netns NAME [--cgroup PATH]             ping DST COUNT
 //! em-testclient --netns NAME                             frame IFACE ETHERTYPE COUNT VLAN_TAGS
@@ -100,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             args.get(4).is_some_and(|a| a == "tcp"),
         )?,
         "resolve-repeat" => resolve_repeat(arg(1)?.parse()?, arg(2)?, arg(3)?.parse()?, interval)?,
+        "forge-answer" => forge_answer(arg(1)?.parse()?, arg(2)?, arg(3)?.parse()?)?,
         "spray" => spray(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?)?,
         "tcp" => tcp(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
         "ping" => ping(arg(1)?.parse()?, arg(2)?.parse()?, interval)?,
@@ -287,6 +289,49 @@ fn resolve(server: IpAddr, name: &str, kind: &str, tcp: bool) -> anyhow::Result<
                 .count() as u64;
         }
         _ => report.failed += 1,
+    }
+    Ok(report)
+}
+
+/// A question for `name` to `server` from one socket, then a forged answer naming `forged`,
+/// sent to that socket from a second, local socket bound to port 53 (what an unprivileged
+/// process may do where low ports are open to it). `ok` counts the answers received.
+fn forge_answer(server: IpAddr, name: &str, forged: Ipv4Addr) -> anyhow::Result<Report> {
+    use simple_dns::{
+        CLASS, Name, Packet, ResourceRecord,
+        rdata::{A, RData},
+    };
+    let query_bytes = dns_query(name, "a")?;
+    let victim = UdpSocket::bind("0.0.0.0:0")?;
+    victim.set_read_timeout(Some(Duration::from_millis(1000)))?;
+    let mut report = Report {
+        src_port: victim.local_addr()?.port(),
+        ..Report::default()
+    };
+    if let Err(err) = victim.send_to(&query_bytes, SocketAddr::new(server, 53)) {
+        report.error(&err);
+        return Ok(report);
+    }
+    let query = Packet::parse(&query_bytes)?;
+    let mut answer = Packet::new_reply(query.id());
+    answer.questions = query.questions.clone();
+    answer.answers.push(ResourceRecord::new(
+        Name::new(name)?,
+        CLASS::IN,
+        60,
+        RData::A(A::from(forged)),
+    ));
+    let forger = UdpSocket::bind("127.0.0.1:53").context("binding 127.0.0.1:53")?;
+    forger.send_to(
+        &answer.build_bytes_vec()?,
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), report.src_port),
+    )?;
+    let mut buffer = [0u8; 4096];
+    for _ in 0..2 {
+        match victim.recv(&mut buffer) {
+            Ok(_) => report.ok += 1,
+            Err(_) => break,
+        }
     }
     Ok(report)
 }

@@ -137,6 +137,11 @@ fn an_allowed_domains_addresses_are_reachable_until_their_ttl_runs_out() {
         (&"allowed".into(), &"allowed-test".into())
     );
     assert_eq!(asked[0]["tunnel"]["suspicious"], false);
+    let answer = lines
+        .iter()
+        .find(|l| l["kind"] == "dns_answer" && l["name"] == "api.allowed.test")
+        .expect("the allowed answer is reported");
+    assert_eq!(answer["learned"], true, "{answer}");
     let to_internet: Vec<_> = lines
         .iter()
         .filter(|l| l["dst"] == INTERNET_V4.to_string())
@@ -457,4 +462,46 @@ fn with_both_hooks_a_question_is_reported_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(questions, [hook::CGROUP], "one event, from the cgroup hook");
+}
+
+/// An answer teaches only when it answers a question this socket sent to that server: one
+/// forged by a local process from a socket bound to port 53, with the right id and name, opens
+/// nothing, while the real answer does.
+#[test]
+fn a_forged_answer_opens_nothing() {
+    let node = Node::new("dnsforge");
+    let (daemon, _server) = start(
+        &node,
+        vec![Record::new("api.allowed.test", documentation_v4(50), 60)],
+    );
+    let outcome = client(&node.topology, Some(&node.cgroup))
+        .forge_answer(
+            PRIVATE_V4.into(),
+            "api.allowed.test",
+            Ipv4Addr::new(203, 0, 113, 66),
+        )
+        .unwrap();
+    assert_eq!(
+        outcome.ok, 2,
+        "the real answer and the forged one arrive: {outcome:?}"
+    );
+    assert!(
+        reachable(&node, documentation_v4(50)),
+        "the real answer teaches"
+    );
+    assert!(
+        !reachable(&node, documentation_v4(66)),
+        "the forged answer teaches nothing"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    // Answers are reported once per name and interval: whichever came first, its `learned`
+    // says what the kernel did with it.
+    let lines = event_lines(&node.events(), 2);
+    let answer = lines
+        .iter()
+        .find(|l| l["kind"] == "dns_answer")
+        .expect("an answer event");
+    let forged = answer["server"] == "127.0.0.1";
+    assert_eq!(answer["learned"], !forged, "{answer}");
 }
