@@ -366,8 +366,15 @@ pub fn query(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet) -> Query {
         _ => match skb.load::<u8>(packet.l4() + 12) {
             Ok(offset) => {
                 let payload = packet.l4() + usize::from(offset >> 4) * 4;
-                if skb.len() as usize <= payload {
+                let payload_len = (skb.len() as usize).saturating_sub(payload);
+                if payload_len == 0 {
                     return Query::with_status(status::EMPTY);
+                }
+                // Exactly one whole message per segment: a second question behind the first
+                // (pipelined, or bytes past the length the prefix gives) would leave unread.
+                match skb.load::<[u8; 2]>(payload) {
+                    Ok(prefix) if usize::from(u16::from_be_bytes(prefix)) + 2 == payload_len => {}
+                    _ => return unreadable,
                 }
                 payload + 2
             }

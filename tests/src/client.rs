@@ -118,6 +118,21 @@ impl Client {
         ])
     }
 
+    /// Two questions in one TCP segment, `second` right behind `first`; `ok` counts answers.
+    pub fn resolve_pipelined(
+        &self,
+        server: IpAddr,
+        first: &str,
+        second: &str,
+    ) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "resolve-pipelined".into(),
+            server.to_string(),
+            first.to_owned(),
+            second.to_owned(),
+        ])
+    }
+
     /// Asks `server` for `name`, then delivers to the asking socket a forged answer naming
     /// `forged` from a local socket bound to port 53; `ok` counts the answers received.
     pub fn forge_answer(

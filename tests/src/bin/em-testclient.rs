@@ -6,6 +6,7 @@
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] resolve SERVER NAME a|aaaa [tcp]
 //! em-testclient --netns NAME [--cgroup PATH] [--interval-us US] resolve-repeat SERVER NAME COUNT
 //! em-testclient --netns NAME [--cgroup PATH] forge-answer SERVER NAME FORGED_V4
+//! em-testclient --netns NAME [--cgroup PATH] resolve-pipelined SERVER NAME NAME
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] tcp  DST PORT TIMEOUT_MS
 //! em-testclient --netns NAME [--cgroup PATH]             ping DST COUNT
 //! em-testclient --netns NAME                             frame IFACE ETHERTYPE COUNT VLAN_TAGS
@@ -101,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             args.get(4).is_some_and(|a| a == "tcp"),
         )?,
         "resolve-repeat" => resolve_repeat(arg(1)?.parse()?, arg(2)?, arg(3)?.parse()?, interval)?,
+        "resolve-pipelined" => resolve_pipelined(arg(1)?.parse()?, arg(2)?, arg(3)?)?,
         "forge-answer" => forge_answer(arg(1)?.parse()?, arg(2)?, arg(3)?.parse()?)?,
         "spray" => spray(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?)?,
         "tcp" => tcp(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?),
@@ -289,6 +291,42 @@ fn resolve(server: IpAddr, name: &str, kind: &str, tcp: bool) -> anyhow::Result<
                 .count() as u64;
         }
         _ => report.failed += 1,
+    }
+    Ok(report)
+}
+
+/// Two A questions in one TCP write (one segment): `first`, then `second` right behind it.
+/// `ok` counts the answers received.
+fn resolve_pipelined(server: IpAddr, first: &str, second: &str) -> anyhow::Result<Report> {
+    let mut framed = Vec::new();
+    for name in [first, second] {
+        let query = dns_query(name, "a")?;
+        framed.extend_from_slice(&(query.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&query);
+    }
+    let mut report = Report::default();
+    let timeout = Duration::from_millis(1000);
+    let mut stream = match TcpStream::connect_timeout(&SocketAddr::new(server, 53), timeout) {
+        Ok(stream) => stream,
+        Err(err) => {
+            report.error(&err);
+            return Ok(report);
+        }
+    };
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(timeout))?;
+    report.src_port = stream.local_addr()?.port();
+    if let Err(err) = stream.write_all(&framed) {
+        report.error(&err);
+        return Ok(report);
+    }
+    let mut length = [0u8; 2];
+    while stream.read_exact(&mut length).is_ok() {
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        if stream.read_exact(&mut reply).is_err() {
+            break;
+        }
+        report.ok += 1;
     }
     Ok(report)
 }

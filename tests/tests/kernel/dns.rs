@@ -173,6 +173,13 @@ fn queries_for_names_no_rule_allows_are_refused_or_reported() {
         "over TCP the connection opens, the question never leaves: {outcome:?}"
     );
     assert!(server.questions().is_empty(), "{:?}", server.questions());
+    // A disallowed question hidden behind an allowed one in the same TCP segment: the segment
+    // is refused whole.
+    let outcome = resolver
+        .resolve_pipelined(PRIVATE_V4.into(), "x.allowed.test", "x.other.test")
+        .unwrap();
+    assert_eq!(outcome.ok, 0, "{outcome:?}");
+    assert!(server.questions().is_empty(), "{:?}", server.questions());
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log:#?}");
     let lines = event_lines(&node.events(), 1);
