@@ -6,12 +6,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use egress_monitor_common::{
     dns::{DnsEvent, kind},
     event::flags,
-    verdict::{hook, outcome},
+    verdict::hook,
 };
 use serde::Serialize;
 
 use crate::{
-    events::{Clock, EventError, Proto, comm_text},
+    events::{Clock, EventError, Proto, action_name, comm_text, hook_name},
     state::StateFile,
     tunnel::TunnelScore,
 };
@@ -250,27 +250,8 @@ impl DnsRecord {
                 value: event.kind,
             });
         }
-        let hook_name = match event.hook {
-            hook::CGROUP => "cgroup",
-            hook::TC => "tc",
-            value => {
-                return Err(EventError::BadCode {
-                    field: "hook",
-                    value,
-                });
-            }
-        };
-        let action = match u32::from(event.outcome) {
-            outcome::ALLOWED => "allowed",
-            outcome::DENIED_OBSERVED => "observed",
-            outcome::DENIED_DROPPED => "dropped",
-            _ => {
-                return Err(EventError::BadCode {
-                    field: "outcome",
-                    value: event.outcome,
-                });
-            }
-        };
+        let hook_name = hook_name(event.hook)?;
+        let action = action_name(event.outcome)?;
         let on_cgroup = event.hook == hook::CGROUP;
         Ok(DnsRecord {
             ts: clock.rfc3339(event.ts_boot_ns),

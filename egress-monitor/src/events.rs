@@ -58,6 +58,31 @@ pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
+/// The name of a [`hook`] code.
+pub fn hook_name(code: u8) -> Result<&'static str, EventError> {
+    match code {
+        hook::CGROUP => Ok("cgroup"),
+        hook::TC => Ok("tc"),
+        value => Err(EventError::BadCode {
+            field: "hook",
+            value,
+        }),
+    }
+}
+
+/// The `action` of an [`outcome`] code.
+pub fn action_name(code: u8) -> Result<&'static str, EventError> {
+    match u32::from(code) {
+        outcome::ALLOWED => Ok("allowed"),
+        outcome::DENIED_OBSERVED => Ok("observed"),
+        outcome::DENIED_DROPPED => Ok("dropped"),
+        _ => Err(EventError::BadCode {
+            field: "outcome",
+            value: code,
+        }),
+    }
+}
+
 /// A NUL-padded command name as text.
 pub fn comm_text(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
@@ -151,25 +176,16 @@ pub struct EventRecord {
 impl EventRecord {
     /// `names` is the applied policy's state: rule names by id, and its version.
     pub fn new(event: &Event, names: &StateFile, clock: &Clock) -> Result<EventRecord, EventError> {
-        let hook_name = match event.hook {
-            hook::CGROUP => "cgroup",
-            hook::TC => "tc",
-            value => {
-                return Err(EventError::BadCode {
-                    field: "hook",
-                    value,
-                });
-            }
-        };
-        let action = match u32::from(event.outcome) {
-            outcome::DENIED_OBSERVED => "observed",
-            outcome::DENIED_DROPPED => "dropped",
-            _ => {
+        let hook_name = hook_name(event.hook)?;
+        // A packet event is about a denied packet.
+        let action = match action_name(event.outcome)? {
+            "allowed" => {
                 return Err(EventError::BadCode {
                     field: "outcome",
                     value: event.outcome,
                 });
             }
+            action => action,
         };
         let not_ip = event.flags & flags::NOT_IP != 0;
         let malformed = event.flags & flags::MALFORMED != 0;

@@ -136,8 +136,7 @@ fn udp(
     dstopts: bool,
     interval: Duration,
 ) -> anyhow::Result<Report> {
-    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-    let socket = UdpSocket::bind(bind)?;
+    let socket = unbound_udp(dst)?;
     if dstopts {
         if dst.is_ipv4() {
             bail!("dstopts is IPv6 only");
@@ -204,13 +203,7 @@ fn resolve_repeat(
     interval: Duration,
 ) -> anyhow::Result<Report> {
     let query = dns_query(name, "a")?;
-    let bind: SocketAddr = if server.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()?;
-    let socket = UdpSocket::bind(bind)?;
+    let socket = unbound_udp(server)?;
     socket.set_read_timeout(Some(Duration::from_millis(1000)))?;
     let mut report = Report {
         src_port: socket.local_addr()?.port(),
@@ -262,13 +255,7 @@ fn resolve(server: IpAddr, name: &str, kind: &str, tcp: bool) -> anyhow::Result<
         }
         reply
     } else {
-        let bind: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        }
-        .parse()?;
-        let socket = UdpSocket::bind(bind)?;
+        let socket = unbound_udp(server)?;
         socket.set_read_timeout(Some(timeout))?;
         report.src_port = socket.local_addr()?.port();
         if let Err(err) = socket.send_to(&query, to) {
@@ -372,6 +359,15 @@ fn forge_answer(server: IpAddr, name: &str, forged: Ipv4Addr) -> anyhow::Result<
         }
     }
     Ok(report)
+}
+
+/// A UDP socket on an ephemeral port of the family `peer` needs.
+fn unbound_udp(peer: IpAddr) -> io::Result<UdpSocket> {
+    UdpSocket::bind(if peer.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    })
 }
 
 /// Ports used by `spray`, from 1024 on.
