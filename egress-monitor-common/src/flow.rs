@@ -5,9 +5,11 @@
 //! socket). Its first denied packet is an event at once, and its [`Event`] is kept in the
 //! `FLOWS` LRU map together with cumulative packet and byte counts. Later packets only add to
 //! those counts; the first of them in each reporting period (the `FLOW_GENERATION` config slot,
-//! advanced by the daemon once per interval) pushes the flow's key onto `FLOW_DIRTY`. At the end
-//! of each interval the daemon pops the queue, reads each flow and reports what accumulated
-//! since its previous report, which it remembers in `FLOW_REPORTED` (pinned, so a restarted
+//! advanced by the daemon once per interval) pushes the flow's key onto the period's queue,
+//! `FLOW_DIRTY_0` or `_1` by the period's parity. At the end of each interval the daemon advances
+//! the period, then pops the ended period's queue (pushes for the new period go to the other
+//! queue, so none is taken early), reads each flow and reports what accumulated since its
+//! previous report, which it remembers in `FLOW_REPORTED` (pinned, so a restarted
 //! daemon neither repeats nor skips counts). A flow is thus reported at most once per interval
 //! however many packets it sends, and the reports of a flow add up to exactly its packets.
 

@@ -18,7 +18,7 @@ use egress_monitor_common::{
 
 use crate::{
     emit,
-    maps::{CONFIG, FLOW_DIRTY, FLOW_SCRATCH, FLOWS},
+    maps::{CONFIG, FLOW_DIRTY_0, FLOW_DIRTY_1, FLOW_SCRATCH, FLOWS},
     parse::Packet,
 };
 
@@ -117,7 +117,12 @@ fn aggregate(flow: *mut FlowValue, key: &FlowKey, len: u32) {
     if unsafe { (*flow).queued_generation } == generation {
         return;
     }
-    if FLOW_DIRTY.push(key, 0).is_ok() {
+    let queue = if generation & 1 == 0 {
+        &FLOW_DIRTY_0
+    } else {
+        &FLOW_DIRTY_1
+    };
+    if queue.push(key, 0).is_ok() {
         // SAFETY: as above. Two CPUs may both push the flow; the daemon reads each key once.
         unsafe { (*flow).queued_generation = generation };
     } else {

@@ -85,9 +85,12 @@ pub static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(
 #[map]
 pub static FLOW_SCRATCH: PerCpuArray<FlowValue> = PerCpuArray::with_max_entries(1, 0);
 
-/// Flows with packets not yet reported, queued once per reporting period.
+/// Flows with packets not yet reported, queued once per reporting period: on `_0` in even
+/// periods, on `_1` in odd ones.
 #[map]
-pub static FLOW_DIRTY: Queue<FlowKey> = Queue::with_max_entries(FLOW_DIRTY_CAPACITY, 0);
+pub static FLOW_DIRTY_0: Queue<FlowKey> = Queue::with_max_entries(FLOW_DIRTY_CAPACITY, 0);
+#[map]
+pub static FLOW_DIRTY_1: Queue<FlowKey> = Queue::with_max_entries(FLOW_DIRTY_CAPACITY, 0);
 
 /// What the daemon reported of each flow. Only the daemon uses it; it is defined here so that
 /// it is created and pinned with the others.

@@ -36,7 +36,10 @@ pub struct FlowUpdate {
 /// Reads and reports the kernel's flows.
 pub struct FlowReporter {
     layout: PinLayout,
-    dirty: Queue<MapData, FlowKey>,
+    /// The dirty-flow queues, by the parity of the period they were pushed in.
+    dirty: [Queue<MapData, FlowKey>; 2],
+    /// No sweep yet: the first also takes what older periods left.
+    first: bool,
     flows: HashMap<MapData, FlowKey, FlowValue>,
     reported: HashMap<MapData, FlowKey, FlowReported>,
     generation: u64,
@@ -51,7 +54,11 @@ impl FlowReporter {
     pub fn open(layout: &PinLayout) -> Result<FlowReporter, DatapathError> {
         Ok(FlowReporter {
             layout: layout.clone(),
-            dirty: open_map(layout, names::FLOW_DIRTY)?,
+            dirty: [
+                open_map(layout, names::FLOW_DIRTY[0])?,
+                open_map(layout, names::FLOW_DIRTY[1])?,
+            ],
+            first: true,
             flows: open_map(layout, names::FLOWS)?,
             reported: open_map(layout, names::FLOW_REPORTED)?,
             generation: read_config(layout)?.flow_generation,
@@ -63,23 +70,22 @@ impl FlowReporter {
     /// Ends the current reporting period (starting one if aggregation was off) and returns,
     /// oldest activity first, the update of every flow with packets not yet reported.
     pub fn sweep(&mut self) -> Result<Vec<FlowUpdate>, DatapathError> {
-        // Advanced before the queue is read: a packet counted from here on queues its flow
-        // for the next sweep (the kernel reads the generation after counting).
-        self.generation = match self.generation.wrapping_add(1) {
+        let ended = self.generation;
+        let mut keys = HashSet::new();
+        if self.first {
+            // What an older period left (a daemon killed between advancing and popping).
+            self.pop_all((ended as usize + 1) & 1, &mut keys)?;
+            self.first = false;
+        }
+        // Advanced before the ended period's queue is read: a packet counted from here on
+        // queues its flow on the other queue, for the next sweep (the kernel reads the
+        // generation after counting).
+        self.generation = match ended.wrapping_add(1) {
             0 => 1,
             next => next,
         };
         write_config(&self.layout, config::FLOW_GENERATION, self.generation)?;
-        let mut keys = HashSet::new();
-        loop {
-            match self.dirty.pop(0) {
-                Ok(key) => {
-                    keys.insert(key);
-                }
-                Err(MapError::ElementNotFound) => break,
-                Err(err) => return Err(DatapathError::map(names::FLOW_DIRTY, "read")(err)),
-            }
-        }
+        self.pop_all(ended as usize & 1, &mut keys)?;
         let mut updates = Vec::with_capacity(keys.len());
         for key in keys {
             let flow = match self.flows.get(&key, 0) {
@@ -126,6 +132,20 @@ impl FlowReporter {
         updates.sort_by_key(|update| update.last_seen_ns);
         self.updates += updates.len() as u64;
         Ok(updates)
+    }
+
+    fn pop_all(&mut self, parity: usize, keys: &mut HashSet<FlowKey>) -> Result<(), DatapathError> {
+        loop {
+            match self.dirty[parity].pop(0) {
+                Ok(key) => {
+                    keys.insert(key);
+                }
+                Err(MapError::ElementNotFound) => return Ok(()),
+                Err(err) => {
+                    return Err(DatapathError::map(names::FLOW_DIRTY[parity], "read")(err));
+                }
+            }
+        }
     }
 
     /// Turns aggregation off: from now on every denied packet is an event of its own. Call

@@ -161,3 +161,50 @@ fn ten_thousand_packets_of_one_flow_are_one_event_and_updates_that_add_up() {
     assert_eq!(counters["aggregated"], u64::from(PACKETS - 1));
     assert_eq!(counters["events_lost"], 0);
 }
+
+/// A packet counted after the daemon advanced the period but before it popped the queue
+/// queues its flow for the new period; the sweep under way must leave that entry for the next
+/// one, or the flow's later packets in the new period (which do not queue it again) are never
+/// reported. The period is advanced here by hand, between a sweep's two steps.
+#[test]
+fn a_flow_queued_for_the_next_period_is_left_for_the_next_sweep() {
+    use aya::maps::{Array, Map, MapData};
+    use egress_monitor_common::{maps::CONFIG, policy::config};
+
+    let mut fx = Fixture::new(Hook::Cgroup, Mode::Enforce, &[]);
+    let layout = fx.bpffs.layout();
+    let mut flows = FlowReporter::open(&layout).unwrap();
+    assert!(updates(&fx, &mut flows).is_empty());
+    let period = fx.datapath.config().unwrap().flow_generation;
+
+    // One socket, four datagrams 500 ms apart: at 0 (the flow's first event), 0.5, 1.0, 1.5 s.
+    let mut sender = fx.client(None);
+    sender.interval = Some(Duration::from_millis(500));
+    let sending = std::thread::spawn(move || {
+        sender
+            .udp(INTERNET_V4.into(), UDP_PORT, 4, PAYLOAD, false)
+            .unwrap()
+    });
+    // At 0.25 s the next period begins (a sweep's first step); the datagram at 0.5 s queues
+    // the flow for it.
+    std::thread::sleep(Duration::from_millis(250));
+    let data = MapData::from_pin(layout.map(CONFIG)).unwrap();
+    let mut array: Array<MapData, u64> = Array::try_from(Map::Array(data)).unwrap();
+    array
+        .set(config::FLOW_GENERATION, &(period + 1), 0)
+        .unwrap();
+    // At 0.75 s the sweep's second step: it must not take the new period's entry.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut reported: u64 = updates(&fx, &mut flows).iter().map(|u| u.packets).sum();
+    let sent = sending.join().unwrap();
+    assert_eq!(sent.eperm, 4, "{sent:?}");
+    reported += updates(&fx, &mut flows)
+        .iter()
+        .map(|u| u.packets)
+        .sum::<u64>();
+    assert_eq!(fx.events(1).len(), 1, "one first event");
+    assert_eq!(
+        reported, 3,
+        "the three datagrams after the first are all reported"
+    );
+}
