@@ -11,7 +11,8 @@ pub const STATS: &str = "STATS";
 pub const EVENTS: &str = "EVENTS";
 pub const SOCK_OWNERS: &str = "SOCK_OWNERS";
 pub const FLOWS: &str = "FLOWS";
-pub const FLOW_DIRTY: &str = "FLOW_DIRTY";
+/// The dirty-flow queues, one per parity of the reporting period (see [`crate::flow`]).
+pub const FLOW_DIRTY: [&str; 2] = ["FLOW_DIRTY_0", "FLOW_DIRTY_1"];
 pub const FLOW_REPORTED: &str = "FLOW_REPORTED";
 pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
 pub const DOMAINS: &str = "DOMAINS";
@@ -76,7 +77,14 @@ pub mod stat {
     /// Times a flow could not be queued for its report because `FLOW_DIRTY` was full; the
     /// flow's next packet tries again.
     pub const FLOW_QUEUE_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// DNS questions that left (their name allowed, or no domain rules).
+    pub const DNS_QUERIES_ALLOWED: u32 = 6;
+    /// DNS questions denied for their name (dropped in enforce mode, passed in observe).
+    pub const DNS_QUERIES_DENIED: u32 = 7;
+    /// DNS answers whose addresses were learned (a domain rule allowed the name, and the answer
+    /// answered a question this socket asked).
+    pub const DNS_ANSWERS_LEARNED: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Default ring buffer size; a power-of-two multiple of the page size as the kernel requires.

@@ -164,6 +164,9 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet, message: usize
         }
         offset += length;
     }
+    if allowed {
+        emit::stat(stat::DNS_ANSWERS_LEARNED);
+    }
     if event.address_count > 0 {
         let learned = if allowed { flags::LEARNED } else { 0 };
         report_answer(raw, packet, event, name_hash, qtype, rule_id, learned);

@@ -113,6 +113,11 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
     if accounted {
         emit::count(hook, result, packet.len);
         if question.status == dns::status::NAME {
+            emit::stat(if result == outcome::ALLOWED {
+                stat::DNS_QUERIES_ALLOWED
+            } else {
+                stat::DNS_QUERIES_DENIED
+            });
             // A query is reported as such, with its name, whatever the verdict.
             dns::report_query(
                 raw,

@@ -59,7 +59,7 @@ pub const INGRESS_PROGRAM: &str = "cgroup_ingress";
 /// aya-log's ring buffer; pinned like the others so a later daemon can read it.
 const LOG_MAP: &str = "AYA_LOGS";
 /// Every map the object defines, all pinned.
-const MAPS: [&str; 19] = [
+const MAPS: [&str; 20] = [
     names::POLICY_V4,
     names::POLICY_V6,
     names::CONFIG,
@@ -69,7 +69,8 @@ const MAPS: [&str; 19] = [
     names::EVENTS,
     names::SOCK_OWNERS,
     names::FLOWS,
-    names::FLOW_DIRTY,
+    names::FLOW_DIRTY[0],
+    names::FLOW_DIRTY[1],
     names::FLOW_REPORTED,
     names::FLOW_SCRATCH,
     names::DOMAINS,
@@ -216,6 +217,11 @@ pub struct Counters {
     pub aggregated: u64,
     /// Times a flow could not be queued for its report (the queue was full).
     pub flow_queue_full: u64,
+    /// DNS questions that left, and those denied for their name.
+    pub dns_queries_allowed: u64,
+    pub dns_queries_denied: u64,
+    /// DNS answers whose addresses a domain rule let the kernel learn.
+    pub dns_answers_learned: u64,
 }
 
 /// The live config: what the config map says.
@@ -898,6 +904,9 @@ impl Datapath {
             arp: stat_at(stat::ARP),
             aggregated: stat_at(stat::AGGREGATED),
             flow_queue_full: stat_at(stat::FLOW_QUEUE_FULL),
+            dns_queries_allowed: stat_at(stat::DNS_QUERIES_ALLOWED),
+            dns_queries_denied: stat_at(stat::DNS_QUERIES_DENIED),
+            dns_answers_learned: stat_at(stat::DNS_ANSWERS_LEARNED),
         })
     }
 
@@ -1060,7 +1069,7 @@ where
         | names::DNS_ALLOWED_V4
         | names::DNS_ALLOWED_V6 => Map::LruHashMap(data),
         names::DOMAINS => Map::HashMap(data),
-        names::FLOW_DIRTY => Map::Queue(data),
+        name if names::FLOW_DIRTY.contains(&name) => Map::Queue(data),
         _ => Map::PerCpuArray(data),
     };
     T::try_from(map).map_err(DatapathError::map(name, "open"))

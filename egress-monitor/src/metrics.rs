@@ -8,6 +8,8 @@
 //! | `egress_monitor_rule_hits_total` | `rule`, `cidr` |
 //! | `egress_monitor_events_written_total`, `_unwritten_total`, `_lost_total` | |
 //! | `egress_monitor_packets_aggregated_total`, `_flow_updates_total`, `_flows_evicted_total`, `_flow_queue_full_total` | |
+//! | `egress_monitor_dns_queries_total` | `verdict` (allowed, denied) |
+//! | `egress_monitor_dns_answers_learned_total`, `egress_monitor_dns_allowed_addresses` | |
 //! | `egress_monitor_malformed_packets_total`, `_non_ip_denied_total`, `_arp_frames_total` | |
 //! | `egress_monitor_enforcing` (1 enforce, 0 observe), `egress_monitor_policy_info{version}`, `egress_monitor_up` | |
 
@@ -135,6 +137,11 @@ impl Collector for DatapathCollector {
                 counters.flow_queue_full,
             ),
             (
+                "egress_monitor_dns_answers_learned",
+                "DNS answers whose addresses a domain rule allowed (until their TTL runs out)",
+                counters.dns_answers_learned,
+            ),
+            (
                 "egress_monitor_malformed_packets",
                 "IP packets whose header could not be read (denied)",
                 counters.malformed,
@@ -158,6 +165,25 @@ impl Collector for DatapathCollector {
                 counter.metric_type(),
             )?)?;
         }
+        let mut queries = encoder.encode_descriptor(
+            "egress_monitor_dns_queries",
+            "DNS questions read on their way out, by verdict on their name",
+            None,
+            MetricType::Counter,
+        )?;
+        for (verdict, value) in [
+            ("allowed", counters.dns_queries_allowed),
+            ("denied", counters.dns_queries_denied),
+        ] {
+            ConstCounter::new(value).encode(queries.encode_family(&[("verdict", verdict)])?)?;
+        }
+        let learned = ConstGauge::new(status.dns_allowed.len() as i64);
+        learned.encode(encoder.encode_descriptor(
+            "egress_monitor_dns_allowed_addresses",
+            "Addresses domain rules allow now (learned from DNS answers, not yet expired)",
+            None,
+            learned.metric_type(),
+        )?)?;
         let enforcing = ConstGauge::new(i64::from(status.mode == Mode::Enforce));
         enforcing.encode(encoder.encode_descriptor(
             "egress_monitor_enforcing",

@@ -18,7 +18,9 @@ use egress_monitor::{
 };
 use egress_monitor_common::verdict::hook;
 
-use crate::{Daemon, Fixture, Hook, Node, client, event_lines, status_json};
+use crate::{
+    Daemon, Fixture, Hook, Node, client, event_lines, free_port, sample, scrape, status_json,
+};
 
 const POLICY: &str = "mode = \"enforce\"\n\n\
     [[rule]]\nname = \"allowed-test\"\ndomain = \"*.allowed.test\"\naction = \"allow\"\n\n\
@@ -31,10 +33,16 @@ fn documentation_v4(host: u8) -> IpAddr {
 /// A daemon in enforce mode with the domain rules above, no grace period, and a DNS server
 /// on the private peer (the resolver: private, so allowed).
 fn start(node: &Node, zone: Vec<Record>) -> (Daemon, DnsServer) {
+    start_with(node, zone, &[])
+}
+
+fn start_with(node: &Node, zone: Vec<Record>, extra: &[&str]) -> (Daemon, DnsServer) {
     let policy = node.scratch.0.join("policy.toml");
     std::fs::write(&policy, POLICY).unwrap();
     let server = DnsServer::start(&node.topology.net, PRIVATE_V4.into(), zone).unwrap();
-    let daemon = node.daemon(&["--policy", policy.to_str().unwrap(), "--dns-grace", "0"]);
+    let mut args = vec!["--policy", policy.to_str().unwrap(), "--dns-grace", "0"];
+    args.extend_from_slice(extra);
+    let daemon = node.daemon(&args);
     (daemon, server)
 }
 
@@ -50,7 +58,9 @@ fn reachable(node: &Node, dst: IpAddr) -> bool {
 #[test]
 fn an_allowed_domains_addresses_are_reachable_until_their_ttl_runs_out() {
     let node = Node::new("dns");
-    let (daemon, server) = start(
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let (daemon, server) = start_with(
         &node,
         vec![
             Record::new("api.allowed.test", INTERNET_V4, 2),
@@ -58,6 +68,7 @@ fn an_allowed_domains_addresses_are_reachable_until_their_ttl_runs_out() {
             Record::new("bad.allowed.test", documentation_v4(7), 60),
             Record::new("x.other.test", documentation_v4(8), 60),
         ],
+        &["--metrics", &metrics],
     );
     let resolver = client(&node.topology, Some(&node.cgroup));
     let resolve = |name: &str, kind: &str| {
@@ -103,6 +114,15 @@ fn an_allowed_domains_addresses_are_reachable_until_their_ttl_runs_out() {
             .any(|r| r["name"] == "allowed-test" && r["hits"] == 2),
         "the domain rule counts its packets: {status:#}"
     );
+    let scraped = scrape(port);
+    for (series, value) in [
+        ("egress_monitor_dns_queries_total{verdict=\"allowed\"}", 2.0),
+        ("egress_monitor_dns_queries_total{verdict=\"denied\"}", 2.0),
+        ("egress_monitor_dns_answers_learned_total", 2.0),
+        ("egress_monitor_dns_allowed_addresses", 2.0),
+    ] {
+        assert_eq!(sample(&scraped, series), value, "{series}");
+    }
 
     // Two seconds of TTL, no grace: then denied again, with an event.
     std::thread::sleep(Duration::from_millis(2300));
