@@ -217,6 +217,12 @@ pub fn render(status: &Status) -> String {
         status.counters.not_ip,
         status.counters.arp
     ));
+    out.push_str(&format!(
+        "dns questions allowed {}, denied for their name {}; answers learned {}\n",
+        status.counters.dns_queries_allowed,
+        status.counters.dns_queries_denied,
+        status.counters.dns_answers_learned
+    ));
     for learned in &status.dns_allowed {
         out.push_str(&format!(
             "dns-allowed {} ({} {}, {:.0} s left)\n",
