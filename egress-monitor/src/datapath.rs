@@ -733,7 +733,7 @@ impl Datapath {
 
         let version = policy.version();
         // Names first, then the version: a reader that sees the new version finds its names.
-        StateFile {
+        let mut state = StateFile {
             version: format!("{version:016x}"),
             mode: policy.mode,
             applied_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -759,8 +759,9 @@ impl Datapath {
                     origin: rule.origin.to_string(),
                 }))
                 .collect(),
-        }
-        .save(&self.layout.state_file())?;
+        };
+        state.rules.sort_by_key(|rule| rule.id);
+        state.save(&self.layout.state_file())?;
         self.set_mode(policy.mode)?;
         write_config(&self.target, config::POLICY_VERSION, version)?;
         Ok(ApplyReport {

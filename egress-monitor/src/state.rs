@@ -19,6 +19,9 @@ pub struct StateFile {
     /// RFC 3339.
     pub applied_at: String,
     pub groups: Vec<(String, bool)>,
+    /// Sorted by id (`apply` writes them so and [`StateFile::load`] sorts what it reads), so
+    /// that [`StateFile::rule`] — once per event — is a binary search, not a scan of up to
+    /// hundreds of thousands of rules.
     pub rules: Vec<StateRule>,
 }
 
@@ -66,12 +69,13 @@ impl StateFile {
                 });
             }
         };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|source| StateError::Parse {
+        let mut state: StateFile =
+            serde_json::from_str(&text).map_err(|source| StateError::Parse {
                 path: path.to_owned(),
                 source,
-            })
+            })?;
+        state.rules.sort_by_key(|rule| rule.id);
+        Ok(Some(state))
     }
 
     /// Writes atomically (a temporary file renamed over the old one): a reader sees the old
@@ -87,12 +91,17 @@ impl StateFile {
         std::fs::rename(&temporary, path).map_err(write)
     }
 
+    /// The rule with this id.
+    pub fn rule(&self, id: u32) -> Option<&StateRule> {
+        self.rules
+            .binary_search_by_key(&id, |rule| rule.id)
+            .ok()
+            .map(|index| &self.rules[index])
+    }
+
     /// The name of a rule id; `default` for "no rule matched" or an unknown id.
     pub fn rule_name(&self, id: u32) -> &str {
-        self.rules
-            .iter()
-            .find(|rule| rule.id == id)
-            .map_or("default", |rule| rule.name.as_str())
+        self.rule(id).map_or("default", |rule| rule.name.as_str())
     }
 }
 
@@ -123,6 +132,28 @@ mod tests {
         assert_eq!(StateFile::load(&path).unwrap(), Some(state.clone()));
         assert_eq!(state.rule_name(7), "lab");
         assert_eq!(state.rule_name(8), "default");
+        // A file whose rules are not in id order (written by an older build) is sorted on
+        // load, so the binary search finds every rule.
+        let mut unsorted = state.clone();
+        unsorted.rules.insert(
+            0,
+            StateRule {
+                id: 9,
+                name: "late".into(),
+                ..state.rules[0].clone()
+            },
+        );
+        unsorted.rules.push(StateRule {
+            id: 2,
+            name: "early".into(),
+            ..state.rules[0].clone()
+        });
+        unsorted.save(&path).unwrap();
+        let loaded = StateFile::load(&path).unwrap().unwrap();
+        assert_eq!(
+            [2, 7, 9].map(|id| loaded.rule_name(id).to_owned()),
+            ["early", "lab", "late"]
+        );
         std::fs::write(&path, "{").unwrap();
         assert!(matches!(
             StateFile::load(&path),

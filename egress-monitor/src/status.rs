@@ -105,16 +105,18 @@ fn dns_allowed(
     state: Option<&StateFile>,
 ) -> Result<Vec<DnsAllowed>, DatapathError> {
     let now = crate::datapath::boot_time_ns();
-    let rule = |id: u32| state.and_then(|s| s.rules.iter().find(|r| r.id == id));
     let mut allowed: Vec<DnsAllowed> = datapath
         .learned()?
         .into_iter()
         .filter(|(_, value)| value.expires_ns > now)
-        .map(|(address, value)| DnsAllowed {
-            address,
-            rule: rule(value.rule_id).map_or_else(|| "?".to_owned(), |r| r.name.clone()),
-            domain: rule(value.rule_id).map_or_else(String::new, |r| r.cidr.clone()),
-            expires_in_s: (value.expires_ns - now) as f64 / 1e9,
+        .map(|(address, value)| {
+            let rule = state.and_then(|s| s.rule(value.rule_id));
+            DnsAllowed {
+                address,
+                rule: rule.map_or_else(|| "?".to_owned(), |r| r.name.clone()),
+                domain: rule.map_or_else(String::new, |r| r.cidr.clone()),
+                expires_in_s: (value.expires_ns - now) as f64 / 1e9,
+            }
         })
         .collect();
     allowed.sort_by(|a, b| a.expires_in_s.total_cmp(&b.expires_in_s));

@@ -122,6 +122,10 @@ impl PolicyFile {
         }
         let mut rules = Vec::new();
         let mut domain_rules: Vec<DomainRule> = Vec::new();
+        // Where each domain was first given, so a duplicate is found in constant time (as the
+        // prefixes' RuleSet does).
+        let mut domain_index: std::collections::HashMap<Domain, usize> =
+            std::collections::HashMap::new();
         for raw_rule in raw.rule {
             let name = raw_rule.name.get_ref().trim();
             if name.is_empty() || name.chars().any(char::is_control) {
@@ -137,7 +141,8 @@ impl PolicyFile {
                     let line = lines.line_column(domain.span().start).0;
                     match Domain::parse(domain.get_ref()) {
                         Ok(parsed) => {
-                            if let Some(earlier) = domain_rules.iter().find(|r| r.domain == parsed)
+                            if let Some(earlier) =
+                                domain_index.get(&parsed).map(|&i| &domain_rules[i])
                             {
                                 diagnostics.push(Diagnostic {
                                     place: place(domain.span()),
@@ -148,6 +153,7 @@ impl PolicyFile {
                                 });
                                 continue;
                             }
+                            domain_index.insert(parsed.clone(), domain_rules.len());
                             domain_rules.push(DomainRule {
                                 name: name.to_owned(),
                                 domain: parsed,
