@@ -6,19 +6,22 @@ use serde::Serialize;
 
 use crate::{
     azure, check,
-    cli::{Cli, Command, PolicyArgs, PolicyCommand, RunArgs},
+    cli::{Cli, Command, ControllerArgs, PolicyArgs, PolicyCommand, RunArgs},
+    controller::{Controller, ControllerConfig, ControllerError},
     daemon::{self, RunConfig},
     datapath::{self, Datapath},
     error::{ExitStatus, chain, classify},
     events::EventsTarget,
     pins::PinLayout,
     policy::{CommandLineRules, PolicySource},
+    reporter::ReporterConfig,
     status,
 };
 
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Controller(args) => controller(args),
         Command::Status { pins, json } => match status::status(&PinLayout::new(pins.pin_path)) {
             Ok(status) => print(&status, json, status::render),
             Err(err) => fail(&err, classify(&err)),
@@ -214,6 +217,19 @@ fn run(args: RunArgs) -> ExitCode {
             url: args.imds_url.clone(),
             interval: std::time::Duration::from_secs(args.imds_interval.max(1)),
         }),
+        controller: args.controller.clone().map(|url| ReporterConfig {
+            url,
+            token_file: args.token_file.clone().expect("clap: --controller requires it"),
+            ca_file: args.controller_ca.clone(),
+            node_id: args
+                .node_id
+                .clone()
+                .unwrap_or_else(crate::reporter::identity::hostname),
+            interval: std::time::Duration::from_secs(u64::from(args.report_interval)),
+            spool_dir: args.spool_dir.clone(),
+            spool_max_bytes: args.spool_max_mb << 20,
+            imds_url: args.imds_url.clone(),
+        }),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -233,6 +249,52 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(err) => fail(&err, classify(&err)),
     }
+}
+
+fn controller(args: ControllerArgs) -> ExitCode {
+    let config = ControllerConfig {
+        listen: args.listen,
+        db: args.db,
+        admin_token_file: args.admin_token_file,
+        node_token_file: args.node_token_file,
+        tls: args.tls_cert.zip(args.tls_key),
+        retention: std::time::Duration::from_secs(u64::from(args.retention_days) * 86_400),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&err, ExitStatus::Failure),
+    };
+    let _context = runtime.enter();
+    let stop = match stop_signal() {
+        Ok(stop) => stop,
+        Err(err) => return fail(&err, ExitStatus::Failure),
+    };
+    runtime.block_on(async {
+        let controller = match Controller::bind(&config).await {
+            Ok(controller) => controller,
+            Err(err) => {
+                let status = match err {
+                    ControllerError::Listen { .. } | ControllerError::Store { .. } => {
+                        ExitStatus::Environment
+                    }
+                    _ => ExitStatus::InvalidInput,
+                };
+                return fail(&err, status);
+            }
+        };
+        log::info!(
+            "controller at {} (database {})",
+            controller.url(),
+            crate::controller::redact(&config.db)
+        );
+        match controller.serve(stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err, ExitStatus::Failure),
+        }
+    })
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the future completes on either.

@@ -40,6 +40,28 @@ pub enum Command {
 
 SIGHUP re-reads the policy and applies the difference.")]
     Run(RunArgs),
+    /// The fleet controller: nodes report to it (`run --controller`); operators see every
+    /// node's isolation state, the violations and the silent nodes, and set one policy and one
+    /// mode for the fleet, over an authenticated JSON API and a web page at `/`.
+    #[command(after_help = "Examples:
+  # Tokens: one for operators, one for the fleet (or `NODE_ID TOKEN` lines, one per node):
+  openssl rand -hex 32 > admin.token; openssl rand -hex 32 > nodes.token
+  egress-monitor controller --listen 0.0.0.0:8443 --db sqlite:/var/lib/egress-monitor/controller.db \\
+      --admin-token-file admin.token --node-token-file nodes.token \\
+      --tls-cert controller.crt --tls-key controller.key
+  # Replicas sharing PostgreSQL:
+  egress-monitor controller --db postgres://egress:PASSWORD@db.internal/egress ...
+  # Nodes:
+  egress-monitor run --controller https://controller:8443 --token-file nodes.token
+  # Operators:
+  curl -H \"Authorization: Bearer $(cat admin.token)\" https://controller:8443/api/v1/nodes
+  curl -X PUT --data-binary @policy.toml -H \"Authorization: Bearer $(cat admin.token)\" \\
+      https://controller:8443/api/v1/policy
+  curl -X PUT -d '{\"mode\":\"enforce\"}' -H 'Content-Type: application/json' \\
+      -H \"Authorization: Bearer $(cat admin.token)\" https://controller:8443/api/v1/mode
+
+The page at / asks for the admin token as the password (any user name).")]
+    Controller(ControllerArgs),
     /// Say what is enforced: hooks, mode, policy version, counters, daemon.
     #[command(after_help = "Examples:\n  egress-monitor status\n  egress-monitor status --json")]
     Status {
@@ -151,10 +173,73 @@ pub struct RunArgs {
     /// Seconds between IMDS refreshes.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub imds_interval: u64,
+    /// Report to the fleet controller at this URL (http:// or https://) and follow its policy
+    /// and mode. Needs --token-file.
+    #[arg(long, value_name = "URL", requires = "token_file")]
+    pub controller: Option<String>,
+    /// The node token for the controller: a file holding it on one line.
+    #[arg(long, value_name = "FILE", requires = "controller")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA certificates to trust for an https:// controller (default: the public roots).
+    #[arg(long, value_name = "FILE", requires = "controller")]
+    pub controller_ca: Option<PathBuf>,
+    /// The node's name at the controller (default: the hostname): 1-128 letters, digits, '.',
+    /// '_' and '-'.
+    #[arg(long, value_name = "NAME", requires = "controller", value_parser = node_id)]
+    pub node_id: Option<String>,
+    /// Seconds between reports to the controller; three missed make the node stale.
+    #[arg(long, value_name = "SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub report_interval: u32,
+    /// Where reports wait until the controller acknowledges them, and where the fleet's policy
+    /// and mode are kept.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/egress-monitor/spool")]
+    pub spool_dir: PathBuf,
+    /// The spool's bound in MiB: when full, the oldest reports are dropped (and counted).
+    #[arg(long, value_name = "MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub spool_max_mb: u64,
     /// Rule slots of newly pinned maps (at least twice the policy's rules are always made).
     /// Later policies may not need more without a `detach`.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub rule_capacity: usize,
+}
+
+fn node_id(text: &str) -> Result<String, String> {
+    if crate::controller::wire::valid_node_id(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("a node id is 1-128 letters, digits, '.', '_' and '-'".to_owned())
+    }
+}
+
+/// `egress-monitor controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Address to serve the API and the page on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// The database: an SQLite file (created if missing) or a PostgreSQL server that several
+    /// controller replicas may share.
+    #[arg(long, value_name = "sqlite:PATH|postgres://USER:PASSWORD@HOST/DB",
+          default_value = "sqlite:/var/lib/egress-monitor/controller.db")]
+    pub db: String,
+    /// The operators' token(s), one per line.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: PathBuf,
+    /// The nodes' tokens, one per line: `TOKEN` (any node) or `NODE_ID TOKEN` (that node only).
+    #[arg(long, value_name = "FILE")]
+    pub node_token_file: PathBuf,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Days violations are kept.
+    #[arg(long, value_name = "DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub retention_days: u32,
 }
 
 /// Where the policy comes from.

@@ -19,6 +19,7 @@ use crate::{
     dns_events::{DnsAnswerRecord, DnsRecord},
     events::{self, Clock, EventRecord, EventWriter, EventsTarget, KernelRecord},
     flows::FlowReporter,
+    reporter::{FleetUpdate, Reporter, ReporterConfig, ReporterError, Shared},
     iface::{self, InterfaceError},
     pins::PinLayout,
     policy::{Policy, PolicySource},
@@ -72,6 +73,8 @@ pub struct RunConfig {
     pub flow_interval: Duration,
     /// How long an address a domain rule's DNS answer allowed stays allowed beyond its TTL.
     pub dns_grace: Duration,
+    /// Report to a controller, and follow its policy and mode.
+    pub controller: Option<ReporterConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -112,6 +115,14 @@ pub enum DaemonError {
     },
     #[error("the policy with the VNet prefixes is invalid")]
     Policy(#[source] crate::policy::PolicyError),
+    #[error("the fleet policy kept in {dir} is invalid")]
+    FleetPolicy {
+        dir: String,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
+    #[error(transparent)]
+    Reporter(#[from] ReporterError),
 }
 
 /// What a finished run reports.
@@ -127,6 +138,17 @@ pub struct Summary {
 /// Upper bound on how long an event may wait in the ring buffer when no wake-up comes, and on
 /// how long an applied policy's new names take to reach events.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How long the reporter gets at a stop to seal and send its last reports.
+const REPORTER_STOP: Duration = Duration::from_secs(15);
+
+/// The daemon's end of the reporter: events go to `shared.feed`, fleet updates come in.
+struct FleetLink {
+    shared: Arc<Shared>,
+    updates: tokio::sync::mpsc::Receiver<FleetUpdate>,
+    /// Where the fleet's policy and mode are kept.
+    dir: PathBuf,
+}
 
 /// How often expired DNS-learned addresses are removed from their maps.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
@@ -166,6 +188,33 @@ pub async fn run(
         None => None,
     };
     let mut config = config;
+    // The controller's settings are checked, and the fleet's policy and mode restored, before
+    // anything is attached.
+    let mut fleet = match config.controller.clone() {
+        Some(reporter_config) => {
+            let shared = Arc::new(Shared::default());
+            let restored = crate::fleet::restore(&reporter_config.spool_dir, &mut config.source);
+            if restored != Default::default() {
+                config.policy =
+                    config
+                        .source
+                        .build()
+                        .map_err(|source| DaemonError::FleetPolicy {
+                            dir: reporter_config.spool_dir.display().to_string(),
+                            source,
+                        })?;
+            }
+            shared.set_fleet(restored);
+            let (reporter, updates) =
+                Reporter::new(reporter_config.clone(), Arc::clone(&shared), layout.clone())?;
+            Some((reporter, FleetLink {
+                shared,
+                updates,
+                dir: reporter_config.spool_dir,
+            }))
+        }
+        None => None,
+    };
     match &config.imds {
         Some(imds) => {
             std::fs::create_dir_all(layout.run_dir()).map_err(DaemonError::PidFile)?;
@@ -226,16 +275,29 @@ pub async fn run(
         config.policy.rules.len(),
         config.events
     );
+    let (stop_reporter, stopped) = tokio::sync::watch::channel(false);
+    let (reporter, link) = match fleet.take() {
+        Some((reporter, link)) => (Some(tokio::spawn(reporter.run(stopped))), Some(link)),
+        None => (None, None),
+    };
 
     let result = serve(
         &mut datapath,
         &mut config,
         &mut writer,
         &counts,
+        link,
         hangup,
         shutdown,
     )
     .await;
+    if let Some(reporter) = reporter {
+        // The last events are sealed into the spool and sent if the controller answers.
+        let _ = stop_reporter.send(true);
+        if tokio::time::timeout(REPORTER_STOP, reporter).await.is_err() {
+            log::warn!("the reporter did not finish in time; its spool keeps what was not sent");
+        }
+    }
     if status::running_daemon(&layout) == Some(std::process::id()) {
         let _ = std::fs::remove_file(layout.pid_file());
     }
@@ -263,6 +325,7 @@ async fn serve(
     config: &mut RunConfig,
     writer: &mut EventWriter,
     counts: &crate::metrics::DaemonCounts,
+    mut link: Option<FleetLink>,
     mut hangup: tokio::signal::unix::Signal,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
@@ -276,6 +339,7 @@ async fn serve(
         tunnel: crate::tunnel::TunnelScorer::new(),
         dst_names: crate::dns_events::NameCache::new(),
         clock: Clock::now(),
+        feed: link.as_ref().map(|link| Arc::clone(&link.shared)),
     };
     let mut ring = watch(datapath.events()?)?;
     // What the flows gathered while no daemon ran is reported now.
@@ -325,6 +389,41 @@ async fn serve(
                         Err(err) => log::error!("{}", crate::error::chain(&err)),
                     }
                 }
+            }
+            update = async { link.as_mut().expect("guarded").updates.recv().await }, if link.is_some() => {
+                let Some(update) = update else { continue };
+                // Events read before the change name the old rules; after it, the new.
+                drain(ring.get_mut(), &names, &mut out);
+                let link = link.as_ref().expect("guarded");
+                let state = link.shared.fleet();
+                let outcome = crate::fleet::apply(
+                    &link.dir,
+                    update.desired,
+                    update.policy.as_deref(),
+                    &mut config.source,
+                    datapath,
+                    &state,
+                );
+                match &outcome {
+                    Ok(applied) => {
+                        log::info!(
+                            "fleet policy {} and mode {} applied",
+                            applied.policy_version.map_or("(local)".to_owned(), |v| format!("v{v}")),
+                            applied.mode.map_or("(local)", crate::policy::Mode::as_str)
+                        );
+                        link.shared.set_fleet(applied.clone());
+                    }
+                    Err(err) => {
+                        log::error!("the fleet's policy or mode was not applied; the live one stays: {err}");
+                        link.shared.set_fleet(crate::reporter::FleetState {
+                            error: Some(err.clone()),
+                            refused: Some(update.desired),
+                            ..state
+                        });
+                    }
+                }
+                let _ = update.done.send(outcome.map(|_| ()));
+                names = load_names(&layout)?;
             }
             _ = hangup.recv() => {
                 log::info!("SIGHUP: re-reading the policy");
@@ -488,6 +587,8 @@ struct Output<'a> {
     tunnel: crate::tunnel::TunnelScorer,
     dst_names: crate::dns_events::NameCache,
     clock: Clock,
+    /// The reporter's queue, when a controller is configured.
+    feed: Option<Arc<Shared>>,
 }
 
 impl Output<'_> {
@@ -506,6 +607,9 @@ impl Output<'_> {
     fn write(&mut self, mut record: EventRecord) {
         (record.cgroup, record.exe) = self.resolve(record.cgroup_id, record.pid);
         record.dst_name = record.dst.and_then(|dst| self.dst_names.name(dst));
+        if let Some(shared) = &self.feed {
+            shared.feed.push(&record);
+        }
         self.writer.write(&record);
     }
 

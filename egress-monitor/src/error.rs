@@ -86,6 +86,8 @@ fn status_of(err: &(dyn Error + 'static)) -> Option<ExitStatus> {
             DaemonError::Datapath(inner) => status_of(inner),
             DaemonError::EventsOpen { .. }
             | DaemonError::Policy(_)
+            | DaemonError::FleetPolicy { .. }
+            | DaemonError::Reporter(_)
             | DaemonError::Metrics { .. } => Some(InvalidInput),
             DaemonError::Cgroup(_)
             | DaemonError::Interface(_)

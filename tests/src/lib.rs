@@ -17,6 +17,7 @@
 pub mod bpffs;
 pub mod cgroup;
 pub mod client;
+pub mod controller;
 pub mod dns;
 pub mod netns;
 

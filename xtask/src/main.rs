@@ -9,6 +9,7 @@
 mod bench;
 mod package;
 mod run;
+mod postgres;
 mod setup;
 mod test;
 mod util;

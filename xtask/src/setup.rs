@@ -11,15 +11,20 @@ pub const STABLE: &str = "1.99.0";
 /// The kernel crate's toolchain; keep in step with egress-monitor/build.rs.
 pub const NIGHTLY: &str = "nightly-2026-10-01";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Commands the tests, the benchmark and the daemon's users rely on, and the Debian packages
-/// that have them (iperf3, nft, iptables and ipset are the benchmark's peers and rivals).
-const DEBIAN_TOOLS: [(&str, &str); 6] = [
-    ("ip", "iproute2"),
-    ("bpftool", "bpftool"),
-    ("iperf3", "iperf3"),
-    ("nft", "nftables"),
-    ("iptables", "iptables"),
-    ("ipset", "ipset"),
+/// What the tests, the benchmark and the daemon's users rely on (a shell test that succeeds
+/// when it is there), and the Debian packages that have it. iperf3, nft, iptables and ipset are
+/// the benchmark's peers and rivals; PostgreSQL is the controller's shared store; chromium
+/// renders the controller's page in the tests; openssl makes their TLS certificates.
+const DEBIAN_TOOLS: [(&str, &str); 9] = [
+    ("command -v ip", "iproute2"),
+    ("command -v bpftool", "bpftool"),
+    ("command -v iperf3", "iperf3"),
+    ("command -v nft", "nftables"),
+    ("command -v iptables", "iptables"),
+    ("command -v ipset", "ipset"),
+    ("ls /usr/lib/postgresql/*/bin/postgres", "postgresql"),
+    ("command -v chromium", "chromium"),
+    ("command -v openssl", "openssl"),
 ];
 
 pub fn setup() -> anyhow::Result<()> {
@@ -112,7 +117,7 @@ fn bpf_linker() -> anyhow::Result<()> {
 fn debian_tools() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_TOOLS
         .iter()
-        .filter(|(command, _)| output_of("sh", &["-c", &format!("command -v {command}")]).is_none())
+        .filter(|(present, _)| output_of("sh", &["-c", present]).is_none())
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
@@ -131,7 +136,7 @@ fn debian_tools() -> anyhow::Result<()> {
     step(
         &format!("apt-get install {}", missing.join(" ")),
         Command::new("apt-get")
-            .args(["install", "-y", "-qq"])
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )

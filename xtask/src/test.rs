@@ -57,6 +57,8 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
 /// Runs `cargo test`, passing its output through, and ends with one line that totals every
 /// test binary's result (cargo's own last line is whichever binary ran last).
 fn cargo_test(args: &[String]) -> anyhow::Result<()> {
+    // The controller's PostgreSQL tests need a server; they fail (not skip) without one.
+    let postgres = crate::postgres::ensure_server()?;
     eprintln!("==> cargo test");
     let started = Instant::now();
     let mut child = Command::new("cargo")
@@ -67,6 +69,7 @@ fn cargo_test(args: &[String]) -> anyhow::Result<()> {
             "EGRESS_MONITOR_BIN",
             target_dir().join("debug/egress-monitor"),
         )
+        .env(crate::postgres::URL_VARIABLE, &postgres)
         .current_dir(root())
         .stdout(Stdio::piped())
         .spawn()

@@ -13,7 +13,10 @@ pub mod failsafe;
 mod file;
 pub mod groups;
 
-use std::{fmt, path::PathBuf};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -160,6 +163,16 @@ impl PolicySource {
         failsafe::check(&policy, self.accept_risk)?;
         Ok(policy)
     }
+}
+
+/// Validates a policy given as text, as a node would build it from a file with no command-line
+/// rules: parsed, built in `mode` (else the text's own mode) and checked by the failsafe. The
+/// controller checks a fleet policy with it before any node sees it.
+pub fn validate_text(name: &Path, text: &str, mode: Option<Mode>) -> Result<Policy, PolicyError> {
+    let file = PolicyFile::parse(name, text)?;
+    let policy = Policy::build(Some(&file), &CommandLineRules::default(), mode)?;
+    failsafe::check(&policy, false)?;
+    Ok(policy)
 }
 
 /// `--allow`/`--deny` from the command line, in the order given.

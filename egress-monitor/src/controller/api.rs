@@ -1,0 +1,447 @@
+//! The HTTP API (`/api/v1/…`) and the page at `/`: authentication, input checks, and the
+//! mapping from requests to the store. A refused request stores nothing and says why, as
+//! `{"error": "…"}` with a fitting status.
+
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{FromRequestParts, Query, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode, header, request::Parts},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post, put},
+};
+
+use super::{
+    auth::{Caller, NodeScope, Tokens, presented},
+    page,
+    store::{Ingest, Store, StoreError, ViolationFilter},
+    view::{self, NodeView, now_ms},
+    wire::{
+        API, Desired, ErrorBody, FleetPolicy, MAX_POLICY_BYTES, MAX_REPORT_BYTES, ModeRequest,
+        Report, ReportReply,
+    },
+};
+
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub tokens: Tokens,
+    /// Reports made longer ago than this are acknowledged but not stored: the controller
+    /// keeps nothing older.
+    pub retention: Duration,
+}
+
+type Shared = Arc<AppState>;
+
+/// A refusal or a failure, answered as `{"error": …}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        let message = crate::error::chain(&err);
+        log::error!("storage: {message}");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the controller's storage failed: {message}"),
+        )
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::new(rejection.status(), rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.message })).into_response()
+    }
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(page_handler))
+        .route(&format!("{API}/reports"), post(post_report))
+        .route(&format!("{API}/nodes"), get(get_nodes))
+        .route(&format!("{API}/violations"), get(get_violations))
+        .route(&format!("{API}/summary"), get(get_summary))
+        .route(&format!("{API}/policy"), get(get_policy).put(put_policy))
+        .route(&format!("{API}/mode"), put(put_mode))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BYTES))
+        .with_state(state)
+}
+
+/// The caller, from `Authorization`; refuses a missing or unknown token.
+fn caller(headers: &HeaderMap, state: &Shared) -> Result<Caller, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer TOKEN`"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(presented)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "`Authorization` must be `Bearer TOKEN`"))?;
+    state
+        .tokens
+        .caller(&token)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"))
+}
+
+/// An operator (admin token).
+pub struct Admin;
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        match caller(&parts.headers, state)? {
+            Caller::Admin => Ok(Admin),
+            Caller::Node(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a node token cannot do this: it needs the admin token",
+            )),
+        }
+    }
+}
+
+/// A node (fleet or per-node token).
+pub struct Node(NodeScope);
+
+impl FromRequestParts<Shared> for Node {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        match caller(&parts.headers, state)? {
+            Caller::Node(scope) => Ok(Node(scope)),
+            Caller::Admin => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "reports come from nodes: use a node token",
+            )),
+        }
+    }
+}
+
+/// Anyone with a token (the policy is read by nodes and operators).
+pub struct AnyCaller;
+
+impl FromRequestParts<Shared> for AnyCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        caller(&parts.headers, state).map(|_| AnyCaller)
+    }
+}
+
+async fn post_report(
+    State(state): State<Shared>,
+    Node(scope): Node,
+    body: Result<Json<Report>, JsonRejection>,
+) -> Result<Json<ReportReply>, ApiError> {
+    let Json(report) = body?;
+    let now = now_ms();
+    report
+        .validate(now)
+        .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))?;
+    if let NodeScope::Node(owner) = &scope
+        && owner != &report.node_id
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this token belongs to node `{owner}`; it cannot report for `{}`",
+                report.node_id
+            ),
+        ));
+    }
+    let expired = report.created_ms < now.saturating_sub(state.retention.as_millis() as u64);
+    let stored = if expired {
+        log::warn!(
+            "report {} #{} of node {} is older than the retention: acknowledged, not stored",
+            report.stream,
+            report.seq,
+            report.node_id
+        );
+        false
+    } else {
+        match state
+            .store
+            .ingest(&report, matches!(scope, NodeScope::Node(_)), now)
+            .await?
+        {
+            Ingest::Stored => true,
+            Ingest::Duplicate => false,
+            Ingest::Conflict(message) => {
+                return Err(ApiError::new(StatusCode::CONFLICT, message));
+            }
+        }
+    };
+    let fleet = state.store.fleet().await?;
+    Ok(Json(ReportReply {
+        stored,
+        fleet: Desired {
+            policy_version: fleet.policy_version,
+            mode: fleet.mode,
+        },
+    }))
+}
+
+async fn views(state: &Shared) -> Result<(Vec<NodeView>, super::store::Fleet), ApiError> {
+    let fleet = state.store.fleet().await?;
+    let now = now_ms();
+    let views = state
+        .store
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|node| view::node_view(node, &fleet, now))
+        .collect();
+    Ok((views, fleet))
+}
+
+async fn get_nodes(State(state): State<Shared>, _: Admin) -> Result<Json<Vec<NodeView>>, ApiError> {
+    Ok(Json(views(&state).await?.0))
+}
+
+/// How far back the summary's and the page's tops look.
+const TOP_WINDOW_MS: u64 = 24 * 3_600_000;
+const TOP_LIMIT: u32 = 10;
+
+async fn get_summary(
+    State(state): State<Shared>,
+    _: Admin,
+) -> Result<Json<view::Summary>, ApiError> {
+    let (views, fleet) = views(&state).await?;
+    let since = now_ms().saturating_sub(TOP_WINDOW_MS);
+    let tops = state.store.top(since, TOP_LIMIT).await?;
+    Ok(Json(view::summary(&views, &fleet, since, tops)))
+}
+
+/// `?node=&destination=&process=&since=&until=&before=&limit=`; times are RFC 3339 or
+/// milliseconds since the epoch.
+fn violation_filter(query: &HashMap<String, String>) -> Result<ViolationFilter, String> {
+    let mut filter = ViolationFilter {
+        limit: 100,
+        ..ViolationFilter::default()
+    };
+    for (key, value) in query {
+        let text = || -> Result<Option<String>, String> {
+            if value.is_empty() || value.len() > super::wire::MAX_TEXT {
+                Err(format!("`{key}` must be 1-{} bytes", super::wire::MAX_TEXT))
+            } else {
+                Ok(Some(value.clone()))
+            }
+        };
+        match key.as_str() {
+            "node" => filter.node = text()?,
+            "destination" => filter.destination = text()?,
+            "process" => filter.process = text()?,
+            "since" => filter.since_ms = Some(time(key, value)?),
+            "until" => filter.until_ms = Some(time(key, value)?),
+            "before" => {
+                filter.before = Some(
+                    value
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|v| *v > 0)
+                        .ok_or("`before` must be a violation id (a positive integer)")?,
+                );
+            }
+            "limit" => {
+                filter.limit = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|v| (1..=1000).contains(v))
+                    .ok_or("`limit` must be between 1 and 1000")?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown filter `{other}`: use node, destination, process, since, until, before, limit"
+                ));
+            }
+        }
+    }
+    if let (Some(since), Some(until)) = (filter.since_ms, filter.until_ms)
+        && since >= until
+    {
+        return Err("`since` must be before `until`".into());
+    }
+    Ok(filter)
+}
+
+fn time(key: &str, value: &str) -> Result<u64, String> {
+    if let Ok(ms) = value.parse::<u64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(value)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .ok_or_else(|| {
+            format!("`{key}` must be RFC 3339 (2026-11-29T10:00:00Z) or milliseconds since the epoch")
+        })
+}
+
+async fn get_violations(
+    State(state): State<Shared>,
+    _: Admin,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<super::store::Violation>>, ApiError> {
+    let filter = violation_filter(&query)
+        .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
+    Ok(Json(state.store.violations(&filter).await?))
+}
+
+fn fleet_policy(fleet: super::store::Fleet) -> FleetPolicy {
+    FleetPolicy {
+        version: fleet.policy_version,
+        policy: fleet.policy,
+        mode: fleet.mode,
+        updated: fleet.updated_ms.map(view::rfc3339),
+    }
+}
+
+async fn get_policy(State(state): State<Shared>, _: AnyCaller) -> Result<Json<FleetPolicy>, ApiError> {
+    Ok(Json(fleet_policy(state.store.fleet().await?)))
+}
+
+/// The name fleet policies carry in their diagnostics.
+const FLEET_POLICY_NAME: &str = "fleet-policy";
+
+/// The body is the policy file itself (TOML), exactly as a node's `--policy` file.
+async fn put_policy(
+    State(state): State<Shared>,
+    _: Admin,
+    body: Bytes,
+) -> Result<Json<FleetPolicy>, ApiError> {
+    if body.len() > MAX_POLICY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a policy is at most {MAX_POLICY_BYTES} bytes"),
+        ));
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the policy must be UTF-8 text (TOML)"))?;
+    let fleet = state.store.fleet().await?;
+    crate::policy::validate_text(Path::new(FLEET_POLICY_NAME), text, fleet.mode)
+        .map_err(|err| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()))?;
+    let fleet = state.store.set_policy(text, now_ms()).await?;
+    log::info!("fleet policy v{} set", fleet.policy_version);
+    Ok(Json(fleet_policy(fleet)))
+}
+
+/// The fleet's mode, for every node: `{"mode": "enforce"}` is the emergency lockdown.
+async fn put_mode(
+    State(state): State<Shared>,
+    _: Admin,
+    body: Result<Json<ModeRequest>, JsonRejection>,
+) -> Result<Json<FleetPolicy>, ApiError> {
+    let Json(request) = body?;
+    let fleet = state.store.fleet().await?;
+    if let Some(text) = &fleet.policy {
+        crate::policy::validate_text(Path::new(FLEET_POLICY_NAME), text, Some(request.mode))
+            .map_err(|err| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the fleet policy v{} is invalid in {} mode, so the mode stays: {err}",
+                        fleet.policy_version, request.mode
+                    ),
+                )
+            })?;
+    }
+    let fleet = state.store.set_mode(request.mode, now_ms()).await?;
+    log::warn!("fleet mode set to {}", request.mode);
+    Ok(Json(fleet_policy(fleet)))
+}
+
+/// The page wants the admin token as a `Bearer` or as the password of HTTP basic
+/// authentication (what a browser asks for).
+async fn page_handler(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    match caller(&headers, &state) {
+        Ok(Caller::Admin) => {}
+        _ => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    header::WWW_AUTHENTICATE,
+                    "Basic realm=\"egress-monitor controller (password: the admin token)\"",
+                )],
+                "the admin token is needed (as the password; any user name)\n",
+            )
+                .into_response();
+        }
+    }
+    match page_data(&state).await {
+        Ok(data) => Html(page::render(&data).into_string()).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn page_data(state: &Shared) -> Result<page::PageData, ApiError> {
+    let (views, fleet) = views(state).await?;
+    let since = now_ms().saturating_sub(TOP_WINDOW_MS);
+    let tops = state.store.top(since, TOP_LIMIT).await?;
+    let recent = state
+        .store
+        .violations(&ViolationFilter {
+            limit: 20,
+            ..ViolationFilter::default()
+        })
+        .await?;
+    let summary = view::summary(&views, &fleet, since, tops);
+    Ok(page::PageData {
+        summary,
+        nodes: views,
+        fleet: fleet_policy(fleet),
+        recent,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn violation_filters_are_checked() {
+        let filter = violation_filter(&query(&[
+            ("node", "a"),
+            ("since", "2026-11-29T10:00:00Z"),
+            ("until", "1796000000000"),
+            ("limit", "5"),
+        ]))
+        .unwrap();
+        assert_eq!(filter.node.as_deref(), Some("a"));
+        assert_eq!(filter.since_ms, Some(1_795_946_400_000));
+        assert_eq!(filter.limit, 5);
+        for (bad, message) in [
+            (("limit", "0"), "`limit` must be between 1 and 1000"),
+            (("limit", "1001"), "`limit` must be between 1 and 1000"),
+            (("since", "yesterday"), "`since` must be RFC 3339"),
+            (("colour", "red"), "unknown filter `colour`"),
+            (("node", ""), "`node` must be 1-"),
+            (("before", "-3"), "`before` must be a violation id"),
+        ] {
+            let err = violation_filter(&query(&[bad])).unwrap_err();
+            assert!(err.starts_with(message), "{bad:?}: {err}");
+        }
+        let err = violation_filter(&query(&[("since", "2000"), ("until", "1000")])).unwrap_err();
+        assert_eq!(err, "`since` must be before `until`");
+    }
+}

@@ -1,0 +1,239 @@
+//! Who may call: operators with the admin token, nodes with a fleet token or their own.
+//!
+//! Token files hold one token per line (blank lines and `#` comments ignored). The node token
+//! file's lines are either `TOKEN` (a fleet token: any node id) or `NODE_ID TOKEN` (a token
+//! only that node may use). Tokens are compared as SHA-256 digests, in constant time, against
+//! every configured token, so neither timing nor length says how close a guess came.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::wire::valid_node_id;
+
+/// Tokens shorter than this are refused at start: they could be guessed.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the token file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}: no token in the file")]
+    Empty(PathBuf),
+}
+
+type Digest32 = [u8; 32];
+
+fn digest(token: &str) -> Digest32 {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Who a node token belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeScope {
+    /// A fleet token: the node says who it is.
+    Fleet,
+    /// A token bound to one node id.
+    Node(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    admin: Vec<Digest32>,
+    nodes: Vec<(NodeScope, Digest32)>,
+}
+
+/// What a request proved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    Node(NodeScope),
+}
+
+impl Tokens {
+    pub fn load(admin_file: &Path, node_file: &Path) -> Result<Tokens, TokenError> {
+        let admin = lines(admin_file)?
+            .into_iter()
+            .map(|(line, fields)| match fields.as_slice() {
+                [token] => Ok(digest(token)),
+                _ => Err(TokenError::Invalid {
+                    path: admin_file.to_owned(),
+                    line,
+                    message: "expected one token per line".into(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let nodes = lines(node_file)?
+            .into_iter()
+            .map(|(line, fields)| match fields.as_slice() {
+                [token] => Ok((NodeScope::Fleet, digest(token))),
+                [node, token] if valid_node_id(node) => {
+                    Ok((NodeScope::Node(node.clone()), digest(token)))
+                }
+                [node, _] => Err(TokenError::Invalid {
+                    path: node_file.to_owned(),
+                    line,
+                    message: format!(
+                        "`{node}` is not a node id (1-128 letters, digits, '.', '_', '-')"
+                    ),
+                }),
+                _ => Err(TokenError::Invalid {
+                    path: node_file.to_owned(),
+                    line,
+                    message: "expected `TOKEN` (fleet) or `NODE_ID TOKEN` (one node)".into(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if admin
+            .iter()
+            .any(|a| nodes.iter().any(|(_, n)| bool::from(a.ct_eq(n))))
+        {
+            return Err(TokenError::Invalid {
+                path: node_file.to_owned(),
+                line: 0,
+                message: "a node token is also the admin token: nodes must not be operators"
+                    .into(),
+            });
+        }
+        Ok(Tokens { admin, nodes })
+    }
+
+    /// Who presented `token`, if anyone. Every configured token is compared, whatever matches.
+    pub fn caller(&self, token: &str) -> Option<Caller> {
+        let presented = digest(token);
+        let mut found = None;
+        for admin in &self.admin {
+            if bool::from(admin.ct_eq(&presented)) {
+                found = Some(Caller::Admin);
+            }
+        }
+        for (scope, node) in &self.nodes {
+            if bool::from(node.ct_eq(&presented)) && found.is_none() {
+                found = Some(Caller::Node(scope.clone()));
+            }
+        }
+        found
+    }
+}
+
+/// Each token line's whitespace-separated fields, with its line number.
+fn lines(path: &Path) -> Result<Vec<(usize, Vec<String>)>, TokenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        let token = fields.last().expect("a non-empty line has a field");
+        if token.len() < MIN_TOKEN_LEN || !token.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(TokenError::Invalid {
+                path: path.to_owned(),
+                line: i + 1,
+                message: format!(
+                    "a token is at least {MIN_TOKEN_LEN} printable characters (e.g. `openssl rand -hex 32`)"
+                ),
+            });
+        }
+        out.push((i + 1, fields));
+    }
+    if out.is_empty() {
+        return Err(TokenError::Empty(path.to_owned()));
+    }
+    Ok(out)
+}
+
+/// The token of an `Authorization: Bearer …` header, or the password of a `Basic` one (what
+/// a browser sends for the page).
+pub fn presented(header: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        return text.split_once(':').map(|(_, password)| password.to_owned());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn tokens() -> (tempfile::TempDir, Tokens) {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = file(&dir, "admin", "# operators\nadmin-token-0123456789\n");
+        let nodes = file(&dir, 
+            "nodes",
+            "fleet-token-0123456789\nnode-a node-a-token-0123456789\n\n",
+        );
+        let tokens = Tokens::load(&admin, &nodes).unwrap();
+        (dir, tokens)
+    }
+
+    #[test]
+    fn callers_by_token() {
+        let (_dir, tokens) = tokens();
+        assert_eq!(tokens.caller("admin-token-0123456789"), Some(Caller::Admin));
+        assert_eq!(
+            tokens.caller("fleet-token-0123456789"),
+            Some(Caller::Node(NodeScope::Fleet))
+        );
+        assert_eq!(
+            tokens.caller("node-a-token-0123456789"),
+            Some(Caller::Node(NodeScope::Node("node-a".into())))
+        );
+        assert_eq!(tokens.caller("admin-token-012345678"), None);
+        assert_eq!(tokens.caller(""), None);
+    }
+
+    #[test]
+    fn bad_token_files_are_refused_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = file(&dir, "admin", "admin-token-0123456789\n");
+        let short = file(&dir, "short", "\nshort\n");
+        let err = Tokens::load(&admin, &short).unwrap_err().to_string();
+        assert!(err.ends_with("short:2: a token is at least 16 printable characters (e.g. `openssl rand -hex 32`)"), "{err}");
+        let empty = file(&dir, "empty", "# nothing\n");
+        assert!(matches!(Tokens::load(&admin, &empty), Err(TokenError::Empty(_))));
+        let three = file(&dir, "three", "a b cccccccccccccccccccc\n");
+        assert!(Tokens::load(&admin, &three).is_err());
+        let same = file(&dir, "same", "admin-token-0123456789\n");
+        assert!(Tokens::load(&admin, &same).is_err());
+    }
+
+    #[test]
+    fn bearer_and_basic_headers() {
+        assert_eq!(presented("Bearer abc").as_deref(), Some("abc"));
+        // "x:secret" in base64.
+        assert_eq!(presented("Basic eDpzZWNyZXQ=").as_deref(), Some("secret"));
+        assert_eq!(presented("Digest abc"), None);
+        assert_eq!(presented("Basic !!!"), None);
+    }
+}

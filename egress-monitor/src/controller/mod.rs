@@ -1,0 +1,214 @@
+//! `egress-monitor controller`: one service for a fleet. Nodes report to it (see
+//! [`crate::reporter`]); operators read the fleet, its violations and stale nodes from the API
+//! or the page, and set one policy and one mode for every node.
+//!
+//! - [`wire`]: the JSON API's types and their validation, shared with the reporter.
+//! - [`auth`]: admin and node tokens; [`api`]: routes; [`page`]: the HTML page;
+//!   [`view`]: node states (enforced, observing, drifted, unprotected, stale) and the summary.
+//! - [`store`]: SQLite (embedded, default) or PostgreSQL (shared by replicas).
+
+pub mod api;
+pub mod auth;
+pub mod page;
+pub mod store;
+pub mod view;
+pub mod wire;
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use self::{api::AppState, auth::Tokens, store::StoreError};
+
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub listen: SocketAddr,
+    /// `sqlite:PATH` or `postgres://…`.
+    pub db: String,
+    pub admin_token_file: PathBuf,
+    pub node_token_file: PathBuf,
+    /// Certificate chain and private key (PEM): HTTPS when given.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Violations older than this are removed (hourly).
+    pub retention: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Tokens(#[from] auth::TokenError),
+    #[error("cannot open the database {url}")]
+    Store {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot listen on {address}")]
+    Listen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load the TLS certificate {cert} and key {key}")]
+    Tls {
+        cert: String,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A controller with its tokens loaded, its database open and its port bound, ready to serve.
+pub struct Controller {
+    state: Arc<AppState>,
+    listener: std::net::TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    address: SocketAddr,
+}
+
+/// How often old violations are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long open requests get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl Controller {
+    /// Everything that can be wrong with the configuration fails here, before serving.
+    pub async fn bind(config: &ControllerConfig) -> Result<Controller, ControllerError> {
+        let tokens = Tokens::load(&config.admin_token_file, &config.node_token_file)?;
+        let tls = match &config.tls {
+            Some((cert, key)) => {
+                // One process-wide crypto provider: ring (installing it twice is harmless).
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                Some(
+                    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                        .await
+                        .map_err(|source| ControllerError::Tls {
+                            cert: cert.display().to_string(),
+                            key: key.display().to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let store = store::open(&config.db)
+            .await
+            .map_err(|source| ControllerError::Store {
+                url: redact(&config.db),
+                source,
+            })?;
+        let listener = std::net::TcpListener::bind(config.listen).map_err(|source| {
+            ControllerError::Listen {
+                address: config.listen,
+                source,
+            }
+        })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| ControllerError::Listen {
+                address: config.listen,
+                source,
+            })?;
+        Ok(Controller {
+            state: Arc::new(AppState {
+                store,
+                tokens,
+                retention: config.retention,
+            }),
+            listener,
+            tls,
+            address,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.tls.is_some() { "https" } else { "http" },
+            self.address
+        )
+    }
+
+    /// Serves until `shutdown` completes, then lets open requests finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ControllerError> {
+        let app = api::router(Arc::clone(&self.state));
+        let handle = axum_server::Handle::new();
+        let pruner = tokio::spawn(prune_forever(Arc::clone(&self.state)));
+        let server = {
+            let handle = handle.clone();
+            let listener = self.listener;
+            let tls = self.tls;
+            async move {
+                let service = app.into_make_service();
+                match tls {
+                    Some(tls) => {
+                        axum_server::from_tcp_rustls(listener, tls)?
+                            .handle(handle)
+                            .serve(service)
+                            .await
+                    }
+                    None => {
+                        axum_server::from_tcp(listener)?
+                            .handle(handle)
+                            .serve(service)
+                            .await
+                    }
+                }
+            }
+        };
+        tokio::pin!(server);
+        tokio::pin!(shutdown);
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = &mut shutdown => {
+                handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+                server.await
+            }
+        };
+        pruner.abort();
+        result.map_err(ControllerError::Serve)
+    }
+}
+
+async fn prune_forever(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(PRUNE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let before = view::now_ms().saturating_sub(state.retention.as_millis() as u64);
+        match state.store.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => log::info!("pruned {n} violations older than the retention"),
+            Err(err) => log::error!("cannot prune old violations: {}", crate::error::chain(&err)),
+        }
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            super::redact("postgres://em:secret@db.internal/fleet"),
+            "postgres://em:***@db.internal/fleet"
+        );
+        assert_eq!(super::redact("sqlite:/var/lib/x.db"), "sqlite:/var/lib/x.db");
+    }
+}

@@ -1,0 +1,155 @@
+//! The page at `/`: the fleet at a glance, for people. Rendered on the controller (maud
+//! escapes every value), one self-contained document with no scripts or external assets;
+//! it reloads itself every 15 seconds.
+
+use maud::{DOCTYPE, Markup, html};
+
+use super::{
+    store::{Top, Violation},
+    view::{NodeState, NodeView, Summary, rfc3339},
+    wire::FleetPolicy,
+};
+
+pub struct PageData {
+    pub summary: Summary,
+    pub nodes: Vec<NodeView>,
+    pub fleet: FleetPolicy,
+    pub recent: Vec<Violation>,
+}
+
+const STYLE: &str = "
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #1d232a; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.1em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: .4em 0; }
+th, td { border-bottom: 1px solid #d8dde3; padding: .25em .7em; text-align: left; vertical-align: top; }
+th { background: #f1f3f5; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+.tiles { display: flex; gap: .8em; flex-wrap: wrap; }
+.tile { border: 1px solid #d8dde3; border-radius: 6px; padding: .5em 1em; min-width: 7em; }
+.tile b { display: block; font-size: 1.6em; }
+.state { font-weight: 600; padding: 0 .4em; border-radius: 4px; }
+.enforced { background: #d3f9d8; } .observing { background: #e7f5ff; }
+.drifted { background: #fff3bf; } .unprotected, .stale { background: #ffe3e3; }
+pre { background: #f8f9fa; border: 1px solid #d8dde3; padding: .6em; max-height: 24em; overflow: auto; }
+.muted { color: #68717a; }
+";
+
+pub fn render(data: &PageData) -> Markup {
+    let s = &data.summary;
+    let stale: Vec<&NodeView> = data
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Stale)
+        .collect();
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content="15";
+                title { "egress-monitor fleet" }
+                style { (STYLE) }
+            }
+            body {
+                h1 { "egress-monitor fleet" }
+                div.tiles id="summary" {
+                    (tile("nodes", s.nodes))
+                    (tile("enforced", s.enforced))
+                    (tile("observing", s.observing))
+                    (tile("drifted", s.drifted))
+                    (tile("unprotected", s.unprotected))
+                    (tile("stale", s.stale))
+                    (tile("converged", s.converged))
+                }
+                h2 { "Nodes" }
+                table id="nodes" {
+                    thead { tr {
+                        th { "node" } th { "state" } th { "mode" } th { "fleet policy" }
+                        th { "denied (observed / dropped)" } th { "last report" } th { "problems" }
+                    } }
+                    tbody {
+                        @for node in &data.nodes {
+                            tr data-node=(node.node.node_id) {
+                                td { (node.node.node_id) br; span.muted { (node.node.hostname) } }
+                                td { span class={ "state " (node.state.as_str()) } { (node.state.as_str()) } }
+                                td { (node.node.mode.as_str()) }
+                                td { @match node.node.fleet_version { Some(v) => { "v" (v) }, None => span.muted { "local" } } }
+                                td.n { (node.node.counters.denied_observed_packets) " / " (node.node.counters.denied_dropped_packets) }
+                                td { (node.last_seen) }
+                                td { @for problem in &node.problems { div { (problem) } } }
+                            }
+                        }
+                    }
+                }
+                @if data.nodes.is_empty() { p.muted { "No node has reported yet." } }
+                h2 { "Stale nodes" }
+                @if stale.is_empty() {
+                    p.muted id="stale" { "None: every node reported within three of its intervals." }
+                } @else {
+                    ul id="stale" { @for node in &stale { li { (node.node.node_id) " — last report " (node.last_seen) } } }
+                }
+                h2 { "Top destinations (24 h)" }
+                (tops("destinations", "destination", &s.top_destinations))
+                h2 { "Top processes (24 h)" }
+                (tops("processes", "process", &s.top_processes))
+                h2 { "Recent violations" }
+                table id="violations" {
+                    thead { tr { th { "time" } th { "node" } th { "destination" } th { "process" } th { "action" } th { "packets" } } }
+                    tbody {
+                        @for v in &data.recent {
+                            tr {
+                                td { (rfc3339(v.event.ts_ms)) }
+                                td { (v.node_id) }
+                                td {
+                                    (v.event.dst.map(|a| a.to_string()).unwrap_or_default())
+                                    @if let Some(port) = v.event.dst_port { ":" (port) }
+                                    @if let Some(name) = &v.event.dst_name { " (" (name) ")" }
+                                    " " span.muted { (v.event.proto) }
+                                }
+                                td { (v.event.exe.as_deref().or(v.event.comm.as_deref()).unwrap_or("")) }
+                                td { (v.event.action) }
+                                td.n { (v.event.packets) }
+                            }
+                        }
+                    }
+                }
+                h2 { "Fleet policy and rollout" }
+                p id="rollout" {
+                    @if data.fleet.version == 0 {
+                        "No fleet policy: nodes run their local policy. "
+                    } @else {
+                        "Version " b { (data.fleet.version) } ", set " (data.fleet.updated.as_deref().unwrap_or("")) ". "
+                    }
+                    "Fleet mode: " b { (data.fleet.mode.map_or("not set (each node keeps its own)", |m| m.as_str())) } ". "
+                    (s.converged) " of " (s.nodes) " nodes run it."
+                }
+                @if let Some(policy) = &data.fleet.policy { pre id="policy" { (policy) } }
+                p.muted { "API: /api/v1/nodes, /api/v1/violations, /api/v1/summary, /api/v1/policy. This page reloads every 15 s." }
+            }
+        }
+    }
+}
+
+fn tile(label: &str, value: usize) -> Markup {
+    html! { div.tile data-count=(label) { b { (value) } (label) } }
+}
+
+fn tops(id: &str, what: &str, rows: &[Top]) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            p.muted id=(id) { "None in the last 24 hours." }
+        } @else {
+            table id=(id) {
+                thead { tr { th { (what) } th { "packets" } th { "events" } th { "nodes" } } }
+                tbody {
+                    @for row in rows {
+                        tr {
+                            td { (row.key) @if let Some(name) = &row.name { " (" (name) ")" } }
+                            td.n { (row.packets) } td.n { (row.events) } td.n { (row.nodes) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Where the controller keeps nodes, reports, violations and the fleet policy: one interface,
+//! two implementations. [`sqlite`] is embedded (the default, nothing to install); [`postgres`]
+//! lets several stateless controller replicas share one database server.
+//!
+//! Every report is stored in one transaction keyed by (node, stream, seq): a report sent again
+//! (a retry after a lost reply, a replayed spool) changes nothing and is answered as such.
+
+pub mod postgres;
+mod query;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::wire::{FlowEvent, Health, NodeCounters, Report};
+use crate::policy::Mode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("SQLite")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("cannot get a PostgreSQL connection")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("cannot set up the PostgreSQL connection pool")]
+    PoolSetup(#[from] deadpool_postgres::CreatePoolError),
+    #[error("the stored {what} is unreadable: {message}")]
+    Corrupt { what: &'static str, message: String },
+    #[error("`{0}` is not a database: use sqlite:PATH or postgres://USER@HOST/DB")]
+    Url(String),
+    #[error("cannot create the database directory {path}")]
+    Directory {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the database task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What storing a report did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ingest {
+    Stored,
+    /// This (node, stream, seq) was stored before; nothing changed.
+    Duplicate,
+    /// Refused: the node id belongs to another machine (a fleet token cannot take it over).
+    Conflict(String),
+}
+
+/// A node as its newest report describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub hostname: String,
+    pub machine_id: String,
+    pub vm_id: Option<String>,
+    pub mode: Mode,
+    pub policy_version: String,
+    pub fleet_version: Option<u64>,
+    pub policy_error: Option<String>,
+    pub interval_s: u32,
+    pub first_seen_ms: u64,
+    /// When the controller last received a report from it (controller clock).
+    pub last_seen_ms: u64,
+    pub stream: String,
+    pub last_seq: u64,
+    pub counters: NodeCounters,
+    pub health: Health,
+    pub reports: u64,
+    pub events: u64,
+}
+
+/// A stored violation: a flow event and the node that sent it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// Increasing in the order stored: `before` pages with it.
+    pub id: i64,
+    pub node_id: String,
+    pub received_ms: u64,
+    #[serde(flatten)]
+    pub event: FlowEvent,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViolationFilter {
+    pub node: Option<String>,
+    /// An address (as text) or the name it was resolved from.
+    pub destination: Option<String>,
+    /// An executable's path or base name, or a command name.
+    pub process: Option<String>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    /// Only ids below this one (the next page).
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
+/// The most frequent destinations or processes since a time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Top {
+    pub key: String,
+    /// The resolved name of a destination, when one was seen.
+    pub name: Option<String>,
+    pub packets: u64,
+    pub events: u64,
+    pub nodes: u64,
+}
+
+/// The fleet's policy and mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fleet {
+    pub policy_version: u64,
+    pub policy: Option<String>,
+    pub mode: Option<Mode>,
+    pub updated_ms: Option<u64>,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a validated report once. `bound_node` is true when the caller's token is bound to
+    /// this node id; a fleet token may only report for the machine that first took the id.
+    async fn ingest(&self, report: &Report, bound_node: bool, now_ms: u64)
+    -> Result<Ingest, StoreError>;
+    async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError>;
+    async fn violations(&self, filter: &ViolationFilter) -> Result<Vec<Violation>, StoreError>;
+    /// Top destinations and processes (by packets) since `since_ms`.
+    async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError>;
+    async fn fleet(&self) -> Result<Fleet, StoreError>;
+    /// Stores a new fleet policy; its version is the previous one plus one.
+    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<Fleet, StoreError>;
+    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError>;
+    /// Removes violations and report keys received before `before_ms`; returns how many events.
+    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError>;
+    /// Bytes the database takes on disk.
+    async fn size_bytes(&self) -> Result<u64, StoreError>;
+}
+
+/// Opens `sqlite:PATH` or `postgres://…` (also `postgresql://…`), creating the schema.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err(StoreError::Url(url.to_owned()));
+        }
+        Ok(Arc::new(sqlite::SqliteStore::open(path.as_ref()).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
+    } else {
+        Err(StoreError::Url(url.to_owned()))
+    }
+}
+
+/// The base name a process is filtered and grouped by: the executable's file name, else the
+/// command name.
+fn process_name(event: &FlowEvent) -> Option<String> {
+    event
+        .exe
+        .as_deref()
+        .map(|exe| exe.rsplit('/').next().unwrap_or(exe).to_owned())
+        .or_else(|| event.comm.clone())
+}
+
+fn mode_from(text: &str) -> Result<Mode, StoreError> {
+    match text {
+        "observe" => Ok(Mode::Observe),
+        "enforce" => Ok(Mode::Enforce),
+        other => Err(StoreError::Corrupt {
+            what: "mode",
+            message: format!("`{other}`"),
+        }),
+    }
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|err| StoreError::Corrupt {
+        what,
+        message: err.to_string(),
+    })
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain structs serialise")
+}
+

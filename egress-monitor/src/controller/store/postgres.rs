@@ -1,0 +1,365 @@
+//! The shared store: PostgreSQL, for fleets that outgrow one controller. Controllers keep no
+//! state of their own, so several replicas behind one load balancer share one database; every
+//! write is one transaction, and per-node work is serialised with a row lock.
+//!
+//! Connections come from a pool (deadpool-postgres), without TLS: run the database on the
+//! controllers' private network or loopback.
+
+use deadpool_postgres::{Config, Pool, Runtime};
+use tokio_postgres::{NoTls, Row, types::ToSql};
+
+use super::{
+    Fleet, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter, from_json,
+    mode_from, process_name,
+    query::{self, Param, pg},
+};
+use crate::{controller::wire::Report, policy::Mode};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, machine_id TEXT NOT NULL, vm_id TEXT,
+    mode TEXT NOT NULL, policy_version TEXT NOT NULL, fleet_version BIGINT, policy_error TEXT,
+    interval_s BIGINT NOT NULL, first_seen_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL,
+    report_created_ms BIGINT NOT NULL, stream TEXT NOT NULL, last_seq BIGINT NOT NULL,
+    counters TEXT NOT NULL, health TEXT NOT NULL, reports BIGINT NOT NULL, events BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reports (
+    node_id TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL, events BIGINT NOT NULL,
+    PRIMARY KEY (node_id, stream, seq)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id BIGSERIAL PRIMARY KEY, node_id TEXT NOT NULL, received_ms BIGINT NOT NULL,
+    ts_ms BIGINT NOT NULL, kind TEXT NOT NULL, hook TEXT NOT NULL, action TEXT NOT NULL,
+    proto TEXT NOT NULL, src TEXT, dst TEXT, dst_port BIGINT, dst_name TEXT, rule TEXT NOT NULL,
+    pid BIGINT, comm TEXT, exe TEXT, process TEXT, cgroup TEXT,
+    packets BIGINT NOT NULL, bytes BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_node ON events (node_id, id);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
+CREATE TABLE IF NOT EXISTS fleet (
+    id BIGINT PRIMARY KEY CHECK (id = 1), policy_version BIGINT NOT NULL, policy TEXT,
+    mode TEXT, updated_ms BIGINT
+);
+INSERT INTO fleet (id, policy_version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS policies (
+    version BIGINT PRIMARY KEY, policy TEXT NOT NULL, set_ms BIGINT NOT NULL
+);
+";
+
+/// Inserts a report's events in one statement: the node and time once, each column an array.
+const INSERT_EVENTS: &str = "INSERT INTO events (node_id, received_ms, ts_ms, kind, hook, action, proto, src, dst, \
+     dst_port, dst_name, rule, pid, comm, exe, process, cgroup, packets, bytes) \
+     SELECT $1, $2, * FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
+     $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[], $14::text[], \
+     $15::text[], $16::text[], $17::text[], $18::bigint[], $19::bigint[])";
+
+pub struct PgStore {
+    pool: Pool,
+}
+
+type Boxed = Box<dyn ToSql + Sync + Send>;
+
+fn boxed(params: Vec<Param>) -> Vec<Boxed> {
+    params
+        .into_iter()
+        .map(|param| -> Boxed {
+            match param {
+                Param::Int(v) => Box::new(v),
+                Param::Text(v) => Box::new(v),
+            }
+        })
+        .collect()
+}
+
+fn refs(params: &[Boxed]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+impl PgStore {
+    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        let config = Config {
+            url: Some(url.to_owned()),
+            ..Config::default()
+        };
+        let pool = config.create_pool(Some(Runtime::Tokio1), NoTls)?;
+        let client = pool.get().await?;
+        // Replicas starting together: the schema is created under an advisory lock.
+        client
+            .batch_execute(&format!(
+                "SELECT pg_advisory_lock(7266420); {SCHEMA} SELECT pg_advisory_unlock(7266420);"
+            ))
+            .await?;
+        Ok(PgStore { pool })
+    }
+}
+
+fn fleet_from(row: &Row) -> Result<Fleet, StoreError> {
+    Ok(Fleet {
+        policy_version: row.get::<_, i64>(0) as u64,
+        policy: row.get(1),
+        mode: row.get::<_, Option<String>>(2).as_deref().map(mode_from).transpose()?,
+        updated_ms: row.get::<_, Option<i64>>(3).map(|v| v as u64),
+    })
+}
+
+fn top_from(row: &Row) -> Top {
+    Top {
+        key: row.get(0),
+        name: row.get(1),
+        packets: row.get::<_, i64>(2) as u64,
+        events: row.get::<_, i64>(3) as u64,
+        nodes: row.get::<_, i64>(4) as u64,
+    }
+}
+
+/// PostgreSQL's `SUM(bigint)` is numeric: cast it back.
+fn top_sql(sql: &str) -> String {
+    pg(sql).replace("SUM(packets)", "SUM(packets)::bigint")
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn ingest(
+        &self,
+        report: &Report,
+        bound_node: bool,
+        now_ms: u64,
+    ) -> Result<Ingest, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Create the row first so that FOR UPDATE serialises this node's reports across replicas.
+        let insert = boxed(vec![
+            report.node_id.as_str().into(),
+            report.identity.hostname.as_str().into(),
+            report.identity.machine_id.as_str().into(),
+            now_ms.into(),
+        ]);
+        let owner_row = tx
+            .query_opt("SELECT machine_id, reports FROM nodes WHERE node_id = $1 FOR UPDATE", &[&report.node_id])
+            .await?;
+        if owner_row.is_none() {
+            tx.execute(&pg(query::INSERT_NODE), &refs(&insert)).await?;
+        }
+        let row = tx
+            .query_one("SELECT machine_id, reports FROM nodes WHERE node_id = $1 FOR UPDATE", &[&report.node_id])
+            .await?;
+        let owner: String = row.get(0);
+        let reports: i64 = row.get(1);
+        if reports > 0 && !bound_node && owner != report.identity.machine_id {
+            return Ok(Ingest::Conflict(format!(
+                "node id `{}` belongs to machine {owner}; a fleet token cannot report for it from machine {}",
+                report.node_id, report.identity.machine_id
+            )));
+        }
+        let inserted = tx
+            .execute(
+                "INSERT INTO reports (node_id, stream, seq, received_ms, events) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &report.node_id,
+                    &report.stream,
+                    &(report.seq as i64),
+                    &(now_ms as i64),
+                    &(report.events.len() as i64),
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return Ok(Ingest::Duplicate);
+        }
+        if !report.events.is_empty() {
+            let events = &report.events;
+            let ints = |f: &dyn Fn(&crate::controller::wire::FlowEvent) -> Option<i64>| -> Vec<Option<i64>> {
+                events.iter().map(f).collect()
+            };
+            let texts = |f: &dyn Fn(&crate::controller::wire::FlowEvent) -> Option<String>| -> Vec<Option<String>> {
+                events.iter().map(f).collect()
+            };
+            let ts = ints(&|e| Some(e.ts_ms as i64));
+            let kind = texts(&|e| Some(e.kind.clone()));
+            let hook = texts(&|e| Some(e.hook.clone()));
+            let action = texts(&|e| Some(e.action.clone()));
+            let proto = texts(&|e| Some(e.proto.clone()));
+            let src = texts(&|e| e.src.map(|a| a.to_string()));
+            let dst = texts(&|e| e.dst.map(|a| a.to_string()));
+            let dst_port = ints(&|e| e.dst_port.map(i64::from));
+            let dst_name = texts(&|e| e.dst_name.clone());
+            let rule = texts(&|e| Some(e.rule.clone()));
+            let pid = ints(&|e| e.pid.map(i64::from));
+            let comm = texts(&|e| e.comm.clone());
+            let exe = texts(&|e| e.exe.clone());
+            let process = texts(&process_name);
+            let cgroup = texts(&|e| e.cgroup.clone());
+            let packets = ints(&|e| Some(e.packets as i64));
+            let bytes = ints(&|e| Some(e.bytes as i64));
+            tx.execute(
+                INSERT_EVENTS,
+                &[
+                    &report.node_id,
+                    &(now_ms as i64),
+                    &ts,
+                    &kind,
+                    &hook,
+                    &action,
+                    &proto,
+                    &src,
+                    &dst,
+                    &dst_port,
+                    &dst_name,
+                    &rule,
+                    &pid,
+                    &comm,
+                    &exe,
+                    &process,
+                    &cgroup,
+                    &packets,
+                    &bytes,
+                ],
+            )
+            .await?;
+        }
+        let count = boxed(vec![
+            report.node_id.as_str().into(),
+            (report.events.len() as i64).into(),
+            now_ms.into(),
+        ]);
+        tx.execute(&pg(query::COUNT_REPORT), &refs(&count)).await?;
+        let state = boxed(query::node_state_params(report));
+        tx.execute(&pg(query::UPDATE_NODE_STATE), &refs(&state)).await?;
+        tx.commit().await?;
+        Ok(Ingest::Stored)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client.query(query::SELECT_NODES, &[]).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(NodeRow {
+                    node_id: row.get(0),
+                    hostname: row.get(1),
+                    machine_id: row.get(2),
+                    vm_id: row.get(3),
+                    mode: mode_from(row.get::<_, &str>(4))?,
+                    policy_version: row.get(5),
+                    fleet_version: row.get::<_, Option<i64>>(6).map(|v| v as u64),
+                    policy_error: row.get(7),
+                    interval_s: row.get::<_, i64>(8) as u32,
+                    first_seen_ms: row.get::<_, i64>(9) as u64,
+                    last_seen_ms: row.get::<_, i64>(10) as u64,
+                    stream: row.get(11),
+                    last_seq: row.get::<_, i64>(12) as u64,
+                    counters: from_json("counters", row.get(13))?,
+                    health: from_json("health", row.get(14))?,
+                    reports: row.get::<_, i64>(15) as u64,
+                    events: row.get::<_, i64>(16) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn violations(&self, filter: &ViolationFilter) -> Result<Vec<Violation>, StoreError> {
+        let (sql, params) = query::violations(filter);
+        let params = boxed(params);
+        let client = self.pool.get().await?;
+        let rows = client.query(&pg(&sql), &refs(&params)).await?;
+        rows.iter().map(violation).collect()
+    }
+
+    async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError> {
+        let client = self.pool.get().await?;
+        let params: [&(dyn ToSql + Sync); 2] = [&(since_ms as i64), &i64::from(limit)];
+        let destinations = client.query(&top_sql(query::TOP_DESTINATIONS), &params).await?;
+        let processes = client
+            .query(
+                &top_sql(query::TOP_PROCESSES).replace("NULL,", "NULL::text,"),
+                &params,
+            )
+            .await?;
+        Ok((
+            destinations.iter().map(top_from).collect(),
+            processes.iter().map(top_from).collect(),
+        ))
+    }
+
+    async fn fleet(&self) -> Result<Fleet, StoreError> {
+        let client = self.pool.get().await?;
+        fleet_from(&client.query_one(query::SELECT_FLEET, &[]).await?)
+    }
+
+    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<Fleet, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(&pg(query::SET_POLICY), &[&text, &(now_ms as i64)]).await?;
+        tx.execute(query::RECORD_POLICY, &[]).await?;
+        let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
+        tx.commit().await?;
+        Ok(fleet)
+    }
+
+    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(&pg(query::SET_MODE), &[&mode.as_str(), &(now_ms as i64)])
+            .await?;
+        fleet_from(&client.query_one(query::SELECT_FLEET, &[]).await?)
+    }
+
+    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let events = tx
+            .execute("DELETE FROM events WHERE received_ms < $1", &[&(before_ms as i64)])
+            .await?;
+        tx.execute("DELETE FROM reports WHERE received_ms < $1", &[&(before_ms as i64)])
+            .await?;
+        tx.commit().await?;
+        Ok(events)
+    }
+
+    async fn size_bytes(&self) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+fn violation(row: &Row) -> Result<Violation, StoreError> {
+    let address = |i: usize| -> Result<Option<std::net::IpAddr>, StoreError> {
+        row.get::<_, Option<String>>(i)
+            .map(|text| {
+                text.parse().map_err(|_| StoreError::Corrupt {
+                    what: "address",
+                    message: text,
+                })
+            })
+            .transpose()
+    };
+    Ok(Violation {
+        id: row.get(0),
+        node_id: row.get(1),
+        received_ms: row.get::<_, i64>(2) as u64,
+        event: crate::controller::wire::FlowEvent {
+            ts_ms: row.get::<_, i64>(3) as u64,
+            kind: row.get(4),
+            hook: row.get(5),
+            action: row.get(6),
+            proto: row.get(7),
+            src: address(8)?,
+            dst: address(9)?,
+            dst_port: row.get::<_, Option<i64>>(10).map(|v| v as u16),
+            dst_name: row.get(11),
+            rule: row.get(12),
+            pid: row.get::<_, Option<i64>>(13).map(|v| v as u32),
+            comm: row.get(14),
+            exe: row.get(15),
+            cgroup: row.get(16),
+            packets: row.get::<_, i64>(17) as u64,
+            bytes: row.get::<_, i64>(18) as u64,
+        },
+    })
+}

@@ -1,0 +1,191 @@
+//! SQL both stores share. It is written with SQLite's numbered placeholders (`?1`); [`pg`]
+//! turns them into PostgreSQL's (`$1`). Where the dialects differ, each store has its own.
+
+use super::{ViolationFilter, process_name};
+use crate::controller::wire::{FlowEvent, Report};
+
+/// A bound value, turned into each driver's own type by its store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Param {
+    Int(Option<i64>),
+    Text(Option<String>),
+}
+
+impl From<i64> for Param {
+    fn from(value: i64) -> Self {
+        Param::Int(Some(value))
+    }
+}
+
+impl From<u64> for Param {
+    fn from(value: u64) -> Self {
+        // Validation keeps every stored number at most 2^63-1.
+        Param::Int(Some(value.min(i64::MAX as u64) as i64))
+    }
+}
+
+impl From<&str> for Param {
+    fn from(value: &str) -> Self {
+        Param::Text(Some(value.to_owned()))
+    }
+}
+
+impl From<Option<String>> for Param {
+    fn from(value: Option<String>) -> Self {
+        Param::Text(value)
+    }
+}
+
+/// PostgreSQL's placeholders for SQLite's.
+pub fn pg(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+pub const SELECT_EVENTS: &str = "SELECT id, node_id, received_ms, ts_ms, kind, hook, action, proto, src, dst, dst_port, \
+     dst_name, rule, pid, comm, exe, cgroup, packets, bytes FROM events";
+
+pub const INSERT_EVENT_COLUMNS: &str = "node_id, received_ms, ts_ms, kind, hook, action, proto, src, dst, dst_port, dst_name, \
+     rule, pid, comm, exe, process, cgroup, packets, bytes";
+
+/// An event's values in [`INSERT_EVENT_COLUMNS`] order.
+pub fn event_params(node_id: &str, received_ms: u64, event: &FlowEvent) -> Vec<Param> {
+    vec![
+        node_id.into(),
+        received_ms.into(),
+        event.ts_ms.into(),
+        event.kind.as_str().into(),
+        event.hook.as_str().into(),
+        event.action.as_str().into(),
+        event.proto.as_str().into(),
+        event.src.map(|a| a.to_string()).into(),
+        event.dst.map(|a| a.to_string()).into(),
+        Param::Int(event.dst_port.map(i64::from)),
+        event.dst_name.clone().into(),
+        event.rule.as_str().into(),
+        Param::Int(event.pid.map(i64::from)),
+        event.comm.clone().into(),
+        event.exe.clone().into(),
+        process_name(event).into(),
+        event.cgroup.clone().into(),
+        event.packets.into(),
+        event.bytes.into(),
+    ]
+}
+
+/// Creates the node's row on its first report (the state columns are set right after).
+pub const INSERT_NODE: &str = "INSERT INTO nodes (node_id, hostname, machine_id, mode, policy_version, interval_s, \
+     first_seen_ms, last_seen_ms, report_created_ms, stream, last_seq, counters, health, reports, events) \
+     VALUES (?1, ?2, ?3, 'observe', '', 1, ?4, ?4, 0, '', 0, '{}', '{}', 0, 0) \
+     ON CONFLICT (node_id) DO NOTHING";
+
+/// Counts the report and moves `last_seen` on.
+pub const COUNT_REPORT: &str = "UPDATE nodes SET reports = reports + 1, events = events + ?2, \
+     last_seen_ms = CASE WHEN last_seen_ms > ?3 THEN last_seen_ms ELSE ?3 END WHERE node_id = ?1";
+
+/// The node's state, from its newest report only (reports may arrive out of order).
+pub const UPDATE_NODE_STATE: &str = "UPDATE nodes SET hostname = ?2, machine_id = ?3, vm_id = ?4, mode = ?5, \
+     policy_version = ?6, fleet_version = ?7, policy_error = ?8, interval_s = ?9, report_created_ms = ?10, \
+     stream = ?11, last_seq = ?12, counters = ?13, health = ?14 \
+     WHERE node_id = ?1 AND report_created_ms <= ?10";
+
+pub fn node_state_params(report: &Report) -> Vec<Param> {
+    vec![
+        report.node_id.as_str().into(),
+        report.identity.hostname.as_str().into(),
+        report.identity.machine_id.as_str().into(),
+        report.identity.vm_id.clone().into(),
+        report.mode.as_str().into(),
+        report.policy.version.as_str().into(),
+        Param::Int(report.policy.fleet_version.map(|v| v.min(i64::MAX as u64) as i64)),
+        report.policy.error.clone().into(),
+        i64::from(report.interval_s).into(),
+        report.created_ms.into(),
+        report.stream.as_str().into(),
+        report.seq.into(),
+        super::to_json(&report.counters).as_str().into(),
+        super::to_json(&report.health).as_str().into(),
+    ]
+}
+
+pub const SELECT_NODES: &str = "SELECT node_id, hostname, machine_id, vm_id, mode, policy_version, fleet_version, \
+     policy_error, interval_s, first_seen_ms, last_seen_ms, stream, last_seq, counters, health, reports, events \
+     FROM nodes ORDER BY node_id";
+
+/// The violations query for a filter, newest first.
+pub fn violations(filter: &ViolationFilter) -> (String, Vec<Param>) {
+    let mut clauses = Vec::new();
+    let mut params: Vec<Param> = Vec::new();
+    let mut push = |clause: &str, param: Param, params: &mut Vec<Param>| {
+        params.push(param);
+        clauses.push(clause.replace("?N", &format!("?{}", params.len())));
+    };
+    if let Some(node) = &filter.node {
+        push("node_id = ?N", node.as_str().into(), &mut params);
+    }
+    if let Some(destination) = &filter.destination {
+        push("(dst = ?N OR dst_name = ?N)", destination.as_str().into(), &mut params);
+    }
+    if let Some(process) = &filter.process {
+        push(
+            "(exe = ?N OR process = ?N OR comm = ?N)",
+            process.as_str().into(),
+            &mut params,
+        );
+    }
+    if let Some(since) = filter.since_ms {
+        push("ts_ms >= ?N", since.into(), &mut params);
+    }
+    if let Some(until) = filter.until_ms {
+        push("ts_ms < ?N", until.into(), &mut params);
+    }
+    if let Some(before) = filter.before {
+        push("id < ?N", before.into(), &mut params);
+    }
+    let mut sql = SELECT_EVENTS.to_owned();
+    if !clauses.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&clauses.join(" AND "));
+    }
+    params.push(i64::from(filter.limit).into());
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", params.len()));
+    (sql, params)
+}
+
+/// Top destinations since ?1, at most ?2.
+pub const TOP_DESTINATIONS: &str = "SELECT dst, MAX(dst_name), SUM(packets), COUNT(*), COUNT(DISTINCT node_id) FROM events \
+     WHERE ts_ms >= ?1 AND dst IS NOT NULL GROUP BY dst ORDER BY SUM(packets) DESC, dst LIMIT ?2";
+
+/// Top processes since ?1, at most ?2.
+pub const TOP_PROCESSES: &str = "SELECT COALESCE(exe, comm, '(unknown)'), NULL, SUM(packets), COUNT(*), COUNT(DISTINCT node_id) \
+     FROM events WHERE ts_ms >= ?1 GROUP BY COALESCE(exe, comm, '(unknown)') \
+     ORDER BY SUM(packets) DESC, COALESCE(exe, comm, '(unknown)') LIMIT ?2";
+
+pub const SELECT_FLEET: &str = "SELECT policy_version, policy, mode, updated_ms FROM fleet WHERE id = 1";
+
+pub const SET_POLICY: &str = "UPDATE fleet SET policy_version = policy_version + 1, policy = ?1, updated_ms = ?2 WHERE id = 1";
+
+pub const RECORD_POLICY: &str = "INSERT INTO policies (version, policy, set_ms) SELECT policy_version, policy, updated_ms FROM fleet WHERE id = 1";
+
+pub const SET_MODE: &str = "UPDATE fleet SET mode = ?1, updated_ms = ?2 WHERE id = 1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn violation_filters_number_their_placeholders() {
+        let (sql, params) = violations(&ViolationFilter {
+            node: Some("a".into()),
+            process: Some("curl".into()),
+            before: Some(7),
+            limit: 10,
+            ..ViolationFilter::default()
+        });
+        assert!(
+            sql.ends_with("WHERE node_id = ?1 AND (exe = ?2 OR process = ?2 OR comm = ?2) AND id < ?3 ORDER BY id DESC LIMIT ?4"),
+            "{sql}"
+        );
+        assert_eq!(params.len(), 4);
+        assert!(pg(&sql).ends_with("id < $3 ORDER BY id DESC LIMIT $4"));
+    }
+}

@@ -1,0 +1,345 @@
+//! The embedded store: one SQLite file in WAL mode, `synchronous = FULL`, so a report the
+//! controller acknowledged survives the controller being killed (and the machine losing
+//! power). Writes are serialised on one connection; each runs on tokio's blocking pool.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params_from_iter, types::Value};
+
+use super::{
+    Fleet, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter, from_json,
+    mode_from, query::{self, Param},
+};
+use crate::{controller::wire::Report, policy::Mode};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, machine_id TEXT NOT NULL, vm_id TEXT,
+    mode TEXT NOT NULL, policy_version TEXT NOT NULL, fleet_version INTEGER, policy_error TEXT,
+    interval_s INTEGER NOT NULL, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    report_created_ms INTEGER NOT NULL, stream TEXT NOT NULL, last_seq INTEGER NOT NULL,
+    counters TEXT NOT NULL, health TEXT NOT NULL, reports INTEGER NOT NULL, events INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reports (
+    node_id TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL, events INTEGER NOT NULL,
+    PRIMARY KEY (node_id, stream, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL, received_ms INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL, kind TEXT NOT NULL, hook TEXT NOT NULL, action TEXT NOT NULL,
+    proto TEXT NOT NULL, src TEXT, dst TEXT, dst_port INTEGER, dst_name TEXT, rule TEXT NOT NULL,
+    pid INTEGER, comm TEXT, exe TEXT, process TEXT, cgroup TEXT,
+    packets INTEGER NOT NULL, bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_node ON events (node_id, id);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
+CREATE TABLE IF NOT EXISTS fleet (
+    id INTEGER PRIMARY KEY CHECK (id = 1), policy_version INTEGER NOT NULL, policy TEXT,
+    mode TEXT, updated_ms INTEGER
+);
+INSERT INTO fleet (id, policy_version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS policies (
+    version INTEGER PRIMARY KEY, policy TEXT NOT NULL, set_ms INTEGER NOT NULL
+);
+";
+
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+    path: std::path::PathBuf,
+}
+
+fn value(param: Param) -> Value {
+    match param {
+        Param::Int(Some(v)) => Value::Integer(v),
+        Param::Text(Some(v)) => Value::Text(v),
+        Param::Int(None) | Param::Text(None) => Value::Null,
+    }
+}
+
+fn values(params: Vec<Param>) -> impl Iterator<Item = Value> {
+    params.into_iter().map(value)
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::Directory {
+                path: parent.display().to_string(),
+                source,
+            })?;
+        }
+        let owned = path.to_owned();
+        let connection = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            let connection = Connection::open(&owned)?;
+            connection.busy_timeout(std::time::Duration::from_secs(10))?;
+            connection.pragma_update(None, "journal_mode", "WAL")?;
+            connection.pragma_update(None, "synchronous", "FULL")?;
+            connection.execute_batch(SCHEMA)?;
+            Ok(connection)
+        })
+        .await??;
+        Ok(SqliteStore {
+            connection: Arc::new(Mutex::new(connection)),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Runs `work` on the connection, off the async threads.
+    async fn with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let connection = Arc::clone(&self.connection);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            work(&mut guard)
+        })
+        .await?
+    }
+}
+
+fn fleet(connection: &Connection) -> Result<Fleet, StoreError> {
+    let (version, policy, mode, updated): (i64, Option<String>, Option<String>, Option<i64>) =
+        connection.query_row(query::SELECT_FLEET, [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?;
+    Ok(Fleet {
+        policy_version: version as u64,
+        policy,
+        mode: mode.as_deref().map(mode_from).transpose()?,
+        updated_ms: updated.map(|v| v as u64),
+    })
+}
+
+fn top(connection: &Connection, sql: &str, since_ms: u64, limit: u32) -> Result<Vec<Top>, StoreError> {
+    let mut statement = connection.prepare_cached(sql)?;
+    let rows = statement.query_map((since_ms as i64, i64::from(limit)), |row| {
+        Ok(Top {
+            key: row.get(0)?,
+            name: row.get(1)?,
+            packets: row.get::<_, i64>(2)? as u64,
+            events: row.get::<_, i64>(3)? as u64,
+            nodes: row.get::<_, i64>(4)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn ingest(
+        &self,
+        report: &Report,
+        bound_node: bool,
+        now_ms: u64,
+    ) -> Result<Ingest, StoreError> {
+        let report = report.clone();
+        self.with(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let owner: Option<String> = tx
+                .query_row(
+                    "SELECT machine_id FROM nodes WHERE node_id = ?1",
+                    [&report.node_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(owner) = owner
+                && !bound_node
+                && owner != report.identity.machine_id
+            {
+                return Ok(Ingest::Conflict(format!(
+                    "node id `{}` belongs to machine {owner}; a fleet token cannot report for it from machine {}",
+                    report.node_id, report.identity.machine_id
+                )));
+            }
+            let inserted = tx.execute(
+                "INSERT INTO reports (node_id, stream, seq, received_ms, events) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT DO NOTHING",
+                (
+                    &report.node_id,
+                    &report.stream,
+                    report.seq as i64,
+                    now_ms as i64,
+                    report.events.len() as i64,
+                ),
+            )?;
+            if inserted == 0 {
+                return Ok(Ingest::Duplicate);
+            }
+            {
+                let mut insert = tx.prepare_cached(&format!(
+                    "INSERT INTO events ({}) VALUES ({})",
+                    query::INSERT_EVENT_COLUMNS,
+                    (1..=19).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+                ))?;
+                for event in &report.events {
+                    insert.execute(params_from_iter(values(query::event_params(
+                        &report.node_id,
+                        now_ms,
+                        event,
+                    ))))?;
+                }
+            }
+            tx.execute(
+                query::INSERT_NODE,
+                (&report.node_id, &report.identity.hostname, &report.identity.machine_id, now_ms as i64),
+            )?;
+            tx.execute(
+                query::COUNT_REPORT,
+                (&report.node_id, report.events.len() as i64, now_ms as i64),
+            )?;
+            tx.execute(
+                query::UPDATE_NODE_STATE,
+                params_from_iter(values(query::node_state_params(&report))),
+            )?;
+            tx.commit()?;
+            Ok(Ingest::Stored)
+        })
+        .await
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
+        self.with(|connection| {
+            let mut statement = connection.prepare_cached(query::SELECT_NODES)?;
+            let mut rows = statement.query([])?;
+            let mut nodes = Vec::new();
+            while let Some(row) = rows.next()? {
+                nodes.push(NodeRow {
+                    node_id: row.get(0)?,
+                    hostname: row.get(1)?,
+                    machine_id: row.get(2)?,
+                    vm_id: row.get(3)?,
+                    mode: mode_from(&row.get::<_, String>(4)?)?,
+                    policy_version: row.get(5)?,
+                    fleet_version: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
+                    policy_error: row.get(7)?,
+                    interval_s: row.get::<_, i64>(8)? as u32,
+                    first_seen_ms: row.get::<_, i64>(9)? as u64,
+                    last_seen_ms: row.get::<_, i64>(10)? as u64,
+                    stream: row.get(11)?,
+                    last_seq: row.get::<_, i64>(12)? as u64,
+                    counters: from_json("counters", &row.get::<_, String>(13)?)?,
+                    health: from_json("health", &row.get::<_, String>(14)?)?,
+                    reports: row.get::<_, i64>(15)? as u64,
+                    events: row.get::<_, i64>(16)? as u64,
+                });
+            }
+            Ok(nodes)
+        })
+        .await
+    }
+
+    async fn violations(&self, filter: &ViolationFilter) -> Result<Vec<Violation>, StoreError> {
+        let (sql, params) = query::violations(filter);
+        self.with(move |connection| {
+            let mut statement = connection.prepare(&sql)?;
+            let mut rows = statement.query(params_from_iter(values(params)))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(violation(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError> {
+        self.with(move |connection| {
+            Ok((
+                top(connection, query::TOP_DESTINATIONS, since_ms, limit)?,
+                top(connection, query::TOP_PROCESSES, since_ms, limit)?,
+            ))
+        })
+        .await
+    }
+
+    async fn fleet(&self) -> Result<Fleet, StoreError> {
+        self.with(|connection| fleet(connection)).await
+    }
+
+    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<Fleet, StoreError> {
+        let text = text.to_owned();
+        self.with(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(query::SET_POLICY, (&text, now_ms as i64))?;
+            tx.execute(query::RECORD_POLICY, [])?;
+            let fleet = fleet(&tx)?;
+            tx.commit()?;
+            Ok(fleet)
+        })
+        .await
+    }
+
+    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError> {
+        self.with(move |connection| {
+            connection.execute(query::SET_MODE, (mode.as_str(), now_ms as i64))?;
+            fleet(connection)
+        })
+        .await
+    }
+
+    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
+        self.with(move |connection| {
+            let tx = connection.transaction()?;
+            let events = tx.execute("DELETE FROM events WHERE received_ms < ?1", [before_ms as i64])?;
+            tx.execute("DELETE FROM reports WHERE received_ms < ?1", [before_ms as i64])?;
+            tx.commit()?;
+            Ok(events as u64)
+        })
+        .await
+    }
+
+    async fn size_bytes(&self) -> Result<u64, StoreError> {
+        let path = self.path.clone();
+        Ok(["", "-wal"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut name = path.clone().into_os_string();
+                name.push(suffix);
+                std::fs::metadata(name).ok()
+            })
+            .map(|m| m.len())
+            .sum())
+    }
+}
+
+fn violation(row: &rusqlite::Row) -> Result<Violation, StoreError> {
+    let address = |i: usize| -> Result<Option<std::net::IpAddr>, StoreError> {
+        row.get::<_, Option<String>>(i)?
+            .map(|text| {
+                text.parse().map_err(|_| StoreError::Corrupt {
+                    what: "address",
+                    message: text,
+                })
+            })
+            .transpose()
+    };
+    Ok(Violation {
+        id: row.get(0)?,
+        node_id: row.get(1)?,
+        received_ms: row.get::<_, i64>(2)? as u64,
+        event: crate::controller::wire::FlowEvent {
+            ts_ms: row.get::<_, i64>(3)? as u64,
+            kind: row.get(4)?,
+            hook: row.get(5)?,
+            action: row.get(6)?,
+            proto: row.get(7)?,
+            src: address(8)?,
+            dst: address(9)?,
+            dst_port: row.get::<_, Option<i64>>(10)?.map(|v| v as u16),
+            dst_name: row.get(11)?,
+            rule: row.get(12)?,
+            pid: row.get::<_, Option<i64>>(13)?.map(|v| v as u32),
+            comm: row.get(14)?,
+            exe: row.get(15)?,
+            cgroup: row.get(16)?,
+            packets: row.get::<_, i64>(17)? as u64,
+            bytes: row.get::<_, i64>(18)? as u64,
+        },
+    })
+}

@@ -1,0 +1,169 @@
+//! What the fleet looks like: each node's isolation state, from its newest report, the fleet
+//! policy and the time. The API and the page show the same views.
+
+use serde::Serialize;
+
+use super::store::{Fleet, NodeRow, Top};
+use crate::policy::Mode;
+
+/// A node is stale after this many of its intervals without a report.
+pub const STALE_INTERVALS: u64 = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// No report within three of its intervals: nothing is known of it now.
+    Stale,
+    /// Its daemon reports no program attached: nothing is enforced or counted.
+    Unprotected,
+    /// It does not run the fleet's policy or mode (yet, or it refused them).
+    Drifted,
+    /// It observes: denied packets are counted, not dropped.
+    Observing,
+    /// It drops what the policy denies.
+    Enforced,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Stale => "stale",
+            NodeState::Unprotected => "unprotected",
+            NodeState::Drifted => "drifted",
+            NodeState::Observing => "observing",
+            NodeState::Enforced => "enforced",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: NodeRow,
+    pub state: NodeState,
+    /// It runs the fleet policy version and mode (true when the fleet sets neither).
+    pub converged: bool,
+    /// RFC 3339.
+    pub last_seen: String,
+    /// What is wrong, in words; empty when nothing is.
+    pub problems: Vec<String>,
+}
+
+pub fn node_view(node: NodeRow, fleet: &Fleet, now_ms: u64) -> NodeView {
+    let mut problems = Vec::new();
+    let silent_ms = now_ms.saturating_sub(node.last_seen_ms);
+    let stale = silent_ms > STALE_INTERVALS * u64::from(node.interval_s) * 1000;
+    if stale {
+        problems.push(format!(
+            "no report for {} s ({STALE_INTERVALS} intervals are {} s)",
+            silent_ms / 1000,
+            STALE_INTERVALS * u64::from(node.interval_s)
+        ));
+    }
+    if node.health.attachments == 0 {
+        problems.push("no program attached".to_owned());
+    }
+    let policy_converged =
+        fleet.policy_version == 0 || node.fleet_version == Some(fleet.policy_version);
+    if !policy_converged {
+        problems.push(match node.fleet_version {
+            Some(v) => format!("runs fleet policy v{v}, the fleet's is v{}", fleet.policy_version),
+            None => format!(
+                "runs its local policy, the fleet's is v{}",
+                fleet.policy_version
+            ),
+        });
+    }
+    let mode_converged = fleet.mode.is_none_or(|mode| mode == node.mode);
+    if !mode_converged {
+        problems.push(format!(
+            "mode {}, the fleet's is {}",
+            node.mode,
+            fleet.mode.map_or("", Mode::as_str)
+        ));
+    }
+    if let Some(error) = &node.policy_error {
+        problems.push(format!("refused the fleet's policy or mode: {error}"));
+    }
+    if node.health.events_lost > 0 {
+        problems.push(format!("{} events lost in the kernel", node.health.events_lost));
+    }
+    if node.health.spool_dropped_reports > 0 {
+        problems.push(format!(
+            "its full spool dropped {} reports ({} events)",
+            node.health.spool_dropped_reports, node.health.spool_dropped_events
+        ));
+    }
+    let converged = policy_converged && mode_converged && node.policy_error.is_none();
+    let state = if stale {
+        NodeState::Stale
+    } else if node.health.attachments == 0 {
+        NodeState::Unprotected
+    } else if !converged {
+        NodeState::Drifted
+    } else if node.mode == Mode::Enforce {
+        NodeState::Enforced
+    } else {
+        NodeState::Observing
+    };
+    NodeView {
+        last_seen: rfc3339(node.last_seen_ms),
+        node,
+        state,
+        converged,
+        problems,
+    }
+}
+
+/// `GET /api/v1/summary`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub nodes: usize,
+    pub enforced: usize,
+    pub observing: usize,
+    pub drifted: usize,
+    pub unprotected: usize,
+    pub stale: usize,
+    /// Nodes that run the fleet's policy version and mode.
+    pub converged: usize,
+    pub policy_version: u64,
+    pub mode: Option<Mode>,
+    /// Since when the tops count (the last 24 hours).
+    pub since: String,
+    pub top_destinations: Vec<Top>,
+    pub top_processes: Vec<Top>,
+}
+
+pub fn summary(
+    views: &[NodeView],
+    fleet: &Fleet,
+    since_ms: u64,
+    (top_destinations, top_processes): (Vec<Top>, Vec<Top>),
+) -> Summary {
+    let count = |state| views.iter().filter(|v| v.state == state).count();
+    Summary {
+        nodes: views.len(),
+        enforced: count(NodeState::Enforced),
+        observing: count(NodeState::Observing),
+        drifted: count(NodeState::Drifted),
+        unprotected: count(NodeState::Unprotected),
+        stale: count(NodeState::Stale),
+        converged: views.iter().filter(|v| v.converged).count(),
+        policy_version: fleet.policy_version,
+        mode: fleet.mode,
+        since: rfc3339(since_ms),
+        top_destinations,
+        top_processes,
+    }
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,285 @@
+//! The controller's JSON API, as types: what nodes send and what the controller answers. The
+//! node's reporter and the controller share them, so both sides agree by construction.
+//!
+//! Everything a node sends is checked by [`Report::validate`] before anything is stored: a
+//! report out of range is refused whole, with a message that says which field and why.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Mode;
+
+/// Every route lives under this prefix.
+pub const API: &str = "/api/v1";
+/// Events one report may carry; the reporter cuts longer batches into several reports.
+pub const MAX_EVENTS_PER_REPORT: usize = 5_000;
+/// The largest report body the controller reads.
+pub const MAX_REPORT_BYTES: usize = 8 << 20;
+/// The largest policy file the controller takes.
+pub const MAX_POLICY_BYTES: usize = 1 << 20;
+/// Any one text field (a path, a name).
+pub const MAX_TEXT: usize = 4_096;
+/// Reporting intervals nodes may announce, in seconds.
+pub const INTERVAL_RANGE: std::ops::RangeInclusive<u32> = 1..=3_600;
+
+/// What a node sends every interval: who it is, what it enforces, how it is, and the flow
+/// events since its previous report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub node_id: String,
+    /// A random id (16 hex digits) made when the node's spool was created: a re-imaged node
+    /// starts a new stream, so its sequence numbers starting over are not taken for repeats.
+    pub stream: String,
+    /// 1, 2, 3, … within the stream: the controller stores each (node, stream, seq) once.
+    pub seq: u64,
+    /// When the node made the report: milliseconds since the epoch, node clock.
+    pub created_ms: u64,
+    /// Seconds between the node's reports: three of them without one make the node stale.
+    pub interval_s: u32,
+    pub identity: Identity,
+    pub mode: Mode,
+    pub policy: PolicyState,
+    pub counters: NodeCounters,
+    pub health: Health,
+    pub events: Vec<FlowEvent>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub hostname: String,
+    /// `/etc/machine-id`.
+    pub machine_id: String,
+    /// The cloud's VM id (Azure's `compute.vmId`), when the metadata service answered.
+    pub vm_id: Option<String>,
+}
+
+/// The policy the node runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyState {
+    /// The live policy's hash, as `egress-monitor status` shows it.
+    pub version: String,
+    /// The fleet policy version it runs; `None` while it runs its local policy.
+    pub fleet_version: Option<u64>,
+    /// Why the node refused the newest fleet policy or mode (it keeps the one it runs).
+    pub error: Option<String>,
+}
+
+/// Cumulative counters since the datapath was pinned (both hooks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeCounters {
+    pub allowed_packets: u64,
+    pub denied_observed_packets: u64,
+    pub denied_dropped_packets: u64,
+    pub denied_bytes: u64,
+    pub malformed: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Programs attached (cgroup and TC links).
+    pub attachments: u32,
+    /// Events the kernel could not queue (ring buffer full).
+    pub events_lost: u64,
+    pub uptime_s: u64,
+    /// Reports the full spool dropped (oldest first), and the events they carried.
+    pub spool_dropped_reports: u64,
+    pub spool_dropped_events: u64,
+    /// Reports waiting in the spool when this one was made.
+    pub spool_pending: u64,
+}
+
+/// One denied flow event, as the node's event stream has it (see `events::EventRecord`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowEvent {
+    pub ts_ms: u64,
+    /// `first`, `update` or `packet`.
+    pub kind: String,
+    pub hook: String,
+    /// `observed` or `dropped`.
+    pub action: String,
+    pub proto: String,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub dst_port: Option<u16>,
+    pub dst_name: Option<String>,
+    pub rule: String,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub exe: Option<String>,
+    pub cgroup: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The controller's answer to a report: whether it was new, and what the fleet wants.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportReply {
+    /// False when this (node, stream, seq) was stored before: nothing was stored again.
+    pub stored: bool,
+    pub fleet: Desired,
+}
+
+/// What the fleet wants every node to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    /// The fleet policy's version; 0 while none was set (nodes run their local policy).
+    pub policy_version: u64,
+    /// The fleet's mode; `None` while none was set (nodes keep their own).
+    pub mode: Option<Mode>,
+}
+
+/// `GET /api/v1/policy`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetPolicy {
+    pub version: u64,
+    /// The policy file's text (TOML, as a node's `--policy` file); `None` before the first.
+    pub policy: Option<String>,
+    pub mode: Option<Mode>,
+    /// RFC 3339, when the policy or the mode last changed.
+    pub updated: Option<String>,
+}
+
+/// `PUT /api/v1/mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeRequest {
+    pub mode: Mode,
+}
+
+/// Every refusal: a status code and this body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Lowest and highest event time accepted: 2020-01-01, and a day past the controller's now.
+const EARLIEST_MS: u64 = 1_577_836_800_000;
+const FUTURE_SLACK_MS: u64 = 86_400_000;
+
+/// A node id: 1–128 of `A-Z a-z 0-9 . _ -`, as hostnames and scale-set instance names are.
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Report {
+    /// Checks every field; `Err` says which one and why.
+    pub fn validate(&self, now_ms: u64) -> Result<(), String> {
+        if !valid_node_id(&self.node_id) {
+            return Err(
+                "node_id must be 1-128 characters of letters, digits, '.', '_' and '-'".into(),
+            );
+        }
+        if self.stream.len() != 16 || !self.stream.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("stream must be 16 hexadecimal digits".into());
+        }
+        if self.seq == 0 || self.seq > i64::MAX as u64 {
+            return Err("seq must be between 1 and 2^63-1".into());
+        }
+        check_time("created_ms", self.created_ms, now_ms)?;
+        if !INTERVAL_RANGE.contains(&self.interval_s) {
+            return Err(format!(
+                "interval_s must be between {} and {} seconds",
+                INTERVAL_RANGE.start(),
+                INTERVAL_RANGE.end()
+            ));
+        }
+        text("identity.hostname", &self.identity.hostname, false)?;
+        text("identity.machine_id", &self.identity.machine_id, false)?;
+        opt_text("identity.vm_id", &self.identity.vm_id)?;
+        text("policy.version", &self.policy.version, true)?;
+        opt_text("policy.error", &self.policy.error)?;
+        if self.events.len() > MAX_EVENTS_PER_REPORT {
+            return Err(format!(
+                "a report carries at most {MAX_EVENTS_PER_REPORT} events, this one {}",
+                self.events.len()
+            ));
+        }
+        for (i, event) in self.events.iter().enumerate() {
+            event.validate(now_ms).map_err(|e| format!("events[{i}].{e}"))?;
+        }
+        for (name, value) in [
+            ("allowed_packets", self.counters.allowed_packets),
+            ("denied_observed_packets", self.counters.denied_observed_packets),
+            ("denied_dropped_packets", self.counters.denied_dropped_packets),
+            ("denied_bytes", self.counters.denied_bytes),
+            ("malformed", self.counters.malformed),
+            ("health.events_lost", self.health.events_lost),
+            ("health.uptime_s", self.health.uptime_s),
+            ("health.spool_dropped_reports", self.health.spool_dropped_reports),
+            ("health.spool_dropped_events", self.health.spool_dropped_events),
+            ("health.spool_pending", self.health.spool_pending),
+        ] {
+            if value > i64::MAX as u64 {
+                return Err(format!("{name} is out of range (at most 2^63-1)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FlowEvent {
+    fn validate(&self, now_ms: u64) -> Result<(), String> {
+        check_time("ts_ms", self.ts_ms, now_ms)?;
+        one_of("kind", &self.kind, &["first", "update", "packet"])?;
+        one_of("hook", &self.hook, &["cgroup", "tc"])?;
+        one_of("action", &self.action, &["observed", "dropped"])?;
+        text("proto", &self.proto, false)?;
+        text("rule", &self.rule, true)?;
+        for (name, value) in [
+            ("dst_name", &self.dst_name),
+            ("comm", &self.comm),
+            ("exe", &self.exe),
+            ("cgroup", &self.cgroup),
+        ] {
+            opt_text(name, value)?;
+        }
+        if self.packets == 0 || self.packets > i64::MAX as u64 || self.bytes > i64::MAX as u64 {
+            return Err("packets must be between 1 and 2^63-1, bytes at most 2^63-1".into());
+        }
+        Ok(())
+    }
+}
+
+fn check_time(name: &str, ms: u64, now_ms: u64) -> Result<(), String> {
+    if ms < EARLIEST_MS || ms > now_ms.saturating_add(FUTURE_SLACK_MS) {
+        return Err(format!(
+            "{name} must be milliseconds since the epoch, after 2020 and at most a day ahead of the controller's clock"
+        ));
+    }
+    Ok(())
+}
+
+fn one_of(name: &str, value: &str, allowed: &[&str]) -> Result<(), String> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{name} must be one of {}", allowed.join(", ")))
+    }
+}
+
+fn text(name: &str, value: &str, may_be_empty: bool) -> Result<(), String> {
+    if (!may_be_empty && value.is_empty())
+        || value.len() > MAX_TEXT
+        || value.chars().any(char::is_control)
+    {
+        return Err(format!(
+            "{name} must be {}printable text of at most {MAX_TEXT} bytes",
+            if may_be_empty { "" } else { "non-empty " }
+        ));
+    }
+    Ok(())
+}
+
+fn opt_text(name: &str, value: &Option<String>) -> Result<(), String> {
+    value.as_deref().map_or(Ok(()), |v| text(name, v, false))
+}

@@ -1,0 +1,120 @@
+//! The fleet's policy and mode on this node. The reporter brings them from the controller;
+//! the daemon's loop applies them here, live, as a difference, like a SIGHUP reload: the
+//! policy text is validated exactly as a local policy file would be (the failsafe included),
+//! and an invalid one changes nothing. What was applied is kept in the spool directory, so a
+//! restarted daemon runs the fleet's policy and mode from its first moment (a lockdown is not
+//! undone by a restart).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    controller::wire::Desired,
+    datapath::Datapath,
+    policy::{Mode, PolicySource},
+    reporter::{FleetState, spool::write_durably},
+};
+
+/// What was applied last: `fleet.json` beside the policy file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Applied {
+    policy_version: Option<u64>,
+    mode: Option<Mode>,
+}
+
+fn applied_path(dir: &Path) -> PathBuf {
+    dir.join("fleet.json")
+}
+
+fn policy_path(dir: &Path) -> PathBuf {
+    dir.join("fleet-policy.toml")
+}
+
+/// Makes `source` the fleet's policy and mode as last applied, if any were; returns the state
+/// the reporter starts from.
+pub fn restore(dir: &Path, source: &mut PolicySource) -> FleetState {
+    let Some(applied) = std::fs::read(applied_path(dir))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Applied>(&bytes).ok())
+    else {
+        return FleetState::default();
+    };
+    if applied.policy_version.is_some() {
+        source.file = Some(policy_path(dir));
+    }
+    if let Some(mode) = applied.mode {
+        source.mode = Some(mode);
+    }
+    log::info!(
+        "running the fleet's {} and {} mode, as last applied",
+        applied
+            .policy_version
+            .map_or("local policy".to_owned(), |v| format!("policy v{v}")),
+        applied.mode.map_or("the local", Mode::as_str),
+    );
+    FleetState {
+        policy_version: applied.policy_version,
+        mode: applied.mode,
+        error: None,
+        refused: None,
+    }
+}
+
+/// Applies the fleet's wishes; on success `source` is the new source. `Err` says why nothing
+/// changed.
+pub fn apply(
+    dir: &Path,
+    desired: Desired,
+    policy: Option<&str>,
+    source: &mut PolicySource,
+    datapath: &mut Datapath,
+    state: &FleetState,
+) -> Result<FleetState, String> {
+    let mut candidate = source.clone();
+    if let Some(mode) = desired.mode {
+        candidate.mode = Some(mode);
+    }
+    let pending = dir.join("fleet-policy.pending.toml");
+    if let Some(text) = policy {
+        write_durably(&pending, text.as_bytes()).map_err(|err| crate::error::chain(&err))?;
+        candidate.file = Some(pending.clone());
+        // Validated under its pending name first: the live file is only ever a valid policy.
+        if let Err(err) = candidate.build() {
+            let _ = std::fs::remove_file(&pending);
+            return Err(format!("fleet policy v{} is invalid here: {err}", desired.policy_version));
+        }
+        std::fs::rename(&pending, policy_path(dir)).map_err(|err| err.to_string())?;
+        candidate.file = Some(policy_path(dir));
+    }
+    let built = candidate.build().map_err(|err| {
+        format!(
+            "the fleet's {} mode is invalid with this node's policy: {err}",
+            desired.mode.map_or("", Mode::as_str)
+        )
+    })?;
+    let report = datapath
+        .apply(&built)
+        .map_err(|err| crate::error::chain(&err))?;
+    log::info!("fleet: {report}");
+    let applied = Applied {
+        policy_version: if policy.is_some() {
+            Some(desired.policy_version)
+        } else {
+            state.policy_version
+        },
+        mode: desired.mode.or(state.mode),
+    };
+    write_durably(
+        &applied_path(dir),
+        &serde_json::to_vec(&applied).expect("plain struct"),
+    )
+    .map_err(|err| crate::error::chain(&err))?;
+    *source = candidate;
+    Ok(FleetState {
+        policy_version: applied.policy_version,
+        mode: applied.mode,
+        error: None,
+        refused: None,
+    })
+}

@@ -1,0 +1,149 @@
+//! HTTP to the controller (ureq, blocking; the reporter calls it from tokio's blocking pool).
+
+use std::{path::Path, time::Duration};
+
+use crate::controller::wire::{API, ErrorBody, FleetPolicy, ReportReply};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("--controller must be an http:// or https:// URL, not `{0}`")]
+    Url(String),
+    #[error("cannot read the token file {path}")]
+    TokenRead {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: no token in the file (one line, at least 16 characters)")]
+    Token(String),
+    #[error("cannot read the CA certificates {path}")]
+    CaRead {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: no PEM certificate in the file")]
+    Ca(String),
+}
+
+/// Why a call did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The controller could not be reached or did not answer: try again later.
+    #[error("the controller did not answer: {0}")]
+    Transport(String),
+    /// It answered with an error.
+    #[error("the controller refused ({status}): {message}")]
+    Refused { status: u16, message: String },
+}
+
+impl SendError {
+    /// The request itself is wrong (sending it again cannot help).
+    pub fn is_invalid_request(&self) -> bool {
+        matches!(self, SendError::Refused { status: 400 | 413 | 415 | 422, .. })
+    }
+}
+
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    authorization: String,
+}
+
+/// A request gets this long, connecting included.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Client {
+    pub fn new(url: &str, token_file: &Path, ca_file: Option<&Path>) -> Result<Client, ClientError> {
+        let base = url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
+            return Err(ClientError::Url(url.to_owned()));
+        }
+        let text = std::fs::read_to_string(token_file).map_err(|source| ClientError::TokenRead {
+            path: token_file.display().to_string(),
+            source,
+        })?;
+        let token = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter(|t| t.len() >= 16 && t.chars().all(|c| c.is_ascii_graphic()))
+            .ok_or_else(|| ClientError::Token(token_file.display().to_string()))?;
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(ca) = ca_file {
+            let pem = std::fs::read(ca).map_err(|source| ClientError::CaRead {
+                path: ca.display().to_string(),
+                source,
+            })?;
+            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(ClientError::Ca(ca.display().to_string()));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            .http_status_as_error(false)
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Ok(Client {
+            agent,
+            base: base.to_owned(),
+            authorization: format!("Bearer {token}"),
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends one spooled report (already JSON).
+    pub fn post_report(&self, body: &[u8]) -> Result<ReportReply, SendError> {
+        let response = self
+            .agent
+            .post(format!("{}{API}/reports", self.base))
+            .header("Authorization", &self.authorization)
+            .header("Content-Type", "application/json")
+            .send(body)
+            .map_err(|err| SendError::Transport(err.to_string()))?;
+        answer(response)
+    }
+
+    pub fn policy(&self) -> Result<FleetPolicy, SendError> {
+        let response = self
+            .agent
+            .get(format!("{}{API}/policy", self.base))
+            .header("Authorization", &self.authorization)
+            .call()
+            .map_err(|err| SendError::Transport(err.to_string()))?;
+        answer(response)
+    }
+}
+
+fn answer<T: serde::de::DeserializeOwned>(
+    mut response: ureq::http::Response<ureq::Body>,
+) -> Result<T, SendError> {
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(16 << 20)
+        .read_to_string()
+        .map_err(|err| SendError::Transport(err.to_string()))?;
+    if (200..300).contains(&status) {
+        serde_json::from_str(&text).map_err(|err| SendError::Transport(format!(
+            "an answer that is not the expected JSON ({err})"
+        )))
+    } else {
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|body| body.error)
+            .unwrap_or(text);
+        Err(SendError::Refused { status, message })
+    }
+}

@@ -1,0 +1,121 @@
+//! Flow events on their way from the daemon's event loop to the reporter: a bounded queue
+//! in memory until the next report takes them (at most one interval, or sooner when a
+//! report's worth has gathered). A queue at its bound drops the oldest and counts them.
+
+use std::{collections::VecDeque, sync::Mutex};
+
+use crate::{
+    controller::wire::{FlowEvent, MAX_EVENTS_PER_REPORT, MAX_TEXT},
+    events::{EventRecord, Proto},
+};
+
+/// Events held in memory at most (about 40 MB); the spool on disk takes over from there.
+pub const CAPACITY: usize = 100_000;
+
+#[derive(Default)]
+pub struct Feed {
+    inner: Mutex<Inner>,
+    /// Wakes the reporter when a report's worth of events is waiting.
+    pub full: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    events: VecDeque<FlowEvent>,
+    dropped: u64,
+}
+
+impl Feed {
+    /// Queues a denied flow's event (records of other outcomes are not violations).
+    pub fn push(&self, record: &EventRecord) {
+        if !matches!(record.action, "observed" | "dropped") {
+            return;
+        }
+        let event = flow_event(record);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.events.len() >= CAPACITY {
+            inner.events.pop_front();
+            inner.dropped += 1;
+        }
+        inner.events.push_back(event);
+        if inner.events.len() == MAX_EVENTS_PER_REPORT {
+            self.full.notify_one();
+        }
+    }
+
+    /// Takes up to one report's worth of events, oldest first.
+    pub fn take(&self) -> Vec<FlowEvent> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let n = inner.events.len().min(MAX_EVENTS_PER_REPORT);
+        inner.events.drain(..n).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).dropped
+    }
+}
+
+/// Text the controller accepts: control characters (a process may name itself anything)
+/// become `?`, and it is cut to the controller's limit.
+fn clean(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if out.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
+}
+
+fn flow_event(record: &EventRecord) -> FlowEvent {
+    let ts_ms = humantime::parse_rfc3339_weak(&record.ts)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
+    FlowEvent {
+        ts_ms,
+        kind: record.kind.to_owned(),
+        hook: record.hook.to_owned(),
+        action: record.action.to_owned(),
+        proto: match record.proto {
+            Proto::Name(name) => name.to_owned(),
+            Proto::Number(number) => number.to_string(),
+        },
+        src: record.src,
+        dst: record.dst,
+        dst_port: record.dst_port,
+        dst_name: record.dst_name.as_deref().map(clean),
+        rule: clean(&record.rule),
+        pid: record.pid,
+        comm: record.comm.as_deref().map(clean),
+        exe: record.exe.as_deref().map(clean),
+        cgroup: record.cgroup.as_deref().map(clean),
+        packets: record.packets.max(1),
+        bytes: record.bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_is_made_acceptable() {
+        assert_eq!(super::clean("evil\nname\u{7}"), "evil?name?");
+        let long = "é".repeat(3000);
+        let cleaned = super::clean(&long);
+        assert!(cleaned.len() <= super::MAX_TEXT && cleaned.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,418 @@
+//! `run --controller`: the node's side of the fleet. Every interval the reporter seals a
+//! report (identity, mode, policy version, counters, health and the flow events since the
+//! previous one) into the on-disk [`spool`], then sends the spool oldest first. The
+//! controller stores each (node, stream, seq) once, so a report sent twice (a lost answer, a
+//! restart) is never counted twice, and one not yet acknowledged is never forgotten.
+//!
+//! The controller's answer says which fleet policy and mode the node should run; when they
+//! differ from what it runs, the reporter fetches the policy and hands it to the daemon's loop,
+//! which validates and applies it live (see [`crate::fleet`]) and says how it went in the next
+//! report, sent at once.
+//!
+//! - [`feed`]: events from the daemon's loop; [`spool`]: the bounded disk queue;
+//!   [`client`]: HTTP; [`identity`]: hostname, machine id, VM id.
+
+pub mod client;
+pub mod feed;
+pub mod identity;
+pub mod spool;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use self::{
+    client::{Client, ClientError, SendError},
+    feed::Feed,
+    spool::{Spool, SpoolError},
+};
+use crate::{
+    controller::wire::{Desired, Health, Identity, NodeCounters, PolicyState, Report},
+    pins::PinLayout,
+    policy::Mode,
+};
+
+#[derive(Clone, Debug)]
+pub struct ReporterConfig {
+    pub url: String,
+    pub token_file: PathBuf,
+    /// PEM certificates to trust for an https controller (instead of the public roots).
+    pub ca_file: Option<PathBuf>,
+    pub node_id: String,
+    pub interval: Duration,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    /// Where the VM id comes from on Azure.
+    pub imds_url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReporterError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// What the node runs of the fleet's wishes, as the daemon's loop last applied them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetState {
+    /// The fleet policy version it runs; `None`: its local policy.
+    pub policy_version: Option<u64>,
+    /// The fleet mode it applied; `None`: its own.
+    pub mode: Option<Mode>,
+    /// Why it refused the newest wishes.
+    pub error: Option<String>,
+    /// The wishes it refused (not asked for again until the fleet changes them).
+    pub refused: Option<Desired>,
+}
+
+/// What the daemon's loop and the reporter share.
+#[derive(Default)]
+pub struct Shared {
+    pub feed: Feed,
+    pub fleet: Mutex<FleetState>,
+    /// Wakes the reporter for a report now (the fleet state changed).
+    pub report_now: Notify,
+}
+
+impl Shared {
+    pub fn fleet(&self) -> FleetState {
+        self.fleet.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_fleet(&self, state: FleetState) {
+        *self.fleet.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+}
+
+/// A fleet policy or mode for the daemon's loop to apply; it answers on `done`.
+#[derive(Debug)]
+pub struct FleetUpdate {
+    pub desired: Desired,
+    /// The policy file's text, when the fleet's policy version changed.
+    pub policy: Option<String>,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+pub struct Reporter {
+    config: ReporterConfig,
+    client: Arc<Client>,
+    spool: Arc<Mutex<Spool>>,
+    shared: Arc<Shared>,
+    updates: mpsc::Sender<FleetUpdate>,
+    layout: PinLayout,
+    started: Instant,
+}
+
+/// The first retry waits this long, doubling up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// At a stop, the spool gets this long to drain; what remains is sent by the next daemon.
+const FINAL_DELIVERY: Duration = Duration::from_secs(5);
+
+impl Reporter {
+    /// Checks the configuration and opens the spool: every error is the operator's to fix, and
+    /// is found before the daemon attaches anything.
+    pub fn new(
+        config: ReporterConfig,
+        shared: Arc<Shared>,
+        layout: PinLayout,
+    ) -> Result<(Reporter, mpsc::Receiver<FleetUpdate>), ReporterError> {
+        let client = Client::new(&config.url, &config.token_file, config.ca_file.as_deref())?;
+        let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)?;
+        if !spool.entries().is_empty() {
+            log::info!(
+                "{} reports from an earlier run wait in {}; they go first",
+                spool.entries().len(),
+                config.spool_dir.display()
+            );
+        }
+        let (updates, receiver) = mpsc::channel(1);
+        Ok((
+            Reporter {
+                config,
+                client: Arc::new(client),
+                spool: Arc::new(Mutex::new(spool)),
+                shared,
+                updates,
+                layout,
+                started: Instant::now(),
+            },
+            receiver,
+        ))
+    }
+
+    /// Reports every interval until `stop` turns true, then seals what is left and gives the
+    /// spool a few seconds to drain.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        log::info!(
+            "reporting to {} every {} s as node `{}` (spool {})",
+            self.client.base(),
+            self.config.interval.as_secs(),
+            self.config.node_id,
+            self.config.spool_dir.display()
+        );
+        let identity = {
+            let url = self.config.imds_url.clone();
+            tokio::task::spawn_blocking(move || identity::identity(&url))
+                .await
+                .unwrap_or_else(|_| identity::identity(""))
+        };
+        let mut tick = tokio::time::interval(self.config.interval);
+        let mut backoff = FIRST_BACKOFF;
+        let mut retry_at = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                () = self.shared.feed.full.notified() => false,
+                () = self.shared.report_now.notified() => false,
+                changed = stop.changed() => changed.is_err() || *stop.borrow(),
+            };
+            if let Err(err) = self.seal(&identity).await {
+                log::error!("cannot spool a report: {}", crate::error::chain(&err));
+            }
+            if stopping {
+                self.final_delivery().await;
+                return;
+            }
+            if Instant::now() < retry_at {
+                continue;
+            }
+            match self.deliver(None).await {
+                Ok((delivered, reply)) => {
+                    if failures > 0 {
+                        log::info!(
+                            "the controller answers again: {delivered} reports delivered"
+                        );
+                    }
+                    failures = 0;
+                    backoff = FIRST_BACKOFF;
+                    if let Some(desired) = reply {
+                        self.follow_fleet(desired).await;
+                    }
+                }
+                Err(err) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(10) {
+                        let pending = self.spool.lock().unwrap_or_else(|p| p.into_inner()).entries().len();
+                        log::warn!(
+                            "{err}; {pending} reports wait in the spool (retry in {} s; failure {failures})",
+                            backoff.as_secs()
+                        );
+                    }
+                    retry_at = Instant::now() + jitter(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Seals the events waiting (in reports of at most the controller's maximum) into the
+    /// spool; at least one report, the heartbeat.
+    async fn seal(&self, identity: &Identity) -> Result<(), SpoolError> {
+        let layout = self.layout.clone();
+        let snapshot = tokio::task::spawn_blocking(move || crate::status::status(&layout))
+            .await
+            .ok()
+            .and_then(|status| status.map_err(|err| {
+                log::warn!("the report goes without counters: {}", crate::error::chain(&err));
+            }).ok());
+        let fleet = self.shared.fleet();
+        let spool = Arc::clone(&self.spool);
+        let shared = Arc::clone(&self.shared);
+        let identity = identity.clone();
+        let config = self.config.clone();
+        let uptime = self.started.elapsed().as_secs();
+        tokio::task::spawn_blocking(move || {
+            let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                let events = shared.feed.take();
+                let (mode, version, attachments, counters) = match &snapshot {
+                    Some(status) => (
+                        status.mode,
+                        status.policy_version.clone(),
+                        status.attached.len() as u32,
+                        node_counters(&status.counters),
+                    ),
+                    None => (Mode::Observe, String::new(), 0, NodeCounters::default()),
+                };
+                let state = spool.state().clone();
+                let report = Report {
+                    node_id: config.node_id.clone(),
+                    stream: state.stream,
+                    seq: spool.next_seq(),
+                    created_ms: crate::controller::view::now_ms(),
+                    interval_s: config.interval.as_secs().clamp(1, 3600) as u32,
+                    identity: identity.clone(),
+                    mode,
+                    policy: PolicyState {
+                        version,
+                        fleet_version: fleet.policy_version,
+                        error: fleet.error.clone(),
+                    },
+                    counters,
+                    health: Health {
+                        attachments,
+                        events_lost: snapshot.as_ref().map_or(0, |s| s.counters.events_lost),
+                        uptime_s: uptime,
+                        spool_dropped_reports: state.dropped_reports,
+                        spool_dropped_events: state.dropped_events + shared.feed.dropped(),
+                        spool_pending: spool.entries().len() as u64,
+                    },
+                    events,
+                };
+                let body = serde_json::to_vec(&report).expect("plain structs serialise");
+                spool.push(report.seq, report.events.len() as u64, &body)?;
+                if shared.feed.is_empty() {
+                    return Ok(());
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|err| panic!("the spool task panicked: {err}"))
+    }
+
+    /// Sends the spool oldest first until it is empty, the controller fails, or `deadline`.
+    /// Returns how many were delivered and the fleet's wishes from the last answer.
+    async fn deliver(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(usize, Option<Desired>), SendError> {
+        let spool = Arc::clone(&self.spool);
+        let client = Arc::clone(&self.client);
+        tokio::task::spawn_blocking(move || {
+            let mut delivered = 0;
+            let mut desired = None;
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let (entry, body) = {
+                    let spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+                    let Some(entry) = spool.entries().first().cloned() else {
+                        break;
+                    };
+                    let body = spool
+                        .read(&entry)
+                        .map_err(|err| SendError::Transport(crate::error::chain(&err)))?;
+                    (entry, body)
+                };
+                match client.post_report(&body) {
+                    Ok(reply) => {
+                        let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+                        spool
+                            .remove(entry.seq)
+                            .map_err(|err| SendError::Transport(crate::error::chain(&err)))?;
+                        delivered += 1;
+                        desired = Some(reply.fleet);
+                    }
+                    Err(err) if err.is_invalid_request() => {
+                        let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
+                        let moved = spool
+                            .reject(entry.seq)
+                            .map_err(|err| SendError::Transport(crate::error::chain(&err)))?;
+                        log::error!(
+                            "report #{} was refused as invalid and moved to {}: {err}",
+                            entry.seq,
+                            moved.display()
+                        );
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok((delivered, desired))
+        })
+        .await
+        .unwrap_or_else(|err| panic!("the delivery task panicked: {err}"))
+    }
+
+    async fn final_delivery(&self) {
+        match self.deliver(Some(Instant::now() + FINAL_DELIVERY)).await {
+            Ok(_) => {}
+            Err(err) => log::warn!("{err}; the spooled reports go when the daemon runs again"),
+        }
+        let pending = self.spool.lock().unwrap_or_else(|p| p.into_inner()).entries().len();
+        if pending > 0 {
+            log::info!(
+                "{pending} reports stay in {} for the next run",
+                self.config.spool_dir.display()
+            );
+        }
+    }
+
+    /// Fetches and hands over the fleet's policy and mode when the node does not run them.
+    async fn follow_fleet(&self, desired: Desired) {
+        let state = self.shared.fleet();
+        let policy_needed =
+            desired.policy_version > 0 && state.policy_version != Some(desired.policy_version);
+        let mode_needed = desired.mode.is_some() && state.mode != desired.mode;
+        if !(policy_needed || mode_needed) || state.refused == Some(desired) {
+            return;
+        }
+        let (desired, policy) = if policy_needed {
+            let client = Arc::clone(&self.client);
+            match tokio::task::spawn_blocking(move || client.policy()).await {
+                Ok(Ok(fleet)) => (
+                    Desired {
+                        policy_version: fleet.version,
+                        mode: fleet.mode,
+                    },
+                    fleet.policy,
+                ),
+                Ok(Err(err)) => {
+                    log::warn!("cannot fetch the fleet policy v{}: {err}", desired.policy_version);
+                    return;
+                }
+                Err(_) => return,
+            }
+        } else {
+            (desired, None)
+        };
+        let (done, answer) = oneshot::channel();
+        if self
+            .updates
+            .send(FleetUpdate {
+                desired,
+                policy,
+                done,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if answer.await.is_ok() {
+            // Say how it went now, not an interval later.
+            self.shared.report_now.notify_one();
+        }
+    }
+}
+
+fn node_counters(counters: &crate::datapath::Counters) -> NodeCounters {
+    let hooks = [&counters.cgroup, &counters.tc];
+    NodeCounters {
+        allowed_packets: hooks.iter().map(|h| h.allowed.packets).sum(),
+        denied_observed_packets: hooks.iter().map(|h| h.denied_observed.packets).sum(),
+        denied_dropped_packets: hooks.iter().map(|h| h.denied_dropped.packets).sum(),
+        denied_bytes: hooks
+            .iter()
+            .map(|h| h.denied_observed.bytes + h.denied_dropped.bytes)
+            .sum(),
+        malformed: counters.malformed,
+    }
+}
+
+/// `base` ± 20 %, so that a fleet that lost its controller does not come back in one wave.
+fn jitter(base: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let factor = 0.8 + f64::from(nanos % 1000) / 1000.0 * 0.4;
+    base.mul_f64(factor)
+}

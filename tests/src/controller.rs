@@ -1,0 +1,369 @@
+//! The controller under test: a real `egress-monitor controller` process on a loopback port,
+//! its tokens, a scratch PostgreSQL database when asked, an HTTP client, and the page as a
+//! real browser (Debian's chromium, headless) renders it.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const ADMIN_TOKEN: &str = "admin-token-7f3a9c1e5b2d4f60";
+pub const FLEET_TOKEN: &str = "fleet-token-2c8e4a6b1d9f3e57";
+/// Bound to node `bound-node` only.
+pub const BOUND_TOKEN: &str = "bound-token-5e1a7c3b9d2f4a68";
+pub const BOUND_NODE: &str = "bound-node";
+
+/// The role `cargo xtask test` makes, in `EGRESS_MONITOR_TEST_POSTGRES`.
+pub fn postgres_url() -> String {
+    std::env::var("EGRESS_MONITOR_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "EGRESS_MONITOR_TEST_POSTGRES is not set: run the tests with `cargo xtask test`, which starts PostgreSQL and sets it"
+        )
+    })
+}
+
+/// A database of its own for one test, dropped afterwards.
+pub struct PgDatabase {
+    pub name: String,
+    admin_url: String,
+}
+
+fn psql(url: &str, sql: &str) {
+    let output = Command::new("psql")
+        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        output.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl PgDatabase {
+    pub fn new() -> PgDatabase {
+        let admin_url = postgres_url();
+        let name = format!("em_test_{}", crate::unique_id().replace('-', "_"));
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        PgDatabase { name, admin_url }
+    }
+
+    /// The URL controllers use.
+    pub fn url(&self) -> String {
+        let base = self
+            .admin_url
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .expect("a database URL");
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &self.admin_url,
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// Token files and whatever else a controller keeps on disk.
+pub struct ControllerFiles {
+    pub dir: PathBuf,
+}
+
+impl ControllerFiles {
+    pub fn new(dir: &Path) -> ControllerFiles {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+        std::fs::write(
+            dir.join("nodes.token"),
+            format!("# the fleet\n{FLEET_TOKEN}\n{BOUND_NODE} {BOUND_TOKEN}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("fleet.token"), format!("{FLEET_TOKEN}\n")).unwrap();
+        ControllerFiles {
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn sqlite(&self) -> String {
+        format!("sqlite:{}", self.dir.join("controller.db").display())
+    }
+
+    /// A test CA and a certificate it signed for 127.0.0.1 (openssl): (CA certificate,
+    /// controller certificate, controller key).
+    pub fn certificate(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let path = |name: &str| self.dir.join(name);
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&self.dir)
+                .stderr(Stdio::null())
+                .status()
+                .expect("run openssl");
+            assert!(status.success(), "openssl {args:?} failed");
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        openssl(&[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=egress-monitor test CA"],
+            &["-keyout", "ca.key", "-out", "ca.crt"]].concat());
+        openssl(&[&["req"][..], &ec, &["-subj", "/CN=egress-monitor test controller"],
+            &["-keyout", "controller.key", "-out", "controller.csr"]].concat());
+        std::fs::write(
+            path("leaf.ext"),
+            "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&["x509", "-req", "-in", "controller.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "leaf.ext", "-out", "controller.crt"]);
+        (path("ca.crt"), path("controller.crt"), path("controller.key"))
+    }
+}
+
+/// A running controller; killed on drop.
+pub struct Controller {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+    pub url: String,
+    pub port: u16,
+}
+
+impl Controller {
+    /// Starts one on `port` (0: any free one) and waits until it serves.
+    pub fn start(files: &ControllerFiles, db: &str, port: u16, extra: &[&str]) -> Controller {
+        let port = if port == 0 { free_port() } else { port };
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(crate::daemon_binary())
+            .args(["controller", "--listen", &listen, "--db", db])
+            .arg("--admin-token-file")
+            .arg(files.dir.join("admin.token"))
+            .arg("--node-token-file")
+            .arg(files.dir.join("nodes.token"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the controller");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut controller = Controller {
+            child,
+            stderr: receiver,
+            log: Vec::new(),
+            url: String::new(),
+            port,
+        };
+        let line = controller.wait_for("controller at ", Duration::from_secs(20));
+        controller.url = line
+            .split("controller at ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the controller logs its URL")
+            .to_owned();
+        controller
+    }
+
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(100)) {
+                self.log.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
+                    self.log.push(line);
+                }
+                panic!("the controller exited ({status}): {:#?}", self.log);
+            }
+        }
+        panic!("the controller never logged `{needle}`: {:#?}", self.log);
+    }
+
+    /// SIGKILL, as in a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP client for the API: every call returns the status and the JSON body (or the text
+/// as a JSON string when the body is not JSON).
+pub struct Api {
+    agent: ureq::Agent,
+    pub base: String,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api::with_agent(base, ureq::Agent::config_builder())
+    }
+
+    /// Trusting only this CA certificate (PEM).
+    pub fn with_ca(base: &str, ca: &Path) -> Api {
+        let pem = std::fs::read(ca).unwrap();
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+                _ => None,
+            })
+            .collect();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build();
+        Api::with_agent(base, ureq::Agent::config_builder().tls_config(tls))
+    }
+
+    fn with_agent(base: &str, builder: ureq::config::ConfigBuilder<ureq::typestate::AgentScope>) -> Api {
+        Api {
+            agent: builder
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(20)))
+                .build()
+                .into(),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    fn finish(
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, Value), ureq::Error> {
+        let mut response = result?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string()?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    /// `GET path` with `Authorization: Bearer token` (none when `token` is empty).
+    pub fn try_get(&self, path: &str, token: &str) -> Result<(u16, Value), ureq::Error> {
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if !token.is_empty() {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        Self::finish(request.call())
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.try_get(path, token).expect("the controller answers")
+    }
+
+    /// A body with a content type.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let builder = match method {
+            "POST" => self.agent.post(url),
+            "PUT" => self.agent.put(url),
+            other => panic!("no method {other}"),
+        };
+        let builder = builder.header("Content-Type", content_type);
+        let builder = if token.is_empty() {
+            builder
+        } else {
+            builder.header("Authorization", format!("Bearer {token}"))
+        };
+        Self::finish(builder.send(body)).expect("the controller answers")
+    }
+
+    pub fn post_json(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.send("POST", path, token, "application/json", body.to_string().as_bytes())
+    }
+
+    pub fn put_json(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
+        self.send("PUT", path, token, "application/json", body.to_string().as_bytes())
+    }
+
+    pub fn put_policy(&self, text: &str) -> (u16, Value) {
+        self.send("PUT", "/api/v1/policy", ADMIN_TOKEN, "application/toml", text.as_bytes())
+    }
+
+    /// Polls `GET path` (admin) until `done` holds for the body; panics after `limit`.
+    pub fn wait(&self, path: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (status, body) = self.get(path, ADMIN_TOKEN);
+            if status == 200 && done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never got there; last answer ({status}): {body:#}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The page as headless chromium renders it (its DOM after load), authenticated with the admin
+/// token as the HTTP basic password in the URL.
+pub fn browse(url: &str, token: &str, scratch: &Path) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let with_credentials = format!("{scheme}://operator:{token}@{rest}");
+    let profile = scratch.join("chromium-profile");
+    let output = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(&with_credentials)
+        .output()
+        .expect("run chromium (cargo xtask setup installs it)");
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}

@@ -1,0 +1,448 @@
+//! The controller over real HTTP, against both stores (an SQLite file, and a PostgreSQL
+//! database of the test's own on the server `cargo xtask test` starts): authentication,
+//! refusals that store nothing, exactly-once ingestion, filters, fleet policy and mode, node
+//! states, TLS, replicas sharing one database, and the page in a real browser. The nodes here
+//! are simulated; `kernel::fleet` runs real daemons.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use egress_monitor_tests::controller::{
+    ADMIN_TOKEN, Api, BOUND_NODE, BOUND_TOKEN, Controller, ControllerFiles, FLEET_TOKEN,
+    PgDatabase, browse,
+};
+use serde_json::{Value, json};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A scratch directory removed at the end.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "em-{}-{name}",
+            egress_monitor_tests::unique_id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn event(dst: &str, exe: &str, packets: u64) -> Value {
+    json!({
+        "ts_ms": now_ms() - 1000, "kind": "first", "hook": "cgroup", "action": "observed",
+        "proto": "tcp", "src": "10.0.0.4", "dst": dst, "dst_port": 443, "dst_name": null,
+        "rule": "default-deny", "pid": 4242, "comm": exe.rsplit('/').next().unwrap(),
+        "exe": exe, "cgroup": "/system.slice/app.service", "packets": packets, "bytes": packets * 60
+    })
+}
+
+fn report(node: &str, machine: &str, seq: u64, interval_s: u32, events: Vec<Value>) -> Value {
+    json!({
+        "node_id": node, "stream": "00112233aabbccdd", "seq": seq, "created_ms": now_ms(),
+        "interval_s": interval_s,
+        "identity": {"hostname": format!("host-{node}"), "machine_id": machine, "vm_id": null},
+        "mode": "observe",
+        "policy": {"version": "00000000deadbeef", "fleet_version": null, "error": null},
+        "counters": {"allowed_packets": 10, "denied_observed_packets": 3, "denied_dropped_packets": 0,
+                     "denied_bytes": 180, "malformed": 0},
+        "health": {"attachments": 1, "events_lost": 0, "uptime_s": 5, "spool_dropped_reports": 0,
+                   "spool_dropped_events": 0, "spool_pending": 0},
+        "events": events
+    })
+}
+
+fn nodes(api: &Api) -> Vec<Value> {
+    let (status, body) = api.get("/api/v1/nodes", ADMIN_TOKEN);
+    assert_eq!(status, 200, "{body}");
+    body.as_array().unwrap().clone()
+}
+
+fn violations(api: &Api, query: &str) -> Vec<Value> {
+    let (status, body) = api.get(&format!("/api/v1/violations{query}"), ADMIN_TOKEN);
+    assert_eq!(status, 200, "{body}");
+    body.as_array().unwrap().clone()
+}
+
+fn expect_refused(answer: (u16, Value), status: u16, message: &str) {
+    assert_eq!(answer.0, status, "{}", answer.1);
+    let error = answer.1["error"].as_str().unwrap_or_else(|| panic!("no error in {}", answer.1));
+    assert!(error.contains(message), "`{error}` does not say `{message}`");
+}
+
+/// The API's whole contract, on one store.
+fn contract(db: &str, scratch: &Scratch) {
+    let files = ControllerFiles::new(&scratch.0);
+    let controller = Controller::start(&files, db, 0, &[]);
+    let api = Api::new(&controller.url);
+    let reports = "/api/v1/reports";
+
+    // Who may call what.
+    let good = report("node-a", "machine-a", 1, 10, vec![event("203.0.113.9", "/usr/bin/curl", 3)]);
+    expect_refused(api.post_json(reports, "", &good), 401, "missing `Authorization");
+    expect_refused(api.post_json(reports, "not-a-token-at-all", &good), 401, "unknown token");
+    expect_refused(api.post_json(reports, ADMIN_TOKEN, &good), 403, "use a node token");
+    expect_refused(api.get("/api/v1/nodes", FLEET_TOKEN), 403, "admin token");
+    expect_refused(api.put_policy_as(FLEET_TOKEN), 403, "admin token");
+    expect_refused(
+        api.post_json(reports, BOUND_TOKEN, &good),
+        403,
+        "belongs to node `bound-node`",
+    );
+
+    // Bad input, refused with a clear message.
+    let send = |body: &[u8], content_type: &str| api.send("POST", reports, FLEET_TOKEN, content_type, body);
+    expect_refused(send(b"{\"node_id\": ", "application/json"), 400, "");
+    expect_refused(send(b"{}", "text/plain"), 415, "");
+    let mut unknown = good.clone();
+    unknown["surprise"] = json!(1);
+    expect_refused(api.post_json(reports, FLEET_TOKEN, &unknown), 422, "unknown field `surprise`");
+    for (field, value, message) in [
+        ("seq", json!(0), "seq must be between 1"),
+        ("node_id", json!("a b"), "node_id must be"),
+        ("stream", json!("xyz"), "stream must be 16 hexadecimal digits"),
+        ("interval_s", json!(0), "interval_s must be between 1 and 3600"),
+        ("created_ms", json!(1000), "created_ms must be milliseconds since the epoch"),
+        ("mode", json!("panic"), "unknown variant `panic`"),
+    ] {
+        let mut bad = good.clone();
+        bad[field] = value;
+        expect_refused(api.post_json(reports, FLEET_TOKEN, &bad), 422, message);
+    }
+    let mut bad = good.clone();
+    bad["events"][0]["dst_port"] = json!(70000);
+    expect_refused(api.post_json(reports, FLEET_TOKEN, &bad), 422, "dst_port");
+    bad = good.clone();
+    bad["events"][0]["exe"] = json!("/tmp/evil\nname");
+    expect_refused(api.post_json(reports, FLEET_TOKEN, &bad), 422, "events[0].exe must be");
+    bad = good.clone();
+    bad["events"] = Value::Array(vec![event("203.0.113.9", "/bin/x", 1); 5001]);
+    expect_refused(api.post_json(reports, FLEET_TOKEN, &bad), 422, "at most 5000 events");
+    let huge = vec![b' '; 9 << 20];
+    expect_refused(send(&huge, "application/json"), 413, "");
+    assert!(nodes(&api).is_empty(), "a refused report stored something");
+    assert!(violations(&api, "").is_empty());
+
+    // Exactly once: the same report twice is stored once.
+    let (status, reply) = api.post_json(reports, FLEET_TOKEN, &good);
+    assert_eq!((status, &reply["stored"]), (200, &json!(true)), "{reply}");
+    assert_eq!(reply["fleet"], json!({"policy_version": 0, "mode": null}));
+    let (status, reply) = api.post_json(reports, FLEET_TOKEN, &good);
+    assert_eq!((status, &reply["stored"]), (200, &json!(false)), "{reply}");
+    assert_eq!(violations(&api, "").len(), 1);
+    let second = report(
+        "node-a",
+        "machine-a",
+        2,
+        10,
+        vec![event("198.51.100.7", "/usr/bin/wget", 5), event("203.0.113.9", "/usr/bin/curl", 2)],
+    );
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &second).0, 200);
+    // A fleet token cannot take another machine's node id; a bound token reports for its node.
+    expect_refused(
+        api.post_json(reports, FLEET_TOKEN, &report("node-a", "machine-x", 3, 10, vec![])),
+        409,
+        "belongs to machine machine-a",
+    );
+    let bound = report(BOUND_NODE, "machine-b", 1, 1, vec![event("192.0.2.1", "/usr/bin/nc", 1)]);
+    assert_eq!(api.post_json(reports, BOUND_TOKEN, &bound).0, 200);
+
+    let listed = nodes(&api);
+    assert_eq!(listed.len(), 2, "{listed:#?}");
+    let a = listed.iter().find(|n| n["node_id"] == "node-a").unwrap();
+    assert_eq!(a["reports"], 2);
+    assert_eq!(a["events"], 3);
+    assert_eq!(a["state"], "observing");
+    assert_eq!(a["hostname"], "host-node-a");
+    assert_eq!(a["counters"]["denied_observed_packets"], 3);
+
+    // Filters.
+    assert_eq!(violations(&api, "").len(), 4);
+    assert_eq!(violations(&api, "?node=node-a").len(), 3);
+    assert_eq!(violations(&api, "?destination=203.0.113.9").len(), 2);
+    assert_eq!(violations(&api, "?process=wget").len(), 1);
+    assert_eq!(violations(&api, "?process=/usr/bin/curl&node=node-a").len(), 2);
+    assert_eq!(violations(&api, "?limit=1").len(), 1);
+    let newest = violations(&api, "?limit=1")[0]["id"].as_i64().unwrap();
+    assert_eq!(violations(&api, &format!("?before={newest}")).len(), 3);
+    let future = now_ms() + 3_600_000;
+    assert!(violations(&api, &format!("?since={future}")).is_empty());
+    assert_eq!(violations(&api, &format!("?until={future}")).len(), 4);
+    expect_refused(api.get("/api/v1/violations?limit=0", ADMIN_TOKEN), 400, "`limit`");
+    expect_refused(api.get("/api/v1/violations?colour=red", ADMIN_TOKEN), 400, "unknown filter");
+    let wget = &violations(&api, "?process=wget")[0];
+    assert_eq!(wget["dst"], "198.51.100.7");
+    assert_eq!(wget["dst_port"], 443);
+    assert_eq!(wget["packets"], 5);
+    assert_eq!(wget["node_id"], "node-a");
+
+    // The summary: top destinations and processes by packets.
+    let (_, summary) = api.get("/api/v1/summary", ADMIN_TOKEN);
+    assert_eq!(summary["nodes"], 2);
+    assert_eq!(summary["top_destinations"][0]["key"], "198.51.100.7");
+    assert_eq!(summary["top_destinations"][0]["packets"], 5);
+    assert_eq!(summary["top_destinations"][1]["packets"], 5); // 203.0.113.9: 3 + 2
+    assert_eq!(summary["top_destinations"][1]["events"], 2);
+    assert_eq!(summary["top_processes"][0]["key"], "/usr/bin/curl");
+
+    // The fleet policy: validated as a node would, versioned, readable by nodes.
+    expect_refused(
+        api.put_policy("[[rule]]\nname = \"x\"\ncidr = \"203.0.113.0/33\"\naction = \"allow\"\n"),
+        422,
+        "fleet-policy:3:8",
+    );
+    expect_refused(api.put_policy("mode = "), 422, "fleet-policy:1:");
+    let policy = "[[rule]]\nname = \"mirror\"\ncidr = \"203.0.113.0/24\"\naction = \"allow\"\n";
+    let (status, fleet) = api.put_policy(policy);
+    assert_eq!((status, &fleet["version"]), (200, &json!(1)), "{fleet}");
+    let (status, fleet) = api.get("/api/v1/policy", FLEET_TOKEN);
+    assert_eq!(status, 200);
+    assert_eq!(fleet["policy"], policy);
+    // The nodes do not run it yet: drifted.
+    let a = nodes(&api).into_iter().find(|n| n["node_id"] == "node-a").unwrap();
+    assert_eq!(a["state"], "drifted");
+    assert_eq!(a["converged"], false);
+    assert!(a["problems"][0].as_str().unwrap().contains("runs its local policy, the fleet's is v1"));
+    let (_, reply) = api.post_json(reports, FLEET_TOKEN, &report("node-a", "machine-a", 3, 10, vec![]));
+    assert_eq!(reply["fleet"]["policy_version"], 1);
+
+    // The mode: bad values refused; a policy that would cut the nodes off in enforce mode
+    // keeps the fleet from switching.
+    expect_refused(api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "lockdown"})), 422, "unknown variant");
+    // Fine in observe mode; in enforce mode it would cut the nodes off their metadata service.
+    let cutting = "[[rule]]\nname = \"no-imds\"\ncidr = \"169.254.169.254/32\"\naction = \"deny\"\n";
+    assert_eq!(api.put_policy(cutting).0, 200);
+    expect_refused(
+        api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "enforce"})),
+        409,
+        "the fleet policy v2 is invalid in enforce mode, so the mode stays",
+    );
+    assert_eq!(api.put_policy(policy).0, 200);
+    let (status, fleet) = api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "enforce"}));
+    assert_eq!((status, &fleet["mode"]), (200, &json!("enforce")), "{fleet}");
+    let mut converged = report("node-a", "machine-a", 4, 10, vec![]);
+    converged["mode"] = json!("enforce");
+    converged["policy"]["fleet_version"] = fleet["version"].clone();
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &converged).0, 200);
+    let a = nodes(&api).into_iter().find(|n| n["node_id"] == "node-a").unwrap();
+    assert_eq!(a["state"], "enforced", "{a:#}");
+    assert_eq!(a["converged"], true);
+    // A report that arrives late (made before the newest) does not roll the state back.
+    let mut late = report("node-a", "machine-a", 5, 10, vec![]);
+    late["created_ms"] = json!(now_ms() - 60_000);
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &late).0, 200);
+    let a = nodes(&api).into_iter().find(|n| n["node_id"] == "node-a").unwrap();
+    assert_eq!(a["state"], "enforced");
+    assert_eq!(a["reports"], 5);
+
+    // Stale: the bound node reports every second and stopped; three intervals later it is stale.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = nodes(&api).into_iter().find(|n| n["node_id"] == BOUND_NODE).unwrap();
+        if b["state"] == "stale" {
+            assert!(b["problems"][0].as_str().unwrap().starts_with("no report for"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stale: {b:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (_, summary) = api.get("/api/v1/summary", ADMIN_TOKEN);
+    assert_eq!((summary["stale"].clone(), summary["enforced"].clone()), (json!(1), json!(1)));
+    expect_refused(api.get("/api/v1/nothing", ADMIN_TOKEN), 404, "no such route");
+}
+
+trait PutAs {
+    fn put_policy_as(&self, token: &str) -> (u16, Value);
+}
+
+impl PutAs for Api {
+    fn put_policy_as(&self, token: &str) -> (u16, Value) {
+        self.send("PUT", "/api/v1/policy", token, "application/toml", b"")
+    }
+}
+
+#[test]
+fn api_contract_on_sqlite() {
+    let scratch = Scratch::new("api-sqlite");
+    let db = format!("sqlite:{}", scratch.0.join("controller.db").display());
+    contract(&db, &scratch);
+}
+
+#[test]
+fn api_contract_on_postgres() {
+    let scratch = Scratch::new("api-postgres");
+    let database = PgDatabase::new();
+    contract(&database.url(), &scratch);
+}
+
+/// Two stateless controllers on one PostgreSQL database: what one stores the other serves,
+/// and a report sent to both at once is stored once.
+#[test]
+fn replicas_share_one_postgres_database() {
+    let scratch = Scratch::new("replicas");
+    let database = PgDatabase::new();
+    let files = ControllerFiles::new(&scratch.0);
+    let one = Controller::start(&files, &database.url(), 0, &[]);
+    let two = Controller::start(&files, &database.url(), 0, &[]);
+    let (api_one, api_two) = (Api::new(&one.url), Api::new(&two.url));
+    for seq in 1..=20u64 {
+        let body = report("node-r", "machine-r", seq, 10, vec![event("203.0.113.5", "/bin/sh", seq)]);
+        let (a, b) = std::thread::scope(|scope| {
+            let a = scope.spawn(|| api_one.post_json("/api/v1/reports", FLEET_TOKEN, &body));
+            let b = scope.spawn(|| api_two.post_json("/api/v1/reports", FLEET_TOKEN, &body));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!((a.0, b.0), (200, 200), "{} {}", a.1, b.1);
+        let stored = [&a.1["stored"], &b.1["stored"]];
+        assert_eq!(
+            stored.iter().filter(|s| ***s == json!(true)).count(),
+            1,
+            "report {seq} stored {stored:?}"
+        );
+    }
+    let from_two = violations(&api_two, "?node=node-r&limit=1000");
+    assert_eq!(from_two.len(), 20);
+    let packets: u64 = from_two.iter().map(|v| v["packets"].as_u64().unwrap()).sum();
+    assert_eq!(packets, (1..=20).sum::<u64>());
+    assert_eq!(api_one.put_policy("").0, 200);
+    assert_eq!(api_two.put_policy("").1["version"], 2, "versions are shared");
+    assert_eq!(nodes(&api_one)[0]["reports"], 20);
+}
+
+/// HTTPS with the operator's certificate; a client that does not trust it gets nothing.
+#[test]
+fn tls_when_given_a_certificate() {
+    let scratch = Scratch::new("tls");
+    let files = ControllerFiles::new(&scratch.0);
+    let (ca, cert, key) = files.certificate();
+    let controller = Controller::start(
+        &files,
+        &files.sqlite(),
+        0,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
+    assert!(controller.url.starts_with("https://"), "{}", controller.url);
+    let api = Api::with_ca(&controller.url, &ca);
+    assert_eq!(api.get("/api/v1/nodes", ADMIN_TOKEN), (200, json!([])));
+    let untrusting = Api::new(&controller.url);
+    assert!(untrusting.try_get("/api/v1/nodes", ADMIN_TOKEN).is_err());
+    let plain = Api::new(&controller.url.replace("https://", "http://"));
+    assert!(
+        plain.try_get("/api/v1/nodes", ADMIN_TOKEN).map_or(true, |(status, _)| status != 200),
+        "plain HTTP must not be served on a TLS port"
+    );
+}
+
+/// Bad configurations stop the controller at start with a clear message.
+#[test]
+fn bad_configurations_are_refused() {
+    let scratch = Scratch::new("config");
+    let files = ControllerFiles::new(&scratch.0);
+    let run = |args: &[&str]| {
+        std::process::Command::new(egress_monitor_tests::daemon_binary())
+            .arg("controller")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let admin = files.dir.join("admin.token");
+    let nodes = files.dir.join("nodes.token");
+    let short = files.dir.join("short.token");
+    std::fs::write(&short, "tooshort\n").unwrap();
+    let cases: Vec<(Vec<String>, i32, String)> = vec![
+        (
+            vec!["--db".into(), "mysql://x".into()],
+            3,
+            "`mysql://x` is not a database".into(),
+        ),
+        (
+            vec!["--admin-token-file".into(), short.display().to_string()],
+            2,
+            format!("{}:1: a token is at least 16", short.display()),
+        ),
+        (
+            vec!["--node-token-file".into(), admin.display().to_string()],
+            2,
+            "a node token is also the admin token".into(),
+        ),
+        (
+            vec!["--tls-cert".into(), admin.display().to_string()],
+            2,
+            "--tls-key".into(),
+        ),
+    ];
+    for (overrides, code, message) in cases {
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--db".into(),
+            files.sqlite(),
+            "--admin-token-file".into(),
+            admin.display().to_string(),
+            "--node-token-file".into(),
+            nodes.display().to_string(),
+        ];
+        for pair in overrides.chunks(2) {
+            match args.iter().position(|a| *a == pair[0]) {
+                Some(i) => args[i + 1] = pair[1].clone(),
+                None => args.extend(pair.iter().cloned()),
+            }
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = run(&refs);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{overrides:?}: {stderr}");
+        assert!(stderr.contains(&message), "{overrides:?}: `{stderr}` lacks `{message}`");
+    }
+}
+
+/// The page, rendered by a real browser: the fleet table, the violation, the tops, the policy.
+#[test]
+fn the_page_in_a_real_browser() {
+    let scratch = Scratch::new("page");
+    let files = ControllerFiles::new(&scratch.0);
+    let controller = Controller::start(&files, &files.sqlite(), 0, &[]);
+    let api = Api::new(&controller.url);
+    let body = report(
+        "web-7",
+        "machine-w",
+        1,
+        10,
+        vec![event("203.0.113.77", "/opt/app/<script>alert(1)</script>", 9)],
+    );
+    assert_eq!(api.post_json("/api/v1/reports", FLEET_TOKEN, &body).0, 200);
+    assert_eq!(api.put_policy("# the fleet's\n[[rule]]\nname = \"mirror\"\ncidr = \"198.51.100.0/24\"\naction = \"allow\"\n").0, 200);
+
+    // Without the token: 401 and a browser's login prompt.
+    let (status, _) = api.get("/", "");
+    assert_eq!(status, 401);
+    assert_eq!(api.get("/", FLEET_TOKEN).0, 401, "a node token does not open the page");
+
+    let dom = browse(&format!("{}/", controller.url), ADMIN_TOKEN, &scratch.0);
+    for needle in [
+        "egress-monitor fleet",
+        "data-node=\"web-7\"",
+        "class=\"state drifted\"",
+        "runs its local policy, the fleet's is v1",
+        "203.0.113.77:443",
+        "&lt;script&gt;alert(1)&lt;/script&gt;",
+        "name = \"mirror\"",
+        "0 of 1 nodes run it",
+    ] {
+        assert!(dom.contains(needle), "the page lacks `{needle}`:\n{dom}");
+    }
+    assert!(!dom.contains("<script>alert"), "the page runs what a node sent");
+    let wrong = browse(&format!("{}/", controller.url), "wrong-token-0123456789", &scratch.0);
+    assert!(!wrong.contains("data-node"), "the page showed the fleet without the token");
+}
