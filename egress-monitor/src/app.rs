@@ -219,7 +219,10 @@ fn run(args: RunArgs) -> ExitCode {
         }),
         controller: args.controller.clone().map(|url| ReporterConfig {
             url,
-            token_file: args.token_file.clone().expect("clap: --controller requires it"),
+            token_file: args
+                .token_file
+                .clone()
+                .expect("clap: --controller requires it"),
             ca_file: args.controller_ca.clone(),
             node_id: args
                 .node_id

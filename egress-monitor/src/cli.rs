@@ -193,7 +193,11 @@ pub struct RunArgs {
     pub report_interval: u32,
     /// Where reports wait until the controller acknowledges them, and where the fleet's policy
     /// and mode are kept.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/egress-monitor/spool")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/var/lib/egress-monitor/spool"
+    )]
     pub spool_dir: PathBuf,
     /// The spool's bound in MiB: when full, the oldest reports are dropped (and counted).
     #[arg(long, value_name = "MIB", default_value_t = 64,
@@ -221,8 +225,11 @@ pub struct ControllerArgs {
     pub listen: std::net::SocketAddr,
     /// The database: an SQLite file (created if missing) or a PostgreSQL server that several
     /// controller replicas may share.
-    #[arg(long, value_name = "sqlite:PATH|postgres://USER:PASSWORD@HOST/DB",
-          default_value = "sqlite:/var/lib/egress-monitor/controller.db")]
+    #[arg(
+        long,
+        value_name = "sqlite:PATH|postgres://USER:PASSWORD@HOST/DB",
+        default_value = "sqlite:/var/lib/egress-monitor/controller.db"
+    )]
     pub db: String,
     /// The operators' token(s), one per line.
     #[arg(long, value_name = "FILE")]

@@ -19,10 +19,10 @@ use crate::{
     dns_events::{DnsAnswerRecord, DnsRecord},
     events::{self, Clock, EventRecord, EventWriter, EventsTarget, KernelRecord},
     flows::FlowReporter,
-    reporter::{FleetUpdate, Reporter, ReporterConfig, ReporterError, Shared},
     iface::{self, InterfaceError},
     pins::PinLayout,
     policy::{Policy, PolicySource},
+    reporter::{FleetUpdate, Reporter, ReporterConfig, ReporterError, Shared},
     state::{StateError, StateFile},
     status,
 };
@@ -207,11 +207,14 @@ pub async fn run(
             shared.set_fleet(restored);
             let (reporter, updates) =
                 Reporter::new(reporter_config.clone(), Arc::clone(&shared), layout.clone())?;
-            Some((reporter, FleetLink {
-                shared,
-                updates,
-                dir: reporter_config.spool_dir,
-            }))
+            Some((
+                reporter,
+                FleetLink {
+                    shared,
+                    updates,
+                    dir: reporter_config.spool_dir,
+                },
+            ))
         }
         None => None,
     };

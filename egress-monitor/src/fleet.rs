@@ -82,7 +82,10 @@ pub fn apply(
         // Validated under its pending name first: the live file is only ever a valid policy.
         if let Err(err) = candidate.build() {
             let _ = std::fs::remove_file(&pending);
-            return Err(format!("fleet policy v{} is invalid here: {err}", desired.policy_version));
+            return Err(format!(
+                "fleet policy v{} is invalid here: {err}",
+                desired.policy_version
+            ));
         }
         std::fs::rename(&pending, policy_path(dir)).map_err(|err| err.to_string())?;
         candidate.file = Some(policy_path(dir));

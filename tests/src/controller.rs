@@ -114,19 +114,58 @@ impl ControllerFiles {
                 .expect("run openssl");
             assert!(status.success(), "openssl {args:?} failed");
         };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-        openssl(&[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=egress-monitor test CA"],
-            &["-keyout", "ca.key", "-out", "ca.crt"]].concat());
-        openssl(&[&["req"][..], &ec, &["-subj", "/CN=egress-monitor test controller"],
-            &["-keyout", "controller.key", "-out", "controller.csr"]].concat());
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "2", "-subj", "/CN=egress-monitor test CA"],
+                &["-keyout", "ca.key", "-out", "ca.crt"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &["-subj", "/CN=egress-monitor test controller"],
+                &["-keyout", "controller.key", "-out", "controller.csr"],
+            ]
+            .concat(),
+        );
         std::fs::write(
             path("leaf.ext"),
             "basicConstraints=critical,CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
         )
         .unwrap();
-        openssl(&["x509", "-req", "-in", "controller.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "leaf.ext", "-out", "controller.crt"]);
-        (path("ca.crt"), path("controller.crt"), path("controller.key"))
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "controller.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "controller.crt",
+        ]);
+        (
+            path("ca.crt"),
+            path("controller.crt"),
+            path("controller.key"),
+        )
     }
 }
 
@@ -251,7 +290,10 @@ impl Api {
         Api::with_agent(base, ureq::Agent::config_builder().tls_config(tls))
     }
 
-    fn with_agent(base: &str, builder: ureq::config::ConfigBuilder<ureq::typestate::AgentScope>) -> Api {
+    fn with_agent(
+        base: &str,
+        builder: ureq::config::ConfigBuilder<ureq::typestate::AgentScope>,
+    ) -> Api {
         Api {
             agent: builder
                 .http_status_as_error(false)
@@ -310,15 +352,33 @@ impl Api {
     }
 
     pub fn post_json(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
-        self.send("POST", path, token, "application/json", body.to_string().as_bytes())
+        self.send(
+            "POST",
+            path,
+            token,
+            "application/json",
+            body.to_string().as_bytes(),
+        )
     }
 
     pub fn put_json(&self, path: &str, token: &str, body: &Value) -> (u16, Value) {
-        self.send("PUT", path, token, "application/json", body.to_string().as_bytes())
+        self.send(
+            "PUT",
+            path,
+            token,
+            "application/json",
+            body.to_string().as_bytes(),
+        )
     }
 
     pub fn put_policy(&self, text: &str) -> (u16, Value) {
-        self.send("PUT", "/api/v1/policy", ADMIN_TOKEN, "application/toml", text.as_bytes())
+        self.send(
+            "PUT",
+            "/api/v1/policy",
+            ADMIN_TOKEN,
+            "application/toml",
+            text.as_bytes(),
+        )
     }
 
     /// Polls `GET path` (admin) until `done` holds for the body; panics after `limit`.

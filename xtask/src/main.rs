@@ -8,8 +8,8 @@
 
 mod bench;
 mod package;
-mod run;
 mod postgres;
+mod run;
 mod setup;
 mod test;
 mod util;

@@ -16,7 +16,10 @@ pub fn ensure_server() -> anyhow::Result<String> {
     let clusters = output_of("pg_lsclusters", &["-h"])
         .context("pg_lsclusters failed: is PostgreSQL installed (`cargo xtask setup`)?")?;
     let cluster = match clusters.lines().next() {
-        Some(line) => line.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),
+        Some(line) => line
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
         None => {
             let version = output_of("sh", &["-c", "ls /usr/lib/postgresql | sort -n | tail -1"])
                 .filter(|v| !v.is_empty())

@@ -69,7 +69,13 @@ impl From<JsonRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.message })).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -89,14 +95,18 @@ pub fn router(state: Shared) -> Router {
 
 /// The caller, from `Authorization`; refuses a missing or unknown token.
 fn caller(headers: &HeaderMap, state: &Shared) -> Result<Caller, ApiError> {
-    let header = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing `Authorization: Bearer TOKEN`"))?;
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(presented)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "`Authorization` must be `Bearer TOKEN`"))?;
+    let header = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer TOKEN`",
+        )
+    })?;
+    let token = header.to_str().ok().and_then(presented).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "`Authorization` must be `Bearer TOKEN`",
+        )
+    })?;
     state
         .tokens
         .caller(&token)
@@ -290,7 +300,9 @@ fn time(key: &str, value: &str) -> Result<u64, String> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_millis() as u64)
         .ok_or_else(|| {
-            format!("`{key}` must be RFC 3339 (2026-11-29T10:00:00Z) or milliseconds since the epoch")
+            format!(
+                "`{key}` must be RFC 3339 (2026-11-29T10:00:00Z) or milliseconds since the epoch"
+            )
         })
 }
 
@@ -313,7 +325,10 @@ fn fleet_policy(fleet: super::store::Fleet) -> FleetPolicy {
     }
 }
 
-async fn get_policy(State(state): State<Shared>, _: AnyCaller) -> Result<Json<FleetPolicy>, ApiError> {
+async fn get_policy(
+    State(state): State<Shared>,
+    _: AnyCaller,
+) -> Result<Json<FleetPolicy>, ApiError> {
     Ok(Json(fleet_policy(state.store.fleet().await?)))
 }
 
@@ -332,8 +347,12 @@ async fn put_policy(
             format!("a policy is at most {MAX_POLICY_BYTES} bytes"),
         ));
     }
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the policy must be UTF-8 text (TOML)"))?;
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the policy must be UTF-8 text (TOML)",
+        )
+    })?;
     let fleet = state.store.fleet().await?;
     crate::policy::validate_text(Path::new(FLEET_POLICY_NAME), text, fleet.mode)
         .map_err(|err| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()))?;
@@ -415,7 +434,10 @@ mod tests {
     use super::*;
 
     fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -102,8 +102,7 @@ impl Tokens {
             return Err(TokenError::Invalid {
                 path: node_file.to_owned(),
                 line: 0,
-                message: "a node token is also the admin token: nodes must not be operators"
-                    .into(),
+                message: "a node token is also the admin token: nodes must not be operators".into(),
             });
         }
         Ok(Tokens { admin, nodes })
@@ -171,7 +170,9 @@ pub fn presented(header: &str) -> Option<String> {
             .decode(rest.trim())
             .ok()?;
         let text = String::from_utf8(decoded).ok()?;
-        return text.split_once(':').map(|(_, password)| password.to_owned());
+        return text
+            .split_once(':')
+            .map(|(_, password)| password.to_owned());
     }
     None
 }
@@ -189,7 +190,8 @@ mod tests {
     fn tokens() -> (tempfile::TempDir, Tokens) {
         let dir = tempfile::tempdir().unwrap();
         let admin = file(&dir, "admin", "# operators\nadmin-token-0123456789\n");
-        let nodes = file(&dir, 
+        let nodes = file(
+            &dir,
             "nodes",
             "fleet-token-0123456789\nnode-a node-a-token-0123456789\n\n",
         );
@@ -219,9 +221,17 @@ mod tests {
         let admin = file(&dir, "admin", "admin-token-0123456789\n");
         let short = file(&dir, "short", "\nshort\n");
         let err = Tokens::load(&admin, &short).unwrap_err().to_string();
-        assert!(err.ends_with("short:2: a token is at least 16 printable characters (e.g. `openssl rand -hex 32`)"), "{err}");
+        assert!(
+            err.ends_with(
+                "short:2: a token is at least 16 printable characters (e.g. `openssl rand -hex 32`)"
+            ),
+            "{err}"
+        );
         let empty = file(&dir, "empty", "# nothing\n");
-        assert!(matches!(Tokens::load(&admin, &empty), Err(TokenError::Empty(_))));
+        assert!(matches!(
+            Tokens::load(&admin, &empty),
+            Err(TokenError::Empty(_))
+        ));
         let three = file(&dir, "three", "a b cccccccccccccccccccc\n");
         assert!(Tokens::load(&admin, &three).is_err());
         let same = file(&dir, "same", "admin-token-0123456789\n");

@@ -209,6 +209,9 @@ mod tests {
             super::redact("postgres://em:secret@db.internal/fleet"),
             "postgres://em:***@db.internal/fleet"
         );
-        assert_eq!(super::redact("sqlite:/var/lib/x.db"), "sqlite:/var/lib/x.db");
+        assert_eq!(
+            super::redact("sqlite:/var/lib/x.db"),
+            "sqlite:/var/lib/x.db"
+        );
     }
 }

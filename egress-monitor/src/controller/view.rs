@@ -67,7 +67,10 @@ pub fn node_view(node: NodeRow, fleet: &Fleet, now_ms: u64) -> NodeView {
         fleet.policy_version == 0 || node.fleet_version == Some(fleet.policy_version);
     if !policy_converged {
         problems.push(match node.fleet_version {
-            Some(v) => format!("runs fleet policy v{v}, the fleet's is v{}", fleet.policy_version),
+            Some(v) => format!(
+                "runs fleet policy v{v}, the fleet's is v{}",
+                fleet.policy_version
+            ),
             None => format!(
                 "runs its local policy, the fleet's is v{}",
                 fleet.policy_version
@@ -86,7 +89,10 @@ pub fn node_view(node: NodeRow, fleet: &Fleet, now_ms: u64) -> NodeView {
         problems.push(format!("refused the fleet's policy or mode: {error}"));
     }
     if node.health.events_lost > 0 {
-        problems.push(format!("{} events lost in the kernel", node.health.events_lost));
+        problems.push(format!(
+            "{} events lost in the kernel",
+            node.health.events_lost
+        ));
     }
     if node.health.spool_dropped_reports > 0 {
         problems.push(format!(

@@ -205,18 +205,32 @@ impl Report {
             ));
         }
         for (i, event) in self.events.iter().enumerate() {
-            event.validate(now_ms).map_err(|e| format!("events[{i}].{e}"))?;
+            event
+                .validate(now_ms)
+                .map_err(|e| format!("events[{i}].{e}"))?;
         }
         for (name, value) in [
             ("allowed_packets", self.counters.allowed_packets),
-            ("denied_observed_packets", self.counters.denied_observed_packets),
-            ("denied_dropped_packets", self.counters.denied_dropped_packets),
+            (
+                "denied_observed_packets",
+                self.counters.denied_observed_packets,
+            ),
+            (
+                "denied_dropped_packets",
+                self.counters.denied_dropped_packets,
+            ),
             ("denied_bytes", self.counters.denied_bytes),
             ("malformed", self.counters.malformed),
             ("health.events_lost", self.health.events_lost),
             ("health.uptime_s", self.health.uptime_s),
-            ("health.spool_dropped_reports", self.health.spool_dropped_reports),
-            ("health.spool_dropped_events", self.health.spool_dropped_events),
+            (
+                "health.spool_dropped_reports",
+                self.health.spool_dropped_reports,
+            ),
+            (
+                "health.spool_dropped_events",
+                self.health.spool_dropped_events,
+            ),
             ("health.spool_pending", self.health.spool_pending),
         ] {
             if value > i64::MAX as u64 {

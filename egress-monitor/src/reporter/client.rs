@@ -40,7 +40,13 @@ pub enum SendError {
 impl SendError {
     /// The request itself is wrong (sending it again cannot help).
     pub fn is_invalid_request(&self) -> bool {
-        matches!(self, SendError::Refused { status: 400 | 413 | 415 | 422, .. })
+        matches!(
+            self,
+            SendError::Refused {
+                status: 400 | 413 | 415 | 422,
+                ..
+            }
+        )
     }
 }
 
@@ -54,15 +60,20 @@ pub struct Client {
 const TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Client {
-    pub fn new(url: &str, token_file: &Path, ca_file: Option<&Path>) -> Result<Client, ClientError> {
+    pub fn new(
+        url: &str,
+        token_file: &Path,
+        ca_file: Option<&Path>,
+    ) -> Result<Client, ClientError> {
         let base = url.trim_end_matches('/');
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
             return Err(ClientError::Url(url.to_owned()));
         }
-        let text = std::fs::read_to_string(token_file).map_err(|source| ClientError::TokenRead {
-            path: token_file.display().to_string(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(token_file).map_err(|source| ClientError::TokenRead {
+                path: token_file.display().to_string(),
+                source,
+            })?;
         let token = text
             .lines()
             .map(str::trim)
@@ -137,9 +148,9 @@ fn answer<T: serde::de::DeserializeOwned>(
         .read_to_string()
         .map_err(|err| SendError::Transport(err.to_string()))?;
     if (200..300).contains(&status) {
-        serde_json::from_str(&text).map_err(|err| SendError::Transport(format!(
-            "an answer that is not the expected JSON ({err})"
-        )))
+        serde_json::from_str(&text).map_err(|err| {
+            SendError::Transport(format!("an answer that is not the expected JSON ({err})"))
+        })
     } else {
         let message = serde_json::from_str::<ErrorBody>(&text)
             .map(|body| body.error)

@@ -187,9 +187,7 @@ impl Reporter {
             match self.deliver(None).await {
                 Ok((delivered, reply)) => {
                     if failures > 0 {
-                        log::info!(
-                            "the controller answers again: {delivered} reports delivered"
-                        );
+                        log::info!("the controller answers again: {delivered} reports delivered");
                     }
                     failures = 0;
                     backoff = FIRST_BACKOFF;
@@ -200,7 +198,12 @@ impl Reporter {
                 Err(err) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(10) {
-                        let pending = self.spool.lock().unwrap_or_else(|p| p.into_inner()).entries().len();
+                        let pending = self
+                            .spool
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entries()
+                            .len();
                         log::warn!(
                             "{err}; {pending} reports wait in the spool (retry in {} s; failure {failures})",
                             backoff.as_secs()
@@ -220,9 +223,16 @@ impl Reporter {
         let snapshot = tokio::task::spawn_blocking(move || crate::status::status(&layout))
             .await
             .ok()
-            .and_then(|status| status.map_err(|err| {
-                log::warn!("the report goes without counters: {}", crate::error::chain(&err));
-            }).ok());
+            .and_then(|status| {
+                status
+                    .map_err(|err| {
+                        log::warn!(
+                            "the report goes without counters: {}",
+                            crate::error::chain(&err)
+                        );
+                    })
+                    .ok()
+            });
         let fleet = self.shared.fleet();
         let spool = Arc::clone(&self.spool);
         let shared = Arc::clone(&self.shared);
@@ -337,7 +347,12 @@ impl Reporter {
             Ok(_) => {}
             Err(err) => log::warn!("{err}; the spooled reports go when the daemon runs again"),
         }
-        let pending = self.spool.lock().unwrap_or_else(|p| p.into_inner()).entries().len();
+        let pending = self
+            .spool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries()
+            .len();
         if pending > 0 {
             log::info!(
                 "{pending} reports stay in {} for the next run",
@@ -366,7 +381,10 @@ impl Reporter {
                     fleet.policy,
                 ),
                 Ok(Err(err)) => {
-                    log::warn!("cannot fetch the fleet policy v{}: {err}", desired.policy_version);
+                    log::warn!(
+                        "cannot fetch the fleet policy v{}: {err}",
+                        desired.policy_version
+                    );
                     return;
                 }
                 Err(_) => return,

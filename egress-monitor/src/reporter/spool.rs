@@ -284,6 +284,11 @@ mod tests {
         let moved = spool.reject(1).unwrap();
         assert!(moved.starts_with(dir.path().join("rejected")));
         assert!(spool.entries().is_empty());
-        assert!(Spool::open(dir.path(), 1 << 20).unwrap().entries().is_empty());
+        assert!(
+            Spool::open(dir.path(), 1 << 20)
+                .unwrap()
+                .entries()
+                .is_empty()
+        );
     }
 }

@@ -24,10 +24,8 @@ struct Scratch(std::path::PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "em-{}-{name}",
-            egress_monitor_tests::unique_id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("em-{}-{name}", egress_monitor_tests::unique_id()));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
@@ -77,8 +75,13 @@ fn violations(api: &Api, query: &str) -> Vec<Value> {
 
 fn expect_refused(answer: (u16, Value), status: u16, message: &str) {
     assert_eq!(answer.0, status, "{}", answer.1);
-    let error = answer.1["error"].as_str().unwrap_or_else(|| panic!("no error in {}", answer.1));
-    assert!(error.contains(message), "`{error}` does not say `{message}`");
+    let error = answer.1["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error in {}", answer.1));
+    assert!(
+        error.contains(message),
+        "`{error}` does not say `{message}`"
+    );
 }
 
 /// The API's whole contract, on one store.
@@ -89,10 +92,28 @@ fn contract(db: &str, scratch: &Scratch) {
     let reports = "/api/v1/reports";
 
     // Who may call what.
-    let good = report("node-a", "machine-a", 1, 10, vec![event("203.0.113.9", "/usr/bin/curl", 3)]);
-    expect_refused(api.post_json(reports, "", &good), 401, "missing `Authorization");
-    expect_refused(api.post_json(reports, "not-a-token-at-all", &good), 401, "unknown token");
-    expect_refused(api.post_json(reports, ADMIN_TOKEN, &good), 403, "use a node token");
+    let good = report(
+        "node-a",
+        "machine-a",
+        1,
+        10,
+        vec![event("203.0.113.9", "/usr/bin/curl", 3)],
+    );
+    expect_refused(
+        api.post_json(reports, "", &good),
+        401,
+        "missing `Authorization",
+    );
+    expect_refused(
+        api.post_json(reports, "not-a-token-at-all", &good),
+        401,
+        "unknown token",
+    );
+    expect_refused(
+        api.post_json(reports, ADMIN_TOKEN, &good),
+        403,
+        "use a node token",
+    );
     expect_refused(api.get("/api/v1/nodes", FLEET_TOKEN), 403, "admin token");
     expect_refused(api.put_policy_as(FLEET_TOKEN), 403, "admin token");
     expect_refused(
@@ -102,18 +123,36 @@ fn contract(db: &str, scratch: &Scratch) {
     );
 
     // Bad input, refused with a clear message.
-    let send = |body: &[u8], content_type: &str| api.send("POST", reports, FLEET_TOKEN, content_type, body);
+    let send = |body: &[u8], content_type: &str| {
+        api.send("POST", reports, FLEET_TOKEN, content_type, body)
+    };
     expect_refused(send(b"{\"node_id\": ", "application/json"), 400, "");
     expect_refused(send(b"{}", "text/plain"), 415, "");
     let mut unknown = good.clone();
     unknown["surprise"] = json!(1);
-    expect_refused(api.post_json(reports, FLEET_TOKEN, &unknown), 422, "unknown field `surprise`");
+    expect_refused(
+        api.post_json(reports, FLEET_TOKEN, &unknown),
+        422,
+        "unknown field `surprise`",
+    );
     for (field, value, message) in [
         ("seq", json!(0), "seq must be between 1"),
         ("node_id", json!("a b"), "node_id must be"),
-        ("stream", json!("xyz"), "stream must be 16 hexadecimal digits"),
-        ("interval_s", json!(0), "interval_s must be between 1 and 3600"),
-        ("created_ms", json!(1000), "created_ms must be milliseconds since the epoch"),
+        (
+            "stream",
+            json!("xyz"),
+            "stream must be 16 hexadecimal digits",
+        ),
+        (
+            "interval_s",
+            json!(0),
+            "interval_s must be between 1 and 3600",
+        ),
+        (
+            "created_ms",
+            json!(1000),
+            "created_ms must be milliseconds since the epoch",
+        ),
         ("mode", json!("panic"), "unknown variant `panic`"),
     ] {
         let mut bad = good.clone();
@@ -125,10 +164,18 @@ fn contract(db: &str, scratch: &Scratch) {
     expect_refused(api.post_json(reports, FLEET_TOKEN, &bad), 422, "dst_port");
     bad = good.clone();
     bad["events"][0]["exe"] = json!("/tmp/evil\nname");
-    expect_refused(api.post_json(reports, FLEET_TOKEN, &bad), 422, "events[0].exe must be");
+    expect_refused(
+        api.post_json(reports, FLEET_TOKEN, &bad),
+        422,
+        "events[0].exe must be",
+    );
     bad = good.clone();
     bad["events"] = Value::Array(vec![event("203.0.113.9", "/bin/x", 1); 5001]);
-    expect_refused(api.post_json(reports, FLEET_TOKEN, &bad), 422, "at most 5000 events");
+    expect_refused(
+        api.post_json(reports, FLEET_TOKEN, &bad),
+        422,
+        "at most 5000 events",
+    );
     let huge = vec![b' '; 9 << 20];
     expect_refused(send(&huge, "application/json"), 413, "");
     assert!(nodes(&api).is_empty(), "a refused report stored something");
@@ -146,16 +193,29 @@ fn contract(db: &str, scratch: &Scratch) {
         "machine-a",
         2,
         10,
-        vec![event("198.51.100.7", "/usr/bin/wget", 5), event("203.0.113.9", "/usr/bin/curl", 2)],
+        vec![
+            event("198.51.100.7", "/usr/bin/wget", 5),
+            event("203.0.113.9", "/usr/bin/curl", 2),
+        ],
     );
     assert_eq!(api.post_json(reports, FLEET_TOKEN, &second).0, 200);
     // A fleet token cannot take another machine's node id; a bound token reports for its node.
     expect_refused(
-        api.post_json(reports, FLEET_TOKEN, &report("node-a", "machine-x", 3, 10, vec![])),
+        api.post_json(
+            reports,
+            FLEET_TOKEN,
+            &report("node-a", "machine-x", 3, 10, vec![]),
+        ),
         409,
         "belongs to machine machine-a",
     );
-    let bound = report(BOUND_NODE, "machine-b", 1, 1, vec![event("192.0.2.1", "/usr/bin/nc", 1)]);
+    let bound = report(
+        BOUND_NODE,
+        "machine-b",
+        1,
+        1,
+        vec![event("192.0.2.1", "/usr/bin/nc", 1)],
+    );
     assert_eq!(api.post_json(reports, BOUND_TOKEN, &bound).0, 200);
 
     let listed = nodes(&api);
@@ -172,15 +232,26 @@ fn contract(db: &str, scratch: &Scratch) {
     assert_eq!(violations(&api, "?node=node-a").len(), 3);
     assert_eq!(violations(&api, "?destination=203.0.113.9").len(), 2);
     assert_eq!(violations(&api, "?process=wget").len(), 1);
-    assert_eq!(violations(&api, "?process=/usr/bin/curl&node=node-a").len(), 2);
+    assert_eq!(
+        violations(&api, "?process=/usr/bin/curl&node=node-a").len(),
+        2
+    );
     assert_eq!(violations(&api, "?limit=1").len(), 1);
     let newest = violations(&api, "?limit=1")[0]["id"].as_i64().unwrap();
     assert_eq!(violations(&api, &format!("?before={newest}")).len(), 3);
     let future = now_ms() + 3_600_000;
     assert!(violations(&api, &format!("?since={future}")).is_empty());
     assert_eq!(violations(&api, &format!("?until={future}")).len(), 4);
-    expect_refused(api.get("/api/v1/violations?limit=0", ADMIN_TOKEN), 400, "`limit`");
-    expect_refused(api.get("/api/v1/violations?colour=red", ADMIN_TOKEN), 400, "unknown filter");
+    expect_refused(
+        api.get("/api/v1/violations?limit=0", ADMIN_TOKEN),
+        400,
+        "`limit`",
+    );
+    expect_refused(
+        api.get("/api/v1/violations?colour=red", ADMIN_TOKEN),
+        400,
+        "unknown filter",
+    );
     let wget = &violations(&api, "?process=wget")[0];
     assert_eq!(wget["dst"], "198.51.100.7");
     assert_eq!(wget["dst_port"], 443);
@@ -210,18 +281,35 @@ fn contract(db: &str, scratch: &Scratch) {
     assert_eq!(status, 200);
     assert_eq!(fleet["policy"], policy);
     // The nodes do not run it yet: drifted.
-    let a = nodes(&api).into_iter().find(|n| n["node_id"] == "node-a").unwrap();
+    let a = nodes(&api)
+        .into_iter()
+        .find(|n| n["node_id"] == "node-a")
+        .unwrap();
     assert_eq!(a["state"], "drifted");
     assert_eq!(a["converged"], false);
-    assert!(a["problems"][0].as_str().unwrap().contains("runs its local policy, the fleet's is v1"));
-    let (_, reply) = api.post_json(reports, FLEET_TOKEN, &report("node-a", "machine-a", 3, 10, vec![]));
+    assert!(
+        a["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("runs its local policy, the fleet's is v1")
+    );
+    let (_, reply) = api.post_json(
+        reports,
+        FLEET_TOKEN,
+        &report("node-a", "machine-a", 3, 10, vec![]),
+    );
     assert_eq!(reply["fleet"]["policy_version"], 1);
 
     // The mode: bad values refused; a policy that would cut the nodes off in enforce mode
     // keeps the fleet from switching.
-    expect_refused(api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "lockdown"})), 422, "unknown variant");
+    expect_refused(
+        api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "lockdown"})),
+        422,
+        "unknown variant",
+    );
     // Fine in observe mode; in enforce mode it would cut the nodes off their metadata service.
-    let cutting = "[[rule]]\nname = \"no-imds\"\ncidr = \"169.254.169.254/32\"\naction = \"deny\"\n";
+    let cutting =
+        "[[rule]]\nname = \"no-imds\"\ncidr = \"169.254.169.254/32\"\naction = \"deny\"\n";
     assert_eq!(api.put_policy(cutting).0, 200);
     expect_refused(
         api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "enforce"})),
@@ -230,36 +318,61 @@ fn contract(db: &str, scratch: &Scratch) {
     );
     assert_eq!(api.put_policy(policy).0, 200);
     let (status, fleet) = api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "enforce"}));
-    assert_eq!((status, &fleet["mode"]), (200, &json!("enforce")), "{fleet}");
+    assert_eq!(
+        (status, &fleet["mode"]),
+        (200, &json!("enforce")),
+        "{fleet}"
+    );
     let mut converged = report("node-a", "machine-a", 4, 10, vec![]);
     converged["mode"] = json!("enforce");
     converged["policy"]["fleet_version"] = fleet["version"].clone();
     assert_eq!(api.post_json(reports, FLEET_TOKEN, &converged).0, 200);
-    let a = nodes(&api).into_iter().find(|n| n["node_id"] == "node-a").unwrap();
+    let a = nodes(&api)
+        .into_iter()
+        .find(|n| n["node_id"] == "node-a")
+        .unwrap();
     assert_eq!(a["state"], "enforced", "{a:#}");
     assert_eq!(a["converged"], true);
     // A report that arrives late (made before the newest) does not roll the state back.
     let mut late = report("node-a", "machine-a", 5, 10, vec![]);
     late["created_ms"] = json!(now_ms() - 60_000);
     assert_eq!(api.post_json(reports, FLEET_TOKEN, &late).0, 200);
-    let a = nodes(&api).into_iter().find(|n| n["node_id"] == "node-a").unwrap();
+    let a = nodes(&api)
+        .into_iter()
+        .find(|n| n["node_id"] == "node-a")
+        .unwrap();
     assert_eq!(a["state"], "enforced");
     assert_eq!(a["reports"], 5);
 
     // Stale: the bound node reports every second and stopped; three intervals later it is stale.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let b = nodes(&api).into_iter().find(|n| n["node_id"] == BOUND_NODE).unwrap();
+        let b = nodes(&api)
+            .into_iter()
+            .find(|n| n["node_id"] == BOUND_NODE)
+            .unwrap();
         if b["state"] == "stale" {
-            assert!(b["problems"][0].as_str().unwrap().starts_with("no report for"));
+            assert!(
+                b["problems"][0]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("no report for")
+            );
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never stale: {b:#}");
         std::thread::sleep(Duration::from_millis(250));
     }
     let (_, summary) = api.get("/api/v1/summary", ADMIN_TOKEN);
-    assert_eq!((summary["stale"].clone(), summary["enforced"].clone()), (json!(1), json!(1)));
-    expect_refused(api.get("/api/v1/nothing", ADMIN_TOKEN), 404, "no such route");
+    assert_eq!(
+        (summary["stale"].clone(), summary["enforced"].clone()),
+        (json!(1), json!(1))
+    );
+    expect_refused(
+        api.get("/api/v1/nothing", ADMIN_TOKEN),
+        404,
+        "no such route",
+    );
 }
 
 trait PutAs {
@@ -297,7 +410,13 @@ fn replicas_share_one_postgres_database() {
     let two = Controller::start(&files, &database.url(), 0, &[]);
     let (api_one, api_two) = (Api::new(&one.url), Api::new(&two.url));
     for seq in 1..=20u64 {
-        let body = report("node-r", "machine-r", seq, 10, vec![event("203.0.113.5", "/bin/sh", seq)]);
+        let body = report(
+            "node-r",
+            "machine-r",
+            seq,
+            10,
+            vec![event("203.0.113.5", "/bin/sh", seq)],
+        );
         let (a, b) = std::thread::scope(|scope| {
             let a = scope.spawn(|| api_one.post_json("/api/v1/reports", FLEET_TOKEN, &body));
             let b = scope.spawn(|| api_two.post_json("/api/v1/reports", FLEET_TOKEN, &body));
@@ -313,10 +432,17 @@ fn replicas_share_one_postgres_database() {
     }
     let from_two = violations(&api_two, "?node=node-r&limit=1000");
     assert_eq!(from_two.len(), 20);
-    let packets: u64 = from_two.iter().map(|v| v["packets"].as_u64().unwrap()).sum();
+    let packets: u64 = from_two
+        .iter()
+        .map(|v| v["packets"].as_u64().unwrap())
+        .sum();
     assert_eq!(packets, (1..=20).sum::<u64>());
     assert_eq!(api_one.put_policy("").0, 200);
-    assert_eq!(api_two.put_policy("").1["version"], 2, "versions are shared");
+    assert_eq!(
+        api_two.put_policy("").1["version"],
+        2,
+        "versions are shared"
+    );
     assert_eq!(nodes(&api_one)[0]["reports"], 20);
 }
 
@@ -330,7 +456,12 @@ fn tls_when_given_a_certificate() {
         &files,
         &files.sqlite(),
         0,
-        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
     );
     assert!(controller.url.starts_with("https://"), "{}", controller.url);
     let api = Api::with_ca(&controller.url, &ca);
@@ -339,7 +470,9 @@ fn tls_when_given_a_certificate() {
     assert!(untrusting.try_get("/api/v1/nodes", ADMIN_TOKEN).is_err());
     let plain = Api::new(&controller.url.replace("https://", "http://"));
     assert!(
-        plain.try_get("/api/v1/nodes", ADMIN_TOKEN).map_or(true, |(status, _)| status != 200),
+        plain
+            .try_get("/api/v1/nodes", ADMIN_TOKEN)
+            .map_or(true, |(status, _)| status != 200),
         "plain HTTP must not be served on a TLS port"
     );
 }
@@ -403,7 +536,10 @@ fn bad_configurations_are_refused() {
         let output = run(&refs);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(code), "{overrides:?}: {stderr}");
-        assert!(stderr.contains(&message), "{overrides:?}: `{stderr}` lacks `{message}`");
+        assert!(
+            stderr.contains(&message),
+            "{overrides:?}: `{stderr}` lacks `{message}`"
+        );
     }
 }
 
@@ -419,7 +555,11 @@ fn the_page_in_a_real_browser() {
         "machine-w",
         1,
         10,
-        vec![event("203.0.113.77", "/opt/app/<script>alert(1)</script>", 9)],
+        vec![event(
+            "203.0.113.77",
+            "/opt/app/<script>alert(1)</script>",
+            9,
+        )],
     );
     assert_eq!(api.post_json("/api/v1/reports", FLEET_TOKEN, &body).0, 200);
     assert_eq!(api.put_policy("# the fleet's\n[[rule]]\nname = \"mirror\"\ncidr = \"198.51.100.0/24\"\naction = \"allow\"\n").0, 200);
@@ -427,7 +567,11 @@ fn the_page_in_a_real_browser() {
     // Without the token: 401 and a browser's login prompt.
     let (status, _) = api.get("/", "");
     assert_eq!(status, 401);
-    assert_eq!(api.get("/", FLEET_TOKEN).0, 401, "a node token does not open the page");
+    assert_eq!(
+        api.get("/", FLEET_TOKEN).0,
+        401,
+        "a node token does not open the page"
+    );
 
     let dom = browse(&format!("{}/", controller.url), ADMIN_TOKEN, &scratch.0);
     for needle in [
@@ -442,7 +586,17 @@ fn the_page_in_a_real_browser() {
     ] {
         assert!(dom.contains(needle), "the page lacks `{needle}`:\n{dom}");
     }
-    assert!(!dom.contains("<script>alert"), "the page runs what a node sent");
-    let wrong = browse(&format!("{}/", controller.url), "wrong-token-0123456789", &scratch.0);
-    assert!(!wrong.contains("data-node"), "the page showed the fleet without the token");
+    assert!(
+        !dom.contains("<script>alert"),
+        "the page runs what a node sent"
+    );
+    let wrong = browse(
+        &format!("{}/", controller.url),
+        "wrong-token-0123456789",
+        &scratch.0,
+    );
+    assert!(
+        !wrong.contains("data-node"),
+        "the page showed the fleet without the token"
+    );
 }

@@ -6,6 +6,7 @@
 //! - `daemon`: the binary end to end: events file, signals, exit.
 //! - `cli`: exit codes and messages for bad input.
 //! - `durable`: enforcement that outlives the daemon; `flows`: flow events and their counts.
+//! - `fleet`: two nodes and a controller.
 
 mod azure;
 mod cli;
@@ -13,6 +14,7 @@ mod daemon;
 mod datapath;
 mod dns;
 mod durable;
+mod fleet;
 mod flows;
 
 use std::{

@@ -122,8 +122,12 @@ pub struct Fleet {
 pub trait Store: Send + Sync {
     /// Stores a validated report once. `bound_node` is true when the caller's token is bound to
     /// this node id; a fleet token may only report for the machine that first took the id.
-    async fn ingest(&self, report: &Report, bound_node: bool, now_ms: u64)
-    -> Result<Ingest, StoreError>;
+    async fn ingest(
+        &self,
+        report: &Report,
+        bound_node: bool,
+        now_ms: u64,
+    ) -> Result<Ingest, StoreError>;
     async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError>;
     async fn violations(&self, filter: &ViolationFilter) -> Result<Vec<Violation>, StoreError>;
     /// Top destinations and processes (by packets) since `since_ms`.
@@ -174,7 +178,10 @@ fn mode_from(text: &str) -> Result<Mode, StoreError> {
     }
 }
 
-fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+fn from_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    text: &str,
+) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|err| StoreError::Corrupt {
         what,
         message: err.to_string(),
@@ -184,4 +191,3 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> 
 fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain structs serialise")
 }
-

@@ -74,7 +74,10 @@ fn boxed(params: Vec<Param>) -> Vec<Boxed> {
 }
 
 fn refs(params: &[Boxed]) -> Vec<&(dyn ToSql + Sync)> {
-    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
 }
 
 impl PgStore {
@@ -99,7 +102,11 @@ fn fleet_from(row: &Row) -> Result<Fleet, StoreError> {
     Ok(Fleet {
         policy_version: row.get::<_, i64>(0) as u64,
         policy: row.get(1),
-        mode: row.get::<_, Option<String>>(2).as_deref().map(mode_from).transpose()?,
+        mode: row
+            .get::<_, Option<String>>(2)
+            .as_deref()
+            .map(mode_from)
+            .transpose()?,
         updated_ms: row.get::<_, Option<i64>>(3).map(|v| v as u64),
     })
 }
@@ -137,13 +144,19 @@ impl Store for PgStore {
             now_ms.into(),
         ]);
         let owner_row = tx
-            .query_opt("SELECT machine_id, reports FROM nodes WHERE node_id = $1 FOR UPDATE", &[&report.node_id])
+            .query_opt(
+                "SELECT machine_id, reports FROM nodes WHERE node_id = $1 FOR UPDATE",
+                &[&report.node_id],
+            )
             .await?;
         if owner_row.is_none() {
             tx.execute(&pg(query::INSERT_NODE), &refs(&insert)).await?;
         }
         let row = tx
-            .query_one("SELECT machine_id, reports FROM nodes WHERE node_id = $1 FOR UPDATE", &[&report.node_id])
+            .query_one(
+                "SELECT machine_id, reports FROM nodes WHERE node_id = $1 FOR UPDATE",
+                &[&report.node_id],
+            )
             .await?;
         let owner: String = row.get(0);
         let reports: i64 = row.get(1);
@@ -227,7 +240,8 @@ impl Store for PgStore {
         ]);
         tx.execute(&pg(query::COUNT_REPORT), &refs(&count)).await?;
         let state = boxed(query::node_state_params(report));
-        tx.execute(&pg(query::UPDATE_NODE_STATE), &refs(&state)).await?;
+        tx.execute(&pg(query::UPDATE_NODE_STATE), &refs(&state))
+            .await?;
         tx.commit().await?;
         Ok(Ingest::Stored)
     }
@@ -271,7 +285,9 @@ impl Store for PgStore {
     async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError> {
         let client = self.pool.get().await?;
         let params: [&(dyn ToSql + Sync); 2] = [&(since_ms as i64), &i64::from(limit)];
-        let destinations = client.query(&top_sql(query::TOP_DESTINATIONS), &params).await?;
+        let destinations = client
+            .query(&top_sql(query::TOP_DESTINATIONS), &params)
+            .await?;
         let processes = client
             .query(
                 &top_sql(query::TOP_PROCESSES).replace("NULL,", "NULL::text,"),
@@ -292,7 +308,8 @@ impl Store for PgStore {
     async fn set_policy(&self, text: &str, now_ms: u64) -> Result<Fleet, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute(&pg(query::SET_POLICY), &[&text, &(now_ms as i64)]).await?;
+        tx.execute(&pg(query::SET_POLICY), &[&text, &(now_ms as i64)])
+            .await?;
         tx.execute(query::RECORD_POLICY, &[]).await?;
         let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
         tx.commit().await?;
@@ -311,10 +328,16 @@ impl Store for PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let events = tx
-            .execute("DELETE FROM events WHERE received_ms < $1", &[&(before_ms as i64)])
+            .execute(
+                "DELETE FROM events WHERE received_ms < $1",
+                &[&(before_ms as i64)],
+            )
             .await?;
-        tx.execute("DELETE FROM reports WHERE received_ms < $1", &[&(before_ms as i64)])
-            .await?;
+        tx.execute(
+            "DELETE FROM reports WHERE received_ms < $1",
+            &[&(before_ms as i64)],
+        )
+        .await?;
         tx.commit().await?;
         Ok(events)
     }

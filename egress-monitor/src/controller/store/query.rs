@@ -96,7 +96,12 @@ pub fn node_state_params(report: &Report) -> Vec<Param> {
         report.identity.vm_id.clone().into(),
         report.mode.as_str().into(),
         report.policy.version.as_str().into(),
-        Param::Int(report.policy.fleet_version.map(|v| v.min(i64::MAX as u64) as i64)),
+        Param::Int(
+            report
+                .policy
+                .fleet_version
+                .map(|v| v.min(i64::MAX as u64) as i64),
+        ),
         report.policy.error.clone().into(),
         i64::from(report.interval_s).into(),
         report.created_ms.into(),
@@ -123,7 +128,11 @@ pub fn violations(filter: &ViolationFilter) -> (String, Vec<Param>) {
         push("node_id = ?N", node.as_str().into(), &mut params);
     }
     if let Some(destination) = &filter.destination {
-        push("(dst = ?N OR dst_name = ?N)", destination.as_str().into(), &mut params);
+        push(
+            "(dst = ?N OR dst_name = ?N)",
+            destination.as_str().into(),
+            &mut params,
+        );
     }
     if let Some(process) = &filter.process {
         push(
@@ -160,7 +169,8 @@ pub const TOP_PROCESSES: &str = "SELECT COALESCE(exe, comm, '(unknown)'), NULL, 
      FROM events WHERE ts_ms >= ?1 GROUP BY COALESCE(exe, comm, '(unknown)') \
      ORDER BY SUM(packets) DESC, COALESCE(exe, comm, '(unknown)') LIMIT ?2";
 
-pub const SELECT_FLEET: &str = "SELECT policy_version, policy, mode, updated_ms FROM fleet WHERE id = 1";
+pub const SELECT_FLEET: &str =
+    "SELECT policy_version, policy, mode, updated_ms FROM fleet WHERE id = 1";
 
 pub const SET_POLICY: &str = "UPDATE fleet SET policy_version = policy_version + 1, policy = ?1, updated_ms = ?2 WHERE id = 1";
 

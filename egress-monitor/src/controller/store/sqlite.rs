@@ -7,11 +7,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params_from_iter, types::Value};
+use rusqlite::{
+    Connection, OptionalExtension, TransactionBehavior, params_from_iter, types::Value,
+};
 
 use super::{
     Fleet, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter, from_json,
-    mode_from, query::{self, Param},
+    mode_from,
+    query::{self, Param},
 };
 use crate::{controller::wire::Report, policy::Mode};
 
@@ -96,7 +99,9 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let connection = Arc::clone(&self.connection);
         tokio::task::spawn_blocking(move || {
-            let mut guard = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut guard = connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             work(&mut guard)
         })
         .await?
@@ -116,7 +121,12 @@ fn fleet(connection: &Connection) -> Result<Fleet, StoreError> {
     })
 }
 
-fn top(connection: &Connection, sql: &str, since_ms: u64, limit: u32) -> Result<Vec<Top>, StoreError> {
+fn top(
+    connection: &Connection,
+    sql: &str,
+    since_ms: u64,
+    limit: u32,
+) -> Result<Vec<Top>, StoreError> {
     let mut statement = connection.prepare_cached(sql)?;
     let rows = statement.query_map((since_ms as i64, i64::from(limit)), |row| {
         Ok(Top {
@@ -286,8 +296,14 @@ impl Store for SqliteStore {
     async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
         self.with(move |connection| {
             let tx = connection.transaction()?;
-            let events = tx.execute("DELETE FROM events WHERE received_ms < ?1", [before_ms as i64])?;
-            tx.execute("DELETE FROM reports WHERE received_ms < ?1", [before_ms as i64])?;
+            let events = tx.execute(
+                "DELETE FROM events WHERE received_ms < ?1",
+                [before_ms as i64],
+            )?;
+            tx.execute(
+                "DELETE FROM reports WHERE received_ms < ?1",
+                [before_ms as i64],
+            )?;
             tx.commit()?;
             Ok(events as u64)
         })

@@ -1,0 +1,219 @@
+//! Two nodes and a controller: real daemons, each on its own namespaces, cgroup and bpf
+//! filesystem, report to a real controller on loopback. A violation on one node shows in the
+//! API and on the page; a fleet policy reaches both; the lockdown turns both to enforce; a
+//! controller killed while traffic goes on loses nothing and stores nothing twice.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use egress_monitor_tests::{
+    controller::{ADMIN_TOKEN, Api, Controller, ControllerFiles, browse},
+    netns::INTERNET_V4,
+};
+use serde_json::{Value, json};
+
+use crate::{Daemon, Node, Scratch, client, status_json};
+
+fn reporting_daemon(node: &Node, id: &str, controller: &str, files: &ControllerFiles) -> Daemon {
+    let spool = node.scratch.0.join("spool");
+    let token = files.dir.join("fleet.token");
+    node.daemon(&[
+        "--controller",
+        controller,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--node-id",
+        id,
+        "--report-interval",
+        "1",
+        "--flow-interval",
+        "1",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ])
+}
+
+fn node<'a>(nodes: &'a Value, id: &str) -> &'a Value {
+    nodes
+        .as_array()
+        .and_then(|all| all.iter().find(|n| n["node_id"] == id))
+        .unwrap_or(&Value::Null)
+}
+
+/// (destination, kind, packets) → how many events, from a list of events.
+fn tally<'a>(events: impl Iterator<Item = &'a Value>) -> BTreeMap<(String, String, u64), u32> {
+    let mut out = BTreeMap::new();
+    for event in events {
+        let key = (
+            event["dst"].as_str().unwrap_or("").to_owned(),
+            event["kind"].as_str().unwrap().to_owned(),
+            event["packets"].as_u64().unwrap(),
+        );
+        *out.entry(key).or_insert(0) += 1;
+    }
+    out
+}
+
+#[test]
+fn two_nodes_and_a_controller() {
+    let a = Node::new("fleet-a");
+    let b = Node::new("fleet-b");
+    let scratch = Scratch::new("fleet-controller");
+    let files = ControllerFiles::new(&scratch.0);
+    let db = files.sqlite();
+    let controller = Controller::start(&files, &db, 0, &[]);
+    let port = controller.port;
+    let url = controller.url.clone();
+    let api = Api::new(&url);
+    let daemon_a = reporting_daemon(&a, "node-a", &url, &files);
+    let daemon_b = reporting_daemon(&b, "node-b", &url, &files);
+    let wait = Duration::from_secs(20);
+
+    // Both register and observe.
+    api.wait("/api/v1/nodes", wait, |nodes| {
+        ["node-a", "node-b"]
+            .iter()
+            .all(|id| node(nodes, id)["state"] == "observing")
+    });
+
+    // A violation on node A: in the API, with the process that sent it (the executable is
+    // named only while the process lives; this one is gone by then), and not on node B.
+    assert_eq!(
+        a.send(IpAddr::V4(INTERNET_V4), 3),
+        0,
+        "observe mode drops nothing"
+    );
+    let found = api.wait("/api/v1/violations?node=node-a", wait, |v| {
+        v.as_array()
+            .is_some_and(|v| v.iter().any(|e| e["kind"] == "first"))
+    });
+    let first = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "first")
+        .unwrap();
+    assert_eq!(first["comm"], "em-testclient");
+    assert_eq!(first["dst"], INTERNET_V4.to_string());
+    assert_eq!(first["action"], "observed");
+    assert!(first["pid"].as_u64().is_some(), "{first:#}");
+    let (_, on_b) = api.get("/api/v1/violations?node=node-b", ADMIN_TOKEN);
+    assert_eq!(on_b, json!([]));
+    // And on the page, as a browser shows it.
+    let dom = browse(&format!("{url}/"), ADMIN_TOKEN, &scratch.0);
+    for needle in [
+        "data-node=\"node-a\"",
+        "data-node=\"node-b\"",
+        &format!("{INTERNET_V4}:7001"),
+        "em-testclient",
+    ] {
+        assert!(dom.contains(needle), "the page lacks `{needle}`:\n{dom}");
+    }
+
+    // A fleet policy reaches both nodes, and is live in their kernels.
+    let policy = "[[rule]]\nname = \"mirror\"\ncidr = \"203.0.113.0/24\"\naction = \"allow\"\n";
+    let (status, fleet) = api.put_policy(policy);
+    assert_eq!(status, 200, "{fleet}");
+    let version = fleet["version"].clone();
+    api.wait("/api/v1/nodes", wait, |nodes| {
+        ["node-a", "node-b"].iter().all(|id| {
+            let n = node(nodes, id);
+            n["fleet_version"] == version && n["converged"] == true && n["state"] == "observing"
+        })
+    });
+    assert_eq!(b.send(IpAddr::V4(INTERNET_V4), 4), 0);
+    let status = status_json(&b.bpffs.pin_path());
+    let mirror = status["rule_hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "mirror")
+        .unwrap_or_else(|| panic!("node B does not run the fleet policy: {status:#}"));
+    assert!(mirror["hits"].as_u64().unwrap() >= 4, "{mirror}");
+
+    // The lockdown: one call, both nodes enforce.
+    let (status, fleet) = api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "enforce"}));
+    assert_eq!(status, 200, "{fleet}");
+    api.wait("/api/v1/nodes", wait, |nodes| {
+        ["node-a", "node-b"]
+            .iter()
+            .all(|id| node(nodes, id)["state"] == "enforced")
+    });
+    for n in [&a, &b] {
+        assert_eq!(
+            n.send(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9)), 2),
+            2,
+            "dropped"
+        );
+        assert_eq!(status_json(&n.bpffs.pin_path())["mode"], "enforce");
+    }
+
+    // The controller dies while node A keeps sending; it comes back on the same database.
+    let sender = {
+        let client = client(&a.topology, Some(&a.cgroup));
+        std::thread::spawn(move || {
+            let mut refused = 0;
+            for i in 0..40u8 {
+                refused += client
+                    .udp(
+                        IpAddr::V4(Ipv4Addr::new(198, 51, 100, 20 + i)),
+                        7001,
+                        1,
+                        10,
+                        false,
+                    )
+                    .unwrap()
+                    .eperm;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            refused
+        })
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    controller.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let controller = Controller::start(&files, &db, port, &[]);
+    assert_eq!(sender.join().unwrap(), 40);
+    std::thread::sleep(Duration::from_millis(1500));
+    // The daemons stop: the last flows are swept and their reports delivered.
+    let (code_a, log_a) = daemon_a.stop();
+    let (code_b, _) = daemon_b.stop();
+    assert_eq!((code_a, code_b), (0, 0), "{log_a:#?}");
+    assert!(
+        log_a
+            .iter()
+            .any(|l| l.contains("reports wait in the spool")),
+        "node A never noticed the controller was gone: {log_a:#?}"
+    );
+
+    // Every event node A wrote, the controller has exactly once.
+    let written: Vec<Value> = std::fs::read_to_string(a.events())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| matches!(e["kind"].as_str(), Some("first" | "update" | "packet")))
+        .collect();
+    let (_, stored) = api.get("/api/v1/violations?node=node-a&limit=1000", ADMIN_TOKEN);
+    let stored = stored.as_array().unwrap();
+    let during_outage = stored
+        .iter()
+        .filter(|v| v["dst"].as_str().unwrap().starts_with("198.51.100."))
+        .count();
+    assert!(
+        during_outage >= 40,
+        "{during_outage} violations from the outage"
+    );
+    assert_eq!(
+        tally(stored.iter()),
+        tally(written.iter()),
+        "node A's events and the controller's differ"
+    );
+    let nodes = api.get("/api/v1/nodes", ADMIN_TOKEN).1;
+    let a_row = node(&nodes, "node-a");
+    assert_eq!(a_row["events"].as_u64().unwrap() as usize, written.len());
+    assert_eq!(a_row["health"]["spool_dropped_reports"], 0);
+    drop(controller);
+}
