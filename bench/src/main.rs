@@ -8,10 +8,13 @@
 //!    nftables with the same rules in interval sets, iptables with the same rules in ipsets.
 //! 3. [`flood`]: the denied path under a flood: packets dropped per second, events written.
 //! 4. [`daemon`]: resident memory at idle.
+//! 5. [`controller`]: 1,000 simulated nodes reporting to the controller, SQLite and PostgreSQL
+//!    (`--only controller` runs this part alone); written to `controller.{md,json}`.
 //!
 //! Everything runs in the benchmark's own namespaces, cgroups and bpf filesystems; every loop
 //! is bounded in count and time.
 
+mod controller;
 mod daemon;
 mod flood;
 mod report;
@@ -27,12 +30,19 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut out = PathBuf::from("bench/results");
     let mut quick = false;
+    let mut only_controller = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--out" => out = args.next().context("--out DIR")?.into(),
             "--quick" => quick = true,
+            "--only" => match args.next().as_deref() {
+                Some("controller") => only_controller = true,
+                other => anyhow::bail!("--only takes `controller`, not {other:?}"),
+            },
             other => {
-                anyhow::bail!("unknown argument {other}; usage: em-bench [--out DIR] [--quick]")
+                anyhow::bail!(
+                    "unknown argument {other}; usage: em-bench [--out DIR] [--quick] [--only controller]"
+                )
             }
         }
     }
@@ -40,6 +50,13 @@ fn main() -> anyhow::Result<()> {
     egress_monitor_tests::sweep_stale();
     let started = std::time::Instant::now();
     let machine = report::Machine::read();
+    eprintln!("== controller: 1,000 simulated nodes");
+    let fleet = controller::measure(quick)?;
+    report::write_controller(&fleet, &machine, &out)?;
+    println!("{}", controller::render(&fleet));
+    if only_controller {
+        return Ok(());
+    }
     eprintln!("== per-packet verdict cost (BPF_PROG_TEST_RUN)");
     let verdict = verdict::measure(
         if quick {

@@ -97,6 +97,29 @@ pub fn write(results: &Results, out: &Path) -> anyhow::Result<String> {
     Ok(markdown)
 }
 
+/// The controller's results: `controller.md` and `controller.json`.
+pub fn write_controller(
+    bench: &crate::controller::ControllerBench,
+    machine: &Machine,
+    out: &Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let header = format!(
+        "# egress-monitor controller benchmark\n\n{} · Linux {} · {} × {} · {:.0} GiB. The simulated \
+         nodes run on the same machine as the controller (and PostgreSQL).\n\n",
+        machine.date, machine.kernel, machine.cpus, machine.cpu, machine.memory_gib
+    );
+    std::fs::write(
+        out.join("controller.md"),
+        header + &crate::controller::render(bench),
+    )?;
+    std::fs::write(
+        out.join("controller.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"machine": machine, "controller": bench}))? + "\n",
+    )?;
+    Ok(())
+}
+
 fn markdown(r: &Results) -> String {
     let m = &r.machine;
     let mut out = format!(

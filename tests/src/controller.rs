@@ -241,6 +241,10 @@ impl Controller {
         panic!("the controller never logged `{needle}`: {:#?}", self.log);
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as in a crash.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -32,6 +32,10 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
             .arg(root().join("bench/results"))
             .args(args)
             .env("EGRESS_MONITOR_BIN", release.join("egress-monitor"))
+            .env(
+                crate::postgres::URL_VARIABLE,
+                crate::postgres::ensure_server()?,
+            )
             .env("EM_TESTCLIENT", release.join("em-testclient")),
     )
 }
