@@ -214,7 +214,13 @@ fn run_store(
     let step = INTERVAL / NODES as u32;
     let paced_schedule: Vec<(Duration, usize, u64)> = (0..paced_rounds)
         .flat_map(|round| {
-            (0..NODES).map(move |node| (INTERVAL * round as u32 + step * node as u32, node, round + 1))
+            (0..NODES).map(move |node| {
+                (
+                    INTERVAL * round as u32 + step * node as u32,
+                    node,
+                    round + 1,
+                )
+            })
         })
         .collect();
     eprintln!(
@@ -228,7 +234,10 @@ fn run_store(
             (0..NODES).map(move |node| (Duration::ZERO, node, paced_rounds + round + 1))
         })
         .collect();
-    eprintln!("   {store}: {} reports as fast as they go", capacity_schedule.len());
+    eprintln!(
+        "   {store}: {} reports as fast as they go",
+        capacity_schedule.len()
+    );
     let capacity = drive(&controller.url, &capacity_schedule, false, pid);
     let api = Api::new(&controller.url);
     let (status, nodes) = api.get("/api/v1/nodes", ADMIN_TOKEN);
@@ -262,7 +271,12 @@ fn db_size(db: &str) -> anyhow::Result<u64> {
             .sum());
     }
     let output = std::process::Command::new("psql")
-        .args([db, "-At", "-c", "SELECT pg_database_size(current_database())"])
+        .args([
+            db,
+            "-At",
+            "-c",
+            "SELECT pg_database_size(current_database())",
+        ])
         .output()?;
     String::from_utf8_lossy(&output.stdout)
         .trim()
@@ -279,7 +293,7 @@ pub fn measure(quick: bool) -> anyhow::Result<ControllerBench> {
     let (paced, capacity) = if quick { (2, 2) } else { (6, 4) };
     let result = (|| -> anyhow::Result<Vec<StoreRun>> {
         let sqlite = run_store("sqlite", &files.sqlite(), &files, paced, capacity)?;
-        let database = PgDatabase::new();
+        let database = PgDatabase::create();
         let postgres = run_store("postgres", &database.url(), &files, paced, capacity)?;
         Ok(vec![sqlite, postgres])
     })();

@@ -115,7 +115,9 @@ pub fn write_controller(
     )?;
     std::fs::write(
         out.join("controller.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"machine": machine, "controller": bench}))? + "\n",
+        serde_json::to_string_pretty(
+            &serde_json::json!({"machine": machine, "controller": bench}),
+        )? + "\n",
     )?;
     Ok(())
 }

@@ -20,7 +20,7 @@ use crate::{
 
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Controller(args) => controller(args),
         Command::Status { pins, json } => match status::status(&PinLayout::new(pins.pin_path)) {
             Ok(status) => print(&status, json, status::render),

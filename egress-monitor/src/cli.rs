@@ -39,7 +39,7 @@ pub enum Command {
   egress-monitor run --flow-interval 0 --metrics 127.0.0.1:9464
 
 SIGHUP re-reads the policy and applies the difference.")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The fleet controller: nodes report to it (`run --controller`); operators see every
     /// node's isolation state, the violations and the silent nodes, and set one policy and one
     /// mode for the fleet, over an authenticated JSON API and a web page at `/`.

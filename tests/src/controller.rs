@@ -46,7 +46,7 @@ fn psql(url: &str, sql: &str) {
 }
 
 impl PgDatabase {
-    pub fn new() -> PgDatabase {
+    pub fn create() -> PgDatabase {
         let admin_url = postgres_url();
         let name = format!("em_test_{}", crate::unique_id().replace('-', "_"));
         psql(&admin_url, &format!("CREATE DATABASE {name}"));

@@ -395,7 +395,7 @@ fn api_contract_on_sqlite() {
 #[test]
 fn api_contract_on_postgres() {
     let scratch = Scratch::new("api-postgres");
-    let database = PgDatabase::new();
+    let database = PgDatabase::create();
     contract(&database.url(), &scratch);
 }
 
@@ -404,7 +404,7 @@ fn api_contract_on_postgres() {
 #[test]
 fn replicas_share_one_postgres_database() {
     let scratch = Scratch::new("replicas");
-    let database = PgDatabase::new();
+    let database = PgDatabase::create();
     let files = ControllerFiles::new(&scratch.0);
     let one = Controller::start(&files, &database.url(), 0, &[]);
     let two = Controller::start(&files, &database.url(), 0, &[]);

@@ -144,6 +144,77 @@ fn a_bad_policy_is_refused_before_anything_is_attached() {
 }
 
 #[test]
+fn bad_controller_settings_are_refused_before_anything_is_attached() {
+    require_root();
+    let cgroup = Cgroup::new().unwrap();
+    let token = scratch_file("node.token", "fleet-token-0123456789abcdef\n");
+    let short = scratch_file("short.token", "short\n");
+    let spool =
+        std::env::temp_dir().join(format!("em-{}-spool", egress_monitor_tests::unique_id()));
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--controller", "http://127.0.0.1:1"],
+            "--token-file <FILE>",
+        ),
+        (
+            &["--token-file", token.to_str().unwrap()],
+            "--controller <URL>",
+        ),
+        (
+            &[
+                "--controller",
+                "ftp://controller",
+                "--token-file",
+                token.to_str().unwrap(),
+            ],
+            "--controller must be an http:// or https:// URL, not `ftp://controller`",
+        ),
+        (
+            &[
+                "--controller",
+                "http://127.0.0.1:1",
+                "--token-file",
+                short.to_str().unwrap(),
+            ],
+            "no token in the file (one line, at least 16 characters)",
+        ),
+        (
+            &[
+                "--controller",
+                "http://127.0.0.1:1",
+                "--token-file",
+                token.to_str().unwrap(),
+                "--node-id",
+                "not a name",
+            ],
+            "a node id is 1-128 letters",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut full = vec!["run", "--cgroup", cgroup.path.to_str().unwrap()];
+        full.extend(["--spool-dir", spool.to_str().unwrap()]);
+        full.extend_from_slice(args);
+        let output = run(&full);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert_eq!(attached(&cgroup).trim(), "", "nothing may be attached");
+    }
+    for path in [token, short, spool] {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
+
+#[test]
 fn a_missing_cgroup_or_interface_is_one_sentence_and_exit_3() {
     require_root();
     for (args, sentence) in [
