@@ -217,3 +217,82 @@ fn two_nodes_and_a_controller() {
     assert_eq!(a_row["health"]["spool_dropped_reports"], 0);
     drop(controller);
 }
+
+/// A controller that stays away longer than the spool holds: the oldest reports go, and the
+/// node says how many events went with them. Stored and dropped add up to every event written.
+#[test]
+fn a_full_spool_drops_the_oldest_and_says_so() {
+    let a = Node::new("spool-full");
+    let scratch = Scratch::new("spool-controller");
+    let files = ControllerFiles::new(&scratch.0);
+    let port = egress_monitor_tests::controller::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let spool = a.scratch.0.join("spool");
+    let token = files.dir.join("fleet.token");
+    let mut daemon = a.daemon(&[
+        "--controller",
+        &url,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--node-id",
+        "node-s",
+        "--report-interval",
+        "1",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+        "--spool-max-mb",
+        "1",
+    ]);
+    // 4,000 new flows (to 198.51.100.1, ports 1024 on), each an event of about 450 bytes in a
+    // report: more than 1 MiB.
+    let sent = client(&a.topology, Some(&a.cgroup))
+        .udp_spray(Ipv4Addr::new(198, 51, 100, 77), 4_000, 10)
+        .unwrap();
+    assert_eq!(sent.ok, 4_000);
+    daemon.wait_for("the spool is full", Duration::from_secs(20));
+    let controller = Controller::start(&files, &files.sqlite(), port, &[]);
+    let api = Api::new(&controller.url);
+    api.wait("/api/v1/nodes", Duration::from_secs(20), |nodes| {
+        node(nodes, "node-s")["health"]["spool_pending"] == 0
+    });
+    // Once the controller is back, events arrive again: 50 more flows (a new socket).
+    let more = client(&a.topology, Some(&a.cgroup))
+        .udp_spray(Ipv4Addr::new(198, 51, 100, 77), 50, 10)
+        .unwrap();
+    assert_eq!(more.ok, 50);
+    api.wait("/api/v1/nodes", Duration::from_secs(20), |nodes| {
+        let row = node(nodes, "node-s");
+        row["events"].as_u64().unwrap_or(0)
+            + row["health"]["spool_dropped_events"].as_u64().unwrap_or(0)
+            >= 4_050
+    });
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    let written = std::fs::read_to_string(a.events())
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"first\"") || l.contains("\"kind\":\"update\""))
+        .count() as u64;
+    assert!(written >= 4_050, "{written} events written");
+    let nodes = api.get("/api/v1/nodes", ADMIN_TOKEN).1;
+    let row = node(&nodes, "node-s");
+    let stored = row["events"].as_u64().unwrap();
+    let dropped = row["health"]["spool_dropped_events"].as_u64().unwrap();
+    assert!(
+        row["health"]["spool_dropped_reports"].as_u64().unwrap() >= 1,
+        "{row:#}"
+    );
+    assert!(
+        dropped > 0 && stored >= 50,
+        "stored {stored}, dropped {dropped}"
+    );
+    assert_eq!(stored + dropped, written, "{row:#}");
+    assert!(
+        row["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("its full spool dropped")),
+        "{row:#}"
+    );
+}
