@@ -234,18 +234,8 @@ fn run(args: RunArgs) -> ExitCode {
             imds_url: args.imds_url.clone(),
         }),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => return fail(&err, ExitStatus::Failure),
-    };
-    // The handlers are installed before anything else happens: a signal that arrives while
-    // the daemon starts must stop it cleanly, not kill it half-way.
-    let _context = runtime.enter();
-    let stop = match stop_signal() {
-        Ok(stop) => stop,
+    let (runtime, stop) = match runtime_and_stop(tokio::runtime::Builder::new_current_thread()) {
+        Ok(both) => both,
         Err(err) => return fail(&err, ExitStatus::Failure),
     };
     match runtime.block_on(daemon::run(config, stop)) {
@@ -263,16 +253,8 @@ fn controller(args: ControllerArgs) -> ExitCode {
         tls: args.tls_cert.zip(args.tls_key),
         retention: std::time::Duration::from_secs(u64::from(args.retention_days) * 86_400),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => return fail(&err, ExitStatus::Failure),
-    };
-    let _context = runtime.enter();
-    let stop = match stop_signal() {
-        Ok(stop) => stop,
+    let (runtime, stop) = match runtime_and_stop(tokio::runtime::Builder::new_multi_thread()) {
+        Ok(both) => both,
         Err(err) => return fail(&err, ExitStatus::Failure),
     };
     runtime.block_on(async {
@@ -298,6 +280,22 @@ fn controller(args: ControllerArgs) -> ExitCode {
             Err(err) => fail(&err, ExitStatus::Failure),
         }
     })
+}
+
+/// Builds the runtime and installs the stop handlers in it at once: a signal that arrives
+/// while the service starts must stop it cleanly, not kill it half-way.
+fn runtime_and_stop(
+    mut builder: tokio::runtime::Builder,
+) -> std::io::Result<(
+    tokio::runtime::Runtime,
+    impl std::future::Future<Output = ()>,
+)> {
+    let runtime = builder.enable_all().build()?;
+    let stop = {
+        let _context = runtime.enter();
+        stop_signal()?
+    };
+    Ok((runtime, stop))
 }
 
 /// Installs SIGINT and SIGTERM handlers now; the future completes on either.

@@ -3,14 +3,14 @@
 //! real browser (Debian's chromium, headless) renders it.
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+
+use crate::logged::Logged;
 
 pub const ADMIN_TOKEN: &str = "admin-token-7f3a9c1e5b2d4f60";
 pub const FLEET_TOKEN: &str = "fleet-token-2c8e4a6b1d9f3e57";
@@ -171,9 +171,7 @@ impl ControllerFiles {
 
 /// A running controller; killed on drop.
 pub struct Controller {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    pub log: Vec<String>,
+    process: Logged,
     pub url: String,
     pub port: u16,
 }
@@ -183,79 +181,33 @@ impl Controller {
     pub fn start(files: &ControllerFiles, db: &str, port: u16, extra: &[&str]) -> Controller {
         let port = if port == 0 { free_port() } else { port };
         let listen = format!("127.0.0.1:{port}");
-        let mut child = Command::new(crate::daemon_binary())
+        let mut command = Command::new(crate::daemon_binary());
+        command
             .args(["controller", "--listen", &listen, "--db", db])
             .arg("--admin-token-file")
             .arg(files.dir.join("admin.token"))
             .arg("--node-token-file")
             .arg(files.dir.join("nodes.token"))
             .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the controller");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut controller = Controller {
-            child,
-            stderr: receiver,
-            log: Vec::new(),
-            url: String::new(),
-            port,
-        };
-        let line = controller.wait_for("controller at ", Duration::from_secs(20));
-        controller.url = line
+            .env("RUST_LOG", "info");
+        let mut process = Logged::spawn(&mut command, "the controller");
+        let line = process.wait_for("controller at ", Duration::from_secs(20));
+        let url = line
             .split("controller at ")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
             .expect("the controller logs its URL")
             .to_owned();
-        controller
-    }
-
-    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(100)) {
-                self.log.push(line.clone());
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(200)) {
-                    self.log.push(line);
-                }
-                panic!("the controller exited ({status}): {:#?}", self.log);
-            }
-        }
-        panic!("the controller never logged `{needle}`: {:#?}", self.log);
+        Controller { process, url, port }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.child.id()
     }
 
     /// SIGKILL, as in a crash.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 }
 

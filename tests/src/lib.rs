@@ -19,6 +19,7 @@ pub mod cgroup;
 pub mod client;
 pub mod controller;
 pub mod dns;
+pub mod logged;
 pub mod netns;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -112,4 +113,21 @@ pub fn sweep_stale() {
     netns::sweep_stale();
     cgroup::sweep_stale();
     bpffs::sweep_stale();
+}
+
+/// A scratch directory under the system's temporary directory, removed on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("em-{}-{name}", unique_id()));
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

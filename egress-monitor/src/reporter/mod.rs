@@ -31,7 +31,9 @@ use self::{
     spool::{Spool, SpoolError},
 };
 use crate::{
-    controller::wire::{Desired, Health, Identity, NodeCounters, PolicyState, Report},
+    controller::wire::{
+        Desired, FlowEvent, Health, Identity, MAX_REPORT_BYTES, NodeCounters, PolicyState, Report,
+    },
     pins::PinLayout,
     policy::Mode,
 };
@@ -198,12 +200,7 @@ impl Reporter {
                 Err(err) => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(10) {
-                        let pending = self
-                            .spool
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entries()
-                            .len();
+                        let pending = self.pending();
                         log::warn!(
                             "{err}; {pending} reports wait in the spool (retry in {} s; failure {failures})",
                             backoff.as_secs()
@@ -243,42 +240,42 @@ impl Reporter {
             let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 let events = shared.feed.take();
-                let (mode, version, attachments, counters) = match &snapshot {
-                    Some(status) => (
-                        status.mode,
-                        status.policy_version.clone(),
-                        status.attached.len() as u32,
-                        node_counters(&status.counters),
-                    ),
-                    None => (Mode::Observe, String::new(), 0, NodeCounters::default()),
-                };
-                let state = spool.state().clone();
-                let report = Report {
-                    node_id: config.node_id.clone(),
-                    stream: state.stream,
-                    seq: spool.next_seq(),
-                    created_ms: crate::controller::view::now_ms(),
-                    interval_s: config.interval.as_secs().clamp(1, 3600) as u32,
-                    identity: identity.clone(),
-                    mode,
-                    policy: PolicyState {
-                        version,
-                        fleet_version: fleet.policy_version,
-                        error: fleet.error.clone(),
-                    },
-                    counters,
-                    health: Health {
-                        attachments,
-                        events_lost: snapshot.as_ref().map_or(0, |s| s.counters.events_lost),
-                        uptime_s: uptime,
-                        spool_dropped_reports: state.dropped_reports,
-                        spool_dropped_events: state.dropped_events + shared.feed.dropped(),
-                        spool_pending: spool.entries().len() as u64,
-                    },
-                    events,
-                };
-                let body = serde_json::to_vec(&report).expect("plain structs serialise");
-                spool.push(report.seq, report.events.len() as u64, &body)?;
+                spool_events(&mut spool, events, |events, spool| {
+                    let (mode, version, attachments, counters) = match &snapshot {
+                        Some(status) => (
+                            status.mode,
+                            status.policy_version.clone(),
+                            status.attached.len() as u32,
+                            node_counters(&status.counters),
+                        ),
+                        None => (Mode::Observe, String::new(), 0, NodeCounters::default()),
+                    };
+                    let state = spool.state();
+                    Report {
+                        node_id: config.node_id.clone(),
+                        stream: state.stream.clone(),
+                        seq: spool.next_seq(),
+                        created_ms: crate::controller::view::now_ms(),
+                        interval_s: config.interval.as_secs().clamp(1, 3600) as u32,
+                        identity: identity.clone(),
+                        mode,
+                        policy: PolicyState {
+                            version,
+                            fleet_version: fleet.policy_version,
+                            error: fleet.error.clone(),
+                        },
+                        counters,
+                        health: Health {
+                            attachments,
+                            events_lost: snapshot.as_ref().map_or(0, |s| s.counters.events_lost),
+                            uptime_s: uptime,
+                            spool_dropped_reports: state.dropped_reports,
+                            spool_dropped_events: state.dropped_events + shared.feed.dropped(),
+                            spool_pending: spool.entries().len() as u64,
+                        },
+                        events,
+                    }
+                })?;
                 if shared.feed.is_empty() {
                     return Ok(());
                 }
@@ -342,17 +339,21 @@ impl Reporter {
         .unwrap_or_else(|err| panic!("the delivery task panicked: {err}"))
     }
 
+    /// Reports waiting in the spool.
+    fn pending(&self) -> usize {
+        self.spool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries()
+            .len()
+    }
+
     async fn final_delivery(&self) {
         match self.deliver(Some(Instant::now() + FINAL_DELIVERY)).await {
             Ok(_) => {}
             Err(err) => log::warn!("{err}; the spooled reports go when the daemon runs again"),
         }
-        let pending = self
-            .spool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entries()
-            .len();
+        let pending = self.pending();
         if pending > 0 {
             log::info!(
                 "{pending} reports stay in {} for the next run",
@@ -412,6 +413,30 @@ impl Reporter {
     }
 }
 
+/// Spools `events` as one report, or, when that would be larger than the controller takes, as
+/// several: halved until each fits (each its own sequence number), in order.
+fn spool_events(
+    spool: &mut Spool,
+    events: Vec<FlowEvent>,
+    make: impl Fn(Vec<FlowEvent>, &Spool) -> Report,
+) -> Result<(), SpoolError> {
+    // Batches still to spool, the next on top.
+    let mut batches = vec![events];
+    while let Some(events) = batches.pop() {
+        let report = make(events, spool);
+        let body = serde_json::to_vec(&report).expect("plain structs serialise");
+        if body.len() > MAX_REPORT_BYTES && report.events.len() > 1 {
+            let mut first = report.events;
+            let second = first.split_off(first.len() / 2);
+            batches.push(second);
+            batches.push(first);
+            continue;
+        }
+        spool.push(report.seq, report.events.len() as u64, &body)?;
+    }
+    Ok(())
+}
+
 fn node_counters(counters: &crate::datapath::Counters) -> NodeCounters {
     let hooks = [&counters.cgroup, &counters.tc];
     NodeCounters {
@@ -433,4 +458,80 @@ fn jitter(base: Duration) -> Duration {
         .map_or(0, |d| d.subsec_nanos());
     let factor = 0.8 + f64::from(nanos % 1000) / 1000.0 * 0.4;
     base.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(exe: &str) -> FlowEvent {
+        FlowEvent {
+            ts_ms: 1_800_000_000_000,
+            kind: "first".into(),
+            hook: "cgroup".into(),
+            action: "dropped".into(),
+            proto: "tcp".into(),
+            src: None,
+            dst: Some("203.0.113.1".parse().unwrap()),
+            dst_port: Some(443),
+            dst_name: None,
+            rule: "default".into(),
+            pid: Some(1),
+            comm: None,
+            exe: Some(exe.into()),
+            cgroup: None,
+            packets: 1,
+            bytes: 60,
+        }
+    }
+
+    fn report(events: Vec<FlowEvent>, spool: &Spool) -> Report {
+        Report {
+            node_id: "n".into(),
+            stream: spool.state().stream.clone(),
+            seq: spool.next_seq(),
+            created_ms: 1_800_000_000_000,
+            interval_s: 10,
+            identity: Identity {
+                hostname: "h".into(),
+                machine_id: "m".into(),
+                vm_id: None,
+            },
+            mode: Mode::Enforce,
+            policy: PolicyState {
+                version: String::new(),
+                fleet_version: None,
+                error: None,
+            },
+            counters: NodeCounters::default(),
+            health: Health::default(),
+            events,
+        }
+    }
+
+    #[test]
+    fn reports_too_large_for_the_controller_are_split_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 30).unwrap();
+        // 5,000 events with 4 KiB paths: about 20 MiB in one report.
+        let long = "/x".repeat(2_000);
+        let events: Vec<FlowEvent> = (0..5_000).map(|i| event(&format!("{long}{i}"))).collect();
+        spool_events(&mut spool, events, report).unwrap();
+        let entries = spool.entries().to_vec();
+        assert!(entries.len() >= 3, "{} reports", entries.len());
+        let mut next = 0;
+        for (i, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.seq, i as u64 + 1);
+            assert!(entry.bytes as usize <= MAX_REPORT_BYTES);
+            let body: Report = serde_json::from_slice(&spool.read(entry).unwrap()).unwrap();
+            for event in &body.events {
+                assert_eq!(event.exe.as_deref(), Some(format!("{long}{next}").as_str()));
+                next += 1;
+            }
+        }
+        assert_eq!(next, 5_000);
+        // A small batch stays one report.
+        spool_events(&mut spool, vec![event("/bin/sh")], report).unwrap();
+        assert_eq!(spool.entries().len(), entries.len() + 1);
+    }
 }

@@ -6,9 +6,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use egress_monitor_tests::controller::{
-    ADMIN_TOKEN, Api, BOUND_NODE, BOUND_TOKEN, Controller, ControllerFiles, FLEET_TOKEN,
-    PgDatabase, browse,
+use egress_monitor_tests::{
+    Scratch,
+    controller::{
+        ADMIN_TOKEN, Api, BOUND_NODE, BOUND_TOKEN, Controller, ControllerFiles, FLEET_TOKEN,
+        PgDatabase, browse,
+    },
 };
 use serde_json::{Value, json};
 
@@ -17,24 +20,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-/// A scratch directory removed at the end.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("em-{}-{name}", egress_monitor_tests::unique_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn event(dst: &str, exe: &str, packets: u64) -> Value {
@@ -71,6 +56,25 @@ fn violations(api: &Api, query: &str) -> Vec<Value> {
     let (status, body) = api.get(&format!("/api/v1/violations{query}"), ADMIN_TOKEN);
     assert_eq!(status, 200, "{body}");
     body.as_array().unwrap().clone()
+}
+
+/// Sends a report's headers announcing `length` bytes, and no body: the answer as text.
+fn announce_only(url: &str, length: usize) -> String {
+    use std::io::{Read as _, Write as _};
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /api/v1/reports HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {FLEET_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = vec![0; 4096];
+    let n = stream.read(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
 }
 
 fn expect_refused(answer: (u16, Value), status: u16, message: &str) {
@@ -176,8 +180,13 @@ fn contract(db: &str, scratch: &Scratch) {
         422,
         "at most 5000 events",
     );
-    let huge = vec![b' '; 9 << 20];
-    expect_refused(send(&huge, "application/json"), 413, "");
+    // A 9 MiB body is refused from its announced length, before it is sent.
+    let answer = announce_only(&controller.url, 9 << 20);
+    assert!(
+        answer.starts_with("HTTP/1.1 413")
+            && answer.contains("a request body is at most 8388608 bytes"),
+        "{answer}"
+    );
     assert!(nodes(&api).is_empty(), "a refused report stored something");
     assert!(violations(&api, "").is_empty());
 

@@ -18,11 +18,9 @@ mod fleet;
 mod flows;
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::IpAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::mpsc,
+    path::Path,
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
@@ -33,11 +31,13 @@ use egress_monitor::{
     policy::{CommandLineRules, Mode, Policy},
     state::StateFile,
 };
+pub use egress_monitor_tests::Scratch;
 use egress_monitor_tests::{
     bpffs::BpfFs,
     cgroup::Cgroup,
     client::Client,
     daemon_binary,
+    logged::Logged,
     netns::{NODE_IF, Topology, UDP_PORT},
     require_root, sweep_stale,
 };
@@ -158,12 +158,21 @@ pub fn rule_id(names: &StateFile, name: &str) -> usize {
         .id as usize
 }
 
-/// A running daemon; killed on drop if a test fails before stopping it.
-pub struct Daemon {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    /// Every line it logged so far.
-    pub log: Vec<String>,
+/// A running daemon (its log read as it runs); killed on drop if a test fails before
+/// stopping it.
+pub struct Daemon(Logged);
+
+impl std::ops::Deref for Daemon {
+    type Target = Logged;
+    fn deref(&self) -> &Logged {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Logged {
+        &mut self.0
+    }
 }
 
 impl Daemon {
@@ -179,89 +188,24 @@ impl Daemon {
             None => Command::new(daemon_binary()),
         };
         command.arg("run").args(args);
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start egress-monitor");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (sender, receiver) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut daemon = Daemon {
-            child,
-            stderr: receiver,
-            log: Vec::new(),
-        };
+        let mut daemon = Daemon(Logged::spawn(&mut command, "egress-monitor"));
         daemon.wait_for("rules loaded", Duration::from_secs(20));
         daemon
     }
 
-    pub fn wait_for(&mut self, needle: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(100)) {
-                let found = line.contains(needle);
-                self.log.push(line);
-                if found {
-                    return;
-                }
-            }
-        }
-        panic!(
-            "egress-monitor never logged `{needle}`; its log: {:#?}",
-            self.log
-        );
-    }
-
-    /// Sends a signal.
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-
     /// SIGKILL: no chance to clean up, as in a crash.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.kill();
     }
 
     /// SIGTERM, then the exit status and the whole log.
     pub fn stop(mut self) -> (i32, Vec<String>) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "egress-monitor did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_millis(500)) {
-            self.log.push(line);
-        }
+        let status = self.0.terminate(Duration::from_secs(20));
         use std::os::unix::process::ExitStatusExt as _;
         if let Some(signal) = status.signal() {
             self.log.push(format!("(killed by signal {signal})"));
         }
         (status.code().unwrap_or(-1), std::mem::take(&mut self.log))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -338,23 +282,6 @@ pub fn event_lines(path: &Path, count: usize) -> Vec<Value> {
             return lines;
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    pub fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("em-{}-{name}", egress_monitor_tests::unique_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

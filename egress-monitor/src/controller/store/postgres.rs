@@ -15,39 +15,6 @@ use super::{
 };
 use crate::{controller::wire::Report, policy::Mode};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS nodes (
-    node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, machine_id TEXT NOT NULL, vm_id TEXT,
-    mode TEXT NOT NULL, policy_version TEXT NOT NULL, fleet_version BIGINT, policy_error TEXT,
-    interval_s BIGINT NOT NULL, first_seen_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL,
-    report_created_ms BIGINT NOT NULL, stream TEXT NOT NULL, last_seq BIGINT NOT NULL,
-    counters TEXT NOT NULL, health TEXT NOT NULL, reports BIGINT NOT NULL, events BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS reports (
-    node_id TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL,
-    received_ms BIGINT NOT NULL, events BIGINT NOT NULL,
-    PRIMARY KEY (node_id, stream, seq)
-);
-CREATE TABLE IF NOT EXISTS events (
-    id BIGSERIAL PRIMARY KEY, node_id TEXT NOT NULL, received_ms BIGINT NOT NULL,
-    ts_ms BIGINT NOT NULL, kind TEXT NOT NULL, hook TEXT NOT NULL, action TEXT NOT NULL,
-    proto TEXT NOT NULL, src TEXT, dst TEXT, dst_port BIGINT, dst_name TEXT, rule TEXT NOT NULL,
-    pid BIGINT, comm TEXT, exe TEXT, process TEXT, cgroup TEXT,
-    packets BIGINT NOT NULL, bytes BIGINT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_node ON events (node_id, id);
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms);
-CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
-CREATE TABLE IF NOT EXISTS fleet (
-    id BIGINT PRIMARY KEY CHECK (id = 1), policy_version BIGINT NOT NULL, policy TEXT,
-    mode TEXT, updated_ms BIGINT
-);
-INSERT INTO fleet (id, policy_version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
-CREATE TABLE IF NOT EXISTS policies (
-    version BIGINT PRIMARY KEY, policy TEXT NOT NULL, set_ms BIGINT NOT NULL
-);
-";
-
 /// Inserts a report's events in one statement: the node and time once, each column an array.
 const INSERT_EVENTS: &str = "INSERT INTO events (node_id, received_ms, ts_ms, kind, hook, action, proto, src, dst, \
      dst_port, dst_name, rule, pid, comm, exe, process, cgroup, packets, bytes) \
@@ -91,7 +58,8 @@ impl PgStore {
         // Replicas starting together: the schema is created under an advisory lock.
         client
             .batch_execute(&format!(
-                "SELECT pg_advisory_lock(7266420); {SCHEMA} SELECT pg_advisory_unlock(7266420);"
+                "SELECT pg_advisory_lock(7266420); {} SELECT pg_advisory_unlock(7266420);",
+                query::schema("BIGSERIAL PRIMARY KEY", "")
             ))
             .await?;
         Ok(PgStore { pool })

@@ -36,6 +36,46 @@ impl From<Option<String>> for Param {
     }
 }
 
+/// The schema, in the types both databases take (SQLite reads `BIGINT` as an integer):
+/// `serial` is each store's auto-increment primary key, `without_rowid` SQLite's storage hint
+/// for the report keys.
+pub fn schema(serial: &str, without_rowid: &str) -> String {
+    format!(
+        r#"
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, machine_id TEXT NOT NULL, vm_id TEXT,
+    mode TEXT NOT NULL, policy_version TEXT NOT NULL, fleet_version BIGINT, policy_error TEXT,
+    interval_s BIGINT NOT NULL, first_seen_ms BIGINT NOT NULL, last_seen_ms BIGINT NOT NULL,
+    report_created_ms BIGINT NOT NULL, stream TEXT NOT NULL, last_seq BIGINT NOT NULL,
+    counters TEXT NOT NULL, health TEXT NOT NULL, reports BIGINT NOT NULL, events BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reports (
+    node_id TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL,
+    received_ms BIGINT NOT NULL, events BIGINT NOT NULL,
+    PRIMARY KEY (node_id, stream, seq)
+) {without_rowid};
+CREATE TABLE IF NOT EXISTS events (
+    id {serial}, node_id TEXT NOT NULL, received_ms BIGINT NOT NULL,
+    ts_ms BIGINT NOT NULL, kind TEXT NOT NULL, hook TEXT NOT NULL, action TEXT NOT NULL,
+    proto TEXT NOT NULL, src TEXT, dst TEXT, dst_port BIGINT, dst_name TEXT, rule TEXT NOT NULL,
+    pid BIGINT, comm TEXT, exe TEXT, process TEXT, cgroup TEXT,
+    packets BIGINT NOT NULL, bytes BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_node ON events (node_id, id);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
+CREATE TABLE IF NOT EXISTS fleet (
+    id BIGINT PRIMARY KEY CHECK (id = 1), policy_version BIGINT NOT NULL, policy TEXT,
+    mode TEXT, updated_ms BIGINT
+);
+INSERT INTO fleet (id, policy_version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS policies (
+    version BIGINT PRIMARY KEY, policy TEXT NOT NULL, set_ms BIGINT NOT NULL
+);
+"#
+    )
+}
+
 /// PostgreSQL's placeholders for SQLite's.
 pub fn pg(sql: &str) -> String {
     sql.replace('?', "$")

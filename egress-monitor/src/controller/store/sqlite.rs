@@ -18,39 +18,6 @@ use super::{
 };
 use crate::{controller::wire::Report, policy::Mode};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS nodes (
-    node_id TEXT PRIMARY KEY, hostname TEXT NOT NULL, machine_id TEXT NOT NULL, vm_id TEXT,
-    mode TEXT NOT NULL, policy_version TEXT NOT NULL, fleet_version INTEGER, policy_error TEXT,
-    interval_s INTEGER NOT NULL, first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
-    report_created_ms INTEGER NOT NULL, stream TEXT NOT NULL, last_seq INTEGER NOT NULL,
-    counters TEXT NOT NULL, health TEXT NOT NULL, reports INTEGER NOT NULL, events INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS reports (
-    node_id TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL, events INTEGER NOT NULL,
-    PRIMARY KEY (node_id, stream, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, node_id TEXT NOT NULL, received_ms INTEGER NOT NULL,
-    ts_ms INTEGER NOT NULL, kind TEXT NOT NULL, hook TEXT NOT NULL, action TEXT NOT NULL,
-    proto TEXT NOT NULL, src TEXT, dst TEXT, dst_port INTEGER, dst_name TEXT, rule TEXT NOT NULL,
-    pid INTEGER, comm TEXT, exe TEXT, process TEXT, cgroup TEXT,
-    packets INTEGER NOT NULL, bytes INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_node ON events (node_id, id);
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ms);
-CREATE INDEX IF NOT EXISTS events_received ON events (received_ms);
-CREATE TABLE IF NOT EXISTS fleet (
-    id INTEGER PRIMARY KEY CHECK (id = 1), policy_version INTEGER NOT NULL, policy TEXT,
-    mode TEXT, updated_ms INTEGER
-);
-INSERT INTO fleet (id, policy_version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
-CREATE TABLE IF NOT EXISTS policies (
-    version INTEGER PRIMARY KEY, policy TEXT NOT NULL, set_ms INTEGER NOT NULL
-);
-";
-
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
     path: std::path::PathBuf,
@@ -82,7 +49,10 @@ impl SqliteStore {
             connection.busy_timeout(std::time::Duration::from_secs(10))?;
             connection.pragma_update(None, "journal_mode", "WAL")?;
             connection.pragma_update(None, "synchronous", "FULL")?;
-            connection.execute_batch(SCHEMA)?;
+            connection.execute_batch(&query::schema(
+                "INTEGER PRIMARY KEY AUTOINCREMENT",
+                "WITHOUT ROWID",
+            ))?;
             Ok(connection)
         })
         .await??;
