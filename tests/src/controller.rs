@@ -179,7 +179,7 @@ pub struct Controller {
 impl Controller {
     /// Starts one on `port` (0: any free one) and waits until it serves.
     pub fn start(files: &ControllerFiles, db: &str, port: u16, extra: &[&str]) -> Controller {
-        let port = if port == 0 { free_port() } else { port };
+        let port = if port == 0 { crate::free_port() } else { port };
         let listen = format!("127.0.0.1:{port}");
         let mut command = Command::new(crate::daemon_binary());
         command
@@ -209,14 +209,6 @@ impl Controller {
     pub fn kill(mut self) {
         self.process.kill();
     }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An HTTP client for the API: every call returns the status and the JSON body (or the text

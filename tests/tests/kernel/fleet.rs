@@ -225,7 +225,7 @@ fn a_full_spool_drops_the_oldest_and_says_so() {
     let a = Node::new("spool-full");
     let scratch = Scratch::new("spool-controller");
     let files = ControllerFiles::new(&scratch.0);
-    let port = egress_monitor_tests::controller::free_port();
+    let port = egress_monitor_tests::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let spool = a.scratch.0.join("spool");
     let token = files.dir.join("fleet.token");

@@ -31,7 +31,7 @@ use egress_monitor::{
     policy::{CommandLineRules, Mode, Policy},
     state::StateFile,
 };
-pub use egress_monitor_tests::Scratch;
+pub use egress_monitor_tests::{Scratch, free_port};
 use egress_monitor_tests::{
     bpffs::BpfFs,
     cgroup::Cgroup,
@@ -309,15 +309,6 @@ pub fn stderr(output: &Output) -> String {
 
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `GET /metrics` over plain HTTP/1.1.

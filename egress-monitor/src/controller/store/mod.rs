@@ -7,6 +7,7 @@
 
 pub mod postgres;
 mod query;
+mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;

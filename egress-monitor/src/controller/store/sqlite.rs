@@ -12,9 +12,9 @@ use rusqlite::{
 };
 
 use super::{
-    Fleet, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter, from_json,
-    mode_from,
+    Fleet, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter, mode_from,
     query::{self, Param},
+    rows,
 };
 use crate::{controller::wire::Report, policy::Mode};
 
@@ -189,25 +189,7 @@ impl Store for SqliteStore {
             let mut rows = statement.query([])?;
             let mut nodes = Vec::new();
             while let Some(row) = rows.next()? {
-                nodes.push(NodeRow {
-                    node_id: row.get(0)?,
-                    hostname: row.get(1)?,
-                    machine_id: row.get(2)?,
-                    vm_id: row.get(3)?,
-                    mode: mode_from(&row.get::<_, String>(4)?)?,
-                    policy_version: row.get(5)?,
-                    fleet_version: row.get::<_, Option<i64>>(6)?.map(|v| v as u64),
-                    policy_error: row.get(7)?,
-                    interval_s: row.get::<_, i64>(8)? as u32,
-                    first_seen_ms: row.get::<_, i64>(9)? as u64,
-                    last_seen_ms: row.get::<_, i64>(10)? as u64,
-                    stream: row.get(11)?,
-                    last_seq: row.get::<_, i64>(12)? as u64,
-                    counters: from_json("counters", &row.get::<_, String>(13)?)?,
-                    health: from_json("health", &row.get::<_, String>(14)?)?,
-                    reports: row.get::<_, i64>(15)? as u64,
-                    events: row.get::<_, i64>(16)? as u64,
-                });
+                nodes.push(rows::node(row)?);
             }
             Ok(nodes)
         })
@@ -221,7 +203,7 @@ impl Store for SqliteStore {
             let mut rows = statement.query(params_from_iter(values(params)))?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                out.push(violation(row)?);
+                out.push(rows::violation(row)?);
             }
             Ok(out)
         })
@@ -292,40 +274,4 @@ impl Store for SqliteStore {
             .map(|m| m.len())
             .sum())
     }
-}
-
-fn violation(row: &rusqlite::Row) -> Result<Violation, StoreError> {
-    let address = |i: usize| -> Result<Option<std::net::IpAddr>, StoreError> {
-        row.get::<_, Option<String>>(i)?
-            .map(|text| {
-                text.parse().map_err(|_| StoreError::Corrupt {
-                    what: "address",
-                    message: text,
-                })
-            })
-            .transpose()
-    };
-    Ok(Violation {
-        id: row.get(0)?,
-        node_id: row.get(1)?,
-        received_ms: row.get::<_, i64>(2)? as u64,
-        event: crate::controller::wire::FlowEvent {
-            ts_ms: row.get::<_, i64>(3)? as u64,
-            kind: row.get(4)?,
-            hook: row.get(5)?,
-            action: row.get(6)?,
-            proto: row.get(7)?,
-            src: address(8)?,
-            dst: address(9)?,
-            dst_port: row.get::<_, Option<i64>>(10)?.map(|v| v as u16),
-            dst_name: row.get(11)?,
-            rule: row.get(12)?,
-            pid: row.get::<_, Option<i64>>(13)?.map(|v| v as u32),
-            comm: row.get(14)?,
-            exe: row.get(15)?,
-            cgroup: row.get(16)?,
-            packets: row.get::<_, i64>(17)? as u64,
-            bytes: row.get::<_, i64>(18)? as u64,
-        },
-    })
 }
