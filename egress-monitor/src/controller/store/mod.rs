@@ -51,6 +51,15 @@ pub enum Ingest {
     Conflict(String),
 }
 
+impl Ingest {
+    /// The refusal of a fleet token reporting for a node id another machine registered.
+    fn taken(node_id: &str, owner: &str, machine_id: &str) -> Ingest {
+        Ingest::Conflict(format!(
+            "node id `{node_id}` belongs to machine {owner}; a fleet token cannot report for it from machine {machine_id}"
+        ))
+    }
+}
+
 /// A node as its newest report describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeRow {

@@ -130,10 +130,11 @@ impl Store for PgStore {
         let owner: String = row.get(0);
         let reports: i64 = row.get(1);
         if reports > 0 && !bound_node && owner != report.identity.machine_id {
-            return Ok(Ingest::Conflict(format!(
-                "node id `{}` belongs to machine {owner}; a fleet token cannot report for it from machine {}",
-                report.node_id, report.identity.machine_id
-            )));
+            return Ok(Ingest::taken(
+                &report.node_id,
+                &owner,
+                &report.identity.machine_id,
+            ));
         }
         let inserted = tx
             .execute(
