@@ -188,6 +188,7 @@ pub async fn run(
         None => None,
     };
     let mut config = config;
+    let counts = Arc::new(crate::metrics::DaemonCounts::default());
     // The controller's settings are checked, and the fleet's policy and mode restored, before
     // anything is attached.
     let mut fleet = match config.controller.clone() {
@@ -205,8 +206,12 @@ pub async fn run(
                         })?;
             }
             shared.set_fleet(restored);
-            let (reporter, updates) =
-                Reporter::new(reporter_config.clone(), Arc::clone(&shared), layout.clone())?;
+            let (reporter, updates) = Reporter::new(
+                reporter_config.clone(),
+                Arc::clone(&shared),
+                layout.clone(),
+                Arc::clone(&counts),
+            )?;
             Some((
                 reporter,
                 FleetLink {
@@ -267,7 +272,6 @@ pub async fn run(
     }
     std::fs::write(layout.pid_file(), std::process::id().to_string())
         .map_err(DaemonError::PidFile)?;
-    let counts = Arc::new(crate::metrics::DaemonCounts::default());
     if let Some(listener) = metrics_listener {
         let address = listener.local_addr().map_err(DaemonError::Poll)?;
         crate::metrics::spawn(listener, layout.clone(), Arc::clone(&counts));

@@ -12,6 +12,7 @@
 //! | `egress_monitor_dns_answers_learned_total`, `egress_monitor_dns_allowed_addresses` | |
 //! | `egress_monitor_malformed_packets_total`, `_non_ip_denied_total`, `_arp_frames_total` | |
 //! | `egress_monitor_enforcing` (1 enforce, 0 observe), `egress_monitor_policy_info{version}`, `egress_monitor_up` | |
+//! | `egress_monitor_reports_delivered_total`, `_reports_rejected_total`, `_reports_dropped_total`, `egress_monitor_reports_pending` | |
 
 use std::{
     net::SocketAddr,
@@ -40,6 +41,12 @@ pub struct DaemonCounts {
     pub flow_updates: AtomicU64,
     /// Flows forgotten by the kernel's LRU map before their last packets were reported.
     pub flows_evicted: AtomicU64,
+    /// Reports the controller acknowledged, refused as invalid, or the full spool dropped;
+    /// and those waiting in the spool (all zero without `--controller`).
+    pub reports_delivered: AtomicU64,
+    pub reports_rejected: AtomicU64,
+    pub reports_dropped: AtomicU64,
+    pub reports_pending: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -132,6 +139,21 @@ impl Collector for DatapathCollector {
                 self.counts.flows_evicted.load(Ordering::Relaxed),
             ),
             (
+                "egress_monitor_reports_delivered",
+                "Reports the controller acknowledged",
+                self.counts.reports_delivered.load(Ordering::Relaxed),
+            ),
+            (
+                "egress_monitor_reports_rejected",
+                "Reports the controller refused as invalid (kept aside in the spool's rejected/)",
+                self.counts.reports_rejected.load(Ordering::Relaxed),
+            ),
+            (
+                "egress_monitor_reports_dropped",
+                "Reports the full spool dropped, oldest first",
+                self.counts.reports_dropped.load(Ordering::Relaxed),
+            ),
+            (
                 "egress_monitor_flow_queue_full",
                 "Times a flow could not be queued for its report (retried at its next packet)",
                 counters.flow_queue_full,
@@ -165,6 +187,13 @@ impl Collector for DatapathCollector {
                 counter.metric_type(),
             )?)?;
         }
+        let pending = ConstGauge::new(self.counts.reports_pending.load(Ordering::Relaxed) as i64);
+        pending.encode(encoder.encode_descriptor(
+            "egress_monitor_reports_pending",
+            "Reports waiting in the spool for the controller",
+            None,
+            pending.metric_type(),
+        )?)?;
         let mut queries = encoder.encode_descriptor(
             "egress_monitor_dns_queries",
             "DNS questions read on their way out, by verdict on their name",

@@ -109,6 +109,7 @@ pub struct Reporter {
     updates: mpsc::Sender<FleetUpdate>,
     layout: PinLayout,
     started: Instant,
+    counts: Arc<crate::metrics::DaemonCounts>,
 }
 
 /// The first retry waits this long, doubling up to [`MAX_BACKOFF`].
@@ -124,6 +125,7 @@ impl Reporter {
         config: ReporterConfig,
         shared: Arc<Shared>,
         layout: PinLayout,
+        counts: Arc<crate::metrics::DaemonCounts>,
     ) -> Result<(Reporter, mpsc::Receiver<FleetUpdate>), ReporterError> {
         let client = Client::new(&config.url, &config.token_file, config.ca_file.as_deref())?;
         let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)?;
@@ -144,6 +146,7 @@ impl Reporter {
                 updates,
                 layout,
                 started: Instant::now(),
+                counts,
             },
             receiver,
         ))
@@ -179,6 +182,7 @@ impl Reporter {
             if let Err(err) = self.seal(&identity).await {
                 log::error!("cannot spool a report: {}", crate::error::chain(&err));
             }
+            self.count_spool();
             if stopping {
                 self.final_delivery().await;
                 return;
@@ -188,6 +192,7 @@ impl Reporter {
             }
             match self.deliver(None).await {
                 Ok((delivered, reply)) => {
+                    self.count_spool();
                     if failures > 0 {
                         log::info!("the controller answers again: {delivered} reports delivered");
                     }
@@ -198,6 +203,7 @@ impl Reporter {
                     }
                 }
                 Err(err) => {
+                    self.count_spool();
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(10) {
                         let pending = self.pending();
@@ -293,7 +299,9 @@ impl Reporter {
     ) -> Result<(usize, Option<Desired>), SendError> {
         let spool = Arc::clone(&self.spool);
         let client = Arc::clone(&self.client);
+        let counts = Arc::clone(&self.counts);
         tokio::task::spawn_blocking(move || {
+            use std::sync::atomic::Ordering::Relaxed;
             let mut delivered = 0;
             let mut desired = None;
             loop {
@@ -317,6 +325,7 @@ impl Reporter {
                             .remove(entry.seq)
                             .map_err(|err| SendError::Transport(crate::error::chain(&err)))?;
                         delivered += 1;
+                        counts.reports_delivered.fetch_add(1, Relaxed);
                         desired = Some(reply.fleet);
                     }
                     Err(err) if err.is_invalid_request() => {
@@ -324,6 +333,7 @@ impl Reporter {
                         let moved = spool
                             .reject(entry.seq)
                             .map_err(|err| SendError::Transport(crate::error::chain(&err)))?;
+                        counts.reports_rejected.fetch_add(1, Relaxed);
                         log::error!(
                             "report #{} was refused as invalid and moved to {}: {err}",
                             entry.seq,
@@ -337,6 +347,18 @@ impl Reporter {
         })
         .await
         .unwrap_or_else(|err| panic!("the delivery task panicked: {err}"))
+    }
+
+    /// The spool's figures, for the metrics.
+    fn count_spool(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+        self.counts
+            .reports_pending
+            .store(spool.entries().len() as u64, Relaxed);
+        self.counts
+            .reports_dropped
+            .store(spool.state().dropped_reports, Relaxed);
     }
 
     /// Reports waiting in the spool.

@@ -15,7 +15,7 @@ use egress_monitor_tests::{
 };
 use serde_json::{Value, json};
 
-use crate::{Daemon, Node, Scratch, client, status_json};
+use crate::{Daemon, Node, Scratch, client, free_port, sample, scrape, status_json};
 
 fn reporting_daemon(node: &Node, id: &str, controller: &str, files: &ControllerFiles) -> Daemon {
     let spool = node.scratch.0.join("spool");
@@ -229,7 +229,11 @@ fn a_full_spool_drops_the_oldest_and_says_so() {
     let url = format!("http://127.0.0.1:{port}");
     let spool = a.scratch.0.join("spool");
     let token = files.dir.join("fleet.token");
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
     let mut daemon = a.daemon(&[
+        "--metrics",
+        &metrics,
         "--controller",
         &url,
         "--token-file",
@@ -266,6 +270,21 @@ fn a_full_spool_drops_the_oldest_and_says_so() {
             + row["health"]["spool_dropped_events"].as_u64().unwrap_or(0)
             >= 4_050
     });
+    // The node's metrics say the same.
+    let scraped = scrape(metrics_port);
+    let dropped_reports =
+        node(&api.get("/api/v1/nodes", ADMIN_TOKEN).1, "node-s")["health"]["spool_dropped_reports"]
+            .as_f64()
+            .unwrap();
+    assert_eq!(
+        sample(&scraped, "egress_monitor_reports_dropped_total"),
+        dropped_reports
+    );
+    assert!(sample(&scraped, "egress_monitor_reports_delivered_total") >= 2.0);
+    assert_eq!(
+        sample(&scraped, "egress_monitor_reports_rejected_total"),
+        0.0
+    );
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log:#?}");
     let written = std::fs::read_to_string(a.events())
