@@ -42,6 +42,11 @@ pub struct StoreRun {
     /// What the API says it stored, against what was sent.
     pub events_stored: u64,
     pub events_sent: u64,
+    /// With all of that stored: the slowest of 3 calls of the summary (24 h tops), of the
+    /// page, and of 100 violations of one process.
+    pub summary_ms: f64,
+    pub page_ms: f64,
+    pub violations_ms: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -248,6 +253,21 @@ fn run_store(
     let events_stored: u64 = nodes.iter().filter_map(|n| n["events"].as_u64()).sum();
     let events_sent = (paced.reports - paced.errors + capacity.reports - capacity.errors)
         * EVENTS_PER_REPORT as u64;
+    let slowest = |path: &str| -> anyhow::Result<f64> {
+        let mut worst: f64 = 0.0;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let (status, body) = api.get(path, ADMIN_TOKEN);
+            if status != 200 {
+                bail!("GET {path}: {status} {body}");
+            }
+            worst = worst.max(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(worst)
+    };
+    let summary_ms = slowest("/api/v1/summary")?;
+    let page_ms = slowest("/")?;
+    let violations_ms = slowest("/api/v1/violations?process=app-7&limit=100")?;
     let db_bytes = db_size(db)?;
     let simulated_s = (paced_rounds + capacity_rounds) as f64 * INTERVAL.as_secs_f64();
     Ok(StoreRun {
@@ -257,6 +277,9 @@ fn run_store(
         db_bytes_per_day: (db_bytes as f64 / simulated_s * 86_400.0) as u64,
         events_stored,
         events_sent,
+        summary_ms,
+        page_ms,
+        violations_ms,
         paced,
         capacity,
     })
@@ -330,16 +353,19 @@ pub fn render(bench: &ControllerBench) -> String {
             ));
         }
     }
-    out.push_str("\n| store | nodes one controller serves (capacity × 10 s) | database | per day at 1,000 nodes | events stored / sent |\n|---|---:|---:|---:|---:|\n");
+    out.push_str("\n| store | nodes one controller serves (capacity × 10 s) | database | per day at 1,000 nodes | events stored / sent | summary ms | page ms | violations of one process ms |\n|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for run in &bench.runs {
         out.push_str(&format!(
-            "| {} | {} | {:.1} MiB | {:.1} GiB | {} / {} |\n",
+            "| {} | {} | {:.1} MiB | {:.1} GiB | {} / {} | {:.0} | {:.0} | {:.0} |\n",
             run.store,
             run.nodes_served,
             run.db_bytes as f64 / 1048576.0,
             run.db_bytes_per_day as f64 / 1073741824.0,
             run.events_stored,
-            run.events_sent
+            run.events_sent,
+            run.summary_ms,
+            run.page_ms,
+            run.violations_ms
         ));
     }
     out

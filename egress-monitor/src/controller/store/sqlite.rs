@@ -19,8 +19,19 @@ use super::{
 use crate::{controller::wire::Report, policy::Mode};
 
 pub struct SqliteStore {
-    connection: Arc<Mutex<Connection>>,
+    /// Every write, and the small reads on the reports' path (the fleet's wishes).
+    writer: Arc<Mutex<Connection>>,
+    /// The operators' reads (nodes, violations, tops): in WAL mode they read a snapshot while
+    /// reports are written, so a slow summary never holds up a node.
+    reader: Arc<Mutex<Connection>>,
     path: std::path::PathBuf,
+}
+
+/// Which connection a piece of work runs on.
+#[derive(Clone, Copy)]
+enum Use {
+    Write,
+    Read,
 }
 
 fn value(param: Param) -> Value {
@@ -44,30 +55,41 @@ impl SqliteStore {
             })?;
         }
         let owned = path.to_owned();
-        let connection = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-            let connection = Connection::open(&owned)?;
-            connection.busy_timeout(std::time::Duration::from_secs(10))?;
-            connection.pragma_update(None, "journal_mode", "WAL")?;
-            connection.pragma_update(None, "synchronous", "FULL")?;
-            connection.execute_batch(&query::schema(
-                "INTEGER PRIMARY KEY AUTOINCREMENT",
-                "WITHOUT ROWID",
-            ))?;
-            Ok(connection)
-        })
-        .await??;
+        let (writer, reader) =
+            tokio::task::spawn_blocking(move || -> Result<(Connection, Connection), StoreError> {
+                let writer = Connection::open(&owned)?;
+                writer.busy_timeout(std::time::Duration::from_secs(10))?;
+                writer.pragma_update(None, "journal_mode", "WAL")?;
+                writer.pragma_update(None, "synchronous", "FULL")?;
+                writer.execute_batch(&query::schema(
+                    "INTEGER PRIMARY KEY AUTOINCREMENT",
+                    "WITHOUT ROWID",
+                ))?;
+                let reader = Connection::open_with_flags(
+                    &owned,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )?;
+                reader.busy_timeout(std::time::Duration::from_secs(10))?;
+                Ok((writer, reader))
+            })
+            .await??;
         Ok(SqliteStore {
-            connection: Arc::new(Mutex::new(connection)),
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
             path: path.to_owned(),
         })
     }
 
-    /// Runs `work` on the connection, off the async threads.
+    /// Runs `work` on one of the connections, off the async threads.
     async fn with<T: Send + 'static>(
         &self,
+        what: Use,
         work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let connection = Arc::clone(&self.connection);
+        let connection = Arc::clone(match what {
+            Use::Write => &self.writer,
+            Use::Read => &self.reader,
+        });
         tokio::task::spawn_blocking(move || {
             let mut guard = connection
                 .lock()
@@ -119,7 +141,7 @@ impl Store for SqliteStore {
         now_ms: u64,
     ) -> Result<Ingest, StoreError> {
         let report = report.clone();
-        self.with(move |connection| {
+        self.with(Use::Write, move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let owner: Option<String> = tx
                 .query_row(
@@ -181,7 +203,7 @@ impl Store for SqliteStore {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
-        self.with(|connection| {
+        self.with(Use::Read, |connection| {
             let mut statement = connection.prepare_cached(query::SELECT_NODES)?;
             let mut rows = statement.query([])?;
             let mut nodes = Vec::new();
@@ -195,7 +217,7 @@ impl Store for SqliteStore {
 
     async fn violations(&self, filter: &ViolationFilter) -> Result<Vec<Violation>, StoreError> {
         let (sql, params) = query::violations(filter);
-        self.with(move |connection| {
+        self.with(Use::Read, move |connection| {
             let mut statement = connection.prepare(&sql)?;
             let mut rows = statement.query(params_from_iter(values(params)))?;
             let mut out = Vec::new();
@@ -208,7 +230,7 @@ impl Store for SqliteStore {
     }
 
     async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError> {
-        self.with(move |connection| {
+        self.with(Use::Read, move |connection| {
             Ok((
                 top(connection, query::TOP_DESTINATIONS, since_ms, limit)?,
                 top(connection, query::TOP_PROCESSES, since_ms, limit)?,
@@ -218,12 +240,12 @@ impl Store for SqliteStore {
     }
 
     async fn fleet(&self) -> Result<Fleet, StoreError> {
-        self.with(|connection| fleet(connection)).await
+        self.with(Use::Write, |connection| fleet(connection)).await
     }
 
     async fn set_policy(&self, text: &str, now_ms: u64) -> Result<Fleet, StoreError> {
         let text = text.to_owned();
-        self.with(move |connection| {
+        self.with(Use::Write, move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(query::SET_POLICY, (&text, now_ms as i64))?;
             tx.execute(query::RECORD_POLICY, [])?;
@@ -235,7 +257,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError> {
-        self.with(move |connection| {
+        self.with(Use::Write, move |connection| {
             connection.execute(query::SET_MODE, (mode.as_str(), now_ms as i64))?;
             fleet(connection)
         })
@@ -243,7 +265,7 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
-        self.with(move |connection| {
+        self.with(Use::Write, move |connection| {
             let tx = connection.transaction()?;
             let events = tx.execute(
                 "DELETE FROM events WHERE received_ms < ?1",
