@@ -16,7 +16,7 @@ use axum::{
 use super::{
     auth::{Caller, NodeScope, Tokens, presented},
     page,
-    store::{Ingest, Store, StoreError, ViolationFilter},
+    store::{Ingest, Store, StoreError, Top, ViolationFilter},
     view::{self, NodeView, now_ms},
     wire::{
         API, Desired, ErrorBody, FleetPolicy, MAX_POLICY_BYTES, MAX_REPORT_BYTES, ModeRequest,
@@ -30,6 +30,39 @@ pub struct AppState {
     /// Reports made longer ago than this are acknowledged but not stored: the controller
     /// keeps nothing older.
     pub retention: Duration,
+    pub tops: TopsCache,
+}
+
+/// The tops scan a day of violations (about a second per million): computed at most once per
+/// [`TOPS_MAX_AGE`] and shared by the summary and the page; callers in between wait for the
+/// one computation instead of starting their own.
+#[derive(Default)]
+pub struct TopsCache(tokio::sync::Mutex<Option<CachedTops>>);
+
+struct CachedTops {
+    at: std::time::Instant,
+    since_ms: u64,
+    tops: (Vec<Top>, Vec<Top>),
+}
+
+const TOPS_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// The last day's top destinations and processes, and since when they count.
+async fn tops(state: &Shared) -> Result<(u64, (Vec<Top>, Vec<Top>)), ApiError> {
+    let mut cache = state.tops.0.lock().await;
+    if let Some(cached) = cache.as_ref()
+        && cached.at.elapsed() < TOPS_MAX_AGE
+    {
+        return Ok((cached.since_ms, cached.tops.clone()));
+    }
+    let since_ms = now_ms().saturating_sub(TOP_WINDOW_MS);
+    let tops = state.store.top(since_ms, TOP_LIMIT).await?;
+    *cache = Some(CachedTops {
+        at: std::time::Instant::now(),
+        since_ms,
+        tops: tops.clone(),
+    });
+    Ok((since_ms, tops))
 }
 
 type Shared = Arc<AppState>;
@@ -256,8 +289,7 @@ async fn get_summary(
     _: Admin,
 ) -> Result<Json<view::Summary>, ApiError> {
     let (views, fleet) = views(&state).await?;
-    let since = now_ms().saturating_sub(TOP_WINDOW_MS);
-    let tops = state.store.top(since, TOP_LIMIT).await?;
+    let (since, tops) = tops(&state).await?;
     Ok(Json(view::summary(&views, &fleet, since, tops)))
 }
 
@@ -433,8 +465,7 @@ async fn page_handler(State(state): State<Shared>, headers: HeaderMap) -> Respon
 
 async fn page_data(state: &Shared) -> Result<page::PageData, ApiError> {
     let (views, fleet) = views(state).await?;
-    let since = now_ms().saturating_sub(TOP_WINDOW_MS);
-    let tops = state.store.top(since, TOP_LIMIT).await?;
+    let (since, tops) = tops(state).await?;
     let recent = state
         .store
         .violations(&ViolationFilter {

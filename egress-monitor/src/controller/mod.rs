@@ -114,6 +114,7 @@ impl Controller {
                 store,
                 tokens,
                 retention: config.retention,
+                tops: api::TopsCache::default(),
             }),
             listener,
             tls,
