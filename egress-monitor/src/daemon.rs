@@ -221,7 +221,11 @@ pub async fn run(
                 },
             ))
         }
-        None => None,
+        None => {
+            // A daemon without a controller leaves no word of an earlier one's link.
+            let _ = std::fs::remove_file(layout.run_dir().join(crate::reporter::STATUS_FILE));
+            None
+        }
     };
     match &config.imds {
         Some(imds) => {

@@ -30,6 +30,8 @@ pub struct Status {
     pub rule_hits: Vec<RuleHits>,
     /// Addresses domain rules allow now (learned from DNS answers), soonest to expire first.
     pub dns_allowed: Vec<DnsAllowed>,
+    /// The link to the fleet controller, when the daemon reports to one.
+    pub controller: Option<crate::reporter::ReporterStatus>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -97,6 +99,7 @@ pub fn status(layout: &PinLayout) -> Result<Status, DatapathError> {
         counters: datapath.counters()?,
         rule_hits,
         dns_allowed: dns_allowed(&datapath, state.as_ref())?,
+        controller: crate::reporter::ReporterStatus::read(layout),
     })
 }
 
@@ -167,6 +170,33 @@ pub fn running_daemon(layout: &PinLayout) -> Option<u32> {
     (comm.trim() == "egress-monitor").then_some(pid)
 }
 
+/// `controller https://… as node-a: delivering (last 2026-…), 0 pending; fleet policy v3, mode enforce`.
+fn controller_line(link: &crate::reporter::ReporterStatus) -> String {
+    let state = match (&link.failing_since, &link.last_error) {
+        (Some(since), Some(error)) => format!("failing since {since} ({error})"),
+        _ => format!(
+            "delivering (last {})",
+            link.last_delivery.as_deref().unwrap_or("none yet")
+        ),
+    };
+    let mut line = format!(
+        "controller   {} as {}: {state}, {} pending, {} delivered, {} dropped by the full spool; fleet policy {}, mode {}",
+        link.controller,
+        link.node_id,
+        link.pending,
+        link.delivered,
+        link.dropped_reports,
+        link.fleet_policy_version
+            .map_or("none (local policy)".to_owned(), |v| format!("v{v}")),
+        link.fleet_mode.map_or("local", crate::policy::Mode::as_str),
+    );
+    if let Some(error) = &link.fleet_error {
+        line.push_str(&format!("; refused the fleet's newest: {error}"));
+    }
+    line.push('\n');
+    line
+}
+
 pub fn render(status: &Status) -> String {
     let hook = |name: &str, c: &crate::datapath::HookCounters| {
         format!(
@@ -225,6 +255,9 @@ pub fn render(status: &Status) -> String {
         status.counters.dns_queries_denied,
         status.counters.dns_answers_learned
     ));
+    if let Some(link) = &status.controller {
+        out.push_str(&controller_line(link));
+    }
     for learned in &status.dns_allowed {
         out.push_str(&format!(
             "dns-allowed {} ({} {}, {:.0} s left)\n",

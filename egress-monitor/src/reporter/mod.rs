@@ -60,6 +60,37 @@ pub enum ReporterError {
     Spool(#[from] SpoolError),
 }
 
+/// The reporter's state for `egress-monitor status`, in the run directory.
+pub const STATUS_FILE: &str = "reporter.json";
+
+/// How the link to the controller is, as `status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReporterStatus {
+    pub controller: String,
+    pub node_id: String,
+    /// Reports waiting in the spool, acknowledged since the daemon started, dropped by the
+    /// full spool (ever).
+    pub pending: u64,
+    pub delivered: u64,
+    pub dropped_reports: u64,
+    /// RFC 3339: the last acknowledged report; since when sending fails, and why.
+    pub last_delivery: Option<String>,
+    pub failing_since: Option<String>,
+    pub last_error: Option<String>,
+    /// What the node runs of the fleet's wishes, and why it refused the newest.
+    pub fleet_policy_version: Option<u64>,
+    pub fleet_mode: Option<Mode>,
+    pub fleet_error: Option<String>,
+}
+
+impl ReporterStatus {
+    /// The reporter's last word, if a daemon reporting to a controller served this pin path.
+    pub fn read(layout: &PinLayout) -> Option<ReporterStatus> {
+        let bytes = std::fs::read(layout.run_dir().join(STATUS_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
 /// What the node runs of the fleet's wishes, as the daemon's loop last applied them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FleetState {
@@ -172,6 +203,11 @@ impl Reporter {
         let mut backoff = FIRST_BACKOFF;
         let mut retry_at = Instant::now();
         let mut failures = 0u32;
+        let mut link = ReporterStatus {
+            controller: self.client.base().to_owned(),
+            node_id: self.config.node_id.clone(),
+            ..ReporterStatus::default()
+        };
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,
@@ -182,9 +218,10 @@ impl Reporter {
             if let Err(err) = self.seal(&identity).await {
                 log::error!("cannot spool a report: {}", crate::error::chain(&err));
             }
-            self.count_spool();
+            self.publish(&mut link);
             if stopping {
                 self.final_delivery().await;
+                self.publish(&mut link);
                 return;
             }
             if Instant::now() < retry_at {
@@ -192,7 +229,13 @@ impl Reporter {
             }
             match self.deliver(None).await {
                 Ok((delivered, reply)) => {
-                    self.count_spool();
+                    if delivered > 0 {
+                        link.last_delivery = Some(crate::controller::view::rfc3339(
+                            crate::controller::view::now_ms(),
+                        ));
+                    }
+                    link.failing_since = None;
+                    link.last_error = None;
                     if failures > 0 {
                         log::info!("the controller answers again: {delivered} reports delivered");
                     }
@@ -201,9 +244,14 @@ impl Reporter {
                     if let Some(desired) = reply {
                         self.follow_fleet(desired).await;
                     }
+                    self.publish(&mut link);
                 }
                 Err(err) => {
-                    self.count_spool();
+                    link.failing_since.get_or_insert_with(|| {
+                        crate::controller::view::rfc3339(crate::controller::view::now_ms())
+                    });
+                    link.last_error = Some(err.to_string());
+                    self.publish(&mut link);
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(10) {
                         let pending = self.pending();
@@ -349,16 +397,30 @@ impl Reporter {
         .unwrap_or_else(|err| panic!("the delivery task panicked: {err}"))
     }
 
-    /// The spool's figures, for the metrics.
-    fn count_spool(&self) {
+    /// The spool's figures for the metrics, and the link's state for `status`
+    /// ([`STATUS_FILE`] in the run directory).
+    fn publish(&self, link: &mut ReporterStatus) {
         use std::sync::atomic::Ordering::Relaxed;
-        let spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
-        self.counts
-            .reports_pending
-            .store(spool.entries().len() as u64, Relaxed);
+        {
+            let spool = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+            link.pending = spool.entries().len() as u64;
+            link.dropped_reports = spool.state().dropped_reports;
+        }
+        self.counts.reports_pending.store(link.pending, Relaxed);
         self.counts
             .reports_dropped
-            .store(spool.state().dropped_reports, Relaxed);
+            .store(link.dropped_reports, Relaxed);
+        link.delivered = self.counts.reports_delivered.load(Relaxed);
+        let fleet = self.shared.fleet();
+        link.fleet_policy_version = fleet.policy_version;
+        link.fleet_mode = fleet.mode;
+        link.fleet_error = fleet.error;
+        let path = self.layout.run_dir().join(STATUS_FILE);
+        let body = serde_json::to_vec_pretty(link).expect("plain struct");
+        let tmp = path.with_extension("tmp");
+        if let Err(err) = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &path)) {
+            log::debug!("cannot write {}: {err}", path.display());
+        }
     }
 
     /// Reports waiting in the spool.

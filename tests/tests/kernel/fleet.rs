@@ -254,6 +254,15 @@ fn a_full_spool_drops_the_oldest_and_says_so() {
         .unwrap();
     assert_eq!(sent.ok, 4_000);
     daemon.wait_for("the spool is full", Duration::from_secs(20));
+    // `status` says the link fails, and why.
+    let link = &status_json(&a.bpffs.pin_path())["controller"];
+    assert_eq!(link["node_id"], "node-s");
+    assert!(link["failing_since"].is_string(), "{link:#}");
+    assert!(
+        link["last_error"].as_str().unwrap().starts_with("the controller did not answer"),
+        "{link:#}"
+    );
+    assert!(link["dropped_reports"].as_u64().unwrap() >= 1, "{link:#}");
     let controller = Controller::start(&files, &files.sqlite(), port, &[]);
     let api = Api::new(&controller.url);
     api.wait("/api/v1/nodes", Duration::from_secs(20), |nodes| {
@@ -270,6 +279,17 @@ fn a_full_spool_drops_the_oldest_and_says_so() {
             + row["health"]["spool_dropped_events"].as_u64().unwrap_or(0)
             >= 4_050
     });
+    // And that it delivers again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let link = status_json(&a.bpffs.pin_path())["controller"].clone();
+        if link["failing_since"].is_null() && link["pending"] == 0 {
+            assert!(link["last_delivery"].is_string(), "{link:#}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{link:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The node's metrics say the same.
     let scraped = scrape(metrics_port);
     let dropped_reports =
