@@ -259,7 +259,10 @@ fn a_full_spool_drops_the_oldest_and_says_so() {
     assert_eq!(link["node_id"], "node-s");
     assert!(link["failing_since"].is_string(), "{link:#}");
     assert!(
-        link["last_error"].as_str().unwrap().starts_with("the controller did not answer"),
+        link["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the controller did not answer"),
         "{link:#}"
     );
     assert!(link["dropped_reports"].as_u64().unwrap() >= 1, "{link:#}");
@@ -333,5 +336,87 @@ fn a_full_spool_drops_the_oldest_and_says_so() {
             .iter()
             .any(|p| p.as_str().unwrap().starts_with("its full spool dropped")),
         "{row:#}"
+    );
+}
+
+/// A fleet policy the node cannot apply safely (here: it would cut an enforcing node off its
+/// metadata service) changes nothing on the node, which says why; the next good one converges.
+#[test]
+fn a_node_refuses_a_fleet_policy_it_cannot_enforce_safely() {
+    let a = Node::new("fleet-refuse");
+    let scratch = Scratch::new("refuse-controller");
+    let files = ControllerFiles::new(&scratch.0);
+    let controller = Controller::start(&files, &files.sqlite(), 0, &[]);
+    let api = Api::new(&controller.url);
+    let spool = a.scratch.0.join("spool");
+    let token = files.dir.join("fleet.token");
+    let daemon = a.daemon(&[
+        "--mode",
+        "enforce",
+        "--controller",
+        &controller.url,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--node-id",
+        "node-r",
+        "--report-interval",
+        "1",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ]);
+    let wait = Duration::from_secs(20);
+    api.wait("/api/v1/nodes", wait, |nodes| {
+        node(nodes, "node-r")["state"] == "enforced"
+    });
+    let before = status_json(&a.bpffs.pin_path())["policy_version"].clone();
+
+    // Valid in observe mode, so the controller takes it; this node enforces, and refuses it.
+    let unsafe_policy =
+        "[[rule]]\nname = \"no-imds\"\ncidr = \"169.254.169.254/32\"\naction = \"deny\"\n";
+    assert_eq!(api.put_policy(unsafe_policy).0, 200);
+    let nodes = api.wait("/api/v1/nodes", wait, |nodes| {
+        node(nodes, "node-r")["policy_error"].is_string()
+    });
+    let row = node(&nodes, "node-r");
+    assert_eq!(row["state"], "drifted", "{row:#}");
+    let error = row["policy_error"].as_str().unwrap();
+    assert!(error.contains("fleet policy v1 is invalid here"), "{error}");
+    assert!(error.contains("169.254.169.254"), "{error}");
+    let status = status_json(&a.bpffs.pin_path());
+    assert_eq!(status["policy_version"], before, "the live policy changed");
+    assert_eq!(status["mode"], "enforce");
+
+    // The next good policy converges, and the refusal is gone.
+    let good = "[[rule]]\nname = \"mirror\"\ncidr = \"203.0.113.0/24\"\naction = \"allow\"\n";
+    assert_eq!(api.put_policy(good).0, 200);
+    let nodes = api.wait("/api/v1/nodes", wait, |nodes| {
+        node(nodes, "node-r")["fleet_version"] == 2
+    });
+    let row = node(&nodes, "node-r");
+    assert_eq!(row["state"], "enforced", "{row:#}");
+    assert!(row["policy_error"].is_null(), "{row:#}");
+    assert_ne!(status_json(&a.bpffs.pin_path())["policy_version"], before);
+    // A restarted daemon runs the fleet's policy from its first moment.
+    let (code, _) = daemon.stop();
+    assert_eq!(code, 0);
+    let restarted = a.daemon(&[
+        "--mode",
+        "enforce",
+        "--controller",
+        &controller.url,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--node-id",
+        "node-r",
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ]);
+    assert!(
+        restarted
+            .log
+            .iter()
+            .any(|l| l.contains("running the fleet's policy v2")),
+        "{:#?}",
+        restarted.log
     );
 }
