@@ -464,7 +464,13 @@ async fn page_handler(State(state): State<Shared>, headers: HeaderMap) -> Respon
 }
 
 async fn page_data(state: &Shared) -> Result<page::PageData, ApiError> {
-    let (views, fleet) = views(state).await?;
+    let (mut views, fleet) = views(state).await?;
+    // For people, the nodes that need them first: stale, unprotected, drifted, then the rest.
+    views.sort_by(|a, b| {
+        a.state
+            .cmp(&b.state)
+            .then_with(|| a.node.node_id.cmp(&b.node.node_id))
+    });
     let (since, tops) = tops(state).await?;
     let recent = state
         .store

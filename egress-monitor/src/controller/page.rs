@@ -61,7 +61,7 @@ pub fn render(data: &PageData) -> Markup {
                     (tile("stale", s.stale))
                     (tile("converged", s.converged))
                 }
-                h2 { "Nodes" }
+                h2 { "Nodes" span.muted { " (those that need attention first)" } }
                 table id="nodes" {
                     thead { tr {
                         th { "node" } th { "state" } th { "mode" } th { "fleet policy" }
