@@ -275,6 +275,15 @@ impl Api {
         self.try_get(path, token).expect("the controller answers")
     }
 
+    /// `DELETE path` with the token.
+    pub fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        let request = self
+            .agent
+            .delete(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {token}"));
+        Self::finish(request.call()).expect("the controller answers")
+    }
+
     /// A body with a content type.
     pub fn send(
         &self,

@@ -10,7 +10,7 @@ use axum::{
     extract::{FromRequestParts, Query, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header, request::Parts},
     response::{Html, IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
 };
 
 use super::{
@@ -117,6 +117,7 @@ pub fn router(state: Shared) -> Router {
         .route("/", get(page_handler))
         .route(&format!("{API}/reports"), post(post_report))
         .route(&format!("{API}/nodes"), get(get_nodes))
+        .route(&format!("{API}/nodes/{{node_id}}"), delete(forget_node))
         .route(&format!("{API}/violations"), get(get_violations))
         .route(&format!("{API}/summary"), get(get_summary))
         .route(&format!("{API}/policy"), get(get_policy).put(put_policy))
@@ -278,6 +279,27 @@ async fn views(state: &Shared) -> Result<(Vec<NodeView>, super::store::Fleet), A
 
 async fn get_nodes(State(state): State<Shared>, _: Admin) -> Result<Json<Vec<NodeView>>, ApiError> {
     Ok(Json(views(&state).await?.0))
+}
+
+/// `DELETE /api/v1/nodes/NODE_ID`: a node scaled in for good leaves the fleet view (its
+/// violations stay).
+async fn forget_node(
+    State(state): State<Shared>,
+    _: Admin,
+    axum::extract::Path(node_id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !super::wire::valid_node_id(&node_id) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "not a node id"));
+    }
+    if state.store.forget(&node_id).await? {
+        log::info!("node {node_id} forgotten");
+        Ok(Json(serde_json::json!({ "forgotten": node_id })))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no node `{node_id}`"),
+        ))
+    }
 }
 
 /// How far back the summary's and the page's tops look.

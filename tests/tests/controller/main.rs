@@ -382,6 +382,14 @@ fn contract(db: &str, scratch: &Scratch) {
         404,
         "no such route",
     );
+
+    // A node scaled in for good is forgotten by an operator (not by a node); its violations stay.
+    let forget = format!("/api/v1/nodes/{BOUND_NODE}");
+    expect_refused(api.delete(&forget, FLEET_TOKEN), 403, "admin token");
+    assert_eq!(api.delete(&forget, ADMIN_TOKEN).0, 200);
+    expect_refused(api.delete(&forget, ADMIN_TOKEN), 404, "no node");
+    assert_eq!(nodes(&api).len(), 1);
+    assert_eq!(violations(&api, &format!("?node={BOUND_NODE}")).len(), 1);
 }
 
 trait PutAs {

@@ -146,6 +146,9 @@ pub trait Store: Send + Sync {
     /// Stores a new fleet policy; its version is the previous one plus one.
     async fn set_policy(&self, text: &str, now_ms: u64) -> Result<Fleet, StoreError>;
     async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError>;
+    /// Forgets a node (one scaled in for good): its row goes, its violations stay. False when
+    /// there was no such node. A node that reports again is a new node.
+    async fn forget(&self, node_id: &str) -> Result<bool, StoreError>;
     /// Removes violations and report keys received before `before_ms`; returns how many events.
     async fn prune(&self, before_ms: u64) -> Result<u64, StoreError>;
     /// Bytes the database takes on disk.

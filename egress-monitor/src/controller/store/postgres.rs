@@ -272,6 +272,11 @@ impl Store for PgStore {
         fleet_from(&client.query_one(query::SELECT_FLEET, &[]).await?)
     }
 
+    async fn forget(&self, node_id: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client.execute(&pg(query::FORGET_NODE), &[&node_id]).await? > 0)
+    }
+
     async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;

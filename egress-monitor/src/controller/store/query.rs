@@ -216,6 +216,8 @@ pub const SET_POLICY: &str = "UPDATE fleet SET policy_version = policy_version +
 
 pub const RECORD_POLICY: &str = "INSERT INTO policies (version, policy, set_ms) SELECT policy_version, policy, updated_ms FROM fleet WHERE id = 1";
 
+pub const FORGET_NODE: &str = "DELETE FROM nodes WHERE node_id = ?1";
+
 pub const SET_MODE: &str = "UPDATE fleet SET mode = ?1, updated_ms = ?2 WHERE id = 1";
 
 #[cfg(test)]

@@ -264,6 +264,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn forget(&self, node_id: &str) -> Result<bool, StoreError> {
+        let node_id = node_id.to_owned();
+        self.with(Use::Write, move |connection| {
+            Ok(connection.execute(query::FORGET_NODE, [&node_id])? > 0)
+        })
+        .await
+    }
+
     async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
         self.with(Use::Write, move |connection| {
             let tx = connection.transaction()?;
