@@ -371,15 +371,9 @@ fn time(key: &str, value: &str) -> Result<u64, String> {
     if let Ok(ms) = value.parse::<u64>() {
         return Ok(ms);
     }
-    humantime::parse_rfc3339_weak(value)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-        .ok_or_else(|| {
-            format!(
-                "`{key}` must be RFC 3339 (2026-11-29T10:00:00Z) or milliseconds since the epoch"
-            )
-        })
+    view::parse_rfc3339_ms(value).ok_or_else(|| {
+        format!("`{key}` must be RFC 3339 (2026-11-29T10:00:00Z) or milliseconds since the epoch")
+    })
 }
 
 async fn get_violations(

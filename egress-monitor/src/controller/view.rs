@@ -168,6 +168,14 @@ pub fn rfc3339(ms: u64) -> String {
         .to_string()
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time.
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -86,12 +86,10 @@ fn clean(text: &str) -> String {
 }
 
 fn flow_event(record: &EventRecord) -> FlowEvent {
-    let ts_ms = humantime::parse_rfc3339_weak(&record.ts)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64);
     FlowEvent {
-        ts_ms,
+        // Always readable (the daemon wrote it); were it not, the time it was queued.
+        ts_ms: crate::controller::view::parse_rfc3339_ms(&record.ts)
+            .unwrap_or_else(crate::controller::view::now_ms),
         kind: record.kind.to_owned(),
         hook: record.hook.to_owned(),
         action: record.action.to_owned(),
