@@ -17,10 +17,17 @@ use serde_json::{Value, json};
 
 use crate::{Daemon, Node, Scratch, client, free_port, sample, scrape, status_json};
 
-fn reporting_daemon(node: &Node, id: &str, controller: &str, files: &ControllerFiles) -> Daemon {
+/// A daemon on `node` reporting every second as `id`, its spool in the node's scratch directory.
+fn reporting_daemon(
+    node: &Node,
+    id: &str,
+    controller: &str,
+    files: &ControllerFiles,
+    extra: &[&str],
+) -> Daemon {
     let spool = node.scratch.0.join("spool");
     let token = files.dir.join("fleet.token");
-    node.daemon(&[
+    let mut args = vec![
         "--controller",
         controller,
         "--token-file",
@@ -33,7 +40,9 @@ fn reporting_daemon(node: &Node, id: &str, controller: &str, files: &ControllerF
         "1",
         "--spool-dir",
         spool.to_str().unwrap(),
-    ])
+    ];
+    args.extend_from_slice(extra);
+    node.daemon(&args)
 }
 
 fn node<'a>(nodes: &'a Value, id: &str) -> &'a Value {
@@ -68,8 +77,8 @@ fn two_nodes_and_a_controller() {
     let port = controller.port;
     let url = controller.url.clone();
     let api = Api::new(&url);
-    let daemon_a = reporting_daemon(&a, "node-a", &url, &files);
-    let daemon_b = reporting_daemon(&b, "node-b", &url, &files);
+    let daemon_a = reporting_daemon(&a, "node-a", &url, &files, &[]);
+    let daemon_b = reporting_daemon(&b, "node-b", &url, &files, &[]);
     let wait = Duration::from_secs(20);
 
     // Both register and observe.
@@ -227,26 +236,15 @@ fn a_full_spool_drops_the_oldest_and_says_so() {
     let files = ControllerFiles::new(&scratch.0);
     let port = egress_monitor_tests::free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let spool = a.scratch.0.join("spool");
-    let token = files.dir.join("fleet.token");
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let mut daemon = a.daemon(&[
-        "--metrics",
-        &metrics,
-        "--controller",
-        &url,
-        "--token-file",
-        token.to_str().unwrap(),
-        "--node-id",
+    let mut daemon = reporting_daemon(
+        &a,
         "node-s",
-        "--report-interval",
-        "1",
-        "--spool-dir",
-        spool.to_str().unwrap(),
-        "--spool-max-mb",
-        "1",
-    ]);
+        &url,
+        &files,
+        &["--metrics", &metrics, "--spool-max-mb", "1"],
+    );
     // 4,000 new flows (to 198.51.100.1, ports 1024 on), each an event of about 450 bytes in a
     // report: more than 1 MiB.
     let sent = client(&a.topology, Some(&a.cgroup))
@@ -348,22 +346,8 @@ fn a_node_refuses_a_fleet_policy_it_cannot_enforce_safely() {
     let files = ControllerFiles::new(&scratch.0);
     let controller = Controller::start(&files, &files.sqlite(), 0, &[]);
     let api = Api::new(&controller.url);
-    let spool = a.scratch.0.join("spool");
-    let token = files.dir.join("fleet.token");
-    let daemon = a.daemon(&[
-        "--mode",
-        "enforce",
-        "--controller",
-        &controller.url,
-        "--token-file",
-        token.to_str().unwrap(),
-        "--node-id",
-        "node-r",
-        "--report-interval",
-        "1",
-        "--spool-dir",
-        spool.to_str().unwrap(),
-    ]);
+    let enforcing = ["--mode", "enforce"];
+    let daemon = reporting_daemon(&a, "node-r", &controller.url, &files, &enforcing);
     let wait = Duration::from_secs(20);
     api.wait("/api/v1/nodes", wait, |nodes| {
         node(nodes, "node-r")["state"] == "enforced"
@@ -399,18 +383,7 @@ fn a_node_refuses_a_fleet_policy_it_cannot_enforce_safely() {
     // A restarted daemon runs the fleet's policy from its first moment.
     let (code, _) = daemon.stop();
     assert_eq!(code, 0);
-    let restarted = a.daemon(&[
-        "--mode",
-        "enforce",
-        "--controller",
-        &controller.url,
-        "--token-file",
-        token.to_str().unwrap(),
-        "--node-id",
-        "node-r",
-        "--spool-dir",
-        spool.to_str().unwrap(),
-    ]);
+    let restarted = reporting_daemon(&a, "node-r", &controller.url, &files, &enforcing);
     assert!(
         restarted
             .log
