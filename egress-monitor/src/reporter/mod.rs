@@ -271,19 +271,17 @@ impl Reporter {
     /// spool; at least one report, the heartbeat.
     async fn seal(&self, identity: &Identity) -> Result<(), SpoolError> {
         let layout = self.layout.clone();
-        let snapshot = tokio::task::spawn_blocking(move || crate::status::status(&layout))
-            .await
-            .ok()
-            .and_then(|status| {
-                status
-                    .map_err(|err| {
-                        log::warn!(
-                            "the report goes without counters: {}",
-                            crate::error::chain(&err)
-                        );
-                    })
-                    .ok()
-            });
+        let snapshot = match tokio::task::spawn_blocking(move || Snapshot::read(&layout)).await {
+            Ok(Ok(snapshot)) => snapshot,
+            Ok(Err(err)) => {
+                log::warn!(
+                    "the report goes without counters: {}",
+                    crate::error::chain(&err)
+                );
+                Snapshot::unreadable()
+            }
+            Err(_) => Snapshot::unreadable(),
+        };
         let fleet = self.shared.fleet();
         let spool = Arc::clone(&self.spool);
         let shared = Arc::clone(&self.shared);
@@ -295,15 +293,6 @@ impl Reporter {
             loop {
                 let events = shared.feed.take();
                 spool_events(&mut spool, events, |events, spool| {
-                    let (mode, version, attachments, counters) = match &snapshot {
-                        Some(status) => (
-                            status.mode,
-                            status.policy_version.clone(),
-                            status.attached.len() as u32,
-                            node_counters(&status.counters),
-                        ),
-                        None => (Mode::Observe, String::new(), 0, NodeCounters::default()),
-                    };
                     let state = spool.state();
                     Report {
                         node_id: config.node_id.clone(),
@@ -312,16 +301,16 @@ impl Reporter {
                         created_ms: crate::controller::view::now_ms(),
                         interval_s: config.interval.as_secs().clamp(1, 3600) as u32,
                         identity: identity.clone(),
-                        mode,
+                        mode: snapshot.mode,
                         policy: PolicyState {
-                            version,
+                            version: snapshot.policy_version.clone(),
                             fleet_version: fleet.policy_version,
                             error: fleet.error.clone(),
                         },
-                        counters,
+                        counters: snapshot.counters,
                         health: Health {
-                            attachments,
-                            events_lost: snapshot.as_ref().map_or(0, |s| s.counters.events_lost),
+                            attachments: snapshot.attachments,
+                            events_lost: snapshot.events_lost,
                             uptime_s: uptime,
                             spool_dropped_reports: state.dropped_reports,
                             spool_dropped_events: state.dropped_events + shared.feed.dropped(),
@@ -519,6 +508,42 @@ fn spool_events(
         spool.push(report.seq, report.events.len() as u64, &body)?;
     }
     Ok(())
+}
+
+/// What a report says of the datapath, read straight from the pinned maps (not through
+/// `status`, which also resolves rule names, learned addresses and the cgroup tree).
+struct Snapshot {
+    mode: Mode,
+    policy_version: String,
+    attachments: u32,
+    counters: NodeCounters,
+    events_lost: u64,
+}
+
+impl Snapshot {
+    fn read(layout: &PinLayout) -> Result<Snapshot, crate::datapath::DatapathError> {
+        let datapath = crate::datapath::Datapath::existing(layout)?;
+        let live = datapath.config()?;
+        let counters = datapath.counters()?;
+        Ok(Snapshot {
+            mode: live.mode,
+            policy_version: format!("{:016x}", live.policy_version),
+            attachments: datapath.attachments().len() as u32,
+            counters: node_counters(&counters),
+            events_lost: counters.events_lost,
+        })
+    }
+
+    /// What a report says when the pins cannot be read: nothing attached, nothing counted.
+    fn unreadable() -> Snapshot {
+        Snapshot {
+            mode: Mode::Observe,
+            policy_version: String::new(),
+            attachments: 0,
+            counters: NodeCounters::default(),
+            events_lost: 0,
+        }
+    }
 }
 
 fn node_counters(counters: &crate::datapath::Counters) -> NodeCounters {
