@@ -226,12 +226,7 @@ impl Api {
     /// Trusting only this CA certificate (PEM).
     pub fn with_ca(base: &str, ca: &Path) -> Api {
         let pem = std::fs::read(ca).unwrap();
-        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
-                _ => None,
-            })
-            .collect();
+        let certs = egress_monitor::reporter::client::pem_certificates(&pem);
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
             .build();

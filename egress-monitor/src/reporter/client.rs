@@ -86,12 +86,7 @@ impl Client {
                 path: ca.display().to_string(),
                 source,
             })?;
-            let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
-                    _ => None,
-                })
-                .collect();
+            let certs = pem_certificates(&pem);
             if certs.is_empty() {
                 return Err(ClientError::Ca(ca.display().to_string()));
             }
@@ -135,6 +130,16 @@ impl Client {
             .map_err(|err| SendError::Transport(err.to_string()))?;
         answer(response)
     }
+}
+
+/// The certificates in a PEM file (other items, such as keys, are passed over).
+pub fn pem_certificates(pem: &[u8]) -> Vec<ureq::tls::Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn answer<T: serde::de::DeserializeOwned>(
