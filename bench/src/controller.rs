@@ -107,7 +107,9 @@ fn body(node: usize, seq: u64) -> Vec<u8> {
     .expect("JSON")
 }
 
-/// CPU seconds (user + system) a process used so far.
+/// CPU seconds (user + system) a process used so far, from `/proc/PID/stat`: in 10 ms ticks,
+/// but counting threads that have exited too (tokio's blocking pool, which runs the SQLite
+/// work, lets idle threads go; `flood::cpu_seconds` sums only the living ones).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
