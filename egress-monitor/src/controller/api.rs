@@ -124,29 +124,42 @@ pub fn router(state: Shared) -> Router {
         .route(&format!("{API}/mode"), put(put_mode))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BYTES))
-        .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::from_fn(guard_bodies))
         .with_state(state)
 }
 
 /// A body announced larger than any route takes is refused before it is read (a body sent
 /// without a length is cut off at the same size by the body limit).
-async fn refuse_oversized(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let announced = request
-        .headers()
+///
+/// A refusal of a request that carried a body closes the connection (`Connection: close`):
+/// the body may be left unread (a bad token is refused from the headers), and the server then
+/// drops the connection after answering. Without the header a client would keep it for its
+/// next request and see that request fail with the peer gone.
+async fn guard_bodies(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > MAX_REPORT_BYTES as u64) {
-        return ApiError::new(
+    let carries_body = announced.is_some_and(|length| length > 0)
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    let mut response = if announced.is_some_and(|length| length > MAX_REPORT_BYTES as u64) {
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("a request body is at most {MAX_REPORT_BYTES} bytes"),
         )
-        .into_response();
+        .into_response()
+    } else {
+        next.run(request).await
+    };
+    let refused = response.status().is_client_error() || response.status().is_server_error();
+    if carries_body && refused {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
     }
-    next.run(request).await
+    response
 }
 
 /// The caller, from `Authorization`; refuses a missing or unknown token.

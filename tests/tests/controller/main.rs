@@ -58,8 +58,9 @@ fn violations(api: &Api, query: &str) -> Vec<Value> {
     body.as_array().unwrap().clone()
 }
 
-/// Sends a report's headers announcing `length` bytes, and no body: the answer as text.
-fn announce_only(url: &str, length: usize) -> String {
+/// Sends a report's headers with `token`, announcing `length` bytes, then `body` (which may
+/// be shorter): the answer as text.
+fn raw_post(url: &str, token: &str, length: usize, body: &[u8]) -> String {
     use std::io::{Read as _, Write as _};
     let address = url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(address).unwrap();
@@ -68,10 +69,11 @@ fn announce_only(url: &str, length: usize) -> String {
         .unwrap();
     write!(
         stream,
-        "POST /api/v1/reports HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {FLEET_TOKEN}\r\n\
+        "POST /api/v1/reports HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
     )
     .unwrap();
+    stream.write_all(body).unwrap();
     let mut answer = vec![0; 4096];
     let n = stream.read(&mut answer).unwrap();
     String::from_utf8_lossy(&answer[..n]).into_owned()
@@ -181,10 +183,19 @@ fn contract(db: &str, scratch: &Scratch) {
         "at most 5000 events",
     );
     // A 9 MiB body is refused from its announced length, before it is sent.
-    let answer = announce_only(&controller.url, 9 << 20);
+    let answer = raw_post(&controller.url, FLEET_TOKEN, 9 << 20, b"");
     assert!(
         answer.starts_with("HTTP/1.1 413")
             && answer.contains("a request body is at most 8388608 bytes"),
+        "{answer}"
+    );
+    // A refusal that may leave the body unread tells the client not to reuse the connection
+    // (a pooled connection the server then drops fails the client's next request).
+    assert!(answer.contains("connection: close"), "{answer}");
+    let body = good.to_string();
+    let answer = raw_post(&controller.url, "not-a-token", body.len(), body.as_bytes());
+    assert!(
+        answer.starts_with("HTTP/1.1 401") && answer.contains("connection: close"),
         "{answer}"
     );
     assert!(nodes(&api).is_empty(), "a refused report stored something");
