@@ -115,6 +115,7 @@ impl IntoResponse for ApiError {
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/", get(page_handler))
+        .route("/healthz", get(healthz))
         .route(&format!("{API}/reports"), post(post_report))
         .route(&format!("{API}/nodes"), get(get_nodes))
         .route(&format!("{API}/nodes/{{node_id}}"), delete(forget_node))
@@ -467,6 +468,26 @@ async fn put_mode(
     let fleet = state.store.set_mode(request.mode, now_ms()).await?;
     log::warn!("fleet mode set to {}", request.mode);
     Ok(Json(fleet_policy(fleet)))
+}
+
+/// How long `/healthz` waits for the database before calling the controller unhealthy.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET /healthz`, without a token, for load balancers and probes: 200 when the database
+/// answers within [`HEALTH_TIMEOUT`], else 503. It says nothing about the fleet, and the
+/// reason of a failure goes to the log, not to an anonymous caller.
+async fn healthz(State(state): State<Shared>) -> Response {
+    let failure = match tokio::time::timeout(HEALTH_TIMEOUT, state.store.fleet()).await {
+        Ok(Ok(_)) => return Json(serde_json::json!({ "status": "ok" })).into_response(),
+        Ok(Err(err)) => crate::error::chain(&err),
+        Err(_) => format!("no answer within {} s", HEALTH_TIMEOUT.as_secs()),
+    };
+    log::warn!("health check: the database failed: {failure}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the controller's database does not answer",
+    )
+    .into_response()
 }
 
 /// The page wants the admin token as a `Bearer` or as the password of HTTP basic

@@ -96,6 +96,8 @@ fn contract(db: &str, scratch: &Scratch) {
     let controller = Controller::start(&files, db, 0, &[]);
     let api = Api::new(&controller.url);
     let reports = "/api/v1/reports";
+    // Probes need no token, and learn nothing about the fleet.
+    assert_eq!(api.get("/healthz", ""), (200, json!({"status": "ok"})));
 
     // Who may call what.
     let good = report(
@@ -472,6 +474,19 @@ fn replicas_share_one_postgres_database() {
         "versions are shared"
     );
     assert_eq!(nodes(&api_one)[0]["reports"], 20);
+
+    // The database goes away: both replicas say so to probes, and refuse reports with 503
+    // (the nodes keep them and retry) instead of hanging or acknowledging them.
+    drop(database);
+    for api in [&api_one, &api_two] {
+        expect_refused(api.get("/healthz", ""), 503, "database does not answer");
+        let body = report("node-r", "machine-r", 21, 10, vec![]);
+        expect_refused(
+            api.post_json("/api/v1/reports", FLEET_TOKEN, &body),
+            503,
+            "storage failed",
+        );
+    }
 }
 
 /// HTTPS with the operator's certificate; a client that does not trust it gets nothing.

@@ -23,6 +23,9 @@ const INSERT_EVENTS: &str = "INSERT INTO events (node_id, received_ms, ts_ms, ki
      $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[], $14::text[], \
      $15::text[], $16::text[], $17::text[], $18::bigint[], $19::bigint[])";
 
+/// The longest a request waits for a pooled connection, a new one, or a health check of one.
+const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct PgStore {
     pool: Pool,
 }
@@ -50,8 +53,19 @@ fn refs(params: &[Boxed]) -> Vec<&(dyn ToSql + Sync)> {
 
 impl PgStore {
     pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+        // Bounded waits: a database that went away fails requests (503, nodes retry) instead
+        // of holding them until TCP gives up.
+        let timeouts = deadpool_postgres::Timeouts {
+            wait: Some(POOL_TIMEOUT),
+            create: Some(POOL_TIMEOUT),
+            recycle: Some(POOL_TIMEOUT),
+        };
         let config = Config {
             url: Some(url.to_owned()),
+            pool: Some(deadpool_postgres::PoolConfig {
+                timeouts,
+                ..deadpool_postgres::PoolConfig::default()
+            }),
             ..Config::default()
         };
         let pool = config.create_pool(Some(Runtime::Tokio1), NoTls)?;
