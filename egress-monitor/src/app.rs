@@ -252,6 +252,7 @@ fn controller(args: ControllerArgs) -> ExitCode {
         node_token_file: args.node_token_file,
         tls: args.tls_cert.zip(args.tls_key),
         retention: std::time::Duration::from_secs(u64::from(args.retention_days) * 86_400),
+        metrics: args.metrics,
     };
     let (runtime, stop) = match runtime_and_stop(tokio::runtime::Builder::new_multi_thread()) {
         Ok(both) => both,

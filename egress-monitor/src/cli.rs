@@ -48,7 +48,7 @@ SIGHUP re-reads the policy and applies the difference.")]
   openssl rand -hex 32 > admin.token; openssl rand -hex 32 > nodes.token
   egress-monitor controller --listen 0.0.0.0:8443 --db sqlite:/var/lib/egress-monitor/controller.db \\
       --admin-token-file admin.token --node-token-file nodes.token \\
-      --tls-cert controller.crt --tls-key controller.key
+      --tls-cert controller.crt --tls-key controller.key --metrics 127.0.0.1:9465
   # Replicas sharing PostgreSQL:
   egress-monitor controller --db postgres://egress:PASSWORD@db.internal/egress ...
   # Nodes:
@@ -248,6 +248,10 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(u32).range(1..=3650))]
     pub retention_days: u32,
+    /// Serve the controller's own Prometheus metrics at http://ADDR/metrics (no token: bind
+    /// it where only the scraper reaches, e.g. 127.0.0.1:9465).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Where the policy comes from.

@@ -15,6 +15,7 @@ use axum::{
 
 use super::{
     auth::{Caller, NodeScope, Tokens, presented},
+    metrics::{ControllerMetrics, ReportOutcome, count_requests},
     page,
     store::{Ingest, Store, StoreError, Top, ViolationFilter},
     view::{self, NodeView, now_ms},
@@ -31,6 +32,7 @@ pub struct AppState {
     /// keeps nothing older.
     pub retention: Duration,
     pub tops: TopsCache,
+    pub metrics: Arc<ControllerMetrics>,
 }
 
 /// The tops scan a day of violations (about a second per million): computed at most once per
@@ -126,6 +128,10 @@ pub fn router(state: Shared) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .layer(axum::middleware::from_fn(guard_bodies))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            count_requests,
+        ))
         .with_state(state)
 }
 
@@ -247,30 +253,33 @@ async fn post_report(
         ));
     }
     let expired = report.created_ms < now.saturating_sub(state.retention.as_millis() as u64);
-    let stored = if expired {
+    let outcome = if expired {
         log::warn!(
             "report {} #{} of node {} is older than the retention: acknowledged, not stored",
             report.stream,
             report.seq,
             report.node_id
         );
-        false
+        ReportOutcome::Expired
     } else {
         match state
             .store
             .ingest(&report, matches!(scope, NodeScope::Node(_)), now)
             .await?
         {
-            Ingest::Stored => true,
-            Ingest::Duplicate => false,
+            Ingest::Stored => ReportOutcome::Stored {
+                events: report.events.len(),
+            },
+            Ingest::Duplicate => ReportOutcome::Duplicate,
             Ingest::Conflict(message) => {
                 return Err(ApiError::new(StatusCode::CONFLICT, message));
             }
         }
     };
+    state.metrics.report(outcome);
     let fleet = state.store.fleet().await?;
     Ok(Json(ReportReply {
-        stored,
+        stored: matches!(outcome, ReportOutcome::Stored { .. }),
         fleet: Desired {
             policy_version: fleet.policy_version,
             mode: fleet.mode,
@@ -470,8 +479,16 @@ async fn put_mode(
     Ok(Json(fleet_policy(fleet)))
 }
 
-/// How long `/healthz` waits for the database before calling the controller unhealthy.
+/// How long `/healthz` and a metrics scrape wait for the database before calling it down.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every node's state now, for the metrics; None when the database does not answer in time.
+pub async fn node_states(state: &Shared) -> Option<Vec<view::NodeState>> {
+    match tokio::time::timeout(HEALTH_TIMEOUT, views(state)).await {
+        Ok(Ok((views, _))) => Some(views.into_iter().map(|view| view.state).collect()),
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
 
 /// `GET /healthz`, without a token, for load balancers and probes: 200 when the database
 /// answers within [`HEALTH_TIMEOUT`], else 503. It says nothing about the fleet, and the

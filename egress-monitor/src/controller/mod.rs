@@ -6,9 +6,11 @@
 //! - [`auth`]: admin and node tokens; [`api`]: routes; [`page`]: the HTML page;
 //!   [`view`]: node states (enforced, observing, drifted, unprotected, stale) and the summary.
 //! - [`store`]: SQLite (embedded, default) or PostgreSQL (shared by replicas).
+//! - [`metrics`]: the controller's own Prometheus metrics (`--metrics`).
 
 pub mod api;
 pub mod auth;
+pub mod metrics;
 pub mod page;
 pub mod store;
 pub mod view;
@@ -29,6 +31,8 @@ pub struct ControllerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Violations older than this are removed (hourly).
     pub retention: Duration,
+    /// Where to serve the controller's own Prometheus metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,7 @@ pub enum ControllerError {
 pub struct Controller {
     state: Arc<AppState>,
     listener: std::net::TcpListener,
+    metrics_listener: Option<std::net::TcpListener>,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     address: SocketAddr,
 }
@@ -109,14 +114,24 @@ impl Controller {
                 address: config.listen,
                 source,
             })?;
+        let metrics_listener = config
+            .metrics
+            .map(|address| {
+                std::net::TcpListener::bind(address)
+                    .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+                    .map_err(|source| ControllerError::Listen { address, source })
+            })
+            .transpose()?;
         Ok(Controller {
             state: Arc::new(AppState {
                 store,
                 tokens,
                 retention: config.retention,
                 tops: api::TopsCache::default(),
+                metrics: Arc::default(),
             }),
             listener,
+            metrics_listener,
             tls,
             address,
         })
@@ -139,6 +154,24 @@ impl Controller {
         let app = api::router(Arc::clone(&self.state));
         let handle = axum_server::Handle::new();
         let pruner = tokio::spawn(prune_forever(Arc::clone(&self.state)));
+        let metrics_server = match self.metrics_listener {
+            Some(listener) => {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).map_err(ControllerError::Serve)?;
+                let state = Arc::clone(&self.state);
+                let states = move || {
+                    let state = Arc::clone(&state);
+                    async move { api::node_states(&state).await }
+                };
+                let metrics = Arc::clone(&self.state.metrics);
+                Some(tokio::spawn(async move {
+                    if let Err(err) = metrics::serve(listener, metrics, states).await {
+                        log::error!("the metrics server stopped: {err}");
+                    }
+                }))
+            }
+            None => None,
+        };
         let server = {
             let handle = handle.clone();
             let listener = self.listener;
@@ -171,6 +204,9 @@ impl Controller {
             }
         };
         pruner.abort();
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         result.map_err(ControllerError::Serve)
     }
 }

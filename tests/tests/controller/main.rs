@@ -12,6 +12,7 @@ use egress_monitor_tests::{
         ADMIN_TOKEN, Api, BOUND_NODE, BOUND_TOKEN, Controller, ControllerFiles, FLEET_TOKEN,
         PgDatabase, browse,
     },
+    free_port,
 };
 use serde_json::{Value, json};
 
@@ -87,6 +88,25 @@ fn expect_refused(answer: (u16, Value), status: u16, message: &str) {
     assert!(
         error.contains(message),
         "`{error}` does not say `{message}`"
+    );
+}
+
+/// The controller's `/metrics` at `address` (as served with `--metrics`).
+fn scrape(address: &str) -> String {
+    let (status, text) = Api::new(&format!("http://{address}")).get("/metrics", "");
+    assert_eq!(status, 200, "{text}");
+    text.as_str().expect("metrics are text").to_owned()
+}
+
+/// `text` has the sample `series value`.
+fn assert_sample(text: &str, series: &str, value: u64) {
+    let found = text
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '));
+    assert_eq!(
+        found,
+        Some(value.to_string().as_str()),
+        "{series} in\n{text}"
     );
 }
 
@@ -436,7 +456,8 @@ fn replicas_share_one_postgres_database() {
     let scratch = Scratch::new("replicas");
     let database = PgDatabase::create();
     let files = ControllerFiles::new(&scratch.0);
-    let one = Controller::start(&files, &database.url(), 0, &[]);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let one = Controller::start(&files, &database.url(), 0, &["--metrics", &metrics]);
     let two = Controller::start(&files, &database.url(), 0, &[]);
     let (api_one, api_two) = (Api::new(&one.url), Api::new(&two.url));
     for seq in 1..=20u64 {
@@ -477,7 +498,18 @@ fn replicas_share_one_postgres_database() {
 
     // The database goes away: both replicas say so to probes, and refuse reports with 503
     // (the nodes keep them and retry) instead of hanging or acknowledging them.
+    assert_sample(
+        &scrape(&metrics),
+        "egress_monitor_controller_database_up",
+        1,
+    );
     drop(database);
+    let text = scrape(&metrics);
+    assert_sample(&text, "egress_monitor_controller_database_up", 0);
+    assert!(
+        !text.contains("controller_nodes{"),
+        "states of an unknown fleet: {text}"
+    );
     for api in [&api_one, &api_two] {
         expect_refused(api.get("/healthz", ""), 503, "database does not answer");
         let body = report("node-r", "machine-r", 21, 10, vec![]);
@@ -642,4 +674,89 @@ fn the_page_in_a_real_browser() {
         !wrong.contains("data-node"),
         "the page showed the fleet without the token"
     );
+}
+
+/// The controller's own metrics (`--metrics`, no token): requests by route pattern and status,
+/// reports by outcome, events stored, nodes by state read at the scrape.
+#[test]
+fn the_controllers_own_metrics() {
+    let scratch = Scratch::new("controller-metrics");
+    let files = ControllerFiles::new(&scratch.0);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let controller = Controller::start(&files, &files.sqlite(), 0, &["--metrics", &metrics]);
+    let api = Api::new(&controller.url);
+    let text = scrape(&metrics);
+    assert_sample(&text, "egress_monitor_controller_database_up", 1);
+    assert_sample(
+        &text,
+        "egress_monitor_controller_nodes{state=\"observing\"}",
+        0,
+    );
+
+    let reports = "/api/v1/reports";
+    let first = report(
+        "node-m",
+        "machine-m",
+        1,
+        10,
+        vec![
+            event("203.0.113.1", "/bin/a", 1),
+            event("203.0.113.2", "/bin/b", 1),
+        ],
+    );
+    let second = report(
+        "node-m",
+        "machine-m",
+        2,
+        10,
+        vec![event("203.0.113.3", "/bin/c", 1)],
+    );
+    for (body, token, status) in [
+        (&first, FLEET_TOKEN, 200),
+        (&first, FLEET_TOKEN, 200),
+        (&second, FLEET_TOKEN, 200),
+        (&second, "not-a-token", 401),
+    ] {
+        assert_eq!(api.post_json(reports, token, body).0, status);
+    }
+    assert_eq!(api.delete("/api/v1/nodes/nobody", ADMIN_TOKEN).0, 404);
+    assert_eq!(api.get("/no/such/route", ADMIN_TOKEN).0, 404);
+
+    let text = scrape(&metrics);
+    let requests = "egress_monitor_controller_requests_total";
+    assert_sample(
+        &text,
+        &format!("{requests}{{route=\"{reports}\",status=\"200\"}}"),
+        3,
+    );
+    assert_sample(
+        &text,
+        &format!("{requests}{{route=\"{reports}\",status=\"401\"}}"),
+        1,
+    );
+    assert_sample(
+        &text,
+        &format!("{requests}{{route=\"/api/v1/nodes/{{node_id}}\",status=\"404\"}}"),
+        1,
+    );
+    assert_sample(
+        &text,
+        &format!("{requests}{{route=\"unmatched\",status=\"404\"}}"),
+        1,
+    );
+    assert_sample(
+        &text,
+        &format!("egress_monitor_controller_request_duration_seconds_count{{route=\"{reports}\"}}"),
+        4,
+    );
+    let outcomes = "egress_monitor_controller_reports_total";
+    assert_sample(&text, &format!("{outcomes}{{outcome=\"stored\"}}"), 2);
+    assert_sample(&text, &format!("{outcomes}{{outcome=\"duplicate\"}}"), 1);
+    assert_sample(&text, "egress_monitor_controller_events_stored_total", 3);
+    assert_sample(
+        &text,
+        "egress_monitor_controller_nodes{state=\"observing\"}",
+        1,
+    );
+    assert_sample(&text, "egress_monitor_controller_nodes{state=\"stale\"}", 0);
 }
