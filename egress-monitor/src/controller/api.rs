@@ -20,8 +20,8 @@ use super::{
     store::{Ingest, Store, StoreError, Top, ViolationFilter},
     view::{self, NodeView, now_ms},
     wire::{
-        API, Desired, ErrorBody, FleetPolicy, MAX_POLICY_BYTES, MAX_REPORT_BYTES, ModeRequest,
-        Report, ReportReply,
+        API, Desired, ErrorBody, FleetPolicy, HistoryEntry, MAX_POLICY_BYTES, MAX_REPORT_BYTES,
+        ModeRequest, PolicyVersion, Report, ReportReply,
     },
 };
 
@@ -124,6 +124,11 @@ pub fn router(state: Shared) -> Router {
         .route(&format!("{API}/violations"), get(get_violations))
         .route(&format!("{API}/summary"), get(get_summary))
         .route(&format!("{API}/policy"), get(get_policy).put(put_policy))
+        .route(
+            &format!("{API}/policy/{{version}}"),
+            get(get_policy_version),
+        )
+        .route(&format!("{API}/history"), get(get_history))
         .route(&format!("{API}/mode"), put(put_mode))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BYTES))
@@ -338,6 +343,15 @@ async fn get_summary(
     Ok(Json(view::summary(&views, &fleet, since, tops)))
 }
 
+/// `limit=`: how many rows a list answers with.
+fn limit(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|v| (1..=1000).contains(v))
+        .ok_or_else(|| "`limit` must be between 1 and 1000".to_owned())
+}
+
 /// `?node=&destination=&process=&since=&until=&before=&limit=`; times are RFC 3339 or
 /// milliseconds since the epoch.
 fn violation_filter(query: &HashMap<String, String>) -> Result<ViolationFilter, String> {
@@ -368,13 +382,7 @@ fn violation_filter(query: &HashMap<String, String>) -> Result<ViolationFilter, 
                         .ok_or("`before` must be a violation id (a positive integer)")?,
                 );
             }
-            "limit" => {
-                filter.limit = value
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|v| (1..=1000).contains(v))
-                    .ok_or("`limit` must be between 1 and 1000")?;
-            }
+            "limit" => filter.limit = limit(value)?,
             other => {
                 return Err(format!(
                     "unknown filter `{other}`: use node, destination, process, since, until, before, limit"
@@ -423,6 +431,76 @@ async fn get_policy(
     _: AnyCaller,
 ) -> Result<Json<FleetPolicy>, ApiError> {
     Ok(Json(fleet_policy(state.store.fleet().await?)))
+}
+
+/// `GET /api/v1/policy/VERSION`: a fleet policy as it was set, for audits and roll-backs.
+async fn get_policy_version(
+    State(state): State<Shared>,
+    _: Admin,
+    axum::extract::Path(version): axum::extract::Path<String>,
+) -> Result<Json<PolicyVersion>, ApiError> {
+    let version = version
+        .parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "a policy version is a positive integer",
+            )
+        })?;
+    match state.store.policy_version(version).await? {
+        Some((policy, set_ms)) => Ok(Json(PolicyVersion {
+            version,
+            policy,
+            set: view::rfc3339(set_ms),
+        })),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no fleet policy version {version}"),
+        )),
+    }
+}
+
+/// `GET /api/v1/history?limit=`: every change of the fleet's policy and mode, newest first,
+/// with the wishes it left: when the fleet was locked down, and under which policy.
+async fn get_history(
+    State(state): State<Shared>,
+    _: Admin,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
+    let mut count = 100;
+    for (key, value) in &query {
+        match key.as_str() {
+            "limit" => {
+                count = limit(value)
+                    .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
+            }
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter `{other}`: use limit"),
+                ));
+            }
+        }
+    }
+    Ok(Json(history(&state, count).await?))
+}
+
+/// How many of the fleet's changes the page shows.
+const PAGE_HISTORY: u32 = 10;
+
+async fn history(state: &Shared, count: u32) -> Result<Vec<HistoryEntry>, ApiError> {
+    let changes = state.store.history(count).await?;
+    Ok(changes
+        .into_iter()
+        .map(|change| HistoryEntry {
+            at: view::rfc3339(change.at_ms),
+            change: change.change,
+            policy_version: change.policy_version,
+            mode: change.mode,
+        })
+        .collect())
 }
 
 /// The name fleet policies carry in their diagnostics.
@@ -552,6 +630,7 @@ async fn page_data(state: &Shared) -> Result<page::PageData, ApiError> {
         nodes: views,
         fleet: fleet_policy(fleet),
         recent,
+        history: history(state, PAGE_HISTORY).await?,
     })
 }
 

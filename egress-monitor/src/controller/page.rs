@@ -7,7 +7,7 @@ use maud::{DOCTYPE, Markup, html};
 use super::{
     store::{Top, Violation},
     view::{NodeState, NodeView, Summary, rfc3339},
-    wire::FleetPolicy,
+    wire::{FleetPolicy, HistoryEntry},
 };
 
 pub struct PageData {
@@ -15,6 +15,8 @@ pub struct PageData {
     pub nodes: Vec<NodeView>,
     pub fleet: FleetPolicy,
     pub recent: Vec<Violation>,
+    /// The newest changes of the fleet's policy and mode.
+    pub history: Vec<HistoryEntry>,
 }
 
 const STYLE: &str = "
@@ -124,7 +126,22 @@ pub fn render(data: &PageData) -> Markup {
                     (s.converged) " of " (s.nodes) " nodes run it."
                 }
                 @if let Some(policy) = &data.fleet.policy { pre id="policy" { (policy) } }
-                p.muted { "API: /api/v1/nodes, /api/v1/violations, /api/v1/summary, /api/v1/policy. This page reloads every 15 s." }
+                @if !data.history.is_empty() {
+                    table id="history" {
+                        thead { tr { th { "changed" } th { "what" } th { "policy" } th { "mode" } } }
+                        tbody {
+                            @for h in &data.history {
+                                tr data-change=(h.change) data-version=(h.policy_version) {
+                                    td { (h.at) }
+                                    td { (h.change) }
+                                    td { "v" (h.policy_version) }
+                                    td { (h.mode.map_or("not set", |m| m.as_str())) }
+                                }
+                            }
+                        }
+                    }
+                }
+                p.muted { "API: /api/v1/nodes, /api/v1/violations, /api/v1/summary, /api/v1/policy, /api/v1/history. This page reloads every 15 s." }
             }
         }
     }

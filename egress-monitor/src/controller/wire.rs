@@ -146,6 +146,26 @@ pub struct FleetPolicy {
     pub updated: Option<String>,
 }
 
+/// `GET /api/v1/policy/VERSION`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersion {
+    pub version: u64,
+    pub policy: String,
+    /// RFC 3339, when it was set.
+    pub set: String,
+}
+
+/// `GET /api/v1/history`: a change of the fleet's policy or mode and what it left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// RFC 3339.
+    pub at: String,
+    /// `policy` or `mode`.
+    pub change: String,
+    pub policy_version: u64,
+    pub mode: Option<Mode>,
+}
+
 /// `PUT /api/v1/mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

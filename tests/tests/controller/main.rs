@@ -365,6 +365,68 @@ fn contract(db: &str, scratch: &Scratch) {
         (200, &json!("enforce")),
         "{fleet}"
     );
+    // The fleet's history: every change, newest first, and what it left (the refused switch
+    // is not in it); each version's text stays readable.
+    let (status, history) = api.get("/api/v1/history", ADMIN_TOKEN);
+    assert_eq!(status, 200, "{history}");
+    let history: Vec<(String, u64, Value)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            assert!(h["at"].as_str().unwrap().ends_with('Z'), "{h}");
+            (
+                h["change"].as_str().unwrap().to_owned(),
+                h["policy_version"].as_u64().unwrap(),
+                h["mode"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("mode".to_owned(), 3, json!("enforce")),
+            ("policy".to_owned(), 3, Value::Null),
+            ("policy".to_owned(), 2, Value::Null),
+            ("policy".to_owned(), 1, Value::Null),
+        ]
+    );
+    assert_eq!(
+        api.get("/api/v1/history?limit=2", ADMIN_TOKEN)
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    expect_refused(
+        api.get("/api/v1/history?limit=0", ADMIN_TOKEN),
+        400,
+        "`limit` must be",
+    );
+    expect_refused(
+        api.get("/api/v1/history?since=1", ADMIN_TOKEN),
+        400,
+        "unknown parameter",
+    );
+    expect_refused(api.get("/api/v1/history", FLEET_TOKEN), 403, "admin token");
+    let (status, v2) = api.get("/api/v1/policy/2", ADMIN_TOKEN);
+    assert_eq!(
+        (status, &v2["policy"], &v2["version"]),
+        (200, &json!(cutting), &json!(2)),
+        "{v2}"
+    );
+    expect_refused(
+        api.get("/api/v1/policy/9", ADMIN_TOKEN),
+        404,
+        "no fleet policy version 9",
+    );
+    expect_refused(
+        api.get("/api/v1/policy/x", ADMIN_TOKEN),
+        400,
+        "positive integer",
+    );
+    expect_refused(api.get("/api/v1/policy/1", FLEET_TOKEN), 403, "admin token");
     let mut converged = report("node-a", "machine-a", 4, 10, vec![]);
     converged["mode"] = json!("enforce");
     converged["policy"]["fleet_version"] = fleet["version"].clone();
@@ -638,6 +700,11 @@ fn the_page_in_a_real_browser() {
     );
     assert_eq!(api.post_json("/api/v1/reports", FLEET_TOKEN, &body).0, 200);
     assert_eq!(api.put_policy("# the fleet's\n[[rule]]\nname = \"mirror\"\ncidr = \"198.51.100.0/24\"\naction = \"allow\"\n").0, 200);
+    assert_eq!(
+        api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "observe"}))
+            .0,
+        200
+    );
 
     // Without the token: 401 and a browser's login prompt.
     let (status, _) = api.get("/", "");
@@ -658,6 +725,9 @@ fn the_page_in_a_real_browser() {
         "&lt;script&gt;alert(1)&lt;/script&gt;",
         "name = \"mirror\"",
         "0 of 1 nodes run it",
+        // The fleet's history, newest first.
+        "<tr data-change=\"mode\" data-version=\"1\">",
+        "<tr data-change=\"policy\" data-version=\"1\">",
     ] {
         assert!(dom.contains(needle), "the page lacks `{needle}`:\n{dom}");
     }

@@ -128,6 +128,16 @@ pub struct Fleet {
     pub updated_ms: Option<u64>,
 }
 
+/// One change of the fleet's policy or mode, and the wishes it left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FleetChange {
+    pub at_ms: u64,
+    /// `policy` or `mode`.
+    pub change: String,
+    pub policy_version: u64,
+    pub mode: Option<Mode>,
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync {
     /// Stores a validated report once. `bound_node` is true when the caller's token is bound to
@@ -146,6 +156,10 @@ pub trait Store: Send + Sync {
     /// Stores a new fleet policy; its version is the previous one plus one.
     async fn set_policy(&self, text: &str, now_ms: u64) -> Result<Fleet, StoreError>;
     async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError>;
+    /// The newest `limit` changes of the fleet's policy and mode, newest first.
+    async fn history(&self, limit: u32) -> Result<Vec<FleetChange>, StoreError>;
+    /// A fleet policy version as it was set: its text and when.
+    async fn policy_version(&self, version: u64) -> Result<Option<(String, u64)>, StoreError>;
     /// Forgets a node (one scaled in for good): its row goes, its violations stay. False when
     /// there was no such node. A node that reports again is a new node.
     async fn forget(&self, node_id: &str) -> Result<bool, StoreError>;

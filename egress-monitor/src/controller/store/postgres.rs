@@ -9,8 +9,8 @@ use deadpool_postgres::{Config, Pool, Runtime};
 use tokio_postgres::{NoTls, Row, types::ToSql};
 
 use super::{
-    Fleet, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter, mode_from,
-    process_name,
+    Fleet, FleetChange, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter,
+    mode_from, process_name,
     query::{self, Param, pg},
     rows,
 };
@@ -273,17 +273,37 @@ impl Store for PgStore {
         tx.execute(&pg(query::SET_POLICY), &[&text, &(now_ms as i64)])
             .await?;
         tx.execute(query::RECORD_POLICY, &[]).await?;
+        tx.execute(&pg(query::RECORD_CHANGE), &[&"policy"]).await?;
         let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
         tx.commit().await?;
         Ok(fleet)
     }
 
     async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(&pg(query::SET_MODE), &[&mode.as_str(), &(now_ms as i64)])
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(&pg(query::SET_MODE), &[&mode.as_str(), &(now_ms as i64)])
             .await?;
-        fleet_from(&client.query_one(query::SELECT_FLEET, &[]).await?)
+        tx.execute(&pg(query::RECORD_CHANGE), &[&"mode"]).await?;
+        let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
+        tx.commit().await?;
+        Ok(fleet)
+    }
+
+    async fn history(&self, limit: u32) -> Result<Vec<FleetChange>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(&pg(query::SELECT_CHANGES), &[&i64::from(limit)])
+            .await?;
+        rows.iter().map(rows::change).collect()
+    }
+
+    async fn policy_version(&self, version: u64) -> Result<Option<(String, u64)>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(&pg(query::SELECT_POLICY_VERSION), &[&(version as i64)])
+            .await?;
+        Ok(row.map(|row| (row.get(0), row.get::<_, i64>(1) as u64)))
     }
 
     async fn forget(&self, node_id: &str) -> Result<bool, StoreError> {

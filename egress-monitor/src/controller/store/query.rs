@@ -72,6 +72,10 @@ INSERT INTO fleet (id, policy_version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING
 CREATE TABLE IF NOT EXISTS policies (
     version BIGINT PRIMARY KEY, policy TEXT NOT NULL, set_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fleet_changes (
+    id {serial}, at_ms BIGINT NOT NULL, change TEXT NOT NULL, policy_version BIGINT NOT NULL,
+    mode TEXT
+);
 "#
     )
 }
@@ -215,6 +219,18 @@ pub const SELECT_FLEET: &str =
 pub const SET_POLICY: &str = "UPDATE fleet SET policy_version = policy_version + 1, policy = ?1, updated_ms = ?2 WHERE id = 1";
 
 pub const RECORD_POLICY: &str = "INSERT INTO policies (version, policy, set_ms) SELECT policy_version, policy, updated_ms FROM fleet WHERE id = 1";
+
+/// Appends the fleet's wishes as they are now to its history; ?1 says what changed (`policy`
+/// or `mode`).
+pub const RECORD_CHANGE: &str = "INSERT INTO fleet_changes (at_ms, change, policy_version, mode) \
+     SELECT updated_ms, CAST(?1 AS TEXT), policy_version, mode FROM fleet WHERE id = 1";
+
+/// The newest ?1 changes of the fleet's policy or mode.
+pub const SELECT_CHANGES: &str = "SELECT at_ms, change, policy_version, mode FROM fleet_changes \
+     ORDER BY id DESC LIMIT ?1";
+
+/// One stored version of the fleet policy: its text and when it was set.
+pub const SELECT_POLICY_VERSION: &str = "SELECT policy, set_ms FROM policies WHERE version = ?1";
 
 pub const FORGET_NODE: &str = "DELETE FROM nodes WHERE node_id = ?1";
 

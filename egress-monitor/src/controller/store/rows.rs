@@ -1,7 +1,7 @@
 //! Rows both stores read alike (nodes, violations), decoded once: each driver only says how to
 //! read an integer or a text column.
 
-use super::{NodeRow, StoreError, Violation, from_json, mode_from};
+use super::{FleetChange, NodeRow, StoreError, Violation, from_json, mode_from};
 use crate::controller::wire::FlowEvent;
 
 /// Column access, by index, as both drivers give it.
@@ -40,6 +40,16 @@ impl Columns for tokio_postgres::Row {
     fn text(&self, i: usize) -> Result<Option<String>, StoreError> {
         Ok(self.try_get(i)?)
     }
+}
+
+/// A row of [`super::query::SELECT_CHANGES`].
+pub fn change(row: &impl Columns) -> Result<FleetChange, StoreError> {
+    Ok(FleetChange {
+        at_ms: row.required_int(0)? as u64,
+        change: row.required_text(1)?,
+        policy_version: row.required_int(2)? as u64,
+        mode: row.text(3)?.as_deref().map(mode_from).transpose()?,
+    })
 }
 
 /// A row of [`super::query::SELECT_NODES`].

@@ -12,7 +12,8 @@ use rusqlite::{
 };
 
 use super::{
-    Fleet, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter, mode_from,
+    Fleet, FleetChange, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter,
+    mode_from,
     query::{self, Param},
     rows,
 };
@@ -249,6 +250,7 @@ impl Store for SqliteStore {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(query::SET_POLICY, (&text, now_ms as i64))?;
             tx.execute(query::RECORD_POLICY, [])?;
+            tx.execute(query::RECORD_CHANGE, ["policy"])?;
             let fleet = fleet(&tx)?;
             tx.commit()?;
             Ok(fleet)
@@ -258,8 +260,36 @@ impl Store for SqliteStore {
 
     async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError> {
         self.with(Use::Write, move |connection| {
-            connection.execute(query::SET_MODE, (mode.as_str(), now_ms as i64))?;
-            fleet(connection)
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(query::SET_MODE, (mode.as_str(), now_ms as i64))?;
+            tx.execute(query::RECORD_CHANGE, ["mode"])?;
+            let fleet = fleet(&tx)?;
+            tx.commit()?;
+            Ok(fleet)
+        })
+        .await
+    }
+
+    async fn history(&self, limit: u32) -> Result<Vec<FleetChange>, StoreError> {
+        self.with(Use::Read, move |connection| {
+            let mut statement = connection.prepare_cached(query::SELECT_CHANGES)?;
+            let mut rows = statement.query([i64::from(limit)])?;
+            let mut changes = Vec::new();
+            while let Some(row) = rows.next()? {
+                changes.push(rows::change(row)?);
+            }
+            Ok(changes)
+        })
+        .await
+    }
+
+    async fn policy_version(&self, version: u64) -> Result<Option<(String, u64)>, StoreError> {
+        self.with(Use::Read, move |connection| {
+            Ok(connection
+                .query_row(query::SELECT_POLICY_VERSION, [version as i64], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+                })
+                .optional()?)
         })
         .await
     }
