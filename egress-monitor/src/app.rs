@@ -248,6 +248,7 @@ fn controller(args: ControllerArgs) -> ExitCode {
     let config = ControllerConfig {
         listen: args.listen,
         db: args.db,
+        db_ca: args.db_ca,
         admin_token_file: args.admin_token_file,
         node_token_file: args.node_token_file,
         tls: args.tls_cert.zip(args.tls_key),

@@ -49,8 +49,9 @@ SIGHUP re-reads the policy and applies the difference.")]
   egress-monitor controller --listen 0.0.0.0:8443 --db sqlite:/var/lib/egress-monitor/controller.db \\
       --admin-token-file admin.token --node-token-file nodes.token \\
       --tls-cert controller.crt --tls-key controller.key --metrics 127.0.0.1:9465
-  # Replicas sharing PostgreSQL:
-  egress-monitor controller --db postgres://egress:PASSWORD@db.internal/egress ...
+  # Replicas sharing PostgreSQL (over TLS, the server's certificate verified):
+  egress-monitor controller --db 'postgres://egress:PASSWORD@db.internal/egress?sslmode=require' \\
+      --db-ca db-ca.pem ...
   # Nodes:
   egress-monitor run --controller https://controller:8443 --token-file nodes.token
   # Operators:
@@ -232,6 +233,12 @@ pub struct ControllerArgs {
         default_value = "sqlite:/var/lib/egress-monitor/controller.db"
     )]
     pub db: String,
+    /// PEM CA certificate(s) the PostgreSQL server's certificate must chain to. The controller
+    /// speaks TLS to PostgreSQL when --db says `sslmode=require`, and always verifies the
+    /// server's certificate: against this file, else the public roots (Azure Database for
+    /// PostgreSQL needs no file).
+    #[arg(long, value_name = "FILE")]
+    pub db_ca: Option<PathBuf>,
     /// The operators' token(s), one per line.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: PathBuf,

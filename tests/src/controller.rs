@@ -27,15 +27,28 @@ pub fn postgres_url() -> String {
     })
 }
 
+/// The CA of the test cluster's TLS certificate, in `EGRESS_MONITOR_TEST_POSTGRES_CA` (made
+/// by `cargo xtask test`).
+pub fn postgres_ca() -> PathBuf {
+    std::env::var_os("EGRESS_MONITOR_TEST_POSTGRES_CA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "EGRESS_MONITOR_TEST_POSTGRES_CA is not set: run the tests with `cargo xtask test`, which gives the test cluster its TLS certificate"
+            )
+        })
+}
+
 /// A database of its own for one test, dropped afterwards.
 pub struct PgDatabase {
     pub name: String,
     admin_url: String,
 }
 
-fn psql(url: &str, sql: &str) {
+/// Runs `sql` with psql; its output, unaligned and without headers.
+fn psql(url: &str, sql: &str) -> String {
     let output = Command::new("psql")
-        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args([url, "-qAt", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .expect("run psql");
     assert!(
@@ -43,6 +56,7 @@ fn psql(url: &str, sql: &str) {
         "psql {sql}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 impl PgDatabase {
@@ -51,6 +65,11 @@ impl PgDatabase {
         let name = format!("em_test_{}", crate::unique_id().replace('-', "_"));
         psql(&admin_url, &format!("CREATE DATABASE {name}"));
         PgDatabase { name, admin_url }
+    }
+
+    /// Runs `sql` on the server as the test role (from the server's default database).
+    pub fn query(&self, sql: &str) -> String {
+        psql(&self.admin_url, sql)
     }
 
     /// The URL controllers use.

@@ -34,7 +34,7 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
             .env("EGRESS_MONITOR_BIN", release.join("egress-monitor"))
             .env(
                 crate::postgres::URL_VARIABLE,
-                crate::postgres::ensure_server()?,
+                crate::postgres::ensure_server()?.url,
             )
             .env("EM_TESTCLIENT", release.join("em-testclient")),
     )

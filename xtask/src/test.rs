@@ -69,7 +69,8 @@ fn cargo_test(args: &[String]) -> anyhow::Result<()> {
             "EGRESS_MONITOR_BIN",
             target_dir().join("debug/egress-monitor"),
         )
-        .env(crate::postgres::URL_VARIABLE, &postgres)
+        .env(crate::postgres::URL_VARIABLE, &postgres.url)
+        .env(crate::postgres::CA_VARIABLE, &postgres.ca)
         .current_dir(root())
         .stdout(Stdio::piped())
         .spawn()

@@ -25,6 +25,9 @@ pub struct ControllerConfig {
     pub listen: SocketAddr,
     /// `sqlite:PATH` or `postgres://…`.
     pub db: String,
+    /// CA certificates (PEM) a PostgreSQL server's certificate must chain to
+    /// (`sslmode=require`); without it, the public roots.
+    pub db_ca: Option<PathBuf>,
     pub admin_token_file: PathBuf,
     pub node_token_file: PathBuf,
     /// Certificate chain and private key (PEM): HTTPS when given.
@@ -58,6 +61,10 @@ pub enum ControllerError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "--db-ca verifies a PostgreSQL server's TLS certificate: add `sslmode=require` to a postgres:// --db"
+    )]
+    DbCaUnused,
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -96,7 +103,10 @@ impl Controller {
             }
             None => None,
         };
-        let store = store::open(&config.db)
+        if config.db_ca.is_some() && !store::postgres::requires_tls(&config.db) {
+            return Err(ControllerError::DbCaUnused);
+        }
+        let store = store::open(&config.db, config.db_ca.as_deref())
             .await
             .map_err(|source| ControllerError::Store {
                 url: redact(&config.db),

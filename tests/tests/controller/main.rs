@@ -10,7 +10,7 @@ use egress_monitor_tests::{
     Scratch,
     controller::{
         ADMIN_TOKEN, Api, BOUND_NODE, BOUND_TOKEN, Controller, ControllerFiles, FLEET_TOKEN,
-        PgDatabase, browse,
+        PgDatabase, browse, postgres_ca,
     },
     free_port,
 };
@@ -581,6 +581,63 @@ fn replicas_share_one_postgres_database() {
             "storage failed",
         );
     }
+}
+
+/// PostgreSQL over TLS (`sslmode=require`): the server's certificate is verified against
+/// `--db-ca` (a server the controller cannot verify stops it at start), and the controller's
+/// connections really are encrypted.
+#[test]
+fn postgres_over_verified_tls() {
+    let scratch = Scratch::new("pg-tls");
+    let database = PgDatabase::create();
+    let files = ControllerFiles::new(&scratch.0);
+    let url = format!("{}?sslmode=require", database.url());
+    let ca = postgres_ca();
+    let ca = ca.to_str().unwrap();
+    let refused = |db: &str, extra: &[&str]| {
+        let output = std::process::Command::new(egress_monitor_tests::daemon_binary())
+            .args(["controller", "--listen", "127.0.0.1:0", "--db", db])
+            .arg("--admin-token-file")
+            .arg(files.dir.join("admin.token"))
+            .arg("--node-token-file")
+            .arg(files.dir.join("nodes.token"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The public roots do not know the test cluster's CA: no connection, no start.
+    let (code, stderr) = refused(&url, &[]);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    // A CA for a connection that does not ask for TLS is a mistake, said as one.
+    let (code, stderr) = refused(&database.url(), &["--db-ca", ca]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("add `sslmode=require`"), "{stderr}");
+
+    let controller = Controller::start(&files, &url, 0, &["--db-ca", ca]);
+    let api = Api::new(&controller.url);
+    let body = report(
+        "node-t",
+        "machine-t",
+        1,
+        10,
+        vec![event("203.0.113.4", "/bin/sh", 2)],
+    );
+    let (status, reply) = api.post_json("/api/v1/reports", FLEET_TOKEN, &body);
+    assert_eq!((status, &reply["stored"]), (200, &json!(true)), "{reply}");
+    assert_eq!(violations(&api, "?node=node-t").len(), 1);
+    let sessions = database.query(&format!(
+        "SELECT count(*) || CASE WHEN bool_and(s.ssl) THEN ' encrypted' ELSE ' clear' END FROM pg_stat_ssl s JOIN pg_stat_activity a \
+         USING (pid) WHERE a.datname = '{}' AND a.pid <> pg_backend_pid()",
+        database.name
+    ));
+    let (count, connections) = sessions.split_once(' ').unwrap();
+    assert!(count.parse::<u32>().unwrap() >= 1, "{sessions}");
+    assert_eq!(connections, "encrypted", "{sessions}");
 }
 
 /// HTTPS with the operator's certificate; a client that does not trust it gets nothing.

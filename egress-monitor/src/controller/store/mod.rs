@@ -39,6 +39,14 @@ pub enum StoreError {
     },
     #[error("the database task failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot read the database CA file {path}")]
+    CaRead {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the database CA file {path} is unusable: {message}")]
+    Ca { path: String, message: String },
 }
 
 /// What storing a report did.
@@ -169,8 +177,12 @@ pub trait Store: Send + Sync {
     async fn size_bytes(&self) -> Result<u64, StoreError>;
 }
 
-/// Opens `sqlite:PATH` or `postgres://…` (also `postgresql://…`), creating the schema.
-pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+/// Opens `sqlite:PATH` or `postgres://…` (also `postgresql://…`), creating the schema;
+/// `db_ca` verifies a PostgreSQL server's TLS certificate (`sslmode=require`).
+pub async fn open(
+    url: &str,
+    db_ca: Option<&std::path::Path>,
+) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         if path.is_empty() {
@@ -178,7 +190,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
         }
         Ok(Arc::new(sqlite::SqliteStore::open(path.as_ref()).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::open(url).await?))
+        Ok(Arc::new(postgres::PgStore::open(url, db_ca).await?))
     } else {
         Err(StoreError::Url(url.to_owned()))
     }

@@ -5,8 +5,12 @@
 //! Connections come from a pool (deadpool-postgres), without TLS: run the database on the
 //! controllers' private network or loopback.
 
+use std::{path::Path, sync::Arc};
+
 use deadpool_postgres::{Config, Pool, Runtime};
+use rustls::pki_types::CertificateDer;
 use tokio_postgres::{NoTls, Row, types::ToSql};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Fleet, FleetChange, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter,
@@ -51,8 +55,57 @@ fn refs(params: &[Boxed]) -> Vec<&(dyn ToSql + Sync)> {
         .collect()
 }
 
+/// Whether `url` asks for TLS (`sslmode=require`): then the server's certificate is verified,
+/// against `--db-ca` or the public roots (stricter than libpq's `require`, which only
+/// encrypts). Without it the connection is in the clear, as with libpq's `disable`.
+pub fn requires_tls(url: &str) -> bool {
+    url.parse::<tokio_postgres::Config>()
+        .is_ok_and(|config| config.get_ssl_mode() == tokio_postgres::config::SslMode::Require)
+}
+
+/// The TLS client for `sslmode=require`: rustls (ring), the server's certificate verified
+/// against the CA certificates in `ca` (PEM) or, without it, the public roots.
+fn tls_connector(ca: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| StoreError::CaRead {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let certs = crate::reporter::client::pem_certificates(&pem);
+            let bad = |message: String| StoreError::Ca {
+                path: path.display().to_string(),
+                message,
+            };
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in it".to_owned()));
+            }
+            for cert in certs {
+                roots
+                    .add(CertificateDer::from(cert.der().to_vec()))
+                    .map_err(|err| bad(err.to_string()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|err| StoreError::Ca {
+        path: "(the TLS setup)".to_owned(),
+        message: err.to_string(),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 impl PgStore {
-    pub async fn open(url: &str) -> Result<PgStore, StoreError> {
+    /// Connects (over verified TLS when the URL says `sslmode=require`; see [`requires_tls`])
+    /// and creates the schema.
+    pub async fn open(url: &str, ca: Option<&Path>) -> Result<PgStore, StoreError> {
         // Bounded waits: a database that went away fails requests (503, nodes retry) instead
         // of holding them until TCP gives up.
         let timeouts = deadpool_postgres::Timeouts {
@@ -68,7 +121,11 @@ impl PgStore {
             }),
             ..Config::default()
         };
-        let pool = config.create_pool(Some(Runtime::Tokio1), NoTls)?;
+        let pool = if requires_tls(url) {
+            config.create_pool(Some(Runtime::Tokio1), tls_connector(ca)?)?
+        } else {
+            config.create_pool(Some(Runtime::Tokio1), NoTls)?
+        };
         let client = pool.get().await?;
         // Replicas starting together: the schema is created under an advisory lock.
         client
