@@ -62,7 +62,8 @@ SIGHUP re-reads the policy and applies the difference.")]
       -H \"Authorization: Bearer $(cat admin.token)\" https://controller:8443/api/v1/mode
 
 The page at / asks for the admin token as the password (any user name). Load balancers and
-probes use GET /healthz (no token): 200 while the database answers, 503 when it does not.")]
+probes use GET /healthz (no token): 200 while the database answers, 503 when it does not.
+SIGHUP reads the token files and the TLS certificate and key again (invalid ones change nothing).")]
     Controller(ControllerArgs),
     /// Say what is enforced: hooks, mode, policy version, counters, daemon.
     #[command(after_help = "Examples:\n  egress-monitor status\n  egress-monitor status --json")]

@@ -224,6 +224,15 @@ impl Controller {
         self.process.child.id()
     }
 
+    pub fn signal(&self, signal: i32) {
+        self.process.signal(signal);
+    }
+
+    /// Waits (bounded) for a log line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        self.process.wait_for(needle, limit)
+    }
+
     /// SIGKILL, as in a crash.
     pub fn kill(mut self) {
         self.process.kill();

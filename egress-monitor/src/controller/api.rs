@@ -27,7 +27,8 @@ use super::{
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub tokens: Tokens,
+    /// Replaced whole when the token files are read again (SIGHUP).
+    pub tokens: std::sync::RwLock<Arc<Tokens>>,
     /// Reports made longer ago than this are acknowledged but not stored: the controller
     /// keeps nothing older.
     pub retention: Duration,
@@ -188,8 +189,8 @@ fn caller(headers: &HeaderMap, state: &Shared) -> Result<Caller, ApiError> {
             "`Authorization` must be `Bearer TOKEN`",
         )
     })?;
-    state
-        .tokens
+    let tokens = Arc::clone(&state.tokens.read().unwrap_or_else(|e| e.into_inner()));
+    tokens
         .caller(&token)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"))
 }

@@ -62,6 +62,11 @@ pub enum Caller {
 }
 
 impl Tokens {
+    /// How many admin and node tokens there are.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.admin.len(), self.nodes.len())
+    }
+
     pub fn load(admin_file: &Path, node_file: &Path) -> Result<Tokens, TokenError> {
         let admin = lines(admin_file)?
             .into_iter()

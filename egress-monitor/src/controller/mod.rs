@@ -65,6 +65,8 @@ pub enum ControllerError {
         "--db-ca verifies a PostgreSQL server's TLS certificate: add `sslmode=require` to a postgres:// --db"
     )]
     DbCaUnused,
+    #[error("cannot catch SIGHUP")]
+    Signal(#[source] std::io::Error),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
 }
@@ -76,6 +78,17 @@ pub struct Controller {
     metrics_listener: Option<std::net::TcpListener>,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     address: SocketAddr,
+    /// SIGHUP, caught from the start (its default action would end the controller).
+    hangup: tokio::signal::unix::Signal,
+    /// What SIGHUP reads again.
+    files: Reloadable,
+}
+
+/// The files a running controller reads again on SIGHUP.
+struct Reloadable {
+    admin_token_file: PathBuf,
+    node_token_file: PathBuf,
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// How often old violations are pruned.
@@ -124,6 +137,8 @@ impl Controller {
                 address: config.listen,
                 source,
             })?;
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(ControllerError::Signal)?;
         let metrics_listener = config
             .metrics
             .map(|address| {
@@ -135,7 +150,7 @@ impl Controller {
         Ok(Controller {
             state: Arc::new(AppState {
                 store,
-                tokens,
+                tokens: std::sync::RwLock::new(Arc::new(tokens)),
                 retention: config.retention,
                 tops: api::TopsCache::default(),
                 metrics: Arc::default(),
@@ -144,6 +159,12 @@ impl Controller {
             metrics_listener,
             tls,
             address,
+            hangup,
+            files: Reloadable {
+                admin_token_file: config.admin_token_file.clone(),
+                node_token_file: config.node_token_file.clone(),
+                tls: config.tls.clone(),
+            },
         })
     }
 
@@ -164,6 +185,12 @@ impl Controller {
         let app = api::router(Arc::clone(&self.state));
         let handle = axum_server::Handle::new();
         let pruner = tokio::spawn(prune_forever(Arc::clone(&self.state)));
+        let reloader = tokio::spawn(reload_on_hangup(
+            self.hangup,
+            self.files,
+            Arc::clone(&self.state),
+            self.tls.clone(),
+        ));
         let metrics_server = match self.metrics_listener {
             Some(listener) => {
                 let listener =
@@ -214,10 +241,45 @@ impl Controller {
             }
         };
         pruner.abort();
+        reloader.abort();
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }
         result.map_err(ControllerError::Serve)
+    }
+}
+
+/// SIGHUP: reads the token files and the TLS certificate and key again. What cannot be read,
+/// or is invalid, changes nothing (the controller keeps serving with what it had) and is
+/// logged as an error; what can is in force for the next request.
+async fn reload_on_hangup(
+    mut hangup: tokio::signal::unix::Signal,
+    files: Reloadable,
+    state: Arc<AppState>,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+) {
+    while hangup.recv().await.is_some() {
+        match Tokens::load(&files.admin_token_file, &files.node_token_file) {
+            Ok(tokens) => {
+                let (admin, nodes) = tokens.counts();
+                *state.tokens.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tokens);
+                log::info!("SIGHUP: tokens read again ({admin} admin, {nodes} node tokens)");
+            }
+            Err(err) => log::error!(
+                "SIGHUP: kept the previous tokens: {}",
+                crate::error::chain(&err)
+            ),
+        }
+        if let (Some(config), Some((cert, key))) = (&tls, &files.tls) {
+            match config.reload_from_pem_file(cert, key).await {
+                Ok(()) => log::info!("SIGHUP: TLS certificate {} read again", cert.display()),
+                Err(err) => log::error!(
+                    "SIGHUP: kept the previous TLS certificate: cannot load {} and {}: {err}",
+                    cert.display(),
+                    key.display()
+                ),
+            }
+        }
     }
 }
 

@@ -646,7 +646,7 @@ fn tls_when_given_a_certificate() {
     let scratch = Scratch::new("tls");
     let files = ControllerFiles::new(&scratch.0);
     let (ca, cert, key) = files.certificate();
-    let controller = Controller::start(
+    let mut controller = Controller::start(
         &files,
         &files.sqlite(),
         0,
@@ -668,6 +668,69 @@ fn tls_when_given_a_certificate() {
             .try_get("/api/v1/nodes", ADMIN_TOKEN)
             .map_or(true, |(status, _)| status != 200),
         "plain HTTP must not be served on a TLS port"
+    );
+
+    // A renewed certificate (here from another CA) is served after SIGHUP, without a restart.
+    let renewed = ControllerFiles::new(&scratch.0.join("renewed"));
+    let (new_ca, new_cert, new_key) = renewed.certificate();
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    controller.signal(libc::SIGHUP);
+    controller.wait_for("TLS certificate", Duration::from_secs(10));
+    let api = Api::with_ca(&controller.url, &new_ca);
+    assert_eq!(api.get("/api/v1/nodes", ADMIN_TOKEN), (200, json!([])));
+    assert!(
+        Api::with_ca(&controller.url, &ca)
+            .try_get("/api/v1/nodes", ADMIN_TOKEN)
+            .is_err(),
+        "the old certificate is still served"
+    );
+    // One that cannot be loaded changes nothing.
+    std::fs::write(&key, "not a key\n").unwrap();
+    controller.signal(libc::SIGHUP);
+    controller.wait_for("kept the previous TLS certificate", Duration::from_secs(10));
+    assert_eq!(api.get("/api/v1/nodes", ADMIN_TOKEN), (200, json!([])));
+}
+
+/// SIGHUP reads the token files again: a rotated fleet token is in force at once, the old one
+/// refused; token files that are invalid change nothing.
+#[test]
+fn tokens_are_read_again_on_sighup() {
+    let scratch = Scratch::new("rotate");
+    let files = ControllerFiles::new(&scratch.0);
+    let mut controller = Controller::start(&files, &files.sqlite(), 0, &[]);
+    let api = Api::new(&controller.url);
+    let reports = "/api/v1/reports";
+    let body = |seq| report("node-r", "machine-r", seq, 10, vec![]);
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &body(1)).0, 200);
+
+    let rotated = "fleet-token-rotated-61c0a9e4d2b7";
+    std::fs::write(files.dir.join("nodes.token"), format!("{rotated}\n")).unwrap();
+    controller.signal(libc::SIGHUP);
+    let line = controller.wait_for("SIGHUP: tokens", Duration::from_secs(10));
+    assert!(line.contains("(1 admin, 1 node tokens)"), "{line}");
+    expect_refused(
+        api.post_json(reports, FLEET_TOKEN, &body(2)),
+        401,
+        "unknown token",
+    );
+    assert_eq!(api.post_json(reports, rotated, &body(2)).0, 200);
+    assert_eq!(api.get("/api/v1/nodes", ADMIN_TOKEN).0, 200);
+
+    // The admin token in the node file: refused at start, and kept out on SIGHUP too.
+    std::fs::write(
+        files.dir.join("nodes.token"),
+        format!("{rotated}\n{ADMIN_TOKEN}\n"),
+    )
+    .unwrap();
+    controller.signal(libc::SIGHUP);
+    let line = controller.wait_for("SIGHUP: kept the previous tokens", Duration::from_secs(10));
+    assert!(line.contains("also the admin token"), "{line}");
+    assert_eq!(api.post_json(reports, rotated, &body(3)).0, 200);
+    expect_refused(
+        api.post_json(reports, ADMIN_TOKEN, &body(4)),
+        403,
+        "use a node token",
     );
 }
 
