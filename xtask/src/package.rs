@@ -68,6 +68,7 @@ fn verify_in(deb: &Path, scratch: &Path) -> anyhow::Result<()> {
     for file in [
         "usr/bin/egress-monitor",
         "lib/systemd/system/egress-monitor.service",
+        "lib/systemd/system/egress-monitor-controller.service",
         "etc/egress-monitor/policy.toml",
         "usr/share/doc/egress-monitor/README.md",
     ] {
@@ -104,6 +105,40 @@ fn verify_in(deb: &Path, scratch: &Path) -> anyhow::Result<()> {
         !unit.contains("--mode"),
         "the unit must take its mode from the policy file"
     );
+    let controller = std::fs::read_to_string(
+        rootfs.join("lib/systemd/system/egress-monitor-controller.service"),
+    )?;
+    for needle in [
+        "ExecStart=/usr/bin/egress-monitor controller",
+        // Tokens never cross the network in the clear.
+        "--tls-cert",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "CapabilityBoundingSet=\n",
+    ] {
+        ensure!(
+            controller.contains(needle),
+            "the controller's unit lacks `{}`",
+            needle.trim()
+        );
+    }
+    // Its command line parses (the files it names need not exist for --help to answer).
+    let exec: Vec<String> = controller
+        .split("ExecStart=/usr/bin/egress-monitor ")
+        .nth(1)
+        .context("ExecStart")?
+        .lines()
+        .map(|line| line.trim().trim_end_matches('\\').trim().to_owned())
+        .take_while(|line| !line.is_empty() && !line.starts_with("ExecReload"))
+        .flat_map(|line| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut args: Vec<&std::ffi::OsStr> = exec.iter().map(|a| a.as_ref()).collect();
+    args.push("--help".as_ref());
+    run(binary.to_str().context("path")?, &args)
+        .context("the controller's unit has a command line egress-monitor refuses")?;
     let postinst = std::fs::read_to_string(control.join("postinst"))?;
     ensure!(
         !postinst.lines().any(|l| {
