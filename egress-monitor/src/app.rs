@@ -264,9 +264,9 @@ fn controller(args: ControllerArgs) -> ExitCode {
             Ok(controller) => controller,
             Err(err) => {
                 let status = match err {
-                    ControllerError::Listen { .. } | ControllerError::Store { .. } => {
-                        ExitStatus::Environment
-                    }
+                    ControllerError::Listen { .. }
+                    | ControllerError::Store { .. }
+                    | ControllerError::Signal(_) => ExitStatus::Environment,
                     _ => ExitStatus::InvalidInput,
                 };
                 return fail(&err, status);
