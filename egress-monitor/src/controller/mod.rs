@@ -93,6 +93,11 @@ struct Reloadable {
 
 /// How often old violations are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// A new connection that has not sent a whole first request by then is closed (a client
+/// opening connections and trickling headers holds nothing for long; the TLS handshake has its
+/// own 10 s). Idle keep-alive connections are left alone: hyper's header timeout would also
+/// close those, and a node's pooled connection closed under it would fail its next report.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open requests get to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -218,12 +223,14 @@ impl Controller {
                 match tls {
                     Some(tls) => {
                         axum_server::from_tcp_rustls(listener, tls)?
+                            .first_request_timeout(FIRST_REQUEST_TIMEOUT)
                             .handle(handle)
                             .serve(service)
                             .await
                     }
                     None => {
                         axum_server::from_tcp(listener)?
+                            .first_request_timeout(FIRST_REQUEST_TIMEOUT)
                             .handle(handle)
                             .serve(service)
                             .await

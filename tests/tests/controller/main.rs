@@ -950,3 +950,49 @@ fn the_controllers_own_metrics() {
     );
     assert_sample(&text, "egress_monitor_controller_nodes{state=\"stale\"}", 0);
 }
+
+/// A connection that never completes its first request is closed (after 10 s); one that made a
+/// request and then idles longer than that (a node's pooled connection between reports) is
+/// kept and serves the next one.
+#[test]
+fn trickled_first_requests_are_cut_idle_connections_kept() {
+    use std::io::{Read as _, Write as _};
+    let scratch = Scratch::new("trickle");
+    let files = ControllerFiles::new(&scratch.0);
+    let controller = Controller::start(&files, &files.sqlite(), 0, &[]);
+    let address = controller.url.trim_start_matches("http://").to_owned();
+    let open = || {
+        let stream = std::net::TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream
+    };
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\n\r\n");
+    let answer = |stream: &mut std::net::TcpStream| {
+        let mut text = String::new();
+        let mut buffer = [0u8; 1024];
+        while !text.contains("{\"status\":\"ok\"}") {
+            let n = stream.read(&mut buffer).expect("an answer");
+            assert!(n > 0, "closed after: {text}");
+            text.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+        text
+    };
+    let mut idle = open();
+    idle.write_all(request.as_bytes()).unwrap();
+    assert!(answer(&mut idle).starts_with("HTTP/1.1 200"));
+    // Headers begun, never finished.
+    let mut trickling = open();
+    write!(trickling, "GET /healthz HTTP/1.1\r\nHost: {address}\r\n").unwrap();
+    let mut buffer = [0u8; 64];
+    match trickling.read(&mut buffer) {
+        Ok(0) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the trickling connection was not closed: {other:?}"),
+    }
+    // The idle connection, unused for longer than that, still serves.
+    std::thread::sleep(Duration::from_secs(2));
+    idle.write_all(request.as_bytes()).unwrap();
+    assert!(answer(&mut idle).starts_with("HTTP/1.1 200"));
+}
