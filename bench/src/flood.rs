@@ -87,6 +87,8 @@ fn flood(scenario: Scenario, count: u32) -> anyhow::Result<Flood> {
         cgroup: Some(cgroup.path.clone()),
         uid: None,
         interval: None,
+        net_raw_only: false,
+        mark: None,
     };
     let cpu_before = cpu_seconds(daemon.pid())?;
     let started = Instant::now();

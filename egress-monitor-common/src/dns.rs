@@ -114,7 +114,10 @@ pub struct DnsEvent {
     /// [`crate::event::flags::OWNER_KNOWN`].
     pub flags: u8,
     pub address_count: u8,
-    pub _pad: [u8; 11],
+    /// Answers: why the addresses were not learned ([`refusal`]); [`refusal::NONE`] when they
+    /// were (or for queries).
+    pub refusal: u8,
+    pub _pad: [u8; 10],
     /// The question's name in wire format.
     pub name: [u8; 256],
 }
@@ -169,6 +172,39 @@ pub const MAX_LEARNED_TTL: u32 = 86_400;
 /// Query rate-limit entries (an LRU map).
 pub const QUERIES_CAPACITY: u32 = 16_384;
 
+/// Why an answer taught nothing (`DnsEvent::refusal`). Checked in this order.
+pub mod refusal {
+    /// Learned (or not an answer).
+    pub const NONE: u8 = 0;
+    /// No domain rule allows the question's name.
+    pub const NAME_NOT_ALLOWED: u8 = 1;
+    /// The answer did not come from one of the node's resolvers (`DNS_RESOLVERS_V4`/`_V6`).
+    pub const NOT_A_RESOLVER: u8 = 2;
+    /// The receiving socket is not of a trusted network namespace (`DNS_NETNS`), or its
+    /// namespace is unknown (a socket made before the programs were attached).
+    pub const OTHER_NETNS: u8 = 3;
+    /// The answer does not answer a question this socket asked that server (id and name).
+    pub const NOT_ASKED: u8 = 4;
+}
+
+/// A socket that opened to an address while a DNS answer allowed it (`LEARNED_SOCKETS`):
+/// its packets to that address stay allowed after the record expires, until the socket
+/// closes (the LRU map forgets closed sockets' entries as new ones come). A new socket to the
+/// address after expiry finds no entry and is denied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LearnedSocket {
+    pub cookie: u64,
+    pub dst: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<LearnedSocket>() == 24);
+
+/// Sockets remembered with the learned address they opened to.
+pub const LEARNED_SOCKETS_CAPACITY: u32 = 65_536;
+/// Resolvers per family, network namespaces trusted for answers.
+pub const RESOLVERS_CAPACITY: u32 = 64;
+pub const NETNS_CAPACITY: u32 = 64;
+
 /// Domain rules the kernel holds.
 pub const DOMAINS_CAPACITY: u32 = 4096;
 /// Addresses learned from answers, per family (an LRU map: the oldest are forgotten first).
@@ -184,6 +220,8 @@ mod pod {
     unsafe impl aya::Pod for super::LearnedValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LearnedSocket {}
 }
 
 #[cfg(test)]

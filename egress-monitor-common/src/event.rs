@@ -21,6 +21,11 @@ pub mod flags {
     /// DNS answers: a domain rule allowed the name and the answer answered a question this
     /// socket asked, so its addresses were learned.
     pub const LEARNED: u8 = 1 << 6;
+    /// The packet names further destinations beyond its IP destination (an IPv4 source-route
+    /// option, an IPv6 routing header) or hides them behind an extension chain too long to
+    /// walk: it was denied whatever its first hop, since a router honouring the route would
+    /// deliver it elsewhere.
+    pub const SOURCE_ROUTE: u8 = 1 << 7;
 }
 
 /// Ordered largest-first so that no implicit padding exists; the tail is padded explicitly to a

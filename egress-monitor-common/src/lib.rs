@@ -10,11 +10,13 @@
 //! - [`event`]: the record written to the ring buffer for a denied packet.
 //! - [`flow`]: how denied packets are aggregated per flow.
 //! - [`dns`]: domain rules and the addresses their answers allow.
+//! - [`guard`]: the socket options that would skip the TC hook, refused.
 #![no_std]
 
 pub mod dns;
 pub mod event;
 pub mod flow;
+pub mod guard;
 pub mod maps;
 pub mod policy;
 pub mod verdict;

@@ -21,6 +21,11 @@ pub const DNS_ALLOWED_V6: &str = "DNS_ALLOWED_V6";
 pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
 pub const DNS_QUERY_EVENTS: &str = "DNS_QUERY_EVENTS";
 pub const DNS_PENDING: &str = "DNS_PENDING";
+pub const DNS_RESOLVERS_V4: &str = "DNS_RESOLVERS_V4";
+pub const DNS_RESOLVERS_V6: &str = "DNS_RESOLVERS_V6";
+pub const DNS_NETNS: &str = "DNS_NETNS";
+pub const LEARNED_SOCKETS: &str = "LEARNED_SOCKETS";
+pub const RAW_EXEMPT: &str = "RAW_EXEMPT";
 
 /// Sockets remembered with their creator (an LRU map: the oldest are forgotten first).
 pub const SOCK_OWNERS_CAPACITY: u32 = 1 << 16;
@@ -37,8 +42,11 @@ pub struct SockOwner {
     pub gid: u32,
     pub _pad: u32,
     pub comm: [u8; 16],
+    /// The network namespace the socket was made in (`bpf_get_netns_cookie`): DNS answers
+    /// teach only sockets of the namespaces the daemon trusts (see [`crate::dns`]).
+    pub netns_cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<SockOwner>() == 40);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 48);
 
 /// Entries of the per-CPU `COUNTERS` array: one per (hook, outcome).
 pub const COUNTER_SLOTS: u32 = hook::COUNT * outcome::COUNT;
@@ -84,7 +92,19 @@ pub mod stat {
     /// DNS answers whose addresses were learned (a domain rule allowed the name, and the answer
     /// answered a question this socket asked).
     pub const DNS_ANSWERS_LEARNED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// DNS answers for an allowed name that taught nothing: not from a trusted resolver, not
+    /// to a socket of a trusted network namespace, or not answering a question this socket
+    /// asked (see [`crate::dns::refusal`]).
+    pub const DNS_ANSWERS_UNTRUSTED: u32 = 9;
+    /// Packets that name further destinations (IPv4 source-route options, IPv6 routing
+    /// headers, or an IPv6 extension chain too long to walk): denied, whatever the first hop.
+    pub const SOURCE_ROUTED: u32 = 10;
+    /// Guarded socket options refused (enforce) or reported (observe) (see [`crate::guard`]).
+    pub const RAW_GUARD_HITS: u32 = 11;
+    /// Packets allowed only because their socket opened to the address while a DNS answer
+    /// allowed it (see [`crate::dns::LearnedSocket`]).
+    pub const LEARNED_SOCKET_PASSES: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Default ring buffer size; a power-of-two multiple of the page size as the kernel requires.

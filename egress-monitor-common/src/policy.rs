@@ -49,7 +49,16 @@ pub mod config {
     /// Nanoseconds between two events for the same question from the same socket; 0: every
     /// query is an event.
     pub const DNS_EVENT_INTERVAL_NS: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// A random non-zero value made when the maps are created. `check` puts it in the first
+    /// two words of the synthetic packets' `cb` (which only BPF programs and
+    /// `BPF_PROG_TEST_RUN` can set, and which the kernel clears before cgroup programs): such
+    /// packets get a verdict but are neither counted nor reported. No process can forge it, as
+    /// it could a mark.
+    pub const CHECK_SECRET: u32 = 10;
+    /// Non-zero: DNS answers teach sockets of any network namespace, not only those in
+    /// `DNS_NETNS` (an explicit opt-in of the policy's `[dns]` table).
+    pub const DNS_ANY_NETNS: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// LPM trie key data lengths, in bytes (the key is `prefix_len: u32` followed by the address in

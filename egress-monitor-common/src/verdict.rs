@@ -35,8 +35,3 @@ pub mod mode {
 
 /// The rule id reported when no rule matched (the implicit "deny everything else").
 pub const RULE_ID_DEFAULT: u32 = u32::MAX;
-
-/// `skb->mark` of the synthetic packets `egress-monitor check` runs through the programs
-/// (`BPF_PROG_TEST_RUN`): they get a verdict like any packet but are not counted or reported,
-/// so checking a node does not skew its audit. ("EMCK")
-pub const CHECK_MARK: u32 = 0x454d_434b;

@@ -19,8 +19,9 @@ use aya_ebpf::{
 };
 use egress_monitor_common::{
     dns::{
-        ANSWER_ADDRESSES, DnsEvent, HASH_SEED, LearnedValue, MAX_ANSWERS, MAX_LEARNED_TTL,
-        MAX_NAME, NO_RULE, PendingKey, QueryKey, QueryValue, fold, kind, queries,
+        ANSWER_ADDRESSES, DnsEvent, HASH_SEED, LearnedSocket, LearnedValue, MAX_ANSWERS,
+        MAX_LEARNED_TTL, MAX_NAME, NO_RULE, PendingKey, QueryKey, QueryValue, fold, kind, queries,
+        refusal,
     },
     event::flags,
     maps::stat,
@@ -31,8 +32,9 @@ use egress_monitor_common::{
 use crate::{
     emit,
     maps::{
-        CONFIG, DNS_ALLOWED_V4, DNS_ALLOWED_V6, DNS_PENDING, DNS_QUERY_EVENTS, DNS_SCRATCH,
-        DOMAINS, EVENTS, SOCK_OWNERS,
+        CONFIG, DNS_ALLOWED_V4, DNS_ALLOWED_V6, DNS_NETNS, DNS_PENDING, DNS_QUERY_EVENTS,
+        DNS_RESOLVERS_V4, DNS_RESOLVERS_V6, DNS_SCRATCH, DOMAINS, EVENTS, LEARNED_SOCKETS,
+        SOCK_OWNERS,
     },
     parse::{self, L3Start, Packet, Parsed},
 };
@@ -102,7 +104,23 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet, message: usize
     let (name_len, name_hash, rule) = question(skb, raw, message + DNS_HEADER)?;
     let (rule_id, rule_action) = rule.unwrap_or((RULE_ID_DEFAULT, NO_RULE));
     let id = u16::from_be_bytes([header[0], header[1]]);
-    let allowed = rule_action == action::ALLOW && answers_a_question(raw, packet, id, name_hash);
+    // SAFETY: the helper reads the receiving socket of the program's own skb.
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    // Only the node's own resolvers teach, and only sockets of the namespaces the daemon
+    // trusts: a process that runs a resolver of its own (on its own 127.0.0.1, in a user
+    // namespace, say) and asks it for an allowed name learns nothing for anyone.
+    let why = if rule_action != action::ALLOW {
+        refusal::NAME_NOT_ALLOWED
+    } else if !is_resolver(packet) {
+        refusal::NOT_A_RESOLVER
+    } else if !trusted_netns(cookie) {
+        refusal::OTHER_NETNS
+    } else if !answers_a_question(cookie, packet, id, name_hash) {
+        refusal::NOT_ASKED
+    } else {
+        refusal::NONE
+    };
+    let allowed = why == refusal::NONE;
     let qtype = u16::from_be_bytes(skb.load::<[u8; 2]>(message + DNS_HEADER + name_len).ok()?);
     let scratch = DNS_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot, used by this program run only (`question` filled its name).
@@ -166,12 +184,102 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet, message: usize
     }
     if allowed {
         emit::stat(stat::DNS_ANSWERS_LEARNED);
+    } else if rule_action == action::ALLOW {
+        emit::stat(stat::DNS_ANSWERS_UNTRUSTED);
     }
     if event.address_count > 0 {
         let learned = if allowed { flags::LEARNED } else { 0 };
+        event.refusal = why;
         report_answer(raw, packet, event, name_hash, qtype, rule_id, learned);
     }
     Some(())
+}
+
+/// Whether the answer comes from one of the node's resolvers (`DNS_RESOLVERS_V4`/`_V6`).
+#[inline(always)]
+fn is_resolver(packet: &Packet) -> bool {
+    if packet.ip_version == 4 {
+        let mut address = [0u8; 4];
+        address.copy_from_slice(&packet.src[..4]);
+        DNS_RESOLVERS_V4.get_ptr(&address).is_some()
+    } else {
+        DNS_RESOLVERS_V6.get_ptr(&packet.src).is_some()
+    }
+}
+
+/// Whether the receiving socket was made in a network namespace the daemon trusts (recorded
+/// with its owner when it was made). Unknown sockets are not trusted.
+#[inline(always)]
+fn trusted_netns(cookie: u64) -> bool {
+    if CONFIG
+        .get(config::DNS_ANY_NETNS)
+        .is_some_and(|&any| any != 0)
+    {
+        return true;
+    }
+    let Some(owner) = SOCK_OWNERS.get_ptr(&cookie) else {
+        return false;
+    };
+    // SAFETY: a value pointer from a map lookup, valid for this program run.
+    let netns = unsafe { (*owner).netns_cookie };
+    DNS_NETNS.get_ptr(&netns).is_some()
+}
+
+/// The domain rule that allows this packet's destination: learned from an answer and not
+/// expired (the sending socket is then remembered with it), or learned when this socket opened
+/// to it. [`RULE_ID_DEFAULT`] when neither. Not inlined: the verdict gets one number back, and
+/// the verifier does not carry these lookups' paths into the rest of the program.
+#[inline(never)]
+pub fn learned_rule(raw: *mut __sk_buff, packet: &Packet, accounted: bool) -> u32 {
+    if let Some(rule_id) = learned(packet.ip_version, &packet.dst) {
+        remember_socket(raw, packet, rule_id);
+        return rule_id;
+    }
+    match learned_socket(raw, packet) {
+        Some(rule_id) => {
+            if accounted {
+                emit::stat(stat::LEARNED_SOCKET_PASSES);
+            }
+            rule_id
+        }
+        None => RULE_ID_DEFAULT,
+    }
+}
+
+/// Remembers that the sending socket opened to a learned address while it was allowed, so that
+/// it keeps the address until it closes (see `LearnedSocket`). Looked up first: a busy
+/// connection does not rewrite its entry on every packet.
+#[inline(always)]
+fn remember_socket(raw: *mut __sk_buff, packet: &Packet, rule_id: u32) {
+    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    if cookie == 0 {
+        return;
+    }
+    let key = LearnedSocket {
+        cookie,
+        dst: packet.dst,
+    };
+    if LEARNED_SOCKETS.get_ptr(&key).is_none() {
+        let _ = LEARNED_SOCKETS.insert(&key, &rule_id, 0);
+    }
+}
+
+/// The domain rule that allowed this socket's destination when the socket opened to it, if it
+/// did (the address itself may have expired since).
+#[inline(always)]
+fn learned_socket(raw: *mut __sk_buff, packet: &Packet) -> Option<u32> {
+    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    if cookie == 0 {
+        return None;
+    }
+    let key = LearnedSocket {
+        cookie,
+        dst: packet.dst,
+    };
+    // SAFETY: a value pointer from a map lookup, valid for this program run.
+    LEARNED_SOCKETS.get_ptr(&key).map(|rule| unsafe { *rule })
 }
 
 /// What a question says: its name's length in wire format, the hash of the whole name, and
@@ -425,11 +533,10 @@ pub fn remember(raw: *mut __sk_buff, packet: &Packet, question: &Query) {
     let _ = DNS_PENDING.insert(&key, &question.name_hash, 0);
 }
 
-/// Whether this answer answers a remembered question (which it then settles).
+/// Whether this answer answers a question the receiving socket (`cookie`) asked (which it
+/// then settles).
 #[inline(always)]
-fn answers_a_question(raw: *mut __sk_buff, packet: &Packet, id: u16, name_hash: u64) -> bool {
-    // SAFETY: the helper reads the receiving socket of the program's own skb.
-    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+fn answers_a_question(cookie: u64, packet: &Packet, id: u16, name_hash: u64) -> bool {
     let key = PendingKey {
         cookie,
         server: packet.src,
@@ -505,6 +612,7 @@ pub fn report_query(
     event.proto = packet.proto;
     event.outcome = outcome as u8;
     event.address_count = 0;
+    event.refusal = refusal::NONE;
     send(event, raw, hook, now, cookie, 0);
 }
 
@@ -621,7 +729,7 @@ fn skip_name(skb: &SkBuff, mut offset: usize) -> Option<usize> {
 
 /// An address a domain rule allows now: the rule's id.
 #[inline(always)]
-pub fn learned(ip_version: u8, destination: &[u8; 16]) -> Option<u32> {
+fn learned(ip_version: u8, destination: &[u8; 16]) -> Option<u32> {
     let value = if ip_version == 4 {
         let mut address = [0u8; 4];
         address.copy_from_slice(&destination[..4]);

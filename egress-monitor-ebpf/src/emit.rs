@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
-        generated::bpf_get_socket_cookie,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
     programs::sk_buff::SkBuff,
 };
@@ -54,9 +54,10 @@ pub fn stat(slot: u32) {
 #[inline(always)]
 pub fn record_owner(sock: *mut core::ffi::c_void) {
     // SAFETY: the helpers read the current task and the program's own socket context.
-    let (cookie, pid_tgid, uid_gid, cgroup_id) = unsafe {
+    let (cookie, netns_cookie, pid_tgid, uid_gid, cgroup_id) = unsafe {
         (
             bpf_get_socket_cookie(sock),
+            bpf_get_netns_cookie(sock),
             bpf_get_current_pid_tgid(),
             bpf_get_current_uid_gid(),
             bpf_get_current_cgroup_id(),
@@ -69,6 +70,7 @@ pub fn record_owner(sock: *mut core::ffi::c_void) {
         gid: (uid_gid >> 32) as u32,
         _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        netns_cookie,
     };
     // A full map evicts the least recently used socket: an old socket may lose its name.
     let _ = SOCK_OWNERS.insert(&cookie, &owner, 0);

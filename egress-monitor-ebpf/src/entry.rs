@@ -8,8 +8,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    macros::{cgroup_skb, cgroup_sock, classifier},
-    programs::{SkBuffContext, SockContext, TcContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sockopt, classifier},
+    programs::{SkBuffContext, SockContext, SockoptContext, TcContext},
 };
 use egress_monitor_common::verdict::hook;
 
@@ -26,6 +26,13 @@ use crate::{
 pub fn sock_create(ctx: SockContext) -> i32 {
     crate::emit::record_owner(ctx.as_ptr());
     1
+}
+
+/// Runs for every `setsockopt` of a process in the cgroup: refuses the options that would let
+/// its frames skip the TC hook (see [`crate::guard`]).
+#[cgroup_sockopt(setsockopt)]
+pub fn raw_guard(ctx: SockoptContext) -> i32 {
+    crate::guard::setsockopt(ctx.sockopt)
 }
 
 /// Runs for every packet delivered to a socket in the cgroup: learns the addresses that

@@ -13,6 +13,7 @@
 //! - `emit`: per-CPU counters, per-rule hits and ring-buffer events.
 //! - `dns`: domain rules — learning allowed addresses from DNS answers (cgroup ingress).
 //! - `flow`: which denied packets become events (the first of each flow) and which are counted.
+//! - `guard`: the socket options that would let frames skip the TC hook, refused.
 #![no_std]
 #![no_main]
 // `atomic_xadd`: the only way to BPF's atomic add from Rust (see `emit::atomic_add`); the
@@ -28,6 +29,7 @@ mod dns;
 mod emit;
 mod entry;
 mod flow;
+mod guard;
 mod maps;
 mod parse;
 mod policy;

@@ -7,13 +7,15 @@ use aya_ebpf::{
 };
 use egress_monitor_common::{
     dns::{
-        DOMAINS_CAPACITY, DomainValue, LEARNED_CAPACITY, LearnedValue, PENDING_CAPACITY,
-        PendingKey, QUERIES_CAPACITY, QueryKey, QueryValue,
+        DOMAINS_CAPACITY, DomainValue, LEARNED_CAPACITY, LEARNED_SOCKETS_CAPACITY, LearnedSocket,
+        LearnedValue, NETNS_CAPACITY, PENDING_CAPACITY, PendingKey, QUERIES_CAPACITY, QueryKey,
+        QueryValue, RESOLVERS_CAPACITY,
     },
     flow::{
         FLOW_DIRTY_CAPACITY, FLOW_REPORTED_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowReported,
         FlowValue,
     },
+    guard::EXEMPT_CAPACITY,
     maps::{
         COUNTER_SLOTS, Counter, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES, SOCK_OWNERS_CAPACITY,
         SockOwner, stat,
@@ -71,6 +73,27 @@ pub static DNS_ALLOWED_V6: LruHashMap<[u8; 16], LearnedValue> =
 #[map]
 pub static DNS_PENDING: LruHashMap<PendingKey, u64> =
     LruHashMap::with_max_entries(PENDING_CAPACITY, 0);
+
+/// The node's resolvers: only their answers teach (the value is unused).
+#[map]
+pub static DNS_RESOLVERS_V4: HashMap<[u8; 4], u8> =
+    HashMap::with_max_entries(RESOLVERS_CAPACITY, 0);
+#[map]
+pub static DNS_RESOLVERS_V6: HashMap<[u8; 16], u8> =
+    HashMap::with_max_entries(RESOLVERS_CAPACITY, 0);
+
+/// Network namespaces (by cookie) whose sockets DNS answers may teach (the value is unused).
+#[map]
+pub static DNS_NETNS: HashMap<u64, u8> = HashMap::with_max_entries(NETNS_CAPACITY, 0);
+
+/// Sockets that opened to a learned address while it was allowed → the domain rule's id.
+#[map]
+pub static LEARNED_SOCKETS: LruHashMap<LearnedSocket, u32> =
+    LruHashMap::with_max_entries(LEARNED_SOCKETS_CAPACITY, 0);
+
+/// Cgroups (by id) exempt from the raw-socket guards (the value is unused).
+#[map]
+pub static RAW_EXEMPT: HashMap<u64, u8> = HashMap::with_max_entries(EXEMPT_CAPACITY, 0);
 
 /// Query events' rate limit: one per question and socket per interval.
 #[map]

@@ -4,7 +4,9 @@
 //! Every read goes through `bpf_skb_load_bytes` with a fixed size, so a short or non-linear skb
 //! fails the read instead of the verifier. Loops are bounded by constants.
 
-use aya_ebpf::programs::sk_buff::SkBuff;
+use core::ptr::NonNull;
+
+use aya_ebpf::{bindings::__sk_buff, programs::sk_buff::SkBuff};
 use egress_monitor_common::event::flags;
 
 const ETH_HLEN: usize = 14;
@@ -18,6 +20,14 @@ const VLAN_HLEN: usize = 4;
 const MAX_VLAN_TAGS: usize = 2;
 
 const IPV4_MIN_HLEN: usize = 20;
+/// IPv4 options (RFC 791): end of list, no-op, and the two source routes (loose, strict),
+/// whose later addresses are where the packet is really going.
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+const IPOPT_LSRR: u8 = 0x83;
+const IPOPT_SSRR: u8 = 0x89;
+/// At most 40 bytes of options, so at most 40 of them (each at least one byte).
+const MAX_IPV4_OPTIONS: usize = 40;
 const IPV6_HLEN: usize = 40;
 /// Enough for any sane chain (hop-by-hop, destination options, routing, fragment, AH, ...).
 const MAX_IPV6_EXT_HEADERS: usize = 8;
@@ -63,12 +73,19 @@ pub struct Packet {
     l4: usize,
     /// An IPv4 fragment other than the first: no transport header.
     later_fragment: bool,
+    /// IPv4: the header's length, options included (0 for IPv6).
+    ipv4_header_len: u8,
 }
 
 impl Packet {
     /// Where the transport header starts (after IPv6 extension headers once [`transport`] ran).
     pub fn l4(&self) -> usize {
         self.l4
+    }
+
+    /// Whether an IPv4 header carries options (which [`source_routed_v4`] reads).
+    pub fn has_ipv4_options(&self) -> bool {
+        usize::from(self.ipv4_header_len) > IPV4_MIN_HLEN
     }
 
     const fn empty(len: u32) -> Self {
@@ -84,6 +101,7 @@ impl Packet {
             len,
             l4: 0,
             later_fragment: false,
+            ipv4_header_len: 0,
         }
     }
 }
@@ -182,7 +200,101 @@ fn ipv4(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
     }
     // Only the first fragment carries the transport header.
     packet.later_fragment = offset != 0;
+    packet.ipv4_header_len = ihl as u8;
     Parsed::Ip(packet)
+}
+
+/// Whether the IPv4 options carry a source route (or cannot be walked: fail closed). Source
+/// routes are copied into every fragment, so each fragment is judged alike. Not inlined: only
+/// packets with options (rare) pay for the walk, and the verifier checks it once.
+#[inline(never)]
+pub fn source_routed_v4(raw: *mut __sk_buff, packet: &Packet) -> bool {
+    let Some(skb) = NonNull::new(raw).map(SkBuff::new) else {
+        return true;
+    };
+    let ihl = usize::from(packet.ipv4_header_len);
+    let l3 = packet.l4 - ihl;
+    let mut offset = IPV4_MIN_HLEN;
+    for _ in 0..MAX_IPV4_OPTIONS {
+        if offset >= ihl {
+            return false;
+        }
+        let Ok(kind) = skb.load::<u8>(l3 + offset) else {
+            return true;
+        };
+        match kind {
+            IPOPT_END => return false,
+            IPOPT_NOOP => {
+                offset += 1;
+                continue;
+            }
+            IPOPT_LSRR | IPOPT_SSRR => return true,
+            _ => {}
+        }
+        let Ok(len) = skb.load::<u8>(l3 + offset + 1) else {
+            return true;
+        };
+        if len < 2 {
+            return true;
+        }
+        offset += usize::from(len);
+    }
+    offset < ihl
+}
+
+/// Whether an IPv6 extension chain starting with `next` at `offset` holds a routing header, or
+/// cannot be walked to its end (too long, unreadable): fail closed. The verdict's own walk, apart
+/// from [`transport`]'s: not inlined, it hands back one bit, so the verifier does not carry the
+/// walk's states into the rest of the program.
+#[inline(never)]
+pub fn source_routed_v6(raw: *mut __sk_buff, mut next: u8, mut offset: usize) -> bool {
+    // The context pointer goes by value: a reference would pin the caller's `SkBuff` to its
+    // stack, whose every byte counts (the 512-byte limit spans the call chain).
+    let Some(skb) = NonNull::new(raw).map(SkBuff::new) else {
+        return true;
+    };
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_ROUTING => return true,
+            IPPROTO_HOPOPTS | IPPROTO_DSTOPTS => {
+                let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
+                    return true;
+                };
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
+                    return true;
+                };
+                next = ext[0];
+                offset += (usize::from(ext[1]) + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let Ok(ext) = skb.load::<[u8; 4]>(offset) else {
+                    return true;
+                };
+                next = ext[0];
+                offset += 8;
+                // A later fragment: what follows is payload (its first fragment carried the
+                // chain), unless the fragment header itself says a routing header follows.
+                if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
+                    return next == IPPROTO_ROUTING;
+                }
+            }
+            _ => return false,
+        }
+    }
+    is_extension_header(next)
+}
+
+/// Whether an IPv6 next-header value is an extension header [`transport`] walks.
+#[inline(always)]
+pub fn is_extension_header(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    )
 }
 
 fn ipv6(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
@@ -201,16 +313,22 @@ fn ipv6(skb: &SkBuff, l3: usize, len: u32) -> Parsed {
     Parsed::Ip(packet)
 }
 
-/// Fills in the transport fields of a parsed IP packet, for its event: walks IPv6 extension
-/// headers (bounded; a chain that cannot be walked just leaves the ports out) and reads the
-/// ports of TCP, UDP, SCTP and UDP-Lite first fragments.
+/// Fills in the transport fields of a parsed IP packet: walks IPv6 extension headers (bounded)
+/// and reads the ports of TCP, UDP, SCTP and UDP-Lite first fragments. A routing header, or a
+/// chain that cannot be walked to its end (too long, unreadable), sets
+/// [`flags::SOURCE_ROUTE`]: a destination may hide behind it. Idempotent: a second call finds
+/// the walk done.
 pub fn transport(skb: &SkBuff, packet: &mut Packet) {
-    if packet.ip_version == 6 {
+    // A later fragment was found by an earlier walk: what follows it is payload.
+    if packet.ip_version == 6 && !packet.later_fragment {
         let mut next = packet.proto;
         let mut offset = packet.l4;
         for _ in 0..MAX_IPV6_EXT_HEADERS {
             match next {
                 IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                    if next == IPPROTO_ROUTING {
+                        packet.flags |= flags::SOURCE_ROUTE;
+                    }
                     let Ok(ext) = skb.load::<[u8; 2]>(offset) else {
                         break;
                     };
@@ -238,6 +356,11 @@ pub fn transport(skb: &SkBuff, packet: &mut Packet) {
                 }
                 _ => break,
             }
+        }
+        // Still an extension header: the walk ran out or could not read on. A later fragment's
+        // headers are beyond reach (its first fragment carried the chain).
+        if is_extension_header(next) && (!packet.later_fragment || next == IPPROTO_ROUTING) {
+            packet.flags |= flags::SOURCE_ROUTE;
         }
         packet.proto = next;
         packet.l4 = offset;

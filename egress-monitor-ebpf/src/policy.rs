@@ -6,7 +6,7 @@ use egress_monitor_common::{
     event::flags,
     maps::stat,
     policy::{IPV4_ADDR_LEN, RuleValue, config},
-    verdict::{CHECK_MARK, RULE_ID_DEFAULT, action, mode, outcome},
+    verdict::{RULE_ID_DEFAULT, action, mode, outcome},
 };
 
 use crate::{
@@ -35,8 +35,7 @@ pub struct Judgement {
 /// fields and helpers the event needs.
 #[inline(always)]
 pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Judgement {
-    // SAFETY: reading a context field of the program's own skb.
-    let accounted = unsafe { (*raw).mark } != CHECK_MARK;
+    let accounted = !is_check(raw);
     // SAFETY: reading a context field of the program's own skb.
     let protocol = unsafe { (*raw).protocol } as u16;
     let (mut packet, judgeable) = match parse::parse(skb, start, protocol) {
@@ -59,15 +58,35 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
             stat::MALFORMED
         });
     }
+    // IPv4 options and IPv6 extension headers are walked before the verdict: a source route or
+    // a routing header names further destinations.
+    let routed = if packet.ip_version == 6 {
+        parse::is_extension_header(packet.proto)
+            && parse::source_routed_v6(raw, packet.proto, packet.l4())
+    } else {
+        packet.has_ipv4_options() && parse::source_routed_v4(raw, &packet)
+    };
+    if judgeable && routed {
+        packet.flags |= flags::SOURCE_ROUTE;
+    }
+    // A packet that names destinations beyond its IP destination is denied whatever its first
+    // hop: nothing ordinary on a node sends one, and a router honouring the route would
+    // deliver it to an address no rule was asked about.
+    let source_routed = packet.flags & flags::SOURCE_ROUTE != 0;
+    if source_routed && accounted {
+        emit::stat(stat::SOURCE_ROUTED);
+    }
+    let judged = judgeable && !source_routed;
     // Without a destination no rule can match: the packet falls to the default deny.
-    let rule = if judgeable { lookup(&packet) } else { None };
+    let rule = if judged { lookup(&packet) } else { None };
     let (rule_id, allowed) = match rule {
         Some(rule) => (rule.rule_id, rule.action == action::ALLOW),
         // No prefix rule: an address a domain rule's answer allowed, until it expires. (An
-        // explicit deny prefix wins over a domain.)
-        None if judgeable => match dns::learned(packet.ip_version, &packet.dst) {
-            Some(rule_id) => (rule_id, true),
-            None => (RULE_ID_DEFAULT, false),
+        // explicit deny prefix wins over a domain.) A socket that opened to it meanwhile keeps
+        // it until it closes.
+        None if judged => match dns::learned_rule(raw, &packet, accounted) {
+            RULE_ID_DEFAULT => (RULE_ID_DEFAULT, false),
+            rule_id => (rule_id, true),
         },
         None => (RULE_ID_DEFAULT, false),
     };
@@ -152,6 +171,20 @@ fn lookup(packet: &Packet) -> Option<RuleValue> {
     }
 }
 
+/// Whether `skb` is one of `check`'s synthetic packets: its `cb` carries the secret only the
+/// pinned config and the check run know (see `config::CHECK_SECRET`). Real packets reach the
+/// cgroup hook with `cb` cleared by the kernel, and no process can set it.
+#[inline(always)]
+fn is_check(raw: *mut __sk_buff) -> bool {
+    let secret = CONFIG.get(config::CHECK_SECRET).copied().unwrap_or(0);
+    if secret == 0 {
+        return false;
+    }
+    // SAFETY: reading context fields of the program's own skb.
+    let (low, high) = unsafe { ((*raw).cb[0], (*raw).cb[1]) };
+    (u64::from(high) << 32 | u64::from(low)) == secret
+}
+
 /// Whether the daemon asked for kernel debug log records (`run --kernel-log`).
 #[inline(always)]
 pub fn kernel_log() -> bool {
@@ -163,7 +196,7 @@ pub fn kernel_log() -> bool {
 /// Enforce unless the daemon set observe. The loader writes the mode before attaching; an
 /// unreadable slot (which the verifier makes impossible for an array) would mean enforce.
 #[inline(always)]
-fn enforcing() -> bool {
+pub fn enforcing() -> bool {
     CONFIG
         .get(config::MODE)
         .is_none_or(|&value| value == u64::from(mode::ENFORCE))

@@ -62,6 +62,19 @@ pub fn open(path: &Path) -> Result<File, CgroupError> {
     })
 }
 
+/// The id of a cgroup v2 directory (its inode number), as BPF helpers report it.
+pub fn id(path: &Path) -> Result<u64, CgroupError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let cgroup = open(path)?;
+    cgroup
+        .metadata()
+        .map(|metadata| metadata.ino())
+        .map_err(|source| CgroupError::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 /// The cgroup directory below `root` whose id (inode number) is `id`: a depth-first search,
 /// at most 16 levels deep.
 pub fn path_of(root: &Path, id: u64) -> Option<PathBuf> {

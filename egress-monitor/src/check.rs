@@ -1,11 +1,14 @@
 //! `egress-monitor check`: proves the live verdicts without sending a packet.
 //!
-//! Synthetic packets run through the pinned programs with `BPF_PROG_TEST_RUN`, carrying
-//! [`CHECK_MARK`] so the kernel judges them exactly as real ones but neither counts nor reports
-//! them. Each verdict is compared with what the recorded policy and the live mode say it must
-//! be; internet probes must not pass unless a rule allows them, and the essentials and private
-//! ranges must pass. The node is "isolated as configured" only if every probe agrees and the
-//! programs are attached.
+//! Synthetic packets run through the pinned programs with `BPF_PROG_TEST_RUN`, carrying the
+//! check secret (`config::CHECK_SECRET`, in the skb's `cb`, which no process can set) so the
+//! kernel judges them exactly as real ones but neither counts nor reports them. Each verdict is
+//! compared with what the recorded policy and the live mode say it must be: fixed probes
+//! (internet addresses must not pass unless a rule allows them; the essentials and private
+//! ranges must pass), every deny rule of the policy (up to [`MAX_DENY_PROBES`]) and a sample of
+//! its allow rules. The node is "isolated" only in enforce mode, with every probe agreeing, the
+//! programs attached and each attached cgroup's raw-socket guards with them; observe mode
+//! drops nothing, so it passes only when asked for (`--mode observe`).
 
 use std::{
     io,
@@ -14,7 +17,6 @@ use std::{
 };
 
 use aya::programs::{CgroupSkb, CgroupSkbAttachType, SchedClassifier};
-use egress_monitor_common::verdict::CHECK_MARK;
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
@@ -49,10 +51,15 @@ pub const PROBES: [(&str, &str); 16] = [
     ("ff02::1", "IPv6 neighbour discovery"),
 ];
 
+/// Deny rules of the policy probed, at most (the first ones by id).
+pub const MAX_DENY_PROBES: usize = 32;
+/// Allow rules of the policy probed, at most (spread evenly over them).
+pub const MAX_ALLOW_PROBES: usize = 16;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Probe {
     pub destination: IpAddr,
-    pub stands_for: &'static str,
+    pub stands_for: String,
     pub program: &'static str,
     /// What the policy and mode require: `pass` or `drop`.
     pub expected: &'static str,
@@ -68,9 +75,20 @@ pub struct CheckReport {
     pub mode: Mode,
     pub policy_version: String,
     pub attachments: Vec<String>,
+    /// Each attached cgroup, and whether its raw-socket guards are attached with it.
+    pub raw_socket_guards: Vec<GuardStatus>,
     pub probes: Vec<Probe>,
     /// Why the node is not isolated as configured; empty when it is.
     pub problems: Vec<String>,
+    /// What the check cannot prove on this node, though nothing is wrong.
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GuardStatus {
+    /// The cgroup's egress link.
+    pub cgroup_link: String,
+    pub attached: bool,
 }
 
 impl CheckReport {
@@ -101,13 +119,35 @@ pub fn check(layout: &PinLayout, required_mode: Option<Mode>) -> Result<CheckRep
         .ok_or_else(|| CheckError::NoState(layout.root.display().to_string()))?;
     let attachments: Vec<String> = datapath.attachments().into_iter().map(|a| a.name).collect();
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
     if attachments.is_empty() {
         problems.push("no program is attached: nothing is filtered".to_owned());
     }
-    if let Some(required) = required_mode
-        && required != live.mode
-    {
-        problems.push(format!("the mode is {}, not {required}", live.mode));
+    match required_mode {
+        Some(required) if required != live.mode => {
+            problems.push(format!("the mode is {}, not {required}", live.mode));
+        }
+        None if live.mode == Mode::Observe => problems.push(
+            "observe mode counts and reports denied packets but drops none: the node is not \
+             isolated (pass --mode observe to check an audit node)"
+                .to_owned(),
+        ),
+        _ => {}
+    }
+    let raw_socket_guards = guards(&attachments);
+    for guard in raw_socket_guards.iter().filter(|guard| !guard.attached) {
+        problems.push(format!(
+            "{}: the raw-socket guards are not attached: its processes can send frames past \
+             the TC hook (PACKET_QDISC_BYPASS, AF_XDP)",
+            guard.cgroup_link
+        ));
+    }
+    if !attachments.iter().any(|name| name.starts_with("tc-")) {
+        notes.push(
+            "no TC link: packet sockets (AF_PACKET) and forwarded traffic are judged only by the \
+             TC hook, which is attached nowhere"
+                .to_owned(),
+        );
     }
     if state.version != format!("{:016x}", live.policy_version) {
         problems.push(format!(
@@ -136,9 +176,15 @@ pub fn check(layout: &PinLayout, required_mode: Option<Mode>) -> Result<CheckRep
         source,
     })?;
 
+    let secret = datapath.check_secret()?;
     let mut probes = Vec::new();
-    for (address, stands_for) in PROBES {
-        let destination: IpAddr = address.parse().expect("valid probe address");
+    let fixed = PROBES.iter().map(|(address, stands_for)| {
+        (
+            address.parse::<IpAddr>().expect("valid probe address"),
+            (*stands_for).to_owned(),
+        )
+    });
+    for (destination, stands_for) in fixed.chain(policy_probes(&state)) {
         let (rule, allowed) = decide(&state, destination);
         let expected = if allowed || live.mode == Mode::Observe {
             "pass"
@@ -150,7 +196,7 @@ pub fn check(layout: &PinLayout, required_mode: Option<Mode>) -> Result<CheckRep
             (CGROUP_PROGRAM, cgroup_fd.as_fd().as_raw_fd(), 1u32),
             (TC_PROGRAM, tc_fd.as_fd().as_raw_fd(), u32::MAX),
         ] {
-            let retval = testrun::run(fd, &frame, 1, Some(CHECK_MARK))
+            let retval = testrun::run(fd, &frame, 1, Some(secret))
                 .map_err(|source| CheckError::TestRun { program, source })?
                 .retval;
             let actual = if retval == pass_code { "pass" } else { "drop" };
@@ -161,7 +207,7 @@ pub fn check(layout: &PinLayout, required_mode: Option<Mode>) -> Result<CheckRep
             }
             probes.push(Probe {
                 destination,
-                stands_for,
+                stands_for: stands_for.clone(),
                 program,
                 expected,
                 actual,
@@ -174,9 +220,68 @@ pub fn check(layout: &PinLayout, required_mode: Option<Mode>) -> Result<CheckRep
         mode: live.mode,
         policy_version: format!("{:016x}", live.policy_version),
         attachments,
+        raw_socket_guards,
         probes,
         problems,
+        notes,
     })
+}
+
+/// Each cgroup egress link, and whether the guard link of the same cgroup (`opt<name>`) is
+/// pinned beside it.
+fn guards(attachments: &[String]) -> Vec<GuardStatus> {
+    attachments
+        .iter()
+        .filter(|name| name.starts_with("cgroup-"))
+        .map(|name| GuardStatus {
+            cgroup_link: name.clone(),
+            attached: attachments.contains(&format!("opt{name}")),
+        })
+        .collect()
+}
+
+/// Probes from the policy itself: an address in each deny rule's prefix (up to
+/// [`MAX_DENY_PROBES`]) and in a sample of its allow rules (up to [`MAX_ALLOW_PROBES`], spread
+/// evenly). Which verdict each must get is decided by [`decide`] like any probe, so a narrower
+/// rule inside the prefix is respected.
+fn policy_probes(state: &StateFile) -> Vec<(IpAddr, String)> {
+    let prefixes = |wanted: Action| -> Vec<(IpNetwork, &str)> {
+        state
+            .rules
+            .iter()
+            .filter(|rule| rule.action == wanted)
+            .filter_map(|rule| Some((rule.cidr.parse::<IpNetwork>().ok()?, rule.name.as_str())))
+            .collect()
+    };
+    let deny = prefixes(Action::Deny);
+    let allow = prefixes(Action::Allow);
+    let step = allow.len().div_ceil(MAX_ALLOW_PROBES).max(1);
+    deny.into_iter()
+        .take(MAX_DENY_PROBES)
+        .map(|(network, name)| (network, format!("deny rule `{name}`")))
+        .chain(
+            allow
+                .into_iter()
+                .step_by(step)
+                .take(MAX_ALLOW_PROBES)
+                .map(|(network, name)| (network, format!("allow rule `{name}`"))),
+        )
+        .map(|(network, stands_for)| (inside(network), stands_for))
+        .collect()
+}
+
+/// An address inside `network`: the one after the network address where there is one (a host
+/// rather than the network's own address).
+fn inside(network: IpNetwork) -> IpAddr {
+    match network {
+        IpNetwork::V4(v4) if v4.prefix() < 32 => {
+            IpAddr::from(u32::from(v4.network()).wrapping_add(1).to_be_bytes())
+        }
+        IpNetwork::V6(v6) if v6.prefix() < 128 => {
+            IpAddr::from(u128::from(v6.network()).wrapping_add(1).to_be_bytes())
+        }
+        other => other.network(),
+    }
 }
 
 /// The recorded policy's decision for `address`: the longest matching prefix.
@@ -209,6 +314,17 @@ pub fn render(report: &CheckReport) -> String {
             report.attachments.join(", ")
         }
     );
+    for guard in &report.raw_socket_guards {
+        out.push_str(&format!(
+            "raw-socket guards on {}: {}\n",
+            guard.cgroup_link,
+            if guard.attached {
+                "attached"
+            } else {
+                "MISSING"
+            }
+        ));
+    }
     for probe in &report.probes {
         out.push_str(&format!(
             "{:<4} {:<13} {:<22} expected {:<4} rule {} ({})\n",
@@ -220,7 +336,15 @@ pub fn render(report: &CheckReport) -> String {
             probe.stands_for
         ));
     }
-    if report.ok() {
+    for note in &report.notes {
+        out.push_str(&format!("NOTE: {note}\n"));
+    }
+    if report.ok() && report.mode == Mode::Observe {
+        out.push_str(
+            "OK: the node observes as configured (observe mode: nothing is dropped, it is not \
+             isolated)\n",
+        );
+    } else if report.ok() {
         out.push_str("OK: the node is isolated as configured\n");
     } else {
         for problem in &report.problems {
@@ -248,6 +372,75 @@ mod tests {
             };
             assert_eq!(dst, destination);
         }
+    }
+
+    #[test]
+    fn guards_are_missing_where_a_cgroup_link_has_no_guard_link() {
+        let links: Vec<String> = [
+            "cgroup-7",
+            "optcgroup-7",
+            "cgroup-9",
+            "incgroup-9",
+            "tc-1-2",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            guards(&links),
+            [
+                GuardStatus {
+                    cgroup_link: "cgroup-7".into(),
+                    attached: true
+                },
+                GuardStatus {
+                    cgroup_link: "cgroup-9".into(),
+                    attached: false
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn the_policys_deny_rules_and_a_sample_of_its_allows_are_probed() {
+        let rule = |id, cidr: String, action| StateRule {
+            id,
+            cidr,
+            action,
+            name: format!("r{id}"),
+            origin: String::new(),
+        };
+        let mut rules: Vec<StateRule> = (0..40)
+            .map(|i| rule(i, format!("10.{i}.0.0/16"), Action::Allow))
+            .collect();
+        rules.push(rule(40, "10.1.2.0/24".into(), Action::Deny));
+        rules.push(rule(41, "2001:db8::/32".into(), Action::Deny));
+        rules.push(rule(42, "198.51.100.7/32".into(), Action::Deny));
+        rules.push(rule(43, "*.example.com".into(), Action::Allow));
+        let state = StateFile {
+            version: String::new(),
+            mode: Mode::Enforce,
+            applied_at: String::new(),
+            groups: vec![],
+            rules,
+        };
+        let probes = policy_probes(&state);
+        let denies: Vec<IpAddr> = probes
+            .iter()
+            .filter(|(_, why)| why.starts_with("deny"))
+            .map(|(address, _)| *address)
+            .collect();
+        assert_eq!(
+            denies,
+            [
+                "10.1.2.1".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap(),
+                "198.51.100.7".parse().unwrap()
+            ]
+        );
+        let allows = probes.len() - denies.len();
+        assert!((1..=MAX_ALLOW_PROBES).contains(&allows), "{probes:?}");
+        // A deny inside an allowed range is still decided as denied.
+        assert_eq!(decide(&state, denies[0]), ("r40".into(), false));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::{
     cgroup::{self, CgroupError},
     datapath::{ApplyReport, Counters, Datapath, DatapathError, Opened},
     dns_events::{DnsAnswerRecord, DnsRecord},
-    events::{self, Clock, EventRecord, EventWriter, EventsTarget, KernelRecord},
+    events::{self, Clock, EventRecord, EventWriter, EventsTarget, GuardRecord, KernelRecord},
     flows::FlowReporter,
     iface::{self, InterfaceError},
     pins::PinLayout,
@@ -630,6 +630,22 @@ impl Output<'_> {
         self.writer.write(&record);
     }
 
+    fn write_guard(&mut self, mut record: GuardRecord) {
+        (record.cgroup, record.exe) = self.resolve(Some(record.cgroup_id), Some(record.pid));
+        log::warn!(
+            "raw-socket guard: pid {} ({}) set {}: {}",
+            record.pid,
+            record.comm,
+            record.option,
+            if record.action == "dropped" {
+                "refused (EPERM)"
+            } else {
+                "allowed (observe mode)"
+            }
+        );
+        self.writer.write(&record);
+    }
+
     fn write_dns(&mut self, mut record: DnsRecord) {
         (record.cgroup, record.exe) = self.resolve(record.cgroup_id, record.pid);
         record.tunnel = self.tunnel.score(&record.name);
@@ -666,6 +682,9 @@ fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, out: &mut Output) {
             }
             Ok(KernelRecord::Dns(event)) => {
                 DnsRecord::query(&event, names, &out.clock).map(|record| out.write_dns(record))
+            }
+            Ok(KernelRecord::Guard(event)) => {
+                GuardRecord::new(&event, &out.clock).map(|record| out.write_guard(record))
             }
             Err(err) => Err(err),
         };

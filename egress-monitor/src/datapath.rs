@@ -13,6 +13,7 @@ use std::{
     collections::{BTreeSet, HashMap},
     ffi::CString,
     net::IpAddr,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -25,7 +26,7 @@ use aya::{
     },
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAttachType,
-        ProgramError, SchedClassifier, TcAttachType,
+        CgroupSockopt, CgroupSockoptAttachType, ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
     },
 };
@@ -43,6 +44,7 @@ use crate::{
     iface::{self, InterfaceError},
     pins::{self, PinError, PinLayout},
     policy::{Action, DomainRule, Mode, Policy},
+    resolvers::{self, NetnsError},
     state::{StateError, StateFile, StateRule},
 };
 
@@ -56,10 +58,20 @@ pub const TC_PROGRAM: &str = "tc_egress";
 pub const SOCK_PROGRAM: &str = "sock_create";
 /// Reads DNS answers delivered in the cgroup, for domain rules.
 pub const INGRESS_PROGRAM: &str = "cgroup_ingress";
+/// Refuses the socket options that would let frames skip the TC hook (raw-socket guards).
+pub const GUARD_PROGRAM: &str = "raw_guard";
+/// Every program the object holds, all pinned.
+const PROGRAMS: [&str; 5] = [
+    CGROUP_PROGRAM,
+    TC_PROGRAM,
+    SOCK_PROGRAM,
+    INGRESS_PROGRAM,
+    GUARD_PROGRAM,
+];
 /// aya-log's ring buffer; pinned like the others so a later daemon can read it.
 const LOG_MAP: &str = "AYA_LOGS";
 /// Every map the object defines, all pinned.
-const MAPS: [&str; 20] = [
+const MAPS: [&str; 25] = [
     names::POLICY_V4,
     names::POLICY_V6,
     names::CONFIG,
@@ -79,6 +91,11 @@ const MAPS: [&str; 20] = [
     names::DNS_SCRATCH,
     names::DNS_QUERY_EVENTS,
     names::DNS_PENDING,
+    names::DNS_RESOLVERS_V4,
+    names::DNS_RESOLVERS_V6,
+    names::DNS_NETNS,
+    names::LEARNED_SOCKETS,
+    names::RAW_EXEMPT,
     LOG_MAP,
 ];
 /// Where a replacement is staged before it takes over the pin path (bpffs allows no dots in
@@ -127,6 +144,8 @@ pub enum DatapathError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Interface(#[from] InterfaceError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     #[error(
         "interface `{name}` is not an Ethernet device (link type {link_type}); the TC hook supports Ethernet devices only"
     )]
@@ -222,6 +241,15 @@ pub struct Counters {
     pub dns_queries_denied: u64,
     /// DNS answers whose addresses a domain rule let the kernel learn.
     pub dns_answers_learned: u64,
+    /// DNS answers for an allowed name that taught nothing: not from a trusted resolver, not
+    /// to a socket of a trusted namespace, or answering no question the socket asked.
+    pub dns_answers_untrusted: u64,
+    /// Packets denied because they name further destinations (source routes, routing headers).
+    pub source_routed: u64,
+    /// Guarded socket options refused (enforce) or reported (observe).
+    pub raw_guard_hits: u64,
+    /// Packets allowed because their socket opened to a learned address while it was allowed.
+    pub learned_socket_passes: u64,
 }
 
 /// The live config: what the config map says.
@@ -349,7 +377,12 @@ impl Datapath {
     pub fn attach_cgroup(&mut self, path: &Path) -> Result<bool, DatapathError> {
         let cgroup = cgroup::open(path)?;
         let name = pins::cgroup_link_name(path).map_err(DatapathError::pin("reading", path))?;
-        for link in [name.clone(), format!("sock{name}"), format!("in{name}")] {
+        for link in [
+            name.clone(),
+            format!("sock{name}"),
+            format!("in{name}"),
+            format!("opt{name}"),
+        ] {
             self.targets.insert(link, path.display().to_string());
         }
         if self.target.links().join(&name).exists() {
@@ -410,6 +443,26 @@ impl Datapath {
             .take_link(link_id)
             .map_err(DatapathError::program(INGRESS_PROGRAM))?;
         self.pin_link(link, INGRESS_PROGRAM, &format!("in{name}"))?;
+        // And the raw-socket guards: no frame of the cgroup's processes skips the TC hook.
+        // aya 0.16 cannot turn a sockopt link into an `FdLink` to pin, so the link is made and
+        // pinned here directly (`BPF_LINK_CREATE`, `BPF_OBJ_PIN`).
+        let guard = CgroupSockopt::from_pin(
+            self.target.program(GUARD_PROGRAM),
+            CgroupSockoptAttachType::Set,
+        )
+        .map_err(DatapathError::program(GUARD_PROGRAM))?;
+        let program_fd = guard.fd().map_err(DatapathError::program(GUARD_PROGRAM))?;
+        let link_path = self.target.links().join(format!("opt{name}"));
+        link_and_pin(
+            program_fd.as_fd(),
+            cgroup.as_fd(),
+            BPF_CGROUP_SETSOCKOPT,
+            &link_path,
+        )
+        .map_err(|source| DatapathError::Attach {
+            target: format!("cgroup {} (raw-socket guards)", path.display()),
+            source: ProgramError::IOError(source),
+        })?;
         Ok(true)
     }
 
@@ -731,6 +784,8 @@ impl Datapath {
             },
         )?;
 
+        self.apply_trust(policy)?;
+
         let version = policy.version();
         // Names first, then the version: a reader that sees the new version finds its names.
         let mut state = StateFile {
@@ -774,6 +829,49 @@ impl Datapath {
             mode: policy.mode,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Writes whose DNS answers teach (resolvers, network namespaces) and which cgroups the
+    /// raw-socket guards leave alone, each map brought to the new set by a diff (new entries
+    /// first).
+    fn apply_trust(&mut self, policy: &Policy) -> Result<(), DatapathError> {
+        let resolvers = resolvers::trusted_resolvers(&policy.dns);
+        let v4: Vec<[u8; 4]> = resolvers
+            .iter()
+            .filter_map(|address| match address {
+                IpAddr::V4(v4) => Some(v4.octets()),
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| v4.octets()),
+            })
+            .collect();
+        let v6: Vec<[u8; 16]> = resolvers
+            .iter()
+            .filter_map(|address| match address {
+                IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => Some(v6.octets()),
+                _ => None,
+            })
+            .collect();
+        replace_set(&self.target, names::DNS_RESOLVERS_V4, &v4)?;
+        replace_set(&self.target, names::DNS_RESOLVERS_V6, &v6)?;
+        let netns = resolvers::trusted_netns_cookies(&policy.dns)?;
+        replace_set(&self.target, names::DNS_NETNS, &netns)?;
+        write_config(
+            &self.target,
+            config::DNS_ANY_NETNS,
+            u64::from(policy.dns.any_network_namespace),
+        )?;
+        let mut exempt = Vec::new();
+        for path in &policy.raw_sockets.allow_cgroups {
+            match cgroup::id(path) {
+                Ok(id) => exempt.push(id),
+                // Exempting nothing is the stricter outcome: say so, and go on.
+                Err(err) => log::warn!(
+                    "[raw_sockets] allow_cgroups: {} is not exempt: {}",
+                    path.display(),
+                    crate::error::chain(&err)
+                ),
+            }
+        }
+        replace_set(&self.target, names::RAW_EXEMPT, &exempt)
     }
 
     /// Switches observe/enforce without reloading anything.
@@ -854,6 +952,15 @@ impl Datapath {
         read_config(&self.target)
     }
 
+    /// The secret that keeps `check`'s synthetic packets out of the counts (kept out of
+    /// [`LiveConfig`], which `status` shows).
+    pub fn check_secret(&self) -> Result<u64, DatapathError> {
+        let array: Array<MapData, u64> = open_map(&self.target, names::CONFIG)?;
+        array
+            .get(&config::CHECK_SECRET, 0)
+            .map_err(DatapathError::map(names::CONFIG, "read"))
+    }
+
     /// The event ring buffer, opened from its pin. Events written while no daemon ran wait in
     /// it (up to its size; beyond, `events_lost` counts them).
     pub fn events(&self) -> Result<RingBuf<MapData>, DatapathError> {
@@ -908,6 +1015,10 @@ impl Datapath {
             dns_queries_allowed: stat_at(stat::DNS_QUERIES_ALLOWED),
             dns_queries_denied: stat_at(stat::DNS_QUERIES_DENIED),
             dns_answers_learned: stat_at(stat::DNS_ANSWERS_LEARNED),
+            dns_answers_untrusted: stat_at(stat::DNS_ANSWERS_UNTRUSTED),
+            source_routed: stat_at(stat::SOURCE_ROUTED),
+            raw_guard_hits: stat_at(stat::RAW_GUARD_HITS),
+            learned_socket_passes: stat_at(stat::LEARNED_SOCKET_PASSES),
         })
     }
 
@@ -1009,7 +1120,7 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .load(EBPF_OBJECT)
         .map_err(DatapathError::Load)?;
-    for name in [CGROUP_PROGRAM, TC_PROGRAM, SOCK_PROGRAM, INGRESS_PROGRAM] {
+    for name in PROGRAMS {
         let program = ebpf
             .program_mut(name)
             .ok_or(DatapathError::MissingProgram(name))?;
@@ -1017,6 +1128,7 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
             aya::programs::Program::CgroupSkb(program) => program.load(),
             aya::programs::Program::SchedClassifier(program) => program.load(),
             aya::programs::Program::CgroupSock(program) => program.load(),
+            aya::programs::Program::CgroupSockopt(program) => program.load(),
             _ => return Err(DatapathError::MissingProgram(name)),
         };
         loaded.map_err(DatapathError::program(name))?;
@@ -1031,8 +1143,21 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     write_config(layout, config::PINNED_SINCE, now)?;
+    write_config(layout, config::CHECK_SECRET, check_secret())?;
     write_config(layout, config::BUILD_ID, build_id())?;
     Ok(())
+}
+
+/// A random non-zero secret for `check`'s synthetic packets (see `config::CHECK_SECRET`).
+fn check_secret() -> u64 {
+    loop {
+        let secret = getrandom::u64().unwrap_or_else(|err| {
+            panic!("the kernel's random source failed ({err}); nothing can be secret")
+        });
+        if secret != 0 {
+            return secret;
+        }
+    }
 }
 
 /// `CLOCK_BOOTTIME` in nanoseconds: the kernel's `bpf_ktime_get_boot_ns()`.
@@ -1069,11 +1194,104 @@ where
         | names::FLOW_REPORTED
         | names::DNS_ALLOWED_V4
         | names::DNS_ALLOWED_V6 => Map::LruHashMap(data),
-        names::DOMAINS => Map::HashMap(data),
+        names::DOMAINS
+        | names::DNS_RESOLVERS_V4
+        | names::DNS_RESOLVERS_V6
+        | names::DNS_NETNS
+        | names::RAW_EXEMPT => Map::HashMap(data),
+        names::LEARNED_SOCKETS => Map::LruHashMap(data),
         name if names::FLOW_DIRTY.contains(&name) => Map::Queue(data),
         _ => Map::PerCpuArray(data),
     };
     T::try_from(map).map_err(DatapathError::map(name, "open"))
+}
+
+/// `enum bpf_attach_type`'s `BPF_CGROUP_SETSOCKOPT` (include/uapi/linux/bpf.h).
+const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+
+/// Attaches a program to a cgroup with a BPF link and pins the link at `path`, for link types
+/// aya cannot hand over as an `FdLink`. The link lives as long as its pin.
+fn link_and_pin(
+    program: std::os::fd::BorrowedFd<'_>,
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    attach_type: u32,
+    path: &Path,
+) -> std::io::Result<()> {
+    use std::os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    };
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    // `union bpf_attr` as BPF_LINK_CREATE reads it (the rest zeroed), and as BPF_OBJ_PIN does.
+    let mut create = [0u32; 16];
+    create[0] = program.as_raw_fd() as u32;
+    create[1] = cgroup.as_raw_fd() as u32;
+    create[2] = attach_type;
+    // SAFETY: bpf(2) with an attribute buffer that outlives the call.
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            create.as_mut_ptr(),
+            std::mem::size_of_val(&create),
+        )
+    };
+    if link < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor bpf(2) just returned, owned by nobody else; closed after pinning.
+    let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
+    let pathname = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a pin path with a NUL byte"))?;
+    #[repr(C)]
+    struct PinAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let mut pin = PinAttr {
+        pathname: pathname.as_ptr() as u64,
+        bpf_fd: link.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: bpf(2) with an attribute whose pointer outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &raw mut pin,
+            std::mem::size_of::<PinAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the hash map `name` (a set: every value 1) hold exactly `wanted`: new keys first,
+/// then the stale ones removed.
+fn replace_set<K: aya::Pod + Eq + std::hash::Hash>(
+    layout: &PinLayout,
+    name: &'static str,
+    wanted: &[K],
+) -> Result<(), DatapathError> {
+    let mut set: AyaHashMap<MapData, K, u8> = open_map(layout, name)?;
+    for key in wanted {
+        set.insert(key, &1u8, 0)
+            .map_err(DatapathError::map(name, "insert"))?;
+    }
+    let live: Vec<K> = set.keys().filter_map(Result::ok).collect();
+    for key in live.iter().filter(|key| !wanted.contains(key)) {
+        set.remove(key)
+            .map_err(DatapathError::map(name, "remove a stale entry"))?;
+    }
+    Ok(())
 }
 
 fn open_trie<const N: usize>(

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use egress_monitor_common::{
-    dns::{DnsEvent, kind},
+    dns::{DnsEvent, kind, refusal},
     event::flags,
     verdict::hook,
 };
@@ -69,6 +69,12 @@ pub struct DnsAnswerRecord {
     /// answer answered a question this socket asked that server.
     pub rule: String,
     pub learned: bool,
+    /// Why an answer for an allowed name taught nothing: `not_a_resolver` (not one of the
+    /// node's resolvers), `other_network_namespace` (to a socket of an untrusted namespace),
+    /// `not_asked` (no question of this socket to that server with that id and name);
+    /// `name_not_allowed` when no rule allows the name. Absent when learned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<&'static str>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     pub exe: Option<String>,
@@ -108,6 +114,7 @@ impl DnsAnswerRecord {
             ttl: event.ttl,
             rule: names.rule_name(event.rule_id).to_owned(),
             learned: event.flags & flags::LEARNED != 0,
+            why: refusal_name(event.refusal)?,
             pid: owner_known(event).then_some(event.pid),
             comm: owner_known(event).then(|| comm_text(&event.comm)),
             exe: None,
@@ -275,6 +282,23 @@ impl DnsRecord {
             tunnel: TunnelScore::default(),
         })
     }
+}
+
+/// The name of a [`refusal`] code (`None` for a learned answer).
+pub fn refusal_name(code: u8) -> Result<Option<&'static str>, EventError> {
+    Ok(Some(match code {
+        refusal::NONE => return Ok(None),
+        refusal::NAME_NOT_ALLOWED => "name_not_allowed",
+        refusal::NOT_A_RESOLVER => "not_a_resolver",
+        refusal::OTHER_NETNS => "other_network_namespace",
+        refusal::NOT_ASKED => "not_asked",
+        value => {
+            return Err(EventError::BadCode {
+                field: "dns refusal",
+                value,
+            });
+        }
+    }))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::{
 use egress_monitor_common::{
     dns::{DNS_EVENT_SIZE, DnsEvent},
     event::{EVENT_SIZE, Event, flags},
+    guard::{GUARD_EVENT_SIZE, GuardEvent, PACKET_QDISC_BYPASS, SOL_PACKET, SOL_XDP, XDP_TX_RING},
     verdict::{hook, outcome},
 };
 use serde::Serialize;
@@ -31,11 +32,13 @@ pub enum EventError {
     BadCode { field: &'static str, value: u8 },
 }
 
-/// A ring-buffer record: a packet event or a DNS event (told apart by size).
+/// A ring-buffer record: a packet event, a DNS event or a guarded socket option (told apart
+/// by size).
 #[derive(Clone, Debug)]
 pub enum KernelRecord {
     Packet(Event),
     Dns(Box<DnsEvent>),
+    Guard(GuardEvent),
 }
 
 /// Reads any kernel record.
@@ -45,6 +48,11 @@ pub fn decode_any(bytes: &[u8]) -> Result<KernelRecord, EventError> {
         // valid.
         let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DnsEvent>()) };
         return Ok(KernelRecord::Dns(Box::new(event)));
+    }
+    if bytes.len() == GUARD_EVENT_SIZE {
+        // SAFETY: as above, for GuardEvent.
+        let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<GuardEvent>()) };
+        return Ok(KernelRecord::Guard(event));
     }
     decode(bytes).map(KernelRecord::Packet)
 }
@@ -106,6 +114,59 @@ impl Proto {
             (58, 6) => Proto::Name("icmpv6"),
             (number, _) => Proto::Number(number),
         }
+    }
+}
+
+/// A guarded socket option, as written to the JSON-lines stream: a process tried to make a
+/// socket whose frames would skip the TC hook.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GuardRecord {
+    pub ts: String,
+    /// Always `raw_socket`.
+    pub kind: &'static str,
+    /// `dropped`: refused with EPERM (enforce mode); `observed`: allowed and reported.
+    pub action: &'static str,
+    /// The option: `PACKET_QDISC_BYPASS` or `XDP_TX_RING`.
+    pub option: &'static str,
+    /// What the caller got back: `EPERM` when refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<&'static str>,
+    pub pid: u32,
+    pub comm: String,
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub cgroup_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+impl GuardRecord {
+    pub fn new(event: &GuardEvent, clock: &Clock) -> Result<GuardRecord, EventError> {
+        let option = match (event.level, event.optname) {
+            (SOL_PACKET, PACKET_QDISC_BYPASS) => "PACKET_QDISC_BYPASS",
+            (SOL_XDP, XDP_TX_RING) => "XDP_TX_RING",
+            _ => {
+                return Err(EventError::BadCode {
+                    field: "guarded option",
+                    value: event.optname as u8,
+                });
+            }
+        };
+        let action = action_name(event.outcome)?;
+        Ok(GuardRecord {
+            ts: clock.rfc3339(event.ts_boot_ns),
+            kind: "raw_socket",
+            action,
+            option,
+            errno: (action == "dropped").then_some("EPERM"),
+            pid: event.pid,
+            comm: comm_text(&event.comm),
+            uid: event.uid,
+            exe: None,
+            cgroup_id: event.cgroup_id,
+            cgroup: None,
+        })
     }
 }
 

@@ -42,6 +42,7 @@ pub mod pins;
 pub mod policy;
 pub mod process;
 pub mod reporter;
+pub mod resolvers;
 pub mod state;
 pub mod status;
 pub mod testrun;

@@ -134,6 +134,7 @@ fn describe(link: &str) -> Option<String> {
         .strip_prefix("cgroup-")
         .or_else(|| link.strip_prefix("sockcgroup-"))
         .or_else(|| link.strip_prefix("incgroup-"))
+        .or_else(|| link.strip_prefix("optcgroup-"))
     {
         let id: u64 = id.parse().ok()?;
         return crate::cgroup::path_of(&crate::cgroup::root().ok()?, id)

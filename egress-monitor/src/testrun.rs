@@ -39,13 +39,21 @@ pub struct TestRun {
     pub duration_ns: u32,
 }
 
-/// `bpf(BPF_PROG_TEST_RUN)`: runs `frame` through the program `repeat` times, with `mark` as
-/// the skb mark when given (see [`egress_monitor_common::verdict::CHECK_MARK`]).
-pub fn run(program_fd: i32, frame: &[u8], repeat: u32, mark: Option<u32>) -> io::Result<TestRun> {
+/// Offset of `cb[0]` in `struct __sk_buff` (after `len, pkt_type, mark, queue_mapping,
+/// protocol, vlan_present, vlan_tci, vlan_proto, priority, ingress_ifindex, ifindex,
+/// tc_index`): the first field after `mark` a test run may set.
+const SKB_CB_OFFSET: usize = 48;
+
+/// `bpf(BPF_PROG_TEST_RUN)`: runs `frame` through the program `repeat` times, with `secret` in
+/// the skb's `cb[0..2]` when given (see `egress_monitor_common::policy::config::CHECK_SECRET`):
+/// the programs then judge the packet without counting or reporting it.
+pub fn run(program_fd: i32, frame: &[u8], repeat: u32, secret: Option<u64>) -> io::Result<TestRun> {
     const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    // struct __sk_buff begins `len, pkt_type, mark`: only the mark may be set.
-    let mut context = [0u8; 12];
-    context[8..12].copy_from_slice(&mark.unwrap_or(0).to_ne_bytes());
+    // struct __sk_buff up to cb[1]; every other field stays zero, as the kernel requires.
+    let mut context = [0u8; SKB_CB_OFFSET + 8];
+    let secret = secret.unwrap_or(0);
+    context[SKB_CB_OFFSET..SKB_CB_OFFSET + 4].copy_from_slice(&(secret as u32).to_ne_bytes());
+    context[SKB_CB_OFFSET + 4..].copy_from_slice(&((secret >> 32) as u32).to_ne_bytes());
     #[repr(C)]
     #[derive(Default)]
     struct TestAttr {

@@ -33,8 +33,13 @@ pub struct Client {
     pub netns: String,
     pub cgroup: Option<PathBuf>,
     pub uid: Option<u32>,
+    /// Run as nobody with CAP_NET_RAW alone (what container runtimes grant), after joining
+    /// the cgroup and the namespace.
+    pub net_raw_only: bool,
     /// A pause between sends, for clients that must keep going for a while.
     pub interval: Option<std::time::Duration>,
+    /// `SO_MARK` on `udp`'s socket.
+    pub mark: Option<u32>,
 }
 
 impl Client {
@@ -172,6 +177,72 @@ impl Client {
         ])
     }
 
+    /// `count` UDP datagrams to `dst:port` in Ethernet frames to `dst_mac` on `iface`, sent
+    /// through an AF_PACKET socket the way `mode` says: `plain`, `bypass`
+    /// (`PACKET_QDISC_BYPASS`), `mmsg` (bypass and `sendmmsg`), `txring` (bypass and
+    /// `PACKET_TX_RING`). A refused bypass counts in `eperm`; the frames go out anyway.
+    pub fn l2(
+        &self,
+        iface: &str,
+        dst_mac: &str,
+        dst: IpAddr,
+        port: u16,
+        mode: &str,
+        count: u32,
+    ) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "l2".into(),
+            iface.to_owned(),
+            dst_mac.to_owned(),
+            dst.to_string(),
+            port.to_string(),
+            mode.to_owned(),
+            count.to_string(),
+        ])
+    }
+
+    /// Asks an AF_XDP socket for a TX ring: `ok` when granted, `eperm` when refused.
+    pub fn xdp_tx_ring(&self) -> anyhow::Result<Outcome> {
+        self.call(&["xdp-tx-ring".into()])
+    }
+
+    /// One datagram to `dst:port` whose IP destination is `hop`: an IPv4 loose source route or
+    /// an IPv6 segment routing header names `dst` as the route's end.
+    pub fn source_route(&self, dst: IpAddr, hop: IpAddr, port: u16) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "source-route".into(),
+            dst.to_string(),
+            hop.to_string(),
+            port.to_string(),
+        ])
+    }
+
+    /// In a user and network namespace of its own, resolves `name` from its own server on
+    /// `server` (loopback), which answers `forged` with the longest TTL.
+    pub fn own_resolver(
+        &self,
+        server: Ipv4Addr,
+        name: &str,
+        forged: Ipv4Addr,
+    ) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "own-resolver".into(),
+            server.to_string(),
+            name.to_owned(),
+            forged.to_string(),
+        ])
+    }
+
+    /// `count` datagrams from one connected UDP socket (`interval` apart).
+    pub fn udp_connected(&self, dst: IpAddr, port: u16, count: u32) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "udp-connected".into(),
+            dst.to_string(),
+            port.to_string(),
+            count.to_string(),
+        ])
+    }
+
     fn call(&self, args: &[String]) -> anyhow::Result<Outcome> {
         let mut command = Command::new(&self.binary);
         command.arg("--netns").arg(&self.netns);
@@ -180,6 +251,12 @@ impl Client {
         }
         if let Some(uid) = self.uid {
             command.arg("--uid").arg(uid.to_string());
+        }
+        if self.net_raw_only {
+            command.arg("--caps").arg("net_raw");
+        }
+        if let Some(mark) = self.mark {
+            command.arg("--mark").arg(mark.to_string());
         }
         if let Some(interval) = self.interval {
             command

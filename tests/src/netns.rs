@@ -238,7 +238,48 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// The MAC address of the peer's end (`veth-p`), for frames sent to it by hand.
+    pub fn peer_mac(&self) -> anyhow::Result<String> {
+        let output = Command::new("ip")
+            .args(["-n", &self.net.name, "-o", "link", "show", NET_IF])
+            .output()
+            .context("running `ip`")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        text.split_whitespace()
+            .skip_while(|word| *word != "link/ether")
+            .nth(1)
+            .map(str::to_owned)
+            .with_context(|| format!("no link/ether in `{text}`"))
+    }
+}
+
 impl Tap {
+    /// Frames captured so far for which `matches` holds (waits until quiet).
+    pub fn frames_matching(&self, matches: impl Fn(&[u8]) -> bool) -> usize {
+        let mut buffer = [0u8; 2048];
+        let mut count = 0;
+        // Bounded: each read waits at most the receive timeout.
+        for _ in 0..10_000 {
+            // SAFETY: reading into a valid buffer.
+            let read = unsafe {
+                libc::recv(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.socket),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    0,
+                )
+            };
+            if read < 0 {
+                break;
+            }
+            if matches(&buffer[..read as usize]) {
+                count += 1;
+            }
+        }
+        count
+    }
+
     /// Frames captured so far whose outer ethertype is `ethertype` (waits until quiet).
     pub fn frames_with_ethertype(&self, ethertype: u16) -> usize {
         let mut buffer = [0u8; 2048];

@@ -16,6 +16,13 @@
 //! name = "storage"
 //! domain = "*.blob.core.windows.net"
 //! action = "allow"
+//!
+//! [dns]                       # whose answers teach domain rules (default: the node's own
+//! resolvers = ["10.0.0.4"]    # resolvers, in the daemon's network namespace)
+//! network_namespaces = []     # more namespaces, by name under /run/netns or path
+//!
+//! [raw_sockets]               # cgroups exempt from the raw-socket guards
+//! allow_cgroups = ["/sys/fs/cgroup/system.slice/xdp-app.service"]
 //! ```
 
 use std::{
@@ -28,7 +35,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Action, Diagnostic, Mode, Origin, PolicyError, Rule,
+    Action, Diagnostic, DnsTrust, Mode, Origin, PolicyError, RawSockets, Rule,
     domain::{Domain, DomainRule},
     groups, parse_cidr,
 };
@@ -47,6 +54,8 @@ pub struct PolicyFile {
     /// Allow rules from `[service_tags]`; they rank like the default groups (an explicit rule
     /// for the same prefix replaces them).
     pub service_tag_rules: Vec<Rule>,
+    pub dns: DnsTrust,
+    pub raw_sockets: RawSockets,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +70,27 @@ struct RawFile {
     groups: BTreeMap<String, Spanned<bool>>,
     #[serde(default)]
     rule: Vec<RawRule>,
+    dns: Option<Spanned<RawDns>>,
+    raw_sockets: Option<Spanned<RawRawSockets>>,
+}
+
+/// `[dns]`: whose answers teach (see [`DnsTrust`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    resolvers: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    network_namespaces: Vec<Spanned<String>>,
+    #[serde(default)]
+    any_network_namespace: bool,
+}
+
+/// `[raw_sockets]`: cgroups exempt from the raw-socket guards (see [`RawSockets`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRawSockets {
+    #[serde(default)]
+    allow_cgroups: Vec<Spanned<String>>,
 }
 
 /// `[service_tags]`: allow Azure service tags from a tags file (a path relative to the policy
@@ -221,10 +251,20 @@ impl PolicyFile {
                 }),
             }
         }
+        let dns = raw
+            .dns
+            .map(|dns| dns_trust(dns, &place, &mut diagnostics))
+            .unwrap_or_default();
+        let raw_sockets = raw
+            .raw_sockets
+            .map(|raw_sockets| raw_socket_settings(raw_sockets, &place, &mut diagnostics))
+            .unwrap_or_default();
         if !diagnostics.is_empty() {
             return Err(PolicyError::Invalid(diagnostics));
         }
         Ok(PolicyFile {
+            dns,
+            raw_sockets,
             azure: raw.azure,
             service_tag_rules,
             path: path.to_owned(),
@@ -242,6 +282,98 @@ impl PolicyFile {
             .find(|(group, _)| *group == name)
             .map(|(_, on)| *on)
     }
+}
+
+/// Validates `[dns]`: resolvers are IP addresses, and at least one when the key is given;
+/// namespaces are names under /run/netns or absolute paths.
+fn dns_trust(
+    dns: Spanned<RawDns>,
+    place: &impl Fn(Range<usize>) -> String,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> DnsTrust {
+    let table_place = place(dns.span());
+    let dns = dns.into_inner();
+    let resolvers = dns.resolvers.map(|resolvers| {
+        if resolvers.is_empty() {
+            diagnostics.push(Diagnostic {
+                place: table_place.clone(),
+                message: "`resolvers = []` would let no DNS answer teach: name at least one \
+                          resolver, or leave `resolvers` out for the node's own"
+                    .to_owned(),
+            });
+        }
+        resolvers
+            .into_iter()
+            .filter_map(|resolver| match resolver.get_ref().trim().parse() {
+                Ok(address) => Some(address),
+                Err(_) => {
+                    diagnostics.push(Diagnostic {
+                        place: place(resolver.span()),
+                        message: format!(
+                            "`{}` is not an IP address (a resolver is named by its address)",
+                            resolver.get_ref()
+                        ),
+                    });
+                    None
+                }
+            })
+            .collect()
+    });
+    let network_namespaces = dns
+        .network_namespaces
+        .into_iter()
+        .filter_map(|netns| {
+            let name = netns.get_ref();
+            let plain_name = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+            if plain_name || name.starts_with('/') {
+                Some(name.clone())
+            } else {
+                diagnostics.push(Diagnostic {
+                    place: place(netns.span()),
+                    message: format!(
+                        "`{name}` is neither a namespace name (as under /run/netns) nor an \
+                         absolute path"
+                    ),
+                });
+                None
+            }
+        })
+        .collect();
+    DnsTrust {
+        resolvers,
+        network_namespaces,
+        any_network_namespace: dns.any_network_namespace,
+    }
+}
+
+/// Validates `[raw_sockets]`: exempt cgroups are absolute paths.
+fn raw_socket_settings(
+    raw_sockets: Spanned<RawRawSockets>,
+    place: &impl Fn(Range<usize>) -> String,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> RawSockets {
+    let allow_cgroups = raw_sockets
+        .into_inner()
+        .allow_cgroups
+        .into_iter()
+        .filter_map(|cgroup| {
+            let path = PathBuf::from(cgroup.get_ref());
+            if path.is_absolute() {
+                Some(path)
+            } else {
+                diagnostics.push(Diagnostic {
+                    place: place(cgroup.span()),
+                    message: format!(
+                        "`{}` is not an absolute cgroup path (e.g. \
+                         /sys/fs/cgroup/system.slice/app.service)",
+                        cgroup.get_ref()
+                    ),
+                });
+                None
+            }
+        })
+        .collect();
+    RawSockets { allow_cgroups }
 }
 
 /// Where each line starts, so that a byte offset's line is a binary search away (a file of

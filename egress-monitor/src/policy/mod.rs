@@ -94,6 +94,29 @@ impl fmt::Display for Origin {
     }
 }
 
+/// `[dns]`: whose DNS answers may teach addresses to domain rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsTrust {
+    /// The resolvers whose answers teach. `None`: the node's own (see
+    /// `crate::resolvers::node_resolvers`): the nameservers of /etc/resolv.conf,
+    /// systemd-resolved's upstream servers, Azure's 168.63.129.16 and the stub 127.0.0.53.
+    pub resolvers: Option<Vec<std::net::IpAddr>>,
+    /// Network namespaces besides the daemon's whose sockets answers may teach: names under
+    /// /run/netns, or paths to a namespace file (a cluster DNS in a container, say).
+    pub network_namespaces: Vec<String>,
+    /// Answers teach sockets of every network namespace (an explicit opt-in: any process that
+    /// can make a namespace and run a resolver in it can then teach).
+    pub any_network_namespace: bool,
+}
+
+/// `[raw_sockets]`: cgroups exempt from the raw-socket guards (their processes may set
+/// `PACKET_QDISC_BYPASS` and make AF_XDP TX rings, whose frames no hook sees).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawSockets {
+    /// cgroup v2 directories (absolute paths); the exemption is exact, not inherited.
+    pub allow_cgroups: Vec<PathBuf>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub name: String,
@@ -193,6 +216,8 @@ pub struct Policy {
     pub groups: Vec<(&'static str, bool)>,
     /// The policy file asks for the node's VNet from IMDS (`azure = true`).
     pub azure: bool,
+    pub dns: DnsTrust,
+    pub raw_sockets: RawSockets,
 }
 
 impl Policy {
@@ -322,6 +347,10 @@ impl Policy {
             domains,
             groups,
             azure: file.is_some_and(|file| file.azure),
+            dns: file.map(|file| file.dns.clone()).unwrap_or_default(),
+            raw_sockets: file
+                .map(|file| file.raw_sockets.clone())
+                .unwrap_or_default(),
         })
     }
 
@@ -341,10 +370,36 @@ impl Policy {
                     rule.name
                 )
             }))
+            .chain(self.trust_lines())
             .collect();
         lines.sort();
         let digest = Sha256::digest(lines.join("\n").as_bytes());
         u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+
+    /// The `[dns]` and `[raw_sockets]` settings as version lines (none when left at their
+    /// defaults, so a policy without them keeps the version it had).
+    fn trust_lines(&self) -> impl Iterator<Item = String> + '_ {
+        let dns = &self.dns;
+        dns.resolvers
+            .iter()
+            .flatten()
+            .map(|resolver| format!("dns resolver {resolver}"))
+            .chain(
+                dns.network_namespaces
+                    .iter()
+                    .map(|netns| format!("dns network-namespace {netns}")),
+            )
+            .chain(
+                dns.any_network_namespace
+                    .then(|| "dns any-network-namespace".to_owned()),
+            )
+            .chain(
+                self.raw_sockets
+                    .allow_cgroups
+                    .iter()
+                    .map(|cgroup| format!("raw-sockets allow-cgroup {}", cgroup.display())),
+            )
     }
 
     /// What the datapath decides for `address`: the longest matching prefix, or `None` (the

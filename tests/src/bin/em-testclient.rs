@@ -10,7 +10,20 @@
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] tcp  DST PORT TIMEOUT_MS
 //! em-testclient --netns NAME [--cgroup PATH]             ping DST COUNT
 //! em-testclient --netns NAME                             frame IFACE ETHERTYPE COUNT VLAN_TAGS
+//! em-testclient --netns NAME [--cgroup PATH] [--caps net_raw] l2 IFACE DST_MAC DST PORT MODE COUNT
+//! em-testclient --netns NAME [--cgroup PATH] [--caps net_raw] xdp-tx-ring
+//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] source-route DST HOP PORT
+//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] own-resolver SERVER NAME FORGED_V4
+//! em-testclient --netns NAME [--cgroup PATH] [--interval-us US] udp-connected DST PORT COUNT
 //! ```
+//! `l2` sends UDP datagrams to DST:PORT in Ethernet frames to DST_MAC through an AF_PACKET
+//! socket, MODE `plain`, `bypass` (`PACKET_QDISC_BYPASS`), `mmsg` (bypass, `sendmmsg`) or
+//! `txring` (bypass, `PACKET_TX_RING`); `xdp-tx-ring` asks an AF_XDP socket for a TX ring;
+//! `source-route` sends to DST through HOP (IPv4 LSRR, IPv6 segment routing header);
+//! `own-resolver` unshares a user and network namespace and resolves NAME from a server of its
+//! own on SERVER (loopback) that answers FORGED_V4; `udp-connected` sends COUNT datagrams
+//! from one connected socket. `--caps net_raw` drops to nobody keeping only CAP_NET_RAW (what
+//! container runtimes grant); `--mark N` sets `SO_MARK` on `udp`'s socket.
 //! `frame` sends raw Ethernet frames through an AF_PACKET socket: broadcast, behind VLAN_TAGS
 //! 802.1Q tags, with ETHERTYPE (hex); for 0800 the payload is a UDP datagram to 203.0.113.1.
 //! It joins the cgroup first (so every socket it makes belongs there), then the namespace,
@@ -22,14 +35,26 @@ use std::{
     mem::size_of,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Type};
 
+// The attack clients, one module each (the functions below are the ordinary ones).
+#[path = "../testclient/raw.rs"]
+mod raw;
+#[path = "../testclient/routes.rs"]
+mod routes;
+#[path = "../testclient/userns.rs"]
+mod userns;
+
+/// `--mark`: the `SO_MARK` of `udp`'s socket (0: none).
+static MARK: AtomicU32 = AtomicU32::new(0);
+
 #[derive(Default)]
-struct Report {
+pub(crate) struct Report {
     ok: u64,
     eperm: u64,
     failed: u64,
@@ -38,7 +63,7 @@ struct Report {
 }
 
 impl Report {
-    fn error(&mut self, err: &io::Error) {
+    pub(crate) fn error(&mut self, err: &io::Error) {
         if err.raw_os_error() == Some(libc::EPERM) {
             self.eperm += 1;
         } else {
@@ -52,6 +77,7 @@ fn main() -> anyhow::Result<()> {
     let mut netns = None;
     let mut cgroup = None;
     let mut uid = None;
+    let mut caps = None;
     let mut interval = Duration::ZERO;
     while args.first().is_some_and(|a| a.starts_with("--")) {
         let flag = args.remove(0);
@@ -63,6 +89,8 @@ fn main() -> anyhow::Result<()> {
             "--netns" => netns = Some(value),
             "--cgroup" => cgroup = Some(value),
             "--uid" => uid = Some(value.parse::<u32>().context("--uid")?),
+            "--caps" if value == "net_raw" => caps = Some(value),
+            "--mark" => MARK.store(value.parse().context("--mark")?, Ordering::Relaxed),
             "--interval-us" => {
                 interval = Duration::from_micros(value.parse().context("--interval-us")?)
             }
@@ -84,6 +112,9 @@ fn main() -> anyhow::Result<()> {
         if unsafe { libc::setgid(uid) } != 0 || unsafe { libc::setuid(uid) } != 0 {
             return Err(io::Error::last_os_error()).context("dropping to the uid");
         }
+    }
+    if caps.is_some() {
+        keep_only_net_raw()?;
     }
     let arg = |i: usize| args.get(i).map(String::as_str).context("missing argument");
     let report = match arg(0)? {
@@ -113,6 +144,23 @@ fn main() -> anyhow::Result<()> {
             arg(3)?.parse()?,
             arg(4)?.parse()?,
         )?,
+        "l2" => raw::send(
+            arg(1)?,
+            arg(2)?,
+            arg(3)?.parse()?,
+            arg(4)?.parse()?,
+            arg(5)?.parse()?,
+            arg(6)?.parse()?,
+        )?,
+        "xdp-tx-ring" => raw::xdp_tx_ring()?,
+        "source-route" => routes::send(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?)?,
+        "own-resolver" => userns::own_resolver(arg(1)?.parse()?, arg(2)?, arg(3)?.parse()?)?,
+        "udp-connected" => udp_connected(
+            arg(1)?.parse()?,
+            arg(2)?.parse()?,
+            arg(3)?.parse()?,
+            interval,
+        )?,
         other => bail!("unknown command {other}"),
     };
     println!(
@@ -128,6 +176,87 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Becomes nobody with CAP_NET_RAW alone (permitted, effective, ambient and bounding sets), as
+/// `setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all,+net_raw
+/// --ambient-caps=+net_raw --bounding-set=-all,+net_raw` would; checks the result.
+fn keep_only_net_raw() -> anyhow::Result<()> {
+    const NOBODY: u32 = 65534;
+    const CAP_NET_RAW: u32 = 13;
+    const CAP_LAST: u32 = 63;
+    // SAFETY: plain prctl/setgroups/setgid/setuid calls on this single-threaded process.
+    unsafe {
+        for cap in (0..=CAP_LAST).filter(|&cap| cap != CAP_NET_RAW) {
+            // Capabilities this kernel does not know fail with EINVAL: nothing to drop.
+            libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+        }
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+            || libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(NOBODY) != 0
+            || libc::setuid(NOBODY) != 0
+        {
+            return Err(io::Error::last_os_error()).context("becoming nobody");
+        }
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let raw = 1u32 << CAP_NET_RAW;
+    let data = [
+        Data {
+            effective: raw,
+            permitted: raw,
+            inheritable: raw,
+        },
+        Data::default(),
+    ];
+    // SAFETY: capset with a v3 header and two data words.
+    if unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error()).context("capset");
+    }
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .map(str::trim)
+        .context("no CapEff")?;
+    if u64::from_str_radix(effective, 16)? != u64::from(raw) {
+        bail!("CapEff is {effective}, not CAP_NET_RAW alone");
+    }
+    Ok(())
+}
+
+/// `count` datagrams from one connected socket, `interval` apart.
+fn udp_connected(dst: IpAddr, port: u16, count: u32, interval: Duration) -> anyhow::Result<Report> {
+    let socket = unbound_udp(dst)?;
+    socket.connect(SocketAddr::new(dst, port))?;
+    let mut report = Report {
+        src_port: socket.local_addr()?.port(),
+        ..Report::default()
+    };
+    for _ in 0..count {
+        match socket.send(&[0x5a; 16]) {
+            Ok(_) => report.ok += 1,
+            Err(err) => report.error(&err),
+        }
+        std::thread::sleep(interval);
+    }
+    Ok(report)
+}
+
 fn udp(
     dst: IpAddr,
     port: u16,
@@ -137,6 +266,22 @@ fn udp(
     interval: Duration,
 ) -> anyhow::Result<Report> {
     let socket = unbound_udp(dst)?;
+    let mark = MARK.load(Ordering::Relaxed);
+    if mark != 0 {
+        // SAFETY: setsockopt with a valid int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&raw const mark).cast(),
+                size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("setting SO_MARK");
+        }
+    }
     if dstopts {
         if dst.is_ipv4() {
             bail!("dstopts is IPv6 only");
@@ -176,7 +321,7 @@ fn udp(
 /// One DNS question (`a` or `aaaa`) to `server`:53 over UDP or TCP; `replies` counts the
 /// answer's addresses, `ok` whether an answer came (an NXDOMAIN is an answer with none).
 /// A query for `name` (`kind`: `a` or `aaaa`) in wire format.
-fn dns_query(name: &str, kind: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn dns_query(name: &str, kind: &str) -> anyhow::Result<Vec<u8>> {
     use simple_dns::{CLASS, Name, Packet, PacketFlag, QTYPE, Question, TYPE};
     let qtype = match kind {
         "a" => TYPE::A,
@@ -362,7 +507,7 @@ fn forge_answer(server: IpAddr, name: &str, forged: Ipv4Addr) -> anyhow::Result<
 }
 
 /// A UDP socket on an ephemeral port of the family `peer` needs.
-fn unbound_udp(peer: IpAddr) -> io::Result<UdpSocket> {
+pub(crate) fn unbound_udp(peer: IpAddr) -> io::Result<UdpSocket> {
     UdpSocket::bind(if peer.is_ipv4() {
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
     } else {

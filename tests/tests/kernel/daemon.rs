@@ -305,7 +305,9 @@ fn enforce_mode_on_tc_drops_and_names_the_rule() {
     let text = stdout(&output);
     assert!(text.starts_with("detached tc-"), "{text}");
     assert!(
-        text.contains("removed programs cgroup_egress, cgroup_ingress, sock_create, tc_egress"),
+        text.contains(
+            "removed programs cgroup_egress, cgroup_ingress, raw_guard, sock_create, tc_egress"
+        ),
         "{text}"
     );
     assert!(

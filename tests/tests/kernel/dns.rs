@@ -9,7 +9,7 @@ use std::{
 
 use egress_monitor_tests::{
     dns::{DnsServer, Record},
-    netns::{INTERNET_V4, INTERNET_V6, PRIVATE_V4, PRIVATE_V6, UDP_PORT},
+    netns::{INTERNET_V4, INTERNET_V6, LAB_V4, PRIVATE_V4, PRIVATE_V6, UDP_PORT},
 };
 
 use egress_monitor::{
@@ -38,12 +38,25 @@ fn start(node: &Node, zone: Vec<Record>) -> (Daemon, DnsServer) {
 
 fn start_with(node: &Node, zone: Vec<Record>, extra: &[&str]) -> (Daemon, DnsServer) {
     let policy = node.scratch.0.join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(
+        &policy,
+        format!("{POLICY}\n{}", trust_the_test_resolver(node)),
+    )
+    .unwrap();
     let server = DnsServer::start(&node.topology.net, PRIVATE_V4.into(), zone).unwrap();
     let mut args = vec!["--policy", policy.to_str().unwrap(), "--dns-grace", "0"];
     args.extend_from_slice(extra);
     let daemon = node.daemon(&args);
     (daemon, server)
+}
+
+/// `[dns]` naming the test's resolver (the private peer) and the node namespace its clients
+/// use: the daemon runs in the host's namespace, whose own resolvers these are not.
+pub fn trust_the_test_resolver(node: &Node) -> String {
+    format!(
+        "[dns]\nresolvers = [\"{PRIVATE_V4}\", \"{PRIVATE_V6}\"]\nnetwork_namespaces = [\"{}\"]\n",
+        node.topology.node.name
+    )
 }
 
 /// Whether a datagram to `dst` leaves (the cgroup hook refuses a denied one with EPERM).
@@ -531,4 +544,142 @@ fn a_forged_answer_opens_nothing() {
         .expect("an answer event");
     let forged = answer["server"] == "127.0.0.1";
     assert_eq!(answer["learned"], !forged, "{answer}");
+}
+
+/// Only the node's resolvers teach, and only sockets of the network namespaces the daemon
+/// trusts. Each answer below names an allowed name and answers a question its socket asked,
+/// yet teaches nothing, and is reported with why: one from a private host that is not a
+/// resolver; one from a resolver an unprivileged process runs on 127.0.0.53 (a trusted
+/// resolver address) in a user and network namespace of its own; and, once the policy no
+/// longer names the node's namespace, the real resolver's answer to a socket there (the
+/// default trusts the daemon's namespace only). The real resolver's answer teaches.
+#[test]
+fn only_the_nodes_resolvers_teach() {
+    let node = Node::new("dnstrust");
+    let zone = |host: u8| {
+        ["a", "b", "c", "d"]
+            .map(|label| Record::new(&format!("{label}.allowed.test"), documentation_v4(host), 60))
+            .to_vec()
+    };
+    let _resolver = DnsServer::start(&node.topology.net, PRIVATE_V4.into(), zone(70)).unwrap();
+    let _other = DnsServer::start(&node.topology.net, LAB_V4.into(), zone(71)).unwrap();
+    let trusting = |namespaces: &str| {
+        format!(
+            "{POLICY}\n[dns]\nresolvers = [\"{PRIVATE_V4}\", \"127.0.0.53\"]\n\
+             network_namespaces = [{namespaces}]\n"
+        )
+    };
+    let policy = node.policy_file(
+        "policy.toml",
+        &trusting(&format!("\"{}\"", node.topology.node.name)),
+    );
+    let mut daemon = node.daemon(&["--policy", &policy, "--dns-grace", "0"]);
+    let asker = client(&node.topology, Some(&node.cgroup));
+    let answered = |server: Ipv4Addr, name: &str| {
+        let outcome = asker.resolve(server.into(), name, "a", false).unwrap();
+        assert_eq!((outcome.ok, outcome.replies), (1, 1), "{name}: {outcome:?}");
+    };
+
+    answered(LAB_V4, "a.allowed.test");
+    assert!(!reachable(&node, documentation_v4(71)), "not a resolver");
+
+    let mut attacker = client(&node.topology, Some(&node.cgroup));
+    attacker.uid = Some(65534);
+    let outcome = attacker
+        .own_resolver(
+            Ipv4Addr::new(127, 0, 0, 53),
+            "b.allowed.test",
+            Ipv4Addr::new(203, 0, 113, 72),
+        )
+        .unwrap();
+    assert_eq!(outcome.ok, 1, "its own resolver answered: {outcome:?}");
+    assert!(!reachable(&node, documentation_v4(72)), "another namespace");
+
+    answered(PRIVATE_V4, "c.allowed.test");
+    assert!(
+        reachable(&node, documentation_v4(70)),
+        "the resolver teaches"
+    );
+
+    // Without the node's namespace named, only the daemon's own is trusted.
+    std::fs::write(&policy, trusting("")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_for("inserted", Duration::from_secs(10));
+    answered(PRIVATE_V4, "d.allowed.test");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+
+    let lines = event_lines(&node.events(), 4);
+    let answer = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["kind"] == "dns_answer" && l["name"] == name)
+            .unwrap_or_else(|| panic!("no answer event for {name}: {lines:#?}"))
+            .clone()
+    };
+    for (name, learned, why) in [
+        ("a.allowed.test", false, Some("not_a_resolver")),
+        ("b.allowed.test", false, Some("other_network_namespace")),
+        ("c.allowed.test", true, None),
+        ("d.allowed.test", false, Some("other_network_namespace")),
+    ] {
+        let event = answer(name);
+        assert_eq!(event["learned"], learned, "{event}");
+        assert_eq!(event["why"].as_str(), why, "{event}");
+    }
+    let b = answer("b.allowed.test");
+    assert_eq!(b["server"], "127.0.0.53", "{b}");
+}
+
+/// A connected socket that opened to a learned address keeps it after the record expires, on
+/// both hooks (TC does not cut what the cgroup hook let open); a new socket to it afterwards is
+/// denied.
+#[test]
+fn a_connection_outlives_its_record() {
+    let fx = Fixture::with_policy(Hook::Both, |topology, _| {
+        let text = format!(
+            "{POLICY}\n[dns]\nresolvers = [\"{PRIVATE_V4}\"]\nnetwork_namespaces = [\"{}\"]\n",
+            topology.node.name
+        );
+        let file =
+            egress_monitor::policy::PolicyFile::parse(std::path::Path::new("policy.toml"), &text)
+                .unwrap();
+        egress_monitor::policy::Policy::build(
+            Some(&file),
+            &egress_monitor::policy::CommandLineRules::default(),
+            None,
+        )
+        .unwrap()
+    });
+    let _server = DnsServer::start(
+        &fx.topology.net,
+        PRIVATE_V4.into(),
+        vec![Record::new("api.allowed.test", INTERNET_V4, 1)],
+    )
+    .unwrap();
+    let mut node = fx.client(None);
+    let outcome = node
+        .resolve(PRIVATE_V4.into(), "api.allowed.test", "a", false)
+        .unwrap();
+    assert_eq!(outcome.replies, 1, "{outcome:?}");
+    // 20 datagrams 150 ms apart: the record (1 s, no grace) expires half-way.
+    node.interval = Some(Duration::from_millis(150));
+    let held = node
+        .udp_connected(INTERNET_V4.into(), UDP_PORT, 20)
+        .unwrap();
+    assert_eq!((held.ok, held.eperm), (20, 0), "{held:?}");
+    assert_eq!(
+        fx.topology.peers.udp_received(INTERNET_V4.into()),
+        20,
+        "every datagram arrived, after the expiry too"
+    );
+    node.interval = None;
+    let fresh = node.udp_connected(INTERNET_V4.into(), UDP_PORT, 1).unwrap();
+    assert_eq!(fresh.eperm, 1, "a new socket after the expiry: {fresh:?}");
+    assert_eq!(fx.topology.peers.udp_received(INTERNET_V4.into()), 0);
+    let counters = fx.datapath.counters().unwrap();
+    assert!(
+        counters.learned_socket_passes >= 2 * 10,
+        "both hooks passed the held socket's late datagrams: {counters:?}"
+    );
 }

@@ -339,6 +339,100 @@ fn check_proves_isolation_and_fails_when_it_is_not_there() {
     );
 }
 
+/// `check` says what it proves: observe mode is not isolation (exit 1 unless asked
+/// `--mode observe`); the policy's own deny rules and a sample of its allow rules are probed
+/// with the verdicts the policy gives them; a cgroup whose raw-socket guards are gone is a
+/// problem.
+#[test]
+fn check_says_what_it_proves() {
+    let node = Node::new("checkproves");
+    let policy = node.policy_file(
+        "policy.toml",
+        "mode = \"observe\"\n\
+         [[rule]]\nname = \"mirror\"\ncidr = \"198.51.100.0/24\"\naction = \"allow\"\n\
+         [[rule]]\nname = \"mirror-admin\"\ncidr = \"198.51.100.128/25\"\naction = \"deny\"\n\
+         [[rule]]\nname = \"lab\"\ncidr = \"10.78.0.0/16\"\naction = \"deny\"\n",
+    );
+    let daemon = node.daemon(&["--policy", &policy]);
+    let pin = node.pin();
+
+    let output = egress_monitor(&["check", "--pin-path", &pin]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("PROBLEM: observe mode counts and reports denied packets but drops none"),
+        "{text}"
+    );
+    let output = egress_monitor(&["check", "--mode", "observe", "--pin-path", &pin]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("it is not isolated"), "{text}");
+
+    let applied = egress_monitor(&[
+        "policy",
+        "apply",
+        &policy,
+        "--pin-path",
+        &pin,
+        "--mode",
+        "enforce",
+    ]);
+    assert_eq!(applied.status.code(), Some(0), "{}", stderr(&applied));
+    let output = egress_monitor(&["check", "--pin-path", &pin, "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let probe = |address: &str, program: &str| {
+        report["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["destination"] == address && p["program"] == program)
+            .unwrap_or_else(|| panic!("no probe of {address}: {report:#}"))
+            .clone()
+    };
+    for program in ["cgroup_egress", "tc_egress"] {
+        let admin = probe("198.51.100.129", program);
+        assert_eq!(admin["stands_for"], "deny rule `mirror-admin`", "{admin}");
+        assert_eq!(
+            (admin["expected"].as_str(), admin["actual"].as_str()),
+            (Some("drop"), Some("drop"))
+        );
+        assert_eq!(probe("10.78.0.1", program)["actual"], "drop");
+        let mirror = probe("198.51.100.1", program);
+        assert_eq!(mirror["stands_for"], "allow rule `mirror`", "{mirror}");
+        assert_eq!(mirror["actual"], "pass");
+    }
+    let guards = report["raw_socket_guards"].as_array().unwrap();
+    assert_eq!(guards.len(), 1, "{report:#}");
+    assert_eq!(guards[0]["attached"], true);
+
+    // Without its guard link, the cgroup is a problem.
+    let guard_link = std::fs::read_dir(PinLayout::new(&pin).links())
+        .unwrap()
+        .flatten()
+        .find(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("optcgroup-")
+        })
+        .expect("the guard link is pinned");
+    std::fs::remove_file(guard_link.path()).unwrap();
+    let output = egress_monitor(&["check", "--pin-path", &pin]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("the raw-socket guards are not attached"),
+        "{text}"
+    );
+    assert!(text.contains(": MISSING"), "{text}");
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+}
+
+/// Datagrams sent 1 ms apart across a replacement: several seconds' worth.
+const PROBES: u32 = 6000;
+
 /// State pinned by another build is replaced without a gap: the new programs attach first,
 /// then the old ones go; afterwards the state is this build's.
 #[test]
@@ -353,11 +447,12 @@ fn another_builds_state_is_replaced_without_a_gap() {
     array.set(config::BUILD_ID, &1, 0).unwrap();
     assert_eq!(status_json(&layout.root)["same_build"], false);
 
-    // A probe runs across the whole replacement: every datagram must be refused.
+    // A probe runs across the whole replacement (loading the new programs takes seconds on
+    // a busy 2-core machine): every datagram must be refused.
     let mut prober = client(&node.topology, Some(&node.cgroup));
     prober.interval = Some(Duration::from_millis(1));
     let probe =
-        std::thread::spawn(move || prober.udp(INTERNET_V4.into(), UDP_PORT, 1500, 10, false));
+        std::thread::spawn(move || prober.udp(INTERNET_V4.into(), UDP_PORT, PROBES, 10, false));
     std::thread::sleep(Duration::from_millis(100));
     let daemon = node.daemon(&["--mode", "enforce"]);
     assert!(
@@ -366,7 +461,8 @@ fn another_builds_state_is_replaced_without_a_gap() {
     );
     let probe = probe.join().unwrap().unwrap();
     assert_eq!(
-        probe.eperm, 1500,
+        probe.eperm,
+        u64::from(PROBES),
         "no probe got through during the replacement: {probe:?}"
     );
     assert_eq!(node.topology.peers.udp_received(INTERNET_V4.into()), 0);
@@ -385,10 +481,10 @@ fn another_builds_state_is_replaced_without_a_gap() {
     );
     let status = status_json(&layout.root);
     assert_eq!(status["same_build"], true);
-    // One cgroup, three links: egress verdicts, socket owners, DNS answers.
+    // One cgroup, four links: egress verdicts, socket owners, DNS answers, raw-socket guards.
     assert_eq!(
         status["attached"].as_array().unwrap().len(),
-        3,
+        4,
         "the old link is gone: {status}"
     );
     assert!(!Path::new(&layout.root.join("replacing")).exists());

@@ -7,8 +7,10 @@
 //! - `cli`: exit codes and messages for bad input.
 //! - `durable`: enforcement that outlives the daemon; `flows`: flow events and their counts.
 //! - `fleet`: two nodes and a controller.
+//! - `bypass`: raw packet sockets, AF_XDP, source routes and marks: no way around the hooks.
 
 mod azure;
+mod bypass;
 mod cli;
 mod daemon;
 mod datapath;
@@ -67,15 +69,22 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(hook: Hook, mode: Mode, deny: &[&str]) -> Fixture {
-        require_root();
-        sweep_stale();
-        let topology = Topology::new().expect("topology");
-        let cgroup = Cgroup::new().expect("child cgroup");
         let rules = CommandLineRules {
             allow: vec![],
             deny: deny.iter().map(|s| s.to_string()).collect(),
         };
         let policy = Policy::build(None, &rules, Some(mode)).expect("policy");
+        Fixture::with_policy(hook, |_, _| policy)
+    }
+
+    /// A fixture whose policy `make` builds, knowing the topology and the cgroup (to name
+    /// them in `[dns]` or `[raw_sockets]`).
+    pub fn with_policy(hook: Hook, make: impl FnOnce(&Topology, &Cgroup) -> Policy) -> Fixture {
+        require_root();
+        sweep_stale();
+        let topology = Topology::new().expect("topology");
+        let cgroup = Cgroup::new().expect("child cgroup");
+        let policy = make(&topology, &cgroup);
         let bpffs = BpfFs::new().expect("a bpf filesystem for the test's pins");
         let mut datapath = Datapath::open(&bpffs.layout(), 4096).expect("pin the datapath");
         datapath.apply(&policy).expect("apply the policy");
@@ -113,6 +122,8 @@ impl Fixture {
             cgroup: Some(self.cgroup.path.clone()),
             uid,
             interval: None,
+            net_raw_only: false,
+            mark: None,
         }
     }
 
@@ -122,6 +133,22 @@ impl Fixture {
             Hook::Cgroup => counters.cgroup,
             Hook::Tc => counters.tc,
             Hook::Both => panic!("counters are per hook"),
+        }
+    }
+
+    /// Every record now in the ring buffer, of any kind, waiting (bounded) until at least
+    /// `expected` arrived.
+    pub fn records(&mut self, expected: usize) -> Vec<events::KernelRecord> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut records = Vec::new();
+        loop {
+            while let Some(item) = self.ring.next() {
+                records.push(events::decode_any(&item).expect("decodable record"));
+            }
+            if records.len() >= expected || Instant::now() > deadline {
+                return records;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -292,6 +319,8 @@ pub fn client(topology: &Topology, cgroup: Option<&Cgroup>) -> Client {
         cgroup: cgroup.map(|c| c.path.clone()),
         uid: None,
         interval: None,
+        net_raw_only: false,
+        mark: None,
     }
 }
 
