@@ -319,8 +319,9 @@ fn render_lists_every_rule_and_the_default() {
     assert!(text.contains("deny  10.1.2.0/24"), "{text}");
     assert!(text.contains("(command line)"), "{text}");
     assert!(text.trim_end().ends_with("(everything else)"), "{text}");
+    assert!(text.contains("group multicast off"), "{text}");
     assert!(text.contains("group internal-names on"), "{text}");
-    assert_eq!(text.lines().count(), 5 + policy.rules.len() + 1);
+    assert_eq!(text.lines().count(), 6 + policy.rules.len() + 1);
 }
 
 #[test]
@@ -460,5 +461,71 @@ fn service_tags_named_in_the_file_become_allow_rules() {
             .to_string()
             .contains("policy.toml:2:1: `AzureCloud` covers the public addresses"),
         "{errs:?}"
+    );
+}
+
+#[test]
+fn multicast_is_allowed_by_scope_and_global_scope_only_by_opting_in() {
+    let allowed = |policy: &Policy, ip: &str| {
+        policy
+            .verdict(ip.parse().unwrap())
+            .is_some_and(|rule| rule.action == Action::Allow)
+    };
+    let near = [
+        "224.0.0.251",          // mDNS: Local Network Control Block
+        "224.0.0.22",           // IGMPv3 reports
+        "239.255.255.250",      // SSDP: IPv4 local scope
+        "239.192.0.1",          // IPv4 organisation-local scope
+        "ff01::1",              // interface-local
+        "ff02::1",              // link-local: neighbour discovery
+        "ff02::fb",             // link-local: mDNS
+        "ff03::fc",             // realm-local (MPL)
+        "ff04::1",              // admin-local
+        "ff05::1:3",            // site-local: DHCPv6 servers
+        "ff08::1",              // organisation-local
+        "ff12::1234",           // transient, link-local
+        "ff35:40:2001:db8::1",  // unicast-prefix-based, site-local
+        "ff78:140:2001:db8::1", // embedded-RP, organisation-local
+    ];
+    let far = [
+        "224.0.1.1",   // NTP: Internetwork Control Block
+        "232.1.2.3",   // source-specific multicast
+        "233.252.0.1", // MCAST-TEST-NET (AD-HOC block III)
+        "234.0.0.1",   // unicast-prefix-based
+        "238.0.0.1",
+        "ff0e::db8:1",          // global
+        "ff1e::1",              // transient, global
+        "ff3e:40:2001:db8::1",  // unicast-prefix-based, global
+        "ff7e:140:2001:db8::1", // embedded-RP, global
+        "ff0f::1",              // reserved scope F: treated as global
+        "ff06::1",              // unassigned scope
+        "ff22::1",              // invalid flags (P without T)
+    ];
+    let defaults = build(None, &[], &[]).unwrap();
+    for ip in near {
+        assert!(allowed(&defaults, ip), "{ip} is allowed by default");
+    }
+    for ip in far {
+        assert!(!allowed(&defaults, ip), "{ip} is denied by default");
+    }
+
+    let opted_in = build(
+        Some(&parse("[groups]\nmulticast = true\n").unwrap()),
+        &[],
+        &[],
+    )
+    .unwrap();
+    for ip in near.iter().chain(&far) {
+        assert!(
+            allowed(&opted_in, ip),
+            "{ip} is allowed with multicast = true"
+        );
+    }
+    assert_eq!(
+        opted_in
+            .verdict("ff0e::db8:1".parse().unwrap())
+            .unwrap()
+            .origin,
+        Origin::Group("multicast")
     );
 }

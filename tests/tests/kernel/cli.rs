@@ -92,6 +92,7 @@ fn policy_show_prints_the_groups_and_the_effective_rules() {
         "group private on",
         "group azure on",
         "group cgnat off",
+        "group multicast off",
         "allow 168.63.129.16/32",
         "allow 169.254.169.254/32",
         "allow fc00::/7",

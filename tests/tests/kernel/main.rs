@@ -7,6 +7,7 @@
 //! - `cli`: exit codes and messages for bad input.
 //! - `durable`: enforcement that outlives the daemon; `flows`: flow events and their counts.
 //! - `fleet`: two nodes and a controller.
+//! - `multicast`: multicast allowed by scope, global scope only by opting in.
 
 mod azure;
 mod cli;
@@ -16,6 +17,7 @@ mod dns;
 mod durable;
 mod fleet;
 mod flows;
+mod multicast;
 
 use std::{
     net::IpAddr,
