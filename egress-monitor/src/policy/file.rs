@@ -28,9 +28,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Action, Diagnostic, Mode, Origin, PolicyError, Rule,
+    Action, Diagnostic, Mode, Origin, PolicyError, Rule, clip,
     domain::{Domain, DomainRule},
-    groups, parse_cidr,
+    groups, parse_cidr, quote,
 };
 
 /// A parsed, validated policy file.
@@ -102,7 +102,7 @@ impl PolicyFile {
         let raw: RawFile = toml::from_str(text).map_err(|err| {
             PolicyError::Invalid(vec![Diagnostic {
                 place: err.span().map_or_else(|| path.display().to_string(), place),
-                message: err.message().trim_end().to_owned(),
+                message: clip(err.message().trim_end()),
             }])
         })?;
 
@@ -114,7 +114,8 @@ impl PolicyFile {
                 None => diagnostics.push(Diagnostic {
                     place: place(on.span()),
                     message: format!(
-                        "unknown group `{name}`, expected one of {}",
+                        "unknown group {}, expected one of {}",
+                        quote(name),
                         groups::ALL.map(|g| format!("`{}`", g.name)).join(", ")
                     ),
                 }),
@@ -147,8 +148,9 @@ impl PolicyFile {
                                 diagnostics.push(Diagnostic {
                                     place: place(domain.span()),
                                     message: format!(
-                                        "{parsed} is already given by rule `{}` at {}; each domain may appear once",
-                                        earlier.name, earlier.origin
+                                        "{parsed} is already given by rule {} at {}; each domain may appear once",
+                                        quote(&earlier.name),
+                                        earlier.origin
                                     ),
                                 });
                                 continue;

@@ -282,11 +282,11 @@ fn bad_command_line_rules_are_refused_with_the_flag() {
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 2, "{text:?}");
     assert!(
-        text[0].starts_with("--allow 10.0.0.0/33: `10.0.0.0/33` is not a CIDR"),
+        text[0].starts_with("--allow `10.0.0.0/33`: `10.0.0.0/33` is not a CIDR"),
         "{text:?}"
     );
     assert!(
-        text[1].starts_with("--deny 192.0.2.0/24: 192.0.2.0/24 is already given"),
+        text[1].starts_with("--deny `192.0.2.0/24`: 192.0.2.0/24 is already given"),
         "{text:?}"
     );
 }
@@ -446,7 +446,8 @@ fn service_tags_named_in_the_file_become_allow_rules() {
 
     let errs = errors("[service_tags]\nfile = \"/nonexistent/tags.json\"\ntags = [\"Storage\"]\n");
     assert!(
-        errs[0].starts_with("p.toml:1:1: cannot read the service tags file /nonexistent/tags.json"),
+        errs[0]
+            .starts_with("p.toml:1:1: cannot read the service tags file `/nonexistent/tags.json`"),
         "{errs:?}"
     );
     let azure_cloud = PolicyFile::parse(
@@ -528,4 +529,120 @@ fn multicast_is_allowed_by_scope_and_global_scope_only_by_opting_in() {
             .origin,
         Origin::Group("multicast")
     );
+}
+
+/// 8 MiB: the string of the review's policy file.
+const HUGE: usize = 8 << 20;
+
+/// The one error of `text` (a file named p.toml): short, and starting with its place.
+fn one_short_error(text: &str, place: &str) -> String {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{} errors", errs.len());
+    let error = &errs[0];
+    assert!(
+        error.len() < 1024,
+        "{} bytes: {}",
+        error.len(),
+        &error[..2048.min(error.len())]
+    );
+    assert!(error.starts_with(place), "{error}");
+    error.clone()
+}
+
+#[test]
+fn huge_values_are_quoted_short_with_their_place() {
+    let huge = "a".repeat(HUGE);
+    let cut = format!("`{}…` (8388608 bytes)", "a".repeat(quote::QUOTED_CHARS));
+
+    let error = one_short_error(
+        &format!("[[rule]]\nname = \"x\"\ncidr = \"{huge}\"\naction = \"allow\"\n"),
+        "p.toml:3:8: ",
+    );
+    assert!(error.contains(&format!("{cut} is not a CIDR")), "{error}");
+    // Valid once trimmed, so the message is the host-bits one; the padding is not echoed.
+    let padded = format!("10.1.2.3/8{}", " ".repeat(HUGE));
+    let error = one_short_error(
+        &format!("[[rule]]\nname = \"x\"\ncidr = \"{padded}\"\naction = \"allow\"\n"),
+        "p.toml:3:8: `10.1.2.3/8   ",
+    );
+    assert!(error.contains("has host bits set"), "{error}");
+    let error = one_short_error(
+        &format!("[[rule]]\nname = \"x\"\ndomain = \"{huge}.com\"\naction = \"allow\"\n"),
+        "p.toml:3:10: ",
+    );
+    assert!(error.contains("is not a valid domain"), "{error}");
+    let error = one_short_error(&format!("[groups]\n{huge} = true\n"), "p.toml:2:");
+    assert!(error.contains(&format!("unknown group {cut}")), "{error}");
+    // The TOML parser's own message echoes the value; it is clipped, its end kept.
+    let error = one_short_error(&format!("mode = \"{huge}\"\n"), "p.toml:1:8: ");
+    assert!(
+        error.contains("unknown variant") && error.contains("bytes left out"),
+        "{error}"
+    );
+    assert!(
+        error.ends_with("expected `observe` or `enforce`"),
+        "{error}"
+    );
+    let error = one_short_error(&format!("{huge} = 1\n"), "p.toml:1:1: ");
+    assert!(error.contains("unknown field"), "{error}");
+    // A name is echoed where another rule points at it.
+    let error = one_short_error(
+        &format!(
+            "[[rule]]\nname = \"{huge}\"\ndomain = \"a.com\"\naction = \"allow\"\n\
+             [[rule]]\nname = \"b\"\ndomain = \"a.com\"\naction = \"deny\"\n"
+        ),
+        "p.toml:7:10: ",
+    );
+    assert!(
+        error.contains(&format!("already given by rule {cut}")),
+        "{error}"
+    );
+
+    let file = parse(&format!(
+        "[[rule]]\nname = \"{huge}\"\ncidr = \"203.0.113.0/24\"\naction = \"allow\"\n\
+         [[rule]]\nname = \"b\"\ncidr = \"203.0.113.0/24\"\naction = \"deny\"\n"
+    ))
+    .unwrap();
+    let Err(err) = build(Some(&file), &[], &[]) else {
+        panic!("a duplicate prefix must be refused");
+    };
+    let error = err.to_string();
+    assert!(
+        error.len() < 1024 && error.starts_with("p.toml:7: "),
+        "{error}"
+    );
+    let Err(err) = build(None, &[&huge], &[]) else {
+        panic!("a bad flag must be refused");
+    };
+    let error = err.to_string();
+    assert!(error.len() < 1024, "{} bytes", error.len());
+    assert!(
+        error.starts_with(&format!("--allow {cut}: {cut} is not a CIDR")),
+        "{error}"
+    );
+
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/azure");
+    for (settings, expected) in [
+        (
+            format!("file = \"ServiceTags_Public.json\"\ntags = [\"{huge}\"]"),
+            format!("no service tag {cut}"),
+        ),
+        (
+            format!("file = \"{huge}\"\ntags = [\"Storage\"]"),
+            "aaaa…` (".to_owned(),
+        ),
+    ] {
+        let Err(PolicyError::Invalid(errs)) = PolicyFile::parse(
+            &fixtures.join("policy.toml"),
+            &format!("[service_tags]\n{settings}\n"),
+        ) else {
+            panic!("a bad service tags setting must be refused");
+        };
+        let error = errs[0].to_string();
+        assert!(error.len() < 1024, "{} bytes", error.len());
+        assert!(
+            error.contains("policy.toml:1:1: ") && error.contains(&expected),
+            "{error}"
+        );
+    }
 }
