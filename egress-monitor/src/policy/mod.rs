@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     domain::{Domain, DomainRule},
-    file::PolicyFile,
+    file::{MAX_FILE_BYTES, PolicyFile},
     quote::{clip, quote},
 };
 
@@ -126,6 +126,14 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
+    /// Refused unparsed: `size` is what its metadata says, or (when that is less) what a
+    /// bounded read found, the limit plus one.
+    #[error(
+        "{}: the policy file holds at least {size} bytes, more than the limit of {limit} bytes",
+        path.display(),
+        limit = MAX_FILE_BYTES
+    )]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("{}", join_lines(.0))]
     Invalid(Vec<Diagnostic>),
 }

@@ -646,3 +646,42 @@ fn huge_values_are_quoted_short_with_their_place() {
         );
     }
 }
+
+#[test]
+fn a_file_over_the_limit_is_refused_unparsed_with_its_size_and_the_limit() {
+    let limit = MAX_FILE_BYTES.to_string();
+    // Its metadata says so: refused without reading (a sparse file, so nothing is written).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.toml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(MAX_FILE_BYTES + 1)
+        .unwrap();
+    let err = PolicyFile::load(&path).unwrap_err();
+    assert!(matches!(err, PolicyError::TooLarge { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: the policy file holds at least {} bytes, more than the limit of {limit} bytes",
+            path.display(),
+            MAX_FILE_BYTES + 1
+        )
+    );
+    // A file whose metadata says 0 but which never ends: the bounded read finds out.
+    let err = PolicyFile::load(Path::new("/dev/zero")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("/dev/zero: the policy file holds at least")
+            && err
+                .to_string()
+                .ends_with(&format!("limit of {limit} bytes")),
+        "{err}"
+    );
+    // Text given whole (the controller's fleet policy) is held to the same limit.
+    let text = "#".repeat(MAX_FILE_BYTES as usize + 1);
+    let err = validate_text(Path::new("fleet-policy"), &text, None).unwrap_err();
+    assert!(err.to_string().contains(&limit), "{err}");
+    // At the limit is not over it: a file of comments that long parses.
+    let at_limit = &text[..MAX_FILE_BYTES as usize];
+    assert!(validate_text(Path::new("fleet-policy"), at_limit, None).is_ok());
+}

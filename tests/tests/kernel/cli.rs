@@ -77,10 +77,11 @@ fn policy_check_accepts_a_good_file_and_locates_errors_in_a_bad_one() {
 }
 
 /// A policy file holding an 8 MiB string (in review its error was 16 MiB, the value echoed
-/// twice): refused with an error of a few hundred bytes that still names the place.
-/// `policy check` answers no with 1, the commands that use a policy refuse it with 2.
+/// twice): refused with an error of a few hundred bytes that still names the place. A file over
+/// the size limit is refused unread, naming the limit. `policy check` answers no with 1, the
+/// commands that use a policy refuse it with 2.
 #[test]
-fn huge_values_give_short_errors() {
+fn huge_values_and_huge_files_give_short_errors() {
     let huge = "a".repeat(8 << 20);
     let file = scratch_file(
         "huge.toml",
@@ -107,6 +108,28 @@ fn huge_values_give_short_errors() {
         );
     }
     let _ = std::fs::remove_file(&file);
+
+    // Sparse: nothing is written, the metadata says how big it is.
+    let big = scratch_file("big.toml", "");
+    std::fs::File::options()
+        .write(true)
+        .open(&big)
+        .unwrap()
+        .set_len(egress_monitor::policy::MAX_FILE_BYTES + 1)
+        .unwrap();
+    let output = run(&["policy", "show", "--policy", big.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!(
+            "{}: the policy file holds at least {} bytes, more than the limit of {} bytes",
+            big.display(),
+            egress_monitor::policy::MAX_FILE_BYTES + 1,
+            egress_monitor::policy::MAX_FILE_BYTES
+        )),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&big);
 }
 
 #[test]
