@@ -77,7 +77,11 @@ mod tests {
     #[test]
     fn generated_rules_leave_the_probes_alone() {
         let policy = policy_with(5_000, Mode::Enforce);
-        assert_eq!(policy.rules.len(), 14 + 10_000);
+        let defaults = Policy::build(None, &CommandLineRules::default(), Some(Mode::Enforce))
+            .unwrap()
+            .rules
+            .len();
+        assert_eq!(policy.rules.len(), defaults + 10_000);
         for (probe, allowed) in [
             ("10.1.2.3", true),
             ("fd00::1", true),

@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// Destinations probed: (address, what it stands for).
-pub const PROBES: [(&str, &str); 16] = [
+pub const PROBES: [(&str, &str); 18] = [
     ("1.1.1.1", "internet"),
     ("8.8.8.8", "internet"),
     ("203.0.113.1", "internet (documentation range)"),
@@ -49,6 +49,8 @@ pub const PROBES: [(&str, &str); 16] = [
     ("255.255.255.255", "DHCP broadcast"),
     ("fe80::1", "IPv6 link-local"),
     ("ff02::1", "IPv6 neighbour discovery"),
+    ("233.252.0.1", "global multicast (MCAST-TEST-NET)"),
+    ("ff0e::db8:1", "global-scope IPv6 multicast"),
 ];
 
 /// Deny rules of the policy probed, at most (the first ones by id).

@@ -11,11 +11,14 @@ use std::path::Path;
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
-use crate::policy::parse_cidr;
+use crate::policy::{parse_cidr, quote};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TagError {
-    #[error("cannot read the service tags file {path}")]
+    // The path and the tag names come from a policy file or the command line: quoted (and cut
+    // short if long), since a path or name of megabytes must not make an error as big. A path
+    // that could be opened is at most PATH_MAX, so only `Read` needs it for the path.
+    #[error("cannot read the service tags file {}", quote(.path))]
     Read {
         path: String,
         #[source]
@@ -29,14 +32,15 @@ pub enum TagError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("no service tag `{name}` in {path}{}", suggestion(.close))]
+    #[error("no service tag {} in {path}{}", quote(.name), suggestion(.close))]
     Unknown {
         name: String,
         path: String,
         close: Vec<String>,
     },
     #[error(
-        "`{0}` covers the public addresses of every Azure tenant: allowing it voids the isolation; pass --allow-azure-cloud (or allow_azure_cloud = true) to do it anyway"
+        "{} covers the public addresses of every Azure tenant: allowing it voids the isolation; pass --allow-azure-cloud (or allow_azure_cloud = true) to do it anyway",
+        quote(.0)
     )]
     AzureCloud(String),
     #[error("service tag `{tag}` has an invalid prefix: {message}")]

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use super::{Action, Origin};
+use super::{Action, Origin, quote};
 
 /// A validated domain pattern.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,7 +38,7 @@ impl Domain {
             None => (false, trimmed),
         };
         let name = rest.strip_suffix('.').unwrap_or(rest).to_ascii_lowercase();
-        let invalid = |why: &str| Err(format!("`{text}` is not a valid domain: {why}"));
+        let invalid = |why: &str| Err(format!("{} is not a valid domain: {why}", quote(text)));
         if name.contains('*') {
             return invalid("`*` may only be the whole first label, as in `*.example.com`");
         }
@@ -58,11 +58,12 @@ impl Domain {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
                 return invalid(&format!(
-                    "label `{label}` may hold only letters, digits, `-` and `_` (write international names in their xn-- form)"
+                    "label {} may hold only letters, digits, `-` and `_` (write international names in their xn-- form)",
+                    quote(label)
                 ));
             }
             if label.starts_with('-') || label.ends_with('-') {
-                return invalid(&format!("label `{label}` starts or ends with `-`"));
+                return invalid(&format!("label {} starts or ends with `-`", quote(label)));
             }
         }
         Ok(Domain { name, subdomains })

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::{Action, Diagnostic, Mode, Policy, PolicyError};
+use super::{Action, Diagnostic, Mode, Policy, PolicyError, quote};
 
 /// The flag that lets a policy deny essentials anyway.
 pub const OVERRIDE_FLAG: &str = "--break-platform-access";
@@ -37,8 +37,10 @@ pub fn check(policy: &Policy, accept_risk: bool) -> Result<(), PolicyError> {
             match policy.verdict(address) {
                 Some(rule) if rule.action == Action::Allow => None,
                 Some(rule) => Some(format!(
-                    "{address} ({purpose}) is denied by rule `{}` {} ({})",
-                    rule.name, rule.network, rule.origin
+                    "{address} ({purpose}) is denied by rule {} {} ({})",
+                    quote(&rule.name),
+                    rule.network,
+                    rule.origin
                 )),
                 None => Some(format!(
                     "{address} ({purpose}) is allowed by no rule (group switched off?)"

@@ -27,6 +27,7 @@
 
 use std::{
     collections::BTreeMap,
+    io::Read as _,
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -35,10 +36,16 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Action, Diagnostic, DnsTrust, Mode, Origin, PolicyError, RawSockets, Rule,
+    Action, Diagnostic, DnsTrust, Mode, Origin, PolicyError, RawSockets, Rule, clip,
     domain::{Domain, DomainRule},
-    groups, parse_cidr,
+    groups, parse_cidr, quote,
 };
+
+/// The largest policy file read, refused before parsing: a file of 100,000 rules (the most the
+/// datapath is measured with) is 7.4 MB with short names and 11 MB with 40-character ones, so
+/// 64 MiB leaves room for long names and comments several times over, while a runaway file (a
+/// log written to the wrong path, /dev/zero) is refused before it costs the node its memory.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// A parsed, validated policy file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,15 +122,45 @@ struct RawRule {
 }
 
 impl PolicyFile {
+    /// Reads and parses the file at `path`, refusing one over [`MAX_FILE_BYTES`] unread.
     pub fn load(path: &Path) -> Result<PolicyFile, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        let unreadable = |source| PolicyError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let too_large = |size| PolicyError::TooLarge {
+            path: path.to_owned(),
+            size,
+        };
+        let file = std::fs::File::open(path).map_err(unreadable)?;
+        let size = file.metadata().map_err(unreadable)?.len();
+        if size > MAX_FILE_BYTES {
+            return Err(too_large(size));
+        }
+        // The size a file states is not always what it holds (/proc files say 0, a file may
+        // grow while it is read), so the read is bounded too.
+        let mut bytes = Vec::new();
+        let read = file
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        if read as u64 > MAX_FILE_BYTES {
+            return Err(too_large(read as u64));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|err| unreadable(std::io::Error::new(std::io::ErrorKind::InvalidData, err)))?;
         Self::parse(path, &text)
     }
 
+    /// Parses and validates `text` as the policy file `path`; text over [`MAX_FILE_BYTES`] is
+    /// refused before parsing, as [`PolicyFile::load`] refuses such a file.
     pub fn parse(path: &Path, text: &str) -> Result<PolicyFile, PolicyError> {
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(PolicyError::TooLarge {
+                path: path.to_owned(),
+                size: text.len() as u64,
+            });
+        }
         let lines = Lines::new(text);
         let place = |span: Range<usize>| {
             let (line, column) = lines.line_column(span.start);
@@ -132,7 +169,7 @@ impl PolicyFile {
         let raw: RawFile = toml::from_str(text).map_err(|err| {
             PolicyError::Invalid(vec![Diagnostic {
                 place: err.span().map_or_else(|| path.display().to_string(), place),
-                message: err.message().trim_end().to_owned(),
+                message: clip(err.message().trim_end()),
             }])
         })?;
 
@@ -144,7 +181,8 @@ impl PolicyFile {
                 None => diagnostics.push(Diagnostic {
                     place: place(on.span()),
                     message: format!(
-                        "unknown group `{name}`, expected one of {}",
+                        "unknown group {}, expected one of {}",
+                        quote(name),
                         groups::ALL.map(|g| format!("`{}`", g.name)).join(", ")
                     ),
                 }),
@@ -177,8 +215,9 @@ impl PolicyFile {
                                 diagnostics.push(Diagnostic {
                                     place: place(domain.span()),
                                     message: format!(
-                                        "{parsed} is already given by rule `{}` at {}; each domain may appear once",
-                                        earlier.name, earlier.origin
+                                        "{parsed} is already given by rule {} at {}; each domain may appear once",
+                                        quote(&earlier.name),
+                                        earlier.origin
                                     ),
                                 });
                                 continue;
@@ -310,8 +349,8 @@ fn dns_trust(
                     diagnostics.push(Diagnostic {
                         place: place(resolver.span()),
                         message: format!(
-                            "`{}` is not an IP address (a resolver is named by its address)",
-                            resolver.get_ref()
+                            "{} is not an IP address (a resolver is named by its address)",
+                            quote(resolver.get_ref())
                         ),
                     });
                     None
@@ -331,8 +370,9 @@ fn dns_trust(
                 diagnostics.push(Diagnostic {
                     place: place(netns.span()),
                     message: format!(
-                        "`{name}` is neither a namespace name (as under /run/netns) nor an \
-                         absolute path"
+                        "{} is neither a namespace name (as under /run/netns) nor an \
+                         absolute path",
+                        quote(name)
                     ),
                 });
                 None
@@ -364,9 +404,9 @@ fn raw_socket_settings(
                 diagnostics.push(Diagnostic {
                     place: place(cgroup.span()),
                     message: format!(
-                        "`{}` is not an absolute cgroup path (e.g. \
+                        "{} is not an absolute cgroup path (e.g. \
                          /sys/fs/cgroup/system.slice/app.service)",
-                        cgroup.get_ref()
+                        quote(cgroup.get_ref())
                     ),
                 });
                 None

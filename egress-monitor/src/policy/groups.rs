@@ -1,4 +1,5 @@
-//! The default allow groups: what every node needs to reach, on by default (but `cgnat`).
+//! The default allow groups: what every node needs to reach, on by default (but the opt-in
+//! `cgnat` and `multicast`).
 
 use ipnetwork::IpNetwork;
 
@@ -16,8 +17,9 @@ pub struct Group {
 
 pub const PRIVATE: Group = Group {
     name: "private",
-    description: "RFC 1918, loopback, link-local, this-network, broadcast, multicast; IPv6 \
-                  loopback, link-local, unique-local, multicast",
+    description: "RFC 1918, loopback, link-local, this-network, broadcast, link-local and \
+                  admin-scoped multicast; IPv6 loopback, link-local, unique-local, multicast of \
+                  interface- to organisation-local scope",
     enabled_by_default: true,
     members: &[
         "10.0.0.0/8",
@@ -27,12 +29,65 @@ pub const PRIVATE: Group = Group {
         "169.254.0.0/16",
         "0.0.0.0/8",
         "255.255.255.255/32",
-        "224.0.0.0/4",
+        // IPv4 multicast that stays near the node. 224.0.0.0/24 is the Local Network Control
+        // Block (RFC 5771 §4: routers never forward it; mDNS 224.0.0.251, VRRP, OSPF, IGMP).
+        // 239.0.0.0/8 is administratively scoped (RFC 2365: 239.255.0.0/16 local scope, e.g.
+        // SSDP 239.255.255.250; 239.192.0.0/14 organisation-local), kept inside the
+        // organisation by its routers. The rest of 224.0.0.0/4 — the Internetwork Control
+        // Block 224.0.1.0/24, SSM 232/8, GLOP 233/8, 234/8 and the ad hoc blocks — is routed
+        // beyond the organisation, so it needs the `multicast` group or a rule.
+        "224.0.0.0/24",
+        "239.0.0.0/8",
         "::1/128",
         "fe80::/10",
         "fc00::/7",
-        "ff00::/8",
+        // IPv6 multicast, by scope (the last nibble of the second byte, RFC 4291 §2.7 with the
+        // realm-local scope of RFC 7346 §2): 1 interface-local, 2 link-local (neighbour
+        // discovery, ff02::1 of the failsafe; mDNS ff02::fb), 3 realm-local, 4 admin-local,
+        // 5 site-local, 8 organisation-local — the IPv6 counterparts of the IPv4 blocks above.
+        // Left out: E global (ff0e::/16 reaches the internet's multicast routing), the
+        // unassigned scopes 6, 7 and 9–D (RFC 4291 leaves them to administrators to define;
+        // nothing standard uses them, and an administrator who defines one writes a rule), and
+        // the reserved 0 (never originated) and F (RFC 4291: treated as global).
+        // Each scope once per flags nibble in use (RFC 4291 §2.7 `0RPT`): 0 permanent
+        // (IANA-assigned), 1 transient, 3 unicast-prefix-based (RFC 3306, P=1 needs T=1),
+        // 7 embedded-RP (RFC 3956, R=1 needs P=1 and T=1). The other flag values are invalid
+        // or reserved, so they are denied with the rest.
+        "ff01::/16",
+        "ff02::/16",
+        "ff03::/16",
+        "ff04::/16",
+        "ff05::/16",
+        "ff08::/16",
+        "ff11::/16",
+        "ff12::/16",
+        "ff13::/16",
+        "ff14::/16",
+        "ff15::/16",
+        "ff18::/16",
+        "ff31::/16",
+        "ff32::/16",
+        "ff33::/16",
+        "ff34::/16",
+        "ff35::/16",
+        "ff38::/16",
+        "ff71::/16",
+        "ff72::/16",
+        "ff73::/16",
+        "ff74::/16",
+        "ff75::/16",
+        "ff78::/16",
     ],
+    domains: &[],
+};
+
+/// All multicast, global scope included: what `private` allowed before multicast was split by
+/// scope. For nodes that take part in inter-domain multicast (SSM, GLOP, ff0e::/16).
+pub const MULTICAST: Group = Group {
+    name: "multicast",
+    description: "all multicast, global scope included (224.0.0.0/4, ff00::/8); opt-in",
+    enabled_by_default: false,
+    members: &["224.0.0.0/4", "ff00::/8"],
     domains: &[],
 };
 
@@ -90,7 +145,7 @@ pub const INTERNAL_NAMES: Group = Group {
 };
 
 /// Every group, in the order their rules are listed.
-pub const ALL: [Group; 4] = [PRIVATE, AZURE, CGNAT, INTERNAL_NAMES];
+pub const ALL: [Group; 5] = [PRIVATE, AZURE, CGNAT, MULTICAST, INTERNAL_NAMES];
 
 pub fn by_name(name: &str) -> Option<Group> {
     ALL.into_iter().find(|group| group.name == name)
@@ -125,12 +180,12 @@ mod tests {
     }
 
     #[test]
-    fn only_cgnat_is_opt_in() {
+    fn only_cgnat_and_multicast_are_opt_in() {
         let opt_in: Vec<_> = ALL
             .iter()
             .filter(|g| !g.enabled_by_default)
             .map(|g| g.name)
             .collect();
-        assert_eq!(opt_in, ["cgnat"]);
+        assert_eq!(opt_in, ["cgnat", "multicast"]);
     }
 }

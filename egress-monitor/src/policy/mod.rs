@@ -12,6 +12,7 @@ pub mod domain;
 pub mod failsafe;
 mod file;
 pub mod groups;
+pub mod quote;
 
 use std::{
     fmt,
@@ -23,7 +24,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     domain::{Domain, DomainRule},
-    file::PolicyFile,
+    file::{MAX_FILE_BYTES, PolicyFile},
+    quote::{clip, quote},
 };
 
 /// What the datapath does with denied packets.
@@ -147,6 +149,14 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
+    /// Refused unparsed: `size` is what its metadata says, or (when that is less) what a
+    /// bounded read found, the limit plus one.
+    #[error(
+        "{}: the policy file holds at least {size} bytes, more than the limit of {limit} bytes",
+        path.display(),
+        limit = MAX_FILE_BYTES
+    )]
+    TooLarge { path: PathBuf, size: u64 },
     #[error("{}", join_lines(.0))]
     Invalid(Vec<Diagnostic>),
 }
@@ -266,8 +276,10 @@ impl Policy {
                     diagnostics.push(Diagnostic {
                         place: rule.origin.to_string(),
                         message: format!(
-                            "{} is already given by rule `{}` at {}; each prefix may appear once",
-                            rule.network, earlier.name, earlier.origin
+                            "{} is already given by rule {} at {}; each prefix may appear once",
+                            rule.network,
+                            quote(&earlier.name),
+                            earlier.origin
                         ),
                     });
                     continue;
@@ -284,7 +296,7 @@ impl Policy {
             .chain(command_line.deny.iter().map(|cidr| (Action::Deny, cidr)));
         let mut from_command_line = RuleSet::default();
         for (action, cidr) in flags {
-            let place = format!("--{} {cidr}", action.as_str());
+            let place = format!("--{} {}", action.as_str(), quote(cidr));
             let network = match parse_cidr(cidr) {
                 Ok(network) => network,
                 Err(message) => {
@@ -484,23 +496,28 @@ impl RuleSet {
 /// Parses a CIDR (or a bare address, meaning /32 or /128) strictly: host bits must be zero and
 /// IPv4-mapped IPv6 prefixes are refused, because sockets send those as IPv4.
 pub fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
-    let network: IpNetwork = text
-        .trim()
-        .parse()
-        .map_err(|err| format!("`{text}` is not a CIDR such as 10.0.0.0/8 or fd00::/8 ({err})"))?;
+    let network = text.trim().parse::<IpNetwork>().map_err(|err| {
+        format!(
+            "{} is not a CIDR such as 10.0.0.0/8 or fd00::/8 ({})",
+            quote(text),
+            clip(&err.to_string())
+        )
+    })?;
     if network.network() != network.ip() {
         let canonical = IpNetwork::new(network.network(), network.prefix())
             .map_or_else(|_| network.network().to_string(), |n| n.to_string());
         return Err(format!(
-            "`{text}` has host bits set; did you mean {canonical}?"
+            "{} has host bits set; did you mean {canonical}?",
+            quote(text)
         ));
     }
     if let IpNetwork::V6(v6) = network {
         let mapped: ipnetwork::Ipv6Network = "::ffff:0:0/96".parse().expect("valid");
         if v6.prefix() >= 96 && mapped.contains(v6.network()) {
             return Err(format!(
-                "`{text}` is an IPv4-mapped IPv6 prefix; packets to it leave as IPv4, so \
-                 write the IPv4 form"
+                "{} is an IPv4-mapped IPv6 prefix; packets to it leave as IPv4, so write the \
+                 IPv4 form",
+                quote(text)
             ));
         }
     }

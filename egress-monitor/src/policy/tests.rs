@@ -282,11 +282,11 @@ fn bad_command_line_rules_are_refused_with_the_flag() {
     let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
     assert_eq!(text.len(), 2, "{text:?}");
     assert!(
-        text[0].starts_with("--allow 10.0.0.0/33: `10.0.0.0/33` is not a CIDR"),
+        text[0].starts_with("--allow `10.0.0.0/33`: `10.0.0.0/33` is not a CIDR"),
         "{text:?}"
     );
     assert!(
-        text[1].starts_with("--deny 192.0.2.0/24: 192.0.2.0/24 is already given"),
+        text[1].starts_with("--deny `192.0.2.0/24`: 192.0.2.0/24 is already given"),
         "{text:?}"
     );
 }
@@ -319,8 +319,9 @@ fn render_lists_every_rule_and_the_default() {
     assert!(text.contains("deny  10.1.2.0/24"), "{text}");
     assert!(text.contains("(command line)"), "{text}");
     assert!(text.trim_end().ends_with("(everything else)"), "{text}");
+    assert!(text.contains("group multicast off"), "{text}");
     assert!(text.contains("group internal-names on"), "{text}");
-    assert_eq!(text.lines().count(), 5 + policy.rules.len() + 1);
+    assert_eq!(text.lines().count(), 6 + policy.rules.len() + 1);
 }
 
 #[test]
@@ -445,7 +446,8 @@ fn service_tags_named_in_the_file_become_allow_rules() {
 
     let errs = errors("[service_tags]\nfile = \"/nonexistent/tags.json\"\ntags = [\"Storage\"]\n");
     assert!(
-        errs[0].starts_with("p.toml:1:1: cannot read the service tags file /nonexistent/tags.json"),
+        errs[0]
+            .starts_with("p.toml:1:1: cannot read the service tags file `/nonexistent/tags.json`"),
         "{errs:?}"
     );
     let azure_cloud = PolicyFile::parse(
@@ -461,4 +463,225 @@ fn service_tags_named_in_the_file_become_allow_rules() {
             .contains("policy.toml:2:1: `AzureCloud` covers the public addresses"),
         "{errs:?}"
     );
+}
+
+#[test]
+fn multicast_is_allowed_by_scope_and_global_scope_only_by_opting_in() {
+    let allowed = |policy: &Policy, ip: &str| {
+        policy
+            .verdict(ip.parse().unwrap())
+            .is_some_and(|rule| rule.action == Action::Allow)
+    };
+    let near = [
+        "224.0.0.251",          // mDNS: Local Network Control Block
+        "224.0.0.22",           // IGMPv3 reports
+        "239.255.255.250",      // SSDP: IPv4 local scope
+        "239.192.0.1",          // IPv4 organisation-local scope
+        "ff01::1",              // interface-local
+        "ff02::1",              // link-local: neighbour discovery
+        "ff02::fb",             // link-local: mDNS
+        "ff03::fc",             // realm-local (MPL)
+        "ff04::1",              // admin-local
+        "ff05::1:3",            // site-local: DHCPv6 servers
+        "ff08::1",              // organisation-local
+        "ff12::1234",           // transient, link-local
+        "ff35:40:2001:db8::1",  // unicast-prefix-based, site-local
+        "ff78:140:2001:db8::1", // embedded-RP, organisation-local
+    ];
+    let far = [
+        "224.0.1.1",   // NTP: Internetwork Control Block
+        "232.1.2.3",   // source-specific multicast
+        "233.252.0.1", // MCAST-TEST-NET (AD-HOC block III)
+        "234.0.0.1",   // unicast-prefix-based
+        "238.0.0.1",
+        "ff0e::db8:1",          // global
+        "ff1e::1",              // transient, global
+        "ff3e:40:2001:db8::1",  // unicast-prefix-based, global
+        "ff7e:140:2001:db8::1", // embedded-RP, global
+        "ff0f::1",              // reserved scope F: treated as global
+        "ff06::1",              // unassigned scope
+        "ff22::1",              // invalid flags (P without T)
+    ];
+    let defaults = build(None, &[], &[]).unwrap();
+    for ip in near {
+        assert!(allowed(&defaults, ip), "{ip} is allowed by default");
+    }
+    for ip in far {
+        assert!(!allowed(&defaults, ip), "{ip} is denied by default");
+    }
+
+    let opted_in = build(
+        Some(&parse("[groups]\nmulticast = true\n").unwrap()),
+        &[],
+        &[],
+    )
+    .unwrap();
+    for ip in near.iter().chain(&far) {
+        assert!(
+            allowed(&opted_in, ip),
+            "{ip} is allowed with multicast = true"
+        );
+    }
+    assert_eq!(
+        opted_in
+            .verdict("ff0e::db8:1".parse().unwrap())
+            .unwrap()
+            .origin,
+        Origin::Group("multicast")
+    );
+}
+
+/// 8 MiB: the string of the review's policy file.
+const HUGE: usize = 8 << 20;
+
+/// The one error of `text` (a file named p.toml): short, and starting with its place.
+fn one_short_error(text: &str, place: &str) -> String {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{} errors", errs.len());
+    let error = &errs[0];
+    assert!(
+        error.len() < 1024,
+        "{} bytes: {}",
+        error.len(),
+        &error[..2048.min(error.len())]
+    );
+    assert!(error.starts_with(place), "{error}");
+    error.clone()
+}
+
+#[test]
+fn huge_values_are_quoted_short_with_their_place() {
+    let huge = "a".repeat(HUGE);
+    let cut = format!("`{}…` (8388608 bytes)", "a".repeat(quote::QUOTED_CHARS));
+
+    let error = one_short_error(
+        &format!("[[rule]]\nname = \"x\"\ncidr = \"{huge}\"\naction = \"allow\"\n"),
+        "p.toml:3:8: ",
+    );
+    assert!(error.contains(&format!("{cut} is not a CIDR")), "{error}");
+    // Valid once trimmed, so the message is the host-bits one; the padding is not echoed.
+    let padded = format!("10.1.2.3/8{}", " ".repeat(HUGE));
+    let error = one_short_error(
+        &format!("[[rule]]\nname = \"x\"\ncidr = \"{padded}\"\naction = \"allow\"\n"),
+        "p.toml:3:8: `10.1.2.3/8   ",
+    );
+    assert!(error.contains("has host bits set"), "{error}");
+    let error = one_short_error(
+        &format!("[[rule]]\nname = \"x\"\ndomain = \"{huge}.com\"\naction = \"allow\"\n"),
+        "p.toml:3:10: ",
+    );
+    assert!(error.contains("is not a valid domain"), "{error}");
+    let error = one_short_error(&format!("[groups]\n{huge} = true\n"), "p.toml:2:");
+    assert!(error.contains(&format!("unknown group {cut}")), "{error}");
+    // The TOML parser's own message echoes the value; it is clipped, its end kept.
+    let error = one_short_error(&format!("mode = \"{huge}\"\n"), "p.toml:1:8: ");
+    assert!(
+        error.contains("unknown variant") && error.contains("bytes left out"),
+        "{error}"
+    );
+    assert!(
+        error.ends_with("expected `observe` or `enforce`"),
+        "{error}"
+    );
+    let error = one_short_error(&format!("{huge} = 1\n"), "p.toml:1:1: ");
+    assert!(error.contains("unknown field"), "{error}");
+    // A name is echoed where another rule points at it.
+    let error = one_short_error(
+        &format!(
+            "[[rule]]\nname = \"{huge}\"\ndomain = \"a.com\"\naction = \"allow\"\n\
+             [[rule]]\nname = \"b\"\ndomain = \"a.com\"\naction = \"deny\"\n"
+        ),
+        "p.toml:7:10: ",
+    );
+    assert!(
+        error.contains(&format!("already given by rule {cut}")),
+        "{error}"
+    );
+
+    let file = parse(&format!(
+        "[[rule]]\nname = \"{huge}\"\ncidr = \"203.0.113.0/24\"\naction = \"allow\"\n\
+         [[rule]]\nname = \"b\"\ncidr = \"203.0.113.0/24\"\naction = \"deny\"\n"
+    ))
+    .unwrap();
+    let Err(err) = build(Some(&file), &[], &[]) else {
+        panic!("a duplicate prefix must be refused");
+    };
+    let error = err.to_string();
+    assert!(
+        error.len() < 1024 && error.starts_with("p.toml:7: "),
+        "{error}"
+    );
+    let Err(err) = build(None, &[&huge], &[]) else {
+        panic!("a bad flag must be refused");
+    };
+    let error = err.to_string();
+    assert!(error.len() < 1024, "{} bytes", error.len());
+    assert!(
+        error.starts_with(&format!("--allow {cut}: {cut} is not a CIDR")),
+        "{error}"
+    );
+
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/azure");
+    for (settings, expected) in [
+        (
+            format!("file = \"ServiceTags_Public.json\"\ntags = [\"{huge}\"]"),
+            format!("no service tag {cut}"),
+        ),
+        (
+            format!("file = \"{huge}\"\ntags = [\"Storage\"]"),
+            "aaaa…` (".to_owned(),
+        ),
+    ] {
+        let Err(PolicyError::Invalid(errs)) = PolicyFile::parse(
+            &fixtures.join("policy.toml"),
+            &format!("[service_tags]\n{settings}\n"),
+        ) else {
+            panic!("a bad service tags setting must be refused");
+        };
+        let error = errs[0].to_string();
+        assert!(error.len() < 1024, "{} bytes", error.len());
+        assert!(
+            error.contains("policy.toml:1:1: ") && error.contains(&expected),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn a_file_over_the_limit_is_refused_unparsed_with_its_size_and_the_limit() {
+    let limit = MAX_FILE_BYTES.to_string();
+    // Its metadata says so: refused without reading (a sparse file, so nothing is written).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.toml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(MAX_FILE_BYTES + 1)
+        .unwrap();
+    let err = PolicyFile::load(&path).unwrap_err();
+    assert!(matches!(err, PolicyError::TooLarge { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: the policy file holds at least {} bytes, more than the limit of {limit} bytes",
+            path.display(),
+            MAX_FILE_BYTES + 1
+        )
+    );
+    // A file whose metadata says 0 but which never ends: the bounded read finds out.
+    let err = PolicyFile::load(Path::new("/dev/zero")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("/dev/zero: the policy file holds at least")
+            && err
+                .to_string()
+                .ends_with(&format!("limit of {limit} bytes")),
+        "{err}"
+    );
+    // Text given whole (the controller's fleet policy) is held to the same limit.
+    let text = "#".repeat(MAX_FILE_BYTES as usize + 1);
+    let err = validate_text(Path::new("fleet-policy"), &text, None).unwrap_err();
+    assert!(err.to_string().contains(&limit), "{err}");
+    // At the limit is not over it: a file of comments that long parses.
+    let at_limit = &text[..MAX_FILE_BYTES as usize];
+    assert!(validate_text(Path::new("fleet-policy"), at_limit, None).is_ok());
 }

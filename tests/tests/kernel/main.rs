@@ -8,6 +8,7 @@
 //! - `durable`: enforcement that outlives the daemon; `flows`: flow events and their counts.
 //! - `fleet`: two nodes and a controller.
 //! - `bypass`: raw packet sockets, AF_XDP, source routes and marks: no way around the hooks.
+//! - `multicast`: multicast allowed by scope, global scope only by opting in.
 
 mod azure;
 mod bypass;
@@ -18,6 +19,7 @@ mod dns;
 mod durable;
 mod fleet;
 mod flows;
+mod multicast;
 
 use std::{
     net::IpAddr,
