@@ -11,7 +11,8 @@
 //! - [`policy`]: groups, the policy file, validation, the effective rule list.
 //! - [`datapath`]: the pinned state — create, adopt or replace it, apply policies by diff,
 //!   attach, read counters, detach. All BPF syscalls for the live state live here.
-//! - [`pins`]: where pins and the run directory are; [`state`]: the applied policy's names.
+//! - [`pins`]: where pins and the run directory are; [`state`]: the applied policy's names;
+//!   [`source`]: which policy source the node follows (`policy apply` records one).
 //! - [`events`]: ring-buffer records → JSON lines; [`flows`]: the periodic flow reports;
 //!   [`tunnel`]: the tunnelling score of DNS names.
 //! - [`daemon`]: `run(config, shutdown)`, the long-running loop.
@@ -42,6 +43,7 @@ pub mod pins;
 pub mod policy;
 pub mod process;
 pub mod reporter;
+pub mod source;
 pub mod state;
 pub mod status;
 pub mod testrun;
