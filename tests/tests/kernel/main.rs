@@ -7,7 +7,9 @@
 //! - `cli`: exit codes and messages for bad input.
 //! - `durable`: enforcement that outlives the daemon; `flows`: flow events and their counts.
 //! - `fleet`: two nodes and a controller.
+//! - `applied`: a policy `policy apply` applied stays applied across SIGHUP and restarts.
 
+mod applied;
 mod azure;
 mod cli;
 mod daemon;
