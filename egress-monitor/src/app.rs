@@ -14,7 +14,8 @@ use crate::{
     events::EventsTarget,
     pins::PinLayout,
     policy::{CommandLineRules, PolicySource},
-    reporter::ReporterConfig,
+    reporter::{ReporterConfig, ReporterStatus},
+    source::{self, RecordedSource},
     status,
 };
 
@@ -155,27 +156,85 @@ pub fn main(cli: Cli) -> ExitCode {
             mode,
             break_platform_access,
             pins,
-        }) => {
-            let source = PolicySource {
-                file: Some(file),
-                command_line: CommandLineRules::default(),
-                mode,
-                accept_risk: break_platform_access,
-                discovered: Vec::new(),
-            };
-            let policy = match source.build() {
-                Ok(policy) => policy,
-                Err(err) => return fail(&err, ExitStatus::InvalidInput),
-            };
-            let applied = Datapath::existing(&PinLayout::new(pins.pin_path))
-                .and_then(|mut datapath| datapath.apply(&policy));
-            match applied {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
-                }
-                Err(err) => fail(&err, classify(&err)),
+        }) => policy_apply(
+            file,
+            mode,
+            break_platform_access,
+            &PinLayout::new(pins.pin_path),
+        ),
+    }
+}
+
+/// `policy apply`: refused on a node the fleet governs; otherwise the file is built, recorded
+/// as the node's policy source (so that the daemon's SIGHUP and restarts keep it), and applied.
+/// The record comes first: there is no moment when the new policy is live but a reload would
+/// build another. A policy the datapath refuses puts the previous record back.
+fn policy_apply(
+    file: PathBuf,
+    mode: Option<crate::policy::Mode>,
+    break_platform_access: bool,
+    layout: &PinLayout,
+) -> ExitCode {
+    if let Some(conflict) = source::fleet_conflict(ReporterStatus::read(layout).as_ref()) {
+        eprintln!(
+            "egress-monitor: {}: not applied: {conflict}",
+            file.display()
+        );
+        return ExitStatus::InvalidInput.into();
+    }
+    let policy_source = PolicySource {
+        file: Some(file.clone()),
+        command_line: CommandLineRules::default(),
+        mode,
+        accept_risk: break_platform_access,
+        discovered: Vec::new(),
+    };
+    let policy = match policy_source.build() {
+        Ok(policy) => policy,
+        Err(err) => return fail(&err, ExitStatus::InvalidInput),
+    };
+    // Built above, so it exists; canonical, because the daemon's working directory is not ours.
+    let canonical = match std::fs::canonicalize(&file) {
+        Ok(canonical) => canonical,
+        Err(source) => {
+            return fail(
+                &crate::policy::PolicyError::Read { path: file, source },
+                ExitStatus::InvalidInput,
+            );
+        }
+    };
+    let mut datapath = match Datapath::existing(layout) {
+        Ok(datapath) => datapath,
+        Err(err) => return fail(&err, classify(&err)),
+    };
+    let record_path = RecordedSource::path(layout);
+    let previous = match RecordedSource::load(&record_path) {
+        Ok(previous) => previous,
+        Err(err) => return fail(&err, ExitStatus::Environment),
+    };
+    let record = RecordedSource {
+        file: canonical,
+        mode,
+        accept_risk: break_platform_access,
+        recorded_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    if let Err(err) = record.save(&record_path) {
+        return fail(&err, ExitStatus::Environment);
+    }
+    match datapath.apply(&policy) {
+        Ok(report) => {
+            println!("{report}");
+            println!(
+                "policy source: {} (the daemon's SIGHUP and restarts build from it, not from its --policy)",
+                record.file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            if let Err(undo) = RecordedSource::restore(&record_path, previous.as_ref()) {
+                report(&undo);
             }
+            fail(&err, classify(&err))
         }
     }
 }

@@ -38,7 +38,10 @@ pub enum Command {
   # Forensics: an event for every denied packet, not one per flow and interval; metrics:
   egress-monitor run --flow-interval 0 --metrics 127.0.0.1:9464
 
-SIGHUP re-reads the policy and applies the difference.")]
+SIGHUP re-reads the policy and applies the difference. After `egress-monitor policy apply FILE`,
+SIGHUP and restarts build from FILE instead of --policy, --mode, --allow and --deny, and the log
+says so (`policy source is FILE (set by `policy apply` at TIME), not --policy X`); an unreadable or
+invalid FILE keeps the live policy at a SIGHUP and stops a start with exit code 2.")]
     Run(Box<RunArgs>),
     /// The fleet controller: nodes report to it (`run --controller`); operators see every
     /// node's isolation state, the violations and the silent nodes, and set one policy and one
@@ -129,7 +132,8 @@ pub struct PinArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// observe: count and report denied packets; enforce: also drop them. Overrides the
-    /// policy file's `mode`. Default: the file's mode, else observe.
+    /// policy file's `mode`. Default: the file's mode, else observe. Unused while the node
+    /// follows a file recorded by `policy apply`.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// Where to attach.
@@ -265,7 +269,9 @@ pub struct ControllerArgs {
 /// Where the policy comes from.
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
-    /// Policy file (TOML).
+    /// Policy file (TOML). For `run`: once `policy apply` has recorded another file as the
+    /// node's policy source, SIGHUP and restarts build from that one (and say so), and --allow,
+    /// --deny and --break-platform-access are unused too.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Also allow this destination prefix; repeatable.
@@ -325,10 +331,15 @@ A policy file can also name the tags itself, so that a refreshed file is one rel
         allow_azure_cloud: bool,
     },
     /// Apply a policy to the live datapath as a difference (new rules first, stale ones
-    /// after); an invalid policy changes nothing.
-    #[command(
-        after_help = "Example:\n  egress-monitor policy apply /etc/egress-monitor/policy.toml"
-    )]
+    /// after) and make FILE the node's policy source; an invalid policy changes nothing.
+    #[command(after_help = "Example:
+  egress-monitor policy apply /etc/egress-monitor/policy.toml
+
+FILE (canonical, with --mode and --break-platform-access as given here) is recorded beside the
+pins as the node's policy source: the daemon's SIGHUP and restarts build from it, not from the
+daemon's own --policy, --mode, --allow and --deny, and log that they do. Another `policy apply`
+changes the source; `detach` (or a reboot) removes it with the pins. Refused (exit 2) on a node
+that follows a fleet policy or mode (`run --controller`): change it at the controller.")]
     Apply {
         /// The policy file.
         file: PathBuf,

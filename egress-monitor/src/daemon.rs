@@ -4,8 +4,18 @@
 //! [`run`] takes its shutdown signal as a future, so tests drive the daemon in-process exactly
 //! as the binary does with SIGINT/SIGTERM. SIGHUP re-reads the policy and applies the
 //! difference; a policy applied by `egress-monitor policy apply` is noticed within a tick.
+//!
+//! The policy is built from the source the node follows (see [`crate::source`]): the fleet's
+//! policy and mode, else the file `policy apply` recorded beside the pins, else the daemon's
+//! own arguments. Start-up and every SIGHUP choose again, so neither undoes an applied policy.
 
-use std::{future::Future, io, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -23,6 +33,7 @@ use crate::{
     pins::PinLayout,
     policy::{Policy, PolicySource},
     reporter::{FleetUpdate, Reporter, ReporterConfig, ReporterError, Shared},
+    source::{self, RecordedSource, SourceError},
     state::{StateError, StateFile},
     status,
 };
@@ -49,9 +60,10 @@ impl HookChoice {
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    /// The validated policy to apply at start.
+    /// The validated policy the daemon's own arguments make.
     pub policy: Policy,
-    /// Where it came from, to build it again on SIGHUP.
+    /// Where it came from: the daemon's own arguments. A source recorded by `policy apply`, and
+    /// the fleet's policy and mode, rank above them (see [`crate::source`]).
     pub source: PolicySource,
     pub hook: HookChoice,
     /// The cgroup to attach to; the root of the cgroup2 hierarchy when `None`.
@@ -123,6 +135,17 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Reporter(#[from] ReporterError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(
+        "the policy source recorded by `policy apply` at {recorded_at}, {file}, is invalid; the pinned policy stays live (fix the file, or `policy apply` another)"
+    )]
+    RecordedPolicy {
+        file: String,
+        recorded_at: String,
+        #[source]
+        source: crate::policy::PolicyError,
+    },
 }
 
 /// What a finished run reports.
@@ -188,6 +211,19 @@ pub async fn run(
         None => None,
     };
     let mut config = config;
+    // The daemon's own arguments, chosen from again at every SIGHUP.
+    let arguments = config.source.clone();
+    if let Some(recorded) = follow_recorded_at_start(&arguments, &layout)? {
+        config.policy = recorded
+            .source
+            .build()
+            .map_err(|source| DaemonError::RecordedPolicy {
+                file: recorded.record.file.display().to_string(),
+                recorded_at: recorded.record.recorded_at.clone(),
+                source,
+            })?;
+        config.source = recorded.source;
+    }
     let counts = Arc::new(crate::metrics::DaemonCounts::default());
     // The controller's settings are checked, and the fleet's policy and mode restored, before
     // anything is attached.
@@ -292,13 +328,17 @@ pub async fn run(
         None => (None, None),
     };
 
+    let reload = Reload {
+        signal: hangup,
+        arguments,
+    };
     let result = serve(
         &mut datapath,
         &mut config,
         &mut writer,
         &counts,
         link,
-        hangup,
+        reload,
         shutdown,
     )
     .await;
@@ -337,7 +377,7 @@ async fn serve(
     writer: &mut EventWriter,
     counts: &crate::metrics::DaemonCounts,
     mut link: Option<FleetLink>,
-    mut hangup: tokio::signal::unix::Signal,
+    mut reload: Reload,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let layout = datapath.layout().clone();
@@ -436,16 +476,26 @@ async fn serve(
                 let _ = update.done.send(outcome.map(|_| ()));
                 names = load_names(&layout)?;
             }
-            _ = hangup.recv() => {
+            _ = reload.signal.recv() => {
                 log::info!("SIGHUP: re-reading the policy");
                 // Events read before the reload name the old rules; after it, the new.
                 drain(ring.get_mut(), &names, &mut out);
-                match config.source.build() {
-                    Ok(policy) => match datapath.apply(&policy) {
-                        Ok(report) => log_apply(&report),
-                        Err(err) => log::error!("the new policy was not applied: {}", crate::error::chain(&err)),
+                let fleet_dir = link.as_ref().map(|link| link.dir.as_path());
+                match reload_source(&reload.arguments, &config.source, &layout, fleet_dir) {
+                    Ok(source) => match source.build() {
+                        Ok(policy) => match datapath.apply(&policy) {
+                            Ok(report) => {
+                                log_apply(&report);
+                                config.source = source;
+                            }
+                            Err(err) => log::error!("the new policy was not applied: {}", crate::error::chain(&err)),
+                        },
+                        Err(err) => log::error!("the new policy is invalid; the live one stays:\n{err}"),
                     },
-                    Err(err) => log::error!("the new policy is invalid; the live one stays:\n{err}"),
+                    Err(err) => log::error!(
+                        "the policy source is unknown; the live policy stays: {}",
+                        crate::error::chain(&err)
+                    ),
                 }
                 names = load_names(&layout)?;
             }
@@ -476,6 +526,84 @@ async fn serve(
         report_flows(&mut flows, &names, &mut out);
     }
     Ok(())
+}
+
+/// What a SIGHUP needs: the signal, and the daemon's own arguments to choose the source from
+/// again.
+struct Reload {
+    signal: tokio::signal::unix::Signal,
+    arguments: PolicySource,
+}
+
+/// A source recorded by `policy apply` that the daemon follows instead of its arguments.
+struct Followed {
+    record: RecordedSource,
+    source: PolicySource,
+}
+
+/// The recorded source of these pins, if any, logged as followed. A record whose pins are gone
+/// (the datapath was removed behind `detach`'s back) speaks for nothing: it is removed, and the
+/// daemon pins anew from its own arguments.
+fn follow_recorded_at_start(
+    arguments: &PolicySource,
+    layout: &PinLayout,
+) -> Result<Option<Followed>, DaemonError> {
+    if layout.exists() {
+        return Ok(follow_recorded(arguments, layout)?);
+    }
+    let path = RecordedSource::path(layout);
+    if let Some(stale) = RecordedSource::load(&path)? {
+        log::warn!(
+            "the policy source {} recorded at {} was for a datapath no longer pinned at {}; starting from the daemon's own arguments",
+            stale.file.display(),
+            stale.recorded_at,
+            layout.root.display()
+        );
+        RecordedSource::forget(&path)?;
+    }
+    Ok(None)
+}
+
+/// The recorded source, if there is one, with the notice that it is followed: a warning when it
+/// leaves some of the daemon's arguments unused.
+fn follow_recorded(
+    arguments: &PolicySource,
+    layout: &PinLayout,
+) -> Result<Option<Followed>, SourceError> {
+    let Some(record) = RecordedSource::load(&RecordedSource::path(layout))? else {
+        return Ok(None);
+    };
+    let chosen = source::choose(&source::canonical_arguments(arguments), Some(&record));
+    let notice = chosen.notice.unwrap_or_default();
+    if chosen.unused.is_empty() {
+        log::info!("{notice}");
+    } else {
+        log::warn!(
+            "{notice}; unused: {} (`egress-monitor policy apply` another file to change the source)",
+            chosen.unused.join(", ")
+        );
+    }
+    Ok(Some(Followed {
+        record,
+        source: chosen.source,
+    }))
+}
+
+/// The source a SIGHUP builds: the recorded one or the daemon's arguments, with the rules
+/// discovered so far, and the fleet's policy and mode over both.
+fn reload_source(
+    arguments: &PolicySource,
+    current: &PolicySource,
+    layout: &PinLayout,
+    fleet_dir: Option<&Path>,
+) -> Result<PolicySource, SourceError> {
+    let mut source =
+        follow_recorded(arguments, layout)?.map_or_else(|| arguments.clone(), |f| f.source);
+    source.discovered = current.discovered.clone();
+    if let Some(dir) = fleet_dir {
+        crate::fleet::restore(dir, &mut source);
+    }
+    Ok(source)
 }
 
 fn load_names(layout: &PinLayout) -> Result<StateFile, DaemonError> {

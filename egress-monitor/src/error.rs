@@ -87,11 +87,13 @@ fn status_of(err: &(dyn Error + 'static)) -> Option<ExitStatus> {
             DaemonError::EventsOpen { .. }
             | DaemonError::Policy(_)
             | DaemonError::FleetPolicy { .. }
+            | DaemonError::RecordedPolicy { .. }
             | DaemonError::Reporter(_)
             | DaemonError::Metrics { .. } => Some(InvalidInput),
             DaemonError::Cgroup(_)
             | DaemonError::Interface(_)
             | DaemonError::NoInterfaces
+            | DaemonError::Source(_)
             | DaemonError::AlreadyRunning { .. } => Some(Environment),
             _ => None,
         };

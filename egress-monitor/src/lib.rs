@@ -11,7 +11,8 @@
 //! - [`policy`]: groups, the policy file, validation, the effective rule list.
 //! - [`datapath`]: the pinned state — create, adopt or replace it, apply policies by diff,
 //!   attach, read counters, detach. All BPF syscalls for the live state live here.
-//! - [`pins`]: where pins and the run directory are; [`state`]: the applied policy's names.
+//! - [`pins`]: where pins and the run directory are; [`state`]: the applied policy's names;
+//!   [`source`]: which policy source the node follows (`policy apply` records one).
 //! - [`events`]: ring-buffer records → JSON lines; [`flows`]: the periodic flow reports;
 //!   [`tunnel`]: the tunnelling score of DNS names.
 //! - [`daemon`]: `run(config, shutdown)`, the long-running loop.
@@ -20,6 +21,7 @@
 //! - [`azure`]: `nsg-audit` (does the NSG let the node out?) and service tags as rules.
 //! - [`cgroup`], [`iface`], [`process`]: the cgroup2 hierarchy, network interfaces, and the
 //!   executables that events name.
+//! - [`resolvers`]: whose DNS answers teach (the node's resolvers, trusted network namespaces).
 //! - [`error`]: exit codes and operator-facing error text.
 
 pub mod app;
@@ -43,6 +45,7 @@ pub mod policy;
 pub mod process;
 pub mod reporter;
 pub mod resolvers;
+pub mod source;
 pub mod state;
 pub mod status;
 pub mod testrun;

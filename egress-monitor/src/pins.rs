@@ -7,6 +7,7 @@
 //! <pin path>/links/tc-<netns id>-<ifindex>     lives as long as its pin
 //! <run dir>/state.json                     the applied policy's rules and names
 //! <run dir>/daemon.pid                     the running daemon, if any
+//! <run dir>/policy-source.json             the file `policy apply` made the node's source
 //! ```
 //! The run directory is `/run/egress-monitor` for the default pin path and
 //! `/run/egress-monitor/pins/<pin path, '/' as '%'>` for any other, so several independent

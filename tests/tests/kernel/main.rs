@@ -9,7 +9,9 @@
 //! - `fleet`: two nodes and a controller.
 //! - `bypass`: raw packet sockets, AF_XDP, source routes and marks: no way around the hooks.
 //! - `multicast`: multicast allowed by scope, global scope only by opting in.
+//! - `applied`: a policy `policy apply` applied stays applied across SIGHUP and restarts.
 
+mod applied;
 mod azure;
 mod bypass;
 mod cli;
