@@ -222,6 +222,8 @@ mod pod {
     unsafe impl aya::Pod for super::DnsEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::LearnedSocket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingKey {}
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::{
     cli::{Cli, Command, ControllerArgs, PolicyArgs, PolicyCommand, RunArgs},
     controller::{Controller, ControllerConfig, ControllerError},
     daemon::{self, RunConfig},
+    datapath::DatapathError,
     datapath::{self, Datapath},
     error::{ExitStatus, chain, classify},
     events::EventsTarget,
@@ -230,6 +231,11 @@ fn policy_apply(
             );
             ExitCode::SUCCESS
         }
+        // Bigger maps are swapped in by the process that attached the programs: the running
+        // daemon, asked to reload the source just recorded.
+        Err(DatapathError::CannotGrow { .. }) if status::running_daemon(layout).is_some() => {
+            apply_through_daemon(layout, &policy, &record)
+        }
         Err(err) => {
             if let Err(undo) = RecordedSource::restore(&record_path, previous.as_ref()) {
                 report(&undo);
@@ -237,6 +243,53 @@ fn policy_apply(
             fail(&err, classify(&err))
         }
     }
+}
+
+/// How long `policy apply` waits for a daemon to apply a policy that needs bigger maps.
+const DAEMON_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Has the running daemon apply `policy` (already recorded as the node's source): SIGHUP, then
+/// waits, bounded, until the state file names the policy's version. A refusal shows in the
+/// daemon's log; here it is a timeout naming the log.
+fn apply_through_daemon(
+    layout: &PinLayout,
+    policy: &crate::policy::Policy,
+    record: &RecordedSource,
+) -> ExitCode {
+    let Some(pid) = status::running_daemon(layout) else {
+        eprintln!("egress-monitor: the daemon stopped; the policy was not applied");
+        return ExitStatus::Environment.into();
+    };
+    let wanted = format!("{:016x}", policy.version());
+    println!(
+        "the policy needs bigger maps: asking the daemon (pid {pid}) to swap them in and apply {}",
+        record.file.display()
+    );
+    // SAFETY: kill(2) with a pid read from the daemon's pid file.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
+        report(&std::io::Error::last_os_error());
+        return ExitStatus::Environment.into();
+    }
+    let deadline = std::time::Instant::now() + DAEMON_APPLY_WAIT;
+    while std::time::Instant::now() < deadline {
+        let applied = crate::state::StateFile::load(&layout.state_file())
+            .ok()
+            .flatten()
+            .is_some_and(|state| state.version == wanted);
+        if applied {
+            println!(
+                "policy {wanted} applied by the daemon; policy source: {} (the daemon's SIGHUP and restarts build from it)",
+                record.file.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    eprintln!(
+        "egress-monitor: the daemon (pid {pid}) has not applied policy {wanted} after {} s; see its log (`journalctl -u egress-monitor`). The policy source stays recorded: its next reload tries again",
+        DAEMON_APPLY_WAIT.as_secs()
+    );
+    ExitStatus::Failure.into()
 }
 
 fn source(args: &PolicyArgs, mode: Option<crate::policy::Mode>) -> PolicySource {

@@ -286,6 +286,10 @@ pub async fn run(
             "{} was pinned by another build ({previous_build:016x}); replacing it: new programs attach first, then the old ones go",
             layout.root.display()
         ),
+        Opened::Growing { from, to } => log::warn!(
+            "the maps at {} hold {from} rule slots, {to} are asked for: swapping in bigger ones (policy, counters and learned addresses carried over; new programs attach first, then the old ones go)",
+            layout.root.display()
+        ),
     }
     log_apply(&datapath.apply(&config.policy)?);
     datapath.set_kernel_log(config.kernel_log)?;
@@ -414,7 +418,22 @@ async fn serve(
     );
     imds_tick.reset();
     tokio::pin!(shutdown);
+    let mut generation = datapath.generation();
     loop {
+        if datapath.generation() != generation {
+            // Bigger maps were swapped in: what the old ones still hold is reported, then the
+            // readers follow the new ones.
+            generation = datapath.generation();
+            drain(ring.get_mut(), &names, &mut out);
+            report_flows(&mut flows, &names, &mut out);
+            ring = watch(datapath.events()?)?;
+            flows = FlowReporter::open(&layout)?;
+            if !aggregate {
+                flows.disable()?;
+            }
+            logger = datapath.logger().map(watch).transpose()?;
+            log::info!("reading events from the new maps");
+        }
         tokio::select! {
             () = &mut shutdown => break,
             guard = ring.readable_mut() => {

@@ -31,8 +31,14 @@ use aya::{
     },
 };
 use egress_monitor_common::{
-    dns::{DomainValue, LearnedValue, NO_RULE, queries as dns_queries, suffix_hash},
-    maps::{self as names, Counter, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES, counter_index, stat},
+    dns::{
+        DomainValue, LearnedSocket, LearnedValue, NO_RULE, PendingKey, queries as dns_queries,
+        suffix_hash,
+    },
+    maps::{
+        self as names, Counter, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES, SockOwner, counter_index,
+        stat,
+    },
     policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue, config},
     verdict::{RULE_ID_DEFAULT, action, hook, mode, outcome},
 };
@@ -115,6 +121,8 @@ pub enum DatapathError {
     NoObject,
     #[error("cannot load the eBPF object")]
     Load(#[source] aya::EbpfError),
+    #[error("map `{0}` is not in the table of map kinds (a bug: every map must be listed)")]
+    UnknownMap(&'static str),
     #[error("the eBPF object has no program `{0}`")]
     MissingProgram(&'static str),
     #[error("program `{name}`")]
@@ -133,9 +141,13 @@ pub enum DatapathError {
     #[error("nothing is pinned at {}; start `egress-monitor run` first", .0.display())]
     NotPinned(PathBuf),
     #[error(
-        "the policy needs {needed} rule slots but the live maps hold {capacity}; nothing was changed (restart the daemon with --rule-capacity {needed} or more)"
+        "the policy needs {needed} rule slots but the live maps hold {capacity}, and {link} was not attached by this process, so bigger maps cannot be swapped in under it; nothing was changed (apply the policy through the running daemon, which grows its maps without a gap: its policy source and SIGHUP, or `policy apply` while it runs)"
     )]
-    TooManyRules { needed: usize, capacity: u32 },
+    CannotGrow {
+        needed: usize,
+        capacity: u32,
+        link: String,
+    },
     #[error(transparent)]
     Pins(#[from] PinError),
     #[error(transparent)]
@@ -194,6 +206,10 @@ pub enum Opened {
     /// Another build's state: a fresh one is staged; [`Datapath::finish_replacement`] attaches
     /// it where the old one was and then removes the old.
     Replacing { previous_build: u64 },
+    /// This build's state, with maps too small for the capacity asked for: bigger ones are
+    /// staged, filled with what the live ones hold (policy, learned addresses, sockets,
+    /// counters), and replace them as a build replacement does.
+    Growing { from: u32, to: u32 },
 }
 
 /// An attachment, as its pinned link names it.
@@ -275,6 +291,8 @@ pub struct ApplyReport {
     pub mode: Mode,
     #[serde(skip)]
     pub elapsed: Duration,
+    /// The rule slots before and after, when bigger maps were swapped in for the policy.
+    pub grown: Option<(u32, u32)>,
 }
 
 impl std::fmt::Display for ApplyReport {
@@ -290,7 +308,14 @@ impl std::fmt::Display for ApplyReport {
             self.removed,
             self.unchanged,
             self.elapsed.as_secs_f64() * 1000.0
-        )
+        )?;
+        if let Some((from, to)) = self.grown {
+            write!(
+                f,
+                "; the maps grew from {from} to {to} rule slots (swapped in without a gap)"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -302,6 +327,9 @@ pub struct Datapath {
     opened: Opened,
     /// Targets attached by this process, by link name.
     targets: HashMap<String, String>,
+    /// How many times this process swapped in bigger maps: a reader holding map handles
+    /// (the ring buffer, the flows) opens them again when it changes.
+    generation: u64,
 }
 
 impl Datapath {
@@ -325,7 +353,20 @@ impl Datapath {
         }
         let (opened, target) = if layout.exists() {
             let live = read_config(layout)?;
-            if live.build_id == build_id() {
+            let live_capacity = capacity_of(layout)?;
+            let wanted_capacity = effective_capacity(rule_capacity);
+            if live.build_id == build_id() && wanted_capacity > live_capacity {
+                staging.prepare()?;
+                create_or_clean(&staging, rule_capacity)?;
+                carry_over(layout, &staging).inspect_err(|_| remove_pins(&staging))?;
+                (
+                    Opened::Growing {
+                        from: live_capacity,
+                        to: wanted_capacity,
+                    },
+                    staging,
+                )
+            } else if live.build_id == build_id() {
                 (Opened::Adopted, layout.clone())
             } else {
                 staging.prepare()?;
@@ -346,6 +387,7 @@ impl Datapath {
             target,
             opened,
             targets: HashMap::new(),
+            generation: 0,
         })
     }
 
@@ -360,11 +402,17 @@ impl Datapath {
             target: layout.clone(),
             opened: Opened::Adopted,
             targets: HashMap::new(),
+            generation: 0,
         })
     }
 
     pub fn opened(&self) -> Opened {
         self.opened
+    }
+
+    /// Changes when bigger maps were swapped in (see [`Datapath::apply`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn layout(&self) -> &PinLayout {
@@ -524,9 +572,12 @@ impl Datapath {
     /// and the staged ones moved into place. Old links to targets not attached again are kept
     /// (only `detach` removes enforcement) and named in the returned list.
     pub fn finish_replacement(&mut self) -> Result<Vec<String>, DatapathError> {
-        let Opened::Replacing { .. } = self.opened else {
+        if !matches!(
+            self.opened,
+            Opened::Replacing { .. } | Opened::Growing { .. }
+        ) {
             return Ok(Vec::new());
-        };
+        }
         let staging = self.target.clone();
         let mut kept = Vec::new();
         for name in link_names(&self.layout) {
@@ -575,12 +626,123 @@ impl Datapath {
     /// Brings the live policy to `policy` by a diff, sets its mode and version, and records
     /// its names in the state file. Rule ids stay with their prefixes across applies, so the
     /// per-rule counters keep meaning the same rule.
+    ///
+    /// A policy larger than the live maps is applied to bigger ones, swapped in without a gap
+    /// (see [`Datapath::grow`]) when this process attached every live link; otherwise it is
+    /// refused and nothing changes.
     pub fn apply(&mut self, policy: &Policy) -> Result<ApplyReport, DatapathError> {
+        let needed = policy.rules.len() + policy.domains.len();
+        let capacity = capacity_of(&self.target)?;
+        if needed <= capacity as usize {
+            return self.apply_in_place(policy);
+        }
+        let attach_to = self
+            .reattach_targets()
+            .map_err(|link| DatapathError::CannotGrow {
+                needed,
+                capacity,
+                link,
+            })?;
+        let grown = u32::try_from(needed.saturating_mul(2))
+            .unwrap_or(u32::MAX)
+            .max(DEFAULT_RULE_CAPACITY);
+        self.grow(policy, grown, &attach_to)
+    }
+
+    /// The attachments to make again for a swap: every live link's cgroup or interface. `Err`
+    /// names a link this process cannot attach again (not attached by it, or a TC link in
+    /// another network namespace).
+    fn reattach_targets(&self) -> Result<Vec<Reattach>, String> {
+        let own_netns = pins::tc_link_name(0)
+            .ok()
+            .and_then(|name| name.strip_suffix("-0").map(str::to_owned));
+        let mut targets = Vec::new();
+        for link in link_names(&self.target) {
+            let target = self.targets.get(&link).ok_or_else(|| link.clone())?;
+            if link.starts_with("cgroup-") {
+                targets.push(Reattach::Cgroup(PathBuf::from(target)));
+            } else if link.starts_with("tc-") {
+                if own_netns
+                    .as_deref()
+                    .is_none_or(|own| !link.starts_with(&format!("{own}-")))
+                {
+                    return Err(link);
+                }
+                targets.push(Reattach::Tc(target.clone()));
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Swaps in maps of `capacity` slots under traffic: bigger maps and programs are staged,
+    /// filled with what the live maps hold (so rule ids, counters, learned addresses and the
+    /// sockets that hold them carry on), given `policy`, attached beside the live programs at
+    /// every target (a packet then passes only if both pass it), filled again with what the
+    /// live ones learned meanwhile, and only then are the old links removed. If anything fails
+    /// the staged state goes and the live one was never touched.
+    fn grow(
+        &mut self,
+        policy: &Policy,
+        capacity: u32,
+        attach_to: &[Reattach],
+    ) -> Result<ApplyReport, DatapathError> {
+        let from = capacity_of(&self.target)?;
+        let staging = PinLayout::new(self.layout.root.join(STAGING));
+        if staging.root.exists() {
+            remove_pins(&staging);
+        }
+        staging.prepare()?;
+        create_or_clean(&staging, capacity as usize)?;
+        let live = std::mem::replace(&mut self.target, staging.clone());
+        let opened = std::mem::replace(&mut self.opened, Opened::Growing { from, to: capacity });
+        let state = StateFile::load(&self.layout.state_file())?;
+        match self.fill_and_attach(&live, policy, attach_to) {
+            Ok(mut report) => {
+                for kept in self.finish_replacement()? {
+                    log::warn!("kept the old maps' attachment {kept}");
+                }
+                self.generation += 1;
+                report.grown = Some((from, capacity));
+                Ok(report)
+            }
+            Err(err) => {
+                for name in link_names(&staging) {
+                    let _ = unpin_link(&staging.links().join(name));
+                }
+                remove_pins(&staging);
+                self.target = live;
+                self.opened = opened;
+                if let Some(state) = state {
+                    state.save(&self.layout.state_file())?;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    fn fill_and_attach(
+        &mut self,
+        live: &PinLayout,
+        policy: &Policy,
+        attach_to: &[Reattach],
+    ) -> Result<ApplyReport, DatapathError> {
+        carry_over(live, &self.target)?;
+        let report = self.apply_in_place(policy)?;
+        for target in attach_to {
+            match target {
+                Reattach::Cgroup(path) => self.attach_cgroup(path)?,
+                Reattach::Tc(name) => self.attach_tc(name)?,
+            };
+        }
+        // What the live programs learned while the new ones were being attached.
+        carry_dynamic(live, &self.target)?;
+        Ok(report)
+    }
+
+    fn apply_in_place(&mut self, policy: &Policy) -> Result<ApplyReport, DatapathError> {
         let started = Instant::now();
         let previous_version = read_config(&self.target)?.policy_version;
-        let capacity = MapInfo::from_pin(self.target.map(names::RULE_HITS))
-            .map_err(DatapathError::map(names::RULE_HITS, "open"))?
-            .max_entries();
+        let capacity = capacity_of(&self.target)?;
         let mut v4 = open_trie::<IPV4_ADDR_LEN>(&self.target, names::POLICY_V4)?;
         let mut v6 = open_trie::<IPV6_ADDR_LEN>(&self.target, names::POLICY_V6)?;
         let mut live: HashMap<LpmKey, RuleValue> = HashMap::new();
@@ -646,9 +808,10 @@ impl Datapath {
                 Some(value) => value.rule_id,
                 None => {
                     let Some(id) = free.next() else {
-                        return Err(DatapathError::TooManyRules {
+                        return Err(DatapathError::CannotGrow {
                             needed: policy.rules.len(),
                             capacity,
+                            link: "the rule ids".to_owned(),
                         });
                     };
                     fresh_ids.push(id);
@@ -663,9 +826,10 @@ impl Datapath {
                 Some(id) => *id,
                 None => {
                     let Some(id) = free.next() else {
-                        return Err(DatapathError::TooManyRules {
+                        return Err(DatapathError::CannotGrow {
                             needed: policy.rules.len() + policy.domains.len(),
                             capacity,
+                            link: "the rule ids".to_owned(),
                         });
                     };
                     fresh_ids.push(id);
@@ -828,6 +992,7 @@ impl Datapath {
             unchanged,
             mode: policy.mode,
             elapsed: started.elapsed(),
+            grown: None,
         })
     }
 
@@ -1092,6 +1257,129 @@ pub fn detach(layout: &PinLayout) -> Result<DetachReport, DatapathError> {
     Ok(report)
 }
 
+/// An attachment to make again when bigger maps are swapped in.
+enum Reattach {
+    Cgroup(PathBuf),
+    Tc(String),
+}
+
+/// The rule slots of the maps pinned at `layout` (the per-rule counters' size, which the
+/// tries share).
+fn capacity_of(layout: &PinLayout) -> Result<u32, DatapathError> {
+    Ok(MapInfo::from_pin(layout.map(names::RULE_HITS))
+        .map_err(DatapathError::map(names::RULE_HITS, "open"))?
+        .max_entries())
+}
+
+/// The capacity [`create`] gives maps asked for `rule_capacity`.
+fn effective_capacity(rule_capacity: usize) -> u32 {
+    u32::try_from(rule_capacity)
+        .unwrap_or(u32::MAX)
+        .max(DEFAULT_RULE_CAPACITY)
+}
+
+/// Config slots that describe the live state and carry over to bigger maps (not the build, nor
+/// the check secret, which the new maps have of their own).
+const CARRIED_CONFIG: [u32; 10] = [
+    config::MODE,
+    config::POLICY_VERSION,
+    config::PINNED_SINCE,
+    config::KERNEL_LOG,
+    config::FLOW_GENERATION,
+    config::DNS_GRACE_NS,
+    config::DOMAIN_RULES,
+    config::DNS_QUERIES,
+    config::DNS_EVENT_INTERVAL_NS,
+    config::DNS_ANY_NETNS,
+];
+
+/// Copies what the maps at `from` hold into the (bigger, empty) maps at `to` of the same
+/// build: the config, the policy as it is (so rule ids stay), the counters, and what the
+/// programs learned ([`carry_dynamic`]).
+fn carry_over(from: &PinLayout, to: &PinLayout) -> Result<(), DatapathError> {
+    let source: Array<MapData, u64> = open_map(from, names::CONFIG)?;
+    for slot in CARRIED_CONFIG {
+        let value = source
+            .get(&slot, 0)
+            .map_err(DatapathError::map(names::CONFIG, "read"))?;
+        write_config(to, slot, value)?;
+    }
+    copy_trie::<IPV4_ADDR_LEN>(from, to, names::POLICY_V4)?;
+    copy_trie::<IPV6_ADDR_LEN>(from, to, names::POLICY_V6)?;
+    copy_hash::<u64, DomainValue>(from, to, names::DOMAINS, 0)?;
+    copy_per_cpu::<Counter>(from, to, names::COUNTERS)?;
+    copy_per_cpu::<u64>(from, to, names::STATS)?;
+    copy_per_cpu::<u64>(from, to, names::RULE_HITS)?;
+    carry_dynamic(from, to)
+}
+
+/// Copies what the programs learned and keep learning: DNS-learned addresses, the sockets
+/// holding one, socket owners (and their namespaces), questions in flight. Entries the new
+/// maps have already are kept (they are newer).
+fn carry_dynamic(from: &PinLayout, to: &PinLayout) -> Result<(), DatapathError> {
+    const NO_OVERWRITE: u64 = 1; // BPF_NOEXIST
+    copy_hash::<[u8; 4], LearnedValue>(from, to, names::DNS_ALLOWED_V4, NO_OVERWRITE)?;
+    copy_hash::<[u8; 16], LearnedValue>(from, to, names::DNS_ALLOWED_V6, NO_OVERWRITE)?;
+    copy_hash::<LearnedSocket, u32>(from, to, names::LEARNED_SOCKETS, NO_OVERWRITE)?;
+    copy_hash::<u64, SockOwner>(from, to, names::SOCK_OWNERS, NO_OVERWRITE)?;
+    copy_hash::<PendingKey, u64>(from, to, names::DNS_PENDING, NO_OVERWRITE)
+}
+
+fn copy_trie<const N: usize>(
+    from: &PinLayout,
+    to: &PinLayout,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let source = open_trie::<N>(from, name)?;
+    let mut target = open_trie::<N>(to, name)?;
+    for item in source.iter() {
+        let (key, value) = item.map_err(DatapathError::map(name, "read"))?;
+        target
+            .insert(&key, &value, 0)
+            .map_err(DatapathError::map(name, "copy"))?;
+    }
+    Ok(())
+}
+
+/// Copies a hash or LRU map's entries; an entry that went while it was read is skipped.
+fn copy_hash<K: aya::Pod, V: aya::Pod>(
+    from: &PinLayout,
+    to: &PinLayout,
+    name: &'static str,
+    flags: u64,
+) -> Result<(), DatapathError> {
+    let source: AyaHashMap<MapData, K, V> = open_map(from, name)?;
+    let mut target: AyaHashMap<MapData, K, V> = open_map(to, name)?;
+    for (key, value) in source.iter().filter_map(Result::ok) {
+        match target.insert(&key, &value, flags) {
+            Ok(()) => {}
+            // Already there (NO_OVERWRITE): the new maps' entry is the newer.
+            Err(MapError::SyscallError(err))
+                if err.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(err) => return Err(DatapathError::map(name, "copy")(err)),
+        }
+    }
+    Ok(())
+}
+
+fn copy_per_cpu<V: aya::Pod>(
+    from: &PinLayout,
+    to: &PinLayout,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let source: PerCpuArray<MapData, V> = open_map(from, name)?;
+    let mut target: PerCpuArray<MapData, V> = open_map(to, name)?;
+    for index in 0..source.len().min(target.len()) {
+        let values = source
+            .get(&index, 0)
+            .map_err(DatapathError::map(name, "read"))?;
+        target
+            .set(index, values, 0)
+            .map_err(DatapathError::map(name, "copy"))?;
+    }
+    Ok(())
+}
+
 /// [`create`], removing whatever it pinned if it fails half-way (a verifier rejection, say), so
 /// that no half-made state is left for the next start to trip over.
 fn create_or_clean(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError> {
@@ -1101,9 +1389,7 @@ fn create_or_clean(layout: &PinLayout, rule_capacity: usize) -> Result<(), Datap
 /// Loads the object with every map pinned under `layout` and pins both programs there; the
 /// programs are not attached. Records the build and the time.
 fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError> {
-    let capacity = u32::try_from(rule_capacity)
-        .unwrap_or(u32::MAX)
-        .max(DEFAULT_RULE_CAPACITY);
+    let capacity = effective_capacity(rule_capacity);
     // aya-log's own level filter is frozen into the programs at load; every record is let
     // through here and the KERNEL_LOG config slot decides, live (`run --kernel-log`).
     let log_level = log::LevelFilter::Debug as u8;
@@ -1184,26 +1470,60 @@ pub(crate) fn open_map<T>(layout: &PinLayout, name: &'static str) -> Result<T, D
 where
     T: TryFrom<Map, Error = MapError>,
 {
+    let kind = map_kind(name).ok_or(DatapathError::UnknownMap(name))?;
     let data = MapData::from_pin(layout.map(name)).map_err(DatapathError::map(name, "open"))?;
-    let map = match name {
-        names::POLICY_V4 | names::POLICY_V6 => Map::LpmTrie(data),
-        names::EVENTS | LOG_MAP => Map::RingBuf(data),
-        names::CONFIG => Map::Array(data),
-        names::SOCK_OWNERS
-        | names::FLOWS
-        | names::FLOW_REPORTED
-        | names::DNS_ALLOWED_V4
-        | names::DNS_ALLOWED_V6 => Map::LruHashMap(data),
+    let map = match kind {
+        MapKind::LpmTrie => Map::LpmTrie(data),
+        MapKind::RingBuf => Map::RingBuf(data),
+        MapKind::Array => Map::Array(data),
+        MapKind::HashMap => Map::HashMap(data),
+        MapKind::LruHashMap => Map::LruHashMap(data),
+        MapKind::Queue => Map::Queue(data),
+        MapKind::PerCpuArray => Map::PerCpuArray(data),
+    };
+    T::try_from(map).map_err(DatapathError::map(name, "open"))
+}
+
+/// The kinds of map the object defines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MapKind {
+    LpmTrie,
+    RingBuf,
+    Array,
+    HashMap,
+    LruHashMap,
+    Queue,
+    PerCpuArray,
+}
+
+/// Each map's kind, by name (as `egress-monitor-ebpf/src/maps.rs` defines it). `None`: a name
+/// this table does not know, which is a bug to report, not a kind to guess.
+fn map_kind(name: &str) -> Option<MapKind> {
+    Some(match name {
+        names::POLICY_V4 | names::POLICY_V6 => MapKind::LpmTrie,
+        names::EVENTS | LOG_MAP => MapKind::RingBuf,
+        names::CONFIG => MapKind::Array,
         names::DOMAINS
         | names::DNS_RESOLVERS_V4
         | names::DNS_RESOLVERS_V6
         | names::DNS_NETNS
-        | names::RAW_EXEMPT => Map::HashMap(data),
-        names::LEARNED_SOCKETS => Map::LruHashMap(data),
-        name if names::FLOW_DIRTY.contains(&name) => Map::Queue(data),
-        _ => Map::PerCpuArray(data),
-    };
-    T::try_from(map).map_err(DatapathError::map(name, "open"))
+        | names::RAW_EXEMPT => MapKind::HashMap,
+        names::SOCK_OWNERS
+        | names::FLOWS
+        | names::FLOW_REPORTED
+        | names::DNS_ALLOWED_V4
+        | names::DNS_ALLOWED_V6
+        | names::DNS_PENDING
+        | names::DNS_QUERY_EVENTS
+        | names::LEARNED_SOCKETS => MapKind::LruHashMap,
+        name if names::FLOW_DIRTY.contains(&name) => MapKind::Queue,
+        names::COUNTERS
+        | names::RULE_HITS
+        | names::STATS
+        | names::FLOW_SCRATCH
+        | names::DNS_SCRATCH => MapKind::PerCpuArray,
+        _ => return None,
+    })
 }
 
 /// `enum bpf_attach_type`'s `BPF_CGROUP_SETSOCKOPT` (include/uapi/linux/bpf.h).
@@ -1470,6 +1790,14 @@ mod tests {
         assert_eq!(rule_value(7, Action::Deny), RuleValue::new(7, action::DENY));
         assert_eq!(rule_value(0, Action::Allow).action, action::ALLOW);
         assert_eq!(rule_value(0, Action::Allow)._pad, [0; 3]);
+    }
+
+    #[test]
+    fn every_pinned_map_has_a_kind() {
+        for name in MAPS {
+            assert!(map_kind(name).is_some(), "{name}");
+        }
+        assert_eq!(map_kind("NO_SUCH_MAP"), None);
     }
 
     #[test]

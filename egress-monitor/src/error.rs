@@ -100,7 +100,7 @@ fn status_of(err: &(dyn Error + 'static)) -> Option<ExitStatus> {
     }
     if let Some(err) = err.downcast_ref::<DatapathError>() {
         return match err {
-            DatapathError::TooManyRules { .. } => Some(InvalidInput),
+            DatapathError::CannotGrow { .. } => Some(InvalidInput),
             DatapathError::Cgroup(_)
             | DatapathError::Interface(_)
             | DatapathError::NotEthernet { .. }

@@ -5,7 +5,10 @@ use std::{net::IpAddr, path::Path, time::Duration};
 use aya::maps::{Array, Map, MapData};
 use egress_monitor::pins::PinLayout;
 use egress_monitor_common::{maps::CONFIG, policy::config};
-use egress_monitor_tests::netns::{INTERNET_V4, LAB_V4, PRIVATE_V4, UDP_PORT};
+use egress_monitor_tests::{
+    dns::{DnsServer, Record},
+    netns::{INTERNET_V4, INTERNET_V6, LAB_V4, PRIVATE_V4, UDP_PORT},
+};
 
 use crate::{Node, client, egress_monitor, event_lines, status_json, stderr, stdout};
 
@@ -488,6 +491,153 @@ fn another_builds_state_is_replaced_without_a_gap() {
         "the old link is gone: {status}"
     );
     assert!(!Path::new(&layout.root.join("replacing")).exists());
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+}
+
+/// Datagrams sent 1 ms apart across a swap of bigger maps (the new programs' load and 5,000
+/// rules take seconds on a busy 2-core machine).
+const SWAP_PROBES: u32 = 15_000;
+
+/// A policy larger than the live maps is taken without a gap: the daemon (maps of 4,096 rule
+/// slots) gets 5,000 rules on SIGHUP and swaps in bigger maps while two probes run — every
+/// datagram to the internet is refused throughout, every one to the private peer passes — and
+/// an address learned from DNS before the swap stays allowed after it. A restart asking for a
+/// bigger `--rule-capacity` swaps the same way; `policy apply` of a bigger policy while the
+/// daemon runs has the daemon do it.
+#[test]
+fn bigger_policies_swap_in_bigger_maps_without_a_gap() {
+    let node = Node::new("grow");
+    let base = format!(
+        "mode = \"enforce\"\n\
+         [[rule]]\nname = \"allowed-test\"\ndomain = \"*.allowed.test\"\naction = \"allow\"\n\n\
+         {}",
+        crate::dns::trust_the_test_resolver(&node)
+    );
+    let policy = node.policy_file("policy.toml", &base);
+    let _resolver = DnsServer::start(
+        &node.topology.net,
+        PRIVATE_V4.into(),
+        vec![Record::new("api.allowed.test", INTERNET_V6, 600)],
+    )
+    .unwrap();
+    let mut daemon = node.daemon(&["--policy", &policy]);
+    let rules_before = status_json(&node.bpffs.pin_path())["rules"]
+        .as_u64()
+        .unwrap();
+    let resolved = client(&node.topology, Some(&node.cgroup))
+        .resolve(PRIVATE_V4.into(), "api.allowed.test", "aaaa", false)
+        .unwrap();
+    assert_eq!(resolved.replies, 1, "{resolved:?}");
+
+    // 5,000 deny rules inside 100.64.0.0/10 (nothing is sent there): more than 4,096 slots.
+    let mut big = base.clone();
+    for i in 0..5000u32 {
+        let [_, _, c, d] = (i + 256).to_be_bytes();
+        big.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\ncidr = \"100.{}.{c}.{d}/32\"\naction = \"deny\"\n",
+            64 + i / 65536
+        ));
+    }
+    std::fs::write(&policy, &big).unwrap();
+    let probes = |dst: IpAddr| {
+        let mut prober = client(&node.topology, Some(&node.cgroup));
+        prober.interval = Some(Duration::from_millis(1));
+        std::thread::spawn(move || prober.udp(dst, UDP_PORT, SWAP_PROBES, 10, false))
+    };
+    let denied = probes(INTERNET_V4.into());
+    let allowed = probes(PRIVATE_V4.into());
+    std::thread::sleep(Duration::from_millis(200));
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_for("rule slots", Duration::from_secs(60));
+    assert!(line.contains("the maps grew from 4096 to "), "{line}");
+    assert!(
+        !denied.is_finished(),
+        "the swap happened while the probes ran"
+    );
+    let denied = denied.join().unwrap().unwrap();
+    let allowed = allowed.join().unwrap().unwrap();
+    assert_eq!(
+        denied.eperm,
+        u64::from(SWAP_PROBES),
+        "nothing leaked: {denied:?}"
+    );
+    assert_eq!(
+        allowed.ok,
+        u64::from(SWAP_PROBES),
+        "nothing allowed was lost: {allowed:?}"
+    );
+    assert_eq!(
+        node.topology.peers.udp_received(INTERNET_V4.into()),
+        0,
+        "none arrived"
+    );
+    let status = status_json(&node.bpffs.pin_path());
+    assert_eq!(
+        status["rules"].as_u64().unwrap(),
+        rules_before + 5000,
+        "{status}"
+    );
+    assert_eq!(
+        status["attached"].as_array().unwrap().len(),
+        4,
+        "old links gone: {status}"
+    );
+    assert!(
+        node.send(INTERNET_V6.into(), 1) == 0,
+        "the address learned before the swap is still allowed"
+    );
+    assert_eq!(node.topology.peers.udp_received(INTERNET_V6.into()), 1);
+    assert_eq!(
+        node.send("100.64.1.0".parse().unwrap(), 1),
+        1,
+        "a new rule holds"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+
+    // A restart asking for more slots swaps too, and keeps what was learned.
+    let mut daemon = node.daemon(&["--policy", &policy, "--rule-capacity", "30000"]);
+    assert!(
+        daemon
+            .log
+            .iter()
+            .any(|l| l.contains("rule slots, 30000 are asked for")),
+        "{:#?}",
+        daemon.log
+    );
+    assert_eq!(node.send(INTERNET_V6.into(), 1), 0, "still learned");
+    assert_eq!(node.send(INTERNET_V4.into(), 1), 1, "still denied");
+
+    // `policy apply` of a policy bigger still: the running daemon does the swap.
+    let mut bigger = big.clone();
+    for i in 0..31000u32 {
+        let [_, b, c, d] = (i + 8192).to_be_bytes();
+        bigger.push_str(&format!(
+            "[[rule]]\nname = \"s{i}\"\ncidr = \"100.{}.{c}.{d}/32\"\naction = \"deny\"\n",
+            64 + u32::from(b)
+        ));
+    }
+    let bigger_file = node.policy_file("bigger.toml", &bigger);
+    let output = egress_monitor(&["policy", "apply", &bigger_file, "--pin-path", &node.pin()]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        stdout(&output).contains("applied by the daemon"),
+        "{}",
+        stdout(&output)
+    );
+    daemon.wait_for("rule slots", Duration::from_secs(60));
+    assert_eq!(
+        node.send(INTERNET_V6.into(), 1),
+        0,
+        "still learned after the second swap"
+    );
     let (code, log) = daemon.stop();
     assert_eq!(code, 0, "{log:#?}");
 }
