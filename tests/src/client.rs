@@ -243,7 +243,30 @@ impl Client {
         ])
     }
 
+    /// A command that runs `program` with `args` where this client would run: joined to the
+    /// cgroup and the namespace (and dropped to the uid or CAP_NET_RAW, when set) before the
+    /// exec, so every socket it makes is judged as the client's would be.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = self.command();
+        command.arg("exec").arg(program).args(args);
+        command
+    }
+
     fn call(&self, args: &[String]) -> anyhow::Result<Outcome> {
+        let mut command = self.command();
+        command.args(args);
+        let output = command.output().context("running em-testclient")?;
+        if !output.status.success() {
+            bail!(
+                "em-testclient {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        parse(&String::from_utf8_lossy(&output.stdout))
+    }
+
+    /// `em-testclient` with this client's flags.
+    fn command(&self) -> Command {
         let mut command = Command::new(&self.binary);
         command.arg("--netns").arg(&self.netns);
         if let Some(cgroup) = &self.cgroup {
@@ -263,15 +286,7 @@ impl Client {
                 .arg("--interval-us")
                 .arg(interval.as_micros().to_string());
         }
-        command.args(args);
-        let output = command.output().context("running em-testclient")?;
-        if !output.status.success() {
-            bail!(
-                "em-testclient {args:?} failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        parse(&String::from_utf8_lossy(&output.stdout))
+        command
     }
 }
 

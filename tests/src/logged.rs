@@ -93,6 +93,22 @@ impl Logged {
         status
     }
 
+    /// Waits (bounded) for the process to exit by itself and returns its status with the rest
+    /// of its log read; `None` if it still runs after `limit` (it is killed on drop).
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                self.drain(Duration::from_millis(500));
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL, as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

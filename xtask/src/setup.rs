@@ -14,8 +14,10 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the tests, the benchmark and the daemon's users rely on (a shell test that succeeds
 /// when it is there), and the Debian packages that have it. iperf3, nft, iptables and ipset are
 /// the benchmark's peers and rivals; PostgreSQL is the controller's shared store; chromium
-/// renders the controller's page in the tests; openssl makes their TLS certificates.
-const DEBIAN_TOOLS: [(&str, &str); 9] = [
+/// renders the controller's page in the tests; openssl makes their TLS certificates; busybox
+/// (its udhcpd and udhcpc), ethtool and tcpdump are the real DHCP server, client and capture
+/// that the kernel tests run under the raw-socket guards.
+const DEBIAN_TOOLS: [(&str, &str); 12] = [
     ("command -v ip", "iproute2"),
     ("command -v bpftool", "bpftool"),
     ("command -v iperf3", "iperf3"),
@@ -25,6 +27,9 @@ const DEBIAN_TOOLS: [(&str, &str); 9] = [
     ("ls /usr/lib/postgresql/*/bin/postgres", "postgresql"),
     ("command -v chromium", "chromium"),
     ("command -v openssl", "openssl"),
+    ("busybox udhcpd --help", "busybox"),
+    ("command -v tcpdump", "tcpdump"),
+    ("command -v ethtool", "ethtool"),
 ];
 
 pub fn setup() -> anyhow::Result<()> {

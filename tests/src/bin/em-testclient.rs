@@ -15,6 +15,7 @@
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] source-route DST HOP PORT
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] own-resolver SERVER NAME FORGED_V4
 //! em-testclient --netns NAME [--cgroup PATH] [--interval-us US] udp-connected DST PORT COUNT
+//! em-testclient --netns NAME [--cgroup PATH] [--uid UID] [--caps net_raw] exec PROGRAM [ARG]...
 //! ```
 //! `l2` sends UDP datagrams to DST:PORT in Ethernet frames to DST_MAC through an AF_PACKET
 //! socket, MODE `plain`, `bypass` (`PACKET_QDISC_BYPASS`), `mmsg` (bypass, `sendmmsg`) or
@@ -24,6 +25,8 @@
 //! own on SERVER (loopback) that answers FORGED_V4; `udp-connected` sends COUNT datagrams
 //! from one connected socket. `--caps net_raw` drops to nobody keeping only CAP_NET_RAW (what
 //! container runtimes grant); `--mark N` sets `SO_MARK` on `udp`'s socket.
+//! `exec` replaces the client with PROGRAM (a real tool: a DHCP client, tcpdump) once it has
+//! joined the cgroup and the namespace, without the fresh /sys `ip netns exec` would mount.
 //! `frame` sends raw Ethernet frames through an AF_PACKET socket: broadcast, behind VLAN_TAGS
 //! 802.1Q tags, with ETHERTYPE (hex); for 0800 the payload is a UDP datagram to 203.0.113.1.
 //! It joins the cgroup first (so every socket it makes belongs there), then the namespace,
@@ -34,7 +37,10 @@ use std::{
     io::{self, Read as _, Write as _},
     mem::size_of,
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
@@ -117,6 +123,12 @@ fn main() -> anyhow::Result<()> {
         keep_only_net_raw()?;
     }
     let arg = |i: usize| args.get(i).map(String::as_str).context("missing argument");
+    if arg(0)? == "exec" {
+        let program = arg(1)?;
+        // Only returns on failure.
+        let err = std::process::Command::new(program).args(&args[2..]).exec();
+        return Err(err).with_context(|| format!("exec {program}"));
+    }
     let report = match arg(0)? {
         "udp" => udp(
             arg(1)?.parse()?,

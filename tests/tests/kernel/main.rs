@@ -10,6 +10,8 @@
 //! - `bypass`: raw packet sockets, AF_XDP, source routes and marks: no way around the hooks.
 //! - `multicast`: multicast allowed by scope, global scope only by opting in.
 //! - `applied`: a policy `policy apply` applied stays applied across SIGHUP and restarts.
+//! - `rawneeds`: what nodes need from packet sockets (a DHCP client's lease and renewal,
+//!   tcpdump) still works under the raw-socket guards.
 
 mod applied;
 mod azure;
@@ -22,6 +24,7 @@ mod durable;
 mod fleet;
 mod flows;
 mod multicast;
+mod rawneeds;
 
 use std::{
     net::IpAddr,
