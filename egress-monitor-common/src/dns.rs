@@ -185,6 +185,17 @@ pub mod refusal {
     pub const OTHER_NETNS: u8 = 3;
     /// The answer does not answer a question this socket asked that server (id and name).
     pub const NOT_ASKED: u8 = 4;
+    /// The answer names a resolver that is not on this node, yet arrived over loopback: a local
+    /// process sent it in the resolver's name (a raw socket can write any source address).
+    pub const LOOPED_BACK: u8 = 5;
+}
+
+/// `DNS_RESOLVERS_*` values: where a resolver is, and so how its answers may arrive.
+pub mod resolver {
+    /// Elsewhere: its answers arrive from the network, never over loopback.
+    pub const REMOTE: u8 = 1;
+    /// On this node (a loopback address, or one of the node's own): over loopback.
+    pub const LOCAL: u8 = 2;
 }
 
 /// A socket that opened to an address while a DNS answer allowed it (`LEARNED_SOCKETS`):

@@ -13,7 +13,7 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{
         bpf_ktime_get_boot_ns, bpf_skb_cgroup_id,
-        generated::{bpf_get_socket_cookie, bpf_loop, bpf_skb_load_bytes},
+        generated::{bpf_get_socket_cookie, bpf_loop, bpf_sk_fullsock, bpf_skb_load_bytes},
     },
     programs::sk_buff::SkBuff,
 };
@@ -21,7 +21,7 @@ use egress_monitor_common::{
     dns::{
         ANSWER_ADDRESSES, DnsEvent, HASH_SEED, LearnedSocket, LearnedValue, MAX_ANSWERS,
         MAX_LEARNED_TTL, MAX_NAME, NO_RULE, PendingKey, QueryKey, QueryValue, fold, kind, queries,
-        refusal,
+        refusal, resolver,
     },
     event::flags,
     maps::stat,
@@ -109,10 +109,13 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet, message: usize
     // Only the node's own resolvers teach, and only sockets of the namespaces the daemon
     // trusts: a process that runs a resolver of its own (on its own 127.0.0.1, in a user
     // namespace, say) and asks it for an allowed name learns nothing for anyone.
+    let place = resolver_place(packet);
     let why = if rule_action != action::ALLOW {
         refusal::NAME_NOT_ALLOWED
-    } else if !is_resolver(packet) {
+    } else if place == 0 {
         refusal::NOT_A_RESOLVER
+    } else if place == resolver::REMOTE && arrived_over_loopback(raw) {
+        refusal::LOOPED_BACK
     } else if !trusted_netns(cookie) {
         refusal::OTHER_NETNS
     } else if !answers_a_question(cookie, packet, id, name_hash) {
@@ -195,15 +198,45 @@ fn learn_from(skb: &SkBuff, raw: *mut __sk_buff, packet: &Packet, message: usize
     Some(())
 }
 
-/// Whether the answer comes from one of the node's resolvers (`DNS_RESOLVERS_V4`/`_V6`).
+/// Where the resolver the answer names as its source is ([`resolver`]), or 0 when it is not one
+/// of the node's resolvers (`DNS_RESOLVERS_V4`/`_V6`).
 #[inline(always)]
-fn is_resolver(packet: &Packet) -> bool {
-    if packet.ip_version == 4 {
+fn resolver_place(packet: &Packet) -> u8 {
+    let place = if packet.ip_version == 4 {
         let mut address = [0u8; 4];
         address.copy_from_slice(&packet.src[..4]);
-        DNS_RESOLVERS_V4.get_ptr(&address).is_some()
+        DNS_RESOLVERS_V4.get_ptr(&address)
     } else {
-        DNS_RESOLVERS_V6.get_ptr(&packet.src).is_some()
+        DNS_RESOLVERS_V6.get_ptr(&packet.src)
+    };
+    // SAFETY: a value pointer from a map lookup, valid for this program run.
+    place.map_or(0, |place| unsafe { *place })
+}
+
+/// The loopback device's index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Whether the packet was received over loopback: sent by a process on this node.
+#[inline(always)]
+fn arrived_over_loopback(raw: *mut __sk_buff) -> bool {
+    // SAFETY: reading a context field of the program's own skb.
+    unsafe { (*raw).ingress_ifindex == LOOPBACK_IFINDEX }
+}
+
+/// Whether the packet leaves a raw socket. An answer from port 53 written by a raw socket is
+/// a forgery: resolvers answer from UDP and TCP sockets. Not inlined: only packets from port
+/// 53 ask.
+#[inline(never)]
+pub fn sent_by_raw_socket(raw: *mut __sk_buff) -> bool {
+    const SOCK_RAW: u32 = 3;
+    // SAFETY: reading a context field of the program's own skb; the helper checks the socket.
+    unsafe {
+        let sk = (*raw).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return false;
+        }
+        let full = bpf_sk_fullsock(sk);
+        !full.is_null() && (*full).type_ == SOCK_RAW
     }
 }
 

@@ -116,6 +116,18 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
     } else {
         (rule_id, allowed)
     };
+    // An answer from port 53 that a raw socket writes is forged in a resolver's name: denied,
+    // so no socket of the node receives it (resolvers answer from UDP and TCP sockets).
+    let (rule_id, allowed) = if allowed
+        && packet.flags & flags::HAS_PORTS != 0
+        && packet.src_port == DNS_PORT
+        && (packet.proto == IPPROTO_UDP || packet.proto == IPPROTO_TCP)
+        && dns::sent_by_raw_socket(raw)
+    {
+        (RULE_ID_DEFAULT, false)
+    } else {
+        (rule_id, allowed)
+    };
     if allowed && question.status == dns::status::NAME && question.rule_action == action::ALLOW {
         dns::remember(raw, &packet, &question);
     }

@@ -28,8 +28,17 @@ pub fn main(cli: Cli) -> ExitCode {
             Ok(status) => print(&status, json, status::render),
             Err(err) => fail(&err, classify(&err)),
         },
-        Command::Check { pins, mode, json } => {
-            match check::check(&PinLayout::new(pins.pin_path), mode) {
+        Command::Check {
+            pins,
+            mode,
+            accept_compat_syscalls,
+            json,
+        } => {
+            let options = check::Options {
+                required_mode: mode,
+                accept_compat_syscalls,
+            };
+            match check::check(&PinLayout::new(pins.pin_path), options) {
                 Ok(report) => {
                     print(&report, json, check::render);
                     if report.ok() {

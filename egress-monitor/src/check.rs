@@ -113,7 +113,69 @@ pub enum CheckError {
     },
 }
 
-pub fn check(layout: &PinLayout, required_mode: Option<Mode>) -> Result<CheckReport, CheckError> {
+/// What `check` is asked to require.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Also require this mode.
+    pub required_mode: Option<Mode>,
+    /// Pass although 32-bit system calls are on (see [`compat_syscalls`]).
+    pub accept_compat_syscalls: bool,
+}
+
+/// Whether 32-bit system calls (x86 IA32 emulation) are on. Their `setsockopt` skips the
+/// cgroup setsockopt hook (the kernel runs it for native calls only), so a process with
+/// CAP_NET_RAW could set `PACKET_QDISC_BYPASS` or make an AF_XDP TX ring past the guards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compat {
+    Off,
+    On,
+    /// The kernel's configuration could not be read: treated as on.
+    Unknown,
+}
+
+/// [`Compat`] from the kernel command line and its build configuration (`None`: unreadable).
+/// `ia32_emulation=` on the command line wins; else the build's default.
+pub fn compat_syscalls(arch: &str, cmdline: &str, config: Option<&str>) -> Compat {
+    if arch != "x86_64" {
+        return Compat::Off;
+    }
+    for word in cmdline.split_whitespace() {
+        match word {
+            "ia32_emulation=0" | "ia32_emulation=false" | "ia32_emulation=off" => {
+                return Compat::Off;
+            }
+            "ia32_emulation=1" | "ia32_emulation=true" | "ia32_emulation=on" => {
+                return Compat::On;
+            }
+            _ => {}
+        }
+    }
+    let Some(config) = config else {
+        return Compat::Unknown;
+    };
+    let set = |option: &str| config.lines().any(|line| line == format!("{option}=y"));
+    if !set("CONFIG_IA32_EMULATION") || set("CONFIG_IA32_EMULATION_DEFAULT_DISABLED") {
+        Compat::Off
+    } else {
+        Compat::On
+    }
+}
+
+/// [`compat_syscalls`] for this machine: /proc/cmdline, and the build configuration from
+/// /boot/config-RELEASE.
+fn this_kernels_compat() -> Compat {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok();
+    compat_syscalls(
+        std::env::consts::ARCH,
+        &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        config.as_deref(),
+    )
+}
+
+pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckError> {
+    let required_mode = options.required_mode;
     let datapath = Datapath::existing(layout)?;
     let live = datapath.config()?;
     let state = crate::state::StateFile::load(&layout.state_file())
@@ -142,6 +204,38 @@ pub fn check(layout: &PinLayout, required_mode: Option<Mode>) -> Result<CheckRep
             "{}: the raw-socket guards are not attached: its processes can send frames past \
              the TC hook (PACKET_QDISC_BYPASS, AF_XDP)",
             guard.cgroup_link
+        ));
+    }
+    let compat = this_kernels_compat();
+    if compat != Compat::Off && !raw_socket_guards.is_empty() {
+        let message = format!(
+            "32-bit system calls are {} (IA32 emulation): a setsockopt made through them skips \
+             the cgroup hooks, so a process with CAP_NET_RAW can set PACKET_QDISC_BYPASS or make \
+             an AF_XDP TX ring and send past the TC hook. Boot with ia32_emulation=0 (Linux 6.7+) \
+             to close it{}",
+            if compat == Compat::On {
+                "on"
+            } else {
+                "possibly on (the kernel's configuration is unreadable)"
+            },
+            if options.accept_compat_syscalls {
+                "; accepted with --accept-compat-syscalls"
+            } else {
+                ", or pass --accept-compat-syscalls to accept the risk"
+            }
+        );
+        if options.accept_compat_syscalls {
+            notes.push(message);
+        } else {
+            problems.push(message);
+        }
+    }
+    let unhooked = interfaces_without_tc(&attachments);
+    if !unhooked.is_empty() && attachments.iter().any(|name| name.starts_with("tc-")) {
+        notes.push(format!(
+            "interfaces of this network namespace without the TC hook: {}: frames from packet \
+             sockets (AF_PACKET) and forwarded traffic leave through them unjudged",
+            unhooked.join(", ")
         ));
     }
     if !attachments.iter().any(|name| name.starts_with("tc-")) {
@@ -229,6 +323,28 @@ pub fn check(layout: &PinLayout, required_mode: Option<Mode>) -> Result<CheckRep
     })
 }
 
+/// Interfaces of this network namespace that are up (or of unknown state), other than
+/// loopback, with no TC link pinned here.
+fn interfaces_without_tc(attachments: &[String]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    let mut unhooked: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let read = |file: &str| std::fs::read_to_string(entry.path().join(file)).ok();
+            let state = read("operstate")?;
+            let index: u32 = read("ifindex")?.trim().parse().ok()?;
+            let up = matches!(state.trim(), "up" | "unknown");
+            let link = crate::pins::tc_link_name(index).ok()?;
+            (name != "lo" && up && !attachments.contains(&link)).then_some(name)
+        })
+        .collect();
+    unhooked.sort();
+    unhooked
+}
+
 /// Each cgroup egress link, and whether the guard link of the same cgroup (`opt<name>`) is
 /// pinned beside it.
 fn guards(attachments: &[String]) -> Vec<GuardStatus> {
@@ -247,29 +363,41 @@ fn guards(attachments: &[String]) -> Vec<GuardStatus> {
 /// evenly). Which verdict each must get is decided by [`decide`] like any probe, so a narrower
 /// rule inside the prefix is respected.
 fn policy_probes(state: &StateFile) -> Vec<(IpAddr, String)> {
-    let prefixes = |wanted: Action| -> Vec<(IpNetwork, &str)> {
+    let prefixes = |wanted: Action| -> Vec<(IpNetwork, &str, &str)> {
         state
             .rules
             .iter()
             .filter(|rule| rule.action == wanted)
-            .filter_map(|rule| Some((rule.cidr.parse::<IpNetwork>().ok()?, rule.name.as_str())))
+            .filter_map(|rule| {
+                let network = rule.cidr.parse::<IpNetwork>().ok()?;
+                Some((network, rule.name.as_str(), rule.origin.as_str()))
+            })
             .collect()
     };
     let deny = prefixes(Action::Deny);
-    let allow = prefixes(Action::Allow);
-    let step = allow.len().div_ceil(MAX_ALLOW_PROBES).max(1);
+    // The operator's own allow rules first (the default groups have fixed probes), then the
+    // groups', each spread evenly.
+    let (own, groups): (Vec<_>, Vec<_>) = prefixes(Action::Allow)
+        .into_iter()
+        .partition(|(_, _, origin)| !origin.starts_with("group "));
+    let own = spread(own, MAX_ALLOW_PROBES);
+    let groups = spread(groups, MAX_ALLOW_PROBES - own.len());
     deny.into_iter()
         .take(MAX_DENY_PROBES)
-        .map(|(network, name)| (network, format!("deny rule `{name}`")))
+        .map(|(network, name, _)| (network, format!("deny rule `{name}`")))
         .chain(
-            allow
-                .into_iter()
-                .step_by(step)
-                .take(MAX_ALLOW_PROBES)
-                .map(|(network, name)| (network, format!("allow rule `{name}`"))),
+            own.into_iter()
+                .chain(groups)
+                .map(|(network, name, _)| (network, format!("allow rule `{name}`"))),
         )
         .map(|(network, stands_for)| (inside(network), stands_for))
         .collect()
+}
+
+/// At most `most` of `rules`, spread evenly over them.
+fn spread<T>(rules: Vec<T>, most: usize) -> Vec<T> {
+    let step = rules.len().div_ceil(most.max(1)).max(1);
+    rules.into_iter().step_by(step).take(most).collect()
 }
 
 /// An address inside `network`: the one after the network address where there is one (a host
@@ -374,6 +502,29 @@ mod tests {
             };
             assert_eq!(dst, destination);
         }
+    }
+
+    #[test]
+    fn compat_syscalls_follow_the_command_line_then_the_build() {
+        let on = "CONFIG_X86_64=y\nCONFIG_IA32_EMULATION=y\n";
+        let default_off = "CONFIG_IA32_EMULATION=y\nCONFIG_IA32_EMULATION_DEFAULT_DISABLED=y\n";
+        let none = "# CONFIG_IA32_EMULATION is not set\n";
+        assert_eq!(compat_syscalls("x86_64", "quiet", Some(on)), Compat::On);
+        assert_eq!(
+            compat_syscalls("x86_64", "ro ia32_emulation=0", Some(on)),
+            Compat::Off
+        );
+        assert_eq!(
+            compat_syscalls("x86_64", "", Some(default_off)),
+            Compat::Off
+        );
+        assert_eq!(
+            compat_syscalls("x86_64", "ia32_emulation=1", Some(default_off)),
+            Compat::On
+        );
+        assert_eq!(compat_syscalls("x86_64", "", Some(none)), Compat::Off);
+        assert_eq!(compat_syscalls("x86_64", "", None), Compat::Unknown);
+        assert_eq!(compat_syscalls("aarch64", "", None), Compat::Off);
     }
 
     #[test]

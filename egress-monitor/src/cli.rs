@@ -88,6 +88,11 @@ SIGHUP reads the token files and the TLS certificate and key again (invalid ones
         /// Also require this mode.
         #[arg(long, value_enum)]
         mode: Option<Mode>,
+        /// Pass although 32-bit system calls (IA32 emulation) are on: their setsockopt skips
+        /// the cgroup hooks, so the raw-socket guards cannot see it (boot with
+        /// `ia32_emulation=0` to close it instead).
+        #[arg(long)]
+        accept_compat_syscalls: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,

@@ -33,7 +33,7 @@ use aya::{
 use egress_monitor_common::{
     dns::{
         DomainValue, LearnedSocket, LearnedValue, NO_RULE, PendingKey, queries as dns_queries,
-        suffix_hash,
+        resolver as dns_resolver, suffix_hash,
     },
     maps::{
         self as names, Counter, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES, SockOwner, counter_index,
@@ -1001,22 +1001,34 @@ impl Datapath {
     /// first).
     fn apply_trust(&mut self, policy: &Policy) -> Result<(), DatapathError> {
         let resolvers = resolvers::trusted_resolvers(&policy.dns);
-        let v4: Vec<[u8; 4]> = resolvers
+        let local = resolvers::local_addresses();
+        let place = |address: &IpAddr| {
+            if resolvers::is_local(address, &local) {
+                dns_resolver::LOCAL
+            } else {
+                dns_resolver::REMOTE
+            }
+        };
+        let v4: Vec<([u8; 4], u8)> = resolvers
             .iter()
             .filter_map(|address| match address {
-                IpAddr::V4(v4) => Some(v4.octets()),
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(|v4| v4.octets()),
+                IpAddr::V4(v4) => Some((v4.octets(), place(address))),
+                IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map(|v4| (v4.octets(), place(&IpAddr::V4(v4)))),
             })
             .collect();
-        let v6: Vec<[u8; 16]> = resolvers
+        let v6: Vec<([u8; 16], u8)> = resolvers
             .iter()
             .filter_map(|address| match address {
-                IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => Some(v6.octets()),
+                IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                    Some((v6.octets(), place(address)))
+                }
                 _ => None,
             })
             .collect();
-        replace_set(&self.target, names::DNS_RESOLVERS_V4, &v4)?;
-        replace_set(&self.target, names::DNS_RESOLVERS_V6, &v6)?;
+        replace_entries(&self.target, names::DNS_RESOLVERS_V4, &v4)?;
+        replace_entries(&self.target, names::DNS_RESOLVERS_V6, &v6)?;
         let netns = resolvers::trusted_netns_cookies(&policy.dns)?;
         replace_set(&self.target, names::DNS_NETNS, &netns)?;
         write_config(
@@ -1594,21 +1606,34 @@ fn link_and_pin(
     Ok(())
 }
 
-/// Makes the hash map `name` (a set: every value 1) hold exactly `wanted`: new keys first,
-/// then the stale ones removed.
-fn replace_set<K: aya::Pod + Eq + std::hash::Hash>(
+/// Makes the hash map `name` (a set: every value 1) hold exactly `wanted`.
+fn replace_set<K: aya::Pod + PartialEq>(
     layout: &PinLayout,
     name: &'static str,
     wanted: &[K],
 ) -> Result<(), DatapathError> {
-    let mut set: AyaHashMap<MapData, K, u8> = open_map(layout, name)?;
-    for key in wanted {
-        set.insert(key, &1u8, 0)
+    let entries: Vec<(K, u8)> = wanted.iter().map(|key| (*key, 1)).collect();
+    replace_entries(layout, name, &entries)
+}
+
+/// Makes the hash map `name` hold exactly `wanted`: new and changed entries first, then the
+/// stale ones removed.
+fn replace_entries<K: aya::Pod + PartialEq>(
+    layout: &PinLayout,
+    name: &'static str,
+    wanted: &[(K, u8)],
+) -> Result<(), DatapathError> {
+    let mut map: AyaHashMap<MapData, K, u8> = open_map(layout, name)?;
+    for (key, value) in wanted {
+        map.insert(key, value, 0)
             .map_err(DatapathError::map(name, "insert"))?;
     }
-    let live: Vec<K> = set.keys().filter_map(Result::ok).collect();
-    for key in live.iter().filter(|key| !wanted.contains(key)) {
-        set.remove(key)
+    let live: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for key in live
+        .iter()
+        .filter(|key| !wanted.iter().any(|(wanted, _)| wanted == *key))
+    {
+        map.remove(key)
             .map_err(DatapathError::map(name, "remove a stale entry"))?;
     }
     Ok(())

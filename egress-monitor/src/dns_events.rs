@@ -292,6 +292,7 @@ pub fn refusal_name(code: u8) -> Result<Option<&'static str>, EventError> {
         refusal::NOT_A_RESOLVER => "not_a_resolver",
         refusal::OTHER_NETNS => "other_network_namespace",
         refusal::NOT_ASKED => "not_asked",
+        refusal::LOOPED_BACK => "looped_back",
         value => {
             return Err(EventError::BadCode {
                 field: "dns refusal",

@@ -62,6 +62,49 @@ pub fn trusted_resolvers(trust: &DnsTrust) -> Vec<IpAddr> {
     }
 }
 
+/// The addresses of this network namespace's interfaces (`getifaddrs`); empty if they cannot
+/// be read (every non-loopback resolver then counts as remote, the stricter reading).
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates the list it returns; freed below.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut addresses = Vec::new();
+    let mut entry = list;
+    while !entry.is_null() {
+        // SAFETY: a node of the list getifaddrs returned; its address may be null.
+        let address = unsafe { (*entry).ifa_addr };
+        if !address.is_null() {
+            // SAFETY: the family says which sockaddr it is.
+            match i32::from(unsafe { (*address).sa_family }) {
+                libc::AF_INET => {
+                    // SAFETY: an AF_INET address is a sockaddr_in.
+                    let v4 = unsafe { *address.cast::<libc::sockaddr_in>() };
+                    addresses.push(IpAddr::from(v4.sin_addr.s_addr.to_ne_bytes()));
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: an AF_INET6 address is a sockaddr_in6.
+                    let v6 = unsafe { *address.cast::<libc::sockaddr_in6>() };
+                    addresses.push(IpAddr::from(v6.sin6_addr.s6_addr));
+                }
+                _ => {}
+            }
+        }
+        // SAFETY: as above.
+        entry = unsafe { (*entry).ifa_next };
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    addresses
+}
+
+/// Whether a resolver is on this node (its answers arrive over loopback): a loopback address
+/// or one of `local`.
+pub fn is_local(resolver: &IpAddr, local: &[IpAddr]) -> bool {
+    resolver.is_loopback() || local.contains(resolver)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("network namespace {}: cannot open it", path.display())]
@@ -193,6 +236,16 @@ mod tests {
         let defaults = trusted_resolvers(&DnsTrust::default());
         assert!(defaults.contains(&AZURE_DNS), "{defaults:?}");
         assert!(defaults.contains(&RESOLVED_STUBS[0]), "{defaults:?}");
+    }
+
+    #[test]
+    fn loopback_and_own_addresses_are_local_resolvers() {
+        let local: Vec<IpAddr> = vec!["10.0.0.5".parse().unwrap()];
+        assert!(is_local(&"127.0.0.53".parse().unwrap(), &local));
+        assert!(is_local(&"::1".parse().unwrap(), &local));
+        assert!(is_local(&"10.0.0.5".parse().unwrap(), &local));
+        assert!(!is_local(&AZURE_DNS, &local));
+        assert!(local_addresses().iter().any(IpAddr::is_loopback));
     }
 
     #[test]

@@ -233,6 +233,25 @@ impl Client {
         ])
     }
 
+    /// Asks `resolver` for `name`, then answers itself in the resolver's name over loopback
+    /// (`mode`: `raw`, a raw IP socket; `packet`, a frame on `lo`), naming `forged`. `ok`: the
+    /// forgery was sent, `eperm`: refused; `replies`: answers the asking socket received.
+    pub fn forge_as_resolver(
+        &self,
+        mode: &str,
+        resolver: Ipv4Addr,
+        name: &str,
+        forged: Ipv4Addr,
+    ) -> anyhow::Result<Outcome> {
+        self.call(&[
+            "forge-as-resolver".into(),
+            mode.to_owned(),
+            resolver.to_string(),
+            name.to_owned(),
+            forged.to_string(),
+        ])
+    }
+
     /// `count` datagrams from one connected UDP socket (`interval` apart).
     pub fn udp_connected(&self, dst: IpAddr, port: u16, count: u32) -> anyhow::Result<Outcome> {
         self.call(&[

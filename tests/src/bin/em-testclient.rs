@@ -15,6 +15,7 @@
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] source-route DST HOP PORT
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] own-resolver SERVER NAME FORGED_V4
 //! em-testclient --netns NAME [--cgroup PATH] [--interval-us US] udp-connected DST PORT COUNT
+//! em-testclient --netns NAME [--cgroup PATH] [--caps net_raw] forge-as-resolver raw|packet RESOLVER NAME FORGED_V4
 //! em-testclient --netns NAME [--cgroup PATH] [--uid UID] [--caps net_raw] exec PROGRAM [ARG]...
 //! ```
 //! `l2` sends UDP datagrams to DST:PORT in Ethernet frames to DST_MAC through an AF_PACKET
@@ -23,7 +24,8 @@
 //! `source-route` sends to DST through HOP (IPv4 LSRR, IPv6 segment routing header);
 //! `own-resolver` unshares a user and network namespace and resolves NAME from a server of its
 //! own on SERVER (loopback) that answers FORGED_V4; `udp-connected` sends COUNT datagrams
-//! from one connected socket. `--caps net_raw` drops to nobody keeping only CAP_NET_RAW (what
+//! from one connected socket; `forge-as-resolver` asks RESOLVER for NAME, then answers itself
+//! in RESOLVER's name over loopback (a raw IP socket, or a frame on `lo`). `--caps net_raw` drops to nobody keeping only CAP_NET_RAW (what
 //! container runtimes grant); `--mark N` sets `SO_MARK` on `udp`'s socket.
 //! `exec` replaces the client with PROGRAM (a real tool: a DHCP client, tcpdump) once it has
 //! joined the cgroup and the namespace, without the fresh /sys `ip netns exec` would mount.
@@ -53,6 +55,8 @@ use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Type};
 mod raw;
 #[path = "../testclient/routes.rs"]
 mod routes;
+#[path = "../testclient/spoof.rs"]
+mod spoof;
 #[path = "../testclient/userns.rs"]
 mod userns;
 
@@ -165,6 +169,7 @@ fn main() -> anyhow::Result<()> {
             arg(6)?.parse()?,
         )?,
         "xdp-tx-ring" => raw::xdp_tx_ring()?,
+        "forge-as-resolver" => spoof::forge(arg(1)?, arg(2)?.parse()?, arg(3)?, arg(4)?.parse()?)?,
         "source-route" => routes::send(arg(1)?.parse()?, arg(2)?.parse()?, arg(3)?.parse()?)?,
         "own-resolver" => userns::own_resolver(arg(1)?.parse()?, arg(2)?, arg(3)?.parse()?)?,
         "udp-connected" => udp_connected(

@@ -683,3 +683,52 @@ fn a_connection_outlives_its_record() {
         "both hooks passed the held socket's late datagrams: {counters:?}"
     );
 }
+
+/// An answer forged in a resolver's name by a process with CAP_NET_RAW alone teaches nothing,
+/// though it answers an open question of the forger's own socket: through a raw IP socket it
+/// never leaves the sender (EPERM: resolvers answer from UDP and TCP sockets, not raw ones); as
+/// a frame on the loopback device (no hook sees that send) it arrives, but a resolver that is not
+/// on this node never answers over loopback, so it is refused as `looped_back`.
+#[test]
+fn an_answer_forged_in_a_resolvers_name_teaches_nothing() {
+    let node = Node::new("dnsforge2");
+    let (daemon, _server) = start(
+        &node,
+        vec![Record::new("api.allowed.test", documentation_v4(80), 60)],
+    );
+    let mut forger = client(&node.topology, Some(&node.cgroup));
+    forger.net_raw_only = true;
+    let raw = forger
+        .forge_as_resolver(
+            "raw",
+            PRIVATE_V4,
+            "x1.allowed.test",
+            Ipv4Addr::new(203, 0, 113, 81),
+        )
+        .unwrap();
+    assert_eq!((raw.ok, raw.eperm), (0, 1), "{raw:?}");
+    assert!(!reachable(&node, documentation_v4(81)));
+    let frame = forger
+        .forge_as_resolver(
+            "packet",
+            PRIVATE_V4,
+            "x2.allowed.test",
+            Ipv4Addr::new(203, 0, 113, 82),
+        )
+        .unwrap();
+    assert_eq!(frame.ok, 1, "{frame:?}");
+    assert!(
+        !reachable(&node, documentation_v4(82)),
+        "the forgery taught nothing"
+    );
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    let lines = event_lines(&node.events(), 1);
+    let forged = lines
+        .iter()
+        .find(|l| l["kind"] == "dns_answer" && l["name"] == "x2.allowed.test")
+        .unwrap_or_else(|| panic!("the forged answer is reported ({frame:?}): {lines:#?}"));
+    assert_eq!(forged["learned"], false, "{forged}");
+    assert_eq!(forged["why"], "looped_back", "{forged}");
+    assert_eq!(forged["server"], PRIVATE_V4.to_string(), "{forged}");
+}

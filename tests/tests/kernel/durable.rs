@@ -267,7 +267,14 @@ fn check_proves_isolation_and_fails_when_it_is_not_there() {
     let daemon = node.daemon(&["--mode", "enforce"]);
     let pin = node.pin();
     let before = status_json(&node.bpffs.pin_path());
-    let output = egress_monitor(&["check", "--mode", "enforce", "--pin-path", &pin]);
+    let output = egress_monitor(&[
+        "check",
+        "--mode",
+        "enforce",
+        "--accept-compat-syscalls",
+        "--pin-path",
+        &pin,
+    ]);
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -366,7 +373,14 @@ fn check_says_what_it_proves() {
         text.contains("PROBLEM: observe mode counts and reports denied packets but drops none"),
         "{text}"
     );
-    let output = egress_monitor(&["check", "--mode", "observe", "--pin-path", &pin]);
+    let output = egress_monitor(&[
+        "check",
+        "--mode",
+        "observe",
+        "--accept-compat-syscalls",
+        "--pin-path",
+        &pin,
+    ]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(text.contains("it is not isolated"), "{text}");
@@ -381,7 +395,13 @@ fn check_says_what_it_proves() {
         "enforce",
     ]);
     assert_eq!(applied.status.code(), Some(0), "{}", stderr(&applied));
-    let output = egress_monitor(&["check", "--pin-path", &pin, "--json"]);
+    let output = egress_monitor(&[
+        "check",
+        "--accept-compat-syscalls",
+        "--pin-path",
+        &pin,
+        "--json",
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let probe = |address: &str, program: &str| {
@@ -408,6 +428,34 @@ fn check_says_what_it_proves() {
     let guards = report["raw_socket_guards"].as_array().unwrap();
     assert_eq!(guards.len(), 1, "{report:#}");
     assert_eq!(guards[0]["attached"], true);
+
+    // 32-bit system calls skip the cgroup hooks: where this kernel has them, check says so
+    // and fails unless the risk is accepted.
+    let compat_on = std::fs::read_to_string("/proc/cmdline")
+        .is_ok_and(|cmdline| !cmdline.contains("ia32_emulation=0"))
+        && std::env::consts::ARCH == "x86_64"
+        && std::fs::read_to_string(format!(
+            "/boot/config-{}",
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap()
+                .trim()
+        ))
+        .map_or(true, |config| {
+            config.lines().any(|l| l == "CONFIG_IA32_EMULATION=y")
+                && !config
+                    .lines()
+                    .any(|l| l == "CONFIG_IA32_EMULATION_DEFAULT_DISABLED=y")
+        });
+    let output = egress_monitor(&["check", "--pin-path", &pin]);
+    let text = stdout(&output);
+    assert_eq!(
+        (
+            output.status.code(),
+            text.contains("32-bit system calls are")
+        ),
+        (Some(if compat_on { 1 } else { 0 }), compat_on),
+        "{text}"
+    );
 
     // Without its guard link, the cgroup is a problem.
     let guard_link = std::fs::read_dir(PinLayout::new(&pin).links())
