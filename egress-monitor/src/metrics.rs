@@ -11,6 +11,7 @@
 //! | `egress_monitor_dns_queries_total` | `verdict` (allowed, denied) |
 //! | `egress_monitor_dns_answers_learned_total`, `egress_monitor_dns_allowed_addresses` | |
 //! | `egress_monitor_malformed_packets_total`, `_non_ip_denied_total`, `_arp_frames_total` | |
+//! | `egress_monitor_dns_answers_untrusted_total`, `_source_routed_total`, `_raw_guard_hits_total`, `_learned_socket_passes_total` | |
 //! | `egress_monitor_enforcing` (1 enforce, 0 observe), `egress_monitor_policy_info{version}`, `egress_monitor_up` | |
 //! | `egress_monitor_reports_delivered_total`, `_reports_rejected_total`, `_reports_dropped_total`, `egress_monitor_reports_pending` | |
 
@@ -162,6 +163,26 @@ impl Collector for DatapathCollector {
                 "egress_monitor_dns_answers_learned",
                 "DNS answers whose addresses a domain rule allowed (until their TTL runs out)",
                 counters.dns_answers_learned,
+            ),
+            (
+                "egress_monitor_dns_answers_untrusted",
+                "DNS answers for an allowed name that taught nothing: not from the node's resolvers, to an untrusted network namespace, forged over loopback, or answering no question asked",
+                counters.dns_answers_untrusted,
+            ),
+            (
+                "egress_monitor_source_routed",
+                "Packets denied for naming further destinations (IPv4 source routes, IPv6 routing headers)",
+                counters.source_routed,
+            ),
+            (
+                "egress_monitor_raw_guard_hits",
+                "Socket options that would skip the TC hook (PACKET_QDISC_BYPASS, AF_XDP TX rings): refused in enforce mode, reported in observe mode",
+                counters.raw_guard_hits,
+            ),
+            (
+                "egress_monitor_learned_socket_passes",
+                "Packets allowed because their socket opened to a DNS-learned address while it was allowed",
+                counters.learned_socket_passes,
             ),
             (
                 "egress_monitor_malformed_packets",

@@ -251,10 +251,17 @@ pub fn render(status: &Status) -> String {
         status.counters.arp
     ));
     out.push_str(&format!(
-        "dns questions allowed {}, denied for their name {}; answers learned {}\n",
+        "dns questions allowed {}, denied for their name {}; answers learned {}, untrusted {}; \
+         packets kept by their socket after expiry {}\n",
         status.counters.dns_queries_allowed,
         status.counters.dns_queries_denied,
-        status.counters.dns_answers_learned
+        status.counters.dns_answers_learned,
+        status.counters.dns_answers_untrusted,
+        status.counters.learned_socket_passes
+    ));
+    out.push_str(&format!(
+        "source-routed packets denied {}; raw-socket guard hits {}\n",
+        status.counters.source_routed, status.counters.raw_guard_hits
     ));
     if let Some(link) = &status.controller {
         out.push_str(&controller_line(link));

@@ -629,6 +629,8 @@ fn only_the_nodes_resolvers_teach() {
     }
     let b = answer("b.allowed.test");
     assert_eq!(b["server"], "127.0.0.53", "{b}");
+    let status = status_json(&node.bpffs.pin_path());
+    assert_eq!(status["counters"]["dns_answers_untrusted"], 3, "{status:#}");
 }
 
 /// A connected socket that opened to a learned address keeps it after the record expires, on
