@@ -282,30 +282,9 @@ impl Tap {
 
     /// Frames captured so far whose outer ethertype is `ethertype` (waits until quiet).
     pub fn frames_with_ethertype(&self, ethertype: u16) -> usize {
-        let mut buffer = [0u8; 2048];
-        let mut count = 0;
-        // Bounded: each read waits at most the receive timeout.
-        for _ in 0..10_000 {
-            // SAFETY: reading into a valid buffer.
-            let read = unsafe {
-                libc::recv(
-                    std::os::fd::AsRawFd::as_raw_fd(&self.socket),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    0,
-                )
-            };
-            if read < 14 {
-                if read < 0 {
-                    break;
-                }
-                continue;
-            }
-            if u16::from_be_bytes([buffer[12], buffer[13]]) == ethertype {
-                count += 1;
-            }
-        }
-        count
+        self.frames_matching(|frame| {
+            frame.len() >= 14 && u16::from_be_bytes([frame[12], frame[13]]) == ethertype
+        })
     }
 }
 

@@ -356,6 +356,29 @@ pub(crate) fn dns_query(name: &str, kind: &str) -> anyhow::Result<Vec<u8>> {
     Ok(query.build_bytes_vec()?)
 }
 
+/// The answer to `query` (a question for `name`) naming `address` with `ttl`.
+pub(crate) fn answer_naming(
+    query: &[u8],
+    name: &str,
+    ttl: u32,
+    address: Ipv4Addr,
+) -> anyhow::Result<Vec<u8>> {
+    use simple_dns::{
+        CLASS, Name, Packet, ResourceRecord,
+        rdata::{A, RData},
+    };
+    let query = Packet::parse(query)?;
+    let mut answer = Packet::new_reply(query.id());
+    answer.questions = query.questions.clone();
+    answer.answers.push(ResourceRecord::new(
+        Name::new(name)?,
+        CLASS::IN,
+        ttl,
+        RData::A(A::from(address)),
+    ));
+    Ok(answer.build_bytes_vec()?)
+}
+
 /// `count` identical A questions from one UDP socket, `interval` apart, each awaiting its
 /// answer (`ok` counts answers).
 fn resolve_repeat(
@@ -484,10 +507,6 @@ fn resolve_pipelined(server: IpAddr, first: &str, second: &str) -> anyhow::Resul
 /// sent to that socket from a second, local socket bound to port 53 (what an unprivileged
 /// process may do where low ports are open to it). `ok` counts the answers received.
 fn forge_answer(server: IpAddr, name: &str, forged: Ipv4Addr) -> anyhow::Result<Report> {
-    use simple_dns::{
-        CLASS, Name, Packet, ResourceRecord,
-        rdata::{A, RData},
-    };
     let query_bytes = dns_query(name, "a")?;
     let victim = UdpSocket::bind("0.0.0.0:0")?;
     victim.set_read_timeout(Some(Duration::from_millis(1000)))?;
@@ -499,18 +518,10 @@ fn forge_answer(server: IpAddr, name: &str, forged: Ipv4Addr) -> anyhow::Result<
         report.error(&err);
         return Ok(report);
     }
-    let query = Packet::parse(&query_bytes)?;
-    let mut answer = Packet::new_reply(query.id());
-    answer.questions = query.questions.clone();
-    answer.answers.push(ResourceRecord::new(
-        Name::new(name)?,
-        CLASS::IN,
-        60,
-        RData::A(A::from(forged)),
-    ));
+    let answer = answer_naming(&query_bytes, name, 60, forged)?;
     let forger = UdpSocket::bind("127.0.0.1:53").context("binding 127.0.0.1:53")?;
     forger.send_to(
-        &answer.build_bytes_vec()?,
+        &answer,
         SocketAddr::new(Ipv4Addr::LOCALHOST.into(), report.src_port),
     )?;
     let mut buffer = [0u8; 4096];
@@ -648,36 +659,12 @@ fn frame(iface: &str, ethertype: u16, count: u32, vlan_tags: u8) -> anyhow::Resu
     if ifindex == 0 {
         bail!("no interface {iface}");
     }
-    // SAFETY: plain socket(2); owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("AF_PACKET socket");
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data; zeroed is valid.
-    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as u16;
-    address.sll_ifindex = ifindex as i32;
-    address.sll_halen = 6;
-    address.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    let (socket, address) = raw::packet_socket(ifindex, [0xff; 6]).context("AF_PACKET socket")?;
     let mut report = Report::default();
     for _ in 0..count {
-        // SAFETY: a valid buffer and sockaddr_ll.
-        let sent = unsafe {
-            libc::sendto(
-                socket.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                0,
-                (&address as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            report.error(&io::Error::last_os_error());
-        } else {
-            report.ok += 1;
+        match raw::send_frame(&socket, &address, &bytes) {
+            Ok(()) => report.ok += 1,
+            Err(err) => report.error(&err),
         }
     }
     Ok(report)

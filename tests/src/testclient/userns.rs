@@ -34,7 +34,7 @@ pub fn own_resolver(server: Ipv4Addr, name: &str, forged: Ipv4Addr) -> anyhow::R
     client.send_to(&query, SocketAddr::new(IpAddr::V4(server), 53))?;
     let mut buffer = [0u8; 1500];
     let (len, from) = listener.recv_from(&mut buffer).context("the question")?;
-    let answer = forged_answer(&buffer[..len], name, forged)?;
+    let answer = crate::answer_naming(&buffer[..len], name, u32::MAX, forged)?;
     listener.send_to(&answer, from)?;
     let mut report = Report::default();
     match client.recv(&mut buffer) {
@@ -42,24 +42,6 @@ pub fn own_resolver(server: Ipv4Addr, name: &str, forged: Ipv4Addr) -> anyhow::R
         Err(err) => report.error(&err),
     }
     Ok(report)
-}
-
-/// The answer to `question` (for `name`) naming `address`, with a TTL of 2^32 - 1.
-fn forged_answer(question: &[u8], name: &str, address: Ipv4Addr) -> anyhow::Result<Vec<u8>> {
-    use simple_dns::{
-        CLASS, Name, Packet, ResourceRecord,
-        rdata::{A, RData},
-    };
-    let question = Packet::parse(question)?;
-    let mut answer = Packet::new_reply(question.id());
-    answer.questions = question.questions.clone();
-    answer.answers.push(ResourceRecord::new(
-        Name::new(name)?,
-        CLASS::IN,
-        u32::MAX,
-        RData::A(A::from(address)),
-    ));
-    Ok(answer.build_bytes_vec()?)
 }
 
 /// `ip link set lo up` by ioctl, with the capabilities the new user namespace grants.
