@@ -588,3 +588,30 @@ fn rule_ids_follow_prefixes_across_applies() {
         "a new rule starts from zero"
     );
 }
+
+/// Every program leaves at least half of the verifier's budget (1,000,000 instructions) free,
+/// as the kernel counts them when it loads the program here: a later feature, or an older
+/// kernel's less clever verifier, does not silently stop it from loading.
+#[test]
+fn every_program_keeps_half_the_verifier_budget() {
+    const BUDGET: u32 = 1_000_000;
+    let fx = Fixture::new(Hook::Both, Mode::Enforce, &[]);
+    for program in [
+        egress_monitor::datapath::CGROUP_PROGRAM,
+        egress_monitor::datapath::TC_PROGRAM,
+        egress_monitor::datapath::INGRESS_PROGRAM,
+        egress_monitor::datapath::SOCK_PROGRAM,
+        egress_monitor::datapath::GUARD_PROGRAM,
+    ] {
+        let info = aya::programs::ProgramInfo::from_pin(fx.bpffs.layout().program(program))
+            .unwrap_or_else(|err| panic!("{program}: {err}"));
+        let verified = info
+            .verified_instruction_count()
+            .unwrap_or_else(|| panic!("{program}: the kernel reports no verified count"));
+        eprintln!("{program}: {verified} instructions verified");
+        assert!(
+            verified < BUDGET / 2,
+            "{program}: {verified} of {BUDGET} verified instructions"
+        );
+    }
+}
