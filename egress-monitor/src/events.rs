@@ -1,7 +1,7 @@
 //! Events: decoding the kernel's ring-buffer records (and the daemon's flow updates) and
 //! writing them as JSON lines.
 //!
-//! One JSON object per line (schema in README.md):
+//! One JSON object per line (schema in docs/events.md):
 //! `{"ts":"…","kind":"first","hook":"cgroup","action":"dropped","proto":"udp",
 //! "src":"10.77.0.2","dst":"203.0.113.1","src_port":40000,"dst_port":53,"packets":1,
 //! "bytes":56,"len":56,"rule":"default",…,"uid":0,"cgroup_id":1234}`

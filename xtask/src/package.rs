@@ -71,6 +71,11 @@ fn verify_in(deb: &Path, scratch: &Path) -> anyhow::Result<()> {
         "lib/systemd/system/egress-monitor-controller.service",
         "etc/egress-monitor/policy.toml",
         "usr/share/doc/egress-monitor/README.md",
+        // The pages the shipped policy, units and maintainer scripts point to.
+        "usr/share/doc/egress-monitor/docs/policy.md",
+        "usr/share/doc/egress-monitor/docs/operations.md",
+        "usr/share/doc/egress-monitor/docs/fleet.md",
+        "usr/share/doc/egress-monitor/docs/security.md",
     ] {
         ensure!(rootfs.join(file).is_file(), "the package lacks /{file}");
     }
