@@ -24,9 +24,34 @@ use crate::{
 pub const SOCKOPT_ALLOW: i32 = 1;
 pub const SOCKOPT_REFUSE: i32 = 0;
 
+/// The most option bytes a sockopt program is shown (the kernel's PAGE_SIZE on x86).
+const SHOWN_OPTLEN: i32 = 4096;
+
 /// Judges one `setsockopt` call.
 #[inline(always)]
 pub fn setsockopt(opt: *mut bpf_sockopt) -> i32 {
+    let verdict = judge(opt);
+    if verdict == SOCKOPT_ALLOW {
+        pass_original(opt);
+    }
+    verdict
+}
+
+/// For a call whose option is longer than the program is shown, says "use the caller's own
+/// bytes" (optlen 0): kernels before 6.5 fail such calls with EFAULT when the program leaves
+/// optlen as it was (large iptables tables, for one).
+#[inline(always)]
+fn pass_original(opt: *mut bpf_sockopt) {
+    // SAFETY: reading and writing the program's own sockopt context.
+    unsafe {
+        if (*opt).optlen > SHOWN_OPTLEN {
+            (*opt).optlen = 0;
+        }
+    }
+}
+
+#[inline(always)]
+fn judge(opt: *mut bpf_sockopt) -> i32 {
     // SAFETY: reading context fields of the program's own sockopt context.
     let (level, optname) = unsafe { ((*opt).level, (*opt).optname) };
     let guarded = match (level, optname) {

@@ -257,19 +257,27 @@ fn policy_apply(
 /// How long `policy apply` waits for a daemon to apply a policy that needs bigger maps.
 const DAEMON_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Has the running daemon apply `policy` (already recorded as the node's source): SIGHUP, then
-/// waits, bounded, until the state file names the policy's version. A refusal shows in the
+/// Has the running daemon apply the policy recorded as the node's source: SIGHUP, then waits,
+/// bounded, until the daemon has written a new state (its version may differ from `policy`'s:
+/// the daemon adds the prefixes it discovered, the VNet's on Azure). A refusal shows in the
 /// daemon's log; here it is a timeout naming the log.
 fn apply_through_daemon(
     layout: &PinLayout,
     policy: &crate::policy::Policy,
     record: &RecordedSource,
 ) -> ExitCode {
+    let applied_state = || {
+        crate::state::StateFile::load(&layout.state_file())
+            .ok()
+            .flatten()
+            .map(|state| (state.version, state.applied_at))
+    };
+    let before = applied_state();
     let Some(pid) = status::running_daemon(layout) else {
         eprintln!("egress-monitor: the daemon stopped; the policy was not applied");
         return ExitStatus::Environment.into();
     };
-    let wanted = format!("{:016x}", policy.version());
+    let asked = format!("{:016x}", policy.version());
     println!(
         "the policy needs bigger maps: asking the daemon (pid {pid}) to swap them in and apply {}",
         record.file.display()
@@ -281,13 +289,16 @@ fn apply_through_daemon(
     }
     let deadline = std::time::Instant::now() + DAEMON_APPLY_WAIT;
     while std::time::Instant::now() < deadline {
-        let applied = crate::state::StateFile::load(&layout.state_file())
-            .ok()
-            .flatten()
-            .is_some_and(|state| state.version == wanted);
-        if applied {
+        // A new state, and the pinned maps holding it: the swap is complete.
+        let live = Datapath::existing(layout)
+            .and_then(|datapath| datapath.config())
+            .map(|config| format!("{:016x}", config.policy_version));
+        if let Some((version, _)) = applied_state()
+            .filter(|now| Some(now) != before.as_ref())
+            .filter(|(version, _)| live.as_ref().is_ok_and(|live| live == version))
+        {
             println!(
-                "policy {wanted} applied by the daemon; policy source: {} (the daemon's SIGHUP and restarts build from it)",
+                "policy {version} applied by the daemon (the file alone is {asked}); policy source: {} (the daemon's SIGHUP and restarts build from it)",
                 record.file.display()
             );
             return ExitCode::SUCCESS;
@@ -295,7 +306,7 @@ fn apply_through_daemon(
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     eprintln!(
-        "egress-monitor: the daemon (pid {pid}) has not applied policy {wanted} after {} s; see its log (`journalctl -u egress-monitor`). The policy source stays recorded: its next reload tries again",
+        "egress-monitor: the daemon (pid {pid}) has not applied policy {asked} after {} s; see its log (`journalctl -u egress-monitor`). The policy source stays recorded: its next reload tries again",
         DAEMON_APPLY_WAIT.as_secs()
     );
     ExitStatus::Failure.into()

@@ -134,11 +134,23 @@ pub enum Compat {
     Unknown,
 }
 
-/// [`Compat`] from the kernel command line and its build configuration (`None`: unreadable).
-/// `ia32_emulation=` on the command line wins; else the build's default.
+/// [`Compat`] from the machine, the kernel command line and its build configuration (`None`:
+/// unreadable). On x86-64, x32 system calls are compat calls too and no command line turns
+/// them off; else `ia32_emulation=` wins over the build's default. Elsewhere (arm64's AArch32),
+/// `CONFIG_COMPAT` says.
 pub fn compat_syscalls(arch: &str, cmdline: &str, config: Option<&str>) -> Compat {
+    let set = |option: &str| {
+        config.map(|config| config.lines().any(|line| line == format!("{option}=y")))
+    };
     if arch != "x86_64" {
-        return Compat::Off;
+        return match set("CONFIG_COMPAT") {
+            Some(true) => Compat::On,
+            Some(false) => Compat::Off,
+            None => Compat::Unknown,
+        };
+    }
+    if set("CONFIG_X86_X32_ABI") == Some(true) {
+        return Compat::On;
     }
     for word in cmdline.split_whitespace() {
         match word {
@@ -151,14 +163,13 @@ pub fn compat_syscalls(arch: &str, cmdline: &str, config: Option<&str>) -> Compa
             _ => {}
         }
     }
-    let Some(config) = config else {
-        return Compat::Unknown;
-    };
-    let set = |option: &str| config.lines().any(|line| line == format!("{option}=y"));
-    if !set("CONFIG_IA32_EMULATION") || set("CONFIG_IA32_EMULATION_DEFAULT_DISABLED") {
-        Compat::Off
-    } else {
-        Compat::On
+    match (
+        set("CONFIG_IA32_EMULATION"),
+        set("CONFIG_IA32_EMULATION_DEFAULT_DISABLED"),
+    ) {
+        (None, _) | (_, None) => Compat::Unknown,
+        (Some(true), Some(false)) => Compat::On,
+        _ => Compat::Off,
     }
 }
 
@@ -209,10 +220,11 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
     let compat = this_kernels_compat();
     if compat != Compat::Off && !raw_socket_guards.is_empty() {
         let message = format!(
-            "32-bit system calls are {} (IA32 emulation): a setsockopt made through them skips \
-             the cgroup hooks, so a process with CAP_NET_RAW can set PACKET_QDISC_BYPASS or make \
-             an AF_XDP TX ring and send past the TC hook. Boot with ia32_emulation=0 (Linux 6.7+) \
-             to close it{}",
+            "32-bit system calls are {} (compat calls: IA32 emulation, x32 or AArch32): a \
+             setsockopt made through them skips the cgroup hooks, so a process with CAP_NET_RAW \
+             can set PACKET_QDISC_BYPASS or make an AF_XDP TX ring and send past the TC hook. On \
+             x86-64, boot with ia32_emulation=0 (Linux 6.7+, and a kernel without x32) to close \
+             it{}",
             if compat == Compat::On {
                 "on"
             } else {
@@ -524,7 +536,18 @@ mod tests {
         );
         assert_eq!(compat_syscalls("x86_64", "", Some(none)), Compat::Off);
         assert_eq!(compat_syscalls("x86_64", "", None), Compat::Unknown);
-        assert_eq!(compat_syscalls("aarch64", "", None), Compat::Off);
+        assert_eq!(compat_syscalls("aarch64", "", None), Compat::Unknown);
+        assert_eq!(
+            compat_syscalls("aarch64", "", Some("CONFIG_COMPAT=y\n")),
+            Compat::On
+        );
+        assert_eq!(compat_syscalls("aarch64", "", Some(none)), Compat::Off);
+        let x32 = "CONFIG_IA32_EMULATION=y\nCONFIG_X86_X32_ABI=y\n";
+        assert_eq!(
+            compat_syscalls("x86_64", "ia32_emulation=0", Some(x32)),
+            Compat::On,
+            "no command line turns x32 off"
+        );
     }
 
     #[test]

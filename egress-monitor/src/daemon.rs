@@ -274,7 +274,10 @@ pub async fn run(
         ),
         None => {}
     }
-    let capacity = config.rule_capacity.max(config.policy.rules.len() * 2);
+    // Prefix and domain rules take ids from the same slots.
+    let capacity = config
+        .rule_capacity
+        .max((config.policy.rules.len() + config.policy.domains.len()) * 2);
     let mut datapath = Datapath::open(&layout, capacity)?;
     match datapath.opened() {
         Opened::Created => log::info!("pinned a new datapath at {}", layout.root.display()),

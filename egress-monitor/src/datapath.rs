@@ -141,6 +141,10 @@ pub enum DatapathError {
     #[error("nothing is pinned at {}; start `egress-monitor run` first", .0.display())]
     NotPinned(PathBuf),
     #[error(
+        "the policy needs {needed} rule slots but the live maps hold {capacity}; nothing was changed"
+    )]
+    TooManyRules { needed: usize, capacity: u32 },
+    #[error(
         "the policy needs {needed} rule slots but the live maps hold {capacity}, and {link} was not attached by this process, so bigger maps cannot be swapped in under it; nothing was changed (apply the policy through the running daemon, which grows its maps without a gap: its policy source and SIGHUP, or `policy apply` while it runs)"
     )]
     CannotGrow {
@@ -420,98 +424,84 @@ impl Datapath {
     }
 
     /// Attaches the cgroup_skb egress program to a cgroup v2 directory (every socket of every
-    /// process in it and below, whatever their network namespace) and pins the link. Returns
-    /// false when it was already attached (adopted).
+    /// process in it and below, whatever their network namespace), with its three companions on
+    /// the same cgroup (socket owners, DNS answers, raw-socket guards), and pins each link.
+    /// Links already pinned are kept, missing ones made (a start that failed half-way is
+    /// completed by the next). Returns false when all four were attached already (adopted).
     pub fn attach_cgroup(&mut self, path: &Path) -> Result<bool, DatapathError> {
         let cgroup = cgroup::open(path)?;
         let name = pins::cgroup_link_name(path).map_err(DatapathError::pin("reading", path))?;
-        for link in [
-            name.clone(),
-            format!("sock{name}"),
-            format!("in{name}"),
-            format!("opt{name}"),
-        ] {
-            self.targets.insert(link, path.display().to_string());
+        let mut attached = false;
+        for program in [CGROUP_PROGRAM, SOCK_PROGRAM, INGRESS_PROGRAM, GUARD_PROGRAM] {
+            let link = format!("{}{name}", cgroup_link_prefix(program));
+            self.targets
+                .insert(link.clone(), path.display().to_string());
+            if self.target.links().join(&link).exists() {
+                continue;
+            }
+            self.attach_to_cgroup(&cgroup, path, program, &link)?;
+            attached = true;
         }
-        if self.target.links().join(&name).exists() {
-            return Ok(false);
+        Ok(attached)
+    }
+
+    /// Attaches one of the cgroup programs and pins its link as `link`.
+    fn attach_to_cgroup(
+        &mut self,
+        cgroup: &std::fs::File,
+        path: &Path,
+        program: &'static str,
+        link: &str,
+    ) -> Result<(), DatapathError> {
+        let attach_error = |what: &str| {
+            let target = format!("cgroup {}{what}", path.display());
+            move |source| DatapathError::Attach { target, source }
+        };
+        let pinned = self.target.program(program);
+        match program {
+            CGROUP_PROGRAM | INGRESS_PROGRAM => {
+                let (kind, what) = if program == CGROUP_PROGRAM {
+                    (CgroupSkbAttachType::Egress, "")
+                } else {
+                    (CgroupSkbAttachType::Ingress, " (DNS answers)")
+                };
+                let mut skb =
+                    CgroupSkb::from_pin(pinned, kind).map_err(DatapathError::program(program))?;
+                let id = skb
+                    .attach(cgroup, kind, CgroupAttachMode::Single)
+                    .map_err(attach_error(what))?;
+                let taken = skb.take_link(id).map_err(DatapathError::program(program))?;
+                self.pin_link(taken, program, link)
+            }
+            SOCK_PROGRAM => {
+                let mut recorder = CgroupSock::from_pin(pinned, CgroupSockAttachType::SockCreate)
+                    .map_err(DatapathError::program(program))?;
+                let id = recorder
+                    .attach(cgroup, CgroupAttachMode::Single)
+                    .map_err(attach_error(" (socket owners)"))?;
+                let taken = recorder
+                    .take_link(id)
+                    .map_err(DatapathError::program(program))?;
+                self.pin_link(taken, program, link)
+            }
+            _ => {
+                // aya 0.16 cannot turn a sockopt link into an `FdLink` to pin, so the link is
+                // made and pinned here directly (`BPF_LINK_CREATE`, `BPF_OBJ_PIN`).
+                let guard = CgroupSockopt::from_pin(pinned, CgroupSockoptAttachType::Set)
+                    .map_err(DatapathError::program(program))?;
+                let program_fd = guard.fd().map_err(DatapathError::program(program))?;
+                link_and_pin(
+                    program_fd.as_fd(),
+                    cgroup.as_fd(),
+                    BPF_CGROUP_SETSOCKOPT,
+                    &self.target.links().join(link),
+                )
+                .map_err(|source| DatapathError::Attach {
+                    target: format!("cgroup {} (raw-socket guards)", path.display()),
+                    source: ProgramError::IOError(source),
+                })
+            }
         }
-        let mut program = CgroupSkb::from_pin(
-            self.target.program(CGROUP_PROGRAM),
-            CgroupSkbAttachType::Egress,
-        )
-        .map_err(DatapathError::program(CGROUP_PROGRAM))?;
-        let link_id = program
-            .attach(
-                &cgroup,
-                CgroupSkbAttachType::Egress,
-                CgroupAttachMode::Single,
-            )
-            .map_err(|source| DatapathError::Attach {
-                target: format!("cgroup {}", path.display()),
-                source,
-            })?;
-        let link = program
-            .take_link(link_id)
-            .map_err(DatapathError::program(CGROUP_PROGRAM))?;
-        self.pin_link(link, CGROUP_PROGRAM, &name)?;
-        // Beside it, the socket-owner recorder (same cgroup, its own pinned link).
-        let mut recorder = CgroupSock::from_pin(
-            self.target.program(SOCK_PROGRAM),
-            CgroupSockAttachType::SockCreate,
-        )
-        .map_err(DatapathError::program(SOCK_PROGRAM))?;
-        let link_id = recorder
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| DatapathError::Attach {
-                target: format!("cgroup {} (socket owners)", path.display()),
-                source,
-            })?;
-        let link = recorder
-            .take_link(link_id)
-            .map_err(DatapathError::program(SOCK_PROGRAM))?;
-        self.pin_link(link, SOCK_PROGRAM, &format!("sock{name}"))?;
-        // And the DNS answer reader for domain rules (the ingress side of the same cgroup).
-        let mut learner = CgroupSkb::from_pin(
-            self.target.program(INGRESS_PROGRAM),
-            CgroupSkbAttachType::Ingress,
-        )
-        .map_err(DatapathError::program(INGRESS_PROGRAM))?;
-        let link_id = learner
-            .attach(
-                &cgroup,
-                CgroupSkbAttachType::Ingress,
-                CgroupAttachMode::Single,
-            )
-            .map_err(|source| DatapathError::Attach {
-                target: format!("cgroup {} (DNS answers)", path.display()),
-                source,
-            })?;
-        let link = learner
-            .take_link(link_id)
-            .map_err(DatapathError::program(INGRESS_PROGRAM))?;
-        self.pin_link(link, INGRESS_PROGRAM, &format!("in{name}"))?;
-        // And the raw-socket guards: no frame of the cgroup's processes skips the TC hook.
-        // aya 0.16 cannot turn a sockopt link into an `FdLink` to pin, so the link is made and
-        // pinned here directly (`BPF_LINK_CREATE`, `BPF_OBJ_PIN`).
-        let guard = CgroupSockopt::from_pin(
-            self.target.program(GUARD_PROGRAM),
-            CgroupSockoptAttachType::Set,
-        )
-        .map_err(DatapathError::program(GUARD_PROGRAM))?;
-        let program_fd = guard.fd().map_err(DatapathError::program(GUARD_PROGRAM))?;
-        let link_path = self.target.links().join(format!("opt{name}"));
-        link_and_pin(
-            program_fd.as_fd(),
-            cgroup.as_fd(),
-            BPF_CGROUP_SETSOCKOPT,
-            &link_path,
-        )
-        .map_err(|source| DatapathError::Attach {
-            target: format!("cgroup {} (raw-socket guards)", path.display()),
-            source: ProgramError::IOError(source),
-        })?;
-        Ok(true)
     }
 
     /// Attaches the TC egress program to an interface of the calling thread's network
@@ -578,6 +568,12 @@ impl Datapath {
         ) {
             return Ok(Vec::new());
         }
+        if let Opened::Growing { .. } = self.opened {
+            // What the live programs learned while the bigger maps were filled and attached
+            // (but nothing the new policy revoked).
+            carry_dynamic(&self.layout, &self.target)?;
+            forget_revoked(&self.target)?;
+        }
         let staging = self.target.clone();
         let mut kept = Vec::new();
         for name in link_names(&self.layout) {
@@ -636,6 +632,11 @@ impl Datapath {
         if needed <= capacity as usize {
             return self.apply_in_place(policy);
         }
+        // Mid-replacement (the maps are staged and nothing is attached to them yet), the
+        // staged maps are what must be big enough: no second swap on top of the first.
+        if !matches!(self.opened, Opened::Adopted | Opened::Created) {
+            return Err(DatapathError::TooManyRules { needed, capacity });
+        }
         let attach_to = self
             .reattach_targets()
             .map_err(|link| DatapathError::CannotGrow {
@@ -687,6 +688,7 @@ impl Datapath {
         attach_to: &[Reattach],
     ) -> Result<ApplyReport, DatapathError> {
         let from = capacity_of(&self.target)?;
+        let state = StateFile::load(&self.layout.state_file())?;
         let staging = PinLayout::new(self.layout.root.join(STAGING));
         if staging.root.exists() {
             remove_pins(&staging);
@@ -695,7 +697,6 @@ impl Datapath {
         create_or_clean(&staging, capacity as usize)?;
         let live = std::mem::replace(&mut self.target, staging.clone());
         let opened = std::mem::replace(&mut self.opened, Opened::Growing { from, to: capacity });
-        let state = StateFile::load(&self.layout.state_file())?;
         match self.fill_and_attach(&live, policy, attach_to) {
             Ok(mut report) => {
                 for kept in self.finish_replacement()? {
@@ -734,13 +735,14 @@ impl Datapath {
                 Reattach::Tc(name) => self.attach_tc(name)?,
             };
         }
-        // What the live programs learned while the new ones were being attached.
-        carry_dynamic(live, &self.target)?;
         Ok(report)
     }
 
     fn apply_in_place(&mut self, policy: &Policy) -> Result<ApplyReport, DatapathError> {
         let started = Instant::now();
+        // Everything that can fail outside the maps (a namespace gone, say) fails before any
+        // map changes.
+        let trust = TrustPlan::of(policy)?;
         let previous_version = read_config(&self.target)?.policy_version;
         let capacity = capacity_of(&self.target)?;
         let mut v4 = open_trie::<IPV4_ADDR_LEN>(&self.target, names::POLICY_V4)?;
@@ -808,10 +810,9 @@ impl Datapath {
                 Some(value) => value.rule_id,
                 None => {
                     let Some(id) = free.next() else {
-                        return Err(DatapathError::CannotGrow {
+                        return Err(DatapathError::TooManyRules {
                             needed: policy.rules.len(),
                             capacity,
-                            link: "the rule ids".to_owned(),
                         });
                     };
                     fresh_ids.push(id);
@@ -826,10 +827,9 @@ impl Datapath {
                 Some(id) => *id,
                 None => {
                     let Some(id) = free.next() else {
-                        return Err(DatapathError::CannotGrow {
+                        return Err(DatapathError::TooManyRules {
                             needed: policy.rules.len() + policy.domains.len(),
                             capacity,
-                            link: "the rule ids".to_owned(),
                         });
                     };
                     fresh_ids.push(id);
@@ -937,6 +937,9 @@ impl Datapath {
             config::DOMAIN_RULES,
             policy.domains.len() as u64,
         )?;
+        // What a domain rule no longer allows goes: its learned addresses and the sockets that
+        // kept one.
+        forget_revoked(&self.target)?;
         // Queries are always reported; with domain rules, names no rule allows are refused.
         write_config(
             &self.target,
@@ -948,7 +951,7 @@ impl Datapath {
             },
         )?;
 
-        self.apply_trust(policy)?;
+        self.write_trust(&trust)?;
 
         let version = policy.version();
         // Names first, then the version: a reader that sees the new version finds its names.
@@ -997,58 +1000,18 @@ impl Datapath {
     }
 
     /// Writes whose DNS answers teach (resolvers, network namespaces) and which cgroups the
-    /// raw-socket guards leave alone, each map brought to the new set by a diff (new entries
+    /// raw-socket guards leave alone, each map brought to the plan by a diff (new entries
     /// first).
-    fn apply_trust(&mut self, policy: &Policy) -> Result<(), DatapathError> {
-        let resolvers = resolvers::trusted_resolvers(&policy.dns);
-        let local = resolvers::local_addresses();
-        let place = |address: &IpAddr| {
-            if resolvers::is_local(address, &local) {
-                dns_resolver::LOCAL
-            } else {
-                dns_resolver::REMOTE
-            }
-        };
-        let v4: Vec<([u8; 4], u8)> = resolvers
-            .iter()
-            .filter_map(|address| match address {
-                IpAddr::V4(v4) => Some((v4.octets(), place(address))),
-                IpAddr::V6(v6) => v6
-                    .to_ipv4_mapped()
-                    .map(|v4| (v4.octets(), place(&IpAddr::V4(v4)))),
-            })
-            .collect();
-        let v6: Vec<([u8; 16], u8)> = resolvers
-            .iter()
-            .filter_map(|address| match address {
-                IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                    Some((v6.octets(), place(address)))
-                }
-                _ => None,
-            })
-            .collect();
-        replace_entries(&self.target, names::DNS_RESOLVERS_V4, &v4)?;
-        replace_entries(&self.target, names::DNS_RESOLVERS_V6, &v6)?;
-        let netns = resolvers::trusted_netns_cookies(&policy.dns)?;
-        replace_set(&self.target, names::DNS_NETNS, &netns)?;
+    fn write_trust(&mut self, trust: &TrustPlan) -> Result<(), DatapathError> {
+        replace_entries(&self.target, names::DNS_RESOLVERS_V4, &trust.resolvers_v4)?;
+        replace_entries(&self.target, names::DNS_RESOLVERS_V6, &trust.resolvers_v6)?;
+        replace_set(&self.target, names::DNS_NETNS, &trust.netns)?;
         write_config(
             &self.target,
             config::DNS_ANY_NETNS,
-            u64::from(policy.dns.any_network_namespace),
+            u64::from(trust.any_netns),
         )?;
-        let mut exempt = Vec::new();
-        for path in &policy.raw_sockets.allow_cgroups {
-            match cgroup::id(path) {
-                Ok(id) => exempt.push(id),
-                // Exempting nothing is the stricter outcome: say so, and go on.
-                Err(err) => log::warn!(
-                    "[raw_sockets] allow_cgroups: {} is not exempt: {}",
-                    path.display(),
-                    crate::error::chain(&err)
-                ),
-            }
-        }
-        replace_set(&self.target, names::RAW_EXEMPT, &exempt)
+        replace_set(&self.target, names::RAW_EXEMPT, &trust.exempt)
     }
 
     /// Switches observe/enforce without reloading anything.
@@ -1269,6 +1232,77 @@ pub fn detach(layout: &PinLayout) -> Result<DetachReport, DatapathError> {
     Ok(report)
 }
 
+/// Whose DNS answers teach and which cgroups the raw-socket guards leave alone, as the maps
+/// hold them.
+struct TrustPlan {
+    resolvers_v4: Vec<([u8; 4], u8)>,
+    resolvers_v6: Vec<([u8; 16], u8)>,
+    netns: Vec<u64>,
+    any_netns: bool,
+    exempt: Vec<u64>,
+}
+
+impl TrustPlan {
+    fn of(policy: &Policy) -> Result<TrustPlan, DatapathError> {
+        let resolvers = resolvers::trusted_resolvers(&policy.dns);
+        let local = resolvers::local_addresses();
+        let place = |address: &IpAddr| {
+            if resolvers::is_local(address, &local) {
+                dns_resolver::LOCAL
+            } else {
+                dns_resolver::REMOTE
+            }
+        };
+        let resolvers_v4 = resolvers
+            .iter()
+            .filter_map(|address| match address {
+                IpAddr::V4(v4) => Some((v4.octets(), place(address))),
+                IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map(|v4| (v4.octets(), place(&IpAddr::V4(v4)))),
+            })
+            .collect();
+        let resolvers_v6 = resolvers
+            .iter()
+            .filter_map(|address| match address {
+                IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                    Some((v6.octets(), place(address)))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut exempt = Vec::new();
+        for path in &policy.raw_sockets.allow_cgroups {
+            match cgroup::id(path) {
+                Ok(id) => exempt.push(id),
+                // Exempting nothing is the stricter outcome: say so, and go on.
+                Err(err) => log::warn!(
+                    "[raw_sockets] allow_cgroups: {} is not exempt: {}",
+                    path.display(),
+                    crate::error::chain(&err)
+                ),
+            }
+        }
+        Ok(TrustPlan {
+            resolvers_v4,
+            resolvers_v6,
+            netns: resolvers::trusted_netns_cookies(&policy.dns)?,
+            any_netns: policy.dns.any_network_namespace,
+            exempt,
+        })
+    }
+}
+
+/// The prefix a cgroup program's link name has before `cgroup-<id>`.
+fn cgroup_link_prefix(program: &str) -> &'static str {
+    match program {
+        SOCK_PROGRAM => "sock",
+        INGRESS_PROGRAM => "in",
+        GUARD_PROGRAM => "opt",
+        _ => "",
+    }
+}
+
 /// An attachment to make again when bigger maps are swapped in.
 enum Reattach {
     Cgroup(PathBuf),
@@ -1330,11 +1364,72 @@ fn carry_over(from: &PinLayout, to: &PinLayout) -> Result<(), DatapathError> {
 /// maps have already are kept (they are newer).
 fn carry_dynamic(from: &PinLayout, to: &PinLayout) -> Result<(), DatapathError> {
     const NO_OVERWRITE: u64 = 1; // BPF_NOEXIST
-    copy_hash::<[u8; 4], LearnedValue>(from, to, names::DNS_ALLOWED_V4, NO_OVERWRITE)?;
-    copy_hash::<[u8; 16], LearnedValue>(from, to, names::DNS_ALLOWED_V6, NO_OVERWRITE)?;
+    copy_learned::<4>(from, to, names::DNS_ALLOWED_V4)?;
+    copy_learned::<16>(from, to, names::DNS_ALLOWED_V6)?;
     copy_hash::<LearnedSocket, u32>(from, to, names::LEARNED_SOCKETS, NO_OVERWRITE)?;
     copy_hash::<u64, SockOwner>(from, to, names::SOCK_OWNERS, NO_OVERWRITE)?;
     copy_hash::<PendingKey, u64>(from, to, names::DNS_PENDING, NO_OVERWRITE)
+}
+
+/// Removes learned addresses, and sockets holding one, whose domain rule no longer allows (no
+/// rule of `DOMAINS` with that id and action allow).
+fn forget_revoked(layout: &PinLayout) -> Result<(), DatapathError> {
+    let domains: AyaHashMap<MapData, u64, DomainValue> = open_map(layout, names::DOMAINS)?;
+    let mut allowing = BTreeSet::new();
+    for (_, value) in domains.iter().filter_map(Result::ok) {
+        if value.exact_action == action::ALLOW {
+            allowing.insert(value.exact_rule);
+        }
+        if value.subdomain_action == action::ALLOW {
+            allowing.insert(value.subdomain_rule);
+        }
+    }
+    let allowing = &allowing;
+    fn forget<K: aya::Pod, V: aya::Pod>(
+        layout: &PinLayout,
+        name: &'static str,
+        rule_of: impl Fn(&V) -> u32,
+        allowing: &BTreeSet<u32>,
+    ) -> Result<(), DatapathError> {
+        let mut map: AyaHashMap<MapData, K, V> = open_map(layout, name)?;
+        let revoked: Vec<K> = map
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, value)| !allowing.contains(&rule_of(value)))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &revoked {
+            // Gone already (the LRU evicted it): nothing to do.
+            let _ = map.remove(key);
+        }
+        Ok(())
+    }
+    forget::<[u8; 4], LearnedValue>(layout, names::DNS_ALLOWED_V4, |v| v.rule_id, allowing)?;
+    forget::<[u8; 16], LearnedValue>(layout, names::DNS_ALLOWED_V6, |v| v.rule_id, allowing)?;
+    forget::<LearnedSocket, u32>(layout, names::LEARNED_SOCKETS, |rule| *rule, allowing)?;
+    Ok(())
+}
+
+/// Copies learned addresses, keeping whichever of two entries for an address expires later (an
+/// answer refreshed in the live maps after the first copy must not keep its earlier expiry).
+fn copy_learned<const N: usize>(
+    from: &PinLayout,
+    to: &PinLayout,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let source: AyaHashMap<MapData, [u8; N], LearnedValue> = open_map(from, name)?;
+    let mut target: AyaHashMap<MapData, [u8; N], LearnedValue> = open_map(to, name)?;
+    for (address, learned) in source.iter().filter_map(Result::ok) {
+        let newer = target
+            .get(&address, 0)
+            .is_ok_and(|existing| existing.expires_ns >= learned.expires_ns);
+        if !newer {
+            target
+                .insert(&address, &learned, 0)
+                .map_err(DatapathError::map(name, "copy"))?;
+        }
+    }
+    Ok(())
 }
 
 fn copy_trie<const N: usize>(

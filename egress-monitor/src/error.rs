@@ -100,7 +100,9 @@ fn status_of(err: &(dyn Error + 'static)) -> Option<ExitStatus> {
     }
     if let Some(err) = err.downcast_ref::<DatapathError>() {
         return match err {
-            DatapathError::CannotGrow { .. } => Some(InvalidInput),
+            DatapathError::CannotGrow { .. } | DatapathError::TooManyRules { .. } => {
+                Some(InvalidInput)
+            }
             DatapathError::Cgroup(_)
             | DatapathError::Interface(_)
             | DatapathError::NotEthernet { .. }

@@ -734,3 +734,54 @@ fn an_answer_forged_in_a_resolvers_name_teaches_nothing() {
     assert_eq!(forged["why"], "looped_back", "{forged}");
     assert_eq!(forged["server"], PRIVATE_V4.to_string(), "{forged}");
 }
+
+/// A policy built from `text` as a node builds it from a file.
+fn policy_from(text: &str) -> egress_monitor::policy::Policy {
+    let file = egress_monitor::policy::PolicyFile::parse(std::path::Path::new("policy.toml"), text)
+        .unwrap();
+    egress_monitor::policy::Policy::build(
+        Some(&file),
+        &egress_monitor::policy::CommandLineRules::default(),
+        None,
+    )
+    .unwrap()
+}
+
+/// Revoking a domain rule revokes what it opened: the addresses it learned and the sockets that
+/// kept one stop passing at once, though the record's TTL and the socket live on.
+#[test]
+fn revoking_a_domain_rule_closes_its_sockets_too() {
+    let mut fx = Fixture::with_policy(Hook::Both, |topology, _| {
+        policy_from(&format!(
+            "{POLICY}\n[dns]\nresolvers = [\"{PRIVATE_V4}\"]\nnetwork_namespaces = [\"{}\"]\n",
+            topology.node.name
+        ))
+    });
+    let _server = DnsServer::start(
+        &fx.topology.net,
+        PRIVATE_V4.into(),
+        vec![Record::new("api.allowed.test", INTERNET_V4, 600)],
+    )
+    .unwrap();
+    let mut node = fx.client(None);
+    let outcome = node
+        .resolve(PRIVATE_V4.into(), "api.allowed.test", "a", false)
+        .unwrap();
+    assert_eq!(outcome.replies, 1, "{outcome:?}");
+    node.interval = Some(Duration::from_millis(100));
+    let holder = node.clone();
+    let held = std::thread::spawn(move || holder.udp_connected(INTERNET_V4.into(), UDP_PORT, 30));
+    std::thread::sleep(Duration::from_millis(1000));
+    fx.datapath
+        .apply(&policy_from("mode = \"enforce\"\n"))
+        .expect("apply the policy without the domain rule");
+    let held = held.join().unwrap().unwrap();
+    assert!(
+        held.ok >= 3 && held.eperm >= 10 && held.ok + held.eperm == 30,
+        "passed before the revocation, refused after: {held:?}"
+    );
+    let received = fx.topology.peers.udp_received(INTERNET_V4.into());
+    assert_eq!(received as u64, held.ok, "nothing refused arrived");
+    let status_learned = fx.datapath.learned().unwrap();
+    assert!(status_learned.is_empty(), "{status_learned:?}");
+}
