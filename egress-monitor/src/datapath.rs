@@ -627,8 +627,10 @@ impl Datapath {
     /// (see [`Datapath::grow`]) when this process attached every live link; otherwise it is
     /// refused and nothing changes.
     pub fn apply(&mut self, policy: &Policy) -> Result<ApplyReport, DatapathError> {
-        let needed = policy.rules.len() + policy.domains.len();
         let capacity = capacity_of(&self.target)?;
+        // New prefixes go in before stale ones come out, so a trie holds both for a moment.
+        let needed =
+            (policy.rules.len() + policy.domains.len()).max(self.transient_entries(policy)?);
         if needed <= capacity as usize {
             return self.apply_in_place(policy);
         }
@@ -648,6 +650,31 @@ impl Datapath {
             .unwrap_or(u32::MAX)
             .max(DEFAULT_RULE_CAPACITY);
         self.grow(policy, grown, &attach_to)
+    }
+
+    /// The most entries either trie holds while `policy` is applied in place: its prefixes of
+    /// that family and the live ones it removes (inserts come before deletions).
+    fn transient_entries(&self, policy: &Policy) -> Result<usize, DatapathError> {
+        let v4 = open_trie::<IPV4_ADDR_LEN>(&self.target, names::POLICY_V4)?;
+        let v6 = open_trie::<IPV6_ADDR_LEN>(&self.target, names::POLICY_V6)?;
+        let mut keys: BTreeSet<LpmKey> = policy
+            .rules
+            .iter()
+            .map(|rule| lpm_key(rule.network))
+            .collect();
+        for item in v4.iter() {
+            let (key, _) = item.map_err(DatapathError::map(names::POLICY_V4, "read"))?;
+            keys.insert(LpmKey::V4(key.prefix_len(), key.data()));
+        }
+        for item in v6.iter() {
+            let (key, _) = item.map_err(DatapathError::map(names::POLICY_V6, "read"))?;
+            keys.insert(LpmKey::V6(key.prefix_len(), key.data()));
+        }
+        let v4_count = keys
+            .iter()
+            .filter(|key| matches!(key, LpmKey::V4(..)))
+            .count();
+        Ok(v4_count.max(keys.len() - v4_count))
     }
 
     /// The attachments to make again for a swap: every live link's cgroup or interface. `Err`

@@ -2,7 +2,11 @@
 
 use std::net::IpAddr;
 
-use egress_monitor::{datapath::Totals, events::Proto, policy::Mode};
+use egress_monitor::{
+    datapath::Totals,
+    events::Proto,
+    policy::{CommandLineRules, Mode, Policy},
+};
 use egress_monitor_tests::netns::{
     INTERNET_V4, INTERNET_V6, LAB_V4, NODE_V4, NODE_V6, PRIVATE_V4, PRIVATE_V6, TCP_PORT, UDP_PORT,
 };
@@ -614,4 +618,40 @@ fn every_program_keeps_half_the_verifier_budget() {
             "{program}: {verified} of {BUDGET} verified instructions"
         );
     }
+}
+
+/// A live change that swaps most of a full policy for other prefixes needs, for a moment, room
+/// for both (new entries go in before stale ones come out): instead of failing half-way, the
+/// maps grow first, and the new policy is whole afterwards.
+#[test]
+fn a_change_that_needs_room_for_both_policies_grows_first() {
+    let rules = |second: u8| CommandLineRules {
+        allow: (0..3000u32)
+            .map(|i| {
+                let [_, _, c, d] = i.to_be_bytes();
+                format!("100.{}.{c}.{d}/32", 64 + second)
+            })
+            .collect(),
+        deny: vec![],
+    };
+    let policy = |second| Policy::build(None, &rules(second), Some(Mode::Enforce)).unwrap();
+    let mut fx = Fixture::with_policy(Hook::Cgroup, |_, _| policy(0));
+    let report = fx
+        .datapath
+        .apply(&policy(1))
+        .expect("the swap of 3,000 prefixes");
+    assert!(report.grown.is_some(), "{report}");
+    assert_eq!(report.inserted, 3000, "{report}");
+    assert_eq!(report.removed, 3000, "{report}");
+    let names = egress_monitor::state::StateFile::load(&fx.bpffs.layout().state_file())
+        .unwrap()
+        .unwrap();
+    assert!(names.rules.iter().any(|rule| rule.cidr == "100.65.0.7/32"));
+    assert!(!names.rules.iter().any(|rule| rule.cidr == "100.64.0.7/32"));
+    // Still enforcing through the swapped maps.
+    let refused = fx
+        .client(None)
+        .udp(INTERNET_V4.into(), UDP_PORT, 2, 8, false)
+        .unwrap();
+    assert_eq!(refused.eperm, 2, "{refused:?}");
 }
