@@ -639,19 +639,7 @@ fn only_the_nodes_resolvers_teach() {
 #[test]
 fn a_connection_outlives_its_record() {
     let fx = Fixture::with_policy(Hook::Both, |topology, _| {
-        let text = format!(
-            "{POLICY}\n[dns]\nresolvers = [\"{PRIVATE_V4}\"]\nnetwork_namespaces = [\"{}\"]\n",
-            topology.node.name
-        );
-        let file =
-            egress_monitor::policy::PolicyFile::parse(std::path::Path::new("policy.toml"), &text)
-                .unwrap();
-        egress_monitor::policy::Policy::build(
-            Some(&file),
-            &egress_monitor::policy::CommandLineRules::default(),
-            None,
-        )
-        .unwrap()
+        policy_from(&trusting_the_node(topology))
     });
     let _server = DnsServer::start(
         &fx.topology.net,
@@ -735,6 +723,14 @@ fn an_answer_forged_in_a_resolvers_name_teaches_nothing() {
     assert_eq!(forged["server"], PRIVATE_V4.to_string(), "{forged}");
 }
 
+/// The domain rules above, trusting the test's resolver and the node's namespace.
+fn trusting_the_node(topology: &egress_monitor_tests::netns::Topology) -> String {
+    format!(
+        "{POLICY}\n[dns]\nresolvers = [\"{PRIVATE_V4}\"]\nnetwork_namespaces = [\"{}\"]\n",
+        topology.node.name
+    )
+}
+
 /// A policy built from `text` as a node builds it from a file.
 fn policy_from(text: &str) -> egress_monitor::policy::Policy {
     let file = egress_monitor::policy::PolicyFile::parse(std::path::Path::new("policy.toml"), text)
@@ -752,10 +748,7 @@ fn policy_from(text: &str) -> egress_monitor::policy::Policy {
 #[test]
 fn revoking_a_domain_rule_closes_its_sockets_too() {
     let mut fx = Fixture::with_policy(Hook::Both, |topology, _| {
-        policy_from(&format!(
-            "{POLICY}\n[dns]\nresolvers = [\"{PRIVATE_V4}\"]\nnetwork_namespaces = [\"{}\"]\n",
-            topology.node.name
-        ))
+        policy_from(&trusting_the_node(topology))
     });
     let _server = DnsServer::start(
         &fx.topology.net,
