@@ -175,7 +175,7 @@ pub fn compat_syscalls(arch: &str, cmdline: &str, config: Option<&str>) -> Compa
 
 /// [`compat_syscalls`] for this machine: /proc/cmdline, and the build configuration from
 /// /boot/config-RELEASE.
-fn this_kernels_compat() -> Compat {
+pub fn this_kernels_compat() -> Compat {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim())).ok();
     compat_syscalls(

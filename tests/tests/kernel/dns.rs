@@ -638,20 +638,7 @@ fn only_the_nodes_resolvers_teach() {
 /// denied.
 #[test]
 fn a_connection_outlives_its_record() {
-    let fx = Fixture::with_policy(Hook::Both, |topology, _| {
-        policy_from(&trusting_the_node(topology))
-    });
-    let _server = DnsServer::start(
-        &fx.topology.net,
-        PRIVATE_V4.into(),
-        vec![Record::new("api.allowed.test", INTERNET_V4, 1)],
-    )
-    .unwrap();
-    let mut node = fx.client(None);
-    let outcome = node
-        .resolve(PRIVATE_V4.into(), "api.allowed.test", "a", false)
-        .unwrap();
-    assert_eq!(outcome.replies, 1, "{outcome:?}");
+    let (fx, _server, mut node) = learned_with_both_hooks(1);
     // 20 datagrams 150 ms apart: the record (1 s, no grace) expires half-way.
     node.interval = Some(Duration::from_millis(150));
     let held = node
@@ -731,6 +718,26 @@ fn trusting_the_node(topology: &egress_monitor_tests::netns::Topology) -> String
     )
 }
 
+/// Both hooks enforcing the domain rules above, and a node client that has just learned
+/// `api.allowed.test` → 203.0.113.1 with a TTL of `ttl` seconds from the test's resolver.
+fn learned_with_both_hooks(ttl: u32) -> (Fixture, DnsServer, egress_monitor_tests::client::Client) {
+    let fx = Fixture::with_policy(Hook::Both, |topology, _| {
+        policy_from(&trusting_the_node(topology))
+    });
+    let server = DnsServer::start(
+        &fx.topology.net,
+        PRIVATE_V4.into(),
+        vec![Record::new("api.allowed.test", INTERNET_V4, ttl)],
+    )
+    .unwrap();
+    let node = fx.client(None);
+    let outcome = node
+        .resolve(PRIVATE_V4.into(), "api.allowed.test", "a", false)
+        .unwrap();
+    assert_eq!(outcome.replies, 1, "{outcome:?}");
+    (fx, server, node)
+}
+
 /// A policy built from `text` as a node builds it from a file.
 fn policy_from(text: &str) -> egress_monitor::policy::Policy {
     let file = egress_monitor::policy::PolicyFile::parse(std::path::Path::new("policy.toml"), text)
@@ -747,20 +754,7 @@ fn policy_from(text: &str) -> egress_monitor::policy::Policy {
 /// kept one stop passing at once, though the record's TTL and the socket live on.
 #[test]
 fn revoking_a_domain_rule_closes_its_sockets_too() {
-    let mut fx = Fixture::with_policy(Hook::Both, |topology, _| {
-        policy_from(&trusting_the_node(topology))
-    });
-    let _server = DnsServer::start(
-        &fx.topology.net,
-        PRIVATE_V4.into(),
-        vec![Record::new("api.allowed.test", INTERNET_V4, 600)],
-    )
-    .unwrap();
-    let mut node = fx.client(None);
-    let outcome = node
-        .resolve(PRIVATE_V4.into(), "api.allowed.test", "a", false)
-        .unwrap();
-    assert_eq!(outcome.replies, 1, "{outcome:?}");
+    let (mut fx, _server, mut node) = learned_with_both_hooks(600);
     node.interval = Some(Duration::from_millis(100));
     let holder = node.clone();
     let held = std::thread::spawn(move || holder.udp_connected(INTERNET_V4.into(), UDP_PORT, 30));

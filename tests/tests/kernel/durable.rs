@@ -431,21 +431,8 @@ fn check_says_what_it_proves() {
 
     // 32-bit system calls skip the cgroup hooks: where this kernel has them, check says so
     // and fails unless the risk is accepted.
-    let compat_on = std::fs::read_to_string("/proc/cmdline")
-        .is_ok_and(|cmdline| !cmdline.contains("ia32_emulation=0"))
-        && std::env::consts::ARCH == "x86_64"
-        && std::fs::read_to_string(format!(
-            "/boot/config-{}",
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap()
-                .trim()
-        ))
-        .map_or(true, |config| {
-            config.lines().any(|l| l == "CONFIG_IA32_EMULATION=y")
-                && !config
-                    .lines()
-                    .any(|l| l == "CONFIG_IA32_EMULATION_DEFAULT_DISABLED=y")
-        });
+    let compat_on =
+        egress_monitor::check::this_kernels_compat() != egress_monitor::check::Compat::Off;
     let output = egress_monitor(&["check", "--pin-path", &pin]);
     let text = stdout(&output);
     assert_eq!(
