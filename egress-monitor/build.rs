@@ -1,6 +1,6 @@
 //! Builds the kernel programs (egress-monitor-ebpf) for bpfel-unknown-none with the pinned
 //! nightly and bpf-linker, and leaves the object at `$OUT_DIR/egress-monitor`, where
-//! `src/loader.rs` embeds it.
+//! the datapath module embeds it (`include_bytes_aligned!`).
 //!
 //! `AYA_BUILD_SKIP=1` writes an empty object instead, so `cargo check`, clippy and docs work on a
 //! machine without the eBPF toolchain; the daemon then refuses to load with a clear error.

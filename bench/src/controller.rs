@@ -12,10 +12,11 @@ use std::{
         Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use egress_monitor_api::time::now_ms;
 use egress_monitor_tests::controller::{
     ADMIN_TOKEN, Api, Controller, ControllerFiles, FLEET_TOKEN, PgDatabase,
 };
@@ -70,12 +71,6 @@ pub struct ControllerBench {
     pub interval_s: u64,
     pub events_per_report: usize,
     pub runs: Vec<StoreRun>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn body(node: usize, seq: u64) -> Vec<u8> {

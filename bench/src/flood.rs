@@ -20,7 +20,7 @@ use egress_monitor_tests::{
 };
 use serde::Serialize;
 
-use crate::daemon::DaemonProcess;
+use crate::daemon;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,7 +77,7 @@ fn flood(scenario: Scenario, count: u32) -> anyhow::Result<Flood> {
     let bpffs = BpfFs::new()?;
     let events = std::env::temp_dir().join(format!("em-bench-flood-{}.jsonl", std::process::id()));
     let _ = std::fs::remove_file(&events);
-    let daemon = DaemonProcess::start(&cgroup, &bpffs, &events, "enforce")?;
+    let daemon = daemon::start(&cgroup, &bpffs, &events, "enforce");
     let client = Client {
         binary: PathBuf::from(
             std::env::var_os("EM_TESTCLIENT")

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::{
-    daemon::Daemon,
+    daemon::IdleDaemon,
     flood::{Flood, Scenario},
     throughput::{Filter, Summary, Throughput},
     verdict::Verdicts,
@@ -81,7 +81,7 @@ pub struct Results {
     pub verdict: Verdicts,
     pub throughput: Throughput,
     pub flood: Vec<Flood>,
-    pub daemon: Daemon,
+    pub daemon: IdleDaemon,
     pub elapsed_s: f64,
 }
 

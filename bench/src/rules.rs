@@ -6,7 +6,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use egress_monitor::policy::{Action, CommandLineRules, Mode, Origin, Policy, Rule};
+use egress_monitor_policy::{Action, CommandLineRules, Mode, Origin, Policy, Rule};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 /// The default policy plus `per_family` generated deny prefixes in each of IPv4 (inside

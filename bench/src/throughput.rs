@@ -11,10 +11,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use egress_monitor::{
-    datapath::Datapath,
-    policy::{Action, Mode, Policy},
-};
+use egress_monitor::datapath::Datapath;
+use egress_monitor_policy::{Action, Mode, Policy};
 use egress_monitor_tests::{
     bpffs::BpfFs,
     cgroup::Cgroup,

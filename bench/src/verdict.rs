@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use aya::programs::{CgroupSkb, CgroupSkbAttachType, SchedClassifier};
 use egress_monitor::{
     datapath::{CGROUP_PROGRAM, Datapath, TC_PROGRAM},
-    policy::Mode,
     testrun,
 };
+use egress_monitor_policy::Mode;
 use egress_monitor_tests::bpffs::BpfFs;
 use serde::Serialize;
 

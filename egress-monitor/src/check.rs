@@ -20,10 +20,11 @@ use aya::programs::{CgroupSkb, CgroupSkbAttachType, SchedClassifier};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
+use egress_monitor_policy::{Action, Mode};
+
 use crate::{
     datapath::{CGROUP_PROGRAM, Datapath, DatapathError, TC_PROGRAM},
     pins::PinLayout,
-    policy::{Action, Mode},
     state::StateFile,
     testrun,
 };

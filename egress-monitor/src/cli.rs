@@ -2,9 +2,15 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    Args, Parser, Subcommand,
+    builder::{PossibleValuesParser, TypedValueParser},
+};
 
-use crate::{daemon::HookChoice, pins::DEFAULT_PIN_PATH, policy::Mode};
+use egress_monitor_api::Words;
+use egress_monitor_policy::Mode;
+
+use crate::{daemon::HookChoice, pins::DEFAULT_PIN_PATH};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,31 +49,13 @@ SIGHUP and restarts build from FILE instead of --policy, --mode, --allow and --d
 says so (`policy source is FILE (set by `policy apply` at TIME), not --policy X`); an unreadable or
 invalid FILE keeps the live policy at a SIGHUP and stops a start with exit code 2.")]
     Run(Box<RunArgs>),
-    /// The fleet controller: nodes report to it (`run --controller`); operators see every
-    /// node's isolation state, the violations and the silent nodes, and set one policy and one
-    /// mode for the fleet, over an authenticated JSON API and a web page at `/`.
-    #[command(after_help = "Examples:
-  # Tokens: one for operators, one for the fleet (or `NODE_ID TOKEN` lines, one per node):
-  openssl rand -hex 32 > admin.token; openssl rand -hex 32 > nodes.token
-  egress-monitor controller --listen 0.0.0.0:8443 --db sqlite:/var/lib/egress-monitor/controller.db \\
-      --admin-token-file admin.token --node-token-file nodes.token \\
-      --tls-cert controller.crt --tls-key controller.key --metrics 127.0.0.1:9465
-  # Replicas sharing PostgreSQL (over TLS, the server's certificate verified):
-  egress-monitor controller --db 'postgres://egress:PASSWORD@db.internal/egress?sslmode=require' \\
-      --db-ca db-ca.pem ...
-  # Nodes:
-  egress-monitor run --controller https://controller:8443 --token-file nodes.token
-  # Operators:
-  curl -H \"Authorization: Bearer $(cat admin.token)\" https://controller:8443/api/v1/nodes
-  curl -X PUT --data-binary @policy.toml -H \"Authorization: Bearer $(cat admin.token)\" \\
-      https://controller:8443/api/v1/policy
-  curl -X PUT -d '{\"mode\":\"enforce\"}' -H 'Content-Type: application/json' \\
-      -H \"Authorization: Bearer $(cat admin.token)\" https://controller:8443/api/v1/mode
-
-The page at / asks for the admin token as the password (any user name). Load balancers and
-probes use GET /healthz (no token): 200 while the database answers, 503 when it does not.
-SIGHUP reads the token files and the TLS certificate and key again (invalid ones change nothing).")]
-    Controller(ControllerArgs),
+    /// Deprecated: runs `egress-monitor-controller` with these arguments (the fleet
+    /// controller is its own program and package now).
+    #[command(hide = true, disable_help_flag = true)]
+    Controller {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Say what is enforced: hooks, mode, policy version, counters, daemon.
     #[command(after_help = "Examples:\n  egress-monitor status\n  egress-monitor status --json")]
     Status {
@@ -86,7 +74,7 @@ SIGHUP reads the token files and the TLS certificate and key again (invalid ones
         #[command(flatten)]
         pins: PinArgs,
         /// Also require this mode.
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = spelled::<Mode>())]
         mode: Option<Mode>,
         /// Pass although 32-bit system calls (IA32 emulation) are on: their setsockopt skips
         /// the cgroup hooks, so the raw-socket guards cannot see it (boot with
@@ -139,10 +127,10 @@ pub struct RunArgs {
     /// observe: count and report denied packets; enforce: also drop them. Overrides the
     /// policy file's `mode`. Default: the file's mode, else observe. Unused while the node
     /// follows a file recorded by `policy apply`.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = spelled::<Mode>())]
     pub mode: Option<Mode>,
     /// Where to attach.
-    #[arg(long, value_enum, default_value = "cgroup")]
+    #[arg(long, value_parser = spelled::<HookChoice>(), default_value = "cgroup")]
     pub hook: HookChoice,
     /// cgroup v2 directory for the cgroup hook (default: the hierarchy's root, from /proc/mounts).
     #[arg(long, value_name = "PATH")]
@@ -222,53 +210,22 @@ pub struct RunArgs {
 }
 
 fn node_id(text: &str) -> Result<String, String> {
-    if crate::controller::wire::valid_node_id(text) {
+    if egress_monitor_api::wire::valid_node_id(text) {
         Ok(text.to_owned())
     } else {
         Err("a node id is 1-128 letters, digits, '.', '_' and '-'".to_owned())
     }
 }
 
-/// `egress-monitor controller`.
-#[derive(Debug, Args)]
-pub struct ControllerArgs {
-    /// Address to serve the API and the page on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
-    pub listen: std::net::SocketAddr,
-    /// The database: an SQLite file (created if missing) or a PostgreSQL server that several
-    /// controller replicas may share.
-    #[arg(
-        long,
-        value_name = "sqlite:PATH|postgres://USER:PASSWORD@HOST/DB",
-        default_value = "sqlite:/var/lib/egress-monitor/controller.db"
-    )]
-    pub db: String,
-    /// PEM CA certificate(s) the PostgreSQL server's certificate must chain to. The controller
-    /// speaks TLS to PostgreSQL when --db says `sslmode=require`, and always verifies the
-    /// server's certificate: against this file, else the public roots (Azure Database for
-    /// PostgreSQL needs no file).
-    #[arg(long, value_name = "FILE")]
-    pub db_ca: Option<PathBuf>,
-    /// The operators' token(s), one per line.
-    #[arg(long, value_name = "FILE")]
-    pub admin_token_file: PathBuf,
-    /// The nodes' tokens, one per line: `TOKEN` (any node) or `NODE_ID TOKEN` (that node only).
-    #[arg(long, value_name = "FILE")]
-    pub node_token_file: PathBuf,
-    /// PEM certificate chain: serve HTTPS (with --tls-key).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Days violations are kept.
-    #[arg(long, value_name = "DAYS", default_value_t = 30,
-          value_parser = clap::value_parser!(u32).range(1..=3650))]
-    pub retention_days: u32,
-    /// Serve the controller's own Prometheus metrics at http://ADDR/metrics (no token: bind
-    /// it where only the scraper reaches, e.g. 127.0.0.1:9465).
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<std::net::SocketAddr>,
+/// A value spelled as one of its type's words (`--mode`, `--hook`), listed by --help. Those
+/// types know no clap: the command line is the only module that does.
+fn spelled<T: Words + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(T::ALL.iter().map(|value| value.as_str())).map(|text| {
+        *T::ALL
+            .iter()
+            .find(|value| value.as_str() == text)
+            .expect("clap accepts only the listed words")
+    })
 }
 
 /// Where the policy comes from.
@@ -302,7 +259,7 @@ pub enum PolicyCommand {
         /// The policy file.
         file: PathBuf,
         /// Validate it for this mode (the failsafe applies to enforce mode).
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = spelled::<Mode>())]
         mode: Option<Mode>,
         /// Accept a policy that denies platform essentials in enforce mode.
         #[arg(long)]
@@ -349,7 +306,7 @@ that follows a fleet policy or mode (`run --controller`): change it at the contr
         /// The policy file.
         file: PathBuf,
         /// Overrides the file's mode.
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = spelled::<Mode>())]
         mode: Option<Mode>,
         /// Accept a policy that denies platform essentials in enforce mode.
         #[arg(long)]

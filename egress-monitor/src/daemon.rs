@@ -23,6 +23,8 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use egress_monitor_policy::{Policy, PolicySource};
+
 use crate::{
     cgroup::{self, CgroupError},
     datapath::{ApplyReport, Counters, Datapath, DatapathError, Opened},
@@ -31,22 +33,22 @@ use crate::{
     flows::FlowReporter,
     iface::{self, InterfaceError},
     pins::PinLayout,
-    policy::{Policy, PolicySource},
-    reporter::{FleetUpdate, Reporter, ReporterConfig, ReporterError, Shared},
+    reporter::{Exchange, FleetUpdate, Reporter, ReporterConfig, ReporterError},
     source::{self, RecordedSource, SourceError},
     state::{StateError, StateFile},
     status,
 };
 
-/// Which programs to attach.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum HookChoice {
-    /// cgroup_skb egress on a cgroup: every local socket, any network namespace.
-    Cgroup,
-    /// TC egress on interfaces: everything leaving them, forwarded traffic too.
-    Tc,
-    /// Both (what enforce mode on a real node wants).
-    Both,
+egress_monitor_api::words! {
+    /// Which programs to attach.
+    pub enum HookChoice {
+        /// cgroup_skb egress on a cgroup: every local socket, any network namespace.
+        Cgroup = "cgroup",
+        /// TC egress on interfaces: everything leaving them, forwarded traffic too.
+        Tc = "tc",
+        /// Both (what enforce mode on a real node wants).
+        Both = "both",
+    }
 }
 
 impl HookChoice {
@@ -126,12 +128,12 @@ pub enum DaemonError {
         source: io::Error,
     },
     #[error("the policy with the VNet prefixes is invalid")]
-    Policy(#[source] crate::policy::PolicyError),
+    Policy(#[source] egress_monitor_policy::PolicyError),
     #[error("the fleet policy kept in {dir} is invalid")]
     FleetPolicy {
         dir: String,
         #[source]
-        source: crate::policy::PolicyError,
+        source: egress_monitor_policy::PolicyError,
     },
     #[error(transparent)]
     Reporter(#[from] ReporterError),
@@ -144,7 +146,7 @@ pub enum DaemonError {
         file: String,
         recorded_at: String,
         #[source]
-        source: crate::policy::PolicyError,
+        source: egress_monitor_policy::PolicyError,
     },
 }
 
@@ -165,9 +167,9 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(200);
 /// How long the reporter gets at a stop to seal and send its last reports.
 const REPORTER_STOP: Duration = Duration::from_secs(15);
 
-/// The daemon's end of the reporter: events go to `shared.feed`, fleet updates come in.
+/// The daemon's end of the reporter: events go to `exchange.feed`, fleet updates come in.
 struct FleetLink {
-    shared: Arc<Shared>,
+    exchange: Arc<Exchange>,
     updates: tokio::sync::mpsc::Receiver<FleetUpdate>,
     /// Where the fleet's policy and mode are kept.
     dir: PathBuf,
@@ -224,12 +226,12 @@ pub async fn run(
             })?;
         config.source = recorded.source;
     }
-    let counts = Arc::new(crate::metrics::DaemonCounts::default());
+    let counts = Arc::new(crate::counts::DaemonCounts::default());
     // The controller's settings are checked, and the fleet's policy and mode restored, before
     // anything is attached.
     let mut fleet = match config.controller.clone() {
         Some(reporter_config) => {
-            let shared = Arc::new(Shared::default());
+            let exchange = Arc::new(Exchange::default());
             let restored = crate::fleet::restore(&reporter_config.spool_dir, &mut config.source);
             if restored != Default::default() {
                 config.policy =
@@ -241,17 +243,17 @@ pub async fn run(
                             source,
                         })?;
             }
-            shared.set_fleet(restored);
+            exchange.set_following(restored);
             let (reporter, updates) = Reporter::new(
                 reporter_config.clone(),
-                Arc::clone(&shared),
+                Arc::clone(&exchange),
                 layout.clone(),
                 Arc::clone(&counts),
             )?;
             Some((
                 reporter,
                 FleetLink {
-                    shared,
+                    exchange,
                     updates,
                     dir: reporter_config.spool_dir,
                 },
@@ -382,7 +384,7 @@ async fn serve(
     datapath: &mut Datapath,
     config: &mut RunConfig,
     writer: &mut EventWriter,
-    counts: &crate::metrics::DaemonCounts,
+    counts: &crate::counts::DaemonCounts,
     mut link: Option<FleetLink>,
     mut reload: Reload,
     shutdown: impl Future<Output = ()>,
@@ -397,7 +399,7 @@ async fn serve(
         tunnel: crate::tunnel::TunnelScorer::new(),
         dst_names: crate::dns_events::NameCache::new(),
         clock: Clock::now(),
-        feed: link.as_ref().map(|link| Arc::clone(&link.shared)),
+        feed: link.as_ref().map(|link| Arc::clone(&link.exchange)),
     };
     let mut ring = watch(datapath.events()?)?;
     // What the flows gathered while no daemon ran is reported now.
@@ -468,7 +470,7 @@ async fn serve(
                 // Events read before the change name the old rules; after it, the new.
                 drain(ring.get_mut(), &names, &mut out);
                 let link = link.as_ref().expect("guarded");
-                let state = link.shared.fleet();
+                let state = link.exchange.following();
                 let outcome = crate::fleet::apply(
                     &link.dir,
                     update.desired,
@@ -482,13 +484,13 @@ async fn serve(
                         log::info!(
                             "fleet policy {} and mode {} applied",
                             applied.policy_version.map_or("(local)".to_owned(), |v| format!("v{v}")),
-                            applied.mode.map_or("(local)", crate::policy::Mode::as_str)
+                            applied.mode.map_or("(local)", egress_monitor_policy::Mode::as_str)
                         );
-                        link.shared.set_fleet(applied.clone());
+                        link.exchange.set_following(applied.clone());
                     }
                     Err(err) => {
                         log::error!("the fleet's policy or mode was not applied; the live one stays: {err}");
-                        link.shared.set_fleet(crate::reporter::FleetState {
+                        link.exchange.set_following(crate::reporter::Following {
                             error: Some(err.clone()),
                             refused: Some(update.desired),
                             ..state
@@ -632,7 +634,7 @@ fn load_names(layout: &PinLayout) -> Result<StateFile, DaemonError> {
     Ok(
         StateFile::load(&layout.state_file())?.unwrap_or_else(|| StateFile {
             version: String::new(),
-            mode: crate::policy::Mode::Observe,
+            mode: egress_monitor_policy::Mode::Observe,
             applied_at: String::new(),
             groups: Vec::new(),
             rules: Vec::new(),
@@ -645,7 +647,7 @@ fn log_apply(report: &ApplyReport) {
 }
 
 /// The VNet's prefixes as rules: from IMDS, or the last known when it does not answer.
-fn vnet_rules(imds: &Imds, layout: &PinLayout) -> Vec<crate::policy::Rule> {
+fn vnet_rules(imds: &Imds, layout: &PinLayout) -> Vec<egress_monitor_policy::Rule> {
     let prefixes =
         crate::azure::imds::prefixes_or_last_known(&imds.url, &layout.run_dir().join("imds.json"));
     log::info!(
@@ -742,14 +744,14 @@ fn egress_interfaces() -> Result<Vec<String>, DaemonError> {
 /// Where the daemon's event records go, and what it counts of them.
 struct Output<'a> {
     writer: &'a mut EventWriter,
-    counts: &'a crate::metrics::DaemonCounts,
+    counts: &'a crate::counts::DaemonCounts,
     cgroups: crate::cgroup::PathCache,
     exes: crate::process::ExeCache,
     tunnel: crate::tunnel::TunnelScorer,
     dst_names: crate::dns_events::NameCache,
     clock: Clock,
     /// The reporter's queue, when a controller is configured.
-    feed: Option<Arc<Shared>>,
+    feed: Option<Arc<Exchange>>,
 }
 
 impl Output<'_> {
@@ -768,8 +770,8 @@ impl Output<'_> {
     fn write(&mut self, mut record: EventRecord) {
         (record.cgroup, record.exe) = self.resolve(record.cgroup_id, record.pid);
         record.dst_name = record.dst.and_then(|dst| self.dst_names.name(dst));
-        if let Some(shared) = &self.feed {
-            shared.feed.push(&record);
+        if let Some(exchange) = &self.feed {
+            exchange.feed.push(&record);
         }
         self.writer.write(&record);
     }
@@ -787,7 +789,7 @@ impl Output<'_> {
             record.pid,
             record.comm,
             record.option,
-            if record.action == "dropped" {
+            if record.action == events::Action::Dropped {
                 "refused (EPERM)"
             } else {
                 "allowed (observe mode)"

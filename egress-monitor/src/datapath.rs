@@ -45,11 +45,12 @@ use egress_monitor_common::{
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
+use egress_monitor_policy::{Action, DomainRule, Mode, Policy};
+
 use crate::{
     cgroup::{self, CgroupError},
     iface::{self, InterfaceError},
     pins::{self, PinError, PinLayout},
-    policy::{Action, DomainRule, Mode, Policy},
     resolvers::{self, NetnsError},
     state::{StateError, StateFile, StateRule},
 };
@@ -787,7 +788,7 @@ impl Datapath {
         // Ids: a prefix that stays keeps its id. New prefixes take ids no live entry holds, so
         // that while the stale entries still exist no two prefixes share an id (events and
         // per-rule counters stay right); only when those run out do they take a stale entry's.
-        let wanted: Vec<(LpmKey, &crate::policy::Rule)> = policy
+        let wanted: Vec<(LpmKey, &egress_monitor_policy::Rule)> = policy
             .rules
             .iter()
             .map(|rule| (lpm_key(rule.network), rule))

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use egress_monitor_api::wire::Hook;
 use egress_monitor_common::{
     dns::{DnsEvent, kind, refusal},
     event::flags,
@@ -11,7 +12,7 @@ use egress_monitor_common::{
 use serde::Serialize;
 
 use crate::{
-    events::{Clock, EventError, Proto, action_name, comm_text, hook_name},
+    events::{Action, Clock, EventError, Proto, action_of, comm_text, hook_of},
     state::StateFile,
     tunnel::TunnelScore,
 };
@@ -21,10 +22,10 @@ pub struct DnsRecord {
     pub ts: String,
     /// Always `dns`.
     pub kind: &'static str,
-    pub hook: &'static str,
+    pub hook: Hook,
     /// `allowed` (the query left), `observed` (observe mode: it left, a domain policy would
     /// refuse it) or `dropped`.
-    pub action: &'static str,
+    pub action: Action,
     /// The question: its name (dotted, no trailing dot) and type.
     pub name: String,
     pub qtype: QueryType,
@@ -257,13 +258,13 @@ impl DnsRecord {
                 value: event.kind,
             });
         }
-        let hook_name = hook_name(event.hook)?;
-        let action = action_name(event.outcome)?;
+        let hook = hook_of(event.hook)?;
+        let action = action_of(event.outcome)?;
         let on_cgroup = event.hook == hook::CGROUP;
         Ok(DnsRecord {
             ts: clock.rfc3339(event.ts_boot_ns),
             kind: "dns",
-            hook: hook_name,
+            hook,
             action,
             name: name(event),
             qtype: QueryType::from_number(event.qtype),

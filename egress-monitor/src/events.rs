@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use egress_monitor_api::wire::{DeniedAction, FlowKind, Hook};
 use egress_monitor_common::{
     dns::{DNS_EVENT_SIZE, DnsEvent},
     event::{EVENT_SIZE, Event, flags},
@@ -66,11 +67,28 @@ pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
-/// The name of a [`hook`] code.
-pub fn hook_name(code: u8) -> Result<&'static str, EventError> {
+egress_monitor_api::words! {
+    /// What the datapath did with a packet (or a socket option): `allowed`, or denied and
+    /// `observed` (observe mode: passed and reported) or `dropped` (enforce mode).
+    pub enum Action { Allowed = "allowed", Observed = "observed", Dropped = "dropped" }
+}
+
+impl Action {
+    /// The action of a denied packet; `None` for an allowed one.
+    pub fn denied(self) -> Option<DeniedAction> {
+        match self {
+            Action::Allowed => None,
+            Action::Observed => Some(DeniedAction::Observed),
+            Action::Dropped => Some(DeniedAction::Dropped),
+        }
+    }
+}
+
+/// The hook of a [`hook`] code.
+pub fn hook_of(code: u8) -> Result<Hook, EventError> {
     match code {
-        hook::CGROUP => Ok("cgroup"),
-        hook::TC => Ok("tc"),
+        hook::CGROUP => Ok(Hook::Cgroup),
+        hook::TC => Ok(Hook::Tc),
         value => Err(EventError::BadCode {
             field: "hook",
             value,
@@ -78,12 +96,12 @@ pub fn hook_name(code: u8) -> Result<&'static str, EventError> {
     }
 }
 
-/// The `action` of an [`outcome`] code.
-pub fn action_name(code: u8) -> Result<&'static str, EventError> {
+/// The action of an [`outcome`] code.
+pub fn action_of(code: u8) -> Result<Action, EventError> {
     match u32::from(code) {
-        outcome::ALLOWED => Ok("allowed"),
-        outcome::DENIED_OBSERVED => Ok("observed"),
-        outcome::DENIED_DROPPED => Ok("dropped"),
+        outcome::ALLOWED => Ok(Action::Allowed),
+        outcome::DENIED_OBSERVED => Ok(Action::Observed),
+        outcome::DENIED_DROPPED => Ok(Action::Dropped),
         _ => Err(EventError::BadCode {
             field: "outcome",
             value: code,
@@ -125,7 +143,7 @@ pub struct GuardRecord {
     /// Always `raw_socket`.
     pub kind: &'static str,
     /// `dropped`: refused with EPERM (enforce mode); `observed`: allowed and reported.
-    pub action: &'static str,
+    pub action: Action,
     /// The option: `PACKET_QDISC_BYPASS` or `XDP_TX_RING`.
     pub option: &'static str,
     /// What the caller got back: `EPERM` when refused.
@@ -153,13 +171,13 @@ impl GuardRecord {
                 });
             }
         };
-        let action = action_name(event.outcome)?;
+        let action = action_of(event.outcome)?;
         Ok(GuardRecord {
             ts: clock.rfc3339(event.ts_boot_ns),
             kind: "raw_socket",
             action,
             option,
-            errno: (action == "dropped").then_some("EPERM"),
+            errno: (action == Action::Dropped).then_some("EPERM"),
             pid: event.pid,
             comm: comm_text(&event.comm),
             uid: event.uid,
@@ -178,10 +196,10 @@ pub struct EventRecord {
     /// `packet`: one denied packet (flow aggregation off); `first`: the first denied packet of
     /// a flow, reported at once; `update`: the flow's later packets, counted in the kernel and
     /// reported at most once per flow interval.
-    pub kind: &'static str,
-    pub hook: &'static str,
+    pub kind: FlowKind,
+    pub hook: Hook,
     /// `observed` (observe mode: passed) or `dropped` (enforce mode).
-    pub action: &'static str,
+    pub action: DeniedAction,
     pub proto: Proto,
     /// Null only when no IP header could be read (`malformed` or `ethertype` says why).
     pub src: Option<IpAddr>,
@@ -237,17 +255,14 @@ pub struct EventRecord {
 impl EventRecord {
     /// `names` is the applied policy's state: rule names by id, and its version.
     pub fn new(event: &Event, names: &StateFile, clock: &Clock) -> Result<EventRecord, EventError> {
-        let hook_name = hook_name(event.hook)?;
+        let hook = hook_of(event.hook)?;
         // A packet event is about a denied packet.
-        let action = match action_name(event.outcome)? {
-            "allowed" => {
-                return Err(EventError::BadCode {
-                    field: "outcome",
-                    value: event.outcome,
-                });
-            }
-            action => action,
-        };
+        let action = action_of(event.outcome)?
+            .denied()
+            .ok_or(EventError::BadCode {
+                field: "outcome",
+                value: event.outcome,
+            })?;
         let not_ip = event.flags & flags::NOT_IP != 0;
         let malformed = event.flags & flags::MALFORMED != 0;
         let address = |bytes: &[u8; 16]| -> Option<IpAddr> {
@@ -266,11 +281,11 @@ impl EventRecord {
         Ok(EventRecord {
             ts: clock.rfc3339(event.ts_boot_ns),
             kind: if event.flags & flags::FLOW_FIRST != 0 {
-                "first"
+                FlowKind::First
             } else {
-                "packet"
+                FlowKind::Packet
             },
-            hook: hook_name,
+            hook,
             action,
             proto: Proto::from_number(event.proto, event.ip_version),
             src: address(&event.src),
@@ -308,7 +323,7 @@ impl EventRecord {
         let first = EventRecord::new(&update.first, names, clock)?;
         Ok(EventRecord {
             ts: clock.rfc3339(update.last_seen_ns),
-            kind: "update",
+            kind: FlowKind::Update,
             packets: update.packets,
             bytes: update.bytes,
             len: None,
@@ -482,11 +497,10 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 #[cfg(test)]
 mod tests {
+    use egress_monitor_policy::{Action, Mode};
+
     use super::*;
-    use crate::{
-        policy::{Action, Mode},
-        state::StateRule,
-    };
+    use crate::state::StateRule;
 
     fn event() -> Event {
         let mut src = [0u8; 16];
@@ -579,7 +593,7 @@ mod tests {
         let record = EventRecord::new(&first, &policy(), &clock()).unwrap();
         assert_eq!(
             (record.kind, record.packets, record.bytes),
-            ("first", 1, 56)
+            (FlowKind::First, 1, 56)
         );
         let update = FlowUpdate {
             first,

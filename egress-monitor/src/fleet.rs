@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use egress_monitor_api::wire::Desired;
+use egress_monitor_policy::{Mode, PolicySource};
+
 use crate::{
-    controller::wire::Desired,
     datapath::Datapath,
-    policy::{Mode, PolicySource},
-    reporter::{FleetState, spool::write_durably},
+    reporter::{Following, spool::write_durably},
 };
 
 /// What was applied last: `fleet.json` beside the policy file.
@@ -33,12 +34,12 @@ fn policy_path(dir: &Path) -> PathBuf {
 
 /// Makes `source` the fleet's policy and mode as last applied, if any were; returns the state
 /// the reporter starts from.
-pub fn restore(dir: &Path, source: &mut PolicySource) -> FleetState {
+pub fn restore(dir: &Path, source: &mut PolicySource) -> Following {
     let Some(applied) = std::fs::read(applied_path(dir))
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Applied>(&bytes).ok())
     else {
-        return FleetState::default();
+        return Following::default();
     };
     if applied.policy_version.is_some() {
         source.file = Some(policy_path(dir));
@@ -53,7 +54,7 @@ pub fn restore(dir: &Path, source: &mut PolicySource) -> FleetState {
             .map_or("local policy".to_owned(), |v| format!("policy v{v}")),
         applied.mode.map_or("the local", Mode::as_str),
     );
-    FleetState {
+    Following {
         policy_version: applied.policy_version,
         mode: applied.mode,
         error: None,
@@ -69,14 +70,21 @@ pub fn apply(
     policy: Option<&str>,
     source: &mut PolicySource,
     datapath: &mut Datapath,
-    state: &FleetState,
-) -> Result<FleetState, String> {
+    state: &Following,
+) -> Result<Following, String> {
     let mut candidate = source.clone();
     if let Some(mode) = desired.mode {
         candidate.mode = Some(mode);
     }
     let pending = dir.join("fleet-policy.pending.toml");
     if let Some(text) = policy {
+        // As the controller validated it: a fleet policy reads no file of this node.
+        egress_monitor_policy::validate_fleet_policy(text, candidate.mode).map_err(|err| {
+            format!(
+                "fleet policy v{} is invalid here: {err}",
+                desired.policy_version
+            )
+        })?;
         write_durably(&pending, text.as_bytes()).map_err(|err| crate::error::chain(&err))?;
         candidate.file = Some(pending.clone());
         // Validated under its pending name first: the live file is only ever a valid policy.
@@ -114,7 +122,7 @@ pub fn apply(
     )
     .map_err(|err| crate::error::chain(&err))?;
     *source = candidate;
-    Ok(FleetState {
+    Ok(Following {
         policy_version: applied.policy_version,
         mode: applied.mode,
         error: None,

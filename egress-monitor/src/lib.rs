@@ -8,7 +8,9 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line (clap); [`app`]: what each command does, exit codes.
-//! - [`policy`]: groups, the policy file, validation, the effective rule list.
+//! - The policy (groups, the policy file, validation, the effective rule list) is the crate
+//!   `egress_monitor_policy`; what the node and the controller say to each other is
+//!   `egress_monitor_api`.
 //! - [`datapath`]: the pinned state — create, adopt or replace it, apply policies by diff,
 //!   attach, read counters, detach. All BPF syscalls for the live state live here.
 //! - [`pins`]: where pins and the run directory are; [`state`]: the applied policy's names;
@@ -18,18 +20,18 @@
 //! - [`daemon`]: `run(config, shutdown)`, the long-running loop.
 //! - [`status`], [`check`]: what is enforced, and proof by synthetic packets.
 //! - [`metrics`]: Prometheus `/metrics`, read from the pinned maps at each scrape.
-//! - [`azure`]: `nsg-audit` (does the NSG let the node out?) and service tags as rules.
+//! - [`azure`]: `nsg-audit` (does the NSG let the node out?) and the node's VNet from IMDS.
 //! - [`cgroup`], [`iface`], [`process`]: the cgroup2 hierarchy, network interfaces, and the
 //!   executables that events name.
 //! - [`resolvers`]: whose DNS answers teach (the node's resolvers, trusted network namespaces).
-//! - [`error`]: exit codes and operator-facing error text.
+//! - [`error`]: operator-facing error text (exit codes are `app`'s).
 
 pub mod app;
 pub mod azure;
 pub mod cgroup;
 pub mod check;
 pub mod cli;
-pub mod controller;
+pub mod counts;
 pub mod daemon;
 pub mod datapath;
 pub mod dns_events;
@@ -41,7 +43,6 @@ mod fs;
 pub mod iface;
 pub mod metrics;
 pub mod pins;
-pub mod policy;
 pub mod process;
 pub mod reporter;
 pub mod resolvers;

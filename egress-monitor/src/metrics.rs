@@ -17,10 +17,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
 };
 
 use axum::{Router, http::header::CONTENT_TYPE, routing::get};
@@ -31,24 +28,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{datapath::Totals, pins::PinLayout, policy::Mode, status};
+use egress_monitor_policy::Mode;
 
-/// Counts only the daemon has, shared with the scrape handler.
-#[derive(Debug, Default)]
-pub struct DaemonCounts {
-    pub events_written: AtomicU64,
-    pub events_unwritten: AtomicU64,
-    /// Flow updates written (also in `events_written`).
-    pub flow_updates: AtomicU64,
-    /// Flows forgotten by the kernel's LRU map before their last packets were reported.
-    pub flows_evicted: AtomicU64,
-    /// Reports the controller acknowledged, refused as invalid, or the full spool dropped;
-    /// and those waiting in the spool (all zero without `--controller`).
-    pub reports_delivered: AtomicU64,
-    pub reports_rejected: AtomicU64,
-    pub reports_dropped: AtomicU64,
-    pub reports_pending: AtomicU64,
-}
+use crate::{counts::DaemonCounts, datapath::Totals, pins::PinLayout, status};
 
 #[derive(Debug)]
 struct DatapathCollector {

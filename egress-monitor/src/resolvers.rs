@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::policy::DnsTrust;
+use egress_monitor_policy::DnsTrust;
 
 /// Azure's wireserver: the DNS every VNet gets unless it names custom servers.
 pub const AZURE_DNS: IpAddr = IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16));

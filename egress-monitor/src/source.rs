@@ -21,11 +21,9 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    pins::PinLayout,
-    policy::{CommandLineRules, Mode, PolicySource},
-    reporter::ReporterStatus,
-};
+use egress_monitor_policy::{CommandLineRules, Mode, PolicySource};
+
+use crate::{pins::PinLayout, reporter::ReporterStatus};
 
 /// The name of the record in the run directory.
 const RECORD_FILE: &str = "policy-source.json";
@@ -135,7 +133,7 @@ impl RecordedSource {
 
     /// The source it stands for: the file alone, as `policy apply` built it. Rules found at run
     /// time (`discovered`) are the node's, not the file's, and carry over.
-    fn source(&self, discovered: &[crate::policy::Rule]) -> PolicySource {
+    fn source(&self, discovered: &[egress_monitor_policy::Rule]) -> PolicySource {
         PolicySource {
             file: Some(self.file.clone()),
             command_line: CommandLineRules::default(),
@@ -312,11 +310,11 @@ mod tests {
     #[test]
     fn the_recorded_mode_and_risk_are_kept_and_discovered_rules_carry_over() {
         let mut args = arguments(None, Some(Mode::Enforce));
-        args.discovered.push(crate::policy::Rule {
+        args.discovered.push(egress_monitor_policy::Rule {
             name: "vnet".into(),
             network: "10.5.0.0/16".parse().unwrap(),
-            action: crate::policy::Action::Allow,
-            origin: crate::policy::Origin::Imds("test".into()),
+            action: egress_monitor_policy::Action::Allow,
+            origin: egress_monitor_policy::Origin::Imds("test".into()),
         });
         let mut record = recorded("/srv/b.toml", Some(Mode::Enforce));
         record.accept_risk = true;

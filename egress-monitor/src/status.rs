@@ -4,10 +4,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use egress_monitor_policy::Mode;
+
 use crate::{
     datapath::{Counters, Datapath, DatapathError, build_id},
     pins::PinLayout,
-    policy::Mode,
     state::StateFile,
 };
 
@@ -189,7 +190,8 @@ fn controller_line(link: &crate::reporter::ReporterStatus) -> String {
         link.dropped_reports,
         link.fleet_policy_version
             .map_or("none (local policy)".to_owned(), |v| format!("v{v}")),
-        link.fleet_mode.map_or("local", crate::policy::Mode::as_str),
+        link.fleet_mode
+            .map_or("local", egress_monitor_policy::Mode::as_str),
     );
     if let Some(error) = &link.fleet_error {
         line.push_str(&format!("; refused the fleet's newest: {error}"));

@@ -200,9 +200,9 @@ impl Controller {
     pub fn start(files: &ControllerFiles, db: &str, port: u16, extra: &[&str]) -> Controller {
         let port = if port == 0 { crate::free_port() } else { port };
         let listen = format!("127.0.0.1:{port}");
-        let mut command = Command::new(crate::daemon_binary());
+        let mut command = Command::new(crate::controller_binary());
         command
-            .args(["controller", "--listen", &listen, "--db", db])
+            .args(["--listen", &listen, "--db", db])
             .arg("--admin-token-file")
             .arg(files.dir.join("admin.token"))
             .arg("--node-token-file")

@@ -18,6 +18,7 @@ pub mod bpffs;
 pub mod cgroup;
 pub mod client;
 pub mod controller;
+pub mod daemon;
 pub mod dns;
 pub mod logged;
 pub mod netns;
@@ -40,19 +41,29 @@ pub fn require_root() {
 /// The `egress-monitor` binary under test: `$EGRESS_MONITOR_BIN`, or the one cargo built next
 /// to this test binary (`cargo xtask test` builds it first).
 pub fn daemon_binary() -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os("EGRESS_MONITOR_BIN") {
+    built_binary("EGRESS_MONITOR_BIN", "egress-monitor")
+}
+
+/// The `egress-monitor-controller` binary under test: `$EGRESS_MONITOR_CONTROLLER_BIN`, or the
+/// one cargo built next to this test binary.
+pub fn controller_binary() -> std::path::PathBuf {
+    built_binary("EGRESS_MONITOR_CONTROLLER_BIN", "egress-monitor-controller")
+}
+
+fn built_binary(variable: &str, name: &str) -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
         return path.into();
     }
     let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/<test> -> target/<profile>/egress-monitor
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let path = exe
         .parent()
         .and_then(std::path::Path::parent)
         .expect("a target directory")
-        .join("egress-monitor");
+        .join(name);
     assert!(
         path.exists(),
-        "{} is missing: build it with `cargo build -p egress-monitor` (cargo xtask test does)",
+        "{} is missing: build it with `cargo build -p {name}` (cargo xtask test does)",
         path.display()
     );
     path

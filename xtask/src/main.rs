@@ -64,10 +64,10 @@ fn main() -> ExitCode {
         Task::Test { args } => setup::setup().and_then(|()| test::test(&args)),
         Task::Bench { args } => setup::setup().and_then(|()| bench::bench(&args)),
         Task::Package => setup::setup()
-            .and_then(|()| package::package())
-            .and_then(|deb| {
-                package::verify(&deb)?;
-                println!("{}", deb.display());
+            .and_then(|()| package::packages())
+            .and_then(|debs| {
+                package::verify_all(&debs)?;
+                println!("{}\n{}", debs.node.display(), debs.controller.display());
                 Ok(())
             }),
     };

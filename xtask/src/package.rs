@@ -25,50 +25,85 @@ pub fn ensure_cargo_deb() -> anyhow::Result<()> {
     )
 }
 
-/// Builds the .deb and returns its path.
-pub fn package() -> anyhow::Result<PathBuf> {
+/// The two products' packages: the node's and the controller's.
+pub struct Packages {
+    pub node: PathBuf,
+    pub controller: PathBuf,
+}
+
+/// Builds both .deb files and returns their paths.
+pub fn packages() -> anyhow::Result<Packages> {
+    Ok(Packages {
+        node: package("egress-monitor")?,
+        controller: package("egress-monitor-controller")?,
+    })
+}
+
+/// Builds the .deb of `crate_name` and returns its path (the newest of that name).
+fn package(crate_name: &str) -> anyhow::Result<PathBuf> {
     step(
-        "cargo deb",
-        Command::new("cargo").args(["deb", "-p", "egress-monitor"]),
+        &format!("cargo deb -p {crate_name}"),
+        Command::new("cargo").args(["deb", "-p", crate_name]),
     )?;
     let dir = target_dir().join("debian");
+    let prefix = format!("{crate_name}_");
     std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .flatten()
         .map(|entry| entry.path())
         .filter(|path| path.extension().is_some_and(|e| e == "deb"))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(&prefix))
+        })
         .max_by_key(|path| path.metadata().and_then(|m| m.modified()).ok())
-        .with_context(|| format!("no .deb in {}", dir.display()))
+        .with_context(|| format!("no {prefix}*.deb in {}", dir.display()))
 }
 
-/// Unpacks the package into a scratch root (`dpkg-deb -x`) and checks it: the files, a binary
-/// that runs, the shipped policy valid and in observe mode, the policy a conffile, and a unit
-/// that takes its mode from the policy.
-pub fn verify(deb: &Path) -> anyhow::Result<()> {
+/// Checks both packages (see [`verify`]).
+pub fn verify_all(packages: &Packages) -> anyhow::Result<()> {
+    verify(&packages.node, verify_node)?;
+    verify(&packages.controller, verify_controller)
+}
+
+/// Unpacks a package into a scratch root (`dpkg-deb -x`, `dpkg-deb -e`) and checks it with
+/// `check(root, control directory)`.
+fn verify(deb: &Path, check: fn(&Path, &Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
     eprintln!("==> verify {}", deb.display());
     let scratch = std::env::temp_dir().join(format!("em-deb-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
-    let result = verify_in(deb, &scratch);
+    let result = unpack(deb, &scratch).and_then(|()| {
+        check(&scratch.join("root"), &scratch.join("DEBIAN"))?;
+        eprintln!("    the package installs into a scratch root and holds what it should");
+        Ok(())
+    });
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
 
-fn verify_in(deb: &Path, scratch: &Path) -> anyhow::Result<()> {
-    let rootfs = scratch.join("root");
-    let control = scratch.join("DEBIAN");
+fn unpack(deb: &Path, scratch: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    run(
-        "dpkg-deb",
-        &["-x".as_ref(), deb.as_os_str(), rootfs.as_os_str()],
-    )?;
-    run(
-        "dpkg-deb",
-        &["-e".as_ref(), deb.as_os_str(), control.as_os_str()],
-    )?;
+    for (flag, into) in [("-x", "root"), ("-e", "DEBIAN")] {
+        run(
+            "dpkg-deb",
+            &[
+                flag.as_ref(),
+                deb.as_os_str(),
+                scratch.join(into).as_os_str(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The node's package: the files, a binary that runs, the shipped policy valid and in observe
+/// mode, the policy a conffile, a unit that takes its mode from the policy, maintainer scripts
+/// that start nothing and detach on removal, and no controller in it.
+fn verify_node(rootfs: &Path, control: &Path) -> anyhow::Result<()> {
     for file in [
         "usr/bin/egress-monitor",
         "lib/systemd/system/egress-monitor.service",
-        "lib/systemd/system/egress-monitor-controller.service",
         "etc/egress-monitor/policy.toml",
         "usr/share/doc/egress-monitor/README.md",
         // The pages the shipped policy, units and maintainer scripts point to.
@@ -110,40 +145,15 @@ fn verify_in(deb: &Path, scratch: &Path) -> anyhow::Result<()> {
         !unit.contains("--mode"),
         "the unit must take its mode from the policy file"
     );
-    let controller = std::fs::read_to_string(
-        rootfs.join("lib/systemd/system/egress-monitor-controller.service"),
-    )?;
-    for needle in [
-        "ExecStart=/usr/bin/egress-monitor controller",
-        // Tokens never cross the network in the clear.
-        "--tls-cert",
-        "ExecReload=/bin/kill -HUP $MAINPID",
-        "CapabilityBoundingSet=\n",
+    for file in [
+        "usr/bin/egress-monitor-controller",
+        "lib/systemd/system/egress-monitor-controller.service",
     ] {
         ensure!(
-            controller.contains(needle),
-            "the controller's unit lacks `{}`",
-            needle.trim()
+            !rootfs.join(file).exists(),
+            "the node's package must not carry the controller (/{file})"
         );
     }
-    // Its command line parses (the files it names need not exist for --help to answer).
-    let exec: Vec<String> = controller
-        .split("ExecStart=/usr/bin/egress-monitor ")
-        .nth(1)
-        .context("ExecStart")?
-        .lines()
-        .map(|line| line.trim().trim_end_matches('\\').trim().to_owned())
-        .take_while(|line| !line.is_empty() && !line.starts_with("ExecReload"))
-        .flat_map(|line| {
-            line.split_whitespace()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let mut args: Vec<&std::ffi::OsStr> = exec.iter().map(|a| a.as_ref()).collect();
-    args.push("--help".as_ref());
-    run(binary.to_str().context("path")?, &args)
-        .context("the controller's unit has a command line egress-monitor refuses")?;
     let postinst = std::fs::read_to_string(control.join("postinst"))?;
     ensure!(
         !postinst.lines().any(|l| {
@@ -159,7 +169,63 @@ fn verify_in(deb: &Path, scratch: &Path) -> anyhow::Result<()> {
         prerm.contains("egress-monitor detach"),
         "removing the package must detach"
     );
-    eprintln!("    the package installs into a scratch root and holds what it should");
+    Ok(())
+}
+
+/// The controller's package: its binary runs, and its unit runs it with a command line it
+/// accepts, over TLS, reloadable, with no capability.
+fn verify_controller(rootfs: &Path, _control: &Path) -> anyhow::Result<()> {
+    for file in [
+        "usr/bin/egress-monitor-controller",
+        "lib/systemd/system/egress-monitor-controller.service",
+        "usr/share/doc/egress-monitor-controller/docs/fleet.md",
+    ] {
+        ensure!(rootfs.join(file).is_file(), "the package lacks /{file}");
+    }
+    ensure!(
+        !rootfs.join("usr/bin/egress-monitor").exists(),
+        "the controller's package must not carry the node's daemon"
+    );
+    let binary = rootfs.join("usr/bin/egress-monitor-controller");
+    let version = run(binary.to_str().context("path")?, &["--version".as_ref()])?;
+    ensure!(
+        version.starts_with("egress-monitor-controller "),
+        "unexpected --version: {version}"
+    );
+    let controller = std::fs::read_to_string(
+        rootfs.join("lib/systemd/system/egress-monitor-controller.service"),
+    )?;
+    for needle in [
+        "ExecStart=/usr/bin/egress-monitor-controller ",
+        // Tokens never cross the network in the clear.
+        "--tls-cert",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "CapabilityBoundingSet=\n",
+    ] {
+        ensure!(
+            controller.contains(needle),
+            "the controller's unit lacks `{}`",
+            needle.trim()
+        );
+    }
+    // Its command line parses (the files it names need not exist for --help to answer).
+    let exec: Vec<String> = controller
+        .split("ExecStart=/usr/bin/egress-monitor-controller ")
+        .nth(1)
+        .context("ExecStart")?
+        .lines()
+        .map(|line| line.trim().trim_end_matches('\\').trim().to_owned())
+        .take_while(|line| !line.is_empty() && !line.starts_with("ExecReload"))
+        .flat_map(|line| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut args: Vec<&std::ffi::OsStr> = exec.iter().map(|a| a.as_ref()).collect();
+    args.push("--help".as_ref());
+    run(binary.to_str().context("path")?, &args)
+        .context("the controller's unit has a command line it refuses")?;
     Ok(())
 }
 

@@ -43,14 +43,20 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
             .args(["--", "-D", "warnings"])
             .env("RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""),
     )?;
-    // The daemon tests run the real binary, which `cargo test` does not build for another
-    // package's tests.
+    // The daemon and controller tests run the real binaries, which `cargo test` does not
+    // build for another package's tests.
     step(
-        "build egress-monitor",
-        Command::new("cargo").args(["build", "-p", "egress-monitor"]),
+        "build egress-monitor and egress-monitor-controller",
+        Command::new("cargo").args([
+            "build",
+            "-p",
+            "egress-monitor",
+            "-p",
+            "egress-monitor-controller",
+        ]),
     )?;
     // The Debian package builds and installs into a scratch root.
-    crate::package::verify(&crate::package::package()?)?;
+    crate::package::verify_all(&crate::package::packages()?)?;
     cargo_test(args)
 }
 
@@ -68,6 +74,10 @@ fn cargo_test(args: &[String]) -> anyhow::Result<()> {
         .env(
             "EGRESS_MONITOR_BIN",
             target_dir().join("debug/egress-monitor"),
+        )
+        .env(
+            "EGRESS_MONITOR_CONTROLLER_BIN",
+            target_dir().join("debug/egress-monitor-controller"),
         )
         .env(crate::postgres::URL_VARIABLE, &postgres.url)
         .env(crate::postgres::CA_VARIABLE, &postgres.ca)

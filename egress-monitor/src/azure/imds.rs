@@ -12,7 +12,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::policy::{Action, Origin, Rule};
+use egress_monitor_policy::{Action, Origin, Rule};
 
 pub const DEFAULT_URL: &str = "http://169.254.169.254/metadata/instance?api-version=2021-02-01";
 /// The rule name events and `status` show for these prefixes.

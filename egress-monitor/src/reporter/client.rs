@@ -2,7 +2,7 @@
 
 use std::{path::Path, time::Duration};
 
-use crate::controller::wire::{API, ErrorBody, FleetPolicy, ReportReply};
+use egress_monitor_api::wire::{API, ErrorBody, FleetPolicy, ReportReply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -4,10 +4,9 @@
 
 use std::{collections::VecDeque, sync::Mutex};
 
-use crate::{
-    controller::wire::{FlowEvent, MAX_EVENTS_PER_REPORT, MAX_TEXT},
-    events::{EventRecord, Proto},
-};
+use egress_monitor_api::wire::{FlowEvent, MAX_EVENTS_PER_REPORT, MAX_TEXT};
+
+use crate::events::{EventRecord, Proto};
 
 /// Events held in memory at most (about 40 MB); the spool on disk takes over from there.
 pub const CAPACITY: usize = 100_000;
@@ -26,11 +25,8 @@ struct Inner {
 }
 
 impl Feed {
-    /// Queues a denied flow's event (records of other outcomes are not violations).
+    /// Queues a denied flow's event.
     pub fn push(&self, record: &EventRecord) {
-        if !matches!(record.action, "observed" | "dropped") {
-            return;
-        }
         let event = flow_event(record);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.events.len() >= CAPACITY {
@@ -88,11 +84,11 @@ fn clean(text: &str) -> String {
 fn flow_event(record: &EventRecord) -> FlowEvent {
     FlowEvent {
         // Always readable (the daemon wrote it); were it not, the time it was queued.
-        ts_ms: crate::controller::view::parse_rfc3339_ms(&record.ts)
-            .unwrap_or_else(crate::controller::view::now_ms),
-        kind: record.kind.to_owned(),
-        hook: record.hook.to_owned(),
-        action: record.action.to_owned(),
+        ts_ms: egress_monitor_api::time::parse_rfc3339_ms(&record.ts)
+            .unwrap_or_else(egress_monitor_api::time::now_ms),
+        kind: record.kind,
+        hook: record.hook,
+        action: record.action,
         proto: match record.proto {
             Proto::Name(name) => name.to_owned(),
             Proto::Number(number) => number.to_string(),

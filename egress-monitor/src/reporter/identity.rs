@@ -1,7 +1,7 @@
 //! Who this node is: its hostname, machine id and, on Azure, the VM id from the instance
 //! metadata service (asked only where the DMI asset tag says Azure).
 
-use crate::controller::wire::Identity;
+use egress_monitor_api::wire::Identity;
 
 pub fn identity(imds_url: &str) -> Identity {
     Identity {

@@ -30,13 +30,12 @@ use self::{
     feed::Feed,
     spool::{Spool, SpoolError},
 };
-use crate::{
-    controller::wire::{
-        Desired, FlowEvent, Health, Identity, MAX_REPORT_BYTES, NodeCounters, PolicyState, Report,
-    },
-    pins::PinLayout,
-    policy::Mode,
+use egress_monitor_api::wire::{
+    Desired, FlowEvent, Health, Identity, MAX_REPORT_BYTES, NodeCounters, PolicyState, Report,
 };
+use egress_monitor_policy::Mode;
+
+use crate::pins::PinLayout;
 
 #[derive(Clone, Debug)]
 pub struct ReporterConfig {
@@ -93,7 +92,7 @@ impl ReporterStatus {
 
 /// What the node runs of the fleet's wishes, as the daemon's loop last applied them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FleetState {
+pub struct Following {
     /// The fleet policy version it runs; `None`: its local policy.
     pub policy_version: Option<u64>,
     /// The fleet mode it applied; `None`: its own.
@@ -104,22 +103,26 @@ pub struct FleetState {
     pub refused: Option<Desired>,
 }
 
-/// What the daemon's loop and the reporter share.
+/// What the daemon's loop and the reporter exchange: flow events one way, how the node
+/// follows the fleet both ways, and a nudge to report now.
 #[derive(Default)]
-pub struct Shared {
+pub struct Exchange {
     pub feed: Feed,
-    pub fleet: Mutex<FleetState>,
+    pub following: Mutex<Following>,
     /// Wakes the reporter for a report now (the fleet state changed).
     pub report_now: Notify,
 }
 
-impl Shared {
-    pub fn fleet(&self) -> FleetState {
-        self.fleet.lock().unwrap_or_else(|p| p.into_inner()).clone()
+impl Exchange {
+    pub fn following(&self) -> Following {
+        self.following
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    pub fn set_fleet(&self, state: FleetState) {
-        *self.fleet.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    pub fn set_following(&self, state: Following) {
+        *self.following.lock().unwrap_or_else(|p| p.into_inner()) = state;
     }
 }
 
@@ -136,11 +139,11 @@ pub struct Reporter {
     config: ReporterConfig,
     client: Arc<Client>,
     spool: Arc<Mutex<Spool>>,
-    shared: Arc<Shared>,
+    exchange: Arc<Exchange>,
     updates: mpsc::Sender<FleetUpdate>,
     layout: PinLayout,
     started: Instant,
-    counts: Arc<crate::metrics::DaemonCounts>,
+    counts: Arc<crate::counts::DaemonCounts>,
 }
 
 /// The first retry waits this long, doubling up to [`MAX_BACKOFF`].
@@ -154,9 +157,9 @@ impl Reporter {
     /// is found before the daemon attaches anything.
     pub fn new(
         config: ReporterConfig,
-        shared: Arc<Shared>,
+        exchange: Arc<Exchange>,
         layout: PinLayout,
-        counts: Arc<crate::metrics::DaemonCounts>,
+        counts: Arc<crate::counts::DaemonCounts>,
     ) -> Result<(Reporter, mpsc::Receiver<FleetUpdate>), ReporterError> {
         let client = Client::new(&config.url, &config.token_file, config.ca_file.as_deref())?;
         let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)?;
@@ -173,7 +176,7 @@ impl Reporter {
                 config,
                 client: Arc::new(client),
                 spool: Arc::new(Mutex::new(spool)),
-                shared,
+                exchange,
                 updates,
                 layout,
                 started: Instant::now(),
@@ -211,8 +214,8 @@ impl Reporter {
         loop {
             let stopping = tokio::select! {
                 _ = tick.tick() => false,
-                () = self.shared.feed.full.notified() => false,
-                () = self.shared.report_now.notified() => false,
+                () = self.exchange.feed.full.notified() => false,
+                () = self.exchange.report_now.notified() => false,
                 changed = stop.changed() => changed.is_err() || *stop.borrow(),
             };
             if let Err(err) = self.seal(&identity).await {
@@ -230,8 +233,8 @@ impl Reporter {
             match self.deliver(None).await {
                 Ok((delivered, reply)) => {
                     if delivered > 0 {
-                        link.last_delivery = Some(crate::controller::view::rfc3339(
-                            crate::controller::view::now_ms(),
+                        link.last_delivery = Some(egress_monitor_api::time::rfc3339(
+                            egress_monitor_api::time::now_ms(),
                         ));
                     }
                     link.failing_since = None;
@@ -248,7 +251,7 @@ impl Reporter {
                 }
                 Err(err) => {
                     link.failing_since.get_or_insert_with(|| {
-                        crate::controller::view::rfc3339(crate::controller::view::now_ms())
+                        egress_monitor_api::time::rfc3339(egress_monitor_api::time::now_ms())
                     });
                     link.last_error = Some(err.to_string());
                     self.publish(&mut link);
@@ -282,23 +285,23 @@ impl Reporter {
             }
             Err(_) => Snapshot::unreadable(),
         };
-        let fleet = self.shared.fleet();
+        let fleet = self.exchange.following();
         let spool = Arc::clone(&self.spool);
-        let shared = Arc::clone(&self.shared);
+        let exchange = Arc::clone(&self.exchange);
         let identity = identity.clone();
         let config = self.config.clone();
         let uptime = self.started.elapsed().as_secs();
         tokio::task::spawn_blocking(move || {
             let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
             loop {
-                let events = shared.feed.take();
+                let events = exchange.feed.take();
                 spool_events(&mut spool, events, |events, spool| {
                     let state = spool.state();
                     Report {
                         node_id: config.node_id.clone(),
                         stream: state.stream.clone(),
                         seq: spool.next_seq(),
-                        created_ms: crate::controller::view::now_ms(),
+                        created_ms: egress_monitor_api::time::now_ms(),
                         interval_s: config.interval.as_secs().clamp(1, 3600) as u32,
                         identity: identity.clone(),
                         mode: snapshot.mode,
@@ -313,13 +316,13 @@ impl Reporter {
                             events_lost: snapshot.events_lost,
                             uptime_s: uptime,
                             spool_dropped_reports: state.dropped_reports,
-                            spool_dropped_events: state.dropped_events + shared.feed.dropped(),
+                            spool_dropped_events: state.dropped_events + exchange.feed.dropped(),
                             spool_pending: spool.entries().len() as u64,
                         },
                         events,
                     }
                 })?;
-                if shared.feed.is_empty() {
+                if exchange.feed.is_empty() {
                     return Ok(());
                 }
             }
@@ -400,7 +403,7 @@ impl Reporter {
             .reports_dropped
             .store(link.dropped_reports, Relaxed);
         link.delivered = self.counts.reports_delivered.load(Relaxed);
-        let fleet = self.shared.fleet();
+        let fleet = self.exchange.following();
         link.fleet_policy_version = fleet.policy_version;
         link.fleet_mode = fleet.mode;
         link.fleet_error = fleet.error;
@@ -437,7 +440,7 @@ impl Reporter {
 
     /// Fetches and hands over the fleet's policy and mode when the node does not run them.
     async fn follow_fleet(&self, desired: Desired) {
-        let state = self.shared.fleet();
+        let state = self.exchange.following();
         let policy_needed =
             desired.policy_version > 0 && state.policy_version != Some(desired.policy_version);
         let mode_needed = desired.mode.is_some() && state.mode != desired.mode;
@@ -481,7 +484,7 @@ impl Reporter {
         }
         if answer.await.is_ok() {
             // Say how it went now, not an interval later.
-            self.shared.report_now.notify_one();
+            self.exchange.report_now.notify_one();
         }
     }
 }
@@ -571,14 +574,16 @@ fn jitter(base: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use egress_monitor_api::wire::{DeniedAction, FlowKind, Hook};
+
     use super::*;
 
     fn event(exe: &str) -> FlowEvent {
         FlowEvent {
             ts_ms: 1_800_000_000_000,
-            kind: "first".into(),
-            hook: "cgroup".into(),
-            action: "dropped".into(),
+            kind: FlowKind::First,
+            hook: Hook::Cgroup,
+            action: DeniedAction::Dropped,
             proto: "tcp".into(),
             src: None,
             dst: Some("203.0.113.1".parse().unwrap()),

@@ -4,8 +4,9 @@
 //! states, TLS, replicas sharing one database, and the page in a real browser. The nodes here
 //! are simulated; `kernel::fleet` runs real daemons.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use egress_monitor_api::time::now_ms;
 use egress_monitor_tests::{
     Scratch,
     controller::{
@@ -15,13 +16,6 @@ use egress_monitor_tests::{
     free_port,
 };
 use serde_json::{Value, json};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn event(dst: &str, exe: &str, packets: u64) -> Value {
     json!({
@@ -181,7 +175,11 @@ fn contract(db: &str, scratch: &Scratch) {
             json!(1000),
             "created_ms must be milliseconds since the epoch",
         ),
-        ("mode", json!("panic"), "unknown variant `panic`"),
+        (
+            "mode",
+            json!("panic"),
+            "`panic` is not one of observe, enforce",
+        ),
     ] {
         let mut bad = good.clone();
         bad[field] = value;
@@ -347,7 +345,7 @@ fn contract(db: &str, scratch: &Scratch) {
     expect_refused(
         api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "lockdown"})),
         422,
-        "unknown variant",
+        "`lockdown` is not one of observe, enforce",
     );
     // Fine in observe mode; in enforce mode it would cut the nodes off their metadata service.
     let cutting =
@@ -595,8 +593,8 @@ fn postgres_over_verified_tls() {
     let ca = postgres_ca();
     let ca = ca.to_str().unwrap();
     let refused = |db: &str, extra: &[&str]| {
-        let output = std::process::Command::new(egress_monitor_tests::daemon_binary())
-            .args(["controller", "--listen", "127.0.0.1:0", "--db", db])
+        let output = std::process::Command::new(egress_monitor_tests::controller_binary())
+            .args(["--listen", "127.0.0.1:0", "--db", db])
             .arg("--admin-token-file")
             .arg(files.dir.join("admin.token"))
             .arg("--node-token-file")
@@ -740,8 +738,7 @@ fn bad_configurations_are_refused() {
     let scratch = Scratch::new("config");
     let files = ControllerFiles::new(&scratch.0);
     let run = |args: &[&str]| {
-        std::process::Command::new(egress_monitor_tests::daemon_binary())
-            .arg("controller")
+        std::process::Command::new(egress_monitor_tests::controller_binary())
             .args(args)
             .output()
             .unwrap()
@@ -798,6 +795,51 @@ fn bad_configurations_are_refused() {
             "{overrides:?}: `{stderr}` lacks `{message}`"
         );
     }
+}
+
+/// `egress-monitor controller` still starts the controller for one release: it runs the
+/// controller's own program with the same arguments, and says it is deprecated.
+#[test]
+fn the_old_controller_command_runs_the_controller_program() {
+    let scratch = Scratch::new("alias");
+    let files = ControllerFiles::new(&scratch.0);
+    let output = std::process::Command::new(egress_monitor_tests::daemon_binary())
+        .env("PATH", "/nonexistent")
+        .args(["controller", "--listen", "127.0.0.1:0", "--db", "mysql://x"])
+        .arg("--admin-token-file")
+        .arg(files.dir.join("admin.token"))
+        .arg("--node-token-file")
+        .arg(files.dir.join("nodes.token"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`egress-monitor controller` is deprecated")
+            && stderr.contains("egress-monitor-controller: cannot open the database mysql://x"),
+        "{stderr}"
+    );
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+}
+
+/// A fleet policy naming a service tags file is refused: the controller would read its own
+/// file and every node another.
+#[test]
+fn a_fleet_policy_naming_a_service_tags_file_is_refused() {
+    let scratch = Scratch::new("tags");
+    let files = ControllerFiles::new(&scratch.0);
+    std::fs::write(scratch.0.join("tags.json"), r#"{"values": []}"#).unwrap();
+    let controller = Controller::start(&files, &files.sqlite(), 0, &[]);
+    let api = Api::new(&controller.url);
+    let (status, body) = api.put_policy(&format!(
+        "[service_tags]\nfile = \"{}\"\ntags = [\"Storage\"]\n",
+        scratch.0.join("tags.json").display()
+    ));
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.to_string()
+            .contains("a fleet policy cannot name a service tags file"),
+        "{body}"
+    );
 }
 
 /// The page, rendered by a real browser: the fleet table, the violation, the tops, the policy.

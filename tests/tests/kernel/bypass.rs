@@ -10,11 +10,9 @@
 
 use std::net::IpAddr;
 
-use egress_monitor::{
-    events::{self, KernelRecord},
-    policy::{CommandLineRules, Mode, Policy},
-};
+use egress_monitor::events::{self, KernelRecord};
 use egress_monitor_common::verdict::outcome;
+use egress_monitor_policy::{CommandLineRules, Mode, Policy};
 use egress_monitor_tests::netns::{
     INTERNET_V4, INTERNET_V6, NODE_IF, PRIVATE_V4, PRIVATE_V6, UDP_PORT,
 };
@@ -106,7 +104,7 @@ fn packet_sockets_cannot_skip_the_tc_hook() {
         9
     );
     for guard in &guards {
-        assert_eq!(guard.action, "dropped");
+        assert_eq!(guard.action.as_str(), "dropped");
         assert_eq!(guard.errno, Some("EPERM"));
         assert_eq!(guard.comm, "em-testclient");
         assert_eq!(guard.uid, 65534, "{guard:?}");

@@ -115,7 +115,7 @@ fn huge_values_and_huge_files_give_short_errors() {
         .write(true)
         .open(&big)
         .unwrap()
-        .set_len(egress_monitor::policy::MAX_FILE_BYTES + 1)
+        .set_len(egress_monitor_policy::MAX_FILE_BYTES + 1)
         .unwrap();
     let output = run(&["policy", "show", "--policy", big.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
@@ -124,8 +124,8 @@ fn huge_values_and_huge_files_give_short_errors() {
         text.contains(&format!(
             "{}: the policy file holds at least {} bytes, more than the limit of {} bytes",
             big.display(),
-            egress_monitor::policy::MAX_FILE_BYTES + 1,
-            egress_monitor::policy::MAX_FILE_BYTES
+            egress_monitor_policy::MAX_FILE_BYTES + 1,
+            egress_monitor_policy::MAX_FILE_BYTES
         )),
         "{text}"
     );
@@ -348,8 +348,12 @@ fn help_has_examples() {
 }
 
 fn azure_fixture(name: &str) -> String {
+    let dir = match name {
+        "ServiceTags_Public.json" => "../egress-monitor-policy/fixtures",
+        _ => "../egress-monitor/fixtures/azure",
+    };
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../egress-monitor/fixtures/azure")
+        .join(dir)
         .join(name)
         .to_str()
         .unwrap()

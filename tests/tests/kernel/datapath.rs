@@ -2,11 +2,8 @@
 
 use std::net::IpAddr;
 
-use egress_monitor::{
-    datapath::Totals,
-    events::Proto,
-    policy::{CommandLineRules, Mode, Policy},
-};
+use egress_monitor::{datapath::Totals, events::Proto};
+use egress_monitor_policy::{CommandLineRules, Mode, Policy};
 use egress_monitor_tests::netns::{
     INTERNET_V4, INTERNET_V6, LAB_V4, NODE_V4, NODE_V6, PRIVATE_V4, PRIVATE_V6, TCP_PORT, UDP_PORT,
 };
@@ -136,7 +133,7 @@ fn udp_phase(fx: &mut Fixture, hook: Hook, mode: Mode) {
             };
             assert_eq!(event.src, Some(src));
             assert_eq!(
-                (event.kind, event.packets),
+                (event.kind.as_str(), event.packets),
                 ("packet", 1),
                 "aggregation is off until a daemon turns it on"
             );
@@ -146,7 +143,7 @@ fn udp_phase(fx: &mut Fixture, hook: Hook, mode: Mode) {
             assert_eq!(event.len.map(u64::from), Some(udp_len(dst, PAYLOAD)));
             assert_eq!(event.rule, "default");
             assert_eq!(
-                event.action,
+                event.action.as_str(),
                 if mode == Mode::Enforce {
                     "dropped"
                 } else {
@@ -156,7 +153,7 @@ fn udp_phase(fx: &mut Fixture, hook: Hook, mode: Mode) {
             assert!(!event.fragment && !event.malformed);
             match hook {
                 Hook::Cgroup => {
-                    assert_eq!(event.hook, "cgroup");
+                    assert_eq!(event.hook.as_str(), "cgroup");
                     // The socket's creator, recorded by the sock_create program.
                     assert_eq!(event.pid, Some(pid), "{event:?}");
                     assert_eq!(event.comm.as_deref(), Some("em-testclient"));
@@ -165,7 +162,7 @@ fn udp_phase(fx: &mut Fixture, hook: Hook, mode: Mode) {
                     assert_eq!(event.ifindex, None);
                 }
                 _ => {
-                    assert_eq!(event.hook, "tc");
+                    assert_eq!(event.hook.as_str(), "tc");
                     // TC alone records no socket owners: honestly unknown.
                     assert_eq!((event.pid, event.comm.as_deref()), (None, None));
                     assert_eq!(event.ifindex, Some(ifindex));
@@ -237,7 +234,7 @@ fn ping_phase(fx: &mut Fixture, mode: Mode) {
         assert_eq!(outcome.replies, expected, "internet {dst}: {outcome:?}");
     }
     let records = fx.events(2 * PINGS as usize);
-    for event in records.iter().filter(|e| e.hook == "cgroup") {
+    for event in records.iter().filter(|e| e.hook.as_str() == "cgroup") {
         // Raw sockets are attributed too.
         assert!(
             event.pid.is_some_and(|pid| pids.contains(&pid)),
@@ -318,7 +315,7 @@ fn a_deny_rule_inside_an_allowed_range_wins() {
         assert_eq!(lab.len(), N as usize, "{hook:?}");
         assert!(
             lab.iter()
-                .all(|e| e.rule == "cli-deny" && e.action == "dropped")
+                .all(|e| e.rule == "cli-deny" && e.action.as_str() == "dropped")
         );
     }
 }
@@ -344,7 +341,10 @@ fn fragments_and_extension_headers_get_verdicts() {
     let records = fx.events(2 * DATAGRAMS as usize * (1 + 3));
     for dst in INTERNET {
         let events = to(&records, dst);
-        let whole: Vec<_> = events.iter().filter(|e| e.hook == "cgroup").collect();
+        let whole: Vec<_> = events
+            .iter()
+            .filter(|e| e.hook.as_str() == "cgroup")
+            .collect();
         assert_eq!(
             whole.len(),
             DATAGRAMS as usize,
@@ -355,7 +355,7 @@ fn fragments_and_extension_headers_get_verdicts() {
                 .iter()
                 .all(|e| e.len.map(u64::from) == Some(udp_len(dst, BIG)) && !e.fragment)
         );
-        let fragments: Vec<_> = events.iter().filter(|e| e.hook == "tc").collect();
+        let fragments: Vec<_> = events.iter().filter(|e| e.hook.as_str() == "tc").collect();
         assert_eq!(
             fragments.len(),
             3 * DATAGRAMS as usize,
@@ -408,7 +408,7 @@ fn fragments_and_extension_headers_get_verdicts() {
     assert!(
         records
             .iter()
-            .all(|e| e.action == "dropped" && e.hook == "cgroup")
+            .all(|e| e.action.as_str() == "dropped" && e.hook.as_str() == "cgroup")
     );
 }
 
@@ -561,11 +561,11 @@ fn rule_ids_follow_prefixes_across_applies() {
         .id;
     assert_eq!(fx.datapath.rule_hits().unwrap()[lab_id], u64::from(N));
 
-    let rules = egress_monitor::policy::CommandLineRules {
+    let rules = egress_monitor_policy::CommandLineRules {
         allow: vec![],
         deny: vec!["10.79.0.0/24".into()],
     };
-    let next = egress_monitor::policy::Policy::build(None, &rules, Some(Mode::Enforce)).unwrap();
+    let next = egress_monitor_policy::Policy::build(None, &rules, Some(Mode::Enforce)).unwrap();
     let report = fx.datapath.apply(&next).unwrap();
     assert_eq!((report.inserted, report.removed), (1, 1), "{report}");
     let names = egress_monitor::state::StateFile::load(&fx.bpffs.layout().state_file())

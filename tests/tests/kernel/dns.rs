@@ -12,11 +12,9 @@ use egress_monitor_tests::{
     netns::{INTERNET_V4, INTERNET_V6, LAB_V4, PRIVATE_V4, PRIVATE_V6, UDP_PORT},
 };
 
-use egress_monitor::{
-    events::{self, KernelRecord},
-    policy::Mode,
-};
+use egress_monitor::events::{self, KernelRecord};
 use egress_monitor_common::verdict::hook;
+use egress_monitor_policy::Mode;
 
 use crate::{
     Daemon, Fixture, Hook, Node, client, event_lines, free_port, sample, scrape, status_json,
@@ -739,12 +737,12 @@ fn learned_with_both_hooks(ttl: u32) -> (Fixture, DnsServer, egress_monitor_test
 }
 
 /// A policy built from `text` as a node builds it from a file.
-fn policy_from(text: &str) -> egress_monitor::policy::Policy {
-    let file = egress_monitor::policy::PolicyFile::parse(std::path::Path::new("policy.toml"), text)
+fn policy_from(text: &str) -> egress_monitor_policy::Policy {
+    let file = egress_monitor_policy::PolicyFile::parse(std::path::Path::new("policy.toml"), text)
         .unwrap();
-    egress_monitor::policy::Policy::build(
+    egress_monitor_policy::Policy::build(
         Some(&file),
-        &egress_monitor::policy::CommandLineRules::default(),
+        &egress_monitor_policy::CommandLineRules::default(),
         None,
     )
     .unwrap()

@@ -9,8 +9,8 @@ use std::{
 use egress_monitor::{
     events::{Clock, EventRecord},
     flows::FlowReporter,
-    policy::Mode,
 };
+use egress_monitor_policy::Mode;
 use egress_monitor_tests::netns::{INTERNET_V4, INTERNET_V6, UDP_PORT};
 
 use crate::{Fixture, Hook, Node, event_lines, status_json};
@@ -47,7 +47,11 @@ fn each_flow_is_a_first_event_then_updates_with_exact_counts() {
     assert_eq!((a.eperm, b.eperm), (5, 7), "dropped");
     let firsts = fx.events(2);
     assert_eq!(firsts.len(), 2, "one event per flow: {firsts:#?}");
-    assert!(firsts.iter().all(|e| e.kind == "first" && e.packets == 1));
+    assert!(
+        firsts
+            .iter()
+            .all(|e| e.kind.as_str() == "first" && e.packets == 1)
+    );
 
     let mut reported = updates(&fx, &mut flows);
     reported.sort_by_key(|u| u.packets);
@@ -99,7 +103,11 @@ fn each_flow_is_a_first_event_then_updates_with_exact_counts() {
         .unwrap();
     let events = fx.events(3);
     assert_eq!(events.len(), 3, "{events:#?}");
-    assert!(events.iter().all(|e| e.kind == "packet" && e.packets == 1));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.kind.as_str() == "packet" && e.packets == 1)
+    );
 }
 
 /// The proof: 10,000 denied datagrams of one flow, sent over a few seconds with the

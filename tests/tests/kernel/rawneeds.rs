@@ -13,7 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_monitor::{datapath::Counters, policy::Mode};
+use egress_monitor::datapath::Counters;
+use egress_monitor_policy::Mode;
 use egress_monitor_tests::{
     Scratch,
     client::Client,

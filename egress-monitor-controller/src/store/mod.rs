@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::wire::{FlowEvent, Health, NodeCounters, Report};
-use crate::policy::Mode;
+use egress_monitor_api::Mode;
+use egress_monitor_api::wire::{FlowEvent, Health, NodeCounters, Report};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -129,7 +129,7 @@ pub struct Top {
 
 /// The fleet's policy and mode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Fleet {
+pub struct FleetSettings {
     pub policy_version: u64,
     pub policy: Option<String>,
     pub mode: Option<Mode>,
@@ -160,10 +160,10 @@ pub trait Store: Send + Sync {
     async fn violations(&self, filter: &ViolationFilter) -> Result<Vec<Violation>, StoreError>;
     /// Top destinations and processes (by packets) since `since_ms`.
     async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError>;
-    async fn fleet(&self) -> Result<Fleet, StoreError>;
+    async fn fleet(&self) -> Result<FleetSettings, StoreError>;
     /// Stores a new fleet policy; its version is the previous one plus one.
-    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<Fleet, StoreError>;
-    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError>;
+    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<FleetSettings, StoreError>;
+    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<FleetSettings, StoreError>;
     /// The newest `limit` changes of the fleet's policy and mode, newest first.
     async fn history(&self, limit: u32) -> Result<Vec<FleetChange>, StoreError>;
     /// A fleet policy version as it was set: its text and when.
@@ -207,14 +207,10 @@ fn process_name(event: &FlowEvent) -> Option<String> {
 }
 
 fn mode_from(text: &str) -> Result<Mode, StoreError> {
-    match text {
-        "observe" => Ok(Mode::Observe),
-        "enforce" => Ok(Mode::Enforce),
-        other => Err(StoreError::Corrupt {
-            what: "mode",
-            message: format!("`{other}`"),
-        }),
-    }
+    text.parse().map_err(|message| StoreError::Corrupt {
+        what: "mode",
+        message,
+    })
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(

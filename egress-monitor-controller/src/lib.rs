@@ -1,8 +1,9 @@
-//! `egress-monitor controller`: one service for a fleet. Nodes report to it (see
-//! [`crate::reporter`]); operators read the fleet, its violations and stale nodes from the API
+//! `egress-monitor-controller`: one service for a fleet. Nodes report to it (the node's
+//! reporter, `egress-monitor run --controller`); operators read the fleet, its violations and stale nodes from the API
 //! or the page, and set one policy and one mode for every node.
 //!
-//! - [`wire`]: the JSON API's types and their validation, shared with the reporter.
+//! - The JSON API's types and their validation are `egress_monitor_api::wire`, shared with the
+//!   node's reporter; fleet policies are validated by `egress_monitor_policy`, as nodes do.
 //! - [`auth`]: admin and node tokens; [`api`]: routes; [`page`]: the HTML page;
 //!   [`view`]: node states (enforced, observing, drifted, unprotected, stale) and the summary.
 //! - [`store`]: SQLite (embedded, default) or PostgreSQL (shared by replicas).
@@ -14,7 +15,6 @@ pub mod metrics;
 pub mod page;
 pub mod store;
 pub mod view;
-pub mod wire;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -274,7 +274,7 @@ async fn reload_on_hangup(
             }
             Err(err) => log::error!(
                 "SIGHUP: kept the previous tokens: {}",
-                crate::error::chain(&err)
+                egress_monitor_api::error_line(&err)
             ),
         }
         if let (Some(config), Some((cert, key))) = (&tls, &files.tls) {
@@ -294,11 +294,15 @@ async fn prune_forever(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(PRUNE_INTERVAL);
     loop {
         tick.tick().await;
-        let before = view::now_ms().saturating_sub(state.retention.as_millis() as u64);
+        let before =
+            egress_monitor_api::time::now_ms().saturating_sub(state.retention.as_millis() as u64);
         match state.store.prune(before).await {
             Ok(0) => {}
             Ok(n) => log::info!("pruned {n} violations older than the retention"),
-            Err(err) => log::error!("cannot prune old violations: {}", crate::error::chain(&err)),
+            Err(err) => log::error!(
+                "cannot prune old violations: {}",
+                egress_monitor_api::error_line(&err)
+            ),
         }
     }
 }

@@ -27,7 +27,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Read as _,
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -39,6 +38,7 @@ use super::{
     Action, Diagnostic, DnsTrust, Mode, Origin, PolicyError, RawSockets, Rule, clip,
     domain::{Domain, DomainRule},
     groups, parse_cidr, quote,
+    service_tags::{ServiceTags, TagError},
 };
 
 /// The largest policy file read, refused before parsing: a file of 100,000 rules (the most the
@@ -58,11 +58,25 @@ pub struct PolicyFile {
     pub groups: Vec<(&'static str, bool)>,
     pub rules: Vec<Rule>,
     pub domain_rules: Vec<DomainRule>,
+    /// `[service_tags]`, as written: resolved into [`PolicyFile::service_tag_rules`] by
+    /// [`PolicyFile::load`], the one step that reads the tags file.
+    pub service_tags: Option<ServiceTagsRequest>,
     /// Allow rules from `[service_tags]`; they rank like the default groups (an explicit rule
-    /// for the same prefix replaces them).
+    /// for the same prefix replaces them). Empty until resolved.
     pub service_tag_rules: Vec<Rule>,
     pub dns: DnsTrust,
     pub raw_sockets: RawSockets,
+}
+
+/// `[service_tags]` of a policy file: which tags to allow from which tags file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceTagsRequest {
+    /// As written: relative to the policy file's directory, or absolute.
+    pub file: PathBuf,
+    pub tags: Vec<String>,
+    pub allow_azure_cloud: bool,
+    /// `path:line:column` of the table, for errors found when the tags file is read.
+    pub place: String,
 }
 
 #[derive(Deserialize)]
@@ -122,38 +136,51 @@ struct RawRule {
 }
 
 impl PolicyFile {
-    /// Reads and parses the file at `path`, refusing one over [`MAX_FILE_BYTES`] unread.
-    pub fn load(path: &Path) -> Result<PolicyFile, PolicyError> {
-        let unreadable = |source| PolicyError::Read {
-            path: path.to_owned(),
-            source,
+    /// Turns `[service_tags]` into allow rules, with `read` giving the text of the tags file
+    /// (its path taken from the policy file's directory when relative). Errors point at the
+    /// table. Nothing to do for a file without `[service_tags]`.
+    pub fn resolve(
+        mut self,
+        read: impl FnOnce(&Path) -> std::io::Result<String>,
+    ) -> Result<PolicyFile, PolicyError> {
+        let Some(request) = &self.service_tags else {
+            return Ok(self);
         };
-        let too_large = |size| PolicyError::TooLarge {
-            path: path.to_owned(),
-            size,
-        };
-        let file = std::fs::File::open(path).map_err(unreadable)?;
-        let size = file.metadata().map_err(unreadable)?.len();
-        if size > MAX_FILE_BYTES {
-            return Err(too_large(size));
+        let tags_path = self
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&request.file);
+        let loaded = read(&tags_path)
+            .map_err(|source| TagError::Read {
+                path: tags_path.display().to_string(),
+                source,
+            })
+            .and_then(|text| ServiceTags::parse(&tags_path.display().to_string(), &text))
+            .and_then(|loaded| loaded.prefixes(&request.tags, request.allow_azure_cloud));
+        match loaded {
+            Ok(prefixes) => {
+                self.service_tag_rules = prefixes
+                    .into_iter()
+                    .map(|(tag, network)| Rule {
+                        origin: Origin::ServiceTag(tag.clone()),
+                        name: tag,
+                        network,
+                        action: Action::Allow,
+                    })
+                    .collect();
+                Ok(self)
+            }
+            Err(err) => Err(PolicyError::Invalid(vec![Diagnostic {
+                place: request.place.clone(),
+                message: egress_monitor_api::error_line(&err),
+            }])),
         }
-        // The size a file states is not always what it holds (/proc files say 0, a file may
-        // grow while it is read), so the read is bounded too.
-        let mut bytes = Vec::new();
-        let read = file
-            .take(MAX_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(unreadable)?;
-        if read as u64 > MAX_FILE_BYTES {
-            return Err(too_large(read as u64));
-        }
-        let text = String::from_utf8(bytes)
-            .map_err(|err| unreadable(std::io::Error::new(std::io::ErrorKind::InvalidData, err)))?;
-        Self::parse(path, &text)
     }
 
-    /// Parses and validates `text` as the policy file `path`; text over [`MAX_FILE_BYTES`] is
-    /// refused before parsing, as [`PolicyFile::load`] refuses such a file.
+    /// Parses and validates `text` as the policy file `path`, reading nothing; text over
+    /// [`MAX_FILE_BYTES`] is refused before parsing, as [`PolicyFile::load`] refuses such a
+    /// file. A `[service_tags]` table is kept as a request: [`PolicyFile::load`] resolves it.
     pub fn parse(path: &Path, text: &str) -> Result<PolicyFile, PolicyError> {
         if text.len() as u64 > MAX_FILE_BYTES {
             return Err(PolicyError::TooLarge {
@@ -269,27 +296,16 @@ impl PolicyFile {
                 }),
             }
         }
-        let mut service_tag_rules = Vec::new();
-        if let Some(tags) = &raw.service_tags {
-            let settings = tags.get_ref();
-            let tags_path = path.parent().unwrap_or(Path::new(".")).join(&settings.file);
-            let loaded = crate::azure::service_tags::ServiceTags::load(&tags_path)
-                .and_then(|loaded| loaded.prefixes(&settings.tags, settings.allow_azure_cloud));
-            match loaded {
-                Ok(prefixes) => {
-                    service_tag_rules.extend(prefixes.into_iter().map(|(tag, network)| Rule {
-                        origin: Origin::ServiceTag(tag.clone()),
-                        name: tag,
-                        network,
-                        action: Action::Allow,
-                    }))
-                }
-                Err(err) => diagnostics.push(Diagnostic {
-                    place: place(tags.span()),
-                    message: crate::error::chain(&err),
-                }),
+        let service_tags = raw.service_tags.map(|tags| {
+            let place = place(tags.span());
+            let settings = tags.into_inner();
+            ServiceTagsRequest {
+                file: PathBuf::from(settings.file),
+                tags: settings.tags,
+                allow_azure_cloud: settings.allow_azure_cloud,
+                place,
             }
-        }
+        });
         let dns = raw
             .dns
             .map(|dns| dns_trust(dns, &place, &mut diagnostics))
@@ -305,7 +321,8 @@ impl PolicyFile {
             dns,
             raw_sockets,
             azure: raw.azure,
-            service_tag_rules,
+            service_tags,
+            service_tag_rules: Vec::new(),
             path: path.to_owned(),
             mode: raw.mode,
             groups: switches,

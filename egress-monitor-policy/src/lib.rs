@@ -8,11 +8,18 @@
 //! Validation never falls back: a policy with any error is refused whole, with every error's
 //! place (`file:line:column` or the command-line flag) and what was expected.
 
+//!
+//! This crate is pure: it parses and checks text it is given. The one step that reads files (a
+//! policy file, the service tags file it names) is [`PolicyFile::load`], in `read.rs`. The node
+//! and the fleet controller both use it, so a policy means the same on both.
+
 pub mod domain;
 pub mod failsafe;
 mod file;
 pub mod groups;
 pub mod quote;
+mod read;
+pub mod service_tags;
 
 use std::{
     fmt,
@@ -22,36 +29,13 @@ use std::{
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+pub use egress_monitor_api::Mode;
+
 pub use self::{
     domain::{Domain, DomainRule},
-    file::{MAX_FILE_BYTES, PolicyFile},
+    file::{MAX_FILE_BYTES, PolicyFile, ServiceTagsRequest},
     quote::{clip, quote},
 };
-
-/// What the datapath does with denied packets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Count and report denied packets, drop nothing (audits, first roll-out).
-    Observe,
-    /// Drop and report denied packets.
-    Enforce,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Observe => "observe",
-            Mode::Enforce => "enforce",
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -198,11 +182,26 @@ impl PolicySource {
     }
 }
 
-/// Validates a policy given as text, as a node would build it from a file with no command-line
-/// rules: parsed, built in `mode` (else the text's own mode) and checked by the failsafe. The
-/// controller checks a fleet policy with it before any node sees it.
-pub fn validate_text(name: &Path, text: &str, mode: Option<Mode>) -> Result<Policy, PolicyError> {
-    let file = PolicyFile::parse(name, text)?;
+/// How a fleet policy is named in its errors.
+pub const FLEET_POLICY_NAME: &str = "fleet-policy";
+
+/// Validates a fleet policy (text the controller hands to every node), as a node builds it
+/// from a file with no command-line rules: parsed, built in `mode` (else the text's own
+/// mode) and checked by the failsafe. The controller checks it before any node sees it, and
+/// each node again before applying it. It reads nothing, so it means the same on both: a
+/// `[service_tags]` file, which would be read from whichever machine validates, is refused.
+pub fn validate_fleet_policy(text: &str, mode: Option<Mode>) -> Result<Policy, PolicyError> {
+    let file = PolicyFile::parse(Path::new(FLEET_POLICY_NAME), text)?;
+    if let Some(request) = &file.service_tags {
+        return Err(PolicyError::Invalid(vec![Diagnostic {
+            place: request.place.clone(),
+            message: "a fleet policy cannot name a service tags file: the controller and \
+                      every node would each read their own; put the tags' prefixes in the \
+                      policy instead (`egress-monitor policy service-tags FILE --tag NAME` \
+                      prints them as rules)"
+                .to_owned(),
+        }]));
+    }
     let policy = Policy::build(Some(&file), &CommandLineRules::default(), mode)?;
     failsafe::check(&policy, false)?;
     Ok(policy)

@@ -2,7 +2,7 @@
 //! mapping from requests to the store. A refused request stores nothing and says why, as
 //! `{"error": "…"}` with a fitting status.
 
-use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -18,7 +18,10 @@ use super::{
     metrics::{ControllerMetrics, ReportOutcome, count_requests},
     page,
     store::{Ingest, Store, StoreError, Top, ViolationFilter},
-    view::{self, NodeView, now_ms},
+    view::{self, NodeView},
+};
+use egress_monitor_api::{
+    time::{now_ms, parse_rfc3339_ms, rfc3339},
     wire::{
         API, Desired, ErrorBody, FleetPolicy, HistoryEntry, MAX_POLICY_BYTES, MAX_REPORT_BYTES,
         ModeRequest, PolicyVersion, Report, ReportReply,
@@ -88,7 +91,7 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        let message = crate::error::chain(&err);
+        let message = egress_monitor_api::error_line(&err);
         log::error!("storage: {message}");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -293,7 +296,7 @@ async fn post_report(
     }))
 }
 
-async fn views(state: &Shared) -> Result<(Vec<NodeView>, super::store::Fleet), ApiError> {
+async fn views(state: &Shared) -> Result<(Vec<NodeView>, super::store::FleetSettings), ApiError> {
     let fleet = state.store.fleet().await?;
     let now = now_ms();
     let views = state
@@ -317,7 +320,7 @@ async fn forget_node(
     _: Admin,
     axum::extract::Path(node_id): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if !super::wire::valid_node_id(&node_id) {
+    if !egress_monitor_api::wire::valid_node_id(&node_id) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "not a node id"));
     }
     if state.store.forget(&node_id).await? {
@@ -362,8 +365,11 @@ fn violation_filter(query: &HashMap<String, String>) -> Result<ViolationFilter, 
     };
     for (key, value) in query {
         let text = || -> Result<Option<String>, String> {
-            if value.is_empty() || value.len() > super::wire::MAX_TEXT {
-                Err(format!("`{key}` must be 1-{} bytes", super::wire::MAX_TEXT))
+            if value.is_empty() || value.len() > egress_monitor_api::wire::MAX_TEXT {
+                Err(format!(
+                    "`{key}` must be 1-{} bytes",
+                    egress_monitor_api::wire::MAX_TEXT
+                ))
             } else {
                 Ok(Some(value.clone()))
             }
@@ -403,7 +409,7 @@ fn time(key: &str, value: &str) -> Result<u64, String> {
     if let Ok(ms) = value.parse::<u64>() {
         return Ok(ms);
     }
-    view::parse_rfc3339_ms(value).ok_or_else(|| {
+    parse_rfc3339_ms(value).ok_or_else(|| {
         format!("`{key}` must be RFC 3339 (2026-11-29T10:00:00Z) or milliseconds since the epoch")
     })
 }
@@ -418,12 +424,12 @@ async fn get_violations(
     Ok(Json(state.store.violations(&filter).await?))
 }
 
-fn fleet_policy(fleet: super::store::Fleet) -> FleetPolicy {
+fn fleet_policy(fleet: super::store::FleetSettings) -> FleetPolicy {
     FleetPolicy {
         version: fleet.policy_version,
         policy: fleet.policy,
         mode: fleet.mode,
-        updated: fleet.updated_ms.map(view::rfc3339),
+        updated: fleet.updated_ms.map(rfc3339),
     }
 }
 
@@ -454,7 +460,7 @@ async fn get_policy_version(
         Some((policy, set_ms)) => Ok(Json(PolicyVersion {
             version,
             policy,
-            set: view::rfc3339(set_ms),
+            set: rfc3339(set_ms),
         })),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -496,16 +502,13 @@ async fn history(state: &Shared, count: u32) -> Result<Vec<HistoryEntry>, ApiErr
     Ok(changes
         .into_iter()
         .map(|change| HistoryEntry {
-            at: view::rfc3339(change.at_ms),
+            at: rfc3339(change.at_ms),
             change: change.change,
             policy_version: change.policy_version,
             mode: change.mode,
         })
         .collect())
 }
-
-/// The name fleet policies carry in their diagnostics.
-const FLEET_POLICY_NAME: &str = "fleet-policy";
 
 /// The body is the policy file itself (TOML), exactly as a node's `--policy` file.
 async fn put_policy(
@@ -526,7 +529,7 @@ async fn put_policy(
         )
     })?;
     let fleet = state.store.fleet().await?;
-    crate::policy::validate_text(Path::new(FLEET_POLICY_NAME), text, fleet.mode)
+    egress_monitor_policy::validate_fleet_policy(text, fleet.mode)
         .map_err(|err| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()))?;
     let fleet = state.store.set_policy(text, now_ms()).await?;
     log::info!("fleet policy v{} set", fleet.policy_version);
@@ -542,16 +545,15 @@ async fn put_mode(
     let Json(request) = body?;
     let fleet = state.store.fleet().await?;
     if let Some(text) = &fleet.policy {
-        crate::policy::validate_text(Path::new(FLEET_POLICY_NAME), text, Some(request.mode))
-            .map_err(|err| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "the fleet policy v{} is invalid in {} mode, so the mode stays: {err}",
-                        fleet.policy_version, request.mode
-                    ),
-                )
-            })?;
+        egress_monitor_policy::validate_fleet_policy(text, Some(request.mode)).map_err(|err| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "the fleet policy v{} is invalid in {} mode, so the mode stays: {err}",
+                    fleet.policy_version, request.mode
+                ),
+            )
+        })?;
     }
     let fleet = state.store.set_mode(request.mode, now_ms()).await?;
     log::warn!("fleet mode set to {}", request.mode);
@@ -575,7 +577,7 @@ pub async fn node_states(state: &Shared) -> Option<Vec<view::NodeState>> {
 async fn healthz(State(state): State<Shared>) -> Response {
     let failure = match tokio::time::timeout(HEALTH_TIMEOUT, state.store.fleet()).await {
         Ok(Ok(_)) => return Json(serde_json::json!({ "status": "ok" })).into_response(),
-        Ok(Err(err)) => crate::error::chain(&err),
+        Ok(Err(err)) => egress_monitor_api::error_line(&err),
         Err(_) => format!("no answer within {} s", HEALTH_TIMEOUT.as_secs()),
     };
     log::warn!("health check: the database failed: {failure}");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::wire::valid_node_id;
+use egress_monitor_api::wire::valid_node_id;
 
 /// Tokens shorter than this are refused at start: they could be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -43,7 +43,7 @@ fn digest(token: &str) -> Digest32 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeScope {
     /// A fleet token: the node says who it is.
-    Fleet,
+    AnyNode,
     /// A token bound to one node id.
     Node(String),
 }
@@ -82,7 +82,7 @@ impl Tokens {
         let nodes = lines(node_file)?
             .into_iter()
             .map(|(line, fields)| match fields.as_slice() {
-                [token] => Ok((NodeScope::Fleet, digest(token))),
+                [token] => Ok((NodeScope::AnyNode, digest(token))),
                 [node, token] if valid_node_id(node) => {
                     Ok((NodeScope::Node(node.clone()), digest(token)))
                 }
@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(tokens.caller("admin-token-0123456789"), Some(Caller::Admin));
         assert_eq!(
             tokens.caller("fleet-token-0123456789"),
-            Some(Caller::Node(NodeScope::Fleet))
+            Some(Caller::Node(NodeScope::AnyNode))
         );
         assert_eq!(
             tokens.caller("node-a-token-0123456789"),

@@ -1,8 +1,10 @@
 //! Rows both stores read alike (nodes, violations), decoded once: each driver only says how to
 //! read an integer or a text column.
 
+use std::str::FromStr;
+
 use super::{FleetChange, NodeRow, StoreError, Violation, from_json, mode_from};
-use crate::controller::wire::FlowEvent;
+use egress_monitor_api::wire::FlowEvent;
 
 /// Column access, by index, as both drivers give it.
 pub trait Columns {
@@ -21,6 +23,16 @@ pub trait Columns {
             what: "row",
             message: format!("column {i} is null"),
         })
+    }
+
+    /// A word of an enum spelled as words (`egress_monitor_api::words!`).
+    fn word<T: FromStr<Err = String>>(&self, i: usize) -> Result<T, StoreError> {
+        self.required_text(i)?
+            .parse()
+            .map_err(|message| StoreError::Corrupt {
+                what: "row",
+                message: format!("column {i}: {message}"),
+            })
     }
 }
 
@@ -93,9 +105,9 @@ pub fn violation(row: &impl Columns) -> Result<Violation, StoreError> {
         received_ms: row.required_int(2)? as u64,
         event: FlowEvent {
             ts_ms: row.required_int(3)? as u64,
-            kind: row.required_text(4)?,
-            hook: row.required_text(5)?,
-            action: row.required_text(6)?,
+            kind: row.word(4)?,
+            hook: row.word(5)?,
+            action: row.word(6)?,
             proto: row.required_text(7)?,
             src: address(8)?,
             dst: address(9)?,

@@ -4,17 +4,23 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use serde::Serialize;
 
+use egress_monitor_policy::{
+    CommandLineRules, PolicySource,
+    service_tags::{self, ServiceTags},
+};
+
+mod exit;
+
+use self::exit::{ExitStatus, classify};
 use crate::{
     azure, check,
-    cli::{Cli, Command, ControllerArgs, PolicyArgs, PolicyCommand, RunArgs},
-    controller::{Controller, ControllerConfig, ControllerError},
+    cli::{Cli, Command, PolicyArgs, PolicyCommand, RunArgs},
     daemon::{self, RunConfig},
     datapath::DatapathError,
     datapath::{self, Datapath},
-    error::{ExitStatus, chain, classify},
+    error::chain,
     events::EventsTarget,
     pins::PinLayout,
-    policy::{CommandLineRules, PolicySource},
     reporter::{ReporterConfig, ReporterStatus},
     source::{self, RecordedSource},
     status,
@@ -23,7 +29,7 @@ use crate::{
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run(args) => run(*args),
-        Command::Controller(args) => controller(args),
+        Command::Controller { args } => controller_alias(args),
         Command::Status { pins, json } => match status::status(&PinLayout::new(pins.pin_path)) {
             Ok(status) => print(&status, json, status::render),
             Err(err) => fail(&err, classify(&err)),
@@ -140,9 +146,9 @@ pub fn main(cli: Cli) -> ExitCode {
             tags,
             allow_azure_cloud,
         }) => {
-            let result = azure::service_tags::ServiceTags::load(&file).and_then(|loaded| {
+            let result = ServiceTags::load(&file).and_then(|loaded| {
                 let prefixes = loaded.prefixes(&tags, allow_azure_cloud)?;
-                Ok(azure::service_tags::render_rules(&loaded, &prefixes))
+                Ok(service_tags::render_rules(&loaded, &prefixes))
             });
             match result {
                 Ok(text) => {
@@ -181,7 +187,7 @@ pub fn main(cli: Cli) -> ExitCode {
 /// build another. A policy the datapath refuses puts the previous record back.
 fn policy_apply(
     file: PathBuf,
-    mode: Option<crate::policy::Mode>,
+    mode: Option<egress_monitor_policy::Mode>,
     break_platform_access: bool,
     layout: &PinLayout,
 ) -> ExitCode {
@@ -208,7 +214,7 @@ fn policy_apply(
         Ok(canonical) => canonical,
         Err(source) => {
             return fail(
-                &crate::policy::PolicyError::Read { path: file, source },
+                &egress_monitor_policy::PolicyError::Read { path: file, source },
                 ExitStatus::InvalidInput,
             );
         }
@@ -263,7 +269,7 @@ const DAEMON_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(12
 /// daemon's log; here it is a timeout naming the log.
 fn apply_through_daemon(
     layout: &PinLayout,
-    policy: &crate::policy::Policy,
+    policy: &egress_monitor_policy::Policy,
     record: &RecordedSource,
 ) -> ExitCode {
     let applied_state = || {
@@ -312,7 +318,7 @@ fn apply_through_daemon(
     ExitStatus::Failure.into()
 }
 
-fn source(args: &PolicyArgs, mode: Option<crate::policy::Mode>) -> PolicySource {
+fn source(args: &PolicyArgs, mode: Option<egress_monitor_policy::Mode>) -> PolicySource {
     PolicySource {
         file: args.policy.clone(),
         command_line: CommandLineRules {
@@ -376,44 +382,24 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn controller(args: ControllerArgs) -> ExitCode {
-    let config = ControllerConfig {
-        listen: args.listen,
-        db: args.db,
-        db_ca: args.db_ca,
-        admin_token_file: args.admin_token_file,
-        node_token_file: args.node_token_file,
-        tls: args.tls_cert.zip(args.tls_key),
-        retention: std::time::Duration::from_secs(u64::from(args.retention_days) * 86_400),
-        metrics: args.metrics,
-    };
-    let (runtime, stop) = match runtime_and_stop(tokio::runtime::Builder::new_multi_thread()) {
-        Ok(both) => both,
-        Err(err) => return fail(&err, ExitStatus::Failure),
-    };
-    runtime.block_on(async {
-        let controller = match Controller::bind(&config).await {
-            Ok(controller) => controller,
-            Err(err) => {
-                let status = match err {
-                    ControllerError::Listen { .. }
-                    | ControllerError::Store { .. }
-                    | ControllerError::Signal(_) => ExitStatus::Environment,
-                    _ => ExitStatus::InvalidInput,
-                };
-                return fail(&err, status);
-            }
-        };
-        log::info!(
-            "controller at {} (database {})",
-            controller.url(),
-            crate::controller::redact(&config.db)
-        );
-        match controller.serve(stop).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => fail(&err, ExitStatus::Failure),
-        }
-    })
+/// `egress-monitor controller ARGS`, kept for one release: the controller is its own program
+/// now (`egress-monitor-controller`, beside this one or on PATH), run in this process's place.
+fn controller_alias(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    const PROGRAM: &str = "egress-monitor-controller";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(PROGRAM)))
+        .filter(|path| path.is_file());
+    eprintln!(
+        "egress-monitor: `egress-monitor controller` is deprecated and goes away in the next \
+         release: run `{PROGRAM}` instead (same arguments)"
+    );
+    let err = std::process::Command::new(beside.as_deref().unwrap_or(PROGRAM.as_ref()))
+        .args(args)
+        .exec();
+    eprintln!("egress-monitor: cannot run {PROGRAM}: {err} (is its package installed?)");
+    ExitStatus::Environment.into()
 }
 
 /// Builds the runtime and installs the stop handlers in it at once: a signal that arrives

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Mode;
+use crate::Mode;
 
 /// Every route lives under this prefix.
 pub const API: &str = "/api/v1";
@@ -94,16 +94,30 @@ pub struct Health {
     pub spool_pending: u64,
 }
 
+crate::words! {
+    /// Which event of a flow: its first packet, a later count, or every packet (flow
+    /// interval 0).
+    pub enum FlowKind { First = "first", Update = "update", Packet = "packet" }
+}
+
+crate::words! {
+    /// Which hook saw a packet.
+    pub enum Hook { Cgroup = "cgroup", Tc = "tc" }
+}
+
+crate::words! {
+    /// What became of a denied packet: counted (observe mode) or dropped (enforce mode).
+    pub enum DeniedAction { Observed = "observed", Dropped = "dropped" }
+}
+
 /// One denied flow event, as the node's event stream has it (see `events::EventRecord`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowEvent {
     pub ts_ms: u64,
-    /// `first`, `update` or `packet`.
-    pub kind: String,
-    pub hook: String,
-    /// `observed` or `dropped`.
-    pub action: String,
+    pub kind: FlowKind,
+    pub hook: Hook,
+    pub action: DeniedAction,
     pub proto: String,
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
@@ -264,9 +278,6 @@ impl Report {
 impl FlowEvent {
     fn validate(&self, now_ms: u64) -> Result<(), String> {
         check_time("ts_ms", self.ts_ms, now_ms)?;
-        one_of("kind", &self.kind, &["first", "update", "packet"])?;
-        one_of("hook", &self.hook, &["cgroup", "tc"])?;
-        one_of("action", &self.action, &["observed", "dropped"])?;
         text("proto", &self.proto, false)?;
         text("rule", &self.rule, true)?;
         for (name, value) in [
@@ -291,14 +302,6 @@ fn check_time(name: &str, ms: u64, now_ms: u64) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn one_of(name: &str, value: &str, allowed: &[&str]) -> Result<(), String> {
-    if allowed.contains(&value) {
-        Ok(())
-    } else {
-        Err(format!("{name} must be one of {}", allowed.join(", ")))
-    }
 }
 
 fn text(name: &str, value: &str, may_be_empty: bool) -> Result<(), String> {

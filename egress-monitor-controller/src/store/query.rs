@@ -2,7 +2,7 @@
 //! turns them into PostgreSQL's (`$1`). Where the dialects differ, each store has its own.
 
 use super::{ViolationFilter, process_name};
-use crate::controller::wire::{FlowEvent, Report};
+use egress_monitor_api::wire::{FlowEvent, Report};
 
 /// A bound value, turned into each driver's own type by its store.
 #[derive(Clone, Debug, PartialEq, Eq)]

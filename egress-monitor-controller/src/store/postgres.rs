@@ -8,17 +8,17 @@
 use std::{path::Path, sync::Arc};
 
 use deadpool_postgres::{Config, Pool, Runtime};
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio_postgres::{NoTls, Row, types::ToSql};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    Fleet, FleetChange, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter,
-    mode_from, process_name,
+    FleetChange, FleetSettings, Ingest, NodeRow, Store, StoreError, Top, Violation,
+    ViolationFilter, mode_from, process_name,
     query::{self, Param, pg},
     rows,
 };
-use crate::{controller::wire::Report, policy::Mode};
+use egress_monitor_api::{Mode, wire::Report};
 
 /// Inserts a report's events in one statement: the node and time once, each column an array.
 const INSERT_EVENTS: &str = "INSERT INTO events (node_id, received_ms, ts_ms, kind, hook, action, proto, src, dst, \
@@ -73,18 +73,19 @@ fn tls_connector(ca: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
                 path: path.display().to_string(),
                 source,
             })?;
-            let certs = crate::reporter::client::pem_certificates(&pem);
             let bad = |message: String| StoreError::Ca {
                 path: path.display().to_string(),
                 message,
             };
+            // Only the certificates: other items (keys) are passed over.
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| bad(err.to_string()))?;
             if certs.is_empty() {
                 return Err(bad("no PEM certificate in it".to_owned()));
             }
             for cert in certs {
-                roots
-                    .add(CertificateDer::from(cert.der().to_vec()))
-                    .map_err(|err| bad(err.to_string()))?;
+                roots.add(cert).map_err(|err| bad(err.to_string()))?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -138,8 +139,8 @@ impl PgStore {
     }
 }
 
-fn fleet_from(row: &Row) -> Result<Fleet, StoreError> {
-    Ok(Fleet {
+fn fleet_from(row: &Row) -> Result<FleetSettings, StoreError> {
+    Ok(FleetSettings {
         policy_version: row.get::<_, i64>(0) as u64,
         policy: row.get(1),
         mode: row
@@ -225,16 +226,16 @@ impl Store for PgStore {
         }
         if !report.events.is_empty() {
             let events = &report.events;
-            let ints = |f: &dyn Fn(&crate::controller::wire::FlowEvent) -> Option<i64>| -> Vec<Option<i64>> {
+            let ints = |f: &dyn Fn(&egress_monitor_api::wire::FlowEvent) -> Option<i64>| -> Vec<Option<i64>> {
                 events.iter().map(f).collect()
             };
-            let texts = |f: &dyn Fn(&crate::controller::wire::FlowEvent) -> Option<String>| -> Vec<Option<String>> {
+            let texts = |f: &dyn Fn(&egress_monitor_api::wire::FlowEvent) -> Option<String>| -> Vec<Option<String>> {
                 events.iter().map(f).collect()
             };
             let ts = ints(&|e| Some(e.ts_ms as i64));
-            let kind = texts(&|e| Some(e.kind.clone()));
-            let hook = texts(&|e| Some(e.hook.clone()));
-            let action = texts(&|e| Some(e.action.clone()));
+            let kind = texts(&|e| Some(e.kind.to_string()));
+            let hook = texts(&|e| Some(e.hook.to_string()));
+            let action = texts(&|e| Some(e.action.to_string()));
             let proto = texts(&|e| Some(e.proto.clone()));
             let src = texts(&|e| e.src.map(|a| a.to_string()));
             let dst = texts(&|e| e.dst.map(|a| a.to_string()));
@@ -319,12 +320,12 @@ impl Store for PgStore {
         ))
     }
 
-    async fn fleet(&self) -> Result<Fleet, StoreError> {
+    async fn fleet(&self) -> Result<FleetSettings, StoreError> {
         let client = self.pool.get().await?;
         fleet_from(&client.query_one(query::SELECT_FLEET, &[]).await?)
     }
 
-    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<Fleet, StoreError> {
+    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<FleetSettings, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(&pg(query::SET_POLICY), &[&text, &(now_ms as i64)])
@@ -336,7 +337,7 @@ impl Store for PgStore {
         Ok(fleet)
     }
 
-    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError> {
+    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<FleetSettings, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(&pg(query::SET_MODE), &[&mode.as_str(), &(now_ms as i64)])

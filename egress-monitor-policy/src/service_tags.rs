@@ -6,12 +6,10 @@
 //! forced: it covers the public addresses of every Azure tenant, so allowing it voids the
 //! isolation.
 
-use std::path::Path;
-
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
-use crate::policy::{parse_cidr, quote};
+use crate::{parse_cidr, quote};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TagError {
@@ -83,18 +81,15 @@ pub struct ServiceTags {
 }
 
 impl ServiceTags {
-    pub fn load(path: &Path) -> Result<ServiceTags, TagError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TagError::Read {
-            path: name.clone(),
-            source,
-        })?;
-        let raw: RawFile = serde_json::from_str(&text).map_err(|source| TagError::Parse {
-            path: name.clone(),
+    /// Parses the text of a tags file; `name` is how errors name it. Reading the file is
+    /// [`ServiceTags::load`]'s (the crate's one reading step, in `read.rs`).
+    pub fn parse(name: &str, text: &str) -> Result<ServiceTags, TagError> {
+        let raw: RawFile = serde_json::from_str(text).map_err(|source| TagError::Parse {
+            path: name.to_owned(),
             source,
         })?;
         Ok(ServiceTags {
-            path: name,
+            path: name.to_owned(),
             change_number: raw.change_number,
             tags: raw.values,
         })
@@ -163,14 +158,13 @@ pub fn render_rules(tags: &ServiceTags, prefixes: &[(String, IpNetwork)]) -> Str
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use super::*;
 
     fn fixture() -> ServiceTags {
         ServiceTags::load(
-            &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("fixtures/azure/ServiceTags_Public.json"),
+            &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/ServiceTags_Public.json"),
         )
         .unwrap()
     }
@@ -194,7 +188,7 @@ mod tests {
         let rendered = render_rules(&tags, &prefixes);
         assert!(rendered.contains("[[rule]]\nname = \"Storage.WestEurope\"\ncidr = \"2603:1020:206::/48\"\naction = \"allow\""));
         // The rendered rules are a valid policy file.
-        let file = crate::policy::PolicyFile::parse(Path::new("tags.toml"), &rendered).unwrap();
+        let file = crate::PolicyFile::parse(Path::new("tags.toml"), &rendered).unwrap();
         assert_eq!(file.rules.len(), 3);
     }
 

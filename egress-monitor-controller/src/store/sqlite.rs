@@ -12,12 +12,12 @@ use rusqlite::{
 };
 
 use super::{
-    Fleet, FleetChange, Ingest, NodeRow, Store, StoreError, Top, Violation, ViolationFilter,
-    mode_from,
+    FleetChange, FleetSettings, Ingest, NodeRow, Store, StoreError, Top, Violation,
+    ViolationFilter, mode_from,
     query::{self, Param},
     rows,
 };
-use crate::{controller::wire::Report, policy::Mode};
+use egress_monitor_api::{Mode, wire::Report};
 
 pub struct SqliteStore {
     /// Every write, and the small reads on the reports' path (the fleet's wishes).
@@ -101,12 +101,12 @@ impl SqliteStore {
     }
 }
 
-fn fleet(connection: &Connection) -> Result<Fleet, StoreError> {
+fn fleet(connection: &Connection) -> Result<FleetSettings, StoreError> {
     let (version, policy, mode, updated): (i64, Option<String>, Option<String>, Option<i64>) =
         connection.query_row(query::SELECT_FLEET, [], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
         })?;
-    Ok(Fleet {
+    Ok(FleetSettings {
         policy_version: version as u64,
         policy,
         mode: mode.as_deref().map(mode_from).transpose()?,
@@ -240,11 +240,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn fleet(&self) -> Result<Fleet, StoreError> {
+    async fn fleet(&self) -> Result<FleetSettings, StoreError> {
         self.with(Use::Write, |connection| fleet(connection)).await
     }
 
-    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<Fleet, StoreError> {
+    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<FleetSettings, StoreError> {
         let text = text.to_owned();
         self.with(Use::Write, move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -258,7 +258,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<Fleet, StoreError> {
+    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<FleetSettings, StoreError> {
         self.with(Use::Write, move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(query::SET_MODE, (mode.as_str(), now_ms as i64))?;

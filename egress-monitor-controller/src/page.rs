@@ -2,12 +2,15 @@
 //! escapes every value), one self-contained document with no scripts or external assets;
 //! it reloads itself every 15 seconds.
 
+use egress_monitor_api::{
+    time::rfc3339,
+    wire::{FleetPolicy, HistoryEntry},
+};
 use maud::{DOCTYPE, Markup, html};
 
 use super::{
     store::{Top, Violation},
-    view::{NodeState, NodeView, Summary, rfc3339},
-    wire::{FleetPolicy, HistoryEntry},
+    view::{NodeState, NodeView, Summary},
 };
 
 pub struct PageData {

@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::store::{Fleet, NodeRow, Top};
-use crate::policy::Mode;
+use super::store::{FleetSettings, NodeRow, Top};
+use egress_monitor_api::{Mode, time::rfc3339};
 
 /// A node is stale after this many of its intervals without a report.
 pub const STALE_INTERVALS: u64 = 3;
@@ -49,7 +49,7 @@ pub struct NodeView {
     pub problems: Vec<String>,
 }
 
-pub fn node_view(node: NodeRow, fleet: &Fleet, now_ms: u64) -> NodeView {
+pub fn node_view(node: NodeRow, fleet: &FleetSettings, now_ms: u64) -> NodeView {
     let mut problems = Vec::new();
     let silent_ms = now_ms.saturating_sub(node.last_seen_ms);
     let stale = silent_ms > STALE_INTERVALS * u64::from(node.interval_s) * 1000;
@@ -142,7 +142,7 @@ pub struct Summary {
 
 pub fn summary(
     views: &[NodeView],
-    fleet: &Fleet,
+    fleet: &FleetSettings,
     since_ms: u64,
     (top_destinations, top_processes): (Vec<Top>, Vec<Top>),
 ) -> Summary {
@@ -161,23 +161,4 @@ pub fn summary(
         top_destinations,
         top_processes,
     }
-}
-
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
-}
-
-/// Milliseconds since the epoch of an RFC 3339 time.
-pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
-    humantime::parse_rfc3339_weak(text)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

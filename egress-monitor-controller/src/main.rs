@@ -1,0 +1,157 @@
+//! `egress-monitor-controller`: parses the command line, serves until SIGINT or SIGTERM, and
+//! maps errors to exit codes (0 ok, 1 failure, 2 invalid input, 3 environment).
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Parser;
+use egress_monitor_controller::{Controller, ControllerConfig, ControllerError, redact};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "egress-monitor-controller",
+    version,
+    about = "The egress-monitor fleet controller: nodes report to it (`egress-monitor run \
+             --controller`); operators see every node's isolation state, the violations and \
+             the silent nodes, and set one policy and one mode for the fleet, over an \
+             authenticated JSON API and a web page at `/`.",
+    after_help = "Examples:
+  # Tokens: one for operators, one for the fleet (or `NODE_ID TOKEN` lines, one per node):
+  openssl rand -hex 32 > admin.token; openssl rand -hex 32 > nodes.token
+  egress-monitor-controller --listen 0.0.0.0:8443 \\
+      --db sqlite:/var/lib/egress-monitor/controller.db \\
+      --admin-token-file admin.token --node-token-file nodes.token \\
+      --tls-cert controller.crt --tls-key controller.key --metrics 127.0.0.1:9465
+  # Replicas sharing PostgreSQL (over TLS, the server's certificate verified):
+  egress-monitor-controller --db 'postgres://egress:PASSWORD@db.internal/egress?sslmode=require' \\
+      --db-ca db-ca.pem ...
+  # Nodes:
+  egress-monitor run --controller https://controller:8443 --token-file nodes.token
+  # Operators:
+  curl -H \"Authorization: Bearer $(cat admin.token)\" https://controller:8443/api/v1/nodes
+  curl -X PUT --data-binary @policy.toml -H \"Authorization: Bearer $(cat admin.token)\" \\
+      https://controller:8443/api/v1/policy
+  curl -X PUT -d '{\"mode\":\"enforce\"}' -H 'Content-Type: application/json' \\
+      -H \"Authorization: Bearer $(cat admin.token)\" https://controller:8443/api/v1/mode
+
+The page at / asks for the admin token as the password (any user name). Load balancers and
+probes use GET /healthz (no token): 200 while the database answers, 503 when it does not.
+SIGHUP reads the token files and the TLS certificate and key again (invalid ones change nothing).
+
+Exit codes: 0 stopped by SIGINT/SIGTERM; 1 failure; 2 invalid input (arguments, tokens, TLS
+files); 3 environment (the database, the listening address, signals)."
+)]
+struct Args {
+    /// Address to serve the API and the page on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// The database: an SQLite file (created if missing) or a PostgreSQL server that several
+    /// controller replicas may share.
+    #[arg(
+        long,
+        value_name = "sqlite:PATH|postgres://USER:PASSWORD@HOST/DB",
+        default_value = "sqlite:/var/lib/egress-monitor/controller.db"
+    )]
+    db: String,
+    /// PEM CA certificate(s) the PostgreSQL server's certificate must chain to. The controller
+    /// speaks TLS to PostgreSQL when --db says `sslmode=require`, and always verifies the
+    /// server's certificate: against this file, else the public roots (Azure Database for
+    /// PostgreSQL needs no file).
+    #[arg(long, value_name = "FILE")]
+    db_ca: Option<PathBuf>,
+    /// The operators' token(s), one per line.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: PathBuf,
+    /// The nodes' tokens, one per line: `TOKEN` (any node) or `NODE_ID TOKEN` (that node only).
+    #[arg(long, value_name = "FILE")]
+    node_token_file: PathBuf,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Days violations are kept.
+    #[arg(long, value_name = "DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    retention_days: u32,
+    /// Serve the controller's own Prometheus metrics at http://ADDR/metrics (no token: bind
+    /// it where only the scraper reaches, e.g. 127.0.0.1:9465).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+const FAILURE: u8 = 1;
+const INVALID_INPUT: u8 = 2;
+const ENVIRONMENT: u8 = 3;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = ControllerConfig {
+        listen: args.listen,
+        db: args.db,
+        db_ca: args.db_ca,
+        admin_token_file: args.admin_token_file,
+        node_token_file: args.node_token_file,
+        tls: args.tls_cert.zip(args.tls_key),
+        retention: Duration::from_secs(u64::from(args.retention_days) * 86_400),
+        metrics: args.metrics,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&err, FAILURE),
+    };
+    runtime.block_on(async {
+        // Installed before anything else: a signal while the controller starts stops it
+        // cleanly instead of killing it half-way.
+        let stop = match stop_signal() {
+            Ok(stop) => stop,
+            Err(err) => return fail(&err, ENVIRONMENT),
+        };
+        let controller = match Controller::bind(&config).await {
+            Ok(controller) => controller,
+            Err(err) => {
+                let status = match err {
+                    ControllerError::Listen { .. }
+                    | ControllerError::Store { .. }
+                    | ControllerError::Signal(_) => ENVIRONMENT,
+                    _ => INVALID_INPUT,
+                };
+                return fail(&err, status);
+            }
+        };
+        log::info!(
+            "controller at {} (database {})",
+            controller.url(),
+            redact(&config.db)
+        );
+        match controller.serve(stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&err, FAILURE),
+        }
+    })
+}
+
+/// Completes on SIGINT or SIGTERM; both are caught from the moment this returns.
+fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => log::info!("SIGINT received"),
+            _ = terminate.recv() => log::info!("SIGTERM received"),
+        }
+    })
+}
+
+fn fail(err: &(dyn std::error::Error + 'static), status: u8) -> ExitCode {
+    eprintln!(
+        "egress-monitor-controller: {}",
+        egress_monitor_api::error_line(err)
+    );
+    ExitCode::from(status)
+}
