@@ -1,4 +1,4 @@
-//! The controller under test: a real `egress-monitor controller` process on a loopback port,
+//! The controller under test: a real `egress-monitor-controller` process on a loopback port,
 //! its tokens, a scratch PostgreSQL database when asked, an HTTP client, and the page as a
 //! real browser (Debian's chromium, headless) renders it.
 

@@ -11,12 +11,14 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
         bail!("the benchmark loads eBPF programs and creates namespaces: run as root");
     }
     step(
-        "build (release): egress-monitor, em-testclient, em-bench",
+        "build (release): egress-monitor, egress-monitor-controller, em-testclient, em-bench",
         Command::new("cargo").args([
             "build",
             "--release",
             "-p",
             "egress-monitor",
+            "-p",
+            "egress-monitor-controller",
             "-p",
             "egress-monitor-tests",
             "-p",
@@ -32,6 +34,10 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
             .arg(root().join("bench/results"))
             .args(args)
             .env("EGRESS_MONITOR_BIN", release.join("egress-monitor"))
+            .env(
+                "EGRESS_MONITOR_CONTROLLER_BIN",
+                release.join("egress-monitor-controller"),
+            )
             .env(
                 crate::postgres::URL_VARIABLE,
                 crate::postgres::ensure_server()?.url,
