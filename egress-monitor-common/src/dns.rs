@@ -69,19 +69,27 @@ pub mod queries {
     pub const FILTER: u64 = 2;
 }
 
-/// What the kernel reports of DNS: a question leaving, or an answer arriving.
-pub mod kind {
-    pub const QUERY: u8 = 1;
-    pub const ANSWER: u8 = 2;
-}
-
 /// Addresses an answer record carries to userspace (for `dst_name`).
 pub const ANSWER_ADDRESSES: usize = 8;
 
-/// The ring-buffer record for DNS (told from [`crate::event::Event`] by its size).
+/// The ring-buffer record for DNS: a question leaving or an answer arriving. The byte fields
+/// come first, after the kind, so that they fill the 8 bytes before the timestamp.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsEvent {
+    /// [`crate::record::KIND_DNS_QUERY`] or [`crate::record::KIND_DNS_ANSWER`].
+    pub kind: u8,
+    pub ip_version: u8,
+    pub proto: u8,
+    pub hook: u8,
+    /// Queries: [`crate::verdict::outcome`].
+    pub outcome: u8,
+    /// [`crate::event::flags::OWNER_KNOWN`].
+    pub flags: u8,
+    pub address_count: u8,
+    /// Answers: why the addresses were not learned ([`refusal`]); [`refusal::NONE`] when they
+    /// were (or for queries).
+    pub refusal: u8,
     pub ts_boot_ns: u64,
     /// Sender's cgroup (queries on the cgroup hook; 0 otherwise).
     pub cgroup_id: u64,
@@ -104,27 +112,12 @@ pub struct DnsEvent {
     pub qtype: u16,
     /// Bytes of `name` used (wire format, root byte included).
     pub name_len: u16,
-    /// [`kind`].
-    pub kind: u8,
-    pub ip_version: u8,
-    pub proto: u8,
-    pub hook: u8,
-    /// Queries: [`crate::verdict::outcome`].
-    pub outcome: u8,
-    /// [`crate::event::flags::OWNER_KNOWN`].
-    pub flags: u8,
-    pub address_count: u8,
-    /// Answers: why the addresses were not learned ([`refusal`]); [`refusal::NONE`] when they
-    /// were (or for queries).
-    pub refusal: u8,
-    pub _pad: [u8; 10],
+    pub _pad: [u8; 2],
     /// The question's name in wire format.
     pub name: [u8; 256],
 }
-pub const DNS_EVENT_SIZE: usize = 480;
+pub const DNS_EVENT_SIZE: usize = 472;
 const _: () = assert!(core::mem::size_of::<DnsEvent>() == DNS_EVENT_SIZE);
-// No implicit padding before the name.
-const _: () = assert!(core::mem::offset_of!(DnsEvent, name) == DNS_EVENT_SIZE - 256);
 // No implicit padding before the name.
 const _: () = assert!(core::mem::offset_of!(DnsEvent, name) == DNS_EVENT_SIZE - 256);
 

@@ -28,11 +28,25 @@ pub mod flags {
     pub const SOURCE_ROUTE: u8 = 1 << 7;
 }
 
-/// Ordered largest-first so that no implicit padding exists; the tail is padded explicitly to a
-/// multiple of 8 so consecutive records in the ring buffer stay aligned.
+/// The kind byte first (see [`crate::record`]), with the other byte fields and the ethertype
+/// in the first 8 bytes; then largest-first, so that no implicit padding exists and the size is
+/// a multiple of 8 (consecutive records in the ring buffer stay aligned).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
+    /// [`crate::record::KIND_PACKET`].
+    pub kind: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// IP protocol number of the transport header (after IPv6 extension headers).
+    pub proto: u8,
+    /// [`crate::verdict::hook`].
+    pub hook: u8,
+    /// [`crate::verdict::outcome`], as a byte.
+    pub outcome: u8,
+    pub flags: u8,
+    /// The frame's ethertype (host byte order) on the TC hook; 0 on the cgroup hook.
+    pub ethertype: u16,
     /// `bpf_ktime_get_boot_ns()` when the packet was seen.
     pub ts_boot_ns: u64,
     /// cgroup v2 id of the sending socket (cgroup hook only; 0 on TC).
@@ -47,28 +61,22 @@ pub struct Event {
     pub rule_id: u32,
     /// Process (thread-group) id of the socket's creator, with [`flags::OWNER_KNOWN`].
     pub pid: u32,
-    pub _pad_pid: u32,
+    /// Host byte order; meaningful only with [`flags::HAS_PORTS`].
+    pub src_port: u16,
+    pub dst_port: u16,
     /// Source and destination addresses: IPv4 in the first 4 bytes, network order.
     pub src: [u8; 16],
     pub dst: [u8; 16],
     /// Command name of the socket's creator (NUL-padded), with [`flags::OWNER_KNOWN`].
     pub comm: [u8; 16],
-    /// Host byte order; meaningful only with [`flags::HAS_PORTS`].
-    pub src_port: u16,
-    pub dst_port: u16,
-    /// 4 or 6.
-    pub ip_version: u8,
-    /// IP protocol number of the transport header (after IPv6 extension headers).
-    pub proto: u8,
-    /// [`crate::verdict::hook`].
-    pub hook: u8,
-    /// [`crate::verdict::outcome`], as a byte.
-    pub outcome: u8,
-    pub flags: u8,
-    pub _pad: u8,
-    /// The frame's ethertype (host byte order) on the TC hook; 0 on the cgroup hook.
-    pub ethertype: u16,
-    pub _pad2: [u8; 4],
 }
-pub const EVENT_SIZE: usize = 104;
+pub const EVENT_SIZE: usize = 96;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+// No implicit padding before the byte arrays, none at the end.
+const _: () = assert!(core::mem::offset_of!(Event, comm) == EVENT_SIZE - 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), integer and byte-array fields, no implicit padding (asserted offsets).
+    unsafe impl aya::Pod for super::Event {}
+}

@@ -54,7 +54,7 @@ pub struct FlowValue {
     /// from a later one with the same key (after an LRU eviction).
     pub first: Event,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 136);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 128);
 
 /// What the daemon has reported of a flow (`FLOW_REPORTED`, written only by the daemon).
 #[repr(C)]

@@ -17,11 +17,16 @@ pub const PACKET_QDISC_BYPASS: i32 = 20;
 pub const SOL_XDP: i32 = 283;
 pub const XDP_TX_RING: i32 = 3;
 
-/// The ring-buffer record for a guarded socket option (told from the other records by its
-/// size, [`GUARD_EVENT_SIZE`]).
+/// The ring-buffer record for a guarded socket option.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuardEvent {
+    /// [`crate::record::KIND_GUARD`].
+    pub kind: u8,
+    /// [`crate::verdict::outcome`]: refused (enforce) or observed.
+    pub outcome: u8,
+    /// Up to the 8-byte alignment of the timestamp.
+    pub _pad: [u8; 6],
     pub ts_boot_ns: u64,
     /// The calling process's cgroup.
     pub cgroup_id: u64,
@@ -31,9 +36,6 @@ pub struct GuardEvent {
     pub level: i32,
     pub optname: i32,
     pub comm: [u8; 16],
-    /// [`crate::verdict::outcome`]: refused (enforce) or observed.
-    pub outcome: u8,
-    pub _pad: [u8; 7],
 }
 pub const GUARD_EVENT_SIZE: usize = 56;
 const _: () = assert!(core::mem::size_of::<GuardEvent>() == GUARD_EVENT_SIZE);

@@ -7,6 +7,7 @@
 //! - [`verdict`]: action, outcome, hook and mode codes, defined once.
 //! - [`policy`]: the LPM trie value (verdict + rule id) and the config array slots.
 //! - [`maps`]: map names and counter-array indexing.
+//! - [`record`]: the kind byte that starts every ring-buffer record.
 //! - [`event`]: the record written to the ring buffer for a denied packet.
 //! - [`flow`]: how denied packets are aggregated per flow.
 //! - [`dns`]: domain rules and the addresses their answers allow.
@@ -19,4 +20,5 @@ pub mod flow;
 pub mod guard;
 pub mod maps;
 pub mod policy;
+pub mod record;
 pub mod verdict;

@@ -20,12 +20,13 @@ use aya_ebpf::{
 use egress_monitor_common::{
     dns::{
         ANSWER_ADDRESSES, DnsEvent, HASH_SEED, LearnedSocket, LearnedValue, MAX_ANSWERS,
-        MAX_LEARNED_TTL, MAX_NAME, NO_RULE, PendingKey, QueryKey, QueryValue, fold, kind, queries,
+        MAX_LEARNED_TTL, MAX_NAME, NO_RULE, PendingKey, QueryKey, QueryValue, fold, queries,
         refusal, resolver,
     },
     event::flags,
     maps::stat,
     policy::config,
+    record,
     verdict::{RULE_ID_DEFAULT, action, hook as hooks},
 };
 
@@ -640,7 +641,7 @@ pub fn report_query(
     event.repeats = repeats as u32;
     event.src_port = packet.src_port;
     event.qtype = qtype;
-    event.kind = kind::QUERY;
+    event.kind = record::KIND_DNS_QUERY;
     event.ip_version = packet.ip_version;
     event.proto = packet.proto;
     event.outcome = outcome as u8;
@@ -680,7 +681,7 @@ fn report_answer(
     event.repeats = 0;
     event.src_port = packet.dst_port;
     event.qtype = qtype;
-    event.kind = kind::ANSWER;
+    event.kind = record::KIND_DNS_ANSWER;
     event.ip_version = packet.ip_version;
     event.proto = packet.proto;
     event.outcome = 0;

@@ -15,6 +15,7 @@ use egress_monitor_common::{
     event::{Event, flags},
     maps::SockOwner,
     maps::{counter_index, stat as stat_slot},
+    record,
     verdict::hook as hooks,
 };
 
@@ -150,6 +151,13 @@ pub fn describe(
     };
     let (pid, comm, owner_flag) = owner(cookie);
     *out = Event {
+        kind: record::KIND_PACKET,
+        ip_version: packet.ip_version,
+        proto: packet.proto,
+        hook,
+        outcome: outcome as u8,
+        flags: packet.flags | owner_flag,
+        ethertype: packet.ethertype,
         ts_boot_ns,
         cgroup_id,
         len: packet.len,
@@ -157,19 +165,10 @@ pub fn describe(
         ifindex,
         rule_id,
         pid,
-        _pad_pid: 0,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
         src: packet.src,
         dst: packet.dst,
         comm,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
-        ip_version: packet.ip_version,
-        proto: packet.proto,
-        hook,
-        outcome: outcome as u8,
-        flags: packet.flags | owner_flag,
-        _pad: 0,
-        ethertype: packet.ethertype,
-        _pad2: [0; 4],
     };
 }

@@ -11,6 +11,7 @@ use aya_ebpf::{
 use egress_monitor_common::{
     guard::{GuardEvent, PACKET_QDISC_BYPASS, SOL_PACKET, SOL_XDP, XDP_TX_RING},
     maps::stat,
+    record,
     verdict::outcome,
 };
 
@@ -104,6 +105,13 @@ fn report(cgroup_id: u64, level: i32, optname: i32, enforce: bool) {
         )
     };
     let event = GuardEvent {
+        kind: record::KIND_GUARD,
+        outcome: if enforce {
+            outcome::DENIED_DROPPED as u8
+        } else {
+            outcome::DENIED_OBSERVED as u8
+        },
+        _pad: [0; 6],
         ts_boot_ns,
         cgroup_id,
         pid: (pid_tgid >> 32) as u32,
@@ -111,12 +119,6 @@ fn report(cgroup_id: u64, level: i32, optname: i32, enforce: bool) {
         level,
         optname,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        outcome: if enforce {
-            outcome::DENIED_DROPPED as u8
-        } else {
-            outcome::DENIED_OBSERVED as u8
-        },
-        _pad: [0; 7],
     };
     if EVENTS.output(&event, 0).is_err() {
         emit::stat(stat::EVENTS_LOST);

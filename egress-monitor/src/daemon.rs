@@ -822,17 +822,13 @@ fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, out: &mut Output) {
     let mut any = false;
     while let Some(item) = ring.next() {
         any = true;
-        let written = match events::decode_any(&item) {
+        let written = match events::decode(&item) {
             Ok(KernelRecord::Packet(event)) => {
                 EventRecord::new(&event, names, &out.clock).map(|record| out.write(record))
             }
-            Ok(KernelRecord::Dns(event))
-                if event.kind == egress_monitor_common::dns::kind::ANSWER =>
-            {
-                DnsAnswerRecord::new(&event, names, &out.clock)
-                    .map(|record| out.write_answer(record))
-            }
-            Ok(KernelRecord::Dns(event)) => {
+            Ok(KernelRecord::DnsAnswer(event)) => DnsAnswerRecord::new(&event, names, &out.clock)
+                .map(|record| out.write_answer(record)),
+            Ok(KernelRecord::DnsQuery(event)) => {
                 DnsRecord::query(&event, names, &out.clock).map(|record| out.write_dns(record))
             }
             Ok(KernelRecord::Guard(event)) => {

@@ -5,8 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use egress_monitor_api::wire::Hook;
 use egress_monitor_common::{
-    dns::{DnsEvent, kind, refusal},
+    dns::{DnsEvent, refusal},
     event::flags,
+    record,
     verdict::hook,
 };
 use serde::Serialize;
@@ -90,7 +91,7 @@ impl DnsAnswerRecord {
         names: &StateFile,
         clock: &Clock,
     ) -> Result<DnsAnswerRecord, EventError> {
-        if event.kind != kind::ANSWER {
+        if event.kind != record::KIND_DNS_ANSWER {
             return Err(EventError::BadCode {
                 field: "dns kind",
                 value: event.kind,
@@ -252,7 +253,7 @@ impl DnsRecord {
         names: &StateFile,
         clock: &Clock,
     ) -> Result<DnsRecord, EventError> {
-        if event.kind != kind::QUERY {
+        if event.kind != record::KIND_DNS_QUERY {
             return Err(EventError::BadCode {
                 field: "dns kind",
                 value: event.kind,

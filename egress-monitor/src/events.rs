@@ -16,9 +16,10 @@ use std::{
 
 use egress_monitor_api::wire::{DeniedAction, FlowKind, Hook};
 use egress_monitor_common::{
-    dns::{DNS_EVENT_SIZE, DnsEvent},
-    event::{EVENT_SIZE, Event, flags},
-    guard::{GUARD_EVENT_SIZE, GuardEvent, PACKET_QDISC_BYPASS, SOL_PACKET, SOL_XDP, XDP_TX_RING},
+    dns::DnsEvent,
+    event::{Event, flags},
+    guard::{GuardEvent, PACKET_QDISC_BYPASS, SOL_PACKET, SOL_XDP, XDP_TX_RING},
+    record,
     verdict::{hook, outcome},
 };
 use serde::Serialize;
@@ -27,44 +28,56 @@ use crate::{flows::FlowUpdate, state::StateFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
-    #[error("ring buffer record of {0} bytes; expected {EVENT_SIZE}")]
-    BadSize(usize),
+    /// A ring-buffer record without a kind byte.
+    #[error("empty ring buffer record")]
+    Empty,
+    #[error("ring buffer record of unknown kind {0}")]
+    UnknownKind(u8),
+    /// A record whose size is not its kind's struct's.
+    #[error("ring buffer record of kind {kind} has {len} bytes; expected {expected}")]
+    BadSize {
+        kind: u8,
+        len: usize,
+        expected: usize,
+    },
     #[error("event record with unknown {field} code {value}")]
     BadCode { field: &'static str, value: u8 },
 }
 
-/// A ring-buffer record: a packet event, a DNS event or a guarded socket option (told apart
-/// by size).
+/// A ring-buffer record, as its kind byte ([`record`]) says.
 #[derive(Clone, Debug)]
 pub enum KernelRecord {
     Packet(Event),
-    Dns(Box<DnsEvent>),
+    DnsQuery(Box<DnsEvent>),
+    DnsAnswer(Box<DnsEvent>),
     Guard(GuardEvent),
 }
 
-/// Reads any kernel record.
-pub fn decode_any(bytes: &[u8]) -> Result<KernelRecord, EventError> {
-    if bytes.len() == DNS_EVENT_SIZE {
-        // SAFETY: the length matches and DnsEvent is plain old data for which any bytes are
-        // valid.
-        let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DnsEvent>()) };
-        return Ok(KernelRecord::Dns(Box::new(event)));
-    }
-    if bytes.len() == GUARD_EVENT_SIZE {
-        // SAFETY: as above, for GuardEvent.
-        let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<GuardEvent>()) };
-        return Ok(KernelRecord::Guard(event));
-    }
-    decode(bytes).map(KernelRecord::Packet)
+/// Reads a kernel record by its kind byte. An unknown kind, or a size other than the kind's
+/// struct's, is an error: a record is never read as another kind.
+pub fn decode(bytes: &[u8]) -> Result<KernelRecord, EventError> {
+    let kind = *bytes.first().ok_or(EventError::Empty)?;
+    Ok(match kind {
+        record::KIND_PACKET => KernelRecord::Packet(read(kind, bytes)?),
+        record::KIND_DNS_QUERY => KernelRecord::DnsQuery(Box::new(read(kind, bytes)?)),
+        record::KIND_DNS_ANSWER => KernelRecord::DnsAnswer(Box::new(read(kind, bytes)?)),
+        record::KIND_GUARD => KernelRecord::Guard(read(kind, bytes)?),
+        _ => return Err(EventError::UnknownKind(kind)),
+    })
 }
 
-/// Reads a kernel event record.
-pub fn decode(bytes: &[u8]) -> Result<Event, EventError> {
-    if bytes.len() != EVENT_SIZE {
-        return Err(EventError::BadSize(bytes.len()));
+/// Reads a `T` from a record that must be exactly its size.
+fn read<T: aya::Pod>(kind: u8, bytes: &[u8]) -> Result<T, EventError> {
+    let expected = std::mem::size_of::<T>();
+    if bytes.len() != expected {
+        return Err(EventError::BadSize {
+            kind,
+            len: bytes.len(),
+            expected,
+        });
     }
-    // SAFETY: the length matches and Event is plain old data for which any bytes are valid.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    // SAFETY: the length matches, and T is plain old data (aya::Pod): any bytes are valid.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 egress_monitor_api::words! {
@@ -500,6 +513,8 @@ mod tests {
     use egress_monitor_policy::{Action, Mode};
 
     use super::*;
+    use egress_monitor_common::{dns::DNS_EVENT_SIZE, event::EVENT_SIZE, guard::GUARD_EVENT_SIZE};
+
     use crate::state::StateRule;
 
     fn event() -> Event {
@@ -508,6 +523,13 @@ mod tests {
         let mut dst = [0u8; 16];
         dst[..4].copy_from_slice(&[203, 0, 113, 1]);
         Event {
+            kind: record::KIND_PACKET,
+            ip_version: 4,
+            proto: 17,
+            hook: hook::CGROUP,
+            outcome: outcome::DENIED_DROPPED as u8,
+            flags: flags::HAS_PORTS,
+            ethertype: 0,
             ts_boot_ns: 1_500_000_123,
             cgroup_id: 4242,
             len: 56,
@@ -515,27 +537,19 @@ mod tests {
             ifindex: 0,
             rule_id: u32::MAX,
             pid: 0,
-            _pad_pid: 0,
+            src_port: 40000,
+            dst_port: 53,
             src,
             dst,
             comm: [0; 16],
-            src_port: 40000,
-            dst_port: 53,
-            ip_version: 4,
-            proto: 17,
-            hook: hook::CGROUP,
-            outcome: outcome::DENIED_DROPPED as u8,
-            flags: flags::HAS_PORTS,
-            _pad: 0,
-            ethertype: 0,
-            _pad2: [0; 4],
         }
     }
 
-    fn bytes_of(event: &Event) -> Vec<u8> {
-        // SAFETY: Event is repr(C) plain data without implicit padding.
+    /// The bytes the kernel writes for `value`.
+    fn bytes_of<T: aya::Pod>(value: &T) -> Vec<u8> {
+        // SAFETY: T is plain old data without implicit padding: every byte is initialised.
         unsafe {
-            std::slice::from_raw_parts((event as *const Event).cast::<u8>(), EVENT_SIZE).to_vec()
+            std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()).to_vec()
         }
     }
 
@@ -559,11 +573,119 @@ mod tests {
         Clock::with_boot_epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_374_400))
     }
 
+    fn dns_event(kind: u8) -> DnsEvent {
+        DnsEvent {
+            kind,
+            ip_version: 4,
+            proto: 17,
+            hook: hook::CGROUP,
+            outcome: 0,
+            flags: 0,
+            address_count: 0,
+            refusal: 0,
+            ts_boot_ns: 1,
+            cgroup_id: 2,
+            server: [0; 16],
+            addresses: [[0; 16]; 8],
+            ttl: 0,
+            pid: 0,
+            uid: 0,
+            rule_id: 0,
+            repeats: 0,
+            ifindex: 0,
+            comm: [0; 16],
+            src_port: 40000,
+            qtype: 1,
+            name_len: 1,
+            _pad: [0; 2],
+            name: [0; 256],
+        }
+    }
+
+    fn guard_event() -> GuardEvent {
+        GuardEvent {
+            kind: record::KIND_GUARD,
+            outcome: outcome::DENIED_DROPPED as u8,
+            _pad: [0; 6],
+            ts_boot_ns: 1,
+            cgroup_id: 2,
+            pid: 3,
+            uid: 4,
+            level: SOL_PACKET,
+            optname: PACKET_QDISC_BYPASS,
+            comm: [0; 16],
+        }
+    }
+
     #[test]
-    fn decoding_round_trips_and_checks_the_size() {
-        let original = event();
-        assert_eq!(decode(&bytes_of(&original)).unwrap(), original);
-        assert!(matches!(decode(&[0; 10]), Err(EventError::BadSize(10))));
+    fn records_are_read_as_their_kind_byte_says() {
+        let packet = event();
+        assert!(matches!(decode(&bytes_of(&packet)), Ok(KernelRecord::Packet(e)) if e == packet));
+        let query = dns_event(record::KIND_DNS_QUERY);
+        assert!(matches!(decode(&bytes_of(&query)), Ok(KernelRecord::DnsQuery(e)) if *e == query));
+        let answer = dns_event(record::KIND_DNS_ANSWER);
+        assert!(
+            matches!(decode(&bytes_of(&answer)), Ok(KernelRecord::DnsAnswer(e)) if *e == answer)
+        );
+        let guard = guard_event();
+        assert!(matches!(decode(&bytes_of(&guard)), Ok(KernelRecord::Guard(e)) if e == guard));
+    }
+
+    #[test]
+    fn unknown_kinds_and_sizes_not_the_kinds_are_malformed() {
+        for kind in [0, 5, 0xff] {
+            let mut bytes = bytes_of(&event());
+            bytes[0] = kind;
+            assert!(
+                matches!(decode(&bytes), Err(EventError::UnknownKind(k)) if k == kind),
+                "{kind}"
+            );
+        }
+        assert!(matches!(decode(&[]), Err(EventError::Empty)));
+        // A size other than the kind's struct's is refused: a packet event cut short or with a
+        // byte too many, and a record relabelled as another kind (a guard record is not read
+        // as a packet event's first 56 bytes).
+        let packet = bytes_of(&event());
+        let mut long = packet.clone();
+        long.push(0);
+        let relabelled = |mut bytes: Vec<u8>, kind: u8| {
+            bytes[0] = kind;
+            bytes
+        };
+        for (bytes, expected) in [
+            (packet[..1].to_vec(), EVENT_SIZE),
+            (packet[..EVENT_SIZE - 1].to_vec(), EVENT_SIZE),
+            (long, EVENT_SIZE),
+            (
+                relabelled(bytes_of(&guard_event()), record::KIND_PACKET),
+                EVENT_SIZE,
+            ),
+            (
+                relabelled(packet.clone(), record::KIND_GUARD),
+                GUARD_EVENT_SIZE,
+            ),
+            (
+                relabelled(packet.clone(), record::KIND_DNS_QUERY),
+                DNS_EVENT_SIZE,
+            ),
+            (
+                relabelled(
+                    bytes_of(&dns_event(record::KIND_DNS_ANSWER)),
+                    record::KIND_PACKET,
+                ),
+                EVENT_SIZE,
+            ),
+        ] {
+            let (kind, len) = (bytes[0], bytes.len());
+            assert!(
+                matches!(
+                    decode(&bytes),
+                    Err(EventError::BadSize { kind: k, len: l, expected: e })
+                        if (k, l, e) == (kind, len, expected)
+                ),
+                "kind {kind}, {len} bytes"
+            );
+        }
     }
 
     #[test]

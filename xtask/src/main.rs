@@ -4,9 +4,12 @@
 //!   idempotent, so every other task runs it first.
 //! - `run`: build and start the daemon on this host (observe mode, cgroup hook on the root
 //!   cgroup unless told otherwise).
-//! - `test`: format check, clippy, and the whole test suite, kernel tests included.
+//! - `test`: import cycles, format check, clippy, and the whole test suite, kernel tests
+//!   included.
+//! - `cycles`: the import graph between each crate's top-level modules, and its cycles.
 
 mod bench;
+mod cycles;
 mod package;
 mod postgres;
 mod run;
@@ -54,6 +57,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Print which top-level modules of each crate import which, and every import cycle
+    /// between them (fails when there is one).
+    #[command(
+        after_help = "Examples:\n  cargo xtask cycles\n  cargo xtask cycles egress-monitor/src"
+    )]
+    Cycles {
+        /// Crate source directories (default: the ones `cargo xtask test` checks).
+        srcs: Vec<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +75,7 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::setup().and_then(|()| run::run(&args)),
         Task::Test { args } => setup::setup().and_then(|()| test::test(&args)),
         Task::Bench { args } => setup::setup().and_then(|()| bench::bench(&args)),
+        Task::Cycles { srcs } => cycles::show(&srcs),
         Task::Package => setup::setup()
             .and_then(|()| package::packages())
             .and_then(|debs| {

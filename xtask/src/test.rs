@@ -1,4 +1,4 @@
-//! `cargo xtask test`: formatting, lints, then every test, kernel tests included.
+//! `cargo xtask test`: import cycles, formatting, lints, then every test, kernel tests included.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -17,6 +17,7 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the kernel tests load eBPF programs and create namespaces: run as root");
     }
+    crate::cycles::check(crate::cycles::CHECKED)?;
     step(
         "cargo fmt --check",
         Command::new("cargo").args(["fmt", "--all", "--", "--check"]),

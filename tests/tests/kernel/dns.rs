@@ -491,9 +491,7 @@ fn with_both_hooks_a_question_is_reported_once() {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < deadline {
         while let Some(item) = fx.ring.next() {
-            if let Ok(KernelRecord::Dns(event)) = events::decode_any(&item)
-                && event.kind == egress_monitor_common::dns::kind::QUERY
-            {
+            if let Ok(KernelRecord::DnsQuery(event)) = events::decode(&item) {
                 questions.push(event.hook);
             }
         }

@@ -150,7 +150,7 @@ impl Fixture {
         let mut records = Vec::new();
         loop {
             while let Some(item) = self.ring.next() {
-                records.push(events::decode_any(&item).expect("decodable record"));
+                records.push(events::decode(&item).expect("decodable record"));
             }
             if records.len() >= expected || Instant::now() > deadline {
                 return records;
@@ -166,7 +166,11 @@ impl Fixture {
         loop {
             let clock = Clock::now();
             while let Some(item) = self.ring.next() {
-                let event = events::decode(&item).expect("decodable event");
+                let events::KernelRecord::Packet(event) =
+                    events::decode(&item).expect("decodable record")
+                else {
+                    panic!("a packet event expected");
+                };
                 records.push(EventRecord::new(&event, &self.names, &clock).expect("valid event"));
             }
             if records.len() >= expected || Instant::now() > deadline {
