@@ -27,25 +27,45 @@ pub struct Checked<'a> {
     pub src: &'a str,
     /// Whether a cycle fails `cargo xtask test`; if not, the cycles are only reported.
     pub enforce: bool,
+    /// Its layers, top row first: a module may import modules of its own row and of the rows
+    /// below, never above, and every module must be in a row (the layout README.md writes
+    /// down). Empty: only cycles are checked.
+    pub layers: &'a [&'a [&'a str]],
 }
+
+/// The node crate's layers, as README.md's layout section lists them.
+pub const NODE_LAYERS: &[&[&str]] = &[
+    &["app", "cli"],
+    &["daemon"],
+    &["inspect"],
+    &["fleet"],
+    &["events"],
+    &["datapath"],
+    &["azure"],
+    &["system"],
+];
 
 /// The crates `cargo xtask test` checks, and `cargo xtask cycles` shows by default.
 pub const CHECKED: &[Checked<'static>] = &[
     Checked {
         src: "egress-monitor/src",
         enforce: true,
+        layers: NODE_LAYERS,
     },
     Checked {
         src: "egress-monitor-controller/src",
         enforce: true,
+        layers: &[],
     },
     Checked {
         src: "egress-monitor-policy/src",
         enforce: true,
+        layers: &[],
     },
     Checked {
         src: "egress-monitor-api/src",
         enforce: true,
+        layers: &[],
     },
 ];
 
@@ -56,11 +76,18 @@ pub fn check(crates: &[Checked]) -> anyhow::Result<()> {
     for krate in crates {
         let graph = Graph::read(&root().join(krate.src))?;
         let cycles = graph.cycles();
-        if cycles.is_empty() {
-            eprintln!("    {}: none", krate.src);
+        let upward = graph.layer_violations(krate.layers);
+        if cycles.is_empty() && upward.is_empty() {
+            eprintln!("    {}: no cycle, no import against its layers", krate.src);
             continue;
         }
-        let report = graph.render_cycles(&cycles);
+        let mut report = String::new();
+        if !cycles.is_empty() {
+            report.push_str(&graph.render_cycles(&cycles));
+        }
+        for violation in &upward {
+            let _ = writeln!(report, "  {violation}");
+        }
         if krate.enforce {
             failed.push_str(&report);
         } else {
@@ -149,6 +176,40 @@ impl Graph {
             modules,
             edges,
         })
+    }
+
+    /// What breaks `layers` (top row first): a module in no row, and every import of a module
+    /// from a row above its own, with where it is. Nothing when `layers` is empty.
+    pub fn layer_violations(&self, layers: &[&[&str]]) -> Vec<String> {
+        if layers.is_empty() {
+            return Vec::new();
+        }
+        let row = |module: &str| layers.iter().position(|row| row.contains(&module));
+        let mut found = Vec::new();
+        for module in &self.modules {
+            if row(module).is_none() {
+                found.push(format!(
+                    "{}: module `{module}` is in no layer (add it to the layers in xtask/src/cycles.rs and to README.md's layout)",
+                    self.shown_src()
+                ));
+            }
+        }
+        for (from, targets) in &self.edges {
+            for (to, site) in targets {
+                if let (Some(from_row), Some(to_row)) = (row(from), row(to))
+                    && to_row < from_row
+                {
+                    found.push(format!(
+                        "{from} (row {}) imports {to} (row {}), a row above its own: {}:{}",
+                        from_row + 1,
+                        to_row + 1,
+                        self.src.join(&site.file).display(),
+                        site.line
+                    ));
+                }
+            }
+        }
+        found
     }
 
     fn targets(&self, from: &str) -> impl Iterator<Item = &String> {
@@ -533,6 +594,7 @@ mod tests {
         check(&[Checked {
             src: src.to_str().unwrap(),
             enforce: true,
+            layers: &[],
         }])
     }
 
@@ -654,5 +716,45 @@ fn f() {
         let report = graph.render_cycles(&graph.cycles());
         assert!(report.contains("  a -> b -> c -> a\n"), "{report}");
         assert!(report.contains("      c -> a  "), "{report}");
+    }
+
+    #[test]
+    fn an_import_from_a_row_above_fails_and_so_does_a_module_in_no_row() {
+        let dir = planted(&[
+            ("lib.rs", "pub mod top;\npub mod low;\npub mod stray;\n"),
+            ("top.rs", "use crate::low::L;\npub struct T;\n"),
+            (
+                "low.rs",
+                "pub struct L;\n\npub fn f() {\n    let _ = crate::top::T;\n}\n",
+            ),
+            ("stray.rs", "pub fn s() {}\n"),
+        ]);
+        let src = dir.path().join("src");
+        let graph = Graph::read(&src).unwrap();
+        let found = graph.layer_violations(&[&["top"], &["low"]]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].contains("module `stray` is in no layer"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("low (row 2) imports top (row 1), a row above its own: ")
+                && found[1].ends_with("low.rs:4"),
+            "{found:?}"
+        );
+        assert!(
+            graph
+                .layer_violations(&[&["top"], &["low", "stray"]])
+                .iter()
+                .all(|v| !v.contains("stray")),
+        );
+        let err = check(&[Checked {
+            src: src.to_str().unwrap(),
+            enforce: true,
+            layers: &[&["top"], &["low", "stray"]],
+        }])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("a row above its own"), "{err}");
     }
 }
