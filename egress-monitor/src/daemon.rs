@@ -215,110 +215,13 @@ pub async fn run(
     let mut config = config;
     // The daemon's own arguments, chosen from again at every SIGHUP.
     let arguments = config.source.clone();
-    if let Some(recorded) = follow_recorded_at_start(&arguments, &layout)? {
-        config.policy = recorded
-            .source
-            .build()
-            .map_err(|source| DaemonError::RecordedPolicy {
-                file: recorded.record.file.display().to_string(),
-                recorded_at: recorded.record.recorded_at.clone(),
-                source,
-            })?;
-        config.source = recorded.source;
-    }
+    follow_recorded_source(&mut config, &arguments, &layout)?;
     let counts = Arc::new(crate::counts::DaemonCounts::default());
     // The controller's settings are checked, and the fleet's policy and mode restored, before
     // anything is attached.
-    let mut fleet = match config.controller.clone() {
-        Some(reporter_config) => {
-            let exchange = Arc::new(Exchange::default());
-            let restored = crate::fleet::restore(&reporter_config.spool_dir, &mut config.source);
-            if restored != Default::default() {
-                config.policy =
-                    config
-                        .source
-                        .build()
-                        .map_err(|source| DaemonError::FleetPolicy {
-                            dir: reporter_config.spool_dir.display().to_string(),
-                            source,
-                        })?;
-            }
-            exchange.set_following(restored);
-            let (reporter, updates) = Reporter::new(
-                reporter_config.clone(),
-                Arc::clone(&exchange),
-                layout.clone(),
-                Arc::clone(&counts),
-            )?;
-            Some((
-                reporter,
-                FleetLink {
-                    exchange,
-                    updates,
-                    dir: reporter_config.spool_dir,
-                },
-            ))
-        }
-        None => {
-            // A daemon without a controller leaves no word of an earlier one's link.
-            let _ = std::fs::remove_file(layout.run_dir().join(crate::reporter::STATUS_FILE));
-            None
-        }
-    };
-    match &config.imds {
-        Some(imds) => {
-            std::fs::create_dir_all(layout.run_dir()).map_err(DaemonError::PidFile)?;
-            config.source.discovered = vnet_rules(imds, &layout);
-            config.policy = config.source.build().map_err(DaemonError::Policy)?;
-        }
-        None if crate::azure::imds::on_azure() => log::info!(
-            "this is an Azure VM: --azure (or `azure = true` in the policy) would allow its VNet's own prefixes"
-        ),
-        None => {}
-    }
-    // Prefix and domain rules take ids from the same slots.
-    let capacity = config
-        .rule_capacity
-        .max((config.policy.rules.len() + config.policy.domains.len()) * 2);
-    let mut datapath = Datapath::open(&layout, capacity)?;
-    match datapath.opened() {
-        Opened::Created => log::info!("pinned a new datapath at {}", layout.root.display()),
-        Opened::Adopted => log::info!(
-            "adopted the pinned datapath at {}: attachments, counters and policy carry on",
-            layout.root.display()
-        ),
-        Opened::Replacing { previous_build } => log::warn!(
-            "{} was pinned by another build ({previous_build:016x}); replacing it: new programs attach first, then the old ones go",
-            layout.root.display()
-        ),
-        Opened::Growing { from, to } => log::warn!(
-            "the maps at {} hold {from} rule slots, {to} are asked for: swapping in bigger ones (policy, counters and learned addresses carried over; new programs attach first, then the old ones go)",
-            layout.root.display()
-        ),
-    }
-    log_apply(&datapath.apply(&config.policy)?);
-    datapath.set_kernel_log(config.kernel_log)?;
-    datapath.set_dns_grace(config.dns_grace)?;
-    datapath.set_dns_event_interval(config.flow_interval)?;
-    attach(&mut datapath, &targets)?;
-    for kept in datapath.finish_replacement()? {
-        log::warn!(
-            "kept the old build's attachment {kept}: it was not asked for again (`detach` removes it)"
-        );
-    }
-    for attachment in datapath.attachments() {
-        match attachment.target {
-            Some(target) => log::info!(
-                "attached: {} ({target}) ({} mode)",
-                attachment.name,
-                config.policy.mode
-            ),
-            None => log::warn!(
-                "still attached from an earlier run: {} (not asked for now; `egress-monitor detach` removes it)",
-                attachment.name
-            ),
-        }
-    }
+    let mut fleet = connect_fleet(&mut config, &layout, &counts)?;
+    discover_vnet(&mut config, &layout)?;
+    let mut datapath = open_and_attach(&config, &layout, &targets)?;
     std::fs::write(layout.pid_file(), std::process::id().to_string())
         .map_err(DaemonError::PidFile)?;
     if let Some(listener) = metrics_listener {
@@ -362,6 +265,140 @@ pub async fn run(
         let _ = std::fs::remove_file(layout.pid_file());
     }
     result?;
+    stopped_summary(&datapath, &writer)
+}
+
+/// Builds from the source `policy apply` recorded, when there is one (see [`crate::source`]).
+fn follow_recorded_source(
+    config: &mut RunConfig,
+    arguments: &PolicySource,
+    layout: &PinLayout,
+) -> Result<(), DaemonError> {
+    if let Some(recorded) = follow_recorded_at_start(arguments, layout)? {
+        config.policy = recorded
+            .source
+            .build()
+            .map_err(|source| DaemonError::RecordedPolicy {
+                file: recorded.record.file.display().to_string(),
+                recorded_at: recorded.record.recorded_at.clone(),
+                source,
+            })?;
+        config.source = recorded.source;
+    }
+    Ok(())
+}
+
+/// With `--controller`: the reporter, ready to run, and the daemon's end of it, with the
+/// fleet's policy and mode as last applied restored into `config`. Without: nothing, and no
+/// word left of an earlier daemon's link.
+fn connect_fleet(
+    config: &mut RunConfig,
+    layout: &PinLayout,
+    counts: &Arc<crate::counts::DaemonCounts>,
+) -> Result<Option<(Reporter, FleetLink)>, DaemonError> {
+    let Some(reporter_config) = config.controller.clone() else {
+        let _ = std::fs::remove_file(layout.run_dir().join(crate::reporter::STATUS_FILE));
+        return Ok(None);
+    };
+    let exchange = Arc::new(Exchange::default());
+    let restored = crate::fleet::restore(&reporter_config.spool_dir, &mut config.source);
+    if restored != Default::default() {
+        config.policy = config
+            .source
+            .build()
+            .map_err(|source| DaemonError::FleetPolicy {
+                dir: reporter_config.spool_dir.display().to_string(),
+                source,
+            })?;
+    }
+    exchange.set_following(restored);
+    let (reporter, updates) = Reporter::new(
+        reporter_config.clone(),
+        Arc::clone(&exchange),
+        layout.clone(),
+        Arc::clone(counts),
+    )?;
+    Ok(Some((
+        reporter,
+        FleetLink {
+            exchange,
+            updates,
+            dir: reporter_config.spool_dir,
+        },
+    )))
+}
+
+/// With `--azure`: the VNet's prefixes from IMDS join the policy.
+fn discover_vnet(config: &mut RunConfig, layout: &PinLayout) -> Result<(), DaemonError> {
+    match &config.imds {
+        Some(imds) => {
+            std::fs::create_dir_all(layout.run_dir()).map_err(DaemonError::PidFile)?;
+            config.source.discovered = vnet_rules(imds, layout);
+            config.policy = config.source.build().map_err(DaemonError::Policy)?;
+        }
+        None if crate::azure::imds::on_azure() => log::info!(
+            "this is an Azure VM: --azure (or `azure = true` in the policy) would allow its VNet's own prefixes"
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
+/// Creates, adopts, replaces or grows the pinned datapath, applies the policy and attaches
+/// to every target, saying which it did.
+fn open_and_attach(
+    config: &RunConfig,
+    layout: &PinLayout,
+    targets: &Targets,
+) -> Result<Datapath, DaemonError> {
+    // Prefix and domain rules take ids from the same slots.
+    let capacity = config
+        .rule_capacity
+        .max((config.policy.rules.len() + config.policy.domains.len()) * 2);
+    let mut datapath = Datapath::open(layout, capacity)?;
+    match datapath.opened() {
+        Opened::Created => log::info!("pinned a new datapath at {}", layout.root.display()),
+        Opened::Adopted => log::info!(
+            "adopted the pinned datapath at {}: attachments, counters and policy carry on",
+            layout.root.display()
+        ),
+        Opened::Replacing { previous_build } => log::warn!(
+            "{} was pinned by another build ({previous_build:016x}); replacing it: new programs attach first, then the old ones go",
+            layout.root.display()
+        ),
+        Opened::Growing { from, to } => log::warn!(
+            "the maps at {} hold {from} rule slots, {to} are asked for: swapping in bigger ones (policy, counters and learned addresses carried over; new programs attach first, then the old ones go)",
+            layout.root.display()
+        ),
+    }
+    log_apply(&datapath.apply(&config.policy)?);
+    datapath.set_kernel_log(config.kernel_log)?;
+    datapath.set_dns_grace(config.dns_grace)?;
+    datapath.set_dns_event_interval(config.flow_interval)?;
+    attach(&mut datapath, targets)?;
+    for kept in datapath.finish_replacement()? {
+        log::warn!(
+            "kept the old build's attachment {kept}: it was not asked for again (`detach` removes it)"
+        );
+    }
+    for attachment in datapath.attachments() {
+        match attachment.target {
+            Some(target) => log::info!(
+                "attached: {} ({target}) ({} mode)",
+                attachment.name,
+                config.policy.mode
+            ),
+            None => log::warn!(
+                "still attached from an earlier run: {} (not asked for now; `egress-monitor detach` removes it)",
+                attachment.name
+            ),
+        }
+    }
+    Ok(datapath)
+}
+
+/// What the stopping daemon logs and returns: the counters, the events written.
+fn stopped_summary(datapath: &Datapath, writer: &EventWriter) -> Result<Summary, DaemonError> {
     let counters = datapath.counters()?;
     log::info!(
         "stopping: {}; {} events written, {} unwritten; the programs stay attached (`egress-monitor detach` removes them)",
@@ -369,7 +406,7 @@ pub async fn run(
         writer.written(),
         writer.unwritten()
     );
-    if let Some(line) = rule_hits_line(&layout)? {
+    if let Some(line) = rule_hits_line(datapath.layout())? {
         log::info!("rule hits: {line}");
     }
     Ok(Summary {
@@ -452,52 +489,13 @@ async fn serve(
                 guard.clear_ready();
             }
             _ = imds_tick.tick(), if config.imds.is_some() => {
-                let imds = config.imds.clone().expect("guarded");
-                let discovered = vnet_rules(&imds, &layout);
-                if discovered != config.source.discovered {
-                    config.source.discovered = discovered;
-                    match config.source.build().map_err(DaemonError::Policy) {
-                        Ok(policy) => match datapath.apply(&policy) {
-                            Ok(report) => log_apply(&report),
-                            Err(err) => log::error!("the new VNet prefixes were not applied: {}", crate::error::chain(&err)),
-                        },
-                        Err(err) => log::error!("{}", crate::error::chain(&err)),
-                    }
-                }
+                rediscover_vnet(config, datapath, &layout);
             }
             update = async { link.as_mut().expect("guarded").updates.recv().await }, if link.is_some() => {
                 let Some(update) = update else { continue };
                 // Events read before the change name the old rules; after it, the new.
                 drain(ring.get_mut(), &names, &mut out);
-                let link = link.as_ref().expect("guarded");
-                let state = link.exchange.following();
-                let outcome = crate::fleet::apply(
-                    &link.dir,
-                    update.desired,
-                    update.policy.as_deref(),
-                    &mut config.source,
-                    datapath,
-                    &state,
-                );
-                match &outcome {
-                    Ok(applied) => {
-                        log::info!(
-                            "fleet policy {} and mode {} applied",
-                            applied.policy_version.map_or("(local)".to_owned(), |v| format!("v{v}")),
-                            applied.mode.map_or("(local)", egress_monitor_policy::Mode::as_str)
-                        );
-                        link.exchange.set_following(applied.clone());
-                    }
-                    Err(err) => {
-                        log::error!("the fleet's policy or mode was not applied; the live one stays: {err}");
-                        link.exchange.set_following(crate::reporter::Following {
-                            error: Some(err.clone()),
-                            refused: Some(update.desired),
-                            ..state
-                        });
-                    }
-                }
-                let _ = update.done.send(outcome.map(|_| ()));
+                follow_fleet(update, link.as_ref().expect("guarded"), config, datapath);
                 names = load_names(&layout)?;
             }
             _ = reload.signal.recv() => {
@@ -505,22 +503,7 @@ async fn serve(
                 // Events read before the reload name the old rules; after it, the new.
                 drain(ring.get_mut(), &names, &mut out);
                 let fleet_dir = link.as_ref().map(|link| link.dir.as_path());
-                match reload_source(&reload.arguments, &config.source, &layout, fleet_dir) {
-                    Ok(source) => match source.build() {
-                        Ok(policy) => match datapath.apply(&policy) {
-                            Ok(report) => {
-                                log_apply(&report);
-                                config.source = source;
-                            }
-                            Err(err) => log::error!("the new policy was not applied: {}", crate::error::chain(&err)),
-                        },
-                        Err(err) => log::error!("the new policy is invalid; the live one stays:\n{err}"),
-                    },
-                    Err(err) => log::error!(
-                        "the policy source is unknown; the live policy stays: {}",
-                        crate::error::chain(&err)
-                    ),
-                }
+                reload_policy(&reload.arguments, config, datapath, fleet_dir);
                 names = load_names(&layout)?;
             }
             _ = flow_tick.tick(), if aggregate => {
@@ -550,6 +533,99 @@ async fn serve(
         report_flows(&mut flows, &names, &mut out);
     }
     Ok(())
+}
+
+/// The VNet's prefixes as IMDS reports them now, applied when they changed; an error changes
+/// nothing.
+fn rediscover_vnet(config: &mut RunConfig, datapath: &mut Datapath, layout: &PinLayout) {
+    let imds = config.imds.clone().expect("called with --azure only");
+    let discovered = vnet_rules(&imds, layout);
+    if discovered == config.source.discovered {
+        return;
+    }
+    config.source.discovered = discovered;
+    match config.source.build().map_err(DaemonError::Policy) {
+        Ok(policy) => match datapath.apply(&policy) {
+            Ok(report) => log_apply(&report),
+            Err(err) => log::error!(
+                "the new VNet prefixes were not applied: {}",
+                crate::error::chain(&err)
+            ),
+        },
+        Err(err) => log::error!("{}", crate::error::chain(&err)),
+    }
+}
+
+/// Applies the fleet's policy and mode, tells the reporter how it went (a refusal with its
+/// reason), and answers the update.
+fn follow_fleet(
+    update: FleetUpdate,
+    link: &FleetLink,
+    config: &mut RunConfig,
+    datapath: &mut Datapath,
+) {
+    let state = link.exchange.following();
+    let outcome = crate::fleet::apply(
+        &link.dir,
+        update.desired,
+        update.policy.as_deref(),
+        &mut config.source,
+        datapath,
+        &state,
+    );
+    match &outcome {
+        Ok(applied) => {
+            log::info!(
+                "fleet policy {} and mode {} applied",
+                applied
+                    .policy_version
+                    .map_or("(local)".to_owned(), |v| format!("v{v}")),
+                applied
+                    .mode
+                    .map_or("(local)", egress_monitor_policy::Mode::as_str)
+            );
+            link.exchange.set_following(applied.clone());
+        }
+        Err(err) => {
+            log::error!("the fleet's policy or mode was not applied; the live one stays: {err}");
+            link.exchange.set_following(crate::reporter::Following {
+                error: Some(err.clone()),
+                refused: Some(update.desired),
+                ..state
+            });
+        }
+    }
+    let _ = update.done.send(outcome.map(|_| ()));
+}
+
+/// SIGHUP: the policy source chosen again from `arguments`, built and applied; an unknown
+/// source, an invalid policy or a refused apply keeps the live one.
+fn reload_policy(
+    arguments: &PolicySource,
+    config: &mut RunConfig,
+    datapath: &mut Datapath,
+    fleet_dir: Option<&std::path::Path>,
+) {
+    let layout = datapath.layout().clone();
+    match reload_source(arguments, &config.source, &layout, fleet_dir) {
+        Ok(source) => match source.build() {
+            Ok(policy) => match datapath.apply(&policy) {
+                Ok(report) => {
+                    log_apply(&report);
+                    config.source = source;
+                }
+                Err(err) => log::error!(
+                    "the new policy was not applied: {}",
+                    crate::error::chain(&err)
+                ),
+            },
+            Err(err) => log::error!("the new policy is invalid; the live one stays:\n{err}"),
+        },
+        Err(err) => log::error!(
+            "the policy source is unknown; the live policy stays: {}",
+            crate::error::chain(&err)
+        ),
+    }
 }
 
 /// What a SIGHUP needs: the signal, and the daemon's own arguments to choose the source from
