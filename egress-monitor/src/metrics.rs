@@ -30,7 +30,12 @@ use prometheus_client::{
 
 use egress_monitor_policy::Mode;
 
-use crate::{counts::DaemonCounts, datapath::Totals, pins::PinLayout, status};
+use crate::{
+    counts::DaemonCounts,
+    datapath::{Counters, Totals},
+    pins::PinLayout,
+    status,
+};
 
 #[derive(Debug)]
 struct DatapathCollector {
@@ -38,59 +43,10 @@ struct DatapathCollector {
     counts: Arc<DaemonCounts>,
 }
 
-impl Collector for DatapathCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let up = |encoder: &mut DescriptorEncoder, value: i64| -> Result<(), std::fmt::Error> {
-            let gauge = ConstGauge::new(value);
-            gauge.encode(encoder.encode_descriptor(
-                "egress_monitor_up",
-                "Whether the pinned datapath could be read",
-                None,
-                gauge.metric_type(),
-            )?)
-        };
-        // A scrape that cannot read the maps says so rather than failing.
-        let Ok(status) = status::status(&self.layout) else {
-            return up(&mut encoder, 0);
-        };
-        up(&mut encoder, 1)?;
-        // status read the counters already: one pass over the maps per scrape.
-        let counters = &status.counters;
-        for (name, help, value) in [
-            (
-                "egress_monitor_packets",
-                "IP packets judged, by hook, verdict and action",
-                (|t: &Totals| t.packets) as fn(&Totals) -> u64,
-            ),
-            (
-                "egress_monitor_bytes",
-                "Bytes of IP packets judged, by hook, verdict and action",
-                |t: &Totals| t.bytes,
-            ),
-        ] {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (hook, by_outcome) in [("cgroup", &counters.cgroup), ("tc", &counters.tc)] {
-                for (verdict, action, totals) in [
-                    ("allowed", "pass", &by_outcome.allowed),
-                    ("denied", "observed", &by_outcome.denied_observed),
-                    ("denied", "dropped", &by_outcome.denied_dropped),
-                ] {
-                    let labels = [("hook", hook), ("verdict", verdict), ("action", action)];
-                    ConstCounter::new(value(totals)).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        let mut hits = encoder.encode_descriptor(
-            "egress_monitor_rule_hits",
-            "Packets that matched each rule",
-            None,
-            MetricType::Counter,
-        )?;
-        for rule in &status.rule_hits {
-            let labels = [("rule", rule.name.as_str()), ("cidr", rule.cidr.as_str())];
-            ConstCounter::new(rule.hits).encode(hits.encode_family(&labels)?)?;
-        }
-        for (name, help, value) in [
+impl DatapathCollector {
+    /// The counters without labels: name, help, value.
+    fn plain_counters(&self, counters: &Counters) -> Vec<(&'static str, &'static str, u64)> {
+        vec![
             (
                 "egress_monitor_events_written",
                 "Events written to the event output",
@@ -181,7 +137,63 @@ impl Collector for DatapathCollector {
                 "ARP frames on the TC hook (passed)",
                 counters.arp,
             ),
+        ]
+    }
+}
+
+impl Collector for DatapathCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let up = |encoder: &mut DescriptorEncoder, value: i64| -> Result<(), std::fmt::Error> {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(
+                "egress_monitor_up",
+                "Whether the pinned datapath could be read",
+                None,
+                gauge.metric_type(),
+            )?)
+        };
+        // A scrape that cannot read the maps says so rather than failing.
+        let Ok(status) = status::status(&self.layout) else {
+            return up(&mut encoder, 0);
+        };
+        up(&mut encoder, 1)?;
+        // status read the counters already: one pass over the maps per scrape.
+        let counters = &status.counters;
+        for (name, help, value) in [
+            (
+                "egress_monitor_packets",
+                "IP packets judged, by hook, verdict and action",
+                (|t: &Totals| t.packets) as fn(&Totals) -> u64,
+            ),
+            (
+                "egress_monitor_bytes",
+                "Bytes of IP packets judged, by hook, verdict and action",
+                |t: &Totals| t.bytes,
+            ),
         ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (hook, by_outcome) in [("cgroup", &counters.cgroup), ("tc", &counters.tc)] {
+                for (verdict, action, totals) in [
+                    ("allowed", "pass", &by_outcome.allowed),
+                    ("denied", "observed", &by_outcome.denied_observed),
+                    ("denied", "dropped", &by_outcome.denied_dropped),
+                ] {
+                    let labels = [("hook", hook), ("verdict", verdict), ("action", action)];
+                    ConstCounter::new(value(totals)).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut hits = encoder.encode_descriptor(
+            "egress_monitor_rule_hits",
+            "Packets that matched each rule",
+            None,
+            MetricType::Counter,
+        )?;
+        for rule in &status.rule_hits {
+            let labels = [("rule", rule.name.as_str()), ("cidr", rule.cidr.as_str())];
+            ConstCounter::new(rule.hits).encode(hits.encode_family(&labels)?)?;
+        }
+        for (name, help, value) in self.plain_counters(counters) {
             let counter = ConstCounter::new(value);
             counter.encode(encoder.encode_descriptor(
                 name,
