@@ -26,7 +26,7 @@
 //! ```
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -201,101 +201,17 @@ impl PolicyFile {
         })?;
 
         let mut diagnostics = Vec::new();
-        let mut switches = Vec::new();
-        for (name, on) in &raw.groups {
-            match groups::by_name(name) {
-                Some(group) => switches.push((group.name, *on.get_ref())),
-                None => diagnostics.push(Diagnostic {
-                    place: place(on.span()),
-                    message: format!(
-                        "unknown group {}, expected one of {}",
-                        quote(name),
-                        groups::ALL.map(|g| format!("`{}`", g.name)).join(", ")
-                    ),
-                }),
-            }
-        }
-        let mut rules = Vec::new();
-        let mut domain_rules: Vec<DomainRule> = Vec::new();
-        // Where each domain was first given, so a duplicate is found in constant time (as the
-        // prefixes' RuleSet does).
-        let mut domain_index: std::collections::HashMap<Domain, usize> =
-            std::collections::HashMap::new();
+        let switches = group_switches(&raw.groups, &place, &mut diagnostics);
+        let line_of = |span: Range<usize>| lines.line_column(span.start).0;
+        let mut rules = FileRules::new(path);
         for raw_rule in raw.rule {
-            let name = raw_rule.name.get_ref().trim();
-            if name.is_empty() || name.chars().any(char::is_control) {
-                diagnostics.push(Diagnostic {
-                    place: place(raw_rule.name.span()),
-                    message: "a rule name must be non-empty printable text".to_owned(),
-                });
-                continue;
-            }
-            let cidr = match (raw_rule.cidr, raw_rule.domain) {
-                (Some(cidr), None) => cidr,
-                (None, Some(domain)) => {
-                    let line = lines.line_column(domain.span().start).0;
-                    match Domain::parse(domain.get_ref()) {
-                        Ok(parsed) => {
-                            if let Some(earlier) =
-                                domain_index.get(&parsed).map(|&i| &domain_rules[i])
-                            {
-                                diagnostics.push(Diagnostic {
-                                    place: place(domain.span()),
-                                    message: format!(
-                                        "{parsed} is already given by rule {} at {}; each domain may appear once",
-                                        quote(&earlier.name),
-                                        earlier.origin
-                                    ),
-                                });
-                                continue;
-                            }
-                            domain_index.insert(parsed.clone(), domain_rules.len());
-                            domain_rules.push(DomainRule {
-                                name: name.to_owned(),
-                                domain: parsed,
-                                action: raw_rule.action,
-                                origin: Origin::File {
-                                    path: path.to_owned(),
-                                    line,
-                                },
-                            });
-                        }
-                        Err(message) => diagnostics.push(Diagnostic {
-                            place: place(domain.span()),
-                            message,
-                        }),
-                    }
-                    continue;
-                }
-                (cidr, _) => {
-                    diagnostics.push(Diagnostic {
-                        place: place(raw_rule.name.span()),
-                        message: if cidr.is_some() {
-                            "a rule has either `cidr` or `domain`, not both".to_owned()
-                        } else {
-                            "a rule needs `cidr` (a prefix) or `domain` (a name)".to_owned()
-                        },
-                    });
-                    continue;
-                }
-            };
-            let line = lines.line_column(cidr.span().start).0;
-            match parse_cidr(cidr.get_ref()) {
-                Ok(network) => rules.push(Rule {
-                    name: name.to_owned(),
-                    network,
-                    action: raw_rule.action,
-                    origin: Origin::File {
-                        path: path.to_owned(),
-                        line,
-                    },
-                }),
-                Err(message) => diagnostics.push(Diagnostic {
-                    place: place(cidr.span()),
-                    message,
-                }),
-            }
+            rules.add(raw_rule, &place, &line_of, &mut diagnostics);
         }
+        let FileRules {
+            rules,
+            domain_rules,
+            ..
+        } = rules;
         let service_tags = raw.service_tags.map(|tags| {
             let place = place(tags.span());
             let settings = tags.into_inner();
@@ -342,6 +258,127 @@ impl PolicyFile {
 
 /// Validates `[dns]`: resolvers are IP addresses, and at least one when the key is given;
 /// namespaces are names under /run/netns or absolute paths.
+/// `[groups]`: each switch of a known group, in the file's order.
+fn group_switches(
+    groups: &BTreeMap<String, Spanned<bool>>,
+    place: &impl Fn(Range<usize>) -> String,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<(&'static str, bool)> {
+    let mut switches = Vec::new();
+    for (name, on) in groups {
+        match groups::by_name(name) {
+            Some(group) => switches.push((group.name, *on.get_ref())),
+            None => diagnostics.push(Diagnostic {
+                place: place(on.span()),
+                message: format!(
+                    "unknown group {}, expected one of {}",
+                    quote(name),
+                    groups::ALL.map(|g| format!("`{}`", g.name)).join(", ")
+                ),
+            }),
+        }
+    }
+    switches
+}
+
+/// The `[[rule]]` entries read so far: prefix rules and domain rules.
+struct FileRules<'a> {
+    path: &'a Path,
+    rules: Vec<Rule>,
+    domain_rules: Vec<DomainRule>,
+    /// Where each domain was first given, so a duplicate is found in constant time (as the
+    /// prefixes' RuleSet does).
+    domain_index: HashMap<Domain, usize>,
+}
+
+impl<'a> FileRules<'a> {
+    fn new(path: &'a Path) -> FileRules<'a> {
+        FileRules {
+            path,
+            rules: Vec::new(),
+            domain_rules: Vec::new(),
+            domain_index: HashMap::new(),
+        }
+    }
+
+    fn origin(&self, line: usize) -> Origin {
+        Origin::File {
+            path: self.path.to_owned(),
+            line,
+        }
+    }
+
+    /// Reads one rule: a name and exactly one of `cidr` and `domain`.
+    fn add(
+        &mut self,
+        raw_rule: RawRule,
+        place: &impl Fn(Range<usize>) -> String,
+        line_of: &impl Fn(Range<usize>) -> usize,
+        diagnostics: &mut Vec<Diagnostic>,
+    ) {
+        let name = raw_rule.name.get_ref().trim();
+        let problem = |message: &str| Diagnostic {
+            place: place(raw_rule.name.span()),
+            message: message.to_owned(),
+        };
+        if name.is_empty() || name.chars().any(char::is_control) {
+            diagnostics.push(problem("a rule name must be non-empty printable text"));
+            return;
+        }
+        match (&raw_rule.cidr, &raw_rule.domain) {
+            (Some(cidr), None) => match parse_cidr(cidr.get_ref()) {
+                Ok(network) => self.rules.push(Rule {
+                    name: name.to_owned(),
+                    network,
+                    action: raw_rule.action,
+                    origin: self.origin(line_of(cidr.span())),
+                }),
+                Err(message) => diagnostics.push(Diagnostic {
+                    place: place(cidr.span()),
+                    message,
+                }),
+            },
+            (None, Some(domain)) => match Domain::parse(domain.get_ref()) {
+                Ok(parsed) => {
+                    if let Some(earlier) = self
+                        .domain_index
+                        .get(&parsed)
+                        .map(|&i| &self.domain_rules[i])
+                    {
+                        diagnostics.push(Diagnostic {
+                            place: place(domain.span()),
+                            message: format!(
+                                "{parsed} is already given by rule {} at {}; each domain may appear once",
+                                quote(&earlier.name),
+                                earlier.origin
+                            ),
+                        });
+                        return;
+                    }
+                    self.domain_index
+                        .insert(parsed.clone(), self.domain_rules.len());
+                    self.domain_rules.push(DomainRule {
+                        name: name.to_owned(),
+                        domain: parsed,
+                        action: raw_rule.action,
+                        origin: self.origin(line_of(domain.span())),
+                    });
+                }
+                Err(message) => diagnostics.push(Diagnostic {
+                    place: place(domain.span()),
+                    message,
+                }),
+            },
+            (Some(_), Some(_)) => {
+                diagnostics.push(problem("a rule has either `cidr` or `domain`, not both"))
+            }
+            (None, None) => diagnostics.push(problem(
+                "a rule needs `cidr` (a prefix) or `domain` (a name)",
+            )),
+        }
+    }
+}
+
 fn dns_trust(
     dns: Spanned<RawDns>,
     place: &impl Fn(Range<usize>) -> String,
