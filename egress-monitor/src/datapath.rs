@@ -1593,11 +1593,7 @@ pub fn boot_time_ns() -> u64 {
 
 /// Identifies this binary's kernel object (FNV-1a of its bytes).
 pub fn build_id() -> u64 {
-    EBPF_OBJECT
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+    egress_monitor_common::hash::fnv1a(EBPF_OBJECT)
 }
 
 pub(crate) fn open_map<T>(layout: &PinLayout, name: &'static str) -> Result<T, DatapathError>
