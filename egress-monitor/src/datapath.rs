@@ -1088,7 +1088,7 @@ impl Datapath {
     /// Removes learned addresses whose time is up (the kernel already ignores them; this
     /// frees their slots). Returns how many went.
     pub fn prune_learned(&self) -> Result<usize, DatapathError> {
-        let now = boot_time_ns();
+        let now = crate::clock::boot_time_ns();
         let expired: Vec<IpAddr> = self
             .learned()?
             .into_iter()
@@ -1578,17 +1578,6 @@ fn check_secret() -> u64 {
             return secret;
         }
     }
-}
-
-/// `CLOCK_BOOTTIME` in nanoseconds: the kernel's `bpf_ktime_get_boot_ns()`.
-pub fn boot_time_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec; CLOCK_BOOTTIME always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// Identifies this binary's kernel object (FNV-1a of its bytes).

@@ -19,6 +19,7 @@
 //! - [`status`], [`check`]: what is enforced, and proof by synthetic packets.
 //! - [`metrics`]: Prometheus `/metrics`, read from the pinned maps at each scrape.
 //! - [`azure`]: `nsg-audit` (does the NSG let the node out?) and service tags as rules.
+//! - [`clock`]: `CLOCK_BOOTTIME`, the kernel's timestamps.
 //! - [`cgroup`], [`iface`], [`process`]: the cgroup2 hierarchy, network interfaces, and the
 //!   executables that events name.
 //! - [`resolvers`]: whose DNS answers teach (the node's resolvers, trusted network namespaces).
@@ -29,6 +30,7 @@ pub mod azure;
 pub mod cgroup;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod daemon;
 pub mod datapath;

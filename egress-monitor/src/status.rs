@@ -107,7 +107,7 @@ fn dns_allowed(
     datapath: &Datapath,
     state: Option<&StateFile>,
 ) -> Result<Vec<DnsAllowed>, DatapathError> {
-    let now = crate::datapath::boot_time_ns();
+    let now = crate::clock::boot_time_ns();
     let mut allowed: Vec<DnsAllowed> = datapath
         .learned()?
         .into_iter()
