@@ -25,6 +25,10 @@ pub enum DatapathError {
     Load(#[source] aya::EbpfError),
     #[error("map `{0}` is not in the table of map kinds (a bug: every map must be listed)")]
     UnknownMap(&'static str),
+    #[error(
+        "map `{0}` is not copied entry by entry (a bug: only tries, hashes and per-CPU arrays are)"
+    )]
+    NotCopied(&'static str),
     #[error("the eBPF object has no program `{0}`")]
     MissingProgram(&'static str),
     #[error("program `{name}`")]

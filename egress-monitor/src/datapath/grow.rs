@@ -3,18 +3,18 @@
 
 use std::{collections::BTreeSet, path::PathBuf};
 
-use aya::maps::{Array, HashMap as AyaHashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap as AyaHashMap, LpmTrie, MapData, MapError, PerCpuArray};
 use egress_monitor_common::{
     dns::{DomainValue, LearnedSocket, LearnedValue, PendingKey},
     maps::{self as names, Counter, SockOwner},
-    policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, config},
+    policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue, config},
     verdict::action,
 };
 
 use super::{
     ApplyReport, Datapath, DatapathError, Opened, STAGING,
     links::{link_names, unpin_link},
-    maps::{capacity_of, open_map, open_trie, write_config},
+    maps::{MapKind, capacity_of, open_map, spec, write_config},
     object::create_or_clean,
     remove_dir_entries, remove_pins,
 };
@@ -56,12 +56,12 @@ pub(super) fn carry_over(from: &PinLayout, to: &PinLayout) -> Result<(), Datapat
             .map_err(DatapathError::map(names::CONFIG, "read"))?;
         write_config(to, slot, value)?;
     }
-    copy_trie::<IPV4_ADDR_LEN>(from, to, names::POLICY_V4)?;
-    copy_trie::<IPV6_ADDR_LEN>(from, to, names::POLICY_V6)?;
-    copy_hash::<u64, DomainValue>(from, to, names::DOMAINS, 0)?;
-    copy_per_cpu::<Counter>(from, to, names::COUNTERS)?;
-    copy_per_cpu::<u64>(from, to, names::STATS)?;
-    copy_per_cpu::<u64>(from, to, names::RULE_HITS)?;
+    copy_map::<[u8; IPV4_ADDR_LEN], RuleValue>(from, to, names::POLICY_V4, 0)?;
+    copy_map::<[u8; IPV6_ADDR_LEN], RuleValue>(from, to, names::POLICY_V6, 0)?;
+    copy_map::<u64, DomainValue>(from, to, names::DOMAINS, 0)?;
+    copy_map::<u32, Counter>(from, to, names::COUNTERS, 0)?;
+    copy_map::<u32, u64>(from, to, names::STATS, 0)?;
+    copy_map::<u32, u64>(from, to, names::RULE_HITS, 0)?;
     carry_dynamic(from, to)
 }
 
@@ -72,9 +72,9 @@ fn carry_dynamic(from: &PinLayout, to: &PinLayout) -> Result<(), DatapathError> 
     const NO_OVERWRITE: u64 = 1; // BPF_NOEXIST
     copy_learned::<4>(from, to, names::DNS_ALLOWED_V4)?;
     copy_learned::<16>(from, to, names::DNS_ALLOWED_V6)?;
-    copy_hash::<LearnedSocket, u32>(from, to, names::LEARNED_SOCKETS, NO_OVERWRITE)?;
-    copy_hash::<u64, SockOwner>(from, to, names::SOCK_OWNERS, NO_OVERWRITE)?;
-    copy_hash::<PendingKey, u64>(from, to, names::DNS_PENDING, NO_OVERWRITE)
+    copy_map::<LearnedSocket, u32>(from, to, names::LEARNED_SOCKETS, NO_OVERWRITE)?;
+    copy_map::<u64, SockOwner>(from, to, names::SOCK_OWNERS, NO_OVERWRITE)?;
+    copy_map::<PendingKey, u64>(from, to, names::DNS_PENDING, NO_OVERWRITE)
 }
 
 /// Removes learned addresses, and sockets holding one, whose domain rule no longer allows (no
@@ -138,17 +138,35 @@ fn copy_learned<const N: usize>(
     Ok(())
 }
 
-fn copy_trie<const N: usize>(
+/// Copies the entries of map `name` from the maps at `from` to those at `to` (of the same
+/// build), as its kind in [`MAPS`](super::maps::MAPS) has them stored: `K` and `V` are its key
+/// and value types (arrays are indexed by `u32`, whatever `K`), `flags` those of each insert.
+fn copy_map<K: aya::Pod, V: aya::Pod>(
     from: &PinLayout,
     to: &PinLayout,
     name: &'static str,
+    flags: u64,
 ) -> Result<(), DatapathError> {
-    let source = open_trie::<N>(from, name)?;
-    let mut target = open_trie::<N>(to, name)?;
+    match spec(name)?.kind {
+        MapKind::LpmTrie => copy_trie::<K, V>(from, to, name, flags),
+        MapKind::HashMap | MapKind::LruHashMap => copy_hash::<K, V>(from, to, name, flags),
+        MapKind::PerCpuArray => copy_per_cpu::<V>(from, to, name, flags),
+        MapKind::Array | MapKind::RingBuf | MapKind::Queue => Err(DatapathError::NotCopied(name)),
+    }
+}
+
+fn copy_trie<K: aya::Pod, V: aya::Pod>(
+    from: &PinLayout,
+    to: &PinLayout,
+    name: &'static str,
+    flags: u64,
+) -> Result<(), DatapathError> {
+    let source: LpmTrie<MapData, K, V> = open_map(from, name)?;
+    let mut target: LpmTrie<MapData, K, V> = open_map(to, name)?;
     for item in source.iter() {
         let (key, value) = item.map_err(DatapathError::map(name, "read"))?;
         target
-            .insert(&key, &value, 0)
+            .insert(&key, &value, flags)
             .map_err(DatapathError::map(name, "copy"))?;
     }
     Ok(())
@@ -179,6 +197,7 @@ fn copy_per_cpu<V: aya::Pod>(
     from: &PinLayout,
     to: &PinLayout,
     name: &'static str,
+    flags: u64,
 ) -> Result<(), DatapathError> {
     let source: PerCpuArray<MapData, V> = open_map(from, name)?;
     let mut target: PerCpuArray<MapData, V> = open_map(to, name)?;
@@ -187,7 +206,7 @@ fn copy_per_cpu<V: aya::Pod>(
             .get(&index, 0)
             .map_err(DatapathError::map(name, "read"))?;
         target
-            .set(index, values, 0)
+            .set(index, values, flags)
             .map_err(DatapathError::map(name, "copy"))?;
     }
     Ok(())

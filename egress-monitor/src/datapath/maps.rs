@@ -2,7 +2,7 @@
 
 use aya::maps::{Array, HashMap as AyaHashMap, LpmTrie, Map, MapData, MapError, MapInfo};
 use egress_monitor_common::{
-    maps as names,
+    maps::{self as names, EVENTS_RING_BYTES},
     policy::{RuleValue, config},
     verdict::mode,
 };
@@ -10,51 +10,99 @@ use egress_monitor_common::{
 use super::{DatapathError, LiveConfig};
 use crate::{pins::PinLayout, policy::Mode};
 
-/// aya-log's ring buffer; pinned like the others so a later daemon can read it.
-const LOG_MAP: &str = "AYA_LOGS";
+/// The kinds of map the object defines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum MapKind {
+    LpmTrie,
+    RingBuf,
+    Array,
+    HashMap,
+    LruHashMap,
+    Queue,
+    PerCpuArray,
+}
 
-/// Every map the object defines, all pinned.
-pub(super) const MAPS: [&str; 25] = [
-    names::POLICY_V4,
-    names::POLICY_V6,
-    names::CONFIG,
-    names::COUNTERS,
-    names::RULE_HITS,
-    names::STATS,
-    names::EVENTS,
-    names::SOCK_OWNERS,
-    names::FLOWS,
-    names::FLOW_DIRTY[0],
-    names::FLOW_DIRTY[1],
-    names::FLOW_REPORTED,
-    names::FLOW_SCRATCH,
-    names::DOMAINS,
-    names::DNS_ALLOWED_V4,
-    names::DNS_ALLOWED_V6,
-    names::DNS_SCRATCH,
-    names::DNS_QUERY_EVENTS,
-    names::DNS_PENDING,
-    names::DNS_RESOLVERS_V4,
-    names::DNS_RESOLVERS_V6,
-    names::DNS_NETNS,
-    names::LEARNED_SOCKETS,
-    names::RAW_EXEMPT,
-    LOG_MAP,
+/// How many entries the loader gives a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Size {
+    /// What the object declares.
+    Declared,
+    /// One entry per rule slot: the capacity the maps are created with (see
+    /// [`capacity_of`]).
+    RuleSlots,
+    /// This many (bytes, for a ring buffer).
+    Fixed(u32),
+}
+
+/// One map of the object.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub size: Size,
+}
+
+const fn map(name: &'static str, kind: MapKind, size: Size) -> MapSpec {
+    MapSpec { name, kind, size }
+}
+
+/// Every map the object defines (as `egress-monitor-ebpf/src/maps.rs` declares it), with its
+/// kind and size: the loader pins each of them, and [`open_map`] opens these and no other. The
+/// one place a map's kind is stated.
+pub(super) const MAPS: [MapSpec; 25] = [
+    map(names::POLICY_V4, MapKind::LpmTrie, Size::RuleSlots),
+    map(names::POLICY_V6, MapKind::LpmTrie, Size::RuleSlots),
+    map(names::CONFIG, MapKind::Array, Size::Declared),
+    map(names::COUNTERS, MapKind::PerCpuArray, Size::Declared),
+    map(names::RULE_HITS, MapKind::PerCpuArray, Size::RuleSlots),
+    map(names::STATS, MapKind::PerCpuArray, Size::Declared),
+    map(
+        names::EVENTS,
+        MapKind::RingBuf,
+        Size::Fixed(EVENTS_RING_BYTES),
+    ),
+    map(names::SOCK_OWNERS, MapKind::LruHashMap, Size::Declared),
+    map(names::FLOWS, MapKind::LruHashMap, Size::Declared),
+    map(names::FLOW_DIRTY[0], MapKind::Queue, Size::Declared),
+    map(names::FLOW_DIRTY[1], MapKind::Queue, Size::Declared),
+    map(names::FLOW_REPORTED, MapKind::LruHashMap, Size::Declared),
+    map(names::FLOW_SCRATCH, MapKind::PerCpuArray, Size::Declared),
+    map(names::DOMAINS, MapKind::HashMap, Size::Declared),
+    map(names::DNS_ALLOWED_V4, MapKind::LruHashMap, Size::Declared),
+    map(names::DNS_ALLOWED_V6, MapKind::LruHashMap, Size::Declared),
+    map(names::DNS_SCRATCH, MapKind::PerCpuArray, Size::Declared),
+    map(names::DNS_QUERY_EVENTS, MapKind::LruHashMap, Size::Declared),
+    map(names::DNS_PENDING, MapKind::LruHashMap, Size::Declared),
+    map(names::DNS_RESOLVERS_V4, MapKind::HashMap, Size::Declared),
+    map(names::DNS_RESOLVERS_V6, MapKind::HashMap, Size::Declared),
+    map(names::DNS_NETNS, MapKind::HashMap, Size::Declared),
+    map(names::LEARNED_SOCKETS, MapKind::LruHashMap, Size::Declared),
+    map(names::RAW_EXEMPT, MapKind::HashMap, Size::Declared),
+    // aya-log's ring buffer; pinned like the others so a later daemon can read it.
+    map("AYA_LOGS", MapKind::RingBuf, Size::Declared),
 ];
 
-/// The rule slots of the maps pinned at `layout` (the per-rule counters' size, which the
-/// tries share).
+/// The entry of [`MAPS`] for `name`. A name not there is a bug to report, not a kind to guess.
+pub(super) fn spec(name: &'static str) -> Result<MapSpec, DatapathError> {
+    MAPS.iter()
+        .find(|spec| spec.name == name)
+        .copied()
+        .ok_or(DatapathError::UnknownMap(name))
+}
+
+/// The rule slots of the maps pinned at `layout` (the size of every [`Size::RuleSlots`] map).
 pub(super) fn capacity_of(layout: &PinLayout) -> Result<u32, DatapathError> {
     Ok(MapInfo::from_pin(layout.map(names::RULE_HITS))
         .map_err(DatapathError::map(names::RULE_HITS, "open"))?
         .max_entries())
 }
 
+/// Opens the map `name` pinned at `layout` as `T`, the kind [`MAPS`] gives it.
 pub(crate) fn open_map<T>(layout: &PinLayout, name: &'static str) -> Result<T, DatapathError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
-    let kind = map_kind(name).ok_or(DatapathError::UnknownMap(name))?;
+    let kind = spec(name)?.kind;
     let data = MapData::from_pin(layout.map(name)).map_err(DatapathError::map(name, "open"))?;
     let map = match kind {
         MapKind::LpmTrie => Map::LpmTrie(data),
@@ -66,48 +114,6 @@ where
         MapKind::PerCpuArray => Map::PerCpuArray(data),
     };
     T::try_from(map).map_err(DatapathError::map(name, "open"))
-}
-
-/// The kinds of map the object defines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum MapKind {
-    LpmTrie,
-    RingBuf,
-    Array,
-    HashMap,
-    LruHashMap,
-    Queue,
-    PerCpuArray,
-}
-
-/// Each map's kind, by name (as `egress-monitor-ebpf/src/maps.rs` defines it). `None`: a name
-/// this table does not know, which is a bug to report, not a kind to guess.
-fn map_kind(name: &str) -> Option<MapKind> {
-    Some(match name {
-        names::POLICY_V4 | names::POLICY_V6 => MapKind::LpmTrie,
-        names::EVENTS | LOG_MAP => MapKind::RingBuf,
-        names::CONFIG => MapKind::Array,
-        names::DOMAINS
-        | names::DNS_RESOLVERS_V4
-        | names::DNS_RESOLVERS_V6
-        | names::DNS_NETNS
-        | names::RAW_EXEMPT => MapKind::HashMap,
-        names::SOCK_OWNERS
-        | names::FLOWS
-        | names::FLOW_REPORTED
-        | names::DNS_ALLOWED_V4
-        | names::DNS_ALLOWED_V6
-        | names::DNS_PENDING
-        | names::DNS_QUERY_EVENTS
-        | names::LEARNED_SOCKETS => MapKind::LruHashMap,
-        name if names::FLOW_DIRTY.contains(&name) => MapKind::Queue,
-        names::COUNTERS
-        | names::RULE_HITS
-        | names::STATS
-        | names::FLOW_SCRATCH
-        | names::DNS_SCRATCH => MapKind::PerCpuArray,
-        _ => return None,
-    })
 }
 
 /// Makes the hash map `name` (a set: every value 1) hold exactly `wanted`.
@@ -182,10 +188,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_pinned_map_has_a_kind() {
-        for name in MAPS {
-            assert!(map_kind(name).is_some(), "{name}");
+    fn each_map_is_named_once() {
+        for (i, spec) in MAPS.iter().enumerate() {
+            assert!(
+                MAPS[i + 1..].iter().all(|other| other.name != spec.name),
+                "{} twice",
+                spec.name
+            );
         }
-        assert_eq!(map_kind("NO_SUCH_MAP"), None);
+    }
+
+    #[test]
+    fn an_unknown_map_is_an_error_not_a_guess() {
+        assert!(matches!(
+            spec("NO_SUCH_MAP"),
+            Err(DatapathError::UnknownMap("NO_SUCH_MAP"))
+        ));
+        assert_eq!(spec(names::FLOW_DIRTY[1]).unwrap().kind, MapKind::Queue);
+    }
+
+    #[test]
+    fn the_rule_slots_are_read_from_a_map_sized_by_them() {
+        // `capacity_of` reads RULE_HITS: it must be one of the maps created that size.
+        assert_eq!(spec(names::RULE_HITS).unwrap().size, Size::RuleSlots);
     }
 }

@@ -20,7 +20,7 @@ mod trust;
 
 use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
 
-use aya::maps::{Array, HashMap as AyaHashMap, Map, MapData, RingBuf};
+use aya::maps::{Array, HashMap as AyaHashMap, MapData, RingBuf};
 use egress_monitor_common::{dns::LearnedValue, maps as names, policy::config, verdict::mode};
 use serde::Serialize;
 
@@ -334,9 +334,7 @@ impl Datapath {
     /// The event ring buffer, opened from its pin. Events written while no daemon ran wait in
     /// it (up to its size; beyond, `events_lost` counts them).
     pub fn events(&self) -> Result<RingBuf<MapData>, DatapathError> {
-        let data = MapData::from_pin(self.target.map(names::EVENTS))
-            .map_err(DatapathError::map(names::EVENTS, "open"))?;
-        RingBuf::try_from(Map::RingBuf(data)).map_err(DatapathError::map(names::EVENTS, "open"))
+        open_map(&self.target, names::EVENTS)
     }
 
     /// The aya-log reader for kernel-side debug records, when the programs have its map.

@@ -4,14 +4,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aya::EbpfLoader;
-use egress_monitor_common::{
-    maps::{self as names, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES},
-    policy::config,
-};
+use egress_monitor_common::{maps::DEFAULT_RULE_CAPACITY, policy::config};
 
 use super::{
     DatapathError,
-    maps::{MAPS, write_config},
+    maps::{MAPS, Size, write_config},
     remove_pins,
 };
 use crate::pins::PinLayout;
@@ -61,14 +58,19 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
     // through here and the KERNEL_LOG config slot decides, live (`run --kernel-log`).
     let log_level = log::LevelFilter::Debug as u8;
     let mut loader = EbpfLoader::new();
-    for name in MAPS {
-        loader.map_pin_path(name, layout.map(name));
+    for map in MAPS {
+        loader.map_pin_path(map.name, layout.map(map.name));
+        match map.size {
+            Size::Declared => {}
+            Size::RuleSlots => {
+                loader.map_max_entries(map.name, capacity);
+            }
+            Size::Fixed(entries) => {
+                loader.map_max_entries(map.name, entries);
+            }
+        }
     }
     let mut ebpf = loader
-        .map_max_entries(names::POLICY_V4, capacity)
-        .map_max_entries(names::POLICY_V6, capacity)
-        .map_max_entries(names::RULE_HITS, capacity)
-        .map_max_entries(names::EVENTS, EVENTS_RING_BYTES)
         // aya-log's levels and `log`'s filter share their numbers.
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .load(EBPF_OBJECT)
