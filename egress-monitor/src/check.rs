@@ -21,7 +21,7 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::{
-    datapath::{CGROUP_PROGRAM, Datapath, DatapathError, TC_PROGRAM},
+    datapath::{CGROUP_PROGRAM, CgroupHook, Datapath, DatapathError, LinkName, TC_PROGRAM},
     pins::PinLayout,
     policy::{Action, Mode},
     state::StateFile,
@@ -242,15 +242,18 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
             problems.push(message);
         }
     }
+    let any_tc = attachments
+        .iter()
+        .any(|name| matches!(name.parse(), Ok(LinkName::Tc { .. })));
     let unhooked = interfaces_without_tc(&attachments);
-    if !unhooked.is_empty() && attachments.iter().any(|name| name.starts_with("tc-")) {
+    if !unhooked.is_empty() && any_tc {
         notes.push(format!(
             "interfaces of this network namespace without the TC hook: {}: frames from packet \
              sockets (AF_PACKET) and forwarded traffic leave through them unjudged",
             unhooked.join(", ")
         ));
     }
-    if !attachments.iter().any(|name| name.starts_with("tc-")) {
+    if !any_tc {
         notes.push(
             "no TC link: packet sockets (AF_PACKET) and forwarded traffic are judged only by the \
              TC hook, which is attached nowhere"
@@ -349,7 +352,7 @@ fn interfaces_without_tc(attachments: &[String]) -> Vec<String> {
             let state = read("operstate")?;
             let index: u32 = read("ifindex")?.trim().parse().ok()?;
             let up = matches!(state.trim(), "up" | "unknown");
-            let link = crate::pins::tc_link_name(index).ok()?;
+            let link = LinkName::tc(index).ok()?.to_string();
             (name != "lo" && up && !attachments.contains(&link)).then_some(name)
         })
         .collect();
@@ -357,15 +360,24 @@ fn interfaces_without_tc(attachments: &[String]) -> Vec<String> {
     unhooked
 }
 
-/// Each cgroup egress link, and whether the guard link of the same cgroup (`opt<name>`) is
-/// pinned beside it.
+/// Each cgroup egress link, and whether the guard link of the same cgroup is pinned beside
+/// it.
 fn guards(attachments: &[String]) -> Vec<GuardStatus> {
     attachments
         .iter()
-        .filter(|name| name.starts_with("cgroup-"))
-        .map(|name| GuardStatus {
-            cgroup_link: name.clone(),
-            attached: attachments.contains(&format!("opt{name}")),
+        .filter_map(|name| match name.parse() {
+            Ok(
+                link @ LinkName::Cgroup {
+                    hook: CgroupHook::Egress,
+                    ..
+                },
+            ) => Some(GuardStatus {
+                cgroup_link: name.clone(),
+                attached: link
+                    .beside(CgroupHook::Setsockopt)
+                    .is_some_and(|guard| attachments.contains(&guard.to_string())),
+            }),
+            _ => None,
         })
         .collect()
 }

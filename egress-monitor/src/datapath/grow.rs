@@ -13,16 +13,12 @@ use egress_monitor_common::{
 
 use super::{
     ApplyReport, Datapath, DatapathError, Opened, STAGING,
-    links::{link_names, unpin_link},
+    links::{CgroupHook, LinkName, link_names, unpin_link},
     maps::{MapKind, capacity_of, open_map, spec, write_config},
     object::create_or_clean,
     remove_dir_entries, remove_pins,
 };
-use crate::{
-    pins::{self, PinLayout},
-    policy::Policy,
-    state::StateFile,
-};
+use crate::{pins::PinLayout, policy::Policy, state::StateFile};
 
 /// An attachment to make again when bigger maps are swapped in.
 pub(super) enum Reattach {
@@ -268,22 +264,23 @@ impl Datapath {
     /// names a link this process cannot attach again (not attached by it, or a TC link in
     /// another network namespace).
     pub(super) fn reattach_targets(&self) -> Result<Vec<Reattach>, String> {
-        let own_netns = pins::tc_link_name(0)
-            .ok()
-            .and_then(|name| name.strip_suffix("-0").map(str::to_owned));
+        let own_netns = LinkName::own_netns().ok();
         let mut targets = Vec::new();
         for link in link_names(&self.target) {
             let target = self.targets.get(&link).ok_or_else(|| link.clone())?;
-            if link.starts_with("cgroup-") {
-                targets.push(Reattach::Cgroup(PathBuf::from(target)));
-            } else if link.starts_with("tc-") {
-                if own_netns
-                    .as_deref()
-                    .is_none_or(|own| !link.starts_with(&format!("{own}-")))
-                {
-                    return Err(link);
+            match link.parse::<LinkName>() {
+                // The cgroup's other links are made again with it.
+                Ok(LinkName::Cgroup {
+                    hook: CgroupHook::Egress,
+                    ..
+                }) => targets.push(Reattach::Cgroup(PathBuf::from(target))),
+                Ok(LinkName::Tc { netns, .. }) => {
+                    if own_netns != Some(netns) {
+                        return Err(link);
+                    }
+                    targets.push(Reattach::Tc(target.clone()));
                 }
-                targets.push(Reattach::Tc(target.clone()));
+                Ok(LinkName::Cgroup { .. }) | Err(_) => {}
             }
         }
         Ok(targets)

@@ -1,6 +1,7 @@
-//! Attaching the programs and pinning their links.
+//! Attaching the programs and pinning their links, and the names those links are pinned
+//! under.
 
-use std::{ffi::CString, os::fd::AsFd as _, path::Path};
+use std::{ffi::CString, fmt, io, os::fd::AsFd as _, os::unix::fs::MetadataExt as _, path::Path};
 
 use aya::programs::{
     CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAttachType,
@@ -15,17 +16,161 @@ use super::{
 use crate::{
     cgroup,
     iface::{self, InterfaceError},
-    pins::{self, PinLayout},
+    pins::PinLayout,
 };
 
-/// The prefix a cgroup program's link name has before `cgroup-<id>`.
-fn cgroup_link_prefix(program: &str) -> &'static str {
-    match program {
-        SOCK_PROGRAM => "sock",
-        INGRESS_PROGRAM => "in",
-        GUARD_PROGRAM => "opt",
-        _ => "",
+/// The calling thread's network namespace, whose inode number TC link names carry.
+const OWN_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// The programs attached to every cgroup, each with a link of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CgroupHook {
+    /// The egress verdict.
+    Egress,
+    /// Records who creates each socket.
+    SockCreate,
+    /// Reads DNS answers, for domain rules.
+    Ingress,
+    /// The raw-socket guards (setsockopt).
+    Setsockopt,
+}
+
+impl CgroupHook {
+    /// All of them, in the order they are attached.
+    pub const ALL: [CgroupHook; 4] = [
+        CgroupHook::Egress,
+        CgroupHook::SockCreate,
+        CgroupHook::Ingress,
+        CgroupHook::Setsockopt,
+    ];
+
+    /// The program attached.
+    pub fn program(self) -> &'static str {
+        match self {
+            CgroupHook::Egress => CGROUP_PROGRAM,
+            CgroupHook::SockCreate => SOCK_PROGRAM,
+            CgroupHook::Ingress => INGRESS_PROGRAM,
+            CgroupHook::Setsockopt => GUARD_PROGRAM,
+        }
     }
+
+    /// What its link name has before `cgroup-<id>`.
+    fn prefix(self) -> &'static str {
+        match self {
+            CgroupHook::Egress => "",
+            CgroupHook::SockCreate => "sock",
+            CgroupHook::Ingress => "in",
+            CgroupHook::Setsockopt => "opt",
+        }
+    }
+
+    /// What an error attaching it adds to the cgroup's path.
+    fn role(self) -> &'static str {
+        match self {
+            CgroupHook::Egress => "",
+            CgroupHook::SockCreate => " (socket owners)",
+            CgroupHook::Ingress => " (DNS answers)",
+            CgroupHook::Setsockopt => " (raw-socket guards)",
+        }
+    }
+}
+
+/// The name a link is pinned under (`links/<name>`), which says what is attached where: the
+/// one place these names are made and read.
+///
+/// `cgroup-<id>` (and `sockcgroup-`, `incgroup-`, `optcgroup-<id>` for the cgroup's other
+/// programs, see [`CgroupHook`]), the id being the cgroup directory's inode number; and
+/// `tc-<netns>-<ifindex>`, the network namespace's inode number and the interface's index
+/// (indices repeat across namespaces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinkName {
+    Cgroup { hook: CgroupHook, cgroup: u64 },
+    Tc { netns: u64, ifindex: u32 },
+}
+
+impl LinkName {
+    /// The link of `hook` on the cgroup at `path`.
+    pub fn cgroup(hook: CgroupHook, path: &Path) -> io::Result<LinkName> {
+        Ok(LinkName::Cgroup {
+            hook,
+            cgroup: std::fs::metadata(path)?.ino(),
+        })
+    }
+
+    /// The TC link on interface `ifindex` of the calling thread's network namespace.
+    pub fn tc(ifindex: u32) -> io::Result<LinkName> {
+        Ok(LinkName::Tc {
+            netns: LinkName::own_netns()?,
+            ifindex,
+        })
+    }
+
+    /// The calling thread's network namespace, as TC link names carry it.
+    pub fn own_netns() -> io::Result<u64> {
+        Ok(std::fs::metadata(OWN_NETNS)?.ino())
+    }
+
+    /// The link of another of the same cgroup's programs (`None` for a TC link).
+    pub fn beside(self, other: CgroupHook) -> Option<LinkName> {
+        match self {
+            LinkName::Cgroup { cgroup, .. } => Some(LinkName::Cgroup {
+                hook: other,
+                cgroup,
+            }),
+            LinkName::Tc { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for LinkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkName::Cgroup { hook, cgroup } => write!(f, "{}cgroup-{cgroup}", hook.prefix()),
+            LinkName::Tc { netns, ifindex } => write!(f, "tc-{netns}-{ifindex}"),
+        }
+    }
+}
+
+/// A name [`LinkName`] does not make.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("`{0}` is not the name of a link this program pins")]
+pub struct UnknownLinkName(pub String);
+
+impl std::str::FromStr for LinkName {
+    type Err = UnknownLinkName;
+
+    fn from_str(name: &str) -> Result<LinkName, UnknownLinkName> {
+        let unknown = || UnknownLinkName(name.to_owned());
+        if let Some(rest) = name.strip_prefix("tc-") {
+            let (netns, ifindex) = rest.split_once('-').ok_or_else(unknown)?;
+            return Ok(LinkName::Tc {
+                netns: number(netns).ok_or_else(unknown)?,
+                ifindex: number(ifindex).ok_or_else(unknown)?,
+            });
+        }
+        CgroupHook::ALL
+            .into_iter()
+            .find_map(|hook| {
+                let id = name.strip_prefix(hook.prefix())?.strip_prefix("cgroup-")?;
+                Some((hook, id))
+            })
+            .and_then(|(hook, id)| {
+                Some(LinkName::Cgroup {
+                    hook,
+                    cgroup: number(id)?,
+                })
+            })
+            .ok_or_else(unknown)
+    }
+}
+
+/// A decimal number, digits only (no sign, so that a name parses back only from what
+/// [`LinkName`]'s `Display` wrote).
+fn number<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// `enum bpf_attach_type`'s `BPF_CGROUP_SETSOCKOPT` (include/uapi/linux/bpf.h).
@@ -129,16 +274,17 @@ impl Datapath {
     /// completed by the next). Returns false when all four were attached already (adopted).
     pub fn attach_cgroup(&mut self, path: &Path) -> Result<bool, DatapathError> {
         let cgroup = cgroup::open(path)?;
-        let name = pins::cgroup_link_name(path).map_err(DatapathError::pin("reading", path))?;
         let mut attached = false;
-        for program in [CGROUP_PROGRAM, SOCK_PROGRAM, INGRESS_PROGRAM, GUARD_PROGRAM] {
-            let link = format!("{}{name}", cgroup_link_prefix(program));
+        for hook in CgroupHook::ALL {
+            let link = LinkName::cgroup(hook, path)
+                .map_err(DatapathError::pin("reading", path))?
+                .to_string();
             self.targets
                 .insert(link.clone(), path.display().to_string());
             if self.target.links().join(&link).exists() {
                 continue;
             }
-            self.attach_to_cgroup(&cgroup, path, program, &link)?;
+            self.attach_to_cgroup(&cgroup, path, hook, &link)?;
             attached = true;
         }
         Ok(attached)
@@ -149,41 +295,39 @@ impl Datapath {
         &mut self,
         cgroup: &std::fs::File,
         path: &Path,
-        program: &'static str,
+        hook: CgroupHook,
         link: &str,
     ) -> Result<(), DatapathError> {
-        let attach_error = |what: &str| {
-            let target = format!("cgroup {}{what}", path.display());
-            move |source| DatapathError::Attach { target, source }
-        };
+        let program = hook.program();
+        let target = format!("cgroup {}{}", path.display(), hook.role());
         let pinned = self.target.program(program);
-        match program {
-            CGROUP_PROGRAM | INGRESS_PROGRAM => {
-                let (kind, what) = if program == CGROUP_PROGRAM {
-                    (CgroupSkbAttachType::Egress, "")
+        match hook {
+            CgroupHook::Egress | CgroupHook::Ingress => {
+                let kind = if hook == CgroupHook::Egress {
+                    CgroupSkbAttachType::Egress
                 } else {
-                    (CgroupSkbAttachType::Ingress, " (DNS answers)")
+                    CgroupSkbAttachType::Ingress
                 };
                 let mut skb =
                     CgroupSkb::from_pin(pinned, kind).map_err(DatapathError::program(program))?;
                 let id = skb
                     .attach(cgroup, kind, CgroupAttachMode::Single)
-                    .map_err(attach_error(what))?;
+                    .map_err(|source| DatapathError::Attach { target, source })?;
                 let taken = skb.take_link(id).map_err(DatapathError::program(program))?;
                 self.pin_link(taken, program, link)
             }
-            SOCK_PROGRAM => {
+            CgroupHook::SockCreate => {
                 let mut recorder = CgroupSock::from_pin(pinned, CgroupSockAttachType::SockCreate)
                     .map_err(DatapathError::program(program))?;
                 let id = recorder
                     .attach(cgroup, CgroupAttachMode::Single)
-                    .map_err(attach_error(" (socket owners)"))?;
+                    .map_err(|source| DatapathError::Attach { target, source })?;
                 let taken = recorder
                     .take_link(id)
                     .map_err(DatapathError::program(program))?;
                 self.pin_link(taken, program, link)
             }
-            _ => {
+            CgroupHook::Setsockopt => {
                 // aya 0.16 cannot turn a sockopt link into an `FdLink` to pin, so the link is
                 // made and pinned here directly (`BPF_LINK_CREATE`, `BPF_OBJ_PIN`).
                 let guard = CgroupSockopt::from_pin(pinned, CgroupSockoptAttachType::Set)
@@ -196,7 +340,7 @@ impl Datapath {
                     &self.target.links().join(link),
                 )
                 .map_err(|source| DatapathError::Attach {
-                    target: format!("cgroup {} (raw-socket guards)", path.display()),
+                    target,
                     source: ProgramError::IOError(source),
                 })
             }
@@ -213,10 +357,9 @@ impl Datapath {
                 link_type: interface.link_type,
             });
         }
-        let link_name = pins::tc_link_name(interface.index).map_err(DatapathError::pin(
-            "reading",
-            Path::new("/proc/thread-self/ns/net"),
-        ))?;
+        let link_name = LinkName::tc(interface.index)
+            .map_err(DatapathError::pin("reading", Path::new(OWN_NETNS)))?
+            .to_string();
         self.targets.insert(link_name.clone(), name.to_owned());
         if self.target.links().join(&link_name).exists() {
             return Ok(false);
@@ -254,5 +397,89 @@ impl Datapath {
             source: std::io::Error::other(err),
         })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_names_parse_back_to_what_made_them() {
+        let mut links: Vec<LinkName> = CgroupHook::ALL
+            .into_iter()
+            .map(|hook| LinkName::Cgroup { hook, cgroup: 4242 })
+            .collect();
+        links.push(LinkName::Tc {
+            netns: 4026531840,
+            ifindex: 7,
+        });
+        for link in links {
+            assert_eq!(link.to_string().parse::<LinkName>(), Ok(link), "{link}");
+        }
+    }
+
+    #[test]
+    fn link_names_are_spelt_as_pinned_by_earlier_builds() {
+        // Links pinned by a running daemon are adopted by the next build: the spelling stays.
+        let names = [
+            "cgroup-7",
+            "sockcgroup-7",
+            "incgroup-7",
+            "optcgroup-7",
+            "tc-11-2",
+        ];
+        let parsed: Vec<LinkName> = names.iter().map(|name| name.parse().unwrap()).collect();
+        assert_eq!(
+            parsed,
+            [
+                LinkName::Cgroup {
+                    hook: CgroupHook::Egress,
+                    cgroup: 7
+                },
+                LinkName::Cgroup {
+                    hook: CgroupHook::SockCreate,
+                    cgroup: 7
+                },
+                LinkName::Cgroup {
+                    hook: CgroupHook::Ingress,
+                    cgroup: 7
+                },
+                LinkName::Cgroup {
+                    hook: CgroupHook::Setsockopt,
+                    cgroup: 7
+                },
+                LinkName::Tc {
+                    netns: 11,
+                    ifindex: 2
+                },
+            ]
+        );
+        assert_eq!(parsed[0].beside(CgroupHook::Setsockopt), Some(parsed[3]));
+        assert_eq!(parsed[4].beside(CgroupHook::Egress), None);
+    }
+
+    #[test]
+    fn other_names_are_not_link_names() {
+        for name in [
+            "",
+            "cgroup-",
+            "cgroup-x",
+            "cgroup-+7",
+            "cgroup-7-1",
+            "xcgroup-7",
+            "tc-7",
+            "tc-7-",
+            "tc-7-x",
+            "tc--7",
+            "tc-1-99999999999",
+            "replacing",
+        ] {
+            assert_eq!(
+                name.parse::<LinkName>(),
+                Err(UnknownLinkName(name.to_owned())),
+                "{name}"
+            );
+        }
     }
 }

@@ -29,6 +29,7 @@ use crate::{pins::PinLayout, policy::Mode};
 pub use apply::ApplyReport;
 pub use counters::{Counters, HookCounters, Totals};
 pub use error::DatapathError;
+pub use links::{CgroupHook, LinkName, UnknownLinkName};
 pub(crate) use maps::{open_map, read_config, write_config};
 pub use object::{
     CGROUP_PROGRAM, GUARD_PROGRAM, INGRESS_PROGRAM, SOCK_PROGRAM, TC_PROGRAM, build_id,
@@ -62,7 +63,7 @@ pub enum Opened {
 /// An attachment, as its pinned link names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Attachment {
-    /// `cgroup-<id>` or `tc-<netns id>-<ifindex>`.
+    /// Its pin's name (a [`LinkName`]).
     pub name: String,
     /// What the daemon that attached it called the target (the cgroup path or interface name),
     /// when this process knows it.
