@@ -10,22 +10,16 @@
 //! programs attached and each attached cgroup's raw-socket guards with them; observe mode
 //! drops nothing, so it passes only when asked for (`--mode observe`).
 
-use std::{
-    io,
-    net::IpAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
-};
+use std::{io, net::IpAddr};
 
-use aya::programs::{CgroupSkb, CgroupSkbAttachType, SchedClassifier};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use crate::{
-    datapath::{CGROUP_PROGRAM, CgroupHook, Datapath, DatapathError, LinkName, TC_PROGRAM},
+    datapath::{CgroupHook, Datapath, DatapathError, Judge, LinkName, frame_to},
     pins::PinLayout,
     policy::{Action, Mode},
     state::StateFile,
-    testrun,
 };
 
 /// Destinations probed: (address, what it stands for).
@@ -267,26 +261,7 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
         ));
     }
 
-    let cgroup = CgroupSkb::from_pin(layout.program(CGROUP_PROGRAM), CgroupSkbAttachType::Egress)
-        .map_err(|source| DatapathError::Program {
-        name: CGROUP_PROGRAM,
-        source,
-    })?;
-    let tc = SchedClassifier::from_pin(layout.program(TC_PROGRAM)).map_err(|source| {
-        DatapathError::Program {
-            name: TC_PROGRAM,
-            source,
-        }
-    })?;
-    let cgroup_fd = cgroup.fd().map_err(|source| DatapathError::Program {
-        name: CGROUP_PROGRAM,
-        source,
-    })?;
-    let tc_fd = tc.fd().map_err(|source| DatapathError::Program {
-        name: TC_PROGRAM,
-        source,
-    })?;
-
+    let runner = datapath.test_runner()?;
     let secret = datapath.check_secret()?;
     let mut probes = Vec::new();
     let fixed = PROBES.iter().map(|(address, stands_for)| {
@@ -302,15 +277,18 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
         } else {
             "drop"
         };
-        let frame = testrun::frame_to(destination);
-        for (program, fd, pass_code) in [
-            (CGROUP_PROGRAM, cgroup_fd.as_fd().as_raw_fd(), 1u32),
-            (TC_PROGRAM, tc_fd.as_fd().as_raw_fd(), u32::MAX),
-        ] {
-            let retval = testrun::run(fd, &frame, 1, Some(secret))
+        let frame = frame_to(destination);
+        for judge in Judge::ALL {
+            let program = judge.program();
+            let retval = runner
+                .run(judge, &frame, 1, Some(secret))
                 .map_err(|source| CheckError::TestRun { program, source })?
                 .retval;
-            let actual = if retval == pass_code { "pass" } else { "drop" };
+            let actual = if retval == judge.pass_code() {
+                "pass"
+            } else {
+                "drop"
+            };
             if actual != expected {
                 problems.push(format!(
                     "{destination} ({stands_for}) on {program}: {actual}, but the policy says {expected}"
@@ -517,7 +495,7 @@ mod tests {
     fn probe_frames_parse_back_to_their_destination() {
         for (address, _) in PROBES {
             let destination: IpAddr = address.parse().unwrap();
-            let frame = testrun::frame_to(destination);
+            let frame = frame_to(destination);
             let parsed = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
             let dst = match parsed.net.unwrap() {
                 etherparse::NetSlice::Ipv4(ip) => IpAddr::V4(ip.header().destination_addr()),

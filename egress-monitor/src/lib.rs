@@ -50,5 +50,4 @@ pub mod resolvers;
 pub mod source;
 pub mod state;
 pub mod status;
-pub mod testrun;
 pub mod tunnel;

@@ -16,6 +16,7 @@ mod grow;
 mod links;
 mod maps;
 mod object;
+mod testrun;
 mod trust;
 
 use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
@@ -34,6 +35,7 @@ pub(crate) use maps::{open_map, read_config, write_config};
 pub use object::{
     CGROUP_PROGRAM, GUARD_PROGRAM, INGRESS_PROGRAM, SOCK_PROGRAM, TC_PROGRAM, build_id,
 };
+pub use testrun::{Judge, TestRun, TestRunner, frame_to};
 
 use grow::carry_over;
 use links::{link_names, unpin_link};
