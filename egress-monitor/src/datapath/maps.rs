@@ -98,7 +98,7 @@ pub(super) fn capacity_of(layout: &PinLayout) -> Result<u32, DatapathError> {
 }
 
 /// Opens the map `name` pinned at `layout` as `T`, the kind [`MAPS`] gives it.
-pub(crate) fn open_map<T>(layout: &PinLayout, name: &'static str) -> Result<T, DatapathError>
+pub(super) fn open_map<T>(layout: &PinLayout, name: &'static str) -> Result<T, DatapathError>
 where
     T: TryFrom<Map, Error = MapError>,
 {
@@ -156,7 +156,7 @@ pub(super) fn open_trie<const N: usize>(
     open_map(layout, name)
 }
 
-pub(crate) fn read_config(layout: &PinLayout) -> Result<LiveConfig, DatapathError> {
+pub(super) fn read_config(layout: &PinLayout) -> Result<LiveConfig, DatapathError> {
     let array: Array<MapData, u64> = open_map(layout, names::CONFIG)?;
     let get = |slot: u32| {
         array
@@ -176,7 +176,7 @@ pub(crate) fn read_config(layout: &PinLayout) -> Result<LiveConfig, DatapathErro
     })
 }
 
-pub(crate) fn write_config(layout: &PinLayout, slot: u32, value: u64) -> Result<(), DatapathError> {
+pub(super) fn write_config(layout: &PinLayout, slot: u32, value: u64) -> Result<(), DatapathError> {
     let mut array: Array<MapData, u64> = open_map(layout, names::CONFIG)?;
     array
         .set(slot, &value, 0)

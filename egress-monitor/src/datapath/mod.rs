@@ -12,6 +12,7 @@
 mod apply;
 mod counters;
 mod error;
+mod flow_maps;
 mod grow;
 mod links;
 mod maps;
@@ -30,8 +31,8 @@ use crate::{pins::PinLayout, policy::Mode};
 pub use apply::ApplyReport;
 pub use counters::{Counters, HookCounters, Totals};
 pub use error::DatapathError;
+pub use flow_maps::FlowMaps;
 pub use links::{CgroupHook, LinkName, UnknownLinkName};
-pub(crate) use maps::{open_map, read_config, write_config};
 pub use object::{
     CGROUP_PROGRAM, GUARD_PROGRAM, INGRESS_PROGRAM, SOCK_PROGRAM, TC_PROGRAM, build_id,
 };
@@ -39,7 +40,7 @@ pub use testrun::{Judge, TestRun, TestRunner, frame_to};
 
 use grow::carry_over;
 use links::{link_names, unpin_link};
-use maps::capacity_of;
+use maps::{capacity_of, open_map, read_config, write_config};
 use object::{EBPF_OBJECT, create_or_clean, effective_capacity, missing_capabilities};
 
 /// Where a replacement is staged before it takes over the pin path (bpffs allows no dots in
