@@ -17,6 +17,7 @@ mod grow;
 mod links;
 mod maps;
 mod object;
+mod plan;
 mod testrun;
 mod trust;
 
