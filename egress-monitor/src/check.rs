@@ -180,7 +180,6 @@ pub fn this_kernels_compat() -> Compat {
 }
 
 pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckError> {
-    let required_mode = options.required_mode;
     let datapath = Datapath::existing(layout)?;
     let live = datapath.config()?;
     let state = crate::state::StateFile::load(&layout.state_file())
@@ -192,19 +191,56 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
     if attachments.is_empty() {
         problems.push("no program is attached: nothing is filtered".to_owned());
     }
-    match required_mode {
-        Some(required) if required != live.mode => {
-            problems.push(format!("the mode is {}, not {required}", live.mode));
-        }
-        None if live.mode == Mode::Observe => problems.push(
+    problems.extend(mode_problem(options.required_mode, live.mode));
+    let raw_socket_guards = guards(&attachments);
+    raw_socket_findings(
+        &raw_socket_guards,
+        options.accept_compat_syscalls,
+        &mut problems,
+        &mut notes,
+    );
+    notes.extend(tc_notes(&attachments));
+    if state.version != format!("{:016x}", live.policy_version) {
+        problems.push(format!(
+            "the maps hold policy {:016x} but the state file names {}",
+            live.policy_version, state.version
+        ));
+    }
+    let probes = run_probes(&datapath, &state, live.mode, &mut problems)?;
+    Ok(CheckReport {
+        pin_path: layout.root.display().to_string(),
+        mode: live.mode,
+        policy_version: format!("{:016x}", live.policy_version),
+        attachments,
+        raw_socket_guards,
+        probes,
+        problems,
+        notes,
+    })
+}
+
+/// Why the live mode is not the one asked for (enforce, unless `required` says otherwise).
+fn mode_problem(required: Option<Mode>, live: Mode) -> Option<String> {
+    match required {
+        Some(required) if required != live => Some(format!("the mode is {live}, not {required}")),
+        None if live == Mode::Observe => Some(
             "observe mode counts and reports denied packets but drops none: the node is not \
              isolated (pass --mode observe to check an audit node)"
                 .to_owned(),
         ),
-        _ => {}
+        _ => None,
     }
-    let raw_socket_guards = guards(&attachments);
-    for guard in raw_socket_guards.iter().filter(|guard| !guard.attached) {
+}
+
+/// Cgroups whose raw-socket guards are missing (problems), and 32-bit system calls that skip
+/// the guards (a problem, or a note when accepted).
+fn raw_socket_findings(
+    guards: &[GuardStatus],
+    accept_compat_syscalls: bool,
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    for guard in guards.iter().filter(|guard| !guard.attached) {
         problems.push(format!(
             "{}: the raw-socket guards are not attached: its processes can send frames past \
              the TC hook (PACKET_QDISC_BYPASS, AF_XDP)",
@@ -212,55 +248,63 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
         ));
     }
     let compat = this_kernels_compat();
-    if compat != Compat::Off && !raw_socket_guards.is_empty() {
-        let message = format!(
-            "32-bit system calls are {} (compat calls: IA32 emulation, x32 or AArch32): a \
-             setsockopt made through them skips the cgroup hooks, so a process with CAP_NET_RAW \
-             can set PACKET_QDISC_BYPASS or make an AF_XDP TX ring and send past the TC hook. On \
-             x86-64, boot with ia32_emulation=0 (Linux 6.7+, and a kernel without x32) to close \
-             it{}",
-            if compat == Compat::On {
-                "on"
-            } else {
-                "possibly on (the kernel's configuration is unreadable)"
-            },
-            if options.accept_compat_syscalls {
-                "; accepted with --accept-compat-syscalls"
-            } else {
-                ", or pass --accept-compat-syscalls to accept the risk"
-            }
-        );
-        if options.accept_compat_syscalls {
-            notes.push(message);
-        } else {
-            problems.push(message);
-        }
+    if compat == Compat::Off || guards.is_empty() {
+        return;
     }
+    let message = format!(
+        "32-bit system calls are {} (compat calls: IA32 emulation, x32 or AArch32): a \
+         setsockopt made through them skips the cgroup hooks, so a process with CAP_NET_RAW \
+         can set PACKET_QDISC_BYPASS or make an AF_XDP TX ring and send past the TC hook. On \
+         x86-64, boot with ia32_emulation=0 (Linux 6.7+, and a kernel without x32) to close \
+         it{}",
+        if compat == Compat::On {
+            "on"
+        } else {
+            "possibly on (the kernel's configuration is unreadable)"
+        },
+        if accept_compat_syscalls {
+            "; accepted with --accept-compat-syscalls"
+        } else {
+            ", or pass --accept-compat-syscalls to accept the risk"
+        }
+    );
+    if accept_compat_syscalls {
+        notes.push(message);
+    } else {
+        problems.push(message);
+    }
+}
+
+/// What the TC links leave unjudged: interfaces without one, or everything when there is none.
+fn tc_notes(attachments: &[String]) -> Option<String> {
     let any_tc = attachments
         .iter()
         .any(|name| matches!(name.parse(), Ok(LinkName::Tc { .. })));
-    let unhooked = interfaces_without_tc(&attachments);
-    if !unhooked.is_empty() && any_tc {
-        notes.push(format!(
-            "interfaces of this network namespace without the TC hook: {}: frames from packet \
-             sockets (AF_PACKET) and forwarded traffic leave through them unjudged",
-            unhooked.join(", ")
-        ));
-    }
     if !any_tc {
-        notes.push(
+        return Some(
             "no TC link: packet sockets (AF_PACKET) and forwarded traffic are judged only by the \
              TC hook, which is attached nowhere"
                 .to_owned(),
         );
     }
-    if state.version != format!("{:016x}", live.policy_version) {
-        problems.push(format!(
-            "the maps hold policy {:016x} but the state file names {}",
-            live.policy_version, state.version
-        ));
-    }
+    let unhooked = interfaces_without_tc(attachments);
+    (!unhooked.is_empty()).then(|| {
+        format!(
+            "interfaces of this network namespace without the TC hook: {}: frames from packet \
+             sockets (AF_PACKET) and forwarded traffic leave through them unjudged",
+            unhooked.join(", ")
+        )
+    })
+}
 
+/// Runs every probe (fixed, then the policy's) through both judging programs, each verdict
+/// that differs from what the policy and `mode` require a problem.
+fn run_probes(
+    datapath: &Datapath,
+    state: &StateFile,
+    mode: Mode,
+    problems: &mut Vec<String>,
+) -> Result<Vec<Probe>, CheckError> {
     let runner = datapath.test_runner()?;
     let secret = datapath.check_secret()?;
     let mut probes = Vec::new();
@@ -270,9 +314,9 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
             (*stands_for).to_owned(),
         )
     });
-    for (destination, stands_for) in fixed.chain(policy_probes(&state)) {
-        let (rule, allowed) = decide(&state, destination);
-        let expected = if allowed || live.mode == Mode::Observe {
+    for (destination, stands_for) in fixed.chain(policy_probes(state)) {
+        let (rule, allowed) = decide(state, destination);
+        let expected = if allowed || mode == Mode::Observe {
             "pass"
         } else {
             "drop"
@@ -304,16 +348,7 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
             });
         }
     }
-    Ok(CheckReport {
-        pin_path: layout.root.display().to_string(),
-        mode: live.mode,
-        policy_version: format!("{:016x}", live.policy_version),
-        attachments,
-        raw_socket_guards,
-        probes,
-        problems,
-        notes,
-    })
+    Ok(probes)
 }
 
 /// Interfaces of this network namespace that are up (or of unknown state), other than
