@@ -9,8 +9,9 @@
 //! # Layout
 //! - [`cli`]: the command line (clap); [`app`]: what each command does, exit codes.
 //! - [`policy`]: groups, the policy file, validation, the effective rule list.
-//! - [`datapath`]: the pinned state — create, adopt or replace it, apply policies by diff,
-//!   attach, read counters, detach. All BPF syscalls for the live state live here.
+//! - [`datapath`]: the pinned state — create, adopt or replace it, apply policies by a planned
+//!   diff, attach, read counters and flows, test-run packets, detach. Every pin opened and
+//!   every BPF syscall is made there.
 //! - [`pins`]: where pins and the run directory are; [`state`]: the applied policy's names;
 //!   [`source`]: which policy source the node follows (`policy apply` records one).
 //! - [`events`]: ring-buffer records → JSON lines; [`flows`]: the periodic flow reports;

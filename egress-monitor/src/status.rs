@@ -46,7 +46,7 @@ pub struct DnsAllowed {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Attached {
-    /// The pinned link's name (a [`LinkName`]).
+    /// The pinned link's name, as `datapath::LinkName` makes it.
     pub link: String,
     /// The cgroup's path or the interface's name, when they can still be found from here.
     pub target: Option<String>,

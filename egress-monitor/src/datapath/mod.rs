@@ -8,6 +8,22 @@
 //!   first, deletions after, so no allowed destination is ever dropped and no denied one passes
 //!   while it runs.
 //! - [`detach`] is the only thing that removes the state.
+//!
+//! No other module opens a pin or calls `bpf()`: they use the types and methods here.
+//!
+//! # Layout
+//! - `mod.rs`: [`Datapath`] (open, adopt, settings, learned addresses, the event ring) and
+//!   [`detach`]; `error`: [`DatapathError`].
+//! - `object`: the kernel object this binary carries, its programs, loading it, what loading
+//!   needs; `maps`: the one table of maps (name, kind, size) and opening them.
+//! - `links`: attaching programs and pinning their links, named by [`LinkName`].
+//! - `plan`: the pure apply plan (ids, steps in their safe order, whether the maps fit);
+//!   `apply`: reading the maps and carrying the plan out; `trust`: resolvers, namespaces and
+//!   cgroups the policy trusts.
+//! - `grow`: replacing the state under traffic (another build, bigger maps), carrying over
+//!   what the live maps hold.
+//! - `counters`, `flow_maps`: reading the counters and the flows; `testrun`:
+//!   `BPF_PROG_TEST_RUN` through the judging programs.
 
 mod apply;
 mod counters;
@@ -32,8 +48,8 @@ use crate::{pins::PinLayout, policy::Mode};
 pub use apply::ApplyReport;
 pub use counters::{Counters, HookCounters, Totals};
 pub use error::DatapathError;
-pub use flow_maps::FlowMaps;
-pub use links::{CgroupHook, LinkName, UnknownLinkName};
+pub(crate) use flow_maps::FlowMaps;
+pub(crate) use links::{CgroupHook, LinkName};
 pub use object::{
     CGROUP_PROGRAM, GUARD_PROGRAM, INGRESS_PROGRAM, SOCK_PROGRAM, TC_PROGRAM, build_id,
 };
@@ -67,7 +83,7 @@ pub enum Opened {
 /// An attachment, as its pinned link names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Attachment {
-    /// Its pin's name (a [`LinkName`]).
+    /// Its pin's name, as `LinkName` makes it.
     pub name: String,
     /// What the daemon that attached it called the target (the cgroup path or interface name),
     /// when this process knows it.
