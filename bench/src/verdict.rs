@@ -1,17 +1,10 @@
 //! Per-packet verdict cost: each program, `BPF_PROG_TEST_RUN` with a large repeat count (the
 //! kernel times the loop and reports the average), median of several runs.
 
-use std::{
-    net::IpAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
-};
+use std::net::IpAddr;
 
 use anyhow::Context as _;
-use aya::programs::{CgroupSkb, CgroupSkbAttachType, SchedClassifier};
-use egress_monitor::{
-    datapath::{CGROUP_PROGRAM, Datapath, TC_PROGRAM},
-    testrun,
-};
+use egress_monitor::datapath::{Datapath, Judge, frame_to};
 use egress_monitor_policy::Mode;
 use egress_monitor_tests::bpffs::BpfFs;
 use serde::Serialize;
@@ -67,17 +60,17 @@ pub fn measure(rule_counts: &[usize], quick: bool) -> anyhow::Result<Verdicts> {
         let layout = bpffs.layout();
         // Flow aggregation on, as the daemon runs it: a denied packet is counted in its flow.
         egress_monitor::flows::FlowReporter::open(&layout)?.sweep()?;
-        let cgroup =
-            CgroupSkb::from_pin(layout.program(CGROUP_PROGRAM), CgroupSkbAttachType::Egress)?;
-        let tc = SchedClassifier::from_pin(layout.program(TC_PROGRAM))?;
-        for (program, fd) in [
-            (CGROUP_PROGRAM, cgroup.fd()?.as_fd().as_raw_fd()),
-            (TC_PROGRAM, tc.fd()?.as_fd().as_raw_fd()),
-        ] {
+        let runner = datapath.test_runner()?;
+        for judge in Judge::ALL {
+            let program = judge.program();
             for (case, destination) in CASES {
-                let frame = testrun::frame_to(destination.parse::<IpAddr>()?);
+                let frame = frame_to(destination.parse::<IpAddr>()?);
                 let mut samples = (0..RUNS)
-                    .map(|_| testrun::run(fd, &frame, repeat, None).map(|run| run.duration_ns))
+                    .map(|_| {
+                        runner
+                            .run(judge, &frame, repeat, None)
+                            .map(|run| run.duration_ns)
+                    })
                     .collect::<Result<Vec<_>, _>>()
                     .context("BPF_PROG_TEST_RUN")?;
                 samples.sort_unstable();

@@ -7,24 +7,25 @@
 //! that starts at a label; a rule is the hash of its domain's wire form. [`suffix_hash`] is the
 //! one definition both sides use.
 
-/// FNV-1a parameters (64-bit).
-const SEED: u64 = 0xcbf2_9ce4_8422_2325;
-const PRIME: u64 = 0x0000_0100_0000_01b3;
+use crate::hash::{FNV_OFFSET_BASIS, fnv1a_step};
 
-/// One step of the suffix hash: suffixes are hashed from their last byte to their first, so
-/// the hash of every suffix of a name comes out of one backward pass.
+/// One step of the suffix hash (FNV-1a of the case-folded byte): suffixes are hashed from
+/// their last byte to their first, so the hash of every suffix of a name comes out of one
+/// backward pass.
 #[inline(always)]
 pub const fn fold(hash: u64, byte: u8) -> u64 {
-    (hash ^ byte.to_ascii_lowercase() as u64).wrapping_mul(PRIME)
+    fnv1a_step(hash, byte.to_ascii_lowercase())
 }
 
 /// The hash the kernel computes for a name (or suffix) whose wire form is `wire`.
 pub fn suffix_hash(wire: &[u8]) -> u64 {
-    wire.iter().rev().fold(SEED, |hash, byte| fold(hash, *byte))
+    wire.iter()
+        .rev()
+        .fold(HASH_SEED, |hash, byte| fold(hash, *byte))
 }
 
 /// Where the backward pass starts.
-pub const HASH_SEED: u64 = SEED;
+pub const HASH_SEED: u64 = FNV_OFFSET_BASIS;
 
 /// The longest name in wire format.
 pub const MAX_NAME: usize = 255;

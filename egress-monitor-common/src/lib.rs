@@ -11,6 +11,7 @@
 //! - [`event`]: the record written to the ring buffer for a denied packet.
 //! - [`flow`]: how denied packets are aggregated per flow.
 //! - [`dns`]: domain rules and the addresses their answers allow.
+//! - [`hash`]: FNV-1a, the one hash both sides use.
 //! - [`guard`]: the socket options that would skip the TC hook, refused.
 #![no_std]
 
@@ -18,6 +19,7 @@ pub mod dns;
 pub mod event;
 pub mod flow;
 pub mod guard;
+pub mod hash;
 pub mod maps;
 pub mod policy;
 pub mod record;

@@ -10,23 +10,17 @@
 //! programs attached and each attached cgroup's raw-socket guards with them; observe mode
 //! drops nothing, so it passes only when asked for (`--mode observe`).
 
-use std::{
-    io,
-    net::IpAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
-};
+use std::{io, net::IpAddr};
 
-use aya::programs::{CgroupSkb, CgroupSkbAttachType, SchedClassifier};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
 use egress_monitor_policy::{Action, Mode};
 
 use crate::{
-    datapath::{CGROUP_PROGRAM, Datapath, DatapathError, TC_PROGRAM},
+    datapath::{CgroupHook, Datapath, DatapathError, Judge, LinkName, frame_to},
     pins::PinLayout,
     state::StateFile,
-    testrun,
 };
 
 /// Destinations probed: (address, what it stands for).
@@ -187,7 +181,6 @@ pub fn this_kernels_compat() -> Compat {
 }
 
 pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckError> {
-    let required_mode = options.required_mode;
     let datapath = Datapath::existing(layout)?;
     let live = datapath.config()?;
     let state = crate::state::StateFile::load(&layout.state_file())
@@ -199,19 +192,56 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
     if attachments.is_empty() {
         problems.push("no program is attached: nothing is filtered".to_owned());
     }
-    match required_mode {
-        Some(required) if required != live.mode => {
-            problems.push(format!("the mode is {}, not {required}", live.mode));
-        }
-        None if live.mode == Mode::Observe => problems.push(
+    problems.extend(mode_problem(options.required_mode, live.mode));
+    let raw_socket_guards = guards(&attachments);
+    raw_socket_findings(
+        &raw_socket_guards,
+        options.accept_compat_syscalls,
+        &mut problems,
+        &mut notes,
+    );
+    notes.extend(tc_notes(&attachments));
+    if state.version != format!("{:016x}", live.policy_version) {
+        problems.push(format!(
+            "the maps hold policy {:016x} but the state file names {}",
+            live.policy_version, state.version
+        ));
+    }
+    let probes = run_probes(&datapath, &state, live.mode, &mut problems)?;
+    Ok(CheckReport {
+        pin_path: layout.root.display().to_string(),
+        mode: live.mode,
+        policy_version: format!("{:016x}", live.policy_version),
+        attachments,
+        raw_socket_guards,
+        probes,
+        problems,
+        notes,
+    })
+}
+
+/// Why the live mode is not the one asked for (enforce, unless `required` says otherwise).
+fn mode_problem(required: Option<Mode>, live: Mode) -> Option<String> {
+    match required {
+        Some(required) if required != live => Some(format!("the mode is {live}, not {required}")),
+        None if live == Mode::Observe => Some(
             "observe mode counts and reports denied packets but drops none: the node is not \
              isolated (pass --mode observe to check an audit node)"
                 .to_owned(),
         ),
-        _ => {}
+        _ => None,
     }
-    let raw_socket_guards = guards(&attachments);
-    for guard in raw_socket_guards.iter().filter(|guard| !guard.attached) {
+}
+
+/// Cgroups whose raw-socket guards are missing (problems), and 32-bit system calls that skip
+/// the guards (a problem, or a note when accepted).
+fn raw_socket_findings(
+    guards: &[GuardStatus],
+    accept_compat_syscalls: bool,
+    problems: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) {
+    for guard in guards.iter().filter(|guard| !guard.attached) {
         problems.push(format!(
             "{}: the raw-socket guards are not attached: its processes can send frames past \
              the TC hook (PACKET_QDISC_BYPASS, AF_XDP)",
@@ -219,72 +249,64 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
         ));
     }
     let compat = this_kernels_compat();
-    if compat != Compat::Off && !raw_socket_guards.is_empty() {
-        let message = format!(
-            "32-bit system calls are {} (compat calls: IA32 emulation, x32 or AArch32): a \
-             setsockopt made through them skips the cgroup hooks, so a process with CAP_NET_RAW \
-             can set PACKET_QDISC_BYPASS or make an AF_XDP TX ring and send past the TC hook. On \
-             x86-64, boot with ia32_emulation=0 (Linux 6.7+, and a kernel without x32) to close \
-             it{}",
-            if compat == Compat::On {
-                "on"
-            } else {
-                "possibly on (the kernel's configuration is unreadable)"
-            },
-            if options.accept_compat_syscalls {
-                "; accepted with --accept-compat-syscalls"
-            } else {
-                ", or pass --accept-compat-syscalls to accept the risk"
-            }
-        );
-        if options.accept_compat_syscalls {
-            notes.push(message);
+    if compat == Compat::Off || guards.is_empty() {
+        return;
+    }
+    let message = format!(
+        "32-bit system calls are {} (compat calls: IA32 emulation, x32 or AArch32): a \
+         setsockopt made through them skips the cgroup hooks, so a process with CAP_NET_RAW \
+         can set PACKET_QDISC_BYPASS or make an AF_XDP TX ring and send past the TC hook. On \
+         x86-64, boot with ia32_emulation=0 (Linux 6.7+, and a kernel without x32) to close \
+         it{}",
+        if compat == Compat::On {
+            "on"
         } else {
-            problems.push(message);
+            "possibly on (the kernel's configuration is unreadable)"
+        },
+        if accept_compat_syscalls {
+            "; accepted with --accept-compat-syscalls"
+        } else {
+            ", or pass --accept-compat-syscalls to accept the risk"
         }
+    );
+    if accept_compat_syscalls {
+        notes.push(message);
+    } else {
+        problems.push(message);
     }
-    let unhooked = interfaces_without_tc(&attachments);
-    if !unhooked.is_empty() && attachments.iter().any(|name| name.starts_with("tc-")) {
-        notes.push(format!(
-            "interfaces of this network namespace without the TC hook: {}: frames from packet \
-             sockets (AF_PACKET) and forwarded traffic leave through them unjudged",
-            unhooked.join(", ")
-        ));
-    }
-    if !attachments.iter().any(|name| name.starts_with("tc-")) {
-        notes.push(
+}
+
+/// What the TC links leave unjudged: interfaces without one, or everything when there is none.
+fn tc_notes(attachments: &[String]) -> Option<String> {
+    let any_tc = attachments
+        .iter()
+        .any(|name| matches!(name.parse(), Ok(LinkName::Tc { .. })));
+    if !any_tc {
+        return Some(
             "no TC link: packet sockets (AF_PACKET) and forwarded traffic are judged only by the \
              TC hook, which is attached nowhere"
                 .to_owned(),
         );
     }
-    if state.version != format!("{:016x}", live.policy_version) {
-        problems.push(format!(
-            "the maps hold policy {:016x} but the state file names {}",
-            live.policy_version, state.version
-        ));
-    }
+    let unhooked = interfaces_without_tc(attachments);
+    (!unhooked.is_empty()).then(|| {
+        format!(
+            "interfaces of this network namespace without the TC hook: {}: frames from packet \
+             sockets (AF_PACKET) and forwarded traffic leave through them unjudged",
+            unhooked.join(", ")
+        )
+    })
+}
 
-    let cgroup = CgroupSkb::from_pin(layout.program(CGROUP_PROGRAM), CgroupSkbAttachType::Egress)
-        .map_err(|source| DatapathError::Program {
-        name: CGROUP_PROGRAM,
-        source,
-    })?;
-    let tc = SchedClassifier::from_pin(layout.program(TC_PROGRAM)).map_err(|source| {
-        DatapathError::Program {
-            name: TC_PROGRAM,
-            source,
-        }
-    })?;
-    let cgroup_fd = cgroup.fd().map_err(|source| DatapathError::Program {
-        name: CGROUP_PROGRAM,
-        source,
-    })?;
-    let tc_fd = tc.fd().map_err(|source| DatapathError::Program {
-        name: TC_PROGRAM,
-        source,
-    })?;
-
+/// Runs every probe (fixed, then the policy's) through both judging programs, each verdict
+/// that differs from what the policy and `mode` require a problem.
+fn run_probes(
+    datapath: &Datapath,
+    state: &StateFile,
+    mode: Mode,
+    problems: &mut Vec<String>,
+) -> Result<Vec<Probe>, CheckError> {
+    let runner = datapath.test_runner()?;
     let secret = datapath.check_secret()?;
     let mut probes = Vec::new();
     let fixed = PROBES.iter().map(|(address, stands_for)| {
@@ -293,22 +315,25 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
             (*stands_for).to_owned(),
         )
     });
-    for (destination, stands_for) in fixed.chain(policy_probes(&state)) {
-        let (rule, allowed) = decide(&state, destination);
-        let expected = if allowed || live.mode == Mode::Observe {
+    for (destination, stands_for) in fixed.chain(policy_probes(state)) {
+        let (rule, allowed) = decide(state, destination);
+        let expected = if allowed || mode == Mode::Observe {
             "pass"
         } else {
             "drop"
         };
-        let frame = testrun::frame_to(destination);
-        for (program, fd, pass_code) in [
-            (CGROUP_PROGRAM, cgroup_fd.as_fd().as_raw_fd(), 1u32),
-            (TC_PROGRAM, tc_fd.as_fd().as_raw_fd(), u32::MAX),
-        ] {
-            let retval = testrun::run(fd, &frame, 1, Some(secret))
+        let frame = frame_to(destination);
+        for judge in Judge::ALL {
+            let program = judge.program();
+            let retval = runner
+                .run(judge, &frame, 1, Some(secret))
                 .map_err(|source| CheckError::TestRun { program, source })?
                 .retval;
-            let actual = if retval == pass_code { "pass" } else { "drop" };
+            let actual = if retval == judge.pass_code() {
+                "pass"
+            } else {
+                "drop"
+            };
             if actual != expected {
                 problems.push(format!(
                     "{destination} ({stands_for}) on {program}: {actual}, but the policy says {expected}"
@@ -324,16 +349,7 @@ pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckE
             });
         }
     }
-    Ok(CheckReport {
-        pin_path: layout.root.display().to_string(),
-        mode: live.mode,
-        policy_version: format!("{:016x}", live.policy_version),
-        attachments,
-        raw_socket_guards,
-        probes,
-        problems,
-        notes,
-    })
+    Ok(probes)
 }
 
 /// Interfaces of this network namespace that are up (or of unknown state), other than
@@ -350,7 +366,7 @@ fn interfaces_without_tc(attachments: &[String]) -> Vec<String> {
             let state = read("operstate")?;
             let index: u32 = read("ifindex")?.trim().parse().ok()?;
             let up = matches!(state.trim(), "up" | "unknown");
-            let link = crate::pins::tc_link_name(index).ok()?;
+            let link = LinkName::tc(index).ok()?.to_string();
             (name != "lo" && up && !attachments.contains(&link)).then_some(name)
         })
         .collect();
@@ -358,15 +374,24 @@ fn interfaces_without_tc(attachments: &[String]) -> Vec<String> {
     unhooked
 }
 
-/// Each cgroup egress link, and whether the guard link of the same cgroup (`opt<name>`) is
-/// pinned beside it.
+/// Each cgroup egress link, and whether the guard link of the same cgroup is pinned beside
+/// it.
 fn guards(attachments: &[String]) -> Vec<GuardStatus> {
     attachments
         .iter()
-        .filter(|name| name.starts_with("cgroup-"))
-        .map(|name| GuardStatus {
-            cgroup_link: name.clone(),
-            attached: attachments.contains(&format!("opt{name}")),
+        .filter_map(|name| match name.parse() {
+            Ok(
+                link @ LinkName::Cgroup {
+                    hook: CgroupHook::Egress,
+                    ..
+                },
+            ) => Some(GuardStatus {
+                cgroup_link: name.clone(),
+                attached: link
+                    .beside(CgroupHook::Setsockopt)
+                    .is_some_and(|guard| attachments.contains(&guard.to_string())),
+            }),
+            _ => None,
         })
         .collect()
 }
@@ -506,7 +531,7 @@ mod tests {
     fn probe_frames_parse_back_to_their_destination() {
         for (address, _) in PROBES {
             let destination: IpAddr = address.parse().unwrap();
-            let frame = testrun::frame_to(destination);
+            let frame = frame_to(destination);
             let parsed = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
             let dst = match parsed.net.unwrap() {
                 etherparse::NetSlice::Ipv4(ip) => IpAddr::V4(ip.header().destination_addr()),

@@ -359,13 +359,7 @@ pub struct Clock {
 impl Clock {
     /// Reads both clocks now. Re-read it per batch so wall-clock steps are followed.
     pub fn now() -> Clock {
-        let mut boot = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the timespec; CLOCK_BOOTTIME always exists.
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut boot) };
-        let since_boot = Duration::new(boot.tv_sec as u64, boot.tv_nsec as u32);
+        let since_boot = Duration::from_nanos(crate::clock::boot_time_ns());
         Clock::with_boot_epoch(SystemTime::now() - since_boot)
     }
 

@@ -8,16 +8,13 @@
 
 use std::collections::HashSet;
 
-use aya::maps::{HashMap, MapData, MapError, Queue};
 use egress_monitor_common::{
     event::Event,
-    flow::{FlowKey, FlowReported, FlowValue},
-    maps as names,
-    policy::config,
+    flow::{FlowKey, FlowReported},
 };
 
 use crate::{
-    datapath::{DatapathError, open_map, read_config, write_config},
+    datapath::{DatapathError, FlowMaps},
     pins::PinLayout,
 };
 
@@ -35,13 +32,9 @@ pub struct FlowUpdate {
 
 /// Reads and reports the kernel's flows.
 pub struct FlowReporter {
-    layout: PinLayout,
-    /// The dirty-flow queues, by the parity of the period they were pushed in.
-    dirty: [Queue<MapData, FlowKey>; 2],
+    maps: FlowMaps,
     /// No sweep yet: the first also takes what older periods left.
     first: bool,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
-    reported: HashMap<MapData, FlowKey, FlowReported>,
     generation: u64,
     updates: u64,
     evicted: u64,
@@ -52,16 +45,11 @@ impl FlowReporter {
     ///
     /// [`sweep`]: FlowReporter::sweep
     pub fn open(layout: &PinLayout) -> Result<FlowReporter, DatapathError> {
+        let maps = FlowMaps::open(layout)?;
         Ok(FlowReporter {
-            layout: layout.clone(),
-            dirty: [
-                open_map(layout, names::FLOW_DIRTY[0])?,
-                open_map(layout, names::FLOW_DIRTY[1])?,
-            ],
+            generation: maps.generation()?,
+            maps,
             first: true,
-            flows: open_map(layout, names::FLOWS)?,
-            reported: open_map(layout, names::FLOW_REPORTED)?,
-            generation: read_config(layout)?.flow_generation,
             updates: 0,
             evicted: 0,
         })
@@ -84,25 +72,20 @@ impl FlowReporter {
             0 => 1,
             next => next,
         };
-        write_config(&self.layout, config::FLOW_GENERATION, self.generation)?;
+        self.maps.set_generation(self.generation)?;
         self.pop_all(ended as usize & 1, &mut keys)?;
         let mut updates = Vec::with_capacity(keys.len());
         for key in keys {
-            let flow = match self.flows.get(&key, 0) {
-                Ok(flow) => flow,
-                Err(MapError::KeyNotFound) => {
-                    // Forgotten by the LRU map between its packets and this sweep (more flows
-                    // than it holds): what it sent since its last report is in the counters
-                    // and metrics, not in an event.
-                    self.evicted += 1;
-                    continue;
-                }
-                Err(err) => return Err(DatapathError::map(names::FLOWS, "read")(err)),
+            let Some(flow) = self.maps.flow(&key)? else {
+                // Forgotten by the LRU map between its packets and this sweep (more flows than
+                // it holds): what it sent since its last report is in the counters and
+                // metrics, not in an event.
+                self.evicted += 1;
+                continue;
             };
             let before = self
-                .reported
-                .get(&key, 0)
-                .ok()
+                .maps
+                .reported(&key)
                 .filter(|r| r.first_ts_boot_ns == flow.first.ts_boot_ns)
                 // Never reported since its first event, which stood for one packet.
                 .unwrap_or(FlowReported {
@@ -125,9 +108,7 @@ impl FlowReporter {
                 packets: flow.packets,
                 bytes: flow.bytes,
             };
-            self.reported
-                .insert(&key, &now, 0)
-                .map_err(DatapathError::map(names::FLOW_REPORTED, "write"))?;
+            self.maps.set_reported(&key, &now)?;
         }
         updates.sort_by_key(|update| update.last_seen_ns);
         self.updates += updates.len() as u64;
@@ -135,24 +116,17 @@ impl FlowReporter {
     }
 
     fn pop_all(&mut self, parity: usize, keys: &mut HashSet<FlowKey>) -> Result<(), DatapathError> {
-        loop {
-            match self.dirty[parity].pop(0) {
-                Ok(key) => {
-                    keys.insert(key);
-                }
-                Err(MapError::ElementNotFound) => return Ok(()),
-                Err(err) => {
-                    return Err(DatapathError::map(names::FLOW_DIRTY[parity], "read")(err));
-                }
-            }
+        while let Some(key) = self.maps.pop_dirty(parity)? {
+            keys.insert(key);
         }
+        Ok(())
     }
 
     /// Turns aggregation off: from now on every denied packet is an event of its own. Call
     /// [`sweep`](FlowReporter::sweep) first to report what the flows hold.
     pub fn disable(&mut self) -> Result<(), DatapathError> {
         self.generation = 0;
-        write_config(&self.layout, config::FLOW_GENERATION, 0)
+        self.maps.set_generation(0)
     }
 
     /// Flow updates reported so far by this reporter.

@@ -11,8 +11,9 @@
 //! - The policy (groups, the policy file, validation, the effective rule list) is the crate
 //!   `egress_monitor_policy`; what the node and the controller say to each other is
 //!   `egress_monitor_api`.
-//! - [`datapath`]: the pinned state — create, adopt or replace it, apply policies by diff,
-//!   attach, read counters, detach. All BPF syscalls for the live state live here.
+//! - [`datapath`]: the pinned state — create, adopt or replace it, apply policies by a planned
+//!   diff, attach, read counters and flows, test-run packets, detach. Every pin opened and
+//!   every BPF syscall is made there.
 //! - [`pins`]: where pins and the run directory are; [`state`]: the applied policy's names;
 //!   [`source`]: which policy source the node follows (`policy apply` records one).
 //! - [`events`]: ring-buffer records → JSON lines; [`flows`]: the periodic flow reports;
@@ -21,6 +22,7 @@
 //! - [`status`], [`check`]: what is enforced, and proof by synthetic packets.
 //! - [`metrics`]: Prometheus `/metrics`, read from the pinned maps at each scrape.
 //! - [`azure`]: `nsg-audit` (does the NSG let the node out?) and the node's VNet from IMDS.
+//! - [`clock`]: `CLOCK_BOOTTIME`, the kernel's timestamps.
 //! - [`cgroup`], [`iface`], [`process`]: the cgroup2 hierarchy, network interfaces, and the
 //!   executables that events name.
 //! - [`resolvers`]: whose DNS answers teach (the node's resolvers, trusted network namespaces).
@@ -31,6 +33,7 @@ pub mod azure;
 pub mod cgroup;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod counts;
 pub mod daemon;
 pub mod datapath;
@@ -49,5 +52,4 @@ pub mod resolvers;
 pub mod source;
 pub mod state;
 pub mod status;
-pub mod testrun;
 pub mod tunnel;

@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! <pin path>/maps/<MAP>                    every map (policy tries, config, counters, events)
-//! <pin path>/programs/{cgroup_egress,tc_egress}
-//! <pin path>/links/cgroup-<cgroup id>      one pinned link per attachment: the attachment
-//! <pin path>/links/tc-<netns id>-<ifindex>     lives as long as its pin
+//! <pin path>/programs/<program>            every program of the kernel object
+//! <pin path>/links/<link name>             one pinned link per attachment, which lives as
+//!                                          long as its pin (names: `datapath::LinkName`)
 //! <run dir>/state.json                     the applied policy's rules and names
 //! <run dir>/daemon.pid                     the running daemon, if any
 //! <run dir>/policy-source.json             the file `policy apply` made the node's source
@@ -16,7 +16,6 @@
 use std::{
     ffi::CString,
     io,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -114,18 +113,6 @@ impl PinLayout {
         }
         Ok(())
     }
-}
-
-/// The pin name of a cgroup attachment: the cgroup's id (its directory's inode number).
-pub fn cgroup_link_name(cgroup: &Path) -> io::Result<String> {
-    Ok(format!("cgroup-{}", std::fs::metadata(cgroup)?.ino()))
-}
-
-/// The pin name of a TC attachment: the calling thread's network namespace and the ifindex
-/// (indices repeat across namespaces).
-pub fn tc_link_name(ifindex: u32) -> io::Result<String> {
-    let netns = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
-    Ok(format!("tc-{netns}-{ifindex}"))
 }
 
 fn existing_ancestor(path: &Path) -> PathBuf {

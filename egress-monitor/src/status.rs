@@ -7,7 +7,7 @@ use serde::Serialize;
 use egress_monitor_policy::Mode;
 
 use crate::{
-    datapath::{Counters, Datapath, DatapathError, build_id},
+    datapath::{Counters, Datapath, DatapathError, LinkName, build_id},
     pins::PinLayout,
     state::StateFile,
 };
@@ -47,7 +47,7 @@ pub struct DnsAllowed {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Attached {
-    /// The pinned link's name: `cgroup-<id>` or `tc-<netns id>-<ifindex>`.
+    /// The pinned link's name, as `datapath::LinkName` makes it.
     pub link: String,
     /// The cgroup's path or the interface's name, when they can still be found from here.
     pub target: Option<String>,
@@ -108,7 +108,7 @@ fn dns_allowed(
     datapath: &Datapath,
     state: Option<&StateFile>,
 ) -> Result<Vec<DnsAllowed>, DatapathError> {
-    let now = crate::datapath::boot_time_ns();
+    let now = crate::clock::boot_time_ns();
     let mut allowed: Vec<DnsAllowed> = datapath
         .learned()?
         .into_iter()
@@ -131,25 +131,19 @@ fn dns_allowed(
 /// its id (the directory's inode) below the cgroup2 root, the interface by index when the link
 /// is in this process's network namespace.
 fn describe(link: &str) -> Option<String> {
-    if let Some(id) = link
-        .strip_prefix("cgroup-")
-        .or_else(|| link.strip_prefix("sockcgroup-"))
-        .or_else(|| link.strip_prefix("incgroup-"))
-        .or_else(|| link.strip_prefix("optcgroup-"))
-    {
-        let id: u64 = id.parse().ok()?;
-        return crate::cgroup::path_of(&crate::cgroup::root().ok()?, id)
-            .map(|p| p.display().to_string());
-    }
-    let rest = link.strip_prefix("tc-")?;
-    let (netns, ifindex) = rest.split_once('-')?;
-    let own = std::fs::metadata("/proc/self/ns/net").ok()?;
-    if std::os::unix::fs::MetadataExt::ino(&own).to_string() != netns {
+    let (netns, ifindex) = match link.parse().ok()? {
+        LinkName::Cgroup { cgroup, .. } => {
+            return crate::cgroup::path_of(&crate::cgroup::root().ok()?, cgroup)
+                .map(|p| p.display().to_string());
+        }
+        LinkName::Tc { netns, ifindex } => (netns, ifindex),
+    };
+    if LinkName::own_netns().ok()? != netns {
         return Some(format!("ifindex {ifindex} in network namespace {netns}"));
     }
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into the buffer.
-    let found = unsafe { libc::if_indextoname(ifindex.parse().ok()?, name.as_mut_ptr()) };
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
     if found.is_null() {
         return Some(format!("ifindex {ifindex} (gone)"));
     }

@@ -1,7 +1,85 @@
-//! Running packets through a loaded program without sending them: `BPF_PROG_TEST_RUN`, for
+//! Running packets through the pinned programs without sending them: `BPF_PROG_TEST_RUN`, for
 //! `check` (one verdict per probe) and the benchmark (the per-packet cost).
 
-use std::{io, net::IpAddr};
+use std::{
+    io,
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::programs::{CgroupSkb, CgroupSkbAttachType, SchedClassifier};
+
+use super::{CGROUP_PROGRAM, Datapath, DatapathError, TC_PROGRAM};
+
+/// A program that judges packets, run on a synthetic one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Judge {
+    Cgroup,
+    Tc,
+}
+
+impl Judge {
+    pub const ALL: [Judge; 2] = [Judge::Cgroup, Judge::Tc];
+
+    pub fn program(self) -> &'static str {
+        match self {
+            Judge::Cgroup => CGROUP_PROGRAM,
+            Judge::Tc => TC_PROGRAM,
+        }
+    }
+
+    /// What the program returns for a packet it passes: cgroup_skb's 1, TC's `TC_ACT_UNSPEC`
+    /// (-1: the next program on the hook has its say).
+    pub fn pass_code(self) -> u32 {
+        match self {
+            Judge::Cgroup => 1,
+            Judge::Tc => u32::MAX,
+        }
+    }
+}
+
+/// The pinned judging programs, opened for test runs.
+pub struct TestRunner {
+    cgroup: CgroupSkb,
+    tc: SchedClassifier,
+}
+
+impl Datapath {
+    /// Opens the pinned programs that judge packets, to run synthetic ones through them.
+    pub fn test_runner(&self) -> Result<TestRunner, DatapathError> {
+        let cgroup = CgroupSkb::from_pin(
+            self.target.program(CGROUP_PROGRAM),
+            CgroupSkbAttachType::Egress,
+        )
+        .map_err(DatapathError::program(CGROUP_PROGRAM))?;
+        let tc = SchedClassifier::from_pin(self.target.program(TC_PROGRAM))
+            .map_err(DatapathError::program(TC_PROGRAM))?;
+        // Loaded from their pins, both have a descriptor: asked here so `run` cannot fail on it.
+        cgroup
+            .fd()
+            .map_err(DatapathError::program(CGROUP_PROGRAM))?;
+        tc.fd().map_err(DatapathError::program(TC_PROGRAM))?;
+        Ok(TestRunner { cgroup, tc })
+    }
+}
+
+impl TestRunner {
+    /// Runs `frame` through `judge`'s program `repeat` times (see [`test_run`]).
+    pub fn run(
+        &self,
+        judge: Judge,
+        frame: &[u8],
+        repeat: u32,
+        secret: Option<u64>,
+    ) -> io::Result<TestRun> {
+        let fd = match judge {
+            Judge::Cgroup => self.cgroup.fd(),
+            Judge::Tc => self.tc.fd(),
+        }
+        .map_err(io::Error::other)?;
+        test_run(fd.as_fd().as_raw_fd(), frame, repeat, secret)
+    }
+}
 
 /// An Ethernet frame carrying a small UDP datagram to `destination` (test runs take an L2
 /// frame for both program types; cgroup_skb sees it from the IP header on, as on the wire).
@@ -47,7 +125,12 @@ const SKB_CB_OFFSET: usize = 48;
 /// `bpf(BPF_PROG_TEST_RUN)`: runs `frame` through the program `repeat` times, with `secret` in
 /// the skb's `cb[0..2]` when given (see `egress_monitor_common::policy::config::CHECK_SECRET`):
 /// the programs then judge the packet without counting or reporting it.
-pub fn run(program_fd: i32, frame: &[u8], repeat: u32, secret: Option<u64>) -> io::Result<TestRun> {
+fn test_run(
+    program_fd: i32,
+    frame: &[u8],
+    repeat: u32,
+    secret: Option<u64>,
+) -> io::Result<TestRun> {
     const BPF_PROG_TEST_RUN: libc::c_long = 10;
     // struct __sk_buff up to cb[1]; every other field stays zero, as the kernel requires.
     let mut context = [0u8; SKB_CB_OFFSET + 8];
