@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use egress_monitor::{datapath::Datapath, pins::PinLayout};
+use egress_monitor::{datapath::Datapath, datapath::pins::PinLayout};
 use egress_monitor_tests::{
     bpffs::BpfFs,
     cgroup::Cgroup,

@@ -59,7 +59,7 @@ pub fn measure(rule_counts: &[usize], quick: bool) -> anyhow::Result<Verdicts> {
         );
         let layout = bpffs.layout();
         // Flow aggregation on, as the daemon runs it: a denied packet is counted in its flow.
-        egress_monitor::flows::FlowReporter::open(&layout)?.sweep()?;
+        egress_monitor::events::flows::FlowReporter::open(&layout)?.sweep()?;
         let runner = datapath.test_runner()?;
         for judge in Judge::ALL {
             let program = judge.program();

@@ -10,7 +10,7 @@ use clap::{
 use egress_monitor_api::Words;
 use egress_monitor_policy::Mode;
 
-use crate::{daemon::HookChoice, pins::DEFAULT_PIN_PATH};
+use crate::{daemon::HookChoice, datapath::pins::DEFAULT_PIN_PATH};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use egress_monitor::pins::PinLayout;
+use egress_monitor::datapath::pins::PinLayout;
 
 use crate::{is_stale, unique_id};
 

@@ -19,7 +19,8 @@ pub struct Cgroup {
 
 impl Cgroup {
     pub fn new() -> anyhow::Result<Cgroup> {
-        let root = egress_monitor::cgroup::root().context("finding the cgroup2 hierarchy")?;
+        let root =
+            egress_monitor::system::cgroup::root().context("finding the cgroup2 hierarchy")?;
         let path = root.join(format!("{KIND}-{}", unique_id()));
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Cgroup { path })
@@ -50,7 +51,7 @@ fn remove(path: &Path) {
 }
 
 pub(crate) fn sweep_stale() {
-    let Ok(root) = egress_monitor::cgroup::root() else {
+    let Ok(root) = egress_monitor::system::cgroup::root() else {
         return;
     };
     let Ok(entries) = std::fs::read_dir(&root) else {

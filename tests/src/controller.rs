@@ -254,7 +254,7 @@ impl Api {
     /// Trusting only this CA certificate (PEM).
     pub fn with_ca(base: &str, ca: &Path) -> Api {
         let pem = std::fs::read(ca).unwrap();
-        let certs = egress_monitor::reporter::client::pem_certificates(&pem);
+        let certs = egress_monitor::fleet::reporter::client::pem_certificates(&pem);
         let tls = ureq::tls::TlsConfig::builder()
             .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
             .build();

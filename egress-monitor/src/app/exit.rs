@@ -3,10 +3,10 @@
 use std::{error::Error, process::ExitCode};
 
 use crate::{
-    check::CheckError,
     daemon::DaemonError,
     datapath::DatapathError,
-    error::{hint_for, root_io_error},
+    inspect::check::CheckError,
+    system::error::{hint_for, root_io_error},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

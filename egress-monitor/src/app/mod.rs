@@ -15,10 +15,10 @@ mod run;
 
 use self::exit::ExitStatus;
 use crate::{
-    check,
     cli::{Cli, Command, PolicyCommand},
-    error::chain,
-    pins::PinLayout,
+    datapath::pins::PinLayout,
+    inspect::check,
+    system::error::chain,
 };
 
 pub fn main(cli: Cli) -> ExitCode {

@@ -6,7 +6,7 @@ use super::{
     exit::{ExitStatus, classify},
     fail, print,
 };
-use crate::{azure, check, datapath, pins::PinLayout, status};
+use crate::{azure, datapath, datapath::pins::PinLayout, inspect::check, inspect::status};
 
 pub fn status(layout: &PinLayout, json: bool) -> ExitCode {
     match status::status(layout) {

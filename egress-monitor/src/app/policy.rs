@@ -17,11 +17,11 @@ use super::{
 };
 use crate::{
     cli::PolicyArgs,
+    daemon::source::{self, RecordedSource},
+    datapath::pins::PinLayout,
     datapath::{Datapath, DatapathError},
-    pins::PinLayout,
-    reporter::ReporterStatus,
-    source::{self, RecordedSource},
-    status,
+    fleet::reporter::ReporterStatus,
+    inspect::status,
 };
 
 /// Exit 0 valid, 1 invalid (whatever the reason: it answers a yes/no question).
@@ -180,7 +180,7 @@ fn apply_through_daemon(
     record: &RecordedSource,
 ) -> ExitCode {
     let applied_state = || {
-        crate::state::StateFile::load(&layout.state_file())
+        crate::datapath::state::StateFile::load(&layout.state_file())
             .ok()
             .flatten()
             .map(|state| (state.version, state.applied_at))

@@ -12,7 +12,7 @@ use crate::{
     cli::RunArgs,
     daemon::{self, RunConfig},
     events::EventsTarget,
-    reporter::ReporterConfig,
+    fleet::reporter::ReporterConfig,
 };
 
 pub fn run(args: RunArgs) -> ExitCode {
@@ -49,7 +49,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             node_id: args
                 .node_id
                 .clone()
-                .unwrap_or_else(crate::reporter::identity::hostname),
+                .unwrap_or_else(crate::fleet::reporter::identity::hostname),
             interval: std::time::Duration::from_secs(u64::from(args.report_interval)),
             spool_dir: args.spool_dir.clone(),
             spool_max_bytes: args.spool_max_mb << 20,

@@ -141,7 +141,7 @@ pub fn prefixes_or_last_known(url: &str, last_known: &Path) -> Vec<VnetPrefix> {
                 .unwrap_or_default();
             log::warn!(
                 "{}; keeping the {} VNet prefixes last known",
-                crate::error::chain(&err),
+                crate::system::error::chain(&err),
                 last.len()
             );
             last

@@ -26,8 +26,8 @@ use super::{
 use egress_monitor_policy::{Mode, Policy};
 
 use crate::{
-    pins::PinLayout,
-    state::{StateFile, StateRule},
+    datapath::pins::PinLayout,
+    datapath::state::{StateFile, StateRule},
 };
 
 /// What [`Datapath::apply`] changed.

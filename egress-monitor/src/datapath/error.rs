@@ -6,8 +6,8 @@ use aya::{maps::MapError, programs::ProgramError};
 
 use super::object::REQUIRED_CAPABILITIES;
 use crate::{
-    cgroup::CgroupError, iface::InterfaceError, pins::PinError, resolvers::NetnsError,
-    state::StateError,
+    datapath::pins::PinError, datapath::state::StateError, system::cgroup::CgroupError,
+    system::iface::InterfaceError, system::resolvers::NetnsError,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! The flow maps, as the daemon's flow reports read them (the protocol:
-//! `egress_monitor_common::flow`; the reports: [`crate::flows`]).
+//! `egress_monitor_common::flow`; the reports: [`crate::events::flows`]).
 
 use aya::maps::{HashMap, MapData, MapError, Queue};
 use egress_monitor_common::{
@@ -12,7 +12,7 @@ use super::{
     DatapathError,
     maps::{open_map, read_config, write_config},
 };
-use crate::pins::PinLayout;
+use crate::datapath::pins::PinLayout;
 
 /// The pinned flow maps of one pin path.
 pub struct FlowMaps {

@@ -20,7 +20,7 @@ use super::{
 };
 use egress_monitor_policy::Policy;
 
-use crate::{pins::PinLayout, state::StateFile};
+use crate::{datapath::pins::PinLayout, datapath::state::StateFile};
 
 /// An attachment to make again when bigger maps are swapped in.
 pub(super) enum Reattach {

@@ -14,9 +14,9 @@ use super::{
     TC_PROGRAM,
 };
 use crate::{
-    cgroup,
-    iface::{self, InterfaceError},
-    pins::PinLayout,
+    datapath::pins::PinLayout,
+    system::cgroup,
+    system::iface::{self, InterfaceError},
 };
 
 /// The calling thread's network namespace, whose inode number TC link names carry.

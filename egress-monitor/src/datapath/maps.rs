@@ -10,7 +10,7 @@ use egress_monitor_common::{
 use super::{DatapathError, LiveConfig};
 use egress_monitor_policy::Mode;
 
-use crate::pins::PinLayout;
+use crate::datapath::pins::PinLayout;
 
 /// The kinds of map the object defines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,6 +25,9 @@
 //! - `counters`, `flow_maps`: reading the counters and the flows; `testrun`:
 //!   `BPF_PROG_TEST_RUN` through the judging programs.
 
+pub mod pins;
+pub mod state;
+
 mod apply;
 mod counters;
 mod error;
@@ -45,7 +48,7 @@ use serde::Serialize;
 
 use egress_monitor_policy::Mode;
 
-use crate::pins::PinLayout;
+use crate::datapath::pins::PinLayout;
 
 pub use apply::ApplyReport;
 pub use counters::{Counters, HookCounters, Totals};
@@ -99,7 +102,7 @@ pub struct LiveConfig {
     pub policy_version: u64,
     pub build_id: u64,
     pub pinned_since: u64,
-    /// The flow reporting period; 0: every denied packet is an event (see [`crate::flows`]).
+    /// The flow reporting period; 0: every denied packet is an event (see [`crate::events::flows`]).
     pub flow_generation: u64,
 }
 
@@ -314,7 +317,7 @@ impl Datapath {
     /// Removes learned addresses whose time is up (the kernel already ignores them; this
     /// frees their slots). Returns how many went.
     pub fn prune_learned(&self) -> Result<usize, DatapathError> {
-        let now = crate::clock::boot_time_ns();
+        let now = crate::system::clock::boot_time_ns();
         let expired: Vec<IpAddr> = self
             .learned()?
             .into_iter()

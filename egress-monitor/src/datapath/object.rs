@@ -11,7 +11,7 @@ use super::{
     maps::{MAPS, Size, write_config},
     remove_pins,
 };
-use crate::pins::PinLayout;
+use crate::datapath::pins::PinLayout;
 
 /// The kernel object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
 pub(super) static EBPF_OBJECT: &[u8] =

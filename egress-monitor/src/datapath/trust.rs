@@ -10,7 +10,7 @@ use super::{
 };
 use egress_monitor_policy::Policy;
 
-use crate::{cgroup, resolvers};
+use crate::{system::cgroup, system::resolvers};
 
 /// Whose DNS answers teach and which cgroups the raw-socket guards leave alone, as the maps
 /// hold them.
@@ -59,7 +59,7 @@ impl TrustPlan {
                 Err(err) => log::warn!(
                     "[raw_sockets] allow_cgroups: {} is not exempt: {}",
                     path.display(),
-                    crate::error::chain(&err)
+                    crate::system::error::chain(&err)
                 ),
             }
         }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use egress_monitor::pins::PinLayout;
+use egress_monitor::datapath::pins::PinLayout;
 use egress_monitor_tests::{daemon_binary, logged::Logged, netns::INTERNET_V4};
 
 use crate::{Daemon, Node, egress_monitor, status_json, stderr, stdout};

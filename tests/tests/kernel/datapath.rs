@@ -568,7 +568,7 @@ fn rule_ids_follow_prefixes_across_applies() {
     let next = egress_monitor_policy::Policy::build(None, &rules, Some(Mode::Enforce)).unwrap();
     let report = fx.datapath.apply(&next).unwrap();
     assert_eq!((report.inserted, report.removed), (1, 1), "{report}");
-    let names = egress_monitor::state::StateFile::load(&fx.bpffs.layout().state_file())
+    let names = egress_monitor::datapath::state::StateFile::load(&fx.bpffs.layout().state_file())
         .unwrap()
         .unwrap();
     let new_id = rule_id(&names, "cli-deny");
@@ -643,7 +643,7 @@ fn a_change_that_needs_room_for_both_policies_grows_first() {
     assert!(report.grown.is_some(), "{report}");
     assert_eq!(report.inserted, 3000, "{report}");
     assert_eq!(report.removed, 3000, "{report}");
-    let names = egress_monitor::state::StateFile::load(&fx.bpffs.layout().state_file())
+    let names = egress_monitor::datapath::state::StateFile::load(&fx.bpffs.layout().state_file())
         .unwrap()
         .unwrap();
     assert!(names.rules.iter().any(|rule| rule.cidr == "100.65.0.7/32"));

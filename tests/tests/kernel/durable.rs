@@ -3,7 +3,7 @@
 use std::{net::IpAddr, path::Path, time::Duration};
 
 use aya::maps::{Array, Map, MapData};
-use egress_monitor::pins::PinLayout;
+use egress_monitor::datapath::pins::PinLayout;
 use egress_monitor_common::{maps::CONFIG, policy::config};
 use egress_monitor_tests::{
     dns::{DnsServer, Record},
@@ -431,8 +431,8 @@ fn check_says_what_it_proves() {
 
     // 32-bit system calls skip the cgroup hooks: where this kernel has them, check says so
     // and fails unless the risk is accepted.
-    let compat_on =
-        egress_monitor::check::this_kernels_compat() != egress_monitor::check::Compat::Off;
+    let compat_on = egress_monitor::inspect::check::this_kernels_compat()
+        != egress_monitor::inspect::check::Compat::Off;
     let output = egress_monitor(&["check", "--pin-path", &pin]);
     let text = stdout(&output);
     assert_eq!(

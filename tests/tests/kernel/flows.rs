@@ -7,8 +7,8 @@ use std::{
 };
 
 use egress_monitor::{
+    events::flows::FlowReporter,
     events::{Clock, EventRecord},
-    flows::FlowReporter,
 };
 use egress_monitor_policy::Mode;
 use egress_monitor_tests::netns::{INTERNET_V4, INTERNET_V6, UDP_PORT};

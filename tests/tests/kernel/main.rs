@@ -35,9 +35,9 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use egress_monitor::{
+    datapath::state::StateFile,
     datapath::{Datapath, HookCounters},
     events::{self, Clock, EventRecord},
-    state::StateFile,
 };
 use egress_monitor_policy::{CommandLineRules, Mode, Policy};
 pub use egress_monitor_tests::daemon::Daemon;

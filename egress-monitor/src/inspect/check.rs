@@ -18,9 +18,9 @@ use serde::Serialize;
 use egress_monitor_policy::{Action, Mode};
 
 use crate::{
+    datapath::pins::PinLayout,
+    datapath::state::StateFile,
     datapath::{CgroupHook, Datapath, DatapathError, Judge, LinkName, frame_to},
-    pins::PinLayout,
-    state::StateFile,
 };
 
 /// Destinations probed: (address, what it stands for).
@@ -183,7 +183,7 @@ pub fn this_kernels_compat() -> Compat {
 pub fn check(layout: &PinLayout, options: Options) -> Result<CheckReport, CheckError> {
     let datapath = Datapath::existing(layout)?;
     let live = datapath.config()?;
-    let state = crate::state::StateFile::load(&layout.state_file())
+    let state = crate::datapath::state::StateFile::load(&layout.state_file())
         .map_err(DatapathError::from)?
         .ok_or_else(|| CheckError::NoState(layout.root.display().to_string()))?;
     let attachments: Vec<String> = datapath.attachments().into_iter().map(|a| a.name).collect();
@@ -525,7 +525,7 @@ pub fn render(report: &CheckReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::StateRule;
+    use crate::datapath::state::StateRule;
 
     #[test]
     fn probe_frames_parse_back_to_their_destination() {

@@ -6,6 +6,11 @@
 //! "src":"10.77.0.2","dst":"203.0.113.1","src_port":40000,"dst_port":53,"packets":1,
 //! "bytes":56,"len":56,"rule":"default",…,"uid":0,"cgroup_id":1234}`
 
+pub mod counts;
+pub mod dns;
+pub mod flows;
+pub mod tunnel;
+
 use std::{
     fs::{File, OpenOptions},
     io::{self, BufWriter, Write},
@@ -24,7 +29,7 @@ use egress_monitor_common::{
 };
 use serde::Serialize;
 
-use crate::{flows::FlowUpdate, state::StateFile};
+use crate::{datapath::state::StateFile, events::flows::FlowUpdate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -218,7 +223,7 @@ pub struct EventRecord {
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
     /// The name the node resolved `dst` from recently, when an answer said so (filled in by
-    /// the daemon, see [`crate::dns_events::NameCache`]).
+    /// the daemon, see [`crate::events::dns::NameCache`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_name: Option<String>,
     pub src_port: Option<u16>,
@@ -242,14 +247,14 @@ pub struct EventRecord {
     pub pid: Option<u32>,
     pub comm: Option<String>,
     /// Its executable, when the process still exists as the event is read (filled in by the
-    /// daemon, see [`crate::process::ExeCache`]).
+    /// daemon, see [`crate::system::process::ExeCache`]).
     pub exe: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
     /// The cgroup's path, when it still exists (filled in by the daemon, see
-    /// [`crate::cgroup::PathCache`]).
+    /// [`crate::system::cgroup::PathCache`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -359,7 +364,7 @@ pub struct Clock {
 impl Clock {
     /// Reads both clocks now. Re-read it per batch so wall-clock steps are followed.
     pub fn now() -> Clock {
-        let since_boot = Duration::from_nanos(crate::clock::boot_time_ns());
+        let since_boot = Duration::from_nanos(crate::system::clock::boot_time_ns());
         Clock::with_boot_epoch(SystemTime::now() - since_boot)
     }
 
@@ -509,7 +514,7 @@ mod tests {
     use super::*;
     use egress_monitor_common::{dns::DNS_EVENT_SIZE, event::EVENT_SIZE, guard::GUARD_EVENT_SIZE};
 
-    use crate::state::StateRule;
+    use crate::datapath::state::StateRule;
 
     fn event() -> Event {
         let mut src = [0u8; 16];

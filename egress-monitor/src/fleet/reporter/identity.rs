@@ -39,7 +39,7 @@ fn vm_id(imds_url: &str) -> Option<String> {
         Err(err) => {
             log::warn!(
                 "reports go without the VM id: {}",
-                crate::error::chain(&err)
+                crate::system::error::chain(&err)
             );
             None
         }

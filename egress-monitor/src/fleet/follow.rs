@@ -14,7 +14,7 @@ use egress_monitor_policy::{Mode, PolicySource};
 
 use crate::{
     datapath::Datapath,
-    reporter::{Following, spool::write_durably},
+    fleet::reporter::{Following, spool::write_durably},
 };
 
 /// What was applied last: `fleet.json` beside the policy file.
@@ -85,7 +85,8 @@ pub fn apply(
                 desired.policy_version
             )
         })?;
-        write_durably(&pending, text.as_bytes()).map_err(|err| crate::error::chain(&err))?;
+        write_durably(&pending, text.as_bytes())
+            .map_err(|err| crate::system::error::chain(&err))?;
         candidate.file = Some(pending.clone());
         // Validated under its pending name first: the live file is only ever a valid policy.
         if let Err(err) = candidate.build() {
@@ -106,7 +107,7 @@ pub fn apply(
     })?;
     let report = datapath
         .apply(&built)
-        .map_err(|err| crate::error::chain(&err))?;
+        .map_err(|err| crate::system::error::chain(&err))?;
     log::info!("fleet: {report}");
     let applied = Applied {
         policy_version: if policy.is_some() {
@@ -120,7 +121,7 @@ pub fn apply(
         &applied_path(dir),
         &serde_json::to_vec(&applied).expect("plain struct"),
     )
-    .map_err(|err| crate::error::chain(&err))?;
+    .map_err(|err| crate::system::error::chain(&err))?;
     *source = candidate;
     Ok(Following {
         policy_version: applied.policy_version,

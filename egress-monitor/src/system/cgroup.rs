@@ -53,7 +53,7 @@ pub fn open(path: &Path) -> Result<File, CgroupError> {
     if !path.exists() {
         return Err(CgroupError::NotFound(path.to_owned()));
     }
-    if !crate::fs::is(path, crate::fs::CGROUP2) {
+    if !crate::system::fs::is(path, crate::system::fs::CGROUP2) {
         return Err(CgroupError::NotCgroup2(path.to_owned()));
     }
     File::open(path).map_err(|source| CgroupError::Open {

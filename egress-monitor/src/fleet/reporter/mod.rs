@@ -6,7 +6,7 @@
 //!
 //! The controller's answer says which fleet policy and mode the node should run; when they
 //! differ from what it runs, the reporter fetches the policy and hands it to the daemon's loop,
-//! which validates and applies it live (see [`crate::fleet`]) and says how it went in the next
+//! which validates and applies it live (see [`crate::fleet::follow`]) and says how it went in the next
 //! report, sent at once.
 //!
 //! - [`feed`]: events from the daemon's loop; [`spool`]: the bounded disk queue;
@@ -35,7 +35,7 @@ use egress_monitor_api::wire::{
 };
 use egress_monitor_policy::Mode;
 
-use crate::pins::PinLayout;
+use crate::datapath::pins::PinLayout;
 
 #[derive(Clone, Debug)]
 pub struct ReporterConfig {
@@ -143,7 +143,7 @@ pub struct Reporter {
     updates: mpsc::Sender<FleetUpdate>,
     layout: PinLayout,
     started: Instant,
-    counts: Arc<crate::counts::DaemonCounts>,
+    counts: Arc<crate::events::counts::DaemonCounts>,
 }
 
 /// The first retry waits this long, doubling up to [`MAX_BACKOFF`].
@@ -159,7 +159,7 @@ impl Reporter {
         config: ReporterConfig,
         exchange: Arc<Exchange>,
         layout: PinLayout,
-        counts: Arc<crate::counts::DaemonCounts>,
+        counts: Arc<crate::events::counts::DaemonCounts>,
     ) -> Result<(Reporter, mpsc::Receiver<FleetUpdate>), ReporterError> {
         let client = Client::new(&config.url, &config.token_file, config.ca_file.as_deref())?;
         let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)?;
@@ -219,7 +219,10 @@ impl Reporter {
                 changed = stop.changed() => changed.is_err() || *stop.borrow(),
             };
             if let Err(err) = self.seal(&identity).await {
-                log::error!("cannot spool a report: {}", crate::error::chain(&err));
+                log::error!(
+                    "cannot spool a report: {}",
+                    crate::system::error::chain(&err)
+                );
             }
             self.publish(&mut link);
             if stopping {
@@ -279,7 +282,7 @@ impl Reporter {
             Ok(Err(err)) => {
                 log::warn!(
                     "the report goes without counters: {}",
-                    crate::error::chain(&err)
+                    crate::system::error::chain(&err)
                 );
                 Snapshot::unreadable()
             }
@@ -355,24 +358,24 @@ impl Reporter {
                     };
                     let body = spool
                         .read(&entry)
-                        .map_err(|err| SendError::Transport(crate::error::chain(&err)))?;
+                        .map_err(|err| SendError::Transport(crate::system::error::chain(&err)))?;
                     (entry, body)
                 };
                 match client.post_report(&body) {
                     Ok(reply) => {
                         let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
-                        spool
-                            .remove(entry.seq)
-                            .map_err(|err| SendError::Transport(crate::error::chain(&err)))?;
+                        spool.remove(entry.seq).map_err(|err| {
+                            SendError::Transport(crate::system::error::chain(&err))
+                        })?;
                         delivered += 1;
                         counts.reports_delivered.fetch_add(1, Relaxed);
                         desired = Some(reply.fleet);
                     }
                     Err(err) if err.is_invalid_request() => {
                         let mut spool = spool.lock().unwrap_or_else(|p| p.into_inner());
-                        let moved = spool
-                            .reject(entry.seq)
-                            .map_err(|err| SendError::Transport(crate::error::chain(&err)))?;
+                        let moved = spool.reject(entry.seq).map_err(|err| {
+                            SendError::Transport(crate::system::error::chain(&err))
+                        })?;
                         counts.reports_rejected.fetch_add(1, Relaxed);
                         log::error!(
                             "report #{} was refused as invalid and moved to {}: {err}",

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use egress_monitor_policy::{CommandLineRules, Mode, PolicySource};
 
-use crate::{pins::PinLayout, reporter::ReporterStatus};
+use crate::{datapath::pins::PinLayout, fleet::reporter::ReporterStatus};
 
 /// The name of the record in the run directory.
 const RECORD_FILE: &str = "policy-source.json";

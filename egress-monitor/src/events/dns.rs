@@ -13,9 +13,9 @@ use egress_monitor_common::{
 use serde::Serialize;
 
 use crate::{
+    datapath::state::StateFile,
+    events::tunnel::TunnelScore,
     events::{Action, Clock, EventError, Proto, action_of, comm_text, hook_of},
-    state::StateFile,
-    tunnel::TunnelScore,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -247,7 +247,7 @@ pub fn wire_to_text(wire: &[u8]) -> String {
 
 impl DnsRecord {
     /// A query event. The tunnelling score is left for the daemon, which keeps the state it
-    /// needs (see [`crate::tunnel::TunnelScorer`]).
+    /// needs (see [`crate::events::tunnel::TunnelScorer`]).
     pub fn query(
         event: &DnsEvent,
         names: &StateFile,

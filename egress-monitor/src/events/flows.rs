@@ -14,8 +14,8 @@ use egress_monitor_common::{
 };
 
 use crate::{
+    datapath::pins::PinLayout,
     datapath::{DatapathError, FlowMaps},
-    pins::PinLayout,
 };
 
 /// What one flow sent since its previous report.

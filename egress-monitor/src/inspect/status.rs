@@ -7,9 +7,9 @@ use serde::Serialize;
 use egress_monitor_policy::Mode;
 
 use crate::{
+    datapath::pins::PinLayout,
+    datapath::state::StateFile,
     datapath::{Counters, Datapath, DatapathError, LinkName, build_id},
-    pins::PinLayout,
-    state::StateFile,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -32,7 +32,7 @@ pub struct Status {
     /// Addresses domain rules allow now (learned from DNS answers), soonest to expire first.
     pub dns_allowed: Vec<DnsAllowed>,
     /// The link to the fleet controller, when the daemon reports to one.
-    pub controller: Option<crate::reporter::ReporterStatus>,
+    pub controller: Option<crate::fleet::reporter::ReporterStatus>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -100,7 +100,7 @@ pub fn status(layout: &PinLayout) -> Result<Status, DatapathError> {
         counters: datapath.counters()?,
         rule_hits,
         dns_allowed: dns_allowed(&datapath, state.as_ref())?,
-        controller: crate::reporter::ReporterStatus::read(layout),
+        controller: crate::fleet::reporter::ReporterStatus::read(layout),
     })
 }
 
@@ -108,7 +108,7 @@ fn dns_allowed(
     datapath: &Datapath,
     state: Option<&StateFile>,
 ) -> Result<Vec<DnsAllowed>, DatapathError> {
-    let now = crate::clock::boot_time_ns();
+    let now = crate::system::clock::boot_time_ns();
     let mut allowed: Vec<DnsAllowed> = datapath
         .learned()?
         .into_iter()
@@ -133,7 +133,7 @@ fn dns_allowed(
 fn describe(link: &str) -> Option<String> {
     let (netns, ifindex) = match link.parse().ok()? {
         LinkName::Cgroup { cgroup, .. } => {
-            return crate::cgroup::path_of(&crate::cgroup::root().ok()?, cgroup)
+            return crate::system::cgroup::path_of(&crate::system::cgroup::root().ok()?, cgroup)
                 .map(|p| p.display().to_string());
         }
         LinkName::Tc { netns, ifindex } => (netns, ifindex),
@@ -167,7 +167,7 @@ pub fn running_daemon(layout: &PinLayout) -> Option<u32> {
 }
 
 /// `controller https://… as node-a: delivering (last 2026-…), 0 pending; fleet policy v3, mode enforce`.
-fn controller_line(link: &crate::reporter::ReporterStatus) -> String {
+fn controller_line(link: &crate::fleet::reporter::ReporterStatus) -> String {
     let state = match (&link.failing_since, &link.last_error) {
         (Some(since), Some(error)) => format!("failing since {since} ({error})"),
         _ => format!(

@@ -31,10 +31,10 @@ use prometheus_client::{
 use egress_monitor_policy::Mode;
 
 use crate::{
-    counts::DaemonCounts,
+    datapath::pins::PinLayout,
     datapath::{Counters, Totals},
-    pins::PinLayout,
-    status,
+    events::counts::DaemonCounts,
+    inspect::status,
 };
 
 #[derive(Debug)]

@@ -99,11 +99,11 @@ impl PinLayout {
     /// then creates the directories.
     pub fn prepare(&self) -> Result<(), PinError> {
         let probe = existing_ancestor(&self.root);
-        if !crate::fs::is(&probe, crate::fs::BPF) {
+        if !crate::system::fs::is(&probe, crate::system::fs::BPF) {
             if self.root.starts_with(BPF_FS_DEFAULT_MOUNT) {
                 mount_bpf_fs()?;
             }
-            if !crate::fs::is(&existing_ancestor(&self.root), crate::fs::BPF) {
+            if !crate::system::fs::is(&existing_ancestor(&self.root), crate::system::fs::BPF) {
                 return Err(PinError::NotBpfFs(self.root.clone()));
             }
         }

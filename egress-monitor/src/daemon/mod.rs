@@ -5,9 +5,11 @@
 //! as the binary does with SIGINT/SIGTERM. SIGHUP re-reads the policy and applies the
 //! difference; a policy applied by `egress-monitor policy apply` is noticed within a tick.
 //!
-//! The policy is built from the source the node follows (see [`crate::source`]): the fleet's
+//! The policy is built from the source the node follows (see [`crate::daemon::source`]): the fleet's
 //! policy and mode, else the file `policy apply` recorded beside the pins, else the daemon's
 //! own arguments. Start-up and every SIGHUP choose again, so neither undoes an applied policy.
+
+pub mod source;
 
 use std::{
     future::Future,
@@ -26,17 +28,17 @@ use tokio::{
 use egress_monitor_policy::{Policy, PolicySource};
 
 use crate::{
-    cgroup::{self, CgroupError},
+    daemon::source::{RecordedSource, SourceError},
+    datapath::pins::PinLayout,
+    datapath::state::{StateError, StateFile},
     datapath::{ApplyReport, Counters, Datapath, DatapathError, Opened},
-    dns_events::{DnsAnswerRecord, DnsRecord},
+    events::dns::{DnsAnswerRecord, DnsRecord},
+    events::flows::FlowReporter,
     events::{self, Clock, EventRecord, EventWriter, EventsTarget, GuardRecord, KernelRecord},
-    flows::FlowReporter,
-    iface::{self, InterfaceError},
-    pins::PinLayout,
-    reporter::{Exchange, FleetUpdate, Reporter, ReporterConfig, ReporterError},
-    source::{self, RecordedSource, SourceError},
-    state::{StateError, StateFile},
-    status,
+    fleet::reporter::{Exchange, FleetUpdate, Reporter, ReporterConfig, ReporterError},
+    inspect::status,
+    system::cgroup::{self, CgroupError},
+    system::iface::{self, InterfaceError},
 };
 
 egress_monitor_api::words! {
@@ -65,7 +67,7 @@ pub struct RunConfig {
     /// The validated policy the daemon's own arguments make.
     pub policy: Policy,
     /// Where it came from: the daemon's own arguments. A source recorded by `policy apply`, and
-    /// the fleet's policy and mode, rank above them (see [`crate::source`]).
+    /// the fleet's policy and mode, rank above them (see [`crate::daemon::source`]).
     pub source: PolicySource,
     pub hook: HookChoice,
     /// The cgroup to attach to; the root of the cgroup2 hierarchy when `None`.
@@ -206,7 +208,7 @@ pub async fn run(
     }
     let metrics_listener = match config.metrics {
         Some(address) => Some(
-            crate::metrics::bind(address)
+            crate::inspect::metrics::bind(address)
                 .await
                 .map_err(|source| DaemonError::Metrics { address, source })?,
         ),
@@ -216,7 +218,7 @@ pub async fn run(
     // The daemon's own arguments, chosen from again at every SIGHUP.
     let arguments = config.source.clone();
     follow_recorded_source(&mut config, &arguments, &layout)?;
-    let counts = Arc::new(crate::counts::DaemonCounts::default());
+    let counts = Arc::new(crate::events::counts::DaemonCounts::default());
     // The controller's settings are checked, and the fleet's policy and mode restored, before
     // anything is attached.
     let mut fleet = connect_fleet(&mut config, &layout, &counts)?;
@@ -226,7 +228,7 @@ pub async fn run(
         .map_err(DaemonError::PidFile)?;
     if let Some(listener) = metrics_listener {
         let address = listener.local_addr().map_err(DaemonError::Poll)?;
-        crate::metrics::spawn(listener, layout.clone(), Arc::clone(&counts));
+        crate::inspect::metrics::spawn(listener, layout.clone(), Arc::clone(&counts));
         log::info!("metrics at http://{address}/metrics");
     }
     log::info!(
@@ -268,7 +270,7 @@ pub async fn run(
     stopped_summary(&datapath, &writer)
 }
 
-/// Builds from the source `policy apply` recorded, when there is one (see [`crate::source`]).
+/// Builds from the source `policy apply` recorded, when there is one (see [`crate::daemon::source`]).
 fn follow_recorded_source(
     config: &mut RunConfig,
     arguments: &PolicySource,
@@ -294,14 +296,14 @@ fn follow_recorded_source(
 fn connect_fleet(
     config: &mut RunConfig,
     layout: &PinLayout,
-    counts: &Arc<crate::counts::DaemonCounts>,
+    counts: &Arc<crate::events::counts::DaemonCounts>,
 ) -> Result<Option<(Reporter, FleetLink)>, DaemonError> {
     let Some(reporter_config) = config.controller.clone() else {
-        let _ = std::fs::remove_file(layout.run_dir().join(crate::reporter::STATUS_FILE));
+        let _ = std::fs::remove_file(layout.run_dir().join(crate::fleet::reporter::STATUS_FILE));
         return Ok(None);
     };
     let exchange = Arc::new(Exchange::default());
-    let restored = crate::fleet::restore(&reporter_config.spool_dir, &mut config.source);
+    let restored = crate::fleet::follow::restore(&reporter_config.spool_dir, &mut config.source);
     if restored != Default::default() {
         config.policy = config
             .source
@@ -421,7 +423,7 @@ async fn serve(
     datapath: &mut Datapath,
     config: &mut RunConfig,
     writer: &mut EventWriter,
-    counts: &crate::counts::DaemonCounts,
+    counts: &crate::events::counts::DaemonCounts,
     mut link: Option<FleetLink>,
     mut reload: Reload,
     shutdown: impl Future<Output = ()>,
@@ -431,10 +433,10 @@ async fn serve(
     let mut out = Output {
         writer,
         counts,
-        cgroups: crate::cgroup::PathCache::new(),
-        exes: crate::process::ExeCache::new(),
-        tunnel: crate::tunnel::TunnelScorer::new(),
-        dst_names: crate::dns_events::NameCache::new(),
+        cgroups: crate::system::cgroup::PathCache::new(),
+        exes: crate::system::process::ExeCache::new(),
+        tunnel: crate::events::tunnel::TunnelScorer::new(),
+        dst_names: crate::events::dns::NameCache::new(),
         clock: Clock::now(),
         feed: link.as_ref().map(|link| Arc::clone(&link.exchange)),
     };
@@ -513,7 +515,7 @@ async fn serve(
             }
             _ = housekeeping.tick() => {
                 if let Err(err) = datapath.prune_learned() {
-                    log::warn!("cannot prune expired DNS-learned addresses: {}", crate::error::chain(&err));
+                    log::warn!("cannot prune expired DNS-learned addresses: {}", crate::system::error::chain(&err));
                 }
             }
             _ = tick.tick() => {
@@ -549,10 +551,10 @@ fn rediscover_vnet(config: &mut RunConfig, datapath: &mut Datapath, layout: &Pin
             Ok(report) => log_apply(&report),
             Err(err) => log::error!(
                 "the new VNet prefixes were not applied: {}",
-                crate::error::chain(&err)
+                crate::system::error::chain(&err)
             ),
         },
-        Err(err) => log::error!("{}", crate::error::chain(&err)),
+        Err(err) => log::error!("{}", crate::system::error::chain(&err)),
     }
 }
 
@@ -565,7 +567,7 @@ fn follow_fleet(
     datapath: &mut Datapath,
 ) {
     let state = link.exchange.following();
-    let outcome = crate::fleet::apply(
+    let outcome = crate::fleet::follow::apply(
         &link.dir,
         update.desired,
         update.policy.as_deref(),
@@ -588,11 +590,12 @@ fn follow_fleet(
         }
         Err(err) => {
             log::error!("the fleet's policy or mode was not applied; the live one stays: {err}");
-            link.exchange.set_following(crate::reporter::Following {
-                error: Some(err.clone()),
-                refused: Some(update.desired),
-                ..state
-            });
+            link.exchange
+                .set_following(crate::fleet::reporter::Following {
+                    error: Some(err.clone()),
+                    refused: Some(update.desired),
+                    ..state
+                });
         }
     }
     let _ = update.done.send(outcome.map(|_| ()));
@@ -616,14 +619,14 @@ fn reload_policy(
                 }
                 Err(err) => log::error!(
                     "the new policy was not applied: {}",
-                    crate::error::chain(&err)
+                    crate::system::error::chain(&err)
                 ),
             },
             Err(err) => log::error!("the new policy is invalid; the live one stays:\n{err}"),
         },
         Err(err) => log::error!(
             "the policy source is unknown; the live policy stays: {}",
-            crate::error::chain(&err)
+            crate::system::error::chain(&err)
         ),
     }
 }
@@ -701,7 +704,7 @@ fn reload_source(
         follow_recorded(arguments, layout)?.map_or_else(|| arguments.clone(), |f| f.source);
     source.discovered = current.discovered.clone();
     if let Some(dir) = fleet_dir {
-        crate::fleet::restore(dir, &mut source);
+        crate::fleet::follow::restore(dir, &mut source);
     }
     Ok(source)
 }
@@ -820,11 +823,11 @@ fn egress_interfaces() -> Result<Vec<String>, DaemonError> {
 /// Where the daemon's event records go, and what it counts of them.
 struct Output<'a> {
     writer: &'a mut EventWriter,
-    counts: &'a crate::counts::DaemonCounts,
-    cgroups: crate::cgroup::PathCache,
-    exes: crate::process::ExeCache,
-    tunnel: crate::tunnel::TunnelScorer,
-    dst_names: crate::dns_events::NameCache,
+    counts: &'a crate::events::counts::DaemonCounts,
+    cgroups: crate::system::cgroup::PathCache,
+    exes: crate::system::process::ExeCache,
+    tunnel: crate::events::tunnel::TunnelScorer,
+    dst_names: crate::events::dns::NameCache,
     clock: Clock,
     /// The reporter's queue, when a controller is configured.
     feed: Option<Arc<Exchange>>,
@@ -928,7 +931,10 @@ fn report_flows(flows: &mut FlowReporter, names: &StateFile, out: &mut Output) {
     let updates = match flows.sweep() {
         Ok(updates) => updates,
         Err(err) => {
-            log::error!("cannot read the flows: {}", crate::error::chain(&err));
+            log::error!(
+                "cannot read the flows: {}",
+                crate::system::error::chain(&err)
+            );
             return;
         }
     };
