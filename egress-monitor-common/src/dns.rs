@@ -119,6 +119,8 @@ pub struct DnsEvent {
 }
 pub const DNS_EVENT_SIZE: usize = 472;
 const _: () = assert!(core::mem::size_of::<DnsEvent>() == DNS_EVENT_SIZE);
+// The kind byte opens every ring record: the daemon reads it before anything else.
+const _: () = assert!(core::mem::offset_of!(DnsEvent, kind) == 0);
 // No implicit padding before the name.
 const _: () = assert!(core::mem::offset_of!(DnsEvent, name) == DNS_EVENT_SIZE - 256);
 

@@ -72,6 +72,8 @@ pub struct Event {
 }
 pub const EVENT_SIZE: usize = 96;
 const _: () = assert!(core::mem::size_of::<Event>() == EVENT_SIZE);
+// The kind byte opens every ring record: the daemon reads it before anything else.
+const _: () = assert!(core::mem::offset_of!(Event, kind) == 0);
 // No implicit padding before the byte arrays, none at the end.
 const _: () = assert!(core::mem::offset_of!(Event, comm) == EVENT_SIZE - 16);
 

@@ -39,6 +39,8 @@ pub struct GuardEvent {
 }
 pub const GUARD_EVENT_SIZE: usize = 56;
 const _: () = assert!(core::mem::size_of::<GuardEvent>() == GUARD_EVENT_SIZE);
+// The kind byte opens every ring record: the daemon reads it before anything else.
+const _: () = assert!(core::mem::offset_of!(GuardEvent, kind) == 0);
 
 /// Cgroups exempt from the guards (`RAW_EXEMPT`, keyed by cgroup id).
 pub const EXEMPT_CAPACITY: u32 = 256;

@@ -84,7 +84,7 @@ impl fmt::Display for Origin {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DnsTrust {
     /// The resolvers whose answers teach. `None`: the node's own (see
-    /// `crate::resolvers::node_resolvers`): the nameservers of /etc/resolv.conf,
+    /// `egress_monitor::system::resolvers::node_resolvers`): the nameservers of /etc/resolv.conf,
     /// systemd-resolved's upstream servers, Azure's 168.63.129.16 and the stub 127.0.0.53.
     pub resolvers: Option<Vec<std::net::IpAddr>>,
     /// Network namespaces besides the daemon's whose sockets answers may teach: names under
@@ -191,6 +191,16 @@ pub const FLEET_POLICY_NAME: &str = "fleet-policy";
 /// each node again before applying it. It reads nothing, so it means the same on both: a
 /// `[service_tags]` file, which would be read from whichever machine validates, is refused.
 pub fn validate_fleet_policy(text: &str, mode: Option<Mode>) -> Result<Policy, PolicyError> {
+    let file = fleet_policy_file(text)?;
+    let policy = Policy::build(Some(&file), &CommandLineRules::default(), mode)?;
+    failsafe::check(&policy, false)?;
+    Ok(policy)
+}
+
+/// A fleet policy's text parsed as its file, reading nothing: a `[service_tags]` file, which
+/// would be read from whichever machine reads it, is refused. Nodes check what the controller
+/// hands them with it before building it as their policy.
+pub fn fleet_policy_file(text: &str) -> Result<PolicyFile, PolicyError> {
     let file = PolicyFile::parse(Path::new(FLEET_POLICY_NAME), text)?;
     if let Some(request) = &file.service_tags {
         return Err(PolicyError::Invalid(vec![Diagnostic {
@@ -202,9 +212,7 @@ pub fn validate_fleet_policy(text: &str, mode: Option<Mode>) -> Result<Policy, P
                 .to_owned(),
         }]));
     }
-    let policy = Policy::build(Some(&file), &CommandLineRules::default(), mode)?;
-    failsafe::check(&policy, false)?;
-    Ok(policy)
+    Ok(file)
 }
 
 /// `--allow`/`--deny` from the command line, in the order given.

@@ -12,6 +12,11 @@ use egress_monitor_policy::Mode;
 
 use crate::{daemon::HookChoice, datapath::pins::DEFAULT_PIN_PATH};
 
+/// The command line of this process (clap exits with its usage on an error).
+pub fn parse() -> Cli {
+    Cli::parse()
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "egress-monitor",

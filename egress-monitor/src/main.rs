@@ -1,13 +1,12 @@
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use egress_monitor::cli::{Cli, Command};
+use egress_monitor::cli::{self, Command};
 
 /// The log target of the kernel programs' aya-log records (their entry module).
 const KERNEL_LOG_TARGET: &str = "egress_monitor::entry";
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     logger.target(env_logger::Target::Stderr);

@@ -25,8 +25,6 @@ use crate::util::root;
 pub struct Checked<'a> {
     /// Its source directory, relative to the workspace root (or absolute).
     pub src: &'a str,
-    /// Whether a cycle fails `cargo xtask test`; if not, the cycles are only reported.
-    pub enforce: bool,
     /// Its layers, top row first: a module may import modules of its own row and of the rows
     /// below, never above, and every module must be in a row (the layout README.md writes
     /// down). Empty: only cycles are checked.
@@ -49,27 +47,23 @@ pub const NODE_LAYERS: &[&[&str]] = &[
 pub const CHECKED: &[Checked<'static>] = &[
     Checked {
         src: "egress-monitor/src",
-        enforce: true,
         layers: NODE_LAYERS,
     },
     Checked {
         src: "egress-monitor-controller/src",
-        enforce: true,
         layers: &[],
     },
     Checked {
         src: "egress-monitor-policy/src",
-        enforce: true,
         layers: &[],
     },
     Checked {
         src: "egress-monitor-api/src",
-        enforce: true,
         layers: &[],
     },
 ];
 
-/// `cargo xtask test`'s step: reports every cycle, and fails when an enforced crate has one.
+/// `cargo xtask test`'s step: fails when a checked crate has an import cycle or breaks its layers.
 pub fn check(crates: &[Checked]) -> anyhow::Result<()> {
     eprintln!("==> import cycles");
     let mut failed = String::new();
@@ -88,12 +82,7 @@ pub fn check(crates: &[Checked]) -> anyhow::Result<()> {
         for violation in &upward {
             let _ = writeln!(report, "  {violation}");
         }
-        if krate.enforce {
-            failed.push_str(&report);
-        } else {
-            eprint!("{report}");
-            eprintln!("    (reported only: {} is not enforced yet)", krate.src);
-        }
+        failed.push_str(&report);
     }
     if !failed.is_empty() {
         bail!("{}", failed.trim_end());
@@ -593,7 +582,6 @@ mod tests {
         let src = dir.path().join("src");
         check(&[Checked {
             src: src.to_str().unwrap(),
-            enforce: true,
             layers: &[],
         }])
     }
@@ -750,7 +738,6 @@ fn f() {
         );
         let err = check(&[Checked {
             src: src.to_str().unwrap(),
-            enforce: true,
             layers: &[&["top"], &["low", "stray"]],
         }])
         .unwrap_err()

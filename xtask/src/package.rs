@@ -174,7 +174,7 @@ fn verify_node(rootfs: &Path, control: &Path) -> anyhow::Result<()> {
 
 /// The controller's package: its binary runs, and its unit runs it with a command line it
 /// accepts, over TLS, reloadable, with no capability.
-fn verify_controller(rootfs: &Path, _control: &Path) -> anyhow::Result<()> {
+fn verify_controller(rootfs: &Path, control: &Path) -> anyhow::Result<()> {
     for file in [
         "usr/bin/egress-monitor-controller",
         "lib/systemd/system/egress-monitor-controller.service",
@@ -185,6 +185,22 @@ fn verify_controller(rootfs: &Path, _control: &Path) -> anyhow::Result<()> {
     ensure!(
         !rootfs.join("usr/bin/egress-monitor").exists(),
         "the controller's package must not carry the node's daemon"
+    );
+    // It takes over the unit the node's package shipped before 0.2, and stops on removal.
+    let fields = std::fs::read_to_string(control.join("control"))?;
+    for needle in [
+        "Replaces: egress-monitor (<< 0.2.0)",
+        "Breaks: egress-monitor (<< 0.2.0)",
+    ] {
+        ensure!(
+            fields.contains(needle),
+            "the controller's control file lacks `{needle}`"
+        );
+    }
+    let prerm = std::fs::read_to_string(control.join("prerm"))?;
+    ensure!(
+        prerm.contains("systemctl stop egress-monitor-controller"),
+        "removing the controller's package must stop it"
     );
     let binary = rootfs.join("usr/bin/egress-monitor-controller");
     let version = run(binary.to_str().context("path")?, &["--version".as_ref()])?;

@@ -54,7 +54,7 @@ pub fn check(file: PathBuf, mode: Option<Mode>, break_platform_access: bool) -> 
         }
         Err(err) => {
             report(&err);
-            ExitCode::from(1)
+            ExitStatus::Failure.into()
         }
     }
 }

@@ -39,13 +39,14 @@ pub(super) fn connect_fleet(
     let exchange = Arc::new(Exchange::default());
     let restored = crate::fleet::follow::restore(&reporter_config.spool_dir, &mut config.source);
     if restored != Default::default() {
-        config.policy = config
-            .source
-            .build()
-            .map_err(|source| DaemonError::FleetPolicy {
-                dir: reporter_config.spool_dir.display().to_string(),
-                source,
-            })?;
+        let invalid = |source| DaemonError::FleetPolicy {
+            dir: reporter_config.spool_dir.display().to_string(),
+            source,
+        };
+        // Checked as the controller and `apply` check it: a policy kept by an older version
+        // that names a service tags file is refused, not read from the spool directory.
+        crate::fleet::follow::check_kept(&reporter_config.spool_dir).map_err(invalid)?;
+        config.policy = config.source.build().map_err(invalid)?;
     }
     exchange.set_following(restored);
     let (reporter, updates) = Reporter::new(

@@ -26,6 +26,12 @@ pub enum DatapathError {
     #[error("map `{0}` is not in the table of map kinds (a bug: every map must be listed)")]
     UnknownMap(&'static str),
     #[error(
+        "the eBPF object's map `{name}` ({kind}) is not in the table of maps with that kind (a bug: add it to datapath/maps.rs)"
+    )]
+    MapNotInTable { name: String, kind: String },
+    #[error("the pinned config's {slot} holds {value}, which no build of ours writes")]
+    BadConfig { slot: &'static str, value: u64 },
+    #[error(
         "map `{0}` is not copied entry by entry (a bug: only tries, hashes and per-CPU arrays are)"
     )]
     NotCopied(&'static str),

@@ -166,10 +166,15 @@ pub(super) fn read_config(layout: &PinLayout) -> Result<LiveConfig, DatapathErro
             .map_err(DatapathError::map(names::CONFIG, "read"))
     };
     Ok(LiveConfig {
-        mode: if get(config::MODE)? == u64::from(mode::ENFORCE) {
-            Mode::Enforce
-        } else {
-            Mode::Observe
+        mode: match get(config::MODE)? {
+            value if value == u64::from(mode::ENFORCE) => Mode::Enforce,
+            value if value == u64::from(mode::OBSERVE) => Mode::Observe,
+            value => {
+                return Err(DatapathError::BadConfig {
+                    slot: "mode",
+                    value,
+                });
+            }
         },
         policy_version: get(config::POLICY_VERSION)?,
         build_id: get(config::BUILD_ID)?,

@@ -50,7 +50,7 @@ pub(super) fn create_or_clean(
     create(layout, rule_capacity).inspect_err(|_| remove_pins(layout))
 }
 
-/// Loads the object with every map pinned under `layout` and pins both programs there; the
+/// Loads the object with every map pinned under `layout` and pins every program there; the
 /// programs are not attached. Records the build and the time.
 fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError> {
     let capacity = effective_capacity(rule_capacity);
@@ -75,6 +75,7 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
         .override_global("AYA_LOG_LEVEL", &log_level, false)
         .load(EBPF_OBJECT)
         .map_err(DatapathError::Load)?;
+    check_map_table(&ebpf)?;
     for name in PROGRAMS {
         let program = ebpf
             .program_mut(name)
@@ -100,6 +101,42 @@ fn create(layout: &PinLayout, rule_capacity: usize) -> Result<(), DatapathError>
     write_config(layout, config::PINNED_SINCE, now)?;
     write_config(layout, config::CHECK_SECRET, check_secret())?;
     write_config(layout, config::BUILD_ID, build_id())?;
+    Ok(())
+}
+
+/// Every map the object defines is in [`MAPS`](super::maps::MAPS), with the kind the object
+/// gives it: a map added to the kernel crate and not to the table would be left unpinned (and
+/// lost at the next start), so it stops the load instead. Global-data sections (`.rodata`,
+/// `.bss`) are the loader's, not ours.
+fn check_map_table(ebpf: &aya::Ebpf) -> Result<(), DatapathError> {
+    use aya::maps::Map;
+
+    use super::maps::MapKind;
+    for (name, map) in ebpf.maps() {
+        if name.starts_with('.') {
+            continue;
+        }
+        let listed = super::maps::MAPS.iter().find(|spec| spec.name == name);
+        let kind = match map {
+            Map::LpmTrie(_) => Some(MapKind::LpmTrie),
+            Map::RingBuf(_) => Some(MapKind::RingBuf),
+            Map::Array(_) => Some(MapKind::Array),
+            Map::HashMap(_) => Some(MapKind::HashMap),
+            Map::LruHashMap(_) => Some(MapKind::LruHashMap),
+            Map::Queue(_) => Some(MapKind::Queue),
+            Map::PerCpuArray(_) => Some(MapKind::PerCpuArray),
+            _ => None,
+        };
+        match listed {
+            Some(spec) if Some(spec.kind) == kind => {}
+            _ => {
+                return Err(DatapathError::MapNotInTable {
+                    name: name.to_owned(),
+                    kind: kind.map_or_else(|| "another".to_owned(), |k| format!("{k:?}")),
+                });
+            }
+        }
+    }
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use egress_monitor_api::wire::Desired;
-use egress_monitor_policy::{Mode, PolicySource};
+use egress_monitor_policy::{Mode, PolicyError, PolicySource};
 
 use crate::{
     datapath::Datapath,
@@ -30,6 +30,17 @@ fn applied_path(dir: &Path) -> PathBuf {
 
 fn policy_path(dir: &Path) -> PathBuf {
     dir.join("fleet-policy.toml")
+}
+
+/// Checks the kept fleet policy, if there is one, as every fleet policy is checked
+/// (`fleet_policy_file`: the same meaning on the controller and on every node).
+pub fn check_kept(dir: &Path) -> Result<(), PolicyError> {
+    let path = policy_path(dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => egress_monitor_policy::fleet_policy_file(&text).map(drop),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(PolicyError::Read { path, source }),
+    }
 }
 
 /// Makes `source` the fleet's policy and mode as last applied, if any were; returns the state
@@ -79,7 +90,7 @@ pub fn apply(
     let pending = dir.join("fleet-policy.pending.toml");
     if let Some(text) = policy {
         // As the controller validated it: a fleet policy reads no file of this node.
-        egress_monitor_policy::validate_fleet_policy(text, candidate.mode).map_err(|err| {
+        egress_monitor_policy::fleet_policy_file(text).map_err(|err| {
             format!(
                 "fleet policy v{} is invalid here: {err}",
                 desired.policy_version
@@ -129,4 +140,36 @@ pub fn apply(
         error: None,
         refused: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_kept;
+
+    #[test]
+    fn a_kept_fleet_policy_naming_a_service_tags_file_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            check_kept(dir.path()).is_ok(),
+            "nothing kept, nothing to refuse"
+        );
+        std::fs::write(
+            dir.path().join("fleet-policy.toml"),
+            "[service_tags]\nfile = \"tags.json\"\ntags = [\"Storage\"]\n",
+        )
+        .unwrap();
+        // A file beside it would have been read by an older version; now it never is.
+        std::fs::write(dir.path().join("tags.json"), r#"{"values": []}"#).unwrap();
+        let err = check_kept(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("a fleet policy cannot name a service tags file"),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join("fleet-policy.toml"),
+            "[[rule]]\nname = \"mirror\"\ncidr = \"198.51.100.0/24\"\naction = \"allow\"\n",
+        )
+        .unwrap();
+        assert!(check_kept(dir.path()).is_ok());
+    }
 }
