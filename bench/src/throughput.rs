@@ -1,6 +1,7 @@
 //! Throughput between two network namespaces over veth, each filter in turn, several rounds in
 //! alternation so that all share the machine's noise; reported as ratios to the no-filter run
-//! of the same round.
+//! and to the empty programs on the same hooks (the design's limit) of the same round. Then,
+//! with the kernel's run-time statistics on, what each program costs per packet on this path.
 
 use std::{
     io::Write as _,
@@ -11,7 +12,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use egress_monitor::datapath::Datapath;
+use aya::programs::ProgramInfo;
+use egress_monitor::datapath::{CGROUP_PROGRAM, Datapath, INGRESS_PROGRAM, TC_PROGRAM};
 use egress_monitor_policy::{Action, Mode, Policy};
 use egress_monitor_tests::{
     bpffs::BpfFs,
@@ -21,42 +23,97 @@ use egress_monitor_tests::{
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 
-use crate::rules::policy_with;
+use crate::{
+    empty::{Empty, EmptyPrograms},
+    rules::policy_with,
+};
 
 /// Generated deny rules per family in every filter's rule set (plus the default allow groups).
 pub const RULES_PER_FAMILY: usize = 1_000;
 
+/// Which hooks a BPF setup uses: the cgroup's (cgroup_skb egress, plus ingress and the
+/// per-socket companions for egress-monitor), the TC egress hook of the node's veth, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Hooks {
+    Both,
+    Cgroup,
+    Tc,
+}
+
+impl Hooks {
+    fn cgroup(self) -> bool {
+        self != Hooks::Tc
+    }
+
+    fn tc(self) -> bool {
+        self != Hooks::Cgroup
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Hooks::Both => "both hooks",
+            Hooks::Cgroup => "cgroup hook only",
+            Hooks::Tc => "TC hook only",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Filter {
     None,
-    EgressMonitorEnforce,
-    EgressMonitorCgroupOnly,
+    /// Empty programs on the same hooks: the limit of this design (see [`crate::empty`]).
+    Empty(Hooks),
+    EgressMonitorEnforce(Hooks),
     EgressMonitorObserve,
     Nftables,
     IptablesIpset,
 }
 
 impl Filter {
-    pub const ALL: [Filter; 6] = [
+    /// One round, in this order: each egress-monitor setup right after the empty programs on
+    /// its hooks, so that the two runs a ratio pairs are neighbours in time.
+    pub const ALL: [Filter; 10] = [
         Filter::None,
-        Filter::EgressMonitorEnforce,
-        Filter::EgressMonitorCgroupOnly,
+        Filter::Empty(Hooks::Both),
+        Filter::EgressMonitorEnforce(Hooks::Both),
         Filter::EgressMonitorObserve,
+        Filter::Empty(Hooks::Cgroup),
+        Filter::EgressMonitorEnforce(Hooks::Cgroup),
+        Filter::Empty(Hooks::Tc),
+        Filter::EgressMonitorEnforce(Hooks::Tc),
         Filter::Nftables,
         Filter::IptablesIpset,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> String {
         match self {
-            Filter::None => "no filter (the limit)",
-            Filter::EgressMonitorEnforce => "egress-monitor enforce (both hooks)",
-            Filter::EgressMonitorCgroupOnly => "egress-monitor enforce (cgroup hook only)",
-            Filter::EgressMonitorObserve => "egress-monitor observe (both hooks)",
-            Filter::Nftables => "nftables, interval sets",
-            Filter::IptablesIpset => "iptables + ipset (hash:net)",
+            Filter::None => "no filter".into(),
+            Filter::Empty(hooks) => {
+                format!("empty programs ({}): the design's limit", hooks.label())
+            }
+            Filter::EgressMonitorEnforce(hooks) => {
+                format!("egress-monitor enforce ({})", hooks.label())
+            }
+            Filter::EgressMonitorObserve => "egress-monitor observe (both hooks)".into(),
+            Filter::Nftables => "nftables, interval sets".into(),
+            Filter::IptablesIpset => "iptables + ipset (hash:net)".into(),
+        }
+    }
+
+    /// The empty programs on the same hooks, for BPF setups.
+    pub fn limit(self) -> Option<Filter> {
+        match self {
+            Filter::Empty(hooks) | Filter::EgressMonitorEnforce(hooks) => {
+                Some(Filter::Empty(hooks))
+            }
+            Filter::EgressMonitorObserve => Some(Filter::Empty(Hooks::Both)),
+            Filter::None | Filter::Nftables | Filter::IptablesIpset => None,
         }
     }
 }
+
+/// Per-round ratios of one setup to another: median, min, max.
+pub type Ratio = (f64, f64, f64);
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Sample {
@@ -64,7 +121,7 @@ pub struct Sample {
     pub filter: Filter,
     pub tcp_gbit_s: f64,
     pub udp_kpps: f64,
-    /// Time to load the rules and attach (egress-monitor: open, apply, attach both hooks).
+    /// Time to load the rules and attach (egress-monitor: open, apply, attach its hooks).
     pub setup_ms: f64,
 }
 
@@ -73,10 +130,22 @@ pub struct Summary {
     pub filter: Filter,
     pub tcp_gbit_s: f64,
     pub udp_kpps: f64,
-    /// Median, min, max of the per-round ratios to the no-filter run.
-    pub tcp_ratio: (f64, f64, f64),
-    pub udp_ratio: (f64, f64, f64),
+    /// Per-round ratios to the no-filter run.
+    pub tcp_ratio: Ratio,
+    pub udp_ratio: Ratio,
+    /// Per-round ratios to the empty programs on the same hooks ([`Filter::limit`]).
+    pub tcp_to_limit: Option<Ratio>,
+    pub udp_to_limit: Option<Ratio>,
     pub setup_ms: f64,
+}
+
+/// One setup against another, round by round.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub filter: Filter,
+    pub against: Filter,
+    pub tcp: Ratio,
+    pub udp: Ratio,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,6 +155,9 @@ pub struct Throughput {
     pub rules_per_family: usize,
     pub samples: Vec<Sample>,
     pub summary: Vec<Summary>,
+    pub comparisons: Vec<Comparison>,
+    /// Per-program cost on this path, from the kernel's run-time statistics.
+    pub program_costs: Vec<ProgramCost>,
 }
 
 pub fn measure(rounds: usize, seconds: u64) -> anyhow::Result<Throughput> {
@@ -105,7 +177,7 @@ pub fn measure(rounds: usize, seconds: u64) -> anyhow::Result<Throughput> {
             let udp = iperf(&topology, &cgroup, true, seconds)?;
             active.tear_down(&topology)?;
             eprintln!(
-                "   round {round} {:<38} TCP {:>6.2} Gbit/s  UDP {:>7.1} kpps",
+                "   round {round} {:<58} TCP {:>6.2} Gbit/s  UDP {:>7.1} kpps",
                 filter.label(),
                 tcp / 1e9,
                 udp / 1e3
@@ -119,51 +191,216 @@ pub fn measure(rounds: usize, seconds: u64) -> anyhow::Result<Throughput> {
             });
         }
     }
+    eprintln!("   per-program cost with the kernel's run-time statistics on");
+    let mut program_costs = Vec::new();
+    for filter in [
+        Filter::Empty(Hooks::Both),
+        Filter::EgressMonitorEnforce(Hooks::Both),
+    ] {
+        let active = Active::set_up(filter, &policy, &topology, &cgroup, &scratch)?;
+        let costs = program_costs_of(&active, filter, &topology, &cgroup, seconds);
+        active.tear_down(&topology)?;
+        program_costs.extend(costs?);
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     let summary = Filter::ALL
         .iter()
         .map(|&filter| summarize(&samples, filter, rounds))
         .collect();
+    let mut comparisons = Vec::new();
+    for (filter, against) in [
+        (Filter::EgressMonitorEnforce(Hooks::Both), Filter::None),
+        (
+            Filter::EgressMonitorEnforce(Hooks::Both),
+            Filter::Empty(Hooks::Both),
+        ),
+        (Filter::EgressMonitorEnforce(Hooks::Both), Filter::Nftables),
+        (
+            Filter::EgressMonitorEnforce(Hooks::Both),
+            Filter::IptablesIpset,
+        ),
+        (
+            Filter::EgressMonitorEnforce(Hooks::Cgroup),
+            Filter::Empty(Hooks::Cgroup),
+        ),
+        (
+            Filter::EgressMonitorEnforce(Hooks::Tc),
+            Filter::Empty(Hooks::Tc),
+        ),
+        (Filter::Empty(Hooks::Both), Filter::Nftables),
+    ] {
+        comparisons.push(Comparison {
+            filter,
+            against,
+            tcp: ratios(&samples, filter, against, rounds, |s| s.tcp_gbit_s),
+            udp: ratios(&samples, filter, against, rounds, |s| s.udp_kpps),
+        });
+    }
     Ok(Throughput {
         rounds,
         seconds_per_test: seconds,
         rules_per_family: RULES_PER_FAMILY,
         samples,
         summary,
+        comparisons,
+        program_costs,
     })
+}
+
+/// The ratio of `filter`'s run to `against`'s in each round: median, min, max.
+fn ratios(
+    samples: &[Sample],
+    filter: Filter,
+    against: Filter,
+    rounds: usize,
+    value: fn(&Sample) -> f64,
+) -> Ratio {
+    let run = |f: Filter, round: usize| samples.iter().find(|s| s.filter == f && s.round == round);
+    let mut ratios: Vec<f64> = (0..rounds)
+        .filter_map(|round| Some(value(run(filter, round)?) / value(run(against, round)?)))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    (median(&ratios), ratios[0], ratios[ratios.len() - 1])
 }
 
 fn summarize(samples: &[Sample], filter: Filter, rounds: usize) -> Summary {
     let of = |f: Filter| samples.iter().filter(move |s| s.filter == f);
-    let ratios = |value: fn(&Sample) -> f64| {
-        let mut ratios: Vec<f64> = (0..rounds)
-            .filter_map(|round| {
-                let base = of(Filter::None).find(|s| s.round == round)?;
-                let this = of(filter).find(|s| s.round == round)?;
-                Some(value(this) / value(base))
-            })
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        (median(&ratios), ratios[0], ratios[ratios.len() - 1])
-    };
     let mut tcp: Vec<f64> = of(filter).map(|s| s.tcp_gbit_s).collect();
     let mut udp: Vec<f64> = of(filter).map(|s| s.udp_kpps).collect();
     let mut setup: Vec<f64> = of(filter).map(|s| s.setup_ms).collect();
     for values in [&mut tcp, &mut udp, &mut setup] {
         values.sort_by(f64::total_cmp);
     }
+    let to = |against: Filter, value: fn(&Sample) -> f64| {
+        ratios(samples, filter, against, rounds, value)
+    };
     Summary {
         filter,
         tcp_gbit_s: median(&tcp),
         udp_kpps: median(&udp),
-        tcp_ratio: ratios(|s| s.tcp_gbit_s),
-        udp_ratio: ratios(|s| s.udp_kpps),
+        tcp_ratio: to(Filter::None, |s| s.tcp_gbit_s),
+        udp_ratio: to(Filter::None, |s| s.udp_kpps),
+        tcp_to_limit: filter.limit().map(|limit| to(limit, |s| s.tcp_gbit_s)),
+        udp_to_limit: filter.limit().map(|limit| to(limit, |s| s.udp_kpps)),
         setup_ms: median(&setup),
     }
 }
 
 pub fn median(sorted: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
+}
+
+/// A hook a program judges packets on, for the per-program costs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ProgramHook {
+    CgroupEgress,
+    TcEgress,
+    CgroupIngress,
+}
+
+impl ProgramHook {
+    pub const ALL: [ProgramHook; 3] = [
+        ProgramHook::CgroupEgress,
+        ProgramHook::TcEgress,
+        ProgramHook::CgroupIngress,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ProgramHook::CgroupEgress => "cgroup egress",
+            ProgramHook::TcEgress => "TC egress",
+            ProgramHook::CgroupIngress => "cgroup ingress",
+        }
+    }
+
+    /// egress-monitor's program on this hook.
+    pub fn program(self) -> &'static str {
+        match self {
+            ProgramHook::CgroupEgress => CGROUP_PROGRAM,
+            ProgramHook::TcEgress => TC_PROGRAM,
+            ProgramHook::CgroupIngress => INGRESS_PROGRAM,
+        }
+    }
+
+    fn empty(self) -> Empty {
+        match self {
+            ProgramHook::CgroupEgress => Empty::CgroupEgress,
+            ProgramHook::TcEgress => Empty::TcEgress,
+            ProgramHook::CgroupIngress => Empty::CgroupIngress,
+        }
+    }
+
+    fn on(self, hooks: Hooks) -> bool {
+        match self {
+            ProgramHook::CgroupEgress | ProgramHook::CgroupIngress => hooks.cgroup(),
+            ProgramHook::TcEgress => hooks.tc(),
+        }
+    }
+}
+
+/// One program's cost on the real path: the kernel's run-time statistics over one iperf3 run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramCost {
+    pub filter: Filter,
+    pub hook: ProgramHook,
+    /// The program's name in the kernel.
+    pub program: &'static str,
+    /// "UDP 64 B" or "TCP".
+    pub traffic: &'static str,
+    pub runs: u64,
+    pub ns_per_run: f64,
+}
+
+/// Runs UDP, then TCP, with the kernel's run-time statistics on (`BPF_ENABLE_STATS`: the
+/// switch `kernel.bpf_stats_enabled` turns, held by a descriptor, so the kernel turns it off
+/// again when the descriptor closes, also when this process dies; the sysctl's own value is
+/// never touched), and reads each attached judging program's run time and count around each.
+fn program_costs_of(
+    active: &Active,
+    filter: Filter,
+    topology: &Topology,
+    cgroup: &Cgroup,
+    seconds: u64,
+) -> anyhow::Result<Vec<ProgramCost>> {
+    let programs = active.programs();
+    let read = || -> anyhow::Result<Vec<(u64, u64)>> {
+        programs
+            .iter()
+            .map(|(_, name, pin)| {
+                let info = ProgramInfo::from_pin(pin)
+                    .with_context(|| format!("{name}: reading the program's info"))?;
+                Ok((info.run_time().as_nanos() as u64, info.run_count()))
+            })
+            .collect()
+    };
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling the kernel's run-time statistics (BPF_ENABLE_STATS)")?;
+    let mut costs = Vec::new();
+    for (traffic, udp) in [("UDP 64 B", true), ("TCP", false)] {
+        let before = read()?;
+        iperf(topology, cgroup, udp, seconds)?;
+        let after = read()?;
+        for (((hook, program, _), (time0, count0)), (time1, count1)) in
+            programs.iter().zip(before).zip(after)
+        {
+            let runs = count1 - count0;
+            let cost = ProgramCost {
+                filter,
+                hook: *hook,
+                program,
+                traffic,
+                runs,
+                ns_per_run: (time1 - time0) as f64 / runs.max(1) as f64,
+            };
+            eprintln!(
+                "   {:<40} {program:<16} {traffic:<8} {:>6.1} ns × {runs}",
+                filter.label(),
+                cost.ns_per_run
+            );
+            costs.push(cost);
+        }
+    }
+    Ok(costs)
 }
 
 /// `iperf3 -s` in the peer namespace, killed on drop.
@@ -273,8 +510,11 @@ enum Active {
     /// Held for their drop: dropping the datapath and unmounting its bpf filesystem detach it.
     EgressMonitor {
         _datapath: Datapath,
-        _pins: BpfFs,
+        pins: BpfFs,
+        hooks: Hooks,
     },
+    /// Boxed: aya's program handles are large beside the other variants.
+    Empty(Box<EmptyPrograms>),
     Nftables,
     Iptables,
 }
@@ -290,25 +530,30 @@ impl Active {
         let node = &topology.node.name;
         Ok(match filter {
             Filter::None => Active::None,
-            Filter::EgressMonitorEnforce
-            | Filter::EgressMonitorCgroupOnly
-            | Filter::EgressMonitorObserve => {
-                let mut policy = policy.clone();
-                policy.mode = if filter == Filter::EgressMonitorObserve {
-                    Mode::Observe
-                } else {
-                    Mode::Enforce
+            Filter::Empty(hooks) => Active::Empty(Box::new(EmptyPrograms::attach(
+                hooks.cgroup().then_some(cgroup.path.as_path()),
+                hooks.tc().then_some(topology),
+            )?)),
+            Filter::EgressMonitorEnforce(_) | Filter::EgressMonitorObserve => {
+                let (hooks, mode) = match filter {
+                    Filter::EgressMonitorEnforce(hooks) => (hooks, Mode::Enforce),
+                    _ => (Hooks::Both, Mode::Observe),
                 };
+                let mut policy = policy.clone();
+                policy.mode = mode;
                 let bpffs = BpfFs::new()?;
                 let mut datapath = Datapath::open(&bpffs.layout(), policy.rules.len())?;
                 datapath.apply(&policy)?;
-                datapath.attach_cgroup(&cgroup.path)?;
-                if filter != Filter::EgressMonitorCgroupOnly {
+                if hooks.cgroup() {
+                    datapath.attach_cgroup(&cgroup.path)?;
+                }
+                if hooks.tc() {
                     topology.node.run(|| datapath.attach_tc(NODE_IF))??;
                 }
                 Active::EgressMonitor {
                     _datapath: datapath,
-                    _pins: bpffs,
+                    pins: bpffs,
+                    hooks,
                 }
             }
             Filter::Nftables => {
@@ -343,11 +588,28 @@ impl Active {
         })
     }
 
+    /// The programs that judge packets on this setup: their hook, name and pin.
+    fn programs(&self) -> Vec<(ProgramHook, &'static str, PathBuf)> {
+        match self {
+            Active::EgressMonitor { pins, hooks, .. } => ProgramHook::ALL
+                .into_iter()
+                .filter(|hook| hook.on(*hooks))
+                .map(|hook| (hook, hook.program(), pins.layout().program(hook.program())))
+                .collect(),
+            Active::Empty(set) => ProgramHook::ALL
+                .into_iter()
+                .filter(|hook| set.attached().contains(&hook.empty()))
+                .map(|hook| (hook, hook.empty().name(), set.pinned(hook.empty())))
+                .collect(),
+            Active::None | Active::Nftables | Active::Iptables => Vec::new(),
+        }
+    }
+
     fn tear_down(self, topology: &Topology) -> anyhow::Result<()> {
         let node = &topology.node.name;
         match self {
             // Dropping the datapath and unmounting its bpf filesystem detaches it.
-            Active::None | Active::EgressMonitor { .. } => {}
+            Active::None | Active::EgressMonitor { .. } | Active::Empty(_) => {}
             Active::Nftables => run(node, "nft", &["delete", "table", "inet", "em_bench"], None)?,
             Active::Iptables => {
                 run(node, "iptables", &["-F", "OUTPUT"], None)?;

@@ -58,7 +58,7 @@ pub(crate) use links::{CgroupHook, LinkName};
 pub use object::{
     CGROUP_PROGRAM, GUARD_PROGRAM, INGRESS_PROGRAM, SOCK_PROGRAM, TC_PROGRAM, build_id,
 };
-pub use testrun::{Judge, TestRun, TestRunner, frame_to};
+pub use testrun::{Judge, TestRun, TestRunner, frame_to, test_run};
 
 use grow::carry_over;
 use links::{link_names, unpin_link};

@@ -4,7 +4,7 @@
 use std::{
     io,
     net::IpAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
 };
 
 use aya::programs::{CgroupSkb, CgroupSkbAttachType, SchedClassifier};
@@ -77,7 +77,7 @@ impl TestRunner {
             Judge::Tc => self.tc.fd(),
         }
         .map_err(io::Error::other)?;
-        test_run(fd.as_fd().as_raw_fd(), frame, repeat, secret)
+        test_run(fd.as_fd(), frame, repeat, secret)
     }
 }
 
@@ -124,9 +124,10 @@ const SKB_CB_OFFSET: usize = 48;
 
 /// `bpf(BPF_PROG_TEST_RUN)`: runs `frame` through the program `repeat` times, with `secret` in
 /// the skb's `cb[0..2]` when given (see `egress_monitor_common::policy::config::CHECK_SECRET`):
-/// the programs then judge the packet without counting or reporting it.
-fn test_run(
-    program_fd: i32,
+/// the programs then judge the packet without counting or reporting it. Public for the
+/// benchmark, which runs an empty program of its own the same way.
+pub fn test_run(
+    program: BorrowedFd<'_>,
     frame: &[u8],
     repeat: u32,
     secret: Option<u64>,
@@ -158,7 +159,7 @@ fn test_run(
         _pad: u32,
     }
     let mut attr = TestAttr {
-        prog_fd: program_fd as u32,
+        prog_fd: program.as_raw_fd() as u32,
         data_size_in: frame.len() as u32,
         data_in: frame.as_ptr() as u64,
         repeat,

@@ -598,24 +598,14 @@ fn rule_ids_follow_prefixes_across_applies() {
 /// kernel's less clever verifier, does not silently stop it from loading.
 #[test]
 fn every_program_keeps_half_the_verifier_budget() {
-    const BUDGET: u32 = 1_000_000;
+    use egress_monitor_tests::programs::{PROGRAMS, VERIFIER_BUDGET, verified_instructions};
     let fx = Fixture::new(Hook::Both, Mode::Enforce, &[]);
-    for program in [
-        egress_monitor::datapath::CGROUP_PROGRAM,
-        egress_monitor::datapath::TC_PROGRAM,
-        egress_monitor::datapath::INGRESS_PROGRAM,
-        egress_monitor::datapath::SOCK_PROGRAM,
-        egress_monitor::datapath::GUARD_PROGRAM,
-    ] {
-        let info = aya::programs::ProgramInfo::from_pin(fx.bpffs.layout().program(program))
-            .unwrap_or_else(|err| panic!("{program}: {err}"));
-        let verified = info
-            .verified_instruction_count()
-            .unwrap_or_else(|| panic!("{program}: the kernel reports no verified count"));
+    for program in PROGRAMS {
+        let verified = verified_instructions(&fx.bpffs.layout(), program).unwrap();
         eprintln!("{program}: {verified} instructions verified");
         assert!(
-            verified < BUDGET / 2,
-            "{program}: {verified} of {BUDGET} verified instructions"
+            verified < VERIFIER_BUDGET / 2,
+            "{program}: {verified} of {VERIFIER_BUDGET} verified instructions"
         );
     }
 }
