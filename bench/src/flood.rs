@@ -117,8 +117,12 @@ fn flood(scenario: Scenario, count: u32) -> anyhow::Result<Flood> {
         .count() as u64;
     let daemon_cpu_s = cpu_seconds(daemon.pid())? - cpu_before;
     let counters = Datapath::existing(&PinLayout::new(bpffs.pin_path()))?.counters()?;
-    // The stop writes the flows' last updates.
-    drop(daemon);
+    // A graceful stop (SIGTERM) writes the flows' last updates.
+    let (code, log) = daemon.stop();
+    anyhow::ensure!(
+        code == 0,
+        "egress-monitor exited with {code} after the flood: {log:#?}"
+    );
     let text = std::fs::read_to_string(&events).unwrap_or_default();
     let _ = std::fs::remove_file(&events);
     let mut packets_in_events = 0;
