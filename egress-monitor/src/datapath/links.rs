@@ -195,18 +195,8 @@ fn link_and_pin(
     create[0] = program.as_raw_fd() as u32;
     create[1] = cgroup.as_raw_fd() as u32;
     create[2] = attach_type;
-    // SAFETY: bpf(2) with an attribute buffer that outlives the call.
-    let link = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            create.as_mut_ptr(),
-            std::mem::size_of_val(&create),
-        )
-    };
-    if link < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: BPF_LINK_CREATE's attribute, pointing at nothing.
+    let link = unsafe { super::syscall::bpf(BPF_LINK_CREATE, &mut create)? };
     // SAFETY: a descriptor bpf(2) just returned, owned by nobody else; closed after pinning.
     let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
     let pathname = CString::new(path.as_os_str().as_bytes())
@@ -226,18 +216,8 @@ fn link_and_pin(
         path_fd: 0,
         _pad: 0,
     };
-    // SAFETY: bpf(2) with an attribute whose pointer outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &raw mut pin,
-            std::mem::size_of::<PinAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: BPF_OBJ_PIN's attribute; `pathname` outlives the call.
+    unsafe { super::syscall::bpf(BPF_OBJ_PIN, &mut pin)? };
     Ok(())
 }
 

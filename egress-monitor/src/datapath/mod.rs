@@ -37,6 +37,7 @@ mod links;
 mod maps;
 mod object;
 mod plan;
+mod syscall;
 mod testrun;
 mod trust;
 

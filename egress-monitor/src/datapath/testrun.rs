@@ -167,18 +167,8 @@ pub fn test_run(
         ctx_in: context.as_ptr() as u64,
         ..TestAttr::default()
     };
-    // SAFETY: bpf(2) with a test-run attribute whose pointers outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: BPF_PROG_TEST_RUN's attribute; `frame` and `context` outlive the call.
+    unsafe { super::syscall::bpf(BPF_PROG_TEST_RUN, &mut attr)? };
     Ok(TestRun {
         retval: attr.retval,
         duration_ns: attr.duration,
