@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`verdict`]: action, outcome, hook and mode codes, defined once.
 //! - [`policy`]: the LPM trie value (verdict + rule id) and the config array slots.
+//! - [`flat`]: the flat tables in front of the tries, and the walk both sides share.
 //! - [`maps`]: map names and counter-array indexing.
 //! - [`record`]: the kind byte that starts every ring-buffer record.
 //! - [`event`]: the record written to the ring buffer for a denied packet.
@@ -17,6 +18,7 @@
 
 pub mod dns;
 pub mod event;
+pub mod flat;
 pub mod flow;
 pub mod guard;
 pub mod hash;

@@ -4,6 +4,9 @@ use crate::verdict::{hook, outcome};
 
 pub const POLICY_V4: &str = "POLICY_V4";
 pub const POLICY_V6: &str = "POLICY_V6";
+/// The flat tables in front of the tries (see [`crate::flat`]).
+pub const FLAT_V4: &str = "FLAT_V4";
+pub const FLAT_V6: &str = "FLAT_V6";
 pub const CONFIG: &str = "CONFIG";
 pub const COUNTERS: &str = "COUNTERS";
 pub const RULE_HITS: &str = "RULE_HITS";

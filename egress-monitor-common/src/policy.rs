@@ -58,7 +58,11 @@ pub mod config {
     /// Non-zero: DNS answers teach sockets of any network namespace, not only those in
     /// `DNS_NETNS` (an explicit opt-in of the policy's `[dns]` table).
     pub const DNS_ANY_NETNS: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Non-zero: the egress programs skip their fast lane (the flat tables, see
+    /// [`crate::flat`]) and judge every packet on the full path. Decisions are the same either
+    /// way; the benchmark and the tests compare the two.
+    pub const FAST_LANE_OFF: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// LPM trie key data lengths, in bytes (the key is `prefix_len: u32` followed by the address in

@@ -1,4 +1,5 @@
-//! The two entry points. They differ only in where the IP header starts; the verdict is
+//! The entry points. The two egress programs differ only in where the IP header starts; the
+//! verdict is the fast lane's ([`crate::fast`]) when it takes the packet, else
 //! [`crate::policy::judge`]'s, and each returns exactly that verdict.
 #![allow(
     clippy::not_unsafe_ptr_arg_deref,
@@ -16,6 +17,7 @@ use egress_monitor_common::verdict::hook;
 use aya_log_ebpf::debug;
 
 use crate::{
+    fast,
     parse::L3Start,
     policy::{self, Verdict},
 };
@@ -39,7 +41,9 @@ pub fn raw_guard(ctx: SockoptContext) -> i32 {
 /// domain rules allow from DNS answers, before the process reads them. Passes everything.
 #[cgroup_skb]
 pub fn cgroup_ingress(ctx: SkBuffContext) -> i32 {
-    crate::dns::learn(&ctx.skb, ctx.as_ptr().cast());
+    if crate::fast::may_be_dns_answer(ctx.as_ptr().cast()) {
+        crate::dns::learn(&ctx.skb, ctx.as_ptr().cast());
+    }
     CGROUP_PASS
 }
 
@@ -49,6 +53,9 @@ const CGROUP_DROP: i32 = 0;
 
 #[cgroup_skb]
 pub fn cgroup_egress(ctx: SkBuffContext) -> i32 {
+    if fast::egress(ctx.as_ptr().cast(), L3Start::Network, hook::CGROUP) {
+        return CGROUP_PASS;
+    }
     let judgement = policy::judge(
         &ctx.skb,
         ctx.as_ptr().cast(),
@@ -74,6 +81,9 @@ const TC_DROP: i32 = TC_ACT_SHOT as i32;
 /// than ending the chain, so egress-monitor composes with other TC users. Drop ends it.
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
+    if fast::egress(ctx.as_ptr().cast(), L3Start::Ethernet, hook::TC) {
+        return TC_ACT_UNSPEC;
+    }
     let judgement = policy::judge(&ctx.skb, ctx.as_ptr().cast(), L3Start::Ethernet, hook::TC);
     if judgement.unjudgeable && policy::kernel_log() {
         debug!(&ctx, "tc egress: no readable IP destination, denied");

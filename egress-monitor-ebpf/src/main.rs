@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - `entry`: the entry points, thin.
+//! - `fast`: the fast lane: the common allowed packet, read directly, looked up in the flat
+//!   tables, decided as the full path would.
 //! - `maps`: every map, in one place, named as `egress_monitor_common::maps` says.
 //! - `parse`: bounded IPv4/IPv6 parsing (extension headers, fragments) into a [`parse::Packet`].
 //! - `policy`: the LPM lookup and the mode: what to do with a packet.
@@ -28,6 +30,7 @@
 mod dns;
 mod emit;
 mod entry;
+mod fast;
 mod flow;
 mod guard;
 mod maps;

@@ -2,6 +2,7 @@
 //! the rule-hit counters to fit the policy, and the ring buffer to the configured size.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, Queue, RingBuf},
 };
@@ -11,6 +12,7 @@ use egress_monitor_common::{
         LearnedValue, NETNS_CAPACITY, PENDING_CAPACITY, PendingKey, QUERIES_CAPACITY, QueryKey,
         QueryValue, RESOLVERS_CAPACITY,
     },
+    flat,
     flow::{
         FLOW_DIRTY_CAPACITY, FLOW_REPORTED_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowReported,
         FlowValue,
@@ -32,6 +34,13 @@ pub static POLICY_V4: LpmTrie<[u8; IPV4_ADDR_LEN], RuleValue> =
 #[map]
 pub static POLICY_V6: LpmTrie<[u8; IPV6_ADDR_LEN], RuleValue> =
     LpmTrie::with_max_entries(DEFAULT_RULE_CAPACITY, 0);
+
+/// The flat tables in front of the tries (see `egress_monitor_common::flat`): the fast lane's
+/// lookup. Mappable, so the daemon writes them as memory.
+#[map]
+pub static FLAT_V4: Array<u64> = Array::with_max_entries(flat::ENTRIES, BPF_F_MMAPABLE as u32);
+#[map]
+pub static FLAT_V6: Array<u64> = Array::with_max_entries(flat::ENTRIES, BPF_F_MMAPABLE as u32);
 
 #[map]
 pub static CONFIG: Array<u64> = Array::with_max_entries(config::COUNT, 0);

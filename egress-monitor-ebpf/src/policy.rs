@@ -187,7 +187,7 @@ fn lookup(packet: &Packet) -> Option<RuleValue> {
 /// pinned config and the check run know (see `config::CHECK_SECRET`). Real packets reach the
 /// cgroup hook with `cb` cleared by the kernel, and no process can set it.
 #[inline(always)]
-fn is_check(raw: *mut __sk_buff) -> bool {
+pub fn is_check(raw: *mut __sk_buff) -> bool {
     let secret = CONFIG.get(config::CHECK_SECRET).copied().unwrap_or(0);
     if secret == 0 {
         return false;

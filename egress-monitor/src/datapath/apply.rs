@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use super::{
     Datapath, DatapathError, Opened,
+    flat::Tables,
     grow::forget_revoked,
     maps::{capacity_of, open_map, open_trie, read_config, write_config},
     plan::{Fit, Live, LpmKey, Plan, Step, Wanted, fit},
@@ -108,9 +109,15 @@ impl Datapath {
         let trust = TrustPlan::of(policy)?;
         let previous_version = read_config(&self.target)?.policy_version;
         let capacity = capacity_of(&self.target)?;
-        let plan = Plan::new(&read_live(&self.target)?, &Wanted::of(policy), capacity)?;
+        let live = read_live(&self.target)?;
+        let plan = Plan::new(&live, &Wanted::of(policy), capacity)?;
+        let tables = Tables::open(&self.target, &plan.prefixes_after(&live))?;
         self.reset_hits(&plan.fresh_ids)?;
+        // The flat tables never answer differently from the tries: what the change touches
+        // asks the tries until they hold the new policy (see `flat::update`).
+        tables.zero(plan.changed_prefixes());
         self.take_steps(&plan, policy)?;
+        tables.fill();
         self.write_dns_settings(policy)?;
         self.write_trust(&trust)?;
         let version = policy.version();

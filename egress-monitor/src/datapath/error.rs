@@ -50,6 +50,13 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("flat table `{name}`: {what}")]
+    FlatTable {
+        name: &'static str,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("nothing is pinned at {}; start `egress-monitor run` first", .0.display())]
     NotPinned(PathBuf),
     #[error(

@@ -30,7 +30,7 @@ pub(super) enum Reattach {
 
 /// Config slots that describe the live state and carry over to bigger maps (not the build, nor
 /// the check secret, which the new maps have of their own).
-const CARRIED_CONFIG: [u32; 10] = [
+const CARRIED_CONFIG: [u32; 11] = [
     config::MODE,
     config::POLICY_VERSION,
     config::PINNED_SINCE,
@@ -41,6 +41,7 @@ const CARRIED_CONFIG: [u32; 10] = [
     config::DNS_QUERIES,
     config::DNS_EVENT_INTERVAL_NS,
     config::DNS_ANY_NETNS,
+    config::FAST_LANE_OFF,
 ];
 
 /// Copies what the maps at `from` hold into the (bigger, empty) maps at `to` of the same

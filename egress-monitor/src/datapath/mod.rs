@@ -31,6 +31,7 @@ pub mod state;
 mod apply;
 mod counters;
 mod error;
+mod flat;
 mod flow_maps;
 mod grow;
 mod links;
@@ -54,6 +55,7 @@ use crate::datapath::pins::PinLayout;
 pub use apply::ApplyReport;
 pub use counters::{Counters, HookCounters, Totals};
 pub use error::DatapathError;
+pub use flat::{FastLane, TableUse};
 pub(crate) use flow_maps::FlowMaps;
 pub(crate) use links::{CgroupHook, LinkName};
 pub use object::{
@@ -278,6 +280,22 @@ impl Datapath {
             Mode::Enforce => mode::ENFORCE,
         };
         write_config(&self.target, config::MODE, u64::from(value))
+    }
+
+    /// Turns the egress programs' fast lane (the flat tables in front of the tries) on or off,
+    /// live. Verdicts are the same either way; off, every packet takes the full path (for the
+    /// benchmark's comparison, the tests', and as a switch should the lane ever be doubted).
+    pub fn set_fast_lane(&mut self, on: bool) -> Result<(), DatapathError> {
+        write_config(&self.target, config::FAST_LANE_OFF, u64::from(!on))
+    }
+
+    /// Whether the fast lane is on, and what its tables hold.
+    pub fn fast_lane(&self) -> Result<FastLane, DatapathError> {
+        let array: Array<MapData, u64> = open_map(&self.target, names::CONFIG)?;
+        let off = array
+            .get(&config::FAST_LANE_OFF, 0)
+            .map_err(DatapathError::map(names::CONFIG, "read"))?;
+        flat::fast_lane(&self.target, off == 0)
     }
 
     /// How long an address learned from a domain rule's DNS answer stays allowed beyond the

@@ -202,6 +202,31 @@ impl Plan {
         Ok(plan)
     }
 
+    /// What the tries hold once the plan's steps are taken on tries holding `live`.
+    pub(super) fn prefixes_after(&self, live: &Live) -> HashMap<LpmKey, RuleValue> {
+        let mut prefixes = live.prefixes.clone();
+        for step in &self.steps {
+            match step {
+                Step::WritePrefix { key, value, .. } => {
+                    prefixes.insert(*key, *value);
+                }
+                Step::DeletePrefix(key) => {
+                    prefixes.remove(key);
+                }
+                Step::WriteDomain { .. } | Step::DeleteDomain(_) => {}
+            }
+        }
+        prefixes
+    }
+
+    /// The prefixes the plan writes or removes.
+    pub(super) fn changed_prefixes(&self) -> impl Iterator<Item = LpmKey> + '_ {
+        self.steps.iter().filter_map(|step| match step {
+            Step::WritePrefix { key, .. } | Step::DeletePrefix(key) => Some(*key),
+            Step::WriteDomain { .. } | Step::DeleteDomain(_) => None,
+        })
+    }
+
     /// Writes for new and changed prefixes, then deletions of stale ones.
     fn diff_prefixes(&mut self, live: &Live, wanted: &Wanted) {
         for (rule, ((key, rule_action), id)) in

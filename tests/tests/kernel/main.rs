@@ -21,6 +21,7 @@ mod daemon;
 mod datapath;
 mod dns;
 mod durable;
+mod fastlane;
 mod fleet;
 mod flows;
 mod multicast;
