@@ -5,6 +5,7 @@
 
 use std::{
     io::Write as _,
+    net::IpAddr,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -18,7 +19,7 @@ use egress_monitor_policy::{Action, Mode, Policy};
 use egress_monitor_tests::{
     bpffs::BpfFs,
     cgroup::Cgroup,
-    netns::{NODE_IF, PRIVATE_V4, Topology},
+    netns::{NODE_IF, PRIVATE_V4, PRIVATE_V6, Topology},
 };
 use ipnetwork::IpNetwork;
 use serde::Serialize;
@@ -29,7 +30,7 @@ use crate::{
 };
 
 /// Generated deny rules per family in every filter's rule set (plus the default allow groups).
-pub const RULES_PER_FAMILY: usize = 1_000;
+pub const RULES_PER_FAMILY: usize = 100_000;
 
 /// Which hooks a BPF setup uses: the cgroup's (cgroup_skb egress, plus ingress and the
 /// per-socket companions for egress-monitor), the TC egress hook of the node's veth, or both.
@@ -64,6 +65,8 @@ pub enum Filter {
     /// Empty programs on the same hooks: the limit of this design (see [`crate::empty`]).
     Empty(Hooks),
     EgressMonitorEnforce(Hooks),
+    /// Enforce on both hooks with the fast lane off: every packet on the full path.
+    EgressMonitorFullPath,
     EgressMonitorObserve,
     Nftables,
     IptablesIpset,
@@ -72,10 +75,11 @@ pub enum Filter {
 impl Filter {
     /// One round, in this order: each egress-monitor setup right after the empty programs on
     /// its hooks, so that the two runs a ratio pairs are neighbours in time.
-    pub const ALL: [Filter; 10] = [
+    pub const ALL: [Filter; 11] = [
         Filter::None,
         Filter::Empty(Hooks::Both),
         Filter::EgressMonitorEnforce(Hooks::Both),
+        Filter::EgressMonitorFullPath,
         Filter::EgressMonitorObserve,
         Filter::Empty(Hooks::Cgroup),
         Filter::EgressMonitorEnforce(Hooks::Cgroup),
@@ -94,6 +98,9 @@ impl Filter {
             Filter::EgressMonitorEnforce(hooks) => {
                 format!("egress-monitor enforce ({})", hooks.label())
             }
+            Filter::EgressMonitorFullPath => {
+                "egress-monitor enforce, fast lane off (both hooks)".into()
+            }
             Filter::EgressMonitorObserve => "egress-monitor observe (both hooks)".into(),
             Filter::Nftables => "nftables, interval sets".into(),
             Filter::IptablesIpset => "iptables + ipset (hash:net)".into(),
@@ -106,7 +113,9 @@ impl Filter {
             Filter::Empty(hooks) | Filter::EgressMonitorEnforce(hooks) => {
                 Some(Filter::Empty(hooks))
             }
-            Filter::EgressMonitorObserve => Some(Filter::Empty(Hooks::Both)),
+            Filter::EgressMonitorObserve | Filter::EgressMonitorFullPath => {
+                Some(Filter::Empty(Hooks::Both))
+            }
             Filter::None | Filter::Nftables | Filter::IptablesIpset => None,
         }
     }
@@ -173,8 +182,8 @@ pub fn measure(rounds: usize, seconds: u64) -> anyhow::Result<Throughput> {
             let started = Instant::now();
             let active = Active::set_up(filter, &policy, &topology, &cgroup, &scratch)?;
             let setup_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let tcp = iperf(&topology, &cgroup, false, seconds)?;
-            let udp = iperf(&topology, &cgroup, true, seconds)?;
+            let tcp = iperf(&topology, &cgroup, PRIVATE_V4.into(), false, seconds)?;
+            let udp = iperf(&topology, &cgroup, PRIVATE_V4.into(), true, seconds)?;
             active.tear_down(&topology)?;
             eprintln!(
                 "   round {round} {:<58} TCP {:>6.2} Gbit/s  UDP {:>7.1} kpps",
@@ -196,6 +205,7 @@ pub fn measure(rounds: usize, seconds: u64) -> anyhow::Result<Throughput> {
     for filter in [
         Filter::Empty(Hooks::Both),
         Filter::EgressMonitorEnforce(Hooks::Both),
+        Filter::EgressMonitorFullPath,
     ] {
         let active = Active::set_up(filter, &policy, &topology, &cgroup, &scratch)?;
         let costs = program_costs_of(&active, filter, &topology, &cgroup, seconds);
@@ -213,6 +223,10 @@ pub fn measure(rounds: usize, seconds: u64) -> anyhow::Result<Throughput> {
         (
             Filter::EgressMonitorEnforce(Hooks::Both),
             Filter::Empty(Hooks::Both),
+        ),
+        (
+            Filter::EgressMonitorEnforce(Hooks::Both),
+            Filter::EgressMonitorFullPath,
         ),
         (Filter::EgressMonitorEnforce(Hooks::Both), Filter::Nftables),
         (
@@ -345,13 +359,20 @@ pub struct ProgramCost {
     pub hook: ProgramHook,
     /// The program's name in the kernel.
     pub program: &'static str,
-    /// "UDP 64 B" or "TCP".
+    /// One of [`TRAFFIC`]'s names.
     pub traffic: &'static str,
     pub runs: u64,
     pub ns_per_run: f64,
 }
 
-/// Runs UDP, then TCP, with the kernel's run-time statistics on (`BPF_ENABLE_STATS`: the
+/// The traffic each program's cost is read under: name, destination, UDP (else TCP).
+pub const TRAFFIC: [(&str, IpAddr, bool); 3] = [
+    ("UDP 64 B", IpAddr::V4(PRIVATE_V4), true),
+    ("UDP 64 B IPv6", IpAddr::V6(PRIVATE_V6), true),
+    ("TCP", IpAddr::V4(PRIVATE_V4), false),
+];
+
+/// Runs each of [`TRAFFIC`] with the kernel's run-time statistics on (`BPF_ENABLE_STATS`: the
 /// switch `kernel.bpf_stats_enabled` turns, held by a descriptor, so the kernel turns it off
 /// again when the descriptor closes, also when this process dies; the sysctl's own value is
 /// never touched), and reads each attached judging program's run time and count around each.
@@ -376,9 +397,9 @@ fn program_costs_of(
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("enabling the kernel's run-time statistics (BPF_ENABLE_STATS)")?;
     let mut costs = Vec::new();
-    for (traffic, udp) in [("UDP 64 B", true), ("TCP", false)] {
+    for (traffic, to, udp) in TRAFFIC {
         let before = read()?;
-        iperf(topology, cgroup, udp, seconds)?;
+        iperf(topology, cgroup, to, udp, seconds)?;
         let after = read()?;
         for (((hook, program, _), (time0, count0)), (time1, count1)) in
             programs.iter().zip(before).zip(after)
@@ -428,10 +449,16 @@ impl Drop for Server {
 
 /// One iperf3 run from the node namespace and cgroup to the private peer: bits/s for TCP,
 /// delivered packets/s for 64-byte UDP.
-fn iperf(topology: &Topology, cgroup: &Cgroup, udp: bool, seconds: u64) -> anyhow::Result<f64> {
+fn iperf(
+    topology: &Topology,
+    cgroup: &Cgroup,
+    to: IpAddr,
+    udp: bool,
+    seconds: u64,
+) -> anyhow::Result<f64> {
     let mut args = vec![
         "-c".to_owned(),
-        PRIVATE_V4.to_string(),
+        to.to_string(),
         "-t".into(),
         seconds.to_string(),
         "-J".into(),
@@ -534,9 +561,12 @@ impl Active {
                 hooks.cgroup().then_some(cgroup.path.as_path()),
                 hooks.tc().then_some(topology),
             )?)),
-            Filter::EgressMonitorEnforce(_) | Filter::EgressMonitorObserve => {
+            Filter::EgressMonitorEnforce(_)
+            | Filter::EgressMonitorFullPath
+            | Filter::EgressMonitorObserve => {
                 let (hooks, mode) = match filter {
                     Filter::EgressMonitorEnforce(hooks) => (hooks, Mode::Enforce),
+                    Filter::EgressMonitorFullPath => (Hooks::Both, Mode::Enforce),
                     _ => (Hooks::Both, Mode::Observe),
                 };
                 let mut policy = policy.clone();
@@ -544,6 +574,7 @@ impl Active {
                 let bpffs = BpfFs::new()?;
                 let mut datapath = Datapath::open(&bpffs.layout(), policy.rules.len())?;
                 datapath.apply(&policy)?;
+                datapath.set_fast_lane(filter != Filter::EgressMonitorFullPath)?;
                 if hooks.cgroup() {
                     datapath.attach_cgroup(&cgroup.path)?;
                 }

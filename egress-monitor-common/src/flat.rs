@@ -21,9 +21,10 @@ pub const ROOT_ENTRIES: u32 = 1 << 16;
 /// Entries of a block: one per value of the next byte.
 pub const BLOCK_ENTRIES: u32 = 256;
 /// Blocks each family's table has room for. A region that would need more is left to the trie
-/// (correct, only slower): 1024 blocks cover 1024 /16s with longer prefixes in IPv4.
-pub const BLOCKS: u32 = 1024;
-/// Entries of each family's table (2.5 MiB).
+/// (correct, only slower): 2048 blocks cover, say, 1,500 /16s with longer prefixes inside an
+/// allowed range and 500 /24s with still longer ones.
+pub const BLOCKS: u32 = 2048;
+/// Entries of each family's table (4.5 MiB).
 pub const ENTRIES: u32 = ROOT_ENTRIES + BLOCKS * BLOCK_ENTRIES;
 
 const KIND_SHIFT: u32 = 32;

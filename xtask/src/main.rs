@@ -42,7 +42,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Measure speed and memory side by side with no filter, nftables and iptables + ipset;
-    /// writes bench/results/latest.{md,json} (needs root; about 5 minutes).
+    /// writes bench/results/latest.{md,json} (needs root; about 20 minutes).
     #[command(after_help = "Examples:\n  cargo xtask bench\n  cargo xtask bench -- --quick")]
     Bench {
         /// Arguments for em-bench (`--quick`, `--out DIR`).

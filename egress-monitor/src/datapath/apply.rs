@@ -118,6 +118,13 @@ impl Datapath {
         tables.zero(plan.changed_prefixes());
         self.take_steps(&plan, policy)?;
         tables.fill();
+        if tables.refused() > 0 {
+            log::warn!(
+                "the fast lane's tables are full: {} regions with allowed addresses inside are \
+                 judged by the tries (the same verdicts, a little slower)",
+                tables.refused()
+            );
+        }
         self.write_dns_settings(policy)?;
         self.write_trust(&trust)?;
         let version = policy.version();

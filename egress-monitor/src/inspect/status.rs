@@ -27,6 +27,9 @@ pub struct Status {
     /// The pid of the daemon serving this pin path, if one runs.
     pub daemon_pid: Option<u32>,
     pub counters: Counters,
+    /// The egress programs' fast lane and its tables (`None`: state pinned by a build without
+    /// one).
+    pub fast_lane: Option<crate::datapath::FastLane>,
     /// Hits per named rule, most first (rules without hits left out).
     pub rule_hits: Vec<RuleHits>,
     /// Addresses domain rules allow now (learned from DNS answers), soonest to expire first.
@@ -98,6 +101,7 @@ pub fn status(layout: &PinLayout) -> Result<Status, DatapathError> {
         same_build: live.build_id == build_id(),
         daemon_pid: running_daemon(layout),
         counters: datapath.counters()?,
+        fast_lane: datapath.fast_lane().ok(),
         rule_hits,
         dns_allowed: dns_allowed(&datapath, state.as_ref())?,
         controller: crate::fleet::reporter::ReporterStatus::read(layout),
@@ -236,6 +240,19 @@ pub fn render(status: &Status) -> String {
             |pid| format!("running, pid {pid}")
         ),
     );
+    out.push_str(&match &status.fast_lane {
+        Some(lane) => format!(
+            "fast lane    {}; flat tables: IPv4 {} allow entries, {} of {} blocks; IPv6 {} allow entries, {} of {} blocks\n",
+            if lane.on { "on" } else { "off (every packet takes the full path)" },
+            lane.v4.allow_entries,
+            lane.v4.blocks,
+            egress_monitor_common::flat::BLOCKS,
+            lane.v6.allow_entries,
+            lane.v6.blocks,
+            egress_monitor_common::flat::BLOCKS,
+        ),
+        None => "fast lane    unknown (pinned by another build)\n".to_owned(),
+    });
     out.push_str(&hook("cgroup", &status.counters.cgroup));
     out.push_str(&hook("tc", &status.counters.tc));
     out.push_str(&format!(

@@ -202,6 +202,13 @@ fn policy_apply_is_refused_on_a_node_that_follows_a_fleet_policy() {
     let node = Node::new("applied-fleet");
     let daemon = node.daemon(&["--mode", "enforce"]);
     let before = status_json(&node.bpffs.pin_path());
+    // `status` shows the fast lane, on, its tables holding the default groups' allows.
+    assert_eq!(before["fast_lane"]["on"], true, "{before:#}");
+    assert!(
+        before["fast_lane"]["v4"]["allow_entries"].as_u64() > Some(0)
+            && before["fast_lane"]["v6"]["allow_entries"].as_u64() > Some(0),
+        "{before:#}"
+    );
     // What the reporter of a daemon run with --controller writes once the fleet's policy v7
     // is applied (the fleet tests drive a real controller; here only the refusal is at stake).
     let run_dir = PinLayout::new(node.pin()).run_dir();

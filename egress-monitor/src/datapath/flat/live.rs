@@ -1,6 +1,6 @@
 //! A pinned flat table, mapped into this process (the arrays are created `BPF_F_MMAPABLE`): the
 //! daemon reads and writes entries as memory, one atomic 64-bit store each, which the programs
-//! see at once; a table of 327,680 entries is compared and written without a syscall per entry.
+//! see at once; a table of 589,824 entries is compared and written without a syscall per entry.
 
 use std::{
     io,

@@ -244,6 +244,11 @@ impl Tables {
             .sum()
     }
 
+    /// Regions with an allow inside that the tables had no room for (the tries answer them).
+    pub(super) fn refused(&self) -> usize {
+        self.images.iter().map(|image| image.refused).sum()
+    }
+
     /// Step 3 of [`update`]: once the tries hold what the tables were opened for.
     pub(super) fn fill(&self) -> usize {
         (0..2)
