@@ -16,15 +16,10 @@ use egress_monitor_common::{flat, policy::config, verdict::outcome};
 use crate::{
     emit,
     maps::{CONFIG, FLAT_V4, FLAT_V6},
-    parse::{self, L3Start},
+    parse::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV4_MIN_HLEN, IPV6_HLEN, L3Start, has_ports},
     policy,
 };
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const IPV4_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
 const DNS_PORT: u16 = 53;
 
 /// The packet's linear bytes, `[start, end)`, as the verifier knows them.
@@ -76,12 +71,6 @@ fn network(raw: *mut __sk_buff, packet: Linear, start: L3Start) -> Option<(usize
     }
 }
 
-/// The transport protocols whose first four bytes are the ports (TCP, UDP, SCTP, UDP-Lite).
-#[inline(always)]
-fn has_ports(proto: u8) -> bool {
-    matches!(proto, 6 | 17 | 132 | 136)
-}
-
 /// Whether the ports at `l4` (when `proto` has them) keep the packet off DNS: `None` when
 /// they cannot be read directly.
 #[inline(always)]
@@ -115,12 +104,13 @@ pub fn egress(raw: *mut __sk_buff, start: L3Start, hook: u8) -> bool {
     };
     let rule = match family {
         ETH_P_IP => {
-            let Some(h) = packet.read::<IPV4_HLEN>(l3) else {
+            let Some(h) = packet.read::<IPV4_MIN_HLEN>(l3) else {
                 return false;
             };
             // Version 4, no options; neither a fragment nor one to come.
             let fragmented = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
-            if h[0] != 0x45 || fragmented || not_dns(packet, h[9], l3 + IPV4_HLEN) != Some(true) {
+            if h[0] != 0x45 || fragmented || not_dns(packet, h[9], l3 + IPV4_MIN_HLEN) != Some(true)
+            {
                 return false;
             }
             let dst = [h[16], h[17], h[18], h[19]];
@@ -167,7 +157,7 @@ pub fn may_be_dns_answer(raw: *mut __sk_buff) -> bool {
     };
     let (proto, l4) = match family {
         ETH_P_IP => {
-            let Some(h) = packet.read::<IPV4_HLEN>(0) else {
+            let Some(h) = packet.read::<IPV4_MIN_HLEN>(0) else {
                 return true;
             };
             if h[0] != 0x45 {
@@ -177,7 +167,7 @@ pub fn may_be_dns_answer(raw: *mut __sk_buff) -> bool {
             if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
                 return false;
             }
-            (h[9], IPV4_HLEN)
+            (h[9], IPV4_MIN_HLEN)
         }
         ETH_P_IPV6 => {
             let Some(h) = packet.read::<IPV6_HLEN>(0) else {

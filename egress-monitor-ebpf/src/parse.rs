@@ -9,17 +9,17 @@ use core::ptr::NonNull;
 use aya_ebpf::{bindings::__sk_buff, programs::sk_buff::SkBuff};
 use egress_monitor_common::event::flags;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86DD;
+pub(crate) const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 const VLAN_HLEN: usize = 4;
 /// Q-in-Q at most; a deeper stack is judged as a non-IP frame (denied), not looked into.
 const MAX_VLAN_TAGS: usize = 2;
 
-const IPV4_MIN_HLEN: usize = 20;
+pub(crate) const IPV4_MIN_HLEN: usize = 20;
 /// IPv4 options (RFC 791): end of list, no-op, and the two source routes (loose, strict),
 /// whose later addresses are where the packet is really going.
 const IPOPT_END: u8 = 0;
@@ -28,7 +28,7 @@ const IPOPT_LSRR: u8 = 0x83;
 const IPOPT_SSRR: u8 = 0x89;
 /// At most 40 bytes of options, so at most 40 of them (each at least one byte).
 const MAX_IPV4_OPTIONS: usize = 40;
-const IPV6_HLEN: usize = 40;
+pub(crate) const IPV6_HLEN: usize = 40;
 /// Enough for any sane chain (hop-by-hop, destination options, routing, fragment, AH, ...).
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 
@@ -288,6 +288,15 @@ pub fn source_routed_v6(raw: *mut __sk_buff, mut next: u8, mut offset: usize) ->
     is_extension_header(next)
 }
 
+/// Whether a transport protocol starts with the ports (TCP, UDP, SCTP, UDP-Lite).
+#[inline(always)]
+pub fn has_ports(proto: u8) -> bool {
+    matches!(
+        proto,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
+    )
+}
+
 /// Whether an IPv6 next-header value is an extension header [`transport`] walks.
 #[inline(always)]
 pub fn is_extension_header(next: u8) -> bool {
@@ -365,12 +374,7 @@ pub fn transport(skb: &SkBuff, packet: &mut Packet) {
         packet.proto = next;
         packet.l4 = offset;
     }
-    if packet.later_fragment
-        || !matches!(
-            packet.proto,
-            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
-        )
-    {
+    if packet.later_fragment || !has_ports(packet.proto) {
         return;
     }
     if let Ok(p) = skb.load::<[u8; 4]>(packet.l4) {

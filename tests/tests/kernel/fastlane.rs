@@ -8,31 +8,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use egress_monitor::datapath::{Datapath, Judge, TestRunner, frame_to};
 use egress_monitor_policy::{Action, CommandLineRules, Mode, Policy};
 use egress_monitor_tests::{bpffs::BpfFs, require_root, sweep_stale};
+use fastrand::Rng;
 
-/// splitmix64: reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn address(&mut self, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(Ipv6Addr::from(
-                u128::from(self.next()) << 64 | u128::from(self.next()),
-            ))
-        } else {
-            IpAddr::V4(Ipv4Addr::from(self.next() as u32))
-        }
+/// A random address of either family.
+fn address(rng: &mut Rng, v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from(rng.u128(..)))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(rng.u32(..)))
     }
 }
 
@@ -66,19 +49,19 @@ fn random_policy(rng: &mut Rng) -> Policy {
     let mut seen = std::collections::BTreeSet::new();
     for v6 in [false, true] {
         let bits = if v6 { 128 } else { 32 };
-        for _ in 0..2 + rng.below(5) {
-            let centre = rng.address(v6);
-            let mut len = 1 + rng.below(bits / 2) as u32;
+        for _ in 0..2 + rng.u64(0..5) {
+            let centre = address(rng, v6);
+            let mut len = 1 + rng.u64(0..bits / 2) as u32;
             while len <= bits as u32 {
                 let text = cidr(centre, len);
                 if !taken(&text) && seen.insert(text.clone()) {
-                    if rng.below(100) < 55 {
+                    if rng.u64(0..100) < 55 {
                         rules.allow.push(text);
                     } else {
                         rules.deny.push(text);
                     }
                 }
-                len += 1 + rng.below(9) as u32;
+                len += 1 + rng.u64(0..9) as u32;
             }
         }
     }
@@ -114,8 +97,8 @@ fn addresses(rng: &mut Rng, policy: &Policy, count: usize) -> Vec<IpAddr> {
         }
     }
     while out.len() < count {
-        let v6 = rng.below(2) == 1;
-        out.push(rng.address(v6));
+        let v6 = rng.u64(0..2) == 1;
+        out.push(address(rng, v6));
     }
     out
 }
@@ -143,7 +126,7 @@ fn the_fast_lane_decides_and_counts_as_the_full_path() {
     let bpffs = BpfFs::new().expect("a bpf filesystem for the test's pins");
     let mut datapath = Datapath::open(&bpffs.layout(), 4096).expect("pin the datapath");
     let secret = datapath.check_secret().expect("the check secret");
-    let mut rng = Rng(0xfa57_1a4e);
+    let mut rng = Rng::with_seed(0xfa57_1a4e);
     let mut checked = 0;
     for change in 0..4 {
         let policy = random_policy(&mut rng);

@@ -14,33 +14,14 @@ use egress_monitor_common::{
     verdict::action,
 };
 use egress_monitor_policy::Action;
+use fastrand::Rng;
 
 use super::{Image, Prefix, V4_BITS, V6_BITS, image, images, update};
 use crate::datapath::plan::{Live, LpmKey, Plan, Step, Wanted};
 
-/// splitmix64: reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn address(&mut self) -> u128 {
-        u128::from(self.next()) << 64 | u128::from(self.next())
-    }
+/// A chance of `percent` in a hundred.
+fn chance(rng: &mut Rng, percent: u64) -> bool {
+    rng.u64(0..100) < percent
 }
 
 fn mask(bits: u32, len: u32) -> u128 {
@@ -65,21 +46,21 @@ fn key(bits: u32, addr: u128, len: u32) -> LpmKey {
 fn random_prefixes(rng: &mut Rng, bits: u32) -> Vec<(LpmKey, Action)> {
     let mut chosen: BTreeMap<LpmKey, Action> = BTreeMap::new();
     let action = |rng: &mut Rng| {
-        if rng.chance(55) {
+        if chance(rng, 55) {
             Action::Allow
         } else {
             Action::Deny
         }
     };
-    if rng.chance(30) {
+    if chance(rng, 30) {
         chosen.insert(key(bits, 0, 0), action(rng));
     }
-    for _ in 0..1 + rng.below(6) {
-        let centre = rng.address() & mask(bits, bits);
-        let mut len = rng.below(u64::from(bits) / 2) as u32;
+    for _ in 0..1 + rng.u64(0..6) {
+        let centre = rng.u128(..) & mask(bits, bits);
+        let mut len = rng.u64(0..u64::from(bits) / 2) as u32;
         while len <= bits {
             chosen.insert(key(bits, centre, len), action(rng));
-            len += 1 + rng.below(10) as u32;
+            len += 1 + rng.u64(0..10) as u32;
         }
         // The host itself, and its neighbours' prefixes at the edges of the chain's ranges.
         chosen.insert(key(bits, centre, bits), action(rng));
@@ -87,15 +68,15 @@ fn random_prefixes(rng: &mut Rng, bits: u32) -> Vec<(LpmKey, Action)> {
         chosen.insert(
             key(
                 bits,
-                centre.wrapping_add(step << rng.below(24)),
-                bits - rng.below(8) as u32,
+                centre.wrapping_add(step << rng.u64(0..24)),
+                bits - rng.u64(0..8) as u32,
             ),
             action(rng),
         );
     }
-    for _ in 0..rng.below(20) {
-        let len = rng.below(u64::from(bits) + 1) as u32;
-        chosen.insert(key(bits, rng.address(), len), action(rng));
+    for _ in 0..rng.u64(0..20) {
+        let len = rng.u64(0..u64::from(bits) + 1) as u32;
+        chosen.insert(key(bits, rng.u128(..), len), action(rng));
     }
     chosen.into_iter().collect()
 }
@@ -104,9 +85,7 @@ fn random_prefixes(rng: &mut Rng, bits: u32) -> Vec<(LpmKey, Action)> {
 fn random_policy(rng: &mut Rng) -> Wanted {
     let mut prefixes = random_prefixes(rng, V4_BITS);
     prefixes.extend(random_prefixes(rng, V6_BITS));
-    for i in (1..prefixes.len()).rev() {
-        prefixes.swap(i, rng.below(i as u64 + 1) as usize);
-    }
+    rng.shuffle(&mut prefixes);
     Wanted {
         prefixes,
         domains: Vec::new(),
@@ -184,14 +163,14 @@ fn addresses(rng: &mut Rng, prefixes: &[LpmKey], count: usize) -> Vec<(u32, u128
             last,
             first.wrapping_sub(unit),
             last.wrapping_add(unit),
-            first | (rng.address() & !mask(bits, prefix.len) & mask(bits, bits)),
+            first | (rng.u128(..) & !mask(bits, prefix.len) & mask(bits, bits)),
         ] {
             out.push((bits, addr & mask(bits, bits)));
         }
     }
     while out.len() < count {
-        let bits = if rng.chance(50) { V4_BITS } else { V6_BITS };
-        out.push((bits, rng.address() & mask(bits, bits)));
+        let bits = if chance(rng, 50) { V4_BITS } else { V6_BITS };
+        out.push((bits, rng.u128(..) & mask(bits, bits)));
     }
     out
 }
@@ -245,7 +224,7 @@ fn fresh_tries(wanted: &Wanted) -> HashMap<LpmKey, RuleValue> {
 
 #[test]
 fn the_table_answers_as_the_tries_on_a_million_addresses() {
-    let mut rng = Rng(0x5eed_f1a7);
+    let mut rng = Rng::with_seed(0x5eed_f1a7);
     let mut checked = 0;
     let mut answered = 0;
     for round in 0..40 {
@@ -316,7 +295,7 @@ fn change_live(
     let between: Vec<(u32, u128)> = addresses
         .iter()
         .copied()
-        .filter(|_| rng.chance(20))
+        .filter(|_| chance(rng, 20))
         .collect();
     let new = images(&after);
     let mut changed: [Vec<Prefix>; 2] = [Vec::new(), Vec::new()];
@@ -368,7 +347,7 @@ fn change_live(
 /// then take stale ones' ids).
 #[test]
 fn live_changes_never_answer_differently_from_the_tries() {
-    let mut rng = Rng(0xd1ff_5eed);
+    let mut rng = Rng::with_seed(0xd1ff_5eed);
     let mut tries: HashMap<LpmKey, RuleValue> = HashMap::new();
     let tables = [empty_table(), empty_table()];
     let mut checks = 0;
@@ -411,5 +390,12 @@ fn an_entry_the_same_before_and_after_still_asks_while_a_change_covers_it() {
         RuleValue::new(0, action::ALLOW),
         "the /16 takes the /8's id"
     );
-    change_live(&mut tries, &tables, &wanted, 2, &mut Rng(1), "reused id");
+    change_live(
+        &mut tries,
+        &tables,
+        &wanted,
+        2,
+        &mut Rng::with_seed(1),
+        "reused id",
+    );
 }
