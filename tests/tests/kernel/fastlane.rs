@@ -78,7 +78,8 @@ fn allowed(policy: &Policy, address: IpAddr) -> bool {
         .is_some_and(|rule| rule.action == Action::Allow)
 }
 
-/// Every rule's first and last address and their neighbours outside it, then random ones.
+/// Every rule's first and last address, their neighbours outside it and random ones inside,
+/// then random ones anywhere.
 fn addresses(rng: &mut Rng, policy: &Policy, count: usize) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for rule in &policy.rules {
@@ -94,6 +95,24 @@ fn addresses(rng: &mut Rng, policy: &Policy, count: usize) -> Vec<IpAddr> {
                 IpAddr::V6(Ipv6Addr::from(u128::from(l).wrapping_add(1))),
             ]),
             _ => {}
+        }
+        for _ in 0..8 {
+            out.push(match first {
+                IpAddr::V4(f) => {
+                    let host = rng.u32(..)
+                        & !u32::MAX
+                            .checked_shl(32 - u32::from(rule.network.prefix()))
+                            .unwrap_or(0);
+                    IpAddr::V4(Ipv4Addr::from(u32::from(f) | host))
+                }
+                IpAddr::V6(f) => {
+                    let host = rng.u128(..)
+                        & !u128::MAX
+                            .checked_shl(128 - u32::from(rule.network.prefix()))
+                            .unwrap_or(0);
+                    IpAddr::V6(Ipv6Addr::from(u128::from(f) | host))
+                }
+            });
         }
     }
     while out.len() < count {
