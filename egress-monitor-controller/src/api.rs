@@ -2,7 +2,7 @@
 //! mapping from requests to the store. A refused request stores nothing and says why, as
 //! `{"error": "…"}` with a fitting status.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -10,13 +10,14 @@ use axum::{
     extract::{FromRequestParts, Query, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header, request::Parts},
     response::{Html, IntoResponse, Response},
-    routing::{delete, get, post, put},
+    routing::{get, post, put},
 };
 
 use super::{
     auth::{Caller, NodeScope, Tokens, presented},
     metrics::{ControllerMetrics, ReportOutcome, count_requests},
     page,
+    params::Params,
     store::{Ingest, Store, StoreError, Top, ViolationFilter},
     view::{self, NodeView},
 };
@@ -35,6 +36,8 @@ pub struct AppState {
     /// Reports made longer ago than this are acknowledged but not stored: the controller
     /// keeps nothing older.
     pub retention: Duration,
+    /// A node silent this long is stale, whatever interval it claims.
+    pub stale_after: Duration,
     pub tops: TopsCache,
     pub metrics: Arc<ControllerMetrics>,
 }
@@ -124,7 +127,10 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route(&format!("{API}/reports"), post(post_report))
         .route(&format!("{API}/nodes"), get(get_nodes))
-        .route(&format!("{API}/nodes/{{node_id}}"), delete(forget_node))
+        .route(
+            &format!("{API}/nodes/{{node_id}}"),
+            get(get_node).delete(forget_node),
+        )
         .route(&format!("{API}/violations"), get(get_violations))
         .route(&format!("{API}/summary"), get(get_summary))
         .route(&format!("{API}/policy"), get(get_policy).put(put_policy))
@@ -135,6 +141,12 @@ pub fn router(state: Shared) -> Router {
         .route(&format!("{API}/history"), get(get_history))
         .route(&format!("{API}/mode"), put(put_mode))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .layer(axum::middleware::from_fn(guard_bodies))
         .layer(axum::middleware::from_fn_with_state(
@@ -304,13 +316,88 @@ async fn views(state: &Shared) -> Result<(Vec<NodeView>, super::store::FleetSett
         .nodes()
         .await?
         .into_iter()
-        .map(|node| view::node_view(node, &fleet, now))
+        .map(|node| view::node_view(node, &fleet, now, state.stale_after.as_millis() as u64))
         .collect();
     Ok((views, fleet))
 }
 
-async fn get_nodes(State(state): State<Shared>, _: Admin) -> Result<Json<Vec<NodeView>>, ApiError> {
-    Ok(Json(views(&state).await?.0))
+/// A request's query parameters, of which only `allowed` may be named, each once (else 400).
+fn params(query: Vec<(String, String)>, allowed: &[&str]) -> Result<Params, ApiError> {
+    Params::parse(query, allowed).map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))
+}
+
+/// `/nodes` answers at most this many nodes by default (`limit` up to [`MAX_NODES_PAGE`]).
+const NODES_PAGE: usize = 1000;
+const MAX_NODES_PAGE: usize = 10_000;
+
+/// `GET /api/v1/nodes?state=&after=&limit=`: nodes in id order, those in `state` only (a
+/// state's word), after the node id `after`, `limit` of them (default 1000). When more follow,
+/// a `Link: <…>; rel="next"` header gives the next page's URL.
+async fn get_nodes(
+    State(state): State<Shared>,
+    _: Admin,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let query = params(query, &["state", "after", "limit"])?;
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
+    let wanted = query
+        .get("state")
+        .map(|word| word.parse::<view::NodeState>())
+        .transpose()
+        .map_err(bad)?;
+    let after = query.get("after");
+    if after.is_some_and(|id| !egress_monitor_api::wire::valid_node_id(id)) {
+        return Err(bad("`after` must be a node id".into()));
+    }
+    let limit = match query.get("limit") {
+        None => NODES_PAGE,
+        Some(value) => value
+            .parse::<usize>()
+            .ok()
+            .filter(|v| (1..=MAX_NODES_PAGE).contains(v))
+            .ok_or_else(|| bad(format!("`limit` must be between 1 and {MAX_NODES_PAGE}")))?,
+    };
+    let mut nodes: Vec<NodeView> = views(&state)
+        .await?
+        .0
+        .into_iter()
+        .filter(|node| wanted.is_none_or(|wanted| node.state == wanted))
+        .filter(|node| after.is_none_or(|after| node.node.node_id.as_str() > after))
+        .take(limit + 1)
+        .collect();
+    let more = nodes.len() > limit;
+    nodes.truncate(limit);
+    let mut response = Json(&nodes).into_response();
+    if let (true, Some(last)) = (more, nodes.last()) {
+        let mut next = format!("{API}/nodes?after={}&limit={limit}", last.node.node_id);
+        if let Some(wanted) = wanted {
+            next.push_str(&format!("&state={}", wanted.as_str()));
+        }
+        if let Ok(value) = header::HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")) {
+            response.headers_mut().insert(header::LINK, value);
+        }
+    }
+    Ok(response)
+}
+
+/// `GET /api/v1/nodes/NODE_ID`: one node's view.
+async fn get_node(
+    State(state): State<Shared>,
+    _: Admin,
+    axum::extract::Path(node_id): axum::extract::Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Json<NodeView>, ApiError> {
+    params(query, &[])?;
+    if !egress_monitor_api::wire::valid_node_id(&node_id) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "not a node id"));
+    }
+    views(&state)
+        .await?
+        .0
+        .into_iter()
+        .find(|node| node.node.node_id == node_id)
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no node `{node_id}`")))
 }
 
 /// `DELETE /api/v1/nodes/NODE_ID`: a node scaled in for good leaves the fleet view (its
@@ -341,7 +428,9 @@ const TOP_LIMIT: u32 = 10;
 async fn get_summary(
     State(state): State<Shared>,
     _: Admin,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<view::Summary>, ApiError> {
+    params(query, &[])?;
     let (views, fleet) = views(&state).await?;
     let (since, tops) = tops(&state).await?;
     Ok(Json(view::summary(&views, &fleet, since, tops)))
@@ -356,14 +445,34 @@ fn limit(value: &str) -> Result<u32, String> {
         .ok_or_else(|| "`limit` must be between 1 and 1000".to_owned())
 }
 
-/// `?node=&destination=&process=&since=&until=&before=&limit=`; times are RFC 3339 or
-/// milliseconds since the epoch.
-fn violation_filter(query: &HashMap<String, String>) -> Result<ViolationFilter, String> {
+/// What `/violations` filters on.
+const VIOLATION_PARAMS: [&str; 8] = [
+    "node",
+    "destination",
+    "process",
+    "since",
+    "until",
+    "before",
+    "after",
+    "limit",
+];
+
+/// `?node=&destination=&process=&since=&until=&before=&after=&limit=`; times are RFC 3339 or
+/// milliseconds since the epoch (the node's clock); `before` pages back from the newest,
+/// `after` forward in the order the controller stored them (a poller's cursor).
+fn violation_filter(query: &Params) -> Result<ViolationFilter, String> {
     let mut filter = ViolationFilter {
         limit: 100,
         ..ViolationFilter::default()
     };
-    for (key, value) in query {
+    let id = |key: &str, value: &str| {
+        value
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| format!("`{key}` must be a violation id (a non-negative integer)"))
+    };
+    for (key, value) in query.iter() {
         let text = || -> Result<Option<String>, String> {
             if value.is_empty() || value.len() > egress_monitor_api::wire::MAX_TEXT {
                 Err(format!(
@@ -371,31 +480,23 @@ fn violation_filter(query: &HashMap<String, String>) -> Result<ViolationFilter, 
                     egress_monitor_api::wire::MAX_TEXT
                 ))
             } else {
-                Ok(Some(value.clone()))
+                Ok(Some(value.to_owned()))
             }
         };
-        match key.as_str() {
+        match key {
             "node" => filter.node = text()?,
             "destination" => filter.destination = text()?,
             "process" => filter.process = text()?,
             "since" => filter.since_ms = Some(time(key, value)?),
             "until" => filter.until_ms = Some(time(key, value)?),
-            "before" => {
-                filter.before = Some(
-                    value
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|v| *v > 0)
-                        .ok_or("`before` must be a violation id (a positive integer)")?,
-                );
-            }
+            "before" => filter.before = Some(id(key, value)?),
+            "after" => filter.after = Some(id(key, value)?),
             "limit" => filter.limit = limit(value)?,
-            other => {
-                return Err(format!(
-                    "unknown filter `{other}`: use node, destination, process, since, until, before, limit"
-                ));
-            }
+            other => return Err(format!("unknown parameter `{other}`")),
         }
+    }
+    if filter.before.is_some() && filter.after.is_some() {
+        return Err("give `before` (back from the newest) or `after` (forward), not both".into());
     }
     if let (Some(since), Some(until)) = (filter.since_ms, filter.until_ms)
         && since >= until
@@ -417,9 +518,9 @@ fn time(key: &str, value: &str) -> Result<u64, String> {
 async fn get_violations(
     State(state): State<Shared>,
     _: Admin,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<Vec<super::store::Violation>>, ApiError> {
-    let filter = violation_filter(&query)
+    let filter = violation_filter(&params(query, &VIOLATION_PARAMS)?)
         .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
     Ok(Json(state.store.violations(&filter).await?))
 }
@@ -474,23 +575,15 @@ async fn get_policy_version(
 async fn get_history(
     State(state): State<Shared>,
     _: Admin,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
-    let mut count = 100;
-    for (key, value) in &query {
-        match key.as_str() {
-            "limit" => {
-                count = limit(value)
-                    .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
-            }
-            other => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown parameter `{other}`: use limit"),
-                ));
-            }
+    let query = params(query, &["limit"])?;
+    let count = match query.get("limit") {
+        Some(value) => {
+            limit(value).map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?
         }
-    }
+        None => 100,
+    };
     Ok(Json(history(&state, count).await?))
 }
 
@@ -641,11 +734,15 @@ async fn page_data(state: &Shared) -> Result<page::PageData, ApiError> {
 mod tests {
     use super::*;
 
-    fn query(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn query(pairs: &[(&str, &str)]) -> Params {
+        Params::parse(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            &VIOLATION_PARAMS,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -664,14 +761,16 @@ mod tests {
             (("limit", "0"), "`limit` must be between 1 and 1000"),
             (("limit", "1001"), "`limit` must be between 1 and 1000"),
             (("since", "yesterday"), "`since` must be RFC 3339"),
-            (("colour", "red"), "unknown filter `colour`"),
             (("node", ""), "`node` must be 1-"),
             (("before", "-3"), "`before` must be a violation id"),
+            (("after", "x"), "`after` must be a violation id"),
         ] {
             let err = violation_filter(&query(&[bad])).unwrap_err();
             assert!(err.starts_with(message), "{bad:?}: {err}");
         }
         let err = violation_filter(&query(&[("since", "2000"), ("until", "1000")])).unwrap_err();
         assert_eq!(err, "`since` must be before `until`");
+        let err = violation_filter(&query(&[("before", "9"), ("after", "3")])).unwrap_err();
+        assert!(err.contains("not both"), "{err}");
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! - The JSON API's types and their validation are `egress_monitor_api::wire`, shared with the
 //!   node's reporter; fleet policies are validated by `egress_monitor_policy`, as nodes do.
-//! - [`auth`]: admin and node tokens; [`api`]: routes; [`page`]: the HTML page;
+//! - [`auth`]: admin and node tokens; [`api`]: routes; [`params`]: query parameters, strictly;
+//!   [`page`]: the HTML page;
 //!   [`view`]: node states (enforced, observing, drifted, unprotected, stale) and the summary.
 //! - [`store`]: SQLite (embedded, default) or PostgreSQL (shared by replicas).
 //! - [`metrics`]: the controller's own Prometheus metrics (`--metrics`).
@@ -13,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod metrics;
 pub mod page;
+pub mod params;
 pub mod store;
 pub mod view;
 
@@ -34,6 +36,9 @@ pub struct ControllerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Violations older than this are removed (hourly).
     pub retention: Duration,
+    /// A node silent this long is stale, whatever interval it claims (at most three of its
+    /// intervals in any case).
+    pub stale_after: Duration,
     /// Where to serve the controller's own Prometheus metrics.
     pub metrics: Option<SocketAddr>,
 }
@@ -157,6 +162,7 @@ impl Controller {
                 store,
                 tokens: std::sync::RwLock::new(Arc::new(tokens)),
                 retention: config.retention,
+                stale_after: config.stale_after,
                 tops: api::TopsCache::default(),
                 metrics: Arc::default(),
             }),

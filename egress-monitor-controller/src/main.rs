@@ -74,6 +74,11 @@ struct Args {
     #[arg(long, value_name = "DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(u32).range(1..=3650))]
     retention_days: u32,
+    /// Seconds without a report after which a node is stale, whatever interval it reports
+    /// (a node is stale after three of its intervals in any case).
+    #[arg(long, value_name = "SECONDS", default_value_t = egress_monitor_controller::view::DEFAULT_STALE_AFTER_S,
+          value_parser = clap::value_parser!(u64).range(10..=86_400))]
+    stale_after: u64,
     /// Serve the controller's own Prometheus metrics at http://ADDR/metrics (no token: bind
     /// it where only the scraper reaches, e.g. 127.0.0.1:9465).
     #[arg(long, value_name = "ADDR")]
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
         node_token_file: args.node_token_file,
         tls: args.tls_cert.zip(args.tls_key),
         retention: Duration::from_secs(u64::from(args.retention_days) * 86_400),
+        stale_after: Duration::from_secs(args.stale_after),
         metrics: args.metrics,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -6,8 +6,12 @@ use serde::Serialize;
 use super::store::{FleetSettings, NodeRow, Top};
 use egress_monitor_api::{Mode, time::rfc3339};
 
-/// A node is stale after this many of its intervals without a report.
+/// A node is stale after this many of its intervals without a report, or after the
+/// controller's `--stale-after`, whichever comes first (a node cannot keep itself fresh with a
+/// long interval).
 pub const STALE_INTERVALS: u64 = 3;
+/// `--stale-after`'s default.
+pub const DEFAULT_STALE_AFTER_S: u64 = 180;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -24,7 +28,31 @@ pub enum NodeState {
     Enforced,
 }
 
+impl std::str::FromStr for NodeState {
+    type Err = String;
+
+    fn from_str(word: &str) -> Result<NodeState, String> {
+        NodeState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == word)
+            .ok_or_else(|| {
+                format!(
+                    "`state` must be one of {}",
+                    NodeState::ALL.map(NodeState::as_str).join(", ")
+                )
+            })
+    }
+}
+
 impl NodeState {
+    pub const ALL: [NodeState; 5] = [
+        NodeState::Stale,
+        NodeState::Unprotected,
+        NodeState::Drifted,
+        NodeState::Observing,
+        NodeState::Enforced,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Stale => "stale",
@@ -49,15 +77,23 @@ pub struct NodeView {
     pub problems: Vec<String>,
 }
 
-pub fn node_view(node: NodeRow, fleet: &FleetSettings, now_ms: u64) -> NodeView {
+/// The node's view at `now_ms` (the controller's clock, as `last_seen_ms` is); `stale_after_ms`
+/// is the controller's bound on silence.
+pub fn node_view(
+    node: NodeRow,
+    fleet: &FleetSettings,
+    now_ms: u64,
+    stale_after_ms: u64,
+) -> NodeView {
     let mut problems = Vec::new();
     let silent_ms = now_ms.saturating_sub(node.last_seen_ms);
-    let stale = silent_ms > STALE_INTERVALS * u64::from(node.interval_s) * 1000;
+    let allowed_ms = (STALE_INTERVALS * u64::from(node.interval_s) * 1000).min(stale_after_ms);
+    let stale = silent_ms > allowed_ms;
     if stale {
         problems.push(format!(
-            "no report for {} s ({STALE_INTERVALS} intervals are {} s)",
+            "no report for {} s (stale after {} s)",
             silent_ms / 1000,
-            STALE_INTERVALS * u64::from(node.interval_s)
+            allowed_ms / 1000
         ));
     }
     if node.health.attachments == 0 {

@@ -298,6 +298,38 @@ impl Api {
         self.try_get(path, token).expect("the controller answers")
     }
 
+    /// `GET path` with the token: status, body and the `Link` header's next page URL (the part
+    /// between `<` and `>`), if any.
+    pub fn get_page(&self, path: &str, token: &str) -> (u16, Value, Option<String>) {
+        let mut response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .expect("the controller answers");
+        let next = response
+            .headers()
+            .get("link")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|link| Some(link.split_once('<')?.1.split_once('>')?.0.to_owned()));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("a body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            next,
+        )
+    }
+
+    /// `PATCH path` with the token and no body (a method no route takes).
+    pub fn patch(&self, path: &str, token: &str) -> (u16, Value) {
+        let request = self
+            .agent
+            .patch(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {token}"));
+        Self::finish(request.send_empty()).expect("the controller answers")
+    }
+
     /// `DELETE path` with the token.
     pub fn delete(&self, path: &str, token: &str) -> (u16, Value) {
         let request = self

@@ -111,8 +111,11 @@ pub struct ViolationFilter {
     pub process: Option<String>,
     pub since_ms: Option<u64>,
     pub until_ms: Option<u64>,
-    /// Only ids below this one (the next page).
+    /// Only ids below this one (the next page, newest first).
     pub before: Option<i64>,
+    /// Only ids above this one, oldest first: the arrival-order cursor of a poller (ids grow in
+    /// the order violations are stored, whatever the nodes' clocks say).
+    pub after: Option<i64>,
     pub limit: u32,
 }
 

@@ -126,11 +126,13 @@ pub const INSERT_NODE: &str = "INSERT INTO nodes (node_id, hostname, machine_id,
 pub const COUNT_REPORT: &str = "UPDATE nodes SET reports = reports + 1, events = events + ?2, \
      last_seen_ms = CASE WHEN last_seen_ms > ?3 THEN last_seen_ms ELSE ?3 END WHERE node_id = ?1";
 
-/// The node's state, from its newest report only (reports may arrive out of order).
+/// The node's state, from the report the controller received last, unless it is an older one
+/// of the same stream (a spool replayed out of order). The node's own clock (`created_ms`) is
+/// data, never the order: a report dated in the future cannot freeze the state.
 pub const UPDATE_NODE_STATE: &str = "UPDATE nodes SET hostname = ?2, machine_id = ?3, vm_id = ?4, mode = ?5, \
      policy_version = ?6, fleet_version = ?7, policy_error = ?8, interval_s = ?9, report_created_ms = ?10, \
      stream = ?11, last_seq = ?12, counters = ?13, health = ?14 \
-     WHERE node_id = ?1 AND report_created_ms <= ?10";
+     WHERE node_id = ?1 AND (stream <> ?11 OR last_seq <= ?12)";
 
 pub fn node_state_params(report: &Report) -> Vec<Param> {
     vec![
@@ -194,13 +196,21 @@ pub fn violations(filter: &ViolationFilter) -> (String, Vec<Param>) {
     if let Some(before) = filter.before {
         push("id < ?N", before.into(), &mut params);
     }
+    if let Some(after) = filter.after {
+        push("id > ?N", after.into(), &mut params);
+    }
     let mut sql = SELECT_EVENTS.to_owned();
     if !clauses.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&clauses.join(" AND "));
     }
     params.push(i64::from(filter.limit).into());
-    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", params.len()));
+    let order = if filter.after.is_some() {
+        "ASC"
+    } else {
+        "DESC"
+    };
+    sql.push_str(&format!(" ORDER BY id {order} LIMIT ?{}", params.len()));
     (sql, params)
 }
 

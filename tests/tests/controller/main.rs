@@ -290,7 +290,7 @@ fn contract(db: &str, scratch: &Scratch) {
     expect_refused(
         api.get("/api/v1/violations?colour=red", ADMIN_TOKEN),
         400,
-        "unknown filter",
+        "unknown parameter `colour`: use node, destination, process, since, until, before, after, limit",
     );
     let wget = &violations(&api, "?process=wget")[0];
     assert_eq!(wget["dst"], "198.51.100.7");
@@ -425,7 +425,7 @@ fn contract(db: &str, scratch: &Scratch) {
         "positive integer",
     );
     expect_refused(api.get("/api/v1/policy/1", FLEET_TOKEN), 403, "admin token");
-    let mut converged = report("node-a", "machine-a", 4, 10, vec![]);
+    let mut converged = report("node-a", "machine-a", 5, 10, vec![]);
     converged["mode"] = json!("enforce");
     converged["policy"]["fleet_version"] = fleet["version"].clone();
     assert_eq!(api.post_json(reports, FLEET_TOKEN, &converged).0, 200);
@@ -435,8 +435,9 @@ fn contract(db: &str, scratch: &Scratch) {
         .unwrap();
     assert_eq!(a["state"], "enforced", "{a:#}");
     assert_eq!(a["converged"], true);
-    // A report that arrives late (made before the newest) does not roll the state back.
-    let mut late = report("node-a", "machine-a", 5, 10, vec![]);
+    // A report that arrives late (an earlier one of the same stream, say from a spool) does
+    // not roll the state back.
+    let mut late = report("node-a", "machine-a", 4, 10, vec![]);
     late["created_ms"] = json!(now_ms() - 60_000);
     assert_eq!(api.post_json(reports, FLEET_TOKEN, &late).0, 200);
     let a = nodes(&api)
@@ -511,6 +512,174 @@ fn api_contract_on_postgres() {
 
 /// Two stateless controllers on one PostgreSQL database: what one stores the other serves,
 /// and a report sent to both at once is stored once.
+/// The controller's clock decides: a report dated a day ahead does not freeze a node's state
+/// (the next one received sets it), and a node claiming a long interval is stale after the
+/// controller's `--stale-after` all the same.
+#[test]
+fn the_controllers_clock_decides_order_and_freshness() {
+    let scratch = Scratch::new("controller-clock");
+    let files = ControllerFiles::new(&scratch.0);
+    let controller = Controller::start(&files, &files.sqlite(), 0, &["--stale-after", "10"]);
+    let api = Api::new(&controller.url);
+    let reports = "/api/v1/reports";
+    let node = |id: &str| {
+        nodes(&api)
+            .into_iter()
+            .find(|n| n["node_id"] == id)
+            .unwrap()
+    };
+    let mut forged = report("clock-a", "machine-clock-a", 1, 10, vec![]);
+    forged["created_ms"] = json!(now_ms() + 23 * 3_600_000);
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &forged).0, 200);
+    assert_eq!(node("clock-a")["state"], "observing");
+    let mut real = report("clock-a", "machine-clock-a", 2, 10, vec![]);
+    real["health"]["attachments"] = json!(0);
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &real).0, 200);
+    let a = node("clock-a");
+    assert_eq!(a["state"], "unprotected", "{a:#}");
+    assert_eq!(a["problems"][0], "no program attached", "{a:#}");
+
+    // An hour's interval, and the controller's 10 s bound.
+    let slow = report("clock-b", "machine-clock-b", 1, 3600, vec![]);
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &slow).0, 200);
+    assert_eq!(node("clock-b")["state"], "observing");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = node("clock-b");
+        if b["state"] == "stale" {
+            assert!(
+                b["problems"][0]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("(stale after 10 s)"),
+                "{b:#}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never stale: {b:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The API a large fleet's scripts need: pages of nodes with a `Link` to the next, a state
+/// filter, one node by id, an arrival-order cursor on violations; an unknown or repeated
+/// parameter is a 400 naming it (never ignored), and a method no route takes a JSON 405.
+#[test]
+fn the_api_pages_filters_and_refuses_what_it_does_not_know() {
+    let scratch = Scratch::new("controller-paging");
+    let files = ControllerFiles::new(&scratch.0);
+    let controller = Controller::start(&files, &files.sqlite(), 0, &[]);
+    let api = Api::new(&controller.url);
+    let reports = "/api/v1/reports";
+    for i in 1..=5 {
+        let mut body = report(
+            &format!("page-{i}"),
+            &format!("machine-page-{i}"),
+            1,
+            10,
+            vec![event(&format!("203.0.113.{i}"), "/usr/bin/curl", 1)],
+        );
+        if i == 4 {
+            body["health"]["attachments"] = json!(0);
+        }
+        assert_eq!(api.post_json(reports, FLEET_TOKEN, &body).0, 200);
+    }
+    // Pages of two, following the `Link` header.
+    let mut seen = Vec::new();
+    let mut next = Some("/api/v1/nodes?limit=2".to_owned());
+    let mut pages = 0;
+    while let Some(path) = next {
+        let (status, body, link) = api.get_page(&path, ADMIN_TOKEN);
+        assert_eq!(status, 200, "{body}");
+        let page = body.as_array().unwrap();
+        assert!(page.len() <= 2, "{body}");
+        seen.extend(
+            page.iter()
+                .map(|n| n["node_id"].as_str().unwrap().to_owned()),
+        );
+        next = link;
+        pages += 1;
+        assert!(pages <= 3, "more pages than nodes: {seen:?}");
+    }
+    assert_eq!(
+        seen,
+        (1..=5).map(|i| format!("page-{i}")).collect::<Vec<_>>()
+    );
+    // Filters: the unprotected node only; one node by id.
+    let (status, unprotected) = api.get("/api/v1/nodes?state=unprotected", ADMIN_TOKEN);
+    assert_eq!(status, 200);
+    assert_eq!(unprotected.as_array().unwrap().len(), 1, "{unprotected}");
+    assert_eq!(unprotected[0]["node_id"], "page-4");
+    let (status, one) = api.get("/api/v1/nodes/page-2", ADMIN_TOKEN);
+    assert_eq!(
+        (status, one["node_id"].clone()),
+        (200, json!("page-2")),
+        "{one}"
+    );
+    expect_refused(
+        api.get("/api/v1/nodes/page-9", ADMIN_TOKEN),
+        404,
+        "no node `page-9`",
+    );
+    // Unknown and repeated parameters are refused, by name.
+    expect_refused(
+        api.get("/api/v1/nodes?sate=stale", ADMIN_TOKEN),
+        400,
+        "unknown parameter `sate`: use state, after, limit",
+    );
+    expect_refused(
+        api.get("/api/v1/nodes?state=gone", ADMIN_TOKEN),
+        400,
+        "`state` must be one of stale, unprotected, drifted, observing, enforced",
+    );
+    expect_refused(
+        api.get("/api/v1/violations?node=page-1&node=page-2", ADMIN_TOKEN),
+        400,
+        "`node` given more than once",
+    );
+    expect_refused(
+        api.get("/api/v1/summary?window=1h", ADMIN_TOKEN),
+        400,
+        "unknown parameter `window`: this route takes none",
+    );
+    // A poller's cursor: oldest first after an id, in the order stored.
+    let all = violations(&api, "?after=0&limit=1000");
+    assert_eq!(all.len(), 5);
+    let ids: Vec<i64> = all.iter().map(|v| v["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let rest = violations(&api, &format!("?after={}", ids[2]));
+    assert_eq!(
+        rest.iter()
+            .map(|v| v["id"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        ids[3..].to_vec()
+    );
+    // Another node's late, spooled event (made an hour ago) is still after the cursor.
+    let mut late = report(
+        "page-1",
+        "machine-page-1",
+        2,
+        10,
+        vec![event("203.0.113.77", "/usr/bin/wget", 1)],
+    );
+    late["events"][0]["ts_ms"] = json!(now_ms() - 3_600_000);
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &late).0, 200);
+    let newer = violations(&api, &format!("?after={}", ids[4]));
+    assert_eq!(newer.len(), 1, "{newer:?}");
+    assert_eq!(newer[0]["dst"], "203.0.113.77");
+    expect_refused(
+        api.get("/api/v1/violations?before=9&after=3", ADMIN_TOKEN),
+        400,
+        "give `before`",
+    );
+    // A method no route takes: JSON like every other error.
+    expect_refused(
+        api.patch("/api/v1/nodes", ADMIN_TOKEN),
+        405,
+        "this route does not take that method",
+    );
+}
+
 #[test]
 fn replicas_share_one_postgres_database() {
     let scratch = Scratch::new("replicas");
