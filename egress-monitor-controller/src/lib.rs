@@ -98,6 +98,10 @@ struct Reloadable {
 
 /// How often old violations are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Rows per pruning transaction: short enough that ingestion never waits long behind one.
+const PRUNE_BATCH: u32 = 2000;
+/// The pause between two batches, for ingestion.
+const PRUNE_PAUSE: Duration = Duration::from_millis(20);
 /// A new connection that has not sent a whole first request by then is closed (a client
 /// opening connections and trickling headers holds nothing for long; the TLS handshake has its
 /// own 10 s). Idle keep-alive connections are left alone: hyper's header timeout would also
@@ -302,7 +306,7 @@ async fn prune_forever(state: Arc<AppState>) {
         tick.tick().await;
         let before =
             egress_monitor_api::time::now_ms().saturating_sub(state.retention.as_millis() as u64);
-        match state.store.prune(before).await {
+        match prune(state.store.as_ref(), before, PRUNE_BATCH, PRUNE_PAUSE).await {
             Ok(0) => {}
             Ok(n) => log::info!("pruned {n} violations older than the retention"),
             Err(err) => log::error!(
@@ -311,6 +315,26 @@ async fn prune_forever(state: Arc<AppState>) {
             ),
         }
     }
+}
+
+/// Removes what was received before `before_ms`, `batch` rows per short transaction with a
+/// `pause` between, until nothing is left or another replica is pruning. Returns how many
+/// violations went.
+pub async fn prune(
+    store: &dyn store::Store,
+    before_ms: u64,
+    batch: u32,
+    pause: Duration,
+) -> Result<u64, StoreError> {
+    let mut pruned = 0;
+    while let Some((events, reports)) = store.prune_batch(before_ms, batch).await? {
+        pruned += events;
+        if events < u64::from(batch) && reports < u64::from(batch) {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    Ok(pruned)
 }
 
 /// A database URL without its password, for messages.

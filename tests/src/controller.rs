@@ -72,6 +72,11 @@ impl PgDatabase {
         psql(&self.admin_url, sql)
     }
 
+    /// Runs `sql` in this database, as the test role.
+    pub fn query_in(&self, sql: &str) -> String {
+        psql(&self.url(), sql)
+    }
+
     /// The URL controllers use.
     pub fn url(&self) -> String {
         let base = self

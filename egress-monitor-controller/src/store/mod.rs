@@ -5,10 +5,14 @@
 //! Every report is stored in one transaction keyed by (node, stream, seq): a report sent again
 //! (a retry after a lost reply, a replayed spool) changes nothing and is answered as such.
 
+mod migrate;
 pub mod postgres;
 mod query;
 mod rows;
 pub mod sqlite;
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -174,8 +178,15 @@ pub trait Store: Send + Sync {
     /// Forgets a node (one scaled in for good): its row goes, its violations stay. False when
     /// there was no such node. A node that reports again is a new node.
     async fn forget(&self, node_id: &str) -> Result<bool, StoreError>;
-    /// Removes violations and report keys received before `before_ms`; returns how many events.
-    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError>;
+    /// Removes at most `batch` violations and `batch` report keys received before `before_ms`,
+    /// in one short transaction, so that ingestion never waits long behind pruning. Returns
+    /// how many of each went, or `None` when another replica is pruning at this moment (only
+    /// one does at a time).
+    async fn prune_batch(
+        &self,
+        before_ms: u64,
+        batch: u32,
+    ) -> Result<Option<(u64, u64)>, StoreError>;
     /// Bytes the database takes on disk.
     async fn size_bytes(&self) -> Result<u64, StoreError>;
 }

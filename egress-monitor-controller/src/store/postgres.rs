@@ -14,11 +14,16 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     FleetChange, FleetSettings, Ingest, NodeRow, Store, StoreError, Top, Violation,
-    ViolationFilter, mode_from, process_name,
+    ViolationFilter, migrate, mode_from, process_name,
     query::{self, Param, pg},
     rows,
 };
-use egress_monitor_api::{Mode, wire::Report};
+use egress_monitor_api::{Mode, time::now_ms, wire::Report};
+
+/// The advisory lock migrations run under (transaction-level).
+const MIGRATION_LOCK: i64 = 7_266_420;
+/// The advisory lock a replica prunes under: one at a time.
+const PRUNE_LOCK: i64 = 7_266_421;
 
 /// Inserts a report's events in one statement: the node and time once, each column an array.
 const INSERT_EVENTS: &str = "INSERT INTO events (node_id, received_ms, ts_ms, kind, hook, action, proto, src, dst, \
@@ -127,14 +132,31 @@ impl PgStore {
         } else {
             config.create_pool(Some(Runtime::Tokio1), NoTls)?
         };
-        let client = pool.get().await?;
-        // Replicas starting together: the schema is created under an advisory lock.
-        client
-            .batch_execute(&format!(
-                "SELECT pg_advisory_lock(7266420); {} SELECT pg_advisory_unlock(7266420);",
-                query::schema("BIGSERIAL PRIMARY KEY", "")
-            ))
+        let mut client = pool.get().await?;
+        // Replicas starting together: migrations run under a transaction-level lock, which
+        // is released only when the transaction (and the schema it made) is committed.
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
+        tx.batch_execute(migrate::MIGRATIONS_TABLE).await?;
+        let current: i64 = tx.query_one(migrate::CURRENT_VERSION, &[]).await?.get(0);
+        for migration in migrate::pending(current) {
+            tx.batch_execute(&(migration.sql)(&migrate::POSTGRES))
+                .await?;
+            tx.execute(
+                &pg(migrate::RECORD),
+                &[&migration.version, &migration.name, &(now_ms() as i64)],
+            )
+            .await?;
+            log::info!(
+                "database schema migrated to version {}: {}",
+                migration.version,
+                migration.name
+            );
+        }
+        tx.commit().await?;
+        migrate::warn_if_newer(current);
+        drop(client);
         Ok(PgStore { pool })
     }
 }
@@ -369,22 +391,25 @@ impl Store for PgStore {
         Ok(client.execute(&pg(query::FORGET_NODE), &[&node_id]).await? > 0)
     }
 
-    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
+    async fn prune_batch(
+        &self,
+        before_ms: u64,
+        batch: u32,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let events = tx
-            .execute(
-                "DELETE FROM events WHERE received_ms < $1",
-                &[&(before_ms as i64)],
-            )
-            .await?;
-        tx.execute(
-            "DELETE FROM reports WHERE received_ms < $1",
-            &[&(before_ms as i64)],
-        )
-        .await?;
+        let leader: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])
+            .await?
+            .get(0);
+        if !leader {
+            return Ok(None);
+        }
+        let params: [&(dyn ToSql + Sync); 2] = [&(before_ms as i64), &i64::from(batch)];
+        let events = tx.execute(&pg(query::PRUNE_EVENTS), &params).await?;
+        let reports = tx.execute(&pg(query::PRUNE_REPORTS), &params).await?;
         tx.commit().await?;
-        Ok(events)
+        Ok(Some((events, reports)))
     }
 
     async fn size_bytes(&self) -> Result<u64, StoreError> {

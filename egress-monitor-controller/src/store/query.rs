@@ -214,6 +214,14 @@ pub fn violations(filter: &ViolationFilter) -> (String, Vec<Param>) {
     (sql, params)
 }
 
+/// At most ?2 of the violations received before ?1, oldest first (by the `received_ms` index).
+pub const PRUNE_EVENTS: &str = "DELETE FROM events WHERE id IN \
+     (SELECT id FROM events WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)";
+
+/// At most ?2 of the report keys received before ?1.
+pub const PRUNE_REPORTS: &str = "DELETE FROM reports WHERE (node_id, stream, seq) IN \
+     (SELECT node_id, stream, seq FROM reports WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)";
+
 /// Top destinations since ?1, at most ?2.
 pub const TOP_DESTINATIONS: &str = "SELECT dst, MAX(dst_name), SUM(packets), COUNT(*), COUNT(DISTINCT node_id) FROM events \
      WHERE ts_ms >= ?1 AND dst IS NOT NULL GROUP BY dst ORDER BY SUM(packets) DESC, dst LIMIT ?2";

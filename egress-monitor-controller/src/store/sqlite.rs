@@ -13,11 +13,11 @@ use rusqlite::{
 
 use super::{
     FleetChange, FleetSettings, Ingest, NodeRow, Store, StoreError, Top, Violation,
-    ViolationFilter, mode_from,
+    ViolationFilter, migrate, mode_from,
     query::{self, Param},
     rows,
 };
-use egress_monitor_api::{Mode, wire::Report};
+use egress_monitor_api::{Mode, time::now_ms, wire::Report};
 
 pub struct SqliteStore {
     /// Every write, and the small reads on the reports' path (the fleet's wishes).
@@ -58,14 +58,11 @@ impl SqliteStore {
         let owned = path.to_owned();
         let (writer, reader) =
             tokio::task::spawn_blocking(move || -> Result<(Connection, Connection), StoreError> {
-                let writer = Connection::open(&owned)?;
+                let mut writer = Connection::open(&owned)?;
                 writer.busy_timeout(std::time::Duration::from_secs(10))?;
                 writer.pragma_update(None, "journal_mode", "WAL")?;
                 writer.pragma_update(None, "synchronous", "FULL")?;
-                writer.execute_batch(&query::schema(
-                    "INTEGER PRIMARY KEY AUTOINCREMENT",
-                    "WITHOUT ROWID",
-                ))?;
+                migrate_sqlite(&mut writer)?;
                 let reader = Connection::open_with_flags(
                     &owned,
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -99,6 +96,28 @@ impl SqliteStore {
         })
         .await?
     }
+}
+
+/// Runs the pending migrations in one immediate transaction (see [`migrate`]).
+fn migrate_sqlite(connection: &mut Connection) -> Result<(), StoreError> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(migrate::MIGRATIONS_TABLE)?;
+    let current: i64 = tx.query_row(migrate::CURRENT_VERSION, [], |row| row.get(0))?;
+    for migration in migrate::pending(current) {
+        tx.execute_batch(&(migration.sql)(&migrate::SQLITE))?;
+        tx.execute(
+            migrate::RECORD,
+            (migration.version, migration.name, now_ms() as i64),
+        )?;
+        log::info!(
+            "database schema migrated to version {}: {}",
+            migration.version,
+            migration.name
+        );
+    }
+    tx.commit()?;
+    migrate::warn_if_newer(current);
+    Ok(())
 }
 
 fn fleet(connection: &Connection) -> Result<FleetSettings, StoreError> {
@@ -302,19 +321,18 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn prune(&self, before_ms: u64) -> Result<u64, StoreError> {
+    async fn prune_batch(
+        &self,
+        before_ms: u64,
+        batch: u32,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
         self.with(Use::Write, move |connection| {
-            let tx = connection.transaction()?;
-            let events = tx.execute(
-                "DELETE FROM events WHERE received_ms < ?1",
-                [before_ms as i64],
-            )?;
-            tx.execute(
-                "DELETE FROM reports WHERE received_ms < ?1",
-                [before_ms as i64],
-            )?;
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let params = (before_ms as i64, i64::from(batch));
+            let events = tx.execute(query::PRUNE_EVENTS, params)?;
+            let reports = tx.execute(query::PRUNE_REPORTS, params)?;
             tx.commit()?;
-            Ok(events as u64)
+            Ok(Some((events as u64, reports as u64)))
         })
         .await
     }

@@ -680,6 +680,41 @@ fn the_api_pages_filters_and_refuses_what_it_does_not_know() {
     );
 }
 
+/// Replicas started together on an empty database all come up: the schema's migrations run
+/// once, under a lock held until they are committed (three tries, three replicas each).
+#[test]
+fn replicas_started_together_on_an_empty_database_all_serve() {
+    let scratch = Scratch::new("replicas-together");
+    let files = ControllerFiles::new(&scratch.0);
+    for attempt in 0..3 {
+        let database = PgDatabase::create();
+        let url = database.url();
+        let replicas: Vec<Controller> = std::thread::scope(|scope| {
+            let starting: Vec<_> = (0..3)
+                .map(|_| scope.spawn(|| Controller::start(&files, &url, 0, &[])))
+                .collect();
+            starting
+                .into_iter()
+                .map(|start| start.join().expect("every replica starts"))
+                .collect()
+        });
+        for replica in &replicas {
+            assert_eq!(
+                Api::new(&replica.url).get("/healthz", ""),
+                (200, json!({"status": "ok"})),
+                "attempt {attempt}"
+            );
+        }
+        assert_eq!(
+            database.query_in(
+                "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
+            ),
+            "1,2",
+            "attempt {attempt}"
+        );
+    }
+}
+
 #[test]
 fn replicas_share_one_postgres_database() {
     let scratch = Scratch::new("replicas");

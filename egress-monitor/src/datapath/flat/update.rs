@@ -2,11 +2,9 @@
 //! differently from the tries, at any moment:
 //!
 //! 1. [`zero`]: every entry that differs from the new image, and every entry over addresses a
-//!    changed prefix covers, asks the trie. Parents go first (entries are numbered parents
-//!    before their blocks), so a walk already under way meets an [`Entry::Ask`] or finds what
-//!    both images hold. What a walk can still reach afterwards is the same in the old and the
-//!    new image and lies over addresses no changed prefix touches: the tries answer those the
-//!    same before, during and after their change.
+//!    changed prefix covers, asks the trie. What a walk can still reach afterwards is the same
+//!    in the old and the new image and lies over addresses no changed prefix touches: the
+//!    tries answer those the same before, during and after their change.
 //! 2. The caller changes the tries.
 //! 3. [`fill`]: the new image is written, children first, so every block is complete before
 //!    an entry points to it.
@@ -21,21 +19,25 @@ const ROOT_BITS: u32 = ROOT_ENTRIES.trailing_zeros();
 const BLOCK_BITS: u32 = BLOCK_ENTRIES.trailing_zeros();
 
 /// Step 1: makes every entry of `table` that `new` holds differently, or that lies over a
-/// prefix in `changed` (written or removed), ask the trie. Returns how many it changed.
+/// prefix in `changed` (written or removed), ask the trie. Returns how many it changed. The
+/// order does not matter: the tries have not changed yet, so every entry is right either as
+/// it was or asking.
 pub(in crate::datapath) fn zero(table: &[AtomicU64], new: &[u64], changed: &[Prefix]) -> usize {
-    let mut asking = vec![false; table.len()];
-    for (index, (live, wanted)) in table.iter().zip(new).enumerate() {
-        asking[index] = live.load(Ordering::Acquire) != *wanted;
+    let ask = Entry::Ask.encode();
+    let mut zeroed = 0;
+    let mut zero = |entry: &AtomicU64| {
+        if entry.swap(ask, Ordering::AcqRel) != ask {
+            zeroed += 1;
+        }
+    };
+    for (entry, wanted) in table.iter().zip(new) {
+        if entry.load(Ordering::Acquire) != *wanted {
+            zero(entry);
+        }
     }
     for prefix in changed {
         for index in over(table, prefix) {
-            asking[index] = true;
-        }
-    }
-    let mut zeroed = 0;
-    for (entry, _) in table.iter().zip(asking).filter(|(_, ask)| *ask) {
-        if entry.swap(Entry::Ask.encode(), Ordering::AcqRel) != Entry::Ask.encode() {
-            zeroed += 1;
+            zero(&table[index]);
         }
     }
     zeroed

@@ -1,0 +1,101 @@
+//! The stores' own behaviour, on an SQLite file: migrations and batched pruning.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Store, ViolationFilter, sqlite::SqliteStore};
+use egress_monitor_api::wire::Report;
+
+fn report(seq: u64, events: usize) -> Report {
+    let event = json!({
+        "ts_ms": 1_000, "kind": "first", "hook": "cgroup", "action": "observed",
+        "proto": "tcp", "src": "10.0.0.4", "dst": "203.0.113.9", "dst_port": 443,
+        "dst_name": null, "rule": "default-deny", "pid": 1, "comm": "curl",
+        "exe": "/usr/bin/curl", "cgroup": "/", "packets": 1, "bytes": 60
+    });
+    serde_json::from_value(json!({
+        "node_id": "node-p", "stream": "00112233aabbccdd", "seq": seq, "created_ms": 1_000,
+        "interval_s": 10,
+        "identity": {"hostname": "host-p", "machine_id": "machine-p", "vm_id": null},
+        "mode": "observe",
+        "policy": {"version": "00000000deadbeef", "fleet_version": null, "error": null},
+        "counters": {"allowed_packets": 0, "denied_observed_packets": 0,
+                     "denied_dropped_packets": 0, "denied_bytes": 0, "malformed": 0},
+        "health": {"attachments": 1, "events_lost": 0, "uptime_s": 5,
+                   "spool_dropped_reports": 0, "spool_dropped_events": 0, "spool_pending": 0},
+        "events": vec![event; events]
+    }))
+    .expect("a valid report")
+}
+
+async fn count(store: &SqliteStore) -> usize {
+    store
+        .violations(&ViolationFilter {
+            limit: 1000,
+            ..ViolationFilter::default()
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn pruning_goes_in_short_batches_and_keeps_what_is_newer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("controller.db"))
+        .await
+        .unwrap();
+    for seq in 1..=3 {
+        store
+            .ingest(&report(seq, 300), false, 10_000)
+            .await
+            .unwrap();
+    }
+    store.ingest(&report(4, 7), false, 50_000).await.unwrap();
+    assert_eq!(count(&store).await, 907);
+    // One batch takes no more than its size, whatever is older.
+    assert_eq!(
+        store.prune_batch(20_000, 250).await.unwrap(),
+        Some((250, 3))
+    );
+    assert_eq!(count(&store).await, 657);
+    // Ingestion goes on between batches.
+    store.ingest(&report(5, 1), false, 60_000).await.unwrap();
+    let pruned = crate::prune(&store, 20_000, 250, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 650);
+    assert_eq!(count(&store).await, 8, "the newer reports' events stay");
+    // The newer report's key was kept: sent again, it is still a duplicate.
+    assert_eq!(
+        store.ingest(&report(4, 7), false, 70_000).await.unwrap(),
+        super::Ingest::Duplicate
+    );
+}
+
+#[tokio::test]
+async fn migrations_run_once_and_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller.db");
+    drop(SqliteStore::open(&path).await.unwrap());
+    // Opened again (a restart): nothing runs twice.
+    drop(SqliteStore::open(&path).await.unwrap());
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    let versions: Vec<i64> = connection
+        .prepare("SELECT version FROM schema_migrations ORDER BY version")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    let indexes: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert!(indexes >= 8, "{indexes} event indexes");
+}
