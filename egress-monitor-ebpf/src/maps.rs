@@ -35,12 +35,18 @@ pub static POLICY_V4: LpmTrie<[u8; IPV4_ADDR_LEN], RuleValue> =
 pub static POLICY_V6: LpmTrie<[u8; IPV6_ADDR_LEN], RuleValue> =
     LpmTrie::with_max_entries(DEFAULT_RULE_CAPACITY, 0);
 
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the flag is u32 in some architectures' bindings and not in others"
+)]
+const MMAPABLE: u32 = BPF_F_MMAPABLE as u32;
+
 /// The flat tables in front of the tries (see `egress_monitor_common::flat`): the fast lane's
 /// lookup. Mappable, so the daemon writes them as memory.
 #[map]
-pub static FLAT_V4: Array<u64> = Array::with_max_entries(flat::ENTRIES, BPF_F_MMAPABLE as u32);
+pub static FLAT_V4: Array<u64> = Array::with_max_entries(flat::ENTRIES, MMAPABLE);
 #[map]
-pub static FLAT_V6: Array<u64> = Array::with_max_entries(flat::ENTRIES, BPF_F_MMAPABLE as u32);
+pub static FLAT_V6: Array<u64> = Array::with_max_entries(flat::ENTRIES, MMAPABLE);
 
 #[map]
 pub static CONFIG: Array<u64> = Array::with_max_entries(config::COUNT, 0);
