@@ -178,6 +178,10 @@ pub struct HistoryEntry {
     pub change: String,
     pub policy_version: u64,
     pub mode: Option<Mode>,
+    /// The name of the operator's token that made the change (none for changes made before
+    /// names were recorded).
+    #[serde(default)]
+    pub by: Option<String>,
 }
 
 /// `PUT /api/v1/mode`.

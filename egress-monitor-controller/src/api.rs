@@ -14,7 +14,7 @@ use axum::{
 };
 
 use super::{
-    auth::{Caller, NodeScope, Tokens, presented},
+    auth::{Caller, NodeScope, Operator, Role, Tokens, presented},
     metrics::{ControllerMetrics, ReportOutcome, count_requests},
     page,
     params::Params,
@@ -40,6 +40,7 @@ pub struct AppState {
     pub stale_after: Duration,
     pub tops: TopsCache,
     pub metrics: Arc<ControllerMetrics>,
+    pub refusals: Refusals,
 }
 
 /// The tops scan a day of violations (about a second per million): computed at most once per
@@ -205,24 +206,68 @@ fn caller(headers: &HeaderMap, state: &Shared) -> Result<Caller, ApiError> {
         )
     })?;
     let tokens = Arc::clone(&state.tokens.read().unwrap_or_else(|e| e.into_inner()));
-    tokens
-        .caller(&token)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"))
+    tokens.caller(&token).ok_or_else(|| {
+        state.refusals.unknown_token();
+        ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")
+    })
 }
 
-/// An operator (admin token).
-pub struct Admin;
+/// Refused authentications, logged at most once per [`REFUSAL_LOG_EVERY`] with how many came
+/// since the last line: a guesser is seen in the log, and cannot flood it.
+#[derive(Default)]
+pub struct Refusals(std::sync::Mutex<(Option<std::time::Instant>, u64)>);
 
-impl FromRequestParts<Shared> for Admin {
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Refusals {
+    fn unknown_token(&self) {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, unlogged) = &mut *guard;
+        *unlogged += 1;
+        if last.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+            log::warn!(
+                "refused {} request(s) with an unknown token since the last such line",
+                unlogged
+            );
+            *last = Some(std::time::Instant::now());
+            *unlogged = 0;
+        }
+    }
+}
+
+/// An operator's token, of any role: who may read the fleet.
+pub struct Reader(pub Operator);
+
+impl FromRequestParts<Shared> for Reader {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
         match caller(&parts.headers, state)? {
-            Caller::Admin => Ok(Admin),
+            Caller::Operator(operator) => Ok(Reader(operator)),
             Caller::Node(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "a node token cannot do this: it needs the admin token",
             )),
         }
+    }
+}
+
+/// An operator's token with the `operator` role: who may change the fleet.
+pub struct Admin(pub Operator);
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
+        let Reader(operator) = Reader::from_request_parts(parts, state).await?;
+        if operator.role != Role::Operator {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the token `{}` is read-only: changing the fleet needs an operator's",
+                    operator.name
+                ),
+            ));
+        }
+        Ok(Admin(operator))
     }
 }
 
@@ -234,7 +279,7 @@ impl FromRequestParts<Shared> for Node {
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
         match caller(&parts.headers, state)? {
             Caller::Node(scope) => Ok(Node(scope)),
-            Caller::Admin => Err(ApiError::new(
+            Caller::Operator(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "reports come from nodes: use a node token",
             )),
@@ -335,7 +380,7 @@ const MAX_NODES_PAGE: usize = 10_000;
 /// a `Link: <…>; rel="next"` header gives the next page's URL.
 async fn get_nodes(
     State(state): State<Shared>,
-    _: Admin,
+    _: Reader,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let query = params(query, &["state", "after", "limit"])?;
@@ -383,7 +428,7 @@ async fn get_nodes(
 /// `GET /api/v1/nodes/NODE_ID`: one node's view.
 async fn get_node(
     State(state): State<Shared>,
-    _: Admin,
+    _: Reader,
     axum::extract::Path(node_id): axum::extract::Path<String>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<NodeView>, ApiError> {
@@ -427,7 +472,7 @@ const TOP_LIMIT: u32 = 10;
 
 async fn get_summary(
     State(state): State<Shared>,
-    _: Admin,
+    _: Reader,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<view::Summary>, ApiError> {
     params(query, &[])?;
@@ -517,7 +562,7 @@ fn time(key: &str, value: &str) -> Result<u64, String> {
 
 async fn get_violations(
     State(state): State<Shared>,
-    _: Admin,
+    _: Reader,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<Vec<super::store::Violation>>, ApiError> {
     let filter = violation_filter(&params(query, &VIOLATION_PARAMS)?)
@@ -544,7 +589,7 @@ async fn get_policy(
 /// `GET /api/v1/policy/VERSION`: a fleet policy as it was set, for audits and roll-backs.
 async fn get_policy_version(
     State(state): State<Shared>,
-    _: Admin,
+    _: Reader,
     axum::extract::Path(version): axum::extract::Path<String>,
 ) -> Result<Json<PolicyVersion>, ApiError> {
     let version = version
@@ -574,7 +619,7 @@ async fn get_policy_version(
 /// with the wishes it left: when the fleet was locked down, and under which policy.
 async fn get_history(
     State(state): State<Shared>,
-    _: Admin,
+    _: Reader,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Json<Vec<HistoryEntry>>, ApiError> {
     let query = params(query, &["limit"])?;
@@ -599,6 +644,7 @@ async fn history(state: &Shared, count: u32) -> Result<Vec<HistoryEntry>, ApiErr
             change: change.change,
             policy_version: change.policy_version,
             mode: change.mode,
+            by: change.actor,
         })
         .collect())
 }
@@ -606,7 +652,7 @@ async fn history(state: &Shared, count: u32) -> Result<Vec<HistoryEntry>, ApiErr
 /// The body is the policy file itself (TOML), exactly as a node's `--policy` file.
 async fn put_policy(
     State(state): State<Shared>,
-    _: Admin,
+    Admin(operator): Admin,
     body: Bytes,
 ) -> Result<Json<FleetPolicy>, ApiError> {
     if body.len() > MAX_POLICY_BYTES {
@@ -624,7 +670,10 @@ async fn put_policy(
     let fleet = state.store.fleet().await?;
     egress_monitor_policy::validate_fleet_policy(text, fleet.mode)
         .map_err(|err| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()))?;
-    let fleet = state.store.set_policy(text, now_ms()).await?;
+    let fleet = state
+        .store
+        .set_policy(text, now_ms(), &operator.name)
+        .await?;
     log::info!("fleet policy v{} set", fleet.policy_version);
     Ok(Json(fleet_policy(fleet)))
 }
@@ -632,7 +681,7 @@ async fn put_policy(
 /// The fleet's mode, for every node: `{"mode": "enforce"}` is the emergency lockdown.
 async fn put_mode(
     State(state): State<Shared>,
-    _: Admin,
+    Admin(operator): Admin,
     body: Result<Json<ModeRequest>, JsonRejection>,
 ) -> Result<Json<FleetPolicy>, ApiError> {
     let Json(request) = body?;
@@ -648,7 +697,10 @@ async fn put_mode(
             )
         })?;
     }
-    let fleet = state.store.set_mode(request.mode, now_ms()).await?;
+    let fleet = state
+        .store
+        .set_mode(request.mode, now_ms(), &operator.name)
+        .await?;
     log::warn!("fleet mode set to {}", request.mode);
     Ok(Json(fleet_policy(fleet)))
 }
@@ -685,7 +737,7 @@ async fn healthz(State(state): State<Shared>) -> Response {
 /// authentication (what a browser asks for).
 async fn page_handler(State(state): State<Shared>, headers: HeaderMap) -> Response {
     match caller(&headers, &state) {
-        Ok(Caller::Admin) => {}
+        Ok(Caller::Operator(_)) => {}
         _ => {
             return (
                 StatusCode::UNAUTHORIZED,

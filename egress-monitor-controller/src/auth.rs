@@ -1,9 +1,13 @@
-//! Who may call: operators with the admin token, nodes with a fleet token or their own.
+//! Who may call: operators with an admin token, nodes with a fleet token or their own.
 //!
-//! Token files hold one token per line (blank lines and `#` comments ignored). The node token
-//! file's lines are either `TOKEN` (a fleet token: any node id) or `NODE_ID TOKEN` (a token
-//! only that node may use). Tokens are compared as SHA-256 digests, in constant time, against
-//! every configured token, so neither timing nor length says how close a guess came.
+//! Token files hold one token per line (blank lines and `#` comments ignored), and must be
+//! readable by their owner only (`chmod 600`): a file others can read is refused. The admin
+//! token file's lines are `NAME ROLE TOKEN` (ROLE `operator`, who may change the fleet, or
+//! `read-only`, who may only read it), or a bare `TOKEN` (an operator named `operator-LINE`);
+//! the name goes into the fleet's history with every change. The node token file's lines are
+//! either `TOKEN` (a fleet token: any node id) or `NODE_ID TOKEN` (a token only that node may
+//! use). Tokens are compared as SHA-256 digests, in constant time, against every configured
+//! token, so neither timing nor length says how close a guess came.
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +35,36 @@ pub enum TokenError {
     },
     #[error("{0}: no token in the file")]
     Empty(PathBuf),
+    #[error(
+        "{path} can be read by other users (mode {mode:03o}): a token file must be its owner's alone (chmod 600 {path})"
+    )]
+    Loose { path: String, mode: u32 },
+}
+
+/// What an operator's token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Read everything, change nothing.
+    ReadOnly,
+    /// Read, and change the fleet's policy and mode, and forget nodes.
+    Operator,
+}
+
+impl Role {
+    fn parse(word: &str) -> Option<Role> {
+        match word {
+            "read-only" => Some(Role::ReadOnly),
+            "operator" => Some(Role::Operator),
+            _ => None,
+        }
+    }
+}
+
+/// An operator's token: its name (for the history and the log) and role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operator {
+    pub name: String,
+    pub role: Role,
 }
 
 type Digest32 = [u8; 32];
@@ -50,14 +84,14 @@ pub enum NodeScope {
 
 #[derive(Clone, Debug)]
 pub struct Tokens {
-    admin: Vec<Digest32>,
+    admin: Vec<(Operator, Digest32)>,
     nodes: Vec<(NodeScope, Digest32)>,
 }
 
 /// What a request proved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    Admin,
+    Operator(Operator),
     Node(NodeScope),
 }
 
@@ -68,17 +102,61 @@ impl Tokens {
     }
 
     pub fn load(admin_file: &Path, node_file: &Path) -> Result<Tokens, TokenError> {
+        let invalid = |line, message: String| TokenError::Invalid {
+            path: admin_file.to_owned(),
+            line,
+            message,
+        };
         let admin = lines(admin_file)?
             .into_iter()
             .map(|(line, fields)| match fields.as_slice() {
-                [token] => Ok(digest(token)),
-                _ => Err(TokenError::Invalid {
-                    path: admin_file.to_owned(),
+                [token] => Ok((
+                    Operator {
+                        name: format!("operator-{line}"),
+                        role: Role::Operator,
+                    },
+                    digest(token),
+                )),
+                [name, role, token] => {
+                    if !valid_node_id(name) {
+                        return Err(invalid(
+                            line,
+                            format!(
+                                "`{name}` is not a name (1-128 letters, digits, '.', '_', '-')"
+                            ),
+                        ));
+                    }
+                    let role = Role::parse(role).ok_or_else(|| {
+                        invalid(
+                            line,
+                            format!("`{role}` is not a role: operator or read-only"),
+                        )
+                    })?;
+                    Ok((
+                        Operator {
+                            name: name.clone(),
+                            role,
+                        },
+                        digest(token),
+                    ))
+                }
+                _ => Err(invalid(
                     line,
-                    message: "expected one token per line".into(),
-                }),
+                    "expected `NAME ROLE TOKEN` (ROLE: operator or read-only) or `TOKEN`".into(),
+                )),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for (i, (operator, _)) in admin.iter().enumerate() {
+            if admin[..i]
+                .iter()
+                .any(|(other, _)| other.name == operator.name)
+            {
+                return Err(invalid(
+                    0,
+                    format!("the name `{}` is given twice", operator.name),
+                ));
+            }
+        }
         let nodes = lines(node_file)?
             .into_iter()
             .map(|(line, fields)| match fields.as_slice() {
@@ -102,7 +180,7 @@ impl Tokens {
             .collect::<Result<Vec<_>, _>>()?;
         if admin
             .iter()
-            .any(|a| nodes.iter().any(|(_, n)| bool::from(a.ct_eq(n))))
+            .any(|(_, a)| nodes.iter().any(|(_, n)| bool::from(a.ct_eq(n))))
         {
             return Err(TokenError::Invalid {
                 path: node_file.to_owned(),
@@ -117,9 +195,9 @@ impl Tokens {
     pub fn caller(&self, token: &str) -> Option<Caller> {
         let presented = digest(token);
         let mut found = None;
-        for admin in &self.admin {
+        for (operator, admin) in &self.admin {
             if bool::from(admin.ct_eq(&presented)) {
-                found = Some(Caller::Admin);
+                found = Some(Caller::Operator(operator.clone()));
             }
         }
         for (scope, node) in &self.nodes {
@@ -133,10 +211,19 @@ impl Tokens {
 
 /// Each token line's whitespace-separated fields, with its line number.
 fn lines(path: &Path) -> Result<Vec<(usize, Vec<String>)>, TokenError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+    use std::os::unix::fs::PermissionsExt as _;
+    let read = |source| TokenError::Read {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mode = std::fs::metadata(path).map_err(read)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TokenError::Loose {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -187,14 +274,20 @@ mod tests {
     use super::*;
 
     fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path
     }
 
     fn tokens() -> (tempfile::TempDir, Tokens) {
         let dir = tempfile::tempdir().unwrap();
-        let admin = file(&dir, "admin", "# operators\nadmin-token-0123456789\n");
+        let admin = file(
+            &dir,
+            "admin",
+            "# operators\nadmin-token-0123456789\nauditor read-only auditor-token-0123456789\n",
+        );
         let nodes = file(
             &dir,
             "nodes",
@@ -207,7 +300,20 @@ mod tests {
     #[test]
     fn callers_by_token() {
         let (_dir, tokens) = tokens();
-        assert_eq!(tokens.caller("admin-token-0123456789"), Some(Caller::Admin));
+        assert_eq!(
+            tokens.caller("admin-token-0123456789"),
+            Some(Caller::Operator(Operator {
+                name: "operator-2".into(),
+                role: Role::Operator
+            }))
+        );
+        assert_eq!(
+            tokens.caller("auditor-token-0123456789"),
+            Some(Caller::Operator(Operator {
+                name: "auditor".into(),
+                role: Role::ReadOnly
+            }))
+        );
         assert_eq!(
             tokens.caller("fleet-token-0123456789"),
             Some(Caller::Node(NodeScope::AnyNode))
@@ -241,6 +347,35 @@ mod tests {
         assert!(Tokens::load(&admin, &three).is_err());
         let same = file(&dir, "same", "admin-token-0123456789\n");
         assert!(Tokens::load(&admin, &same).is_err());
+        let fleet = file(&dir, "fleet", "fleet-token-0123456789\n");
+        let role = file(&dir, "role", "ops admin op-token-0123456789012\n");
+        let err = Tokens::load(&role, &fleet).unwrap_err().to_string();
+        assert!(
+            err.ends_with("role:1: `admin` is not a role: operator or read-only"),
+            "{err}"
+        );
+        let twice = file(
+            &dir,
+            "twice",
+            "ops operator op-token-0123456789012\nops read-only op-token-9876543210987\n",
+        );
+        let err = Tokens::load(&twice, &fleet).unwrap_err().to_string();
+        assert!(err.ends_with("the name `ops` is given twice"), "{err}");
+    }
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let admin = file(&dir, "admin", "admin-token-0123456789\n");
+        let nodes = file(&dir, "nodes", "fleet-token-0123456789\n");
+        std::fs::set_permissions(&nodes, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Tokens::load(&admin, &nodes).unwrap_err().to_string();
+        assert!(
+            err.contains("nodes can be read by other users (mode 644)")
+                && err.contains("chmod 600"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -169,6 +169,7 @@ impl Controller {
                 stale_after: config.stale_after,
                 tops: api::TopsCache::default(),
                 metrics: Arc::default(),
+                refusals: api::Refusals::default(),
             }),
             listener,
             metrics_listener,

@@ -131,7 +131,7 @@ pub fn render(data: &PageData) -> Markup {
                 @if let Some(policy) = &data.fleet.policy { pre id="policy" { (policy) } }
                 @if !data.history.is_empty() {
                     table id="history" {
-                        thead { tr { th { "changed" } th { "what" } th { "policy" } th { "mode" } } }
+                        thead { tr { th { "changed" } th { "what" } th { "policy" } th { "mode" } th { "by" } } }
                         tbody {
                             @for h in &data.history {
                                 tr data-change=(h.change) data-version=(h.policy_version) {
@@ -139,6 +139,7 @@ pub fn render(data: &PageData) -> Markup {
                                     td { (h.change) }
                                     td { "v" (h.policy_version) }
                                     td { (h.mode.map_or("not set", |m| m.as_str())) }
+                                    td { (h.by.as_deref().unwrap_or("–")) }
                                 }
                             }
                         }

@@ -13,6 +13,8 @@ use serde_json::Value;
 use crate::logged::Logged;
 
 pub const ADMIN_TOKEN: &str = "admin-token-7f3a9c1e5b2d4f60";
+/// A read-only operator token, named `auditor` in the admin token file.
+pub const READONLY_TOKEN: &str = "auditor-token-3b6d8f1a4c7e9d20";
 pub const FLEET_TOKEN: &str = "fleet-token-2c8e4a6b1d9f3e57";
 /// Bound to node `bound-node` only.
 pub const BOUND_TOKEN: &str = "bound-token-5e1a7c3b9d2f4a68";
@@ -101,6 +103,13 @@ impl Drop for PgDatabase {
     }
 }
 
+/// Writes a file only its owner may read (as token files must be).
+pub fn secret_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Token files and whatever else a controller keeps on disk.
 pub struct ControllerFiles {
     pub dir: PathBuf,
@@ -109,13 +118,15 @@ pub struct ControllerFiles {
 impl ControllerFiles {
     pub fn new(dir: &Path) -> ControllerFiles {
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
-        std::fs::write(
-            dir.join("nodes.token"),
-            format!("# the fleet\n{FLEET_TOKEN}\n{BOUND_NODE} {BOUND_TOKEN}\n"),
-        )
-        .unwrap();
-        std::fs::write(dir.join("fleet.token"), format!("{FLEET_TOKEN}\n")).unwrap();
+        secret_file(
+            &dir.join("admin.token"),
+            &format!("{ADMIN_TOKEN}\nauditor read-only {READONLY_TOKEN}\n"),
+        );
+        secret_file(
+            &dir.join("nodes.token"),
+            &format!("# the fleet\n{FLEET_TOKEN}\n{BOUND_NODE} {BOUND_TOKEN}\n"),
+        );
+        secret_file(&dir.join("fleet.token"), &format!("{FLEET_TOKEN}\n"));
         ControllerFiles {
             dir: dir.to_owned(),
         }

@@ -36,7 +36,7 @@ pub const SQLITE: Dialect = Dialect {
 
 /// Every migration, in order. Version 1 is the schema as it was before migrations were
 /// versioned (`CREATE … IF NOT EXISTS`, so it is a no-op on such a database).
-pub const MIGRATIONS: [Migration; 2] = [
+pub const MIGRATIONS: [Migration; 3] = [
     Migration {
         version: 1,
         name: "nodes, reports, events, fleet, policies, fleet changes",
@@ -54,6 +54,11 @@ pub const MIGRATIONS: [Migration; 2] = [
              CREATE INDEX IF NOT EXISTS reports_received ON reports (received_ms);"
                 .to_owned()
         },
+    },
+    Migration {
+        version: 3,
+        name: "who changed the fleet: the operator token's name in its history",
+        sql: |_| "ALTER TABLE fleet_changes ADD COLUMN actor TEXT;".to_owned(),
     },
 ];
 
@@ -98,7 +103,7 @@ mod tests {
         for (i, migration) in MIGRATIONS.iter().enumerate() {
             assert_eq!(migration.version, i as i64 + 1, "{}", migration.name);
         }
-        assert_eq!(pending(1).map(|m| m.version).collect::<Vec<_>>(), [2]);
+        assert_eq!(pending(1).map(|m| m.version).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(pending(latest()).count(), 0);
     }
 }

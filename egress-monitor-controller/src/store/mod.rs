@@ -151,6 +151,8 @@ pub struct FleetChange {
     pub change: String,
     pub policy_version: u64,
     pub mode: Option<Mode>,
+    /// The name of the operator's token that made it.
+    pub actor: Option<String>,
 }
 
 #[async_trait::async_trait]
@@ -168,9 +170,20 @@ pub trait Store: Send + Sync {
     /// Top destinations and processes (by packets) since `since_ms`.
     async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError>;
     async fn fleet(&self) -> Result<FleetSettings, StoreError>;
-    /// Stores a new fleet policy; its version is the previous one plus one.
-    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<FleetSettings, StoreError>;
-    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<FleetSettings, StoreError>;
+    /// Stores a new fleet policy; its version is the previous one plus one. `actor` (the
+    /// operator's token name) goes into the history.
+    async fn set_policy(
+        &self,
+        text: &str,
+        now_ms: u64,
+        actor: &str,
+    ) -> Result<FleetSettings, StoreError>;
+    async fn set_mode(
+        &self,
+        mode: Mode,
+        now_ms: u64,
+        actor: &str,
+    ) -> Result<FleetSettings, StoreError>;
     /// The newest `limit` changes of the fleet's policy and mode, newest first.
     async fn history(&self, limit: u32) -> Result<Vec<FleetChange>, StoreError>;
     /// A fleet policy version as it was set: its text and when.

@@ -347,24 +347,36 @@ impl Store for PgStore {
         fleet_from(&client.query_one(query::SELECT_FLEET, &[]).await?)
     }
 
-    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<FleetSettings, StoreError> {
+    async fn set_policy(
+        &self,
+        text: &str,
+        now_ms: u64,
+        actor: &str,
+    ) -> Result<FleetSettings, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(&pg(query::SET_POLICY), &[&text, &(now_ms as i64)])
             .await?;
         tx.execute(query::RECORD_POLICY, &[]).await?;
-        tx.execute(&pg(query::RECORD_CHANGE), &[&"policy"]).await?;
+        tx.execute(&pg(query::RECORD_CHANGE), &[&"policy", &actor])
+            .await?;
         let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
         tx.commit().await?;
         Ok(fleet)
     }
 
-    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<FleetSettings, StoreError> {
+    async fn set_mode(
+        &self,
+        mode: Mode,
+        now_ms: u64,
+        actor: &str,
+    ) -> Result<FleetSettings, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(&pg(query::SET_MODE), &[&mode.as_str(), &(now_ms as i64)])
             .await?;
-        tx.execute(&pg(query::RECORD_CHANGE), &[&"mode"]).await?;
+        tx.execute(&pg(query::RECORD_CHANGE), &[&"mode", &actor])
+            .await?;
         let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
         tx.commit().await?;
         Ok(fleet)

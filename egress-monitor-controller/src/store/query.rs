@@ -240,11 +240,11 @@ pub const RECORD_POLICY: &str = "INSERT INTO policies (version, policy, set_ms) 
 
 /// Appends the fleet's wishes as they are now to its history; ?1 says what changed (`policy`
 /// or `mode`).
-pub const RECORD_CHANGE: &str = "INSERT INTO fleet_changes (at_ms, change, policy_version, mode) \
-     SELECT updated_ms, CAST(?1 AS TEXT), policy_version, mode FROM fleet WHERE id = 1";
+pub const RECORD_CHANGE: &str = "INSERT INTO fleet_changes (at_ms, change, policy_version, mode, actor) \
+     SELECT updated_ms, CAST(?1 AS TEXT), policy_version, mode, CAST(?2 AS TEXT) FROM fleet WHERE id = 1";
 
 /// The newest ?1 changes of the fleet's policy or mode.
-pub const SELECT_CHANGES: &str = "SELECT at_ms, change, policy_version, mode FROM fleet_changes \
+pub const SELECT_CHANGES: &str = "SELECT at_ms, change, policy_version, mode, actor FROM fleet_changes \
      ORDER BY id DESC LIMIT ?1";
 
 /// One stored version of the fleet policy: its text and when it was set.

@@ -61,6 +61,7 @@ pub fn change(row: &impl Columns) -> Result<FleetChange, StoreError> {
         change: row.required_text(1)?,
         policy_version: row.required_int(2)? as u64,
         mode: row.text(3)?.as_deref().map(mode_from).transpose()?,
+        actor: row.text(4)?,
     })
 }
 

@@ -263,13 +263,18 @@ impl Store for SqliteStore {
         self.with(Use::Write, |connection| fleet(connection)).await
     }
 
-    async fn set_policy(&self, text: &str, now_ms: u64) -> Result<FleetSettings, StoreError> {
-        let text = text.to_owned();
+    async fn set_policy(
+        &self,
+        text: &str,
+        now_ms: u64,
+        actor: &str,
+    ) -> Result<FleetSettings, StoreError> {
+        let (text, actor) = (text.to_owned(), actor.to_owned());
         self.with(Use::Write, move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(query::SET_POLICY, (&text, now_ms as i64))?;
             tx.execute(query::RECORD_POLICY, [])?;
-            tx.execute(query::RECORD_CHANGE, ["policy"])?;
+            tx.execute(query::RECORD_CHANGE, ["policy", actor.as_str()])?;
             let fleet = fleet(&tx)?;
             tx.commit()?;
             Ok(fleet)
@@ -277,11 +282,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn set_mode(&self, mode: Mode, now_ms: u64) -> Result<FleetSettings, StoreError> {
+    async fn set_mode(
+        &self,
+        mode: Mode,
+        now_ms: u64,
+        actor: &str,
+    ) -> Result<FleetSettings, StoreError> {
+        let actor = actor.to_owned();
         self.with(Use::Write, move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(query::SET_MODE, (mode.as_str(), now_ms as i64))?;
-            tx.execute(query::RECORD_CHANGE, ["mode"])?;
+            tx.execute(query::RECORD_CHANGE, ["mode", actor.as_str()])?;
             let fleet = fleet(&tx)?;
             tx.commit()?;
             Ok(fleet)

@@ -11,7 +11,7 @@ use egress_monitor_tests::{
     Scratch,
     controller::{
         ADMIN_TOKEN, Api, BOUND_NODE, BOUND_TOKEN, Controller, ControllerFiles, FLEET_TOKEN,
-        PgDatabase, browse, postgres_ca,
+        PgDatabase, READONLY_TOKEN, browse, postgres_ca, secret_file,
     },
     free_port,
 };
@@ -709,10 +709,59 @@ fn replicas_started_together_on_an_empty_database_all_serve() {
             database.query_in(
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
             ),
-            "1,2",
+            "1,2,3",
             "attempt {attempt}"
         );
     }
+}
+
+/// Operators' tokens have names and roles: a read-only token reads and changes nothing, every
+/// change in the history names the token that made it, and refused tokens reach the log
+/// (a line per burst, not per guess).
+#[test]
+fn operators_are_named_read_only_is_read_only_and_refusals_are_logged() {
+    let scratch = Scratch::new("controller-roles");
+    let files = ControllerFiles::new(&scratch.0);
+    let mut controller = Controller::start(&files, &files.sqlite(), 0, &[]);
+    let api = Api::new(&controller.url);
+    assert_eq!(api.get("/api/v1/nodes", READONLY_TOKEN).0, 200);
+    assert_eq!(api.get("/api/v1/history", READONLY_TOKEN).0, 200);
+    expect_refused(
+        api.put_policy_as(READONLY_TOKEN),
+        403,
+        "the token `auditor` is read-only",
+    );
+    expect_refused(
+        api.put_json("/api/v1/mode", READONLY_TOKEN, &json!({"mode": "enforce"})),
+        403,
+        "read-only",
+    );
+    assert_eq!(
+        api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "enforce"}))
+            .0,
+        200
+    );
+    assert_eq!(api.put_policy("").0, 200);
+    let (_, history) = api.get("/api/v1/history", READONLY_TOKEN);
+    assert_eq!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["change"].as_str().unwrap(), h["by"].as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        [("policy", "operator-1"), ("mode", "operator-1")],
+        "{history:#}"
+    );
+    for _ in 0..20 {
+        expect_refused(
+            api.get("/api/v1/nodes", "guessed-token-0000000000"),
+            401,
+            "unknown token",
+        );
+    }
+    let line = controller.wait_for("with an unknown token", Duration::from_secs(5));
+    assert!(line.contains("refused 1 request(s)"), "{line}");
 }
 
 #[test]
@@ -910,7 +959,7 @@ fn tokens_are_read_again_on_sighup() {
     std::fs::write(files.dir.join("nodes.token"), format!("{rotated}\n")).unwrap();
     controller.signal(libc::SIGHUP);
     let line = controller.wait_for("SIGHUP: tokens", Duration::from_secs(10));
-    assert!(line.contains("(1 admin, 1 node tokens)"), "{line}");
+    assert!(line.contains("(2 admin, 1 node tokens)"), "{line}");
     expect_refused(
         api.post_json(reports, FLEET_TOKEN, &body(2)),
         401,
@@ -950,7 +999,12 @@ fn bad_configurations_are_refused() {
     let admin = files.dir.join("admin.token");
     let nodes = files.dir.join("nodes.token");
     let short = files.dir.join("short.token");
-    std::fs::write(&short, "tooshort\n").unwrap();
+    secret_file(&short, "tooshort\n");
+    let admin_as_node = files.dir.join("admin-as-node.token");
+    secret_file(&admin_as_node, &format!("{ADMIN_TOKEN}\n"));
+    let loose = files.dir.join("loose.token");
+    std::fs::write(&loose, format!("{ADMIN_TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let cases: Vec<(Vec<String>, i32, String)> = vec![
         (
             vec!["--db".into(), "mysql://x".into()],
@@ -963,9 +1017,20 @@ fn bad_configurations_are_refused() {
             format!("{}:1: a token is at least 16", short.display()),
         ),
         (
-            vec!["--node-token-file".into(), admin.display().to_string()],
+            vec![
+                "--node-token-file".into(),
+                admin_as_node.display().to_string(),
+            ],
             2,
             "a node token is also the admin token".into(),
+        ),
+        (
+            vec!["--admin-token-file".into(), loose.display().to_string()],
+            2,
+            format!(
+                "{} can be read by other users (mode 644): a token file must be its owner's alone",
+                loose.display()
+            ),
         ),
         (
             vec!["--tls-cert".into(), admin.display().to_string()],
