@@ -9,9 +9,11 @@
 //!   [`view`]: node states (enforced, observing, drifted, unprotected, stale) and the summary.
 //! - [`store`]: SQLite (embedded, default) or PostgreSQL (shared by replicas).
 //! - [`metrics`]: the controller's own Prometheus metrics (`--metrics`).
+//! - [`certificates`]: `certificates`, a CA and the controller's TLS certificate.
 
 pub mod api;
 pub mod auth;
+pub mod certificates;
 pub mod metrics;
 pub mod page;
 pub mod params;

@@ -38,9 +38,13 @@ probes use GET /healthz (no token): 200 while the database answers, 503 when it 
 SIGHUP reads the token files and the TLS certificate and key again (invalid ones change nothing).
 
 Exit codes: 0 stopped by SIGINT/SIGTERM; 1 failure; 2 invalid input (arguments, tokens, TLS
-files); 3 environment (the database, the listening address, signals)."
+files); 3 environment (the database, the listening address, signals).",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to serve the API and the page on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
@@ -58,12 +62,14 @@ struct Args {
     /// PostgreSQL needs no file).
     #[arg(long, value_name = "FILE")]
     db_ca: Option<PathBuf>,
-    /// The operators' token(s), one per line.
-    #[arg(long, value_name = "FILE")]
-    admin_token_file: PathBuf,
+    /// The operators' tokens, one per line: `NAME ROLE TOKEN` (ROLE `operator` or `read-only`;
+    /// the name goes into the fleet's history) or `TOKEN` (an operator). Mode 600.
+    #[arg(long, value_name = "FILE", required = true)]
+    admin_token_file: Option<PathBuf>,
     /// The nodes' tokens, one per line: `TOKEN` (any node) or `NODE_ID TOKEN` (that node only).
-    #[arg(long, value_name = "FILE")]
-    node_token_file: PathBuf,
+    /// Mode 600.
+    #[arg(long, value_name = "FILE", required = true)]
+    node_token_file: Option<PathBuf>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -85,6 +91,29 @@ struct Args {
     metrics: Option<std::net::SocketAddr>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Makes a CA and the controller's TLS certificate signed by it, for a fleet without a
+    /// PKI: DIR/ca.crt for the nodes (`--controller-ca`), DIR/controller.crt and
+    /// DIR/controller.key (mode 600) for `--tls-cert` and `--tls-key`. Never overwrites a file;
+    /// the CA's key is not kept.
+    #[command(after_help = "Example:
+  egress-monitor-controller certificates --name controller.internal --name 10.0.0.4 \\
+      --out /etc/egress-monitor/tls")]
+    Certificates {
+        /// A DNS name or IP address the nodes reach the controller by (repeat for several).
+        #[arg(long = "name", value_name = "NAME", required = true)]
+        names: Vec<String>,
+        /// The directory to write the three files to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Days the certificates are valid.
+        #[arg(long, value_name = "DAYS", default_value_t = 825,
+              value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
+    },
+}
+
 const FAILURE: u8 = 1;
 const INVALID_INPUT: u8 = 2;
 const ENVIRONMENT: u8 = 3;
@@ -92,12 +121,26 @@ const ENVIRONMENT: u8 = 3;
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(Command::Certificates { names, out, days }) = &args.command {
+        return match egress_monitor_controller::certificates::make(names, out, *days) {
+            Ok(made) => {
+                println!(
+                    "{}: the nodes' --controller-ca\n{}: the controller's --tls-cert\n{}: the controller's --tls-key",
+                    made.ca.display(),
+                    made.cert.display(),
+                    made.key.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => fail(&err, INVALID_INPUT),
+        };
+    }
     let config = ControllerConfig {
         listen: args.listen,
         db: args.db,
         db_ca: args.db_ca,
-        admin_token_file: args.admin_token_file,
-        node_token_file: args.node_token_file,
+        admin_token_file: args.admin_token_file.unwrap_or_default(),
+        node_token_file: args.node_token_file.unwrap_or_default(),
         tls: args.tls_cert.zip(args.tls_key),
         retention: Duration::from_secs(u64::from(args.retention_days) * 86_400),
         stale_after: Duration::from_secs(args.stale_after),

@@ -64,10 +64,11 @@ pub enum Ingest {
 }
 
 impl Ingest {
-    /// The refusal of a fleet token reporting for a node id another machine registered.
-    fn taken(node_id: &str, owner: &str, machine_id: &str) -> Ingest {
+    /// The refusal of a fleet token reporting for a node id another machine registered. It
+    /// names neither the owner's machine id nor anything else of it: a forger would send it.
+    fn taken(node_id: &str) -> Ingest {
         Ingest::Conflict(format!(
-            "node id `{node_id}` belongs to machine {owner}; a fleet token cannot report for it from machine {machine_id}"
+            "node id `{node_id}` is registered to another machine; a fleet token cannot report for it (give this node its own --node-id, or a `NODE_ID TOKEN` line)"
         ))
     }
 }

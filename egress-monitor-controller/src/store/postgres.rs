@@ -224,11 +224,7 @@ impl Store for PgStore {
         let owner: String = row.get(0);
         let reports: i64 = row.get(1);
         if reports > 0 && !bound_node && owner != report.identity.machine_id {
-            return Ok(Ingest::taken(
-                &report.node_id,
-                &owner,
-                &report.identity.machine_id,
-            ));
+            return Ok(Ingest::taken(&report.node_id));
         }
         let inserted = tx
             .execute(

@@ -174,7 +174,7 @@ impl Store for SqliteStore {
                 && !bound_node
                 && owner != report.identity.machine_id
             {
-                return Ok(Ingest::taken(&report.node_id, &owner, &report.identity.machine_id));
+                return Ok(Ingest::taken(&report.node_id));
             }
             let inserted = tx.execute(
                 "INSERT INTO reports (node_id, stream, seq, received_ms, events) VALUES (?1, ?2, ?3, ?4, ?5) \

@@ -247,8 +247,15 @@ fn contract(db: &str, scratch: &Scratch) {
             &report("node-a", "machine-x", 3, 10, vec![]),
         ),
         409,
-        "belongs to machine machine-a",
+        "node id `node-a` is registered to another machine",
     );
+    // The refusal names nothing of the owner a forger could send next.
+    let (_, refusal) = api.post_json(
+        reports,
+        FLEET_TOKEN,
+        &report("node-a", "machine-x", 3, 10, vec![]),
+    );
+    assert!(!refusal.to_string().contains("machine-a"), "{refusal}");
     let bound = report(
         BOUND_NODE,
         "machine-b",
@@ -762,6 +769,56 @@ fn operators_are_named_read_only_is_read_only_and_refusals_are_logged() {
     }
     let line = controller.wait_for("with an unknown token", Duration::from_secs(5));
     assert!(line.contains("refused 1 request(s)"), "{line}");
+}
+
+/// `certificates` makes what an operator without a PKI needs: nodes trusting its `ca.crt`
+/// reach a controller serving its `controller.crt` over HTTPS.
+#[test]
+fn the_certificates_command_makes_a_ca_and_a_server_certificate() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let scratch = Scratch::new("controller-certificates");
+    let files = ControllerFiles::new(&scratch.0);
+    let tls = scratch.0.join("tls");
+    let output = std::process::Command::new(egress_monitor_tests::controller_binary())
+        .args([
+            "certificates",
+            "--name",
+            "localhost",
+            "--name",
+            "127.0.0.1",
+            "--out",
+        ])
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let key = tls.join("controller.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let cert = tls.join("controller.crt").display().to_string();
+    let key = key.display().to_string();
+    let controller = Controller::start(
+        &files,
+        &files.sqlite(),
+        0,
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
+    assert!(controller.url.starts_with("https://"), "{}", controller.url);
+    let api = Api::with_ca(&controller.url, &tls.join("ca.crt"));
+    assert_eq!(api.get("/healthz", ""), (200, json!({"status": "ok"})));
+    // Run again over the same directory: nothing is overwritten.
+    let again = std::process::Command::new(egress_monitor_tests::controller_binary())
+        .args(["certificates", "--name", "localhost", "--out"])
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists already"),
+        "{again:?}"
+    );
 }
 
 #[test]
