@@ -38,6 +38,8 @@ pub struct AppState {
     pub retention: Duration,
     /// A node silent this long is stale, whatever interval it claims.
     pub stale_after: Duration,
+    pub quotas: crate::quota::Quotas,
+    pub meter: crate::quota::Meter,
     pub tops: TopsCache,
     pub metrics: Arc<ControllerMetrics>,
     pub refusals: Refusals,
@@ -300,8 +302,9 @@ impl FromRequestParts<Shared> for AnyCaller {
 async fn post_report(
     State(state): State<Shared>,
     Node(scope): Node,
+    headers: HeaderMap,
     body: Result<Json<Report>, JsonRejection>,
-) -> Result<Json<ReportReply>, ApiError> {
+) -> Result<Response, ApiError> {
     let Json(report) = body?;
     let now = now_ms();
     report
@@ -317,6 +320,23 @@ async fn post_report(
                 report.node_id
             ),
         ));
+    }
+    let bytes = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| serde_json::to_vec(&report).map_or(0, |body| body.len() as u64));
+    if let Err(over) = state
+        .meter
+        .admit(&state.quotas, &report.node_id, bytes, now)
+    {
+        state.metrics.report(ReportOutcome::Throttled);
+        let mut response =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, over.message).into_response();
+        if let Ok(value) = header::HeaderValue::from_str(&over.retry_after.as_secs().to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return Ok(response);
     }
     let expired = report.created_ms < now.saturating_sub(state.retention.as_millis() as u64);
     let outcome = if expired {
@@ -350,7 +370,8 @@ async fn post_report(
             policy_version: fleet.policy_version,
             mode: fleet.mode,
         },
-    }))
+    })
+    .into_response())
 }
 
 async fn views(state: &Shared) -> Result<(Vec<NodeView>, super::store::FleetSettings), ApiError> {

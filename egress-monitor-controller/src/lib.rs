@@ -8,6 +8,7 @@
 //!   [`page`]: the HTML page;
 //!   [`view`]: node states (enforced, observing, drifted, unprotected, stale) and the summary.
 //! - [`store`]: SQLite (embedded, default) or PostgreSQL (shared by replicas).
+//! - [`quota`]: per-node reports per minute and bytes per day (429 + `Retry-After`).
 //! - [`metrics`]: the controller's own Prometheus metrics (`--metrics`).
 //! - [`certificates`]: `certificates`, a CA and the controller's TLS certificate.
 
@@ -17,6 +18,7 @@ pub mod certificates;
 pub mod metrics;
 pub mod page;
 pub mod params;
+pub mod quota;
 pub mod store;
 pub mod view;
 
@@ -41,6 +43,8 @@ pub struct ControllerConfig {
     /// A node silent this long is stale, whatever interval it claims (at most three of its
     /// intervals in any case).
     pub stale_after: Duration,
+    /// Per-node limits.
+    pub quotas: quota::Quotas,
     /// Where to serve the controller's own Prometheus metrics.
     pub metrics: Option<SocketAddr>,
 }
@@ -169,6 +173,8 @@ impl Controller {
                 tokens: std::sync::RwLock::new(Arc::new(tokens)),
                 retention: config.retention,
                 stale_after: config.stale_after,
+                quotas: config.quotas,
+                meter: quota::Meter::default(),
                 tops: api::TopsCache::default(),
                 metrics: Arc::default(),
                 refusals: api::Refusals::default(),
@@ -307,8 +313,9 @@ async fn prune_forever(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(PRUNE_INTERVAL);
     loop {
         tick.tick().await;
-        let before =
-            egress_monitor_api::time::now_ms().saturating_sub(state.retention.as_millis() as u64);
+        let now = egress_monitor_api::time::now_ms();
+        state.meter.forget_idle(now);
+        let before = now.saturating_sub(state.retention.as_millis() as u64);
         match prune(state.store.as_ref(), before, PRUNE_BATCH, PRUNE_PAUSE).await {
             Ok(0) => {}
             Ok(n) => log::info!("pruned {n} violations older than the retention"),

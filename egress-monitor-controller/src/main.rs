@@ -85,6 +85,15 @@ struct Args {
     #[arg(long, value_name = "SECONDS", default_value_t = egress_monitor_controller::view::DEFAULT_STALE_AFTER_S,
           value_parser = clap::value_parser!(u64).range(10..=86_400))]
     stale_after: u64,
+    /// Reports a node may send per minute (a burst of as many, then paced); more get 429 with
+    /// Retry-After, which the node obeys.
+    #[arg(long, value_name = "N", default_value_t = egress_monitor_controller::quota::DEFAULT_REPORTS_PER_MINUTE,
+          value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    quota_reports_per_minute: u32,
+    /// MiB of reports a node may send per UTC day; more get 429 until midnight UTC.
+    #[arg(long, value_name = "MIB", default_value_t = egress_monitor_controller::quota::DEFAULT_MIB_PER_DAY,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    quota_mib_per_day: u64,
     /// Serve the controller's own Prometheus metrics at http://ADDR/metrics (no token: bind
     /// it where only the scraper reaches, e.g. 127.0.0.1:9465).
     #[arg(long, value_name = "ADDR")]
@@ -144,6 +153,10 @@ fn main() -> ExitCode {
         tls: args.tls_cert.zip(args.tls_key),
         retention: Duration::from_secs(u64::from(args.retention_days) * 86_400),
         stale_after: Duration::from_secs(args.stale_after),
+        quotas: egress_monitor_controller::quota::Quotas {
+            reports_per_minute: args.quota_reports_per_minute,
+            bytes_per_day: args.quota_mib_per_day << 20,
+        },
         metrics: args.metrics,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

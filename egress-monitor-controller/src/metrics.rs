@@ -58,9 +58,13 @@ struct StateLabel {
 /// What became of a report the controller accepted.
 #[derive(Clone, Copy, Debug)]
 pub enum ReportOutcome {
-    Stored { events: usize },
+    Stored {
+        events: usize,
+    },
     Duplicate,
     Expired,
+    /// Over the node's quota: 429, nothing stored.
+    Throttled,
 }
 
 type LatencyFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
@@ -153,6 +157,7 @@ impl ControllerMetrics {
             }
             ReportOutcome::Duplicate => "duplicate",
             ReportOutcome::Expired => "expired",
+            ReportOutcome::Throttled => "throttled",
         };
         self.reports.get_or_create(&OutcomeLabel { outcome }).inc();
     }

@@ -172,8 +172,11 @@ pub fn running_daemon(layout: &PinLayout) -> Option<u32> {
 
 /// `controller https://… as node-a: delivering (last 2026-…), 0 pending; fleet policy v3, mode enforce`.
 fn controller_line(link: &crate::fleet::reporter::ReporterStatus) -> String {
-    let state = match (&link.failing_since, &link.last_error) {
-        (Some(since), Some(error)) => format!("failing since {since} ({error})"),
+    let state = match (&link.throttled_until, &link.failing_since, &link.last_error) {
+        (Some(until), _, Some(error)) => {
+            format!("throttled by the controller until {until} ({error})")
+        }
+        (_, Some(since), Some(error)) => format!("failing since {since} ({error})"),
         _ => format!(
             "delivering (last {})",
             link.last_delivery.as_deref().unwrap_or("none yet")

@@ -821,6 +821,68 @@ fn the_certificates_command_makes_a_ca_and_a_server_certificate() {
     );
 }
 
+/// Quotas: a node over its reports per minute, or its bytes per day, gets 429 with
+/// `Retry-After` and nothing is stored; other nodes are not touched.
+#[test]
+fn a_node_over_its_quota_gets_429_and_retry_after() {
+    let scratch = Scratch::new("controller-quota");
+    let files = ControllerFiles::new(&scratch.0);
+    let controller = Controller::start(
+        &files,
+        &files.sqlite(),
+        0,
+        &[
+            "--quota-reports-per-minute",
+            "3",
+            "--quota-mib-per-day",
+            "1",
+        ],
+    );
+    let api = Api::new(&controller.url);
+    let send = |node: &str, seq: u64, events: usize| {
+        let body = report(
+            node,
+            &format!("machine-{node}"),
+            seq,
+            10,
+            vec![event("203.0.113.9", "/usr/bin/curl", 1); events],
+        )
+        .to_string();
+        raw_post(&controller.url, FLEET_TOKEN, body.len(), body.as_bytes())
+    };
+    for seq in 1..=3 {
+        let answer = send("quota-a", seq, 0);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let answer = send("quota-a", 4, 0);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: "), "{answer}");
+    assert!(
+        answer.contains("sends more than 3 reports a minute"),
+        "{answer}"
+    );
+    assert!(send("quota-b", 1, 0).starts_with("HTTP/1.1 200"));
+    // A day's bytes: 1 MiB, and a report of about 1.5 MiB.
+    let answer = send("quota-c", 1, 5000);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("its quota is 1 MiB a day"), "{answer}");
+    let stored: Vec<(String, u64)> = nodes(&api)
+        .iter()
+        .map(|n| {
+            (
+                n["node_id"].as_str().unwrap().to_owned(),
+                n["reports"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        [("quota-a".to_owned(), 3), ("quota-b".to_owned(), 1)],
+        "nothing of a refused report is stored"
+    );
+}
+
 #[test]
 fn replicas_share_one_postgres_database() {
     let scratch = Scratch::new("replicas");

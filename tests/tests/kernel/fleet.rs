@@ -400,3 +400,43 @@ fn a_node_refuses_a_fleet_policy_it_cannot_enforce_safely() {
         restarted.log
     );
 }
+
+/// A node over its quota (here 3 reports a minute, a node reporting every second) gets 429 and
+/// `Retry-After`, and waits as asked: its reports stay spooled, `status` says it is throttled
+/// and until when, and the controller sees only what the quota lets through.
+#[test]
+fn a_throttled_node_waits_as_the_controller_asks() {
+    let scratch = Scratch::new("fleet-quota");
+    let files = ControllerFiles::new(&scratch.0);
+    let controller = Controller::start(
+        &files,
+        &files.sqlite(),
+        0,
+        &["--quota-reports-per-minute", "3"],
+    );
+    let a = Node::new("node-q");
+    let _daemon = reporting_daemon(&a, "node-q", &controller.url, &files, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let link = loop {
+        let link = status_json(&a.bpffs.pin_path())["controller"].clone();
+        if link["throttled_until"].is_string() && link["pending"].as_u64() >= Some(2) {
+            break link;
+        }
+        assert!(std::time::Instant::now() < deadline, "{link:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        link["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("sends more than 3 reports a minute"),
+        "{link:#}"
+    );
+    // Obeyed: a few seconds on, the controller still has no more than the quota allows.
+    std::thread::sleep(Duration::from_secs(4));
+    let api = Api::new(&controller.url);
+    let reports = node(&api.get("/api/v1/nodes", ADMIN_TOKEN).1, "node-q")["reports"]
+        .as_u64()
+        .unwrap();
+    assert!((3..=5).contains(&reports), "{reports} reports stored");
+}

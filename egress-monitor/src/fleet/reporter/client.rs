@@ -32,12 +32,25 @@ pub enum SendError {
     /// The controller could not be reached or did not answer: try again later.
     #[error("the controller did not answer: {0}")]
     Transport(String),
-    /// It answered with an error.
+    /// It answered with an error; `retry_after` is its `Retry-After` (a quota: wait that long,
+    /// keep the report).
     #[error("the controller refused ({status}): {message}")]
-    Refused { status: u16, message: String },
+    Refused {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl SendError {
+    /// How long the controller asked this node to wait before sending again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SendError::Refused { retry_after, .. } => *retry_after,
+            SendError::Transport(_) => None,
+        }
+    }
+
     /// The request itself is wrong (sending it again cannot help).
     pub fn is_invalid_request(&self) -> bool {
         matches!(
@@ -146,6 +159,11 @@ fn answer<T: serde::de::DeserializeOwned>(
     mut response: ureq::http::Response<ureq::Body>,
 ) -> Result<T, SendError> {
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok())
+        .and_then(retry_after);
     let text = response
         .body_mut()
         .with_config()
@@ -160,6 +178,38 @@ fn answer<T: serde::de::DeserializeOwned>(
         let message = serde_json::from_str::<ErrorBody>(&text)
             .map(|body| body.error)
             .unwrap_or(text);
-        Err(SendError::Refused { status, message })
+        Err(SendError::Refused {
+            status,
+            message,
+            retry_after,
+        })
+    }
+}
+
+/// A `Retry-After` of delay seconds (the form the controller sends), at most a day.
+fn retry_after(value: &str) -> Option<Duration> {
+    let seconds = value.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(seconds.min(86_400)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_capped_at_a_day() {
+        assert_eq!(retry_after("10"), Some(Duration::from_secs(10)));
+        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after("999999999"), Some(Duration::from_secs(86_400)));
+        assert_eq!(retry_after("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert!(
+            SendError::Refused {
+                status: 429,
+                message: String::new(),
+                retry_after: Some(Duration::from_secs(3))
+            }
+            .retry_after()
+                == Some(Duration::from_secs(3))
+        );
     }
 }

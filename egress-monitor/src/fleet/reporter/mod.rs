@@ -76,6 +76,10 @@ pub struct ReporterStatus {
     pub last_delivery: Option<String>,
     pub failing_since: Option<String>,
     pub last_error: Option<String>,
+    /// RFC 3339: until when the controller asked this node to wait (its quota); reports wait
+    /// in the spool meanwhile.
+    #[serde(default)]
+    pub throttled_until: Option<String>,
     /// What the node runs of the fleet's wishes, and why it refused the newest.
     pub fleet_policy_version: Option<u64>,
     pub fleet_mode: Option<Mode>,
@@ -242,6 +246,7 @@ impl Reporter {
                     }
                     link.failing_since = None;
                     link.last_error = None;
+                    link.throttled_until = None;
                     if failures > 0 {
                         log::info!("the controller answers again: {delivered} reports delivered");
                     }
@@ -251,6 +256,23 @@ impl Reporter {
                         self.follow_fleet(desired).await;
                     }
                     self.publish(&mut link);
+                }
+                Err(err) if err.retry_after().is_some() => {
+                    // A quota: the controller says how long; the reports stay spooled.
+                    let wait = err.retry_after().unwrap_or(FIRST_BACKOFF);
+                    let until = egress_monitor_api::time::now_ms()
+                        + u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                    if link.throttled_until.is_none() {
+                        log::warn!(
+                            "{err}; {} reports wait in the spool (retry in {} s, as the controller asks)",
+                            self.pending(),
+                            wait.as_secs()
+                        );
+                    }
+                    link.throttled_until = Some(egress_monitor_api::time::rfc3339(until));
+                    link.last_error = Some(err.to_string());
+                    self.publish(&mut link);
+                    retry_at = Instant::now() + wait;
                 }
                 Err(err) => {
                     link.failing_since.get_or_insert_with(|| {
