@@ -31,6 +31,22 @@ use crate::{
     datapath::state::{StateFile, StateRule},
 };
 
+/// Holds the pin path's apply lock (an exclusive lock on `apply.lock` in its run directory)
+/// until dropped; waits for another apply to finish.
+fn apply_lock(layout: &PinLayout) -> Result<std::fs::File, DatapathError> {
+    let dir = layout.run_dir();
+    std::fs::create_dir_all(&dir).map_err(DatapathError::pin("creating", &dir))?;
+    let path = dir.join("apply.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(DatapathError::pin("opening", &path))?;
+    file.lock().map_err(DatapathError::pin("locking", &path))?;
+    Ok(file)
+}
+
 /// What [`Datapath::apply`] changed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ApplyReport {
@@ -80,6 +96,9 @@ impl Datapath {
     /// (see [`Datapath::grow`]) when this process attached every live link; otherwise it is
     /// refused and nothing changes.
     pub fn apply(&mut self, policy: &Policy) -> Result<ApplyReport, DatapathError> {
+        // One apply at a time on a pin path (the daemon's reload and `policy apply` may race):
+        // two interleaved would leave the tables of one beside the tries of the other.
+        let _lock = apply_lock(&self.layout)?;
         let capacity = capacity_of(&self.target)?;
         let live = read_live(&self.target)?;
         let (needed, grown) = match fit(&live, &Wanted::of(policy), capacity) {
@@ -115,7 +134,9 @@ impl Datapath {
         self.reset_hits(&plan.fresh_ids)?;
         // The flat tables never answer differently from the tries: what the change touches
         // asks the tries until they hold the new policy (see `flat::update`).
-        tables.zero(plan.changed_prefixes());
+        if tables.zero(plan.changed_prefixes()) > 0 {
+            super::flat::barrier::wait_for_running_programs().map_err(DatapathError::Barrier)?;
+        }
         self.take_steps(&plan, policy)?;
         tables.fill();
         if tables.refused() > 0 {

@@ -50,6 +50,8 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("cannot wait for the running programs before changing the policy tries")]
+    Barrier(#[source] std::io::Error),
     #[error("flat table `{name}`: {what}")]
     FlatTable {
         name: &'static str,

@@ -1,8 +1,9 @@
 //! The flat tables in front of the policy tries (format: `egress_monitor_common::flat`): what
 //! they should hold for the prefixes the tries hold ([`image`]), how the live ones are brought
-//! there without ever answering differently from the tries ([`update`]), and the pinned arrays
-//! themselves, mapped into the daemon ([`live`]).
+//! there without ever answering differently from the tries ([`update`], with [`barrier`] between
+//! its steps), and the pinned arrays themselves, mapped into the daemon ([`live`]).
 
+pub(super) mod barrier;
 pub(super) mod live;
 pub(super) mod update;
 

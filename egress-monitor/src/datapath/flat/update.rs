@@ -5,6 +5,9 @@
 //!    changed prefix covers, asks the trie. What a walk can still reach afterwards is the same
 //!    in the old and the new image and lies over addresses no changed prefix touches: the
 //!    tries answer those the same before, during and after their change.
+//!    The caller then waits until every program that may have read an entry before the zeroing
+//!    has finished ([`super::barrier`]): a cgroup program can be preempted mid-walk, and the
+//!    fill may give a block another region.
 //! 2. The caller changes the tries.
 //! 3. [`fill`]: the new image is written, children first, so every block is complete before
 //!    an entry points to it.
