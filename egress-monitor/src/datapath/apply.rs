@@ -139,11 +139,11 @@ impl Datapath {
         }
         self.take_steps(&plan, policy)?;
         tables.fill();
-        if tables.refused() > 0 {
+        let refused = tables.refused();
+        if refused > 0 {
             log::warn!(
-                "the fast lane's tables are full: {} regions with allowed addresses inside are \
-                 judged by the tries (the same verdicts, a little slower)",
-                tables.refused()
+                "the fast lane's tables are full: {refused} regions with allowed addresses inside \
+                 are judged by the tries (the same verdicts, a little slower)"
             );
         }
         self.write_dns_settings(policy)?;

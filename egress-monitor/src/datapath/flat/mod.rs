@@ -61,14 +61,21 @@ impl Prefix {
     }
 }
 
+/// `items` split by family (IPv4 first), their keys as prefixes: the order of each family's
+/// tables.
+pub(super) fn by_family<T>(items: impl IntoIterator<Item = (LpmKey, T)>) -> [Vec<(Prefix, T)>; 2] {
+    let mut families = [Vec::new(), Vec::new()];
+    for (key, item) in items {
+        let (prefix, bits) = Prefix::of(&key);
+        families[usize::from(bits == V6_BITS)].push((prefix, item));
+    }
+    families
+}
+
 /// What both families' tables should hold for the prefixes `tries` holds.
 pub(super) fn images(tries: &HashMap<LpmKey, RuleValue>) -> [Image; 2] {
-    let mut families: [Vec<(Prefix, RuleValue)>; 2] = [Vec::new(), Vec::new()];
-    for (key, value) in tries {
-        let (prefix, bits) = Prefix::of(key);
-        families[usize::from(bits == V6_BITS)].push((prefix, *value));
-    }
-    families.map(|prefixes| image(prefixes, BLOCKS))
+    by_family(tries.iter().map(|(key, value)| (*key, *value)))
+        .map(|prefixes| image(prefixes, BLOCKS))
 }
 
 /// The table for one family's prefixes, with room for `blocks` blocks: every entry whose
@@ -147,25 +154,27 @@ impl Builder {
             };
             let entry = match inside {
                 None => allowed(answer),
-                Some(inside) => {
-                    let any_allow = allowed(answer) != 0
-                        || inside
+                // Nothing under it is allowed: the trie's deny or no rule.
+                Some(inside)
+                    if allowed(answer) == 0
+                        && inside
                             .iter()
-                            .any(|(_, value)| value.action == action::ALLOW);
-                    if any_allow && self.blocks_left == 0 {
-                        self.refused += 1;
-                    }
-                    if any_allow && self.blocks_left > 0 {
-                        self.blocks_left -= 1;
-                        let start = self.next_block;
-                        self.next_block += BLOCK_ENTRIES;
-                        // The block is filled before the next sibling's is taken: blocks are
-                        // numbered in pre-order, each after the entry that points to it.
-                        self.level(start as usize, bits, BLOCK_BITS, answer, inside);
-                        Entry::Block(start).encode()
-                    } else {
-                        0
-                    }
+                            .all(|(_, value)| value.action != action::ALLOW) =>
+                {
+                    0
+                }
+                Some(_) if self.blocks_left == 0 => {
+                    self.refused += 1;
+                    0
+                }
+                Some(inside) => {
+                    self.blocks_left -= 1;
+                    let start = self.next_block;
+                    self.next_block += BLOCK_ENTRIES;
+                    // The block is filled before the next sibling's is taken: blocks are
+                    // numbered in pre-order, each after the entry that points to it.
+                    self.level(start as usize, bits, BLOCK_BITS, answer, inside);
+                    Entry::Block(start).encode()
                 }
             };
             self.table[base + index] = entry;
@@ -196,14 +205,23 @@ pub struct FastLane {
     pub v6: TableUse,
 }
 
+/// Both families' tables pinned at `layout` (IPv4 first), mapped.
+fn open_live(
+    layout: &super::pins::PinLayout,
+) -> Result<[live::LiveTable; 2], super::DatapathError> {
+    use egress_monitor_common::maps as names;
+    Ok([
+        live::LiveTable::open(layout, names::FLAT_V4)?,
+        live::LiveTable::open(layout, names::FLAT_V6)?,
+    ])
+}
+
 /// Reads the fast lane's state pinned at `layout`.
 pub(super) fn fast_lane(
     layout: &super::pins::PinLayout,
     on: bool,
 ) -> Result<FastLane, super::DatapathError> {
-    use egress_monitor_common::maps as names;
-    let v4 = live::LiveTable::open(layout, names::FLAT_V4)?;
-    let v6 = live::LiveTable::open(layout, names::FLAT_V6)?;
+    let [v4, v6] = open_live(layout)?;
     Ok(FastLane {
         on,
         v4: TableUse::of(v4.entries()),
@@ -217,29 +235,26 @@ impl Tables {
         layout: &super::pins::PinLayout,
         after: &HashMap<LpmKey, RuleValue>,
     ) -> Result<Tables, super::DatapathError> {
-        use egress_monitor_common::maps as names;
         Ok(Tables {
-            live: [
-                live::LiveTable::open(layout, names::FLAT_V4)?,
-                live::LiveTable::open(layout, names::FLAT_V6)?,
-            ],
+            live: open_live(layout)?,
             images: images(after),
         })
     }
 
     /// Step 1 of [`update`]: before the tries change `changed`.
     pub(super) fn zero(&self, changed: impl Iterator<Item = LpmKey>) -> usize {
-        let mut by_family: [Vec<Prefix>; 2] = [Vec::new(), Vec::new()];
-        for key in changed {
-            let (prefix, bits) = Prefix::of(&key);
-            by_family[usize::from(bits == V6_BITS)].push(prefix);
-        }
+        let changed = by_family(changed.map(|key| (key, ()))).map(|prefixes| {
+            prefixes
+                .into_iter()
+                .map(|(prefix, ())| prefix)
+                .collect::<Vec<_>>()
+        });
         (0..2)
             .map(|family| {
                 update::zero(
                     self.live[family].entries(),
                     &self.images[family].entries,
-                    &by_family[family],
+                    &changed[family],
                 )
             })
             .sum()

@@ -16,7 +16,7 @@ use egress_monitor_common::{
 use egress_monitor_policy::Action;
 use fastrand::Rng;
 
-use super::{Image, Prefix, V4_BITS, V6_BITS, image, images, update};
+use super::{Image, Prefix, V4_BITS, V6_BITS, by_family, image, images, update};
 use crate::datapath::plan::{Live, LpmKey, Plan, Step, Wanted};
 
 /// A chance of `percent` in a hundred.
@@ -241,11 +241,7 @@ fn the_table_answers_as_the_tries_on_a_million_addresses() {
         answered += agrees(&tables, &tries, &addresses, true, &format!("round {round}"));
         // The same policy with room for two blocks only: regions without one ask the trie,
         // and nothing the table does answer may be wrong.
-        let mut small: [Vec<(Prefix, RuleValue)>; 2] = [Vec::new(), Vec::new()];
-        for (key, value) in &tries {
-            let (prefix, bits) = Prefix::of(key);
-            small[usize::from(bits == V6_BITS)].push((prefix, *value));
-        }
+        let small = by_family(tries.iter().map(|(key, value)| (*key, *value)));
         let [s4, s6] = small.map(|prefixes| image(prefixes, 2));
         let mut tiny = [empty_table(), empty_table()];
         for (table, image) in tiny.iter_mut().zip([&s4, &s6]) {
@@ -298,11 +294,12 @@ fn change_live(
         .filter(|_| chance(rng, 20))
         .collect();
     let new = images(&after);
-    let mut changed: [Vec<Prefix>; 2] = [Vec::new(), Vec::new()];
-    for key in plan.changed_prefixes() {
-        let (prefix, bits) = Prefix::of(&key);
-        changed[usize::from(bits == V6_BITS)].push(prefix);
-    }
+    let changed = by_family(plan.changed_prefixes().map(|key| (key, ()))).map(|prefixes| {
+        prefixes
+            .into_iter()
+            .map(|(prefix, ())| prefix)
+            .collect::<Vec<_>>()
+    });
     for family in 0..2 {
         update::zero(&tables[family], &new[family].entries, &changed[family]);
     }
