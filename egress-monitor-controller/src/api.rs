@@ -410,7 +410,10 @@ async fn get_nodes(
         .get("state")
         .map(|word| word.parse::<view::NodeState>())
         .transpose()
-        .map_err(bad)?;
+        .map_err(|_| {
+            let words: Vec<&str> = view::NodeState::ALL.iter().map(|s| s.as_str()).collect();
+            bad(format!("`state` must be one of {}", words.join(", ")))
+        })?;
     let after = query.get("after");
     if after.is_some_and(|id| !egress_monitor_api::wire::valid_node_id(id)) {
         return Err(bad("`after` must be a node id".into()));
@@ -457,13 +460,18 @@ async fn get_node(
     if !egress_monitor_api::wire::valid_node_id(&node_id) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "not a node id"));
     }
-    views(&state)
+    let node = state
+        .store
+        .node(&node_id)
         .await?
-        .0
-        .into_iter()
-        .find(|node| node.node.node_id == node_id)
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no node `{node_id}`")))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no node `{node_id}`")))?;
+    let fleet = state.store.fleet().await?;
+    Ok(Json(view::node_view(
+        node,
+        &fleet,
+        now_ms(),
+        state.stale_after.as_millis() as u64,
+    )))
 }
 
 /// `DELETE /api/v1/nodes/NODE_ID`: a node scaled in for good leaves the fleet view (its

@@ -80,15 +80,6 @@ pub struct ControllerMetrics {
     database_up: Gauge,
 }
 
-/// Every state a node can be in, so that a state nobody is in reads 0, not absent.
-const STATES: [NodeState; 5] = [
-    NodeState::Stale,
-    NodeState::Unprotected,
-    NodeState::Drifted,
-    NodeState::Observing,
-    NodeState::Enforced,
-];
-
 impl Default for ControllerMetrics {
     fn default() -> Self {
         let metrics = ControllerMetrics {
@@ -179,7 +170,8 @@ impl ControllerMetrics {
         self.database_up.set(i64::from(states.is_some()));
         match states {
             Some(states) => {
-                for state in STATES {
+                // Every state, so that a state nobody is in reads 0, not absent.
+                for &state in NodeState::ALL {
                     let count = states.iter().filter(|s| **s == state).count();
                     self.nodes
                         .get_or_create(&StateLabel {

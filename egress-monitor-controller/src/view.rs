@@ -13,54 +13,19 @@ pub const STALE_INTERVALS: u64 = 3;
 /// `--stale-after`'s default.
 pub const DEFAULT_STALE_AFTER_S: u64 = 180;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeState {
-    /// No report within three of its intervals: nothing is known of it now.
-    Stale,
-    /// Its daemon reports no program attached: nothing is enforced or counted.
-    Unprotected,
-    /// It does not run the fleet's policy or mode (yet, or it refused them).
-    Drifted,
-    /// It observes: denied packets are counted, not dropped.
-    Observing,
-    /// It drops what the policy denies.
-    Enforced,
-}
-
-impl std::str::FromStr for NodeState {
-    type Err = String;
-
-    fn from_str(word: &str) -> Result<NodeState, String> {
-        NodeState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == word)
-            .ok_or_else(|| {
-                format!(
-                    "`state` must be one of {}",
-                    NodeState::ALL.map(NodeState::as_str).join(", ")
-                )
-            })
-    }
-}
-
-impl NodeState {
-    pub const ALL: [NodeState; 5] = [
-        NodeState::Stale,
-        NodeState::Unprotected,
-        NodeState::Drifted,
-        NodeState::Observing,
-        NodeState::Enforced,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Stale => "stale",
-            NodeState::Unprotected => "unprotected",
-            NodeState::Drifted => "drifted",
-            NodeState::Observing => "observing",
-            NodeState::Enforced => "enforced",
-        }
+egress_monitor_api::words! {
+    #[derive(PartialOrd, Ord)]
+    pub enum NodeState {
+        /// No report within three of its intervals: nothing is known of it now.
+        Stale = "stale",
+        /// Its daemon reports no program attached: nothing is enforced or counted.
+        Unprotected = "unprotected",
+        /// It does not run the fleet's policy or mode (yet, or it refused them).
+        Drifted = "drifted",
+        /// It observes: denied packets are counted, not dropped.
+        Observing = "observing",
+        /// It drops what the policy denies.
+        Enforced = "enforced",
     }
 }
 

@@ -167,6 +167,8 @@ pub trait Store: Send + Sync {
         now_ms: u64,
     ) -> Result<Ingest, StoreError>;
     async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError>;
+    /// One node, by id.
+    async fn node(&self, node_id: &str) -> Result<Option<NodeRow>, StoreError>;
     async fn violations(&self, filter: &ViolationFilter) -> Result<Vec<Violation>, StoreError>;
     /// Top destinations and processes (by packets) since `since_ms`.
     async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError>;

@@ -306,6 +306,14 @@ impl Store for PgStore {
         Ok(Ingest::Stored)
     }
 
+    async fn node(&self, node_id: &str) -> Result<Option<NodeRow>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(&pg(query::SELECT_NODE), &[&node_id])
+            .await?;
+        row.as_ref().map(rows::node).transpose()
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
         let client = self.pool.get().await?;
         let rows = client.query(query::SELECT_NODES, &[]).await?;

@@ -158,9 +158,20 @@ pub fn node_state_params(report: &Report) -> Vec<Param> {
     ]
 }
 
-pub const SELECT_NODES: &str = "SELECT node_id, hostname, machine_id, vm_id, mode, policy_version, fleet_version, \
-     policy_error, interval_s, first_seen_ms, last_seen_ms, stream, last_seq, counters, health, reports, events \
-     FROM nodes ORDER BY node_id";
+/// The columns of a node's row, in the order [`super::rows::node`] reads them.
+macro_rules! node_columns {
+    () => {
+        "SELECT node_id, hostname, machine_id, vm_id, mode, policy_version, fleet_version, \
+         policy_error, interval_s, first_seen_ms, last_seen_ms, stream, last_seq, counters, health, \
+         reports, events"
+    };
+}
+
+/// Every node's row, as [`super::rows::node`] reads it.
+pub const SELECT_NODES: &str = concat!(node_columns!(), " FROM nodes ORDER BY node_id");
+
+/// One node's row (?1: its id).
+pub const SELECT_NODE: &str = concat!(node_columns!(), " FROM nodes WHERE node_id = ?1");
 
 /// The violations query for a filter, newest first.
 pub fn violations(filter: &ViolationFilter) -> (String, Vec<Param>) {

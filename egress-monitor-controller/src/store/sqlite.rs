@@ -222,6 +222,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn node(&self, node_id: &str) -> Result<Option<NodeRow>, StoreError> {
+        let node_id = node_id.to_owned();
+        self.with(Use::Read, move |connection| {
+            let mut statement = connection.prepare_cached(query::SELECT_NODE)?;
+            let mut rows = statement.query([&node_id])?;
+            rows.next()?.map(rows::node).transpose()
+        })
+        .await
+    }
+
     async fn nodes(&self) -> Result<Vec<NodeRow>, StoreError> {
         self.with(Use::Read, |connection| {
             let mut statement = connection.prepare_cached(query::SELECT_NODES)?;

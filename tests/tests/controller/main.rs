@@ -453,6 +453,11 @@ fn contract(db: &str, scratch: &Scratch) {
         .unwrap();
     assert_eq!(a["state"], "enforced");
     assert_eq!(a["reports"], 5);
+    // One node by id, from this store: the same view as in the list.
+    assert_eq!(
+        api.get("/api/v1/nodes/node-a", ADMIN_TOKEN),
+        (200, a.clone())
+    );
 
     // Stale: the bound node reports every second and stopped; three intervals later it is stale.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
