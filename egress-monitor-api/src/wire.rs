@@ -191,6 +191,50 @@ pub struct ModeRequest {
     pub mode: Mode,
 }
 
+/// `POST /api/v1/attestation/nonce`: a node asks for a nonce to put in an attested document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NonceRequest {
+    pub node_id: String,
+}
+
+/// The nonce (ten digits, as Azure's instance metadata service takes), good once, for this
+/// node id, for `expires_in_s`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NonceReply {
+    pub nonce: String,
+    pub expires_in_s: u64,
+}
+
+/// Azure's attested document as the instance metadata service returns it:
+/// `GET /metadata/attested/document?nonce=…`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestedDocument {
+    /// `pkcs7`.
+    pub encoding: String,
+    /// Base64 of the DER PKCS #7 signed data (the JSON document, signed).
+    pub signature: String,
+}
+
+/// `POST /api/v1/attestation`: a node proves it is the Azure VM it says, with a document
+/// carrying the nonce the controller gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationRequest {
+    pub node_id: String,
+    pub nonce: String,
+    pub document: AttestedDocument,
+}
+
+/// The node's own credential: reports with it are this node's alone; a new attestation of
+/// the same VM replaces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationReply {
+    pub credential: String,
+    /// The VM the node id is bound to.
+    pub vm_id: String,
+}
+
 /// Every refusal: a status code and this body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -5,9 +5,11 @@
 //! token file's lines are `NAME ROLE TOKEN` (ROLE `operator`, who may change the fleet, or
 //! `read-only`, who may only read it), or a bare `TOKEN` (an operator named `operator-LINE`);
 //! the name goes into the fleet's history with every change. The node token file's lines are
-//! either `TOKEN` (a fleet token: any node id) or `NODE_ID TOKEN` (a token only that node may
-//! use). Tokens are compared as SHA-256 digests, in constant time, against every configured
-//! token, so neither timing nor length says how close a guess came.
+//! either `TOKEN` (a fleet token: any node id not bound to anything stronger) or
+//! `NODE_ID TOKEN` (a token only that node may use). A node may also hold a credential the
+//! controller gave it for an Azure attested document (`crate::attest`), kept in the database as
+//! its SHA-256. File tokens are compared as SHA-256 digests, in constant time, against every
+//! configured token, so neither timing nor length says how close a guess came.
 
 use std::path::{Path, PathBuf};
 
@@ -71,6 +73,12 @@ type Digest32 = [u8; 32];
 
 fn digest(token: &str) -> Digest32 {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// A token's SHA-256 in hex: how node credentials are stored (a stolen database holds no
+/// usable credential).
+pub fn digest_hex(token: &str) -> String {
+    digest(token).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Who a node token belongs to.
@@ -189,6 +197,13 @@ impl Tokens {
             });
         }
         Ok(Tokens { admin, nodes })
+    }
+
+    /// Whether `node_id` has a `NODE_ID TOKEN` line: then only that token reports for it.
+    pub fn has_own_token(&self, node_id: &str) -> bool {
+        self.nodes
+            .iter()
+            .any(|(scope, _)| matches!(scope, NodeScope::Node(id) if id == node_id))
     }
 
     /// Who presented `token`, if anyone. Every configured token is compared, whatever matches.

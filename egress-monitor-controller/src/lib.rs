@@ -4,7 +4,7 @@
 //!
 //! - The JSON API's types and their validation are `egress_monitor_api::wire`, shared with the
 //!   node's reporter; fleet policies are validated by `egress_monitor_policy`, as nodes do.
-//! - [`auth`]: admin and node tokens; [`api`]: routes; [`params`]: query parameters, strictly;
+//! - [`auth`]: admin and node tokens; [`attest`]: Azure attested documents (node identity); [`api`]: routes; [`params`]: query parameters, strictly;
 //!   [`page`]: the HTML page;
 //!   [`view`]: node states (enforced, observing, drifted, unprotected, stale) and the summary.
 //! - [`store`]: SQLite (embedded, default) or PostgreSQL (shared by replicas).
@@ -13,6 +13,7 @@
 //! - [`certificates`]: `certificates`, a CA and the controller's TLS certificate.
 
 pub mod api;
+pub mod attest;
 pub mod auth;
 pub mod certificates;
 pub mod metrics;
@@ -47,12 +48,16 @@ pub struct ControllerConfig {
     pub quotas: quota::Quotas,
     /// Where to serve the controller's own Prometheus metrics.
     pub metrics: Option<SocketAddr>,
+    /// How Azure attested documents are checked (node identity).
+    pub attestation: attest::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     #[error(transparent)]
     Tokens(#[from] auth::TokenError),
+    #[error("cannot set up the checks of Azure attested documents")]
+    Attestation(#[from] attest::TrustError),
     #[error("cannot open the database {url}")]
     Store {
         url: String,
@@ -120,6 +125,7 @@ impl Controller {
     /// Everything that can be wrong with the configuration fails here, before serving.
     pub async fn bind(config: &ControllerConfig) -> Result<Controller, ControllerError> {
         let tokens = Tokens::load(&config.admin_token_file, &config.node_token_file)?;
+        let attestation = Arc::new(attest::Verifier::new(&config.attestation)?);
         let tls = match &config.tls {
             Some((cert, key)) => {
                 // One process-wide crypto provider: ring (installing it twice is harmless).
@@ -178,6 +184,7 @@ impl Controller {
                 tops: api::TopsCache::default(),
                 metrics: Arc::default(),
                 refusals: api::Refusals::default(),
+                attestation,
             }),
             listener,
             metrics_listener,

@@ -26,6 +26,10 @@ use egress_monitor_controller::{Controller, ControllerConfig, ControllerError, r
       --db-ca db-ca.pem ...
   # Nodes:
   egress-monitor run --controller https://controller:8443 --token-file nodes.token
+  # Azure VMs proving who they are (attested documents; see docs/fleet.md):
+  egress-monitor-controller ... --attestation-intermediates azure-issuing-cas.pem \
+      --attestation-subscription 00000000-0000-0000-0000-000000000000
+  egress-monitor run --controller https://controller:8443 --token-file nodes.token --attest
   # Operators:
   curl -H \"Authorization: Bearer $(cat admin.token)\" https://controller:8443/api/v1/nodes
   curl -X PUT --data-binary @policy.toml -H \"Authorization: Bearer $(cat admin.token)\" \\
@@ -98,6 +102,21 @@ struct Args {
     /// it where only the scraper reaches, e.g. 127.0.0.1:9465).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// PEM trust roots for Azure attested documents (`egress-monitor run --attest`); default:
+    /// the public web roots, Microsoft's among them.
+    #[arg(long, value_name = "FILE")]
+    attestation_roots: Option<PathBuf>,
+    /// PEM issuing CAs the attested documents' certificates chain through (Microsoft's Azure
+    /// TLS issuing CAs: the documents carry only the signing certificate).
+    #[arg(long, value_name = "FILE")]
+    attestation_intermediates: Option<PathBuf>,
+    /// The name the documents' signing certificate is issued to.
+    #[arg(long, value_name = "NAME", default_value = egress_monitor_controller::attest::AZURE_SIGNER_NAME)]
+    attestation_signer: String,
+    /// Accept attested documents only from VMs of this subscription (repeat for several;
+    /// default: any).
+    #[arg(long = "attestation-subscription", value_name = "ID")]
+    attestation_subscriptions: Vec<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -158,6 +177,12 @@ fn main() -> ExitCode {
             bytes_per_day: args.quota_mib_per_day << 20,
         },
         metrics: args.metrics,
+        attestation: egress_monitor_controller::attest::Settings {
+            roots: args.attestation_roots,
+            intermediates: args.attestation_intermediates,
+            signer_name: args.attestation_signer,
+            subscriptions: args.attestation_subscriptions,
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -14,6 +14,7 @@
 //!                                                 10.78.0.1 (private, for deny-inside-allow)
 //! ```
 
+pub mod azure;
 pub mod bpffs;
 pub mod cgroup;
 pub mod client;

@@ -36,7 +36,7 @@ pub const SQLITE: Dialect = Dialect {
 
 /// Every migration, in order. Version 1 is the schema as it was before migrations were
 /// versioned (`CREATE … IF NOT EXISTS`, so it is a no-op on such a database).
-pub const MIGRATIONS: [Migration; 3] = [
+pub const MIGRATIONS: [Migration; 4] = [
     Migration {
         version: 1,
         name: "nodes, reports, events, fleet, policies, fleet changes",
@@ -59,6 +59,18 @@ pub const MIGRATIONS: [Migration; 3] = [
         version: 3,
         name: "who changed the fleet: the operator token's name in its history",
         sql: |_| "ALTER TABLE fleet_changes ADD COLUMN actor TEXT;".to_owned(),
+    },
+    Migration {
+        version: 4,
+        name: "node identity: node ids bound to Azure VMs, their credentials, attestation nonces",
+        sql: |_| {
+            "CREATE TABLE IF NOT EXISTS node_bindings (
+                 node_id TEXT PRIMARY KEY, vm_id TEXT NOT NULL, credential TEXT NOT NULL UNIQUE,
+                 bound_ms BIGINT NOT NULL, attested_ms BIGINT NOT NULL);
+             CREATE TABLE IF NOT EXISTS attestation_nonces (
+                 nonce TEXT PRIMARY KEY, node_id TEXT NOT NULL, expires_ms BIGINT NOT NULL);"
+                .to_owned()
+        },
     },
 ];
 
@@ -103,7 +115,7 @@ mod tests {
         for (i, migration) in MIGRATIONS.iter().enumerate() {
             assert_eq!(migration.version, i as i64 + 1, "{}", migration.name);
         }
-        assert_eq!(pending(1).map(|m| m.version).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(pending(1).map(|m| m.version).collect::<Vec<_>>(), [2, 3, 4]);
         assert_eq!(pending(latest()).count(), 0);
     }
 }

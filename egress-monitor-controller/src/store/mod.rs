@@ -191,8 +191,9 @@ pub trait Store: Send + Sync {
     async fn history(&self, limit: u32) -> Result<Vec<FleetChange>, StoreError>;
     /// A fleet policy version as it was set: its text and when.
     async fn policy_version(&self, version: u64) -> Result<Option<(String, u64)>, StoreError>;
-    /// Forgets a node (one scaled in for good): its row goes, its violations stay. False when
-    /// there was no such node. A node that reports again is a new node.
+    /// Forgets a node (one scaled in for good): its row and its binding to a VM go, its
+    /// violations stay. False when there was no such node. A node that reports again is a new
+    /// node.
     async fn forget(&self, node_id: &str) -> Result<bool, StoreError>;
     /// Removes at most `batch` violations and `batch` report keys received before `before_ms`,
     /// in one short transaction, so that ingestion never waits long behind pruning. Returns
@@ -203,6 +204,32 @@ pub trait Store: Send + Sync {
         before_ms: u64,
         batch: u32,
     ) -> Result<Option<(u64, u64)>, StoreError>;
+    /// Keeps a nonce given out to `node_id` until `expires_ms`, dropping expired ones. False
+    /// when the nonce is taken (draw another).
+    async fn issue_nonce(
+        &self,
+        nonce: &str,
+        node_id: &str,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<bool, StoreError>;
+    /// Uses a nonce up: true when it was given out to `node_id` and has not expired.
+    async fn take_nonce(&self, nonce: &str, node_id: &str, now_ms: u64)
+    -> Result<bool, StoreError>;
+    /// Binds `node_id` to `vm_id` with a new credential (its SHA-256, hex), replacing the
+    /// credential an earlier attestation of the same VM got. False, and nothing changes, when
+    /// the id is bound to another VM.
+    async fn bind(
+        &self,
+        node_id: &str,
+        vm_id: &str,
+        credential: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError>;
+    /// The node id a credential (its SHA-256, hex) belongs to.
+    async fn credential_owner(&self, credential: &str) -> Result<Option<String>, StoreError>;
+    /// Whether the node id is bound to a VM (then only its own credential reports for it).
+    async fn bound(&self, node_id: &str) -> Result<bool, StoreError>;
     /// Bytes the database takes on disk.
     async fn size_bytes(&self) -> Result<u64, StoreError>;
 }

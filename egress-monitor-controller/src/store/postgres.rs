@@ -403,8 +403,82 @@ impl Store for PgStore {
     }
 
     async fn forget(&self, node_id: &str) -> Result<bool, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(&pg(query::UNBIND_NODE), &[&node_id]).await?;
+        let forgotten = tx.execute(&pg(query::FORGET_NODE), &[&node_id]).await? > 0;
+        tx.commit().await?;
+        Ok(forgotten)
+    }
+
+    async fn issue_nonce(
+        &self,
+        nonce: &str,
+        node_id: &str,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
-        Ok(client.execute(&pg(query::FORGET_NODE), &[&node_id]).await? > 0)
+        client
+            .execute(&pg(query::EXPIRE_NONCES), &[&(now_ms as i64)])
+            .await?;
+        Ok(client
+            .execute(
+                &pg(query::ISSUE_NONCE),
+                &[&nonce, &node_id, &(expires_ms as i64)],
+            )
+            .await?
+            > 0)
+    }
+
+    async fn take_nonce(
+        &self,
+        nonce: &str,
+        node_id: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                &pg(query::TAKE_NONCE),
+                &[&nonce, &node_id, &(now_ms as i64)],
+            )
+            .await?
+            > 0)
+    }
+
+    async fn bind(
+        &self,
+        node_id: &str,
+        vm_id: &str,
+        credential: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                &pg(query::BIND_NODE),
+                &[&node_id, &vm_id, &credential, &(now_ms as i64)],
+            )
+            .await?
+            > 0)
+    }
+
+    async fn credential_owner(&self, credential: &str) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(&pg(query::CREDENTIAL_OWNER), &[&credential])
+            .await?
+            .map(|row| row.get(0)))
+    }
+
+    async fn bound(&self, node_id: &str) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        let count: i64 = client
+            .query_one(&pg(query::NODE_BOUND), &[&node_id])
+            .await?
+            .get(0);
+        Ok(count > 0)
     }
 
     async fn prune_batch(

@@ -262,6 +262,22 @@ pub const SELECT_CHANGES: &str = "SELECT at_ms, change, policy_version, mode, ac
 pub const SELECT_POLICY_VERSION: &str = "SELECT policy, set_ms FROM policies WHERE version = ?1";
 
 pub const FORGET_NODE: &str = "DELETE FROM nodes WHERE node_id = ?1";
+/// A forgotten node id is free for another VM.
+pub const UNBIND_NODE: &str = "DELETE FROM node_bindings WHERE node_id = ?1";
+
+// Node identity (see `crate::attest`). A nonce is given out for one node id and used once.
+pub const ISSUE_NONCE: &str = "INSERT INTO attestation_nonces (nonce, node_id, expires_ms) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (nonce) DO NOTHING";
+pub const EXPIRE_NONCES: &str = "DELETE FROM attestation_nonces WHERE expires_ms < ?1";
+pub const TAKE_NONCE: &str =
+    "DELETE FROM attestation_nonces WHERE nonce = ?1 AND node_id = ?2 AND expires_ms >= ?3";
+/// Binds a node id to a VM with a new credential; a binding to another VM stays as it was (no
+/// row changes).
+pub const BIND_NODE: &str = "INSERT INTO node_bindings (node_id, vm_id, credential, bound_ms, attested_ms) \
+     VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (node_id) DO UPDATE SET credential = excluded.credential, \
+     attested_ms = excluded.attested_ms WHERE node_bindings.vm_id = excluded.vm_id";
+pub const CREDENTIAL_OWNER: &str = "SELECT node_id FROM node_bindings WHERE credential = ?1";
+pub const NODE_BOUND: &str = "SELECT COUNT(*) FROM node_bindings WHERE node_id = ?1";
 
 pub const SET_MODE: &str = "UPDATE fleet SET mode = ?1, updated_ms = ?2 WHERE id = 1";
 

@@ -337,7 +337,77 @@ impl Store for SqliteStore {
     async fn forget(&self, node_id: &str) -> Result<bool, StoreError> {
         let node_id = node_id.to_owned();
         self.with(Use::Write, move |connection| {
-            Ok(connection.execute(query::FORGET_NODE, [&node_id])? > 0)
+            let tx = connection.transaction()?;
+            tx.execute(query::UNBIND_NODE, [&node_id])?;
+            let forgotten = tx.execute(query::FORGET_NODE, [&node_id])? > 0;
+            tx.commit()?;
+            Ok(forgotten)
+        })
+        .await
+    }
+
+    async fn issue_nonce(
+        &self,
+        nonce: &str,
+        node_id: &str,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (nonce, node_id) = (nonce.to_owned(), node_id.to_owned());
+        self.with(Use::Write, move |connection| {
+            connection.execute(query::EXPIRE_NONCES, [now_ms as i64])?;
+            Ok(connection.execute(query::ISSUE_NONCE, (&nonce, &node_id, expires_ms as i64))? > 0)
+        })
+        .await
+    }
+
+    async fn take_nonce(
+        &self,
+        nonce: &str,
+        node_id: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (nonce, node_id) = (nonce.to_owned(), node_id.to_owned());
+        self.with(Use::Write, move |connection| {
+            Ok(connection.execute(query::TAKE_NONCE, (&nonce, &node_id, now_ms as i64))? > 0)
+        })
+        .await
+    }
+
+    async fn bind(
+        &self,
+        node_id: &str,
+        vm_id: &str,
+        credential: &str,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let (node_id, vm_id, credential) =
+            (node_id.to_owned(), vm_id.to_owned(), credential.to_owned());
+        self.with(Use::Write, move |connection| {
+            Ok(connection.execute(
+                query::BIND_NODE,
+                (&node_id, &vm_id, &credential, now_ms as i64),
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn credential_owner(&self, credential: &str) -> Result<Option<String>, StoreError> {
+        let credential = credential.to_owned();
+        self.with(Use::Write, move |connection| {
+            Ok(connection
+                .query_row(query::CREDENTIAL_OWNER, [&credential], |row| row.get(0))
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn bound(&self, node_id: &str) -> Result<bool, StoreError> {
+        let node_id = node_id.to_owned();
+        self.with(Use::Write, move |connection| {
+            let count: i64 =
+                connection.query_row(query::NODE_BOUND, [&node_id], |row| row.get(0))?;
+            Ok(count > 0)
         })
         .await
     }

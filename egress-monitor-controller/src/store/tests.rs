@@ -1,4 +1,4 @@
-//! The stores' own behaviour, on an SQLite file: migrations and batched pruning.
+//! The stores' own behaviour, on an SQLite file: migrations, batched pruning, node bindings.
 
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ async fn migrations_run_once_and_are_recorded() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
     let indexes: i64 = connection
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_%'",
@@ -98,4 +98,96 @@ async fn migrations_run_once_and_are_recorded() {
         )
         .unwrap();
     assert!(indexes >= 8, "{indexes} event indexes");
+}
+
+#[tokio::test]
+async fn nonces_are_used_once_and_ids_stay_bound_to_their_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("controller.db"))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .issue_nonce("0000000001", "node-a", 1_000, 2_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .issue_nonce("0000000001", "node-b", 1_000, 2_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_nonce("0000000001", "node-b", 1_500)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .take_nonce("0000000001", "node-a", 1_500)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .take_nonce("0000000001", "node-a", 1_500)
+            .await
+            .unwrap()
+    );
+    store
+        .issue_nonce("0000000002", "node-a", 1_000, 2_000)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .take_nonce("0000000002", "node-a", 2_001)
+            .await
+            .unwrap()
+    );
+
+    assert!(!store.bound("node-a").await.unwrap());
+    assert!(
+        store
+            .bind("node-a", "vm-1", "digest-1", 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(store.bound("node-a").await.unwrap());
+    assert_eq!(
+        store.credential_owner("digest-1").await.unwrap().as_deref(),
+        Some("node-a")
+    );
+    // Another VM cannot take the id; the same VM gets a new credential, the old one is void.
+    assert!(
+        !store
+            .bind("node-a", "vm-2", "digest-2", 2_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.credential_owner("digest-2").await.unwrap(), None);
+    assert!(
+        store
+            .bind("node-a", "vm-1", "digest-3", 3_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.credential_owner("digest-1").await.unwrap(), None);
+    assert_eq!(
+        store.credential_owner("digest-3").await.unwrap().as_deref(),
+        Some("node-a")
+    );
+    // Forgetting the node frees the id.
+    store.ingest(&report(1, 0), false, 4_000).await.unwrap();
+    assert!(store.forget("node-p").await.unwrap());
+    assert!(store.bound("node-a").await.unwrap());
+    store.forget("node-a").await.unwrap();
+    assert!(!store.bound("node-a").await.unwrap());
+    assert!(
+        store
+            .bind("node-a", "vm-2", "digest-4", 5_000)
+            .await
+            .unwrap()
+    );
 }

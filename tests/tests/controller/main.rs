@@ -9,6 +9,7 @@ use std::time::Duration;
 use egress_monitor_api::time::now_ms;
 use egress_monitor_tests::{
     Scratch,
+    azure::{Claims, TestAzure},
     controller::{
         ADMIN_TOKEN, Api, BOUND_NODE, BOUND_TOKEN, Controller, ControllerFiles, FLEET_TOKEN,
         PgDatabase, READONLY_TOKEN, browse, postgres_ca, secret_file,
@@ -721,7 +722,7 @@ fn replicas_started_together_on_an_empty_database_all_serve() {
             database.query_in(
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
             ),
-            "1,2,3",
+            "1,2,3,4",
             "attempt {attempt}"
         );
     }
@@ -886,6 +887,290 @@ fn a_node_over_its_quota_gets_429_and_retry_after() {
         [("quota-a".to_owned(), 3), ("quota-b".to_owned(), 1)],
         "nothing of a refused report is stored"
     );
+}
+
+/// Node identity (PostgreSQL, where replicas share the bindings): an Azure VM proves it is the
+/// node it says with an attested document for the controller's nonce and gets a credential of
+/// its own; from then on a fleet token cannot report for the id, forged, replayed, stale,
+/// tampered and foreign documents are refused, another VM is refused the id without learning
+/// anything of the owner, and the same VM reimaged (a new machine id) is accepted.
+#[test]
+fn nodes_prove_who_they_are_with_attested_documents() {
+    const SUBSCRIPTION: &str = "6a1e4b3c-0000-4000-8000-00000000c0de";
+    const VM_A: &str = "0f3c2b1a-aaaa-4bbb-8ccc-000000000001";
+    const VM_B: &str = "0f3c2b1a-aaaa-4bbb-8ccc-000000000002";
+    let scratch = Scratch::new("controller-attest");
+    let files = ControllerFiles::new(&scratch.0);
+    let azure = TestAzure::new(&scratch.0.join("azure"), "metadata.azure.com");
+    let forger = TestAzure::new(&scratch.0.join("forger"), "metadata.azure.com");
+    let db = PgDatabase::create();
+    let roots = azure.root().display().to_string();
+    let issuing = azure.issuing().display().to_string();
+    let controller = Controller::start(
+        &files,
+        &db.url(),
+        0,
+        &[
+            "--attestation-roots",
+            &roots,
+            "--attestation-intermediates",
+            &issuing,
+            "--attestation-subscription",
+            SUBSCRIPTION,
+        ],
+    );
+    let api = Api::new(&controller.url);
+    let reports = "/api/v1/reports";
+    let nonce = |token: &str, node: &str| -> String {
+        let (status, body) = api.post_json(
+            "/api/v1/attestation/nonce",
+            token,
+            &json!({"node_id": node}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let nonce = body["nonce"].as_str().unwrap().to_owned();
+        assert!(
+            nonce.len() == 10 && nonce.bytes().all(|b| b.is_ascii_digit()),
+            "{body}"
+        );
+        nonce
+    };
+    let attest = |token: &str, node: &str, nonce: &str, document: &Value| {
+        api.post_json(
+            "/api/v1/attestation",
+            token,
+            &json!({"node_id": node, "nonce": nonce, "document": document}),
+        )
+    };
+
+    // Before it is bound, the id is the fleet token's like any other.
+    let mut seq = 0;
+    let mut next = || {
+        seq += 1;
+        seq
+    };
+    let first = report("vmss-1", "machine-1", next(), 10, vec![]);
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &first).0, 200);
+    let n = nonce(FLEET_TOKEN, "vmss-1");
+    let document = azure.document(&Claims::now(VM_A, SUBSCRIPTION, &n));
+    let (status, body) = attest(FLEET_TOKEN, "vmss-1", &n, &document);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["vm_id"], VM_A);
+    let credential = body["credential"].as_str().unwrap().to_owned();
+    assert_eq!(credential.len(), 64);
+
+    // Bound: the fleet token no longer reports for it; the node's credential does, for it alone.
+    expect_refused(
+        api.post_json(
+            reports,
+            FLEET_TOKEN,
+            &report("vmss-1", "machine-1", next(), 10, vec![]),
+        ),
+        403,
+        "node id `vmss-1` has a credential of its own",
+    );
+    assert_eq!(
+        api.post_json(
+            reports,
+            &credential,
+            &report("vmss-1", "machine-1", next(), 10, vec![])
+        )
+        .0,
+        200
+    );
+    expect_refused(
+        api.post_json(
+            reports,
+            &credential,
+            &report("vmss-2", "machine-1", 1, 10, vec![]),
+        ),
+        403,
+        "this credential belongs to node `vmss-1`",
+    );
+    assert_eq!(api.get("/api/v1/policy", &credential).0, 200);
+    expect_refused(api.get("/api/v1/nodes", &credential), 403, "node token");
+
+    // A used nonce, a forger's chain, a document for another nonce, a stale one, one of
+    // another subscription, a tampered one: each refused, and each uses its nonce up.
+    expect_refused(
+        attest(FLEET_TOKEN, "vmss-1", &n, &document),
+        401,
+        "unknown, used or expired nonce",
+    );
+    let n = nonce(FLEET_TOKEN, "vmss-1");
+    expect_refused(
+        attest(
+            FLEET_TOKEN,
+            "vmss-1",
+            &n,
+            &forger.document(&Claims::now(VM_A, SUBSCRIPTION, &n)),
+        ),
+        401,
+        "does not chain to a trust root",
+    );
+    expect_refused(
+        attest(
+            FLEET_TOKEN,
+            "vmss-1",
+            &n,
+            &azure.document(&Claims::now(VM_A, SUBSCRIPTION, &n)),
+        ),
+        401,
+        "unknown, used or expired nonce",
+    );
+    let n = nonce(FLEET_TOKEN, "vmss-1");
+    expect_refused(
+        attest(
+            FLEET_TOKEN,
+            "vmss-1",
+            &n,
+            &azure.document(&Claims::now(VM_A, SUBSCRIPTION, "0123456789")),
+        ),
+        401,
+        "not for the nonce this controller gave out",
+    );
+    let n = nonce(FLEET_TOKEN, "vmss-1");
+    let mut stale = Claims::now(VM_A, SUBSCRIPTION, &n);
+    (stale.created, stale.expires) = (stale.created - 7 * 3600, stale.created - 3600);
+    expect_refused(
+        attest(FLEET_TOKEN, "vmss-1", &n, &azure.document(&stale)),
+        401,
+        "outside its validity window",
+    );
+    let n = nonce(FLEET_TOKEN, "vmss-1");
+    expect_refused(
+        attest(
+            FLEET_TOKEN,
+            "vmss-1",
+            &n,
+            &azure.document(&Claims::now(
+                VM_A,
+                "11111111-2222-4333-8444-555555555555",
+                &n,
+            )),
+        ),
+        401,
+        "subscription is not one this controller accepts",
+    );
+    let n = nonce(FLEET_TOKEN, "vmss-1");
+    let signed_for_b = azure.document(&Claims::now(VM_B, SUBSCRIPTION, &n));
+    let tampered = tamper(&signed_for_b, VM_B, VM_A);
+    expect_refused(
+        attest(FLEET_TOKEN, "vmss-1", &n, &tampered),
+        401,
+        "signature does not verify",
+    );
+
+    // Another VM is refused the id, and learns nothing of the owner.
+    let n = nonce(FLEET_TOKEN, "vmss-1");
+    let (status, body) = attest(
+        FLEET_TOKEN,
+        "vmss-1",
+        &n,
+        &azure.document(&Claims::now(VM_B, SUBSCRIPTION, &n)),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("is bound to another VM"),
+        "{body}"
+    );
+    assert!(
+        !body.to_string().contains(VM_A) && !body.to_string().contains("machine-1"),
+        "{body}"
+    );
+
+    // The same VM reimaged: a new machine id, the fleet token only; it attests again, gets a
+    // new credential, and the old one is void.
+    let n = nonce(FLEET_TOKEN, "vmss-1");
+    let (status, body) = attest(
+        FLEET_TOKEN,
+        "vmss-1",
+        &n,
+        &azure.document(&Claims::now(VM_A, SUBSCRIPTION, &n)),
+    );
+    assert_eq!(status, 200, "{body}");
+    let renewed = body["credential"].as_str().unwrap().to_owned();
+    assert_ne!(renewed, credential);
+    assert_eq!(
+        api.post_json(
+            reports,
+            &renewed,
+            &report("vmss-1", "machine-2", next(), 10, vec![])
+        )
+        .0,
+        200,
+        "the reimaged node (new machine id) reports with its new credential"
+    );
+    expect_refused(
+        api.post_json(
+            reports,
+            &credential,
+            &report("vmss-1", "machine-1", next(), 10, vec![]),
+        ),
+        401,
+        "unknown token",
+    );
+    let (_, node) = api.get("/api/v1/nodes/vmss-1", ADMIN_TOKEN);
+    assert_eq!(node["machine_id"], "machine-2", "{node}");
+    // The database keeps digests, never a usable credential.
+    let stored = db.query_in("SELECT credential FROM node_bindings");
+    assert!(
+        !stored.contains(&renewed) && stored.trim().len() == 64,
+        "{stored}"
+    );
+
+    // A node id with its own token line is not the fleet token's to report or attest for.
+    expect_refused(
+        api.post_json(
+            reports,
+            FLEET_TOKEN,
+            &report(BOUND_NODE, "machine-x", 1, 10, vec![]),
+        ),
+        403,
+        "has a credential of its own",
+    );
+    let n = nonce(FLEET_TOKEN, BOUND_NODE);
+    expect_refused(
+        attest(
+            FLEET_TOKEN,
+            BOUND_NODE,
+            &n,
+            &azure.document(&Claims::now(VM_B, SUBSCRIPTION, &n)),
+        ),
+        403,
+        "has a token of its own",
+    );
+
+    // Forgetting the node frees the id for another VM.
+    assert_eq!(api.delete("/api/v1/nodes/vmss-1", ADMIN_TOKEN).0, 200);
+    let n = nonce(FLEET_TOKEN, "vmss-1");
+    let (status, body) = attest(
+        FLEET_TOKEN,
+        "vmss-1",
+        &n,
+        &azure.document(&Claims::now(VM_B, SUBSCRIPTION, &n)),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["vm_id"], VM_B);
+}
+
+/// `document` with `from` replaced by `to` (same length) inside the signed content: the
+/// signature still travels, over other bytes.
+fn tamper(document: &Value, from: &str, to: &str) -> Value {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut der = engine
+        .decode(document["signature"].as_str().unwrap())
+        .unwrap();
+    let at = der
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .expect("the claim is in the signed content");
+    der[at..at + to.len()].copy_from_slice(to.as_bytes());
+    json!({"encoding": "pkcs7", "signature": engine.encode(der)})
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! mapping from requests to the store. A refused request stores nothing and says why, as
 //! `{"error": "…"}` with a fitting status.
 
+mod identity;
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{
@@ -43,6 +45,8 @@ pub struct AppState {
     pub tops: TopsCache,
     pub metrics: Arc<ControllerMetrics>,
     pub refusals: Refusals,
+    /// Checks Azure attested documents (node identity).
+    pub attestation: Arc<crate::attest::Verifier>,
 }
 
 /// The tops scan a day of violations (about a second per million): computed at most once per
@@ -129,6 +133,14 @@ pub fn router(state: Shared) -> Router {
         .route("/", get(page_handler))
         .route("/healthz", get(healthz))
         .route(&format!("{API}/reports"), post(post_report))
+        .route(
+            &format!("{API}/attestation/nonce"),
+            post(identity::post_nonce),
+        )
+        .route(
+            &format!("{API}/attestation"),
+            post(identity::post_attestation),
+        )
         .route(&format!("{API}/nodes"), get(get_nodes))
         .route(
             &format!("{API}/nodes/{{node_id}}"),
@@ -193,8 +205,9 @@ async fn guard_bodies(request: axum::extract::Request, next: axum::middleware::N
     response
 }
 
-/// The caller, from `Authorization`; refuses a missing or unknown token.
-fn caller(headers: &HeaderMap, state: &Shared) -> Result<Caller, ApiError> {
+/// The caller, from `Authorization`: an operator's or a node's token from the token files, or
+/// a node's own credential (from an attestation); refuses a missing or unknown token.
+async fn caller(headers: &HeaderMap, state: &Shared) -> Result<Caller, ApiError> {
     let header = headers.get(header::AUTHORIZATION).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -208,10 +221,18 @@ fn caller(headers: &HeaderMap, state: &Shared) -> Result<Caller, ApiError> {
         )
     })?;
     let tokens = Arc::clone(&state.tokens.read().unwrap_or_else(|e| e.into_inner()));
-    tokens.caller(&token).ok_or_else(|| {
-        state.refusals.unknown_token();
-        ApiError::new(StatusCode::UNAUTHORIZED, "unknown token")
-    })
+    if let Some(caller) = tokens.caller(&token) {
+        return Ok(caller);
+    }
+    if let Some(node_id) = state
+        .store
+        .credential_owner(&crate::auth::digest_hex(&token))
+        .await?
+    {
+        return Ok(Caller::Node(NodeScope::Node(node_id)));
+    }
+    state.refusals.unknown_token();
+    Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"))
 }
 
 /// Refused authentications, logged at most once per [`REFUSAL_LOG_EVERY`] with how many came
@@ -243,7 +264,7 @@ pub struct Reader(pub Operator);
 impl FromRequestParts<Shared> for Reader {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        match caller(&parts.headers, state)? {
+        match caller(&parts.headers, state).await? {
             Caller::Operator(operator) => Ok(Reader(operator)),
             Caller::Node(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -279,7 +300,7 @@ pub struct Node(NodeScope);
 impl FromRequestParts<Shared> for Node {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        match caller(&parts.headers, state)? {
+        match caller(&parts.headers, state).await? {
             Caller::Node(scope) => Ok(Node(scope)),
             Caller::Operator(_) => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -295,7 +316,7 @@ pub struct AnyCaller;
 impl FromRequestParts<Shared> for AnyCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, ApiError> {
-        caller(&parts.headers, state).map(|_| AnyCaller)
+        caller(&parts.headers, state).await.map(|_| AnyCaller)
     }
 }
 
@@ -310,17 +331,7 @@ async fn post_report(
     report
         .validate(now)
         .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))?;
-    if let NodeScope::Node(owner) = &scope
-        && owner != &report.node_id
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "this token belongs to node `{owner}`; it cannot report for `{}`",
-                report.node_id
-            ),
-        ));
-    }
+    identity::may_report_for(&state, &scope, &report.node_id).await?;
     let bytes = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -765,7 +776,7 @@ async fn healthz(State(state): State<Shared>) -> Response {
 /// The page wants the admin token as a `Bearer` or as the password of HTTP basic
 /// authentication (what a browser asks for).
 async fn page_handler(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    match caller(&headers, &state) {
+    match caller(&headers, &state).await {
         Ok(Caller::Operator(_)) => {}
         _ => {
             return (
