@@ -188,6 +188,12 @@ pub struct RunArgs {
     /// PEM CA certificates to trust for an https:// controller (default: the public roots).
     #[arg(long, value_name = "FILE", requires = "controller")]
     pub controller_ca: Option<PathBuf>,
+    /// Prove this node is the Azure VM it runs on: the instance metadata service's attested
+    /// document (signed by Azure, for a nonce the controller gives) binds the node id to this
+    /// VM at the controller, which gives the node a credential of its own; no other machine
+    /// can then report as this node. Azure VMs only; --token-file then only asks.
+    #[arg(long, requires = "controller")]
+    pub attest: bool,
     /// The node's name at the controller (default: the hostname): 1-128 letters, digits, '.',
     /// '_' and '-'.
     #[arg(long, value_name = "NAME", requires = "controller", value_parser = node_id)]

@@ -223,3 +223,83 @@ fn azure_time(unix_s: u64) -> String {
         .expect("run date");
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
+
+/// An instance metadata service on 127.0.0.1 that answers `/metadata/attested/document` with
+/// a document for `vm_id` and the query's nonce, signed by `azure`'s chain (400 without
+/// `Metadata: true`, as IMDS does). It stops when dropped, or on its own after two minutes.
+pub struct AttestingImds {
+    pub url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AttestingImds {
+    pub fn start(azure: TestAzure, vm_id: &str, subscription_id: &str) -> AttestingImds {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!(
+            "http://{}/metadata/instance?api-version=2021-02-01",
+            listener.local_addr().unwrap()
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let (vm_id, subscription_id) = (vm_id.to_owned(), subscription_id.to_owned());
+        let thread = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while !stopping.load(Ordering::Relaxed)
+                && started.elapsed() < std::time::Duration::from_secs(120)
+            {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut request, mut metadata) = (String::new(), false);
+                for line in (&mut reader).lines().map_while(Result::ok) {
+                    if request.is_empty() {
+                        request = line.clone();
+                    }
+                    metadata |= line.eq_ignore_ascii_case("metadata: true");
+                    if line.is_empty() {
+                        break;
+                    }
+                }
+                let nonce = request
+                    .split_once("nonce=")
+                    .map(|(_, rest)| rest.split([' ', '&']).next().unwrap_or("").to_owned());
+                let (status, body) = match (metadata, nonce) {
+                    (true, Some(nonce)) if request.contains("/metadata/attested/document") => (
+                        "200 OK",
+                        azure
+                            .document(&Claims::now(&vm_id, &subscription_id, &nonce))
+                            .to_string(),
+                    ),
+                    _ => ("400 Bad Request", "{}".to_owned()),
+                };
+                let mut stream = stream;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        AttestingImds {
+            url,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for AttestingImds {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

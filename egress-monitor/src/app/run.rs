@@ -54,6 +54,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             spool_dir: args.spool_dir.clone(),
             spool_max_bytes: args.spool_max_mb << 20,
             imds_url: args.imds_url.clone(),
+            attest: args.attest,
         }),
     };
     let (runtime, stop) = match runtime_and_stop(tokio::runtime::Builder::new_current_thread()) {

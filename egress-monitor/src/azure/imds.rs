@@ -64,6 +64,21 @@ pub fn fetch(url: &str) -> Result<Value, ImdsError> {
     serde_json::from_str(&text).map_err(ImdsError::Json)
 }
 
+/// The attested document for `nonce` (`/metadata/attested/document` on the same service as
+/// `instance_url`): Azure's signed statement of this VM's id and subscription, carrying the
+/// nonce, for the controller to verify.
+pub fn attested_document(
+    instance_url: &str,
+    nonce: &str,
+) -> Result<egress_monitor_api::wire::AttestedDocument, ImdsError> {
+    let base = instance_url
+        .split_once("/metadata/")
+        .map_or(instance_url, |(base, _)| base);
+    let url = format!("{base}/metadata/attested/document?api-version=2020-09-01&nonce={nonce}");
+    serde_json::from_value(fetch(&url)?)
+        .map_err(|_| ImdsError::Shape("attested document (encoding, signature)"))
+}
+
 /// Every interface's IPv4 and IPv6 subnets.
 pub fn vnet_prefixes(document: &Value) -> Result<Vec<VnetPrefix>, ImdsError> {
     let interfaces = document["network"]["interface"]

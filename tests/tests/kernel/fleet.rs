@@ -10,7 +10,8 @@ use std::{
 };
 
 use egress_monitor_tests::{
-    controller::{ADMIN_TOKEN, Api, Controller, ControllerFiles, browse},
+    azure::{AttestingImds, TestAzure},
+    controller::{ADMIN_TOKEN, Api, Controller, ControllerFiles, FLEET_TOKEN, browse},
     netns::INTERNET_V4,
 };
 use serde_json::{Value, json};
@@ -439,4 +440,104 @@ fn a_throttled_node_waits_as_the_controller_asks() {
         .as_u64()
         .unwrap();
     assert!((3..=5).contains(&reports), "{reports} reports stored");
+}
+
+/// A node on Azure proves who it is (`--attest`: the attested document from the metadata
+/// service, for the controller's nonce) and reports with a credential of its own; a forger
+/// with the fleet token is refused the id, and so is a second daemon claiming it, whose
+/// reporter says in `status` that the controller refuses it instead of retrying at full pace.
+/// A restarted daemon attests again and goes on.
+#[test]
+fn an_attested_node_is_the_only_one_to_report_as_itself() {
+    const SUBSCRIPTION: &str = "6a1e4b3c-0000-4000-8000-00000000c0de";
+    const VM: &str = "0f3c2b1a-aaaa-4bbb-8ccc-0000000000a1";
+    let scratch = Scratch::new("fleet-attest");
+    let files = ControllerFiles::new(&scratch.0);
+    let azure = TestAzure::new(&scratch.0.join("azure"), "metadata.azure.com");
+    let (roots, issuing) = (
+        azure.root().display().to_string(),
+        azure.issuing().display().to_string(),
+    );
+    let controller = Controller::start(
+        &files,
+        &files.sqlite(),
+        0,
+        &[
+            "--attestation-roots",
+            &roots,
+            "--attestation-intermediates",
+            &issuing,
+            "--attestation-subscription",
+            SUBSCRIPTION,
+        ],
+    );
+    let imds = AttestingImds::start(azure, VM, SUBSCRIPTION);
+    let api = Api::new(&controller.url);
+    let a = Node::new("node-at");
+    let attested = ["--attest", "--imds-url", imds.url.as_str()];
+    let mut daemon = reporting_daemon(&a, "vmss-at", &controller.url, &files, &attested);
+    daemon.wait_for("attested as Azure VM", Duration::from_secs(20));
+    let reports = |api: &Api| {
+        node(&api.get("/api/v1/nodes", ADMIN_TOKEN).1, "vmss-at")["reports"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    api.wait("/api/v1/nodes", Duration::from_secs(20), |nodes| {
+        node(nodes, "vmss-at")["reports"].as_u64() >= Some(2)
+    });
+
+    // A forger with the fleet token cannot report as the node.
+    let (status, body) = api.post_json("/api/v1/reports", FLEET_TOKEN, &forged_report("vmss-at"));
+    assert_eq!(status, 403, "{body}");
+
+    // Nor can a second daemon with the fleet token: its status says why, and it asks rarely.
+    let b = Node::new("node-bt");
+    let _claimer = reporting_daemon(&b, "vmss-at", &controller.url, &files, &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let link = loop {
+        let link = status_json(&b.bpffs.pin_path())["controller"].clone();
+        if link["last_error"].is_string() {
+            break link;
+        }
+        assert!(std::time::Instant::now() < deadline, "{link:#}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let error = link["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("the controller refuses this node")
+            && error.contains("has a credential of its own"),
+        "{link:#}"
+    );
+    // The real node goes on reporting meanwhile.
+    let before = reports(&api);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(reports(&api) > before, "the attested node still reports");
+
+    // Restarted, the node attests again (a new credential) and goes on.
+    let (code, _) = daemon.stop();
+    assert_eq!(code, 0);
+    let mut daemon = reporting_daemon(&a, "vmss-at", &controller.url, &files, &attested);
+    daemon.wait_for("attested as Azure VM", Duration::from_secs(20));
+    let before = reports(&api);
+    api.wait("/api/v1/nodes", Duration::from_secs(20), |nodes| {
+        node(nodes, "vmss-at")["reports"].as_u64() > Some(before)
+    });
+    drop(imds);
+}
+
+/// A valid report for `node_id` (what a forger holding the fleet token would send).
+fn forged_report(node_id: &str) -> Value {
+    let now = egress_monitor_api::time::now_ms();
+    json!({
+        "node_id": node_id, "stream": "feedfacefeedface", "seq": 1, "created_ms": now,
+        "interval_s": 10,
+        "identity": {"hostname": node_id, "machine_id": "forged", "vm_id": null},
+        "mode": "observe",
+        "policy": {"version": "00000000deadbeef", "fleet_version": null, "error": null},
+        "counters": {"allowed_packets": 0, "denied_observed_packets": 0, "denied_dropped_packets": 0,
+                     "denied_bytes": 0, "malformed": 0},
+        "health": {"attachments": 1, "events_lost": 0, "uptime_s": 5, "spool_dropped_reports": 0,
+                   "spool_dropped_events": 0, "spool_pending": 0},
+        "events": []
+    })
 }

@@ -2,7 +2,10 @@
 
 use std::{path::Path, time::Duration};
 
-use egress_monitor_api::wire::{API, ErrorBody, FleetPolicy, ReportReply};
+use egress_monitor_api::wire::{
+    API, AttestationReply, AttestationRequest, AttestedDocument, ErrorBody, FleetPolicy,
+    NonceReply, NonceRequest, ReportReply,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -51,6 +54,18 @@ impl SendError {
         }
     }
 
+    /// The controller refuses this node as it is (a token or credential that may not report
+    /// for this node id, an id bound to another machine): only an operator can change that.
+    pub fn is_refusal_of_the_node(&self) -> bool {
+        matches!(
+            self,
+            SendError::Refused {
+                status: 401 | 403 | 409,
+                ..
+            }
+        )
+    }
+
     /// The request itself is wrong (sending it again cannot help).
     pub fn is_invalid_request(&self) -> bool {
         matches!(
@@ -66,7 +81,10 @@ impl SendError {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
+    /// The token file's: reports with it, or only asks for a credential (`--attest`).
     authorization: String,
+    /// The node's own credential from an attestation, once it has one: reports go with it.
+    credential: std::sync::RwLock<Option<String>>,
 }
 
 /// A request gets this long, connecting included.
@@ -115,6 +133,7 @@ impl Client {
             agent,
             base: base.to_owned(),
             authorization: format!("Bearer {token}"),
+            credential: std::sync::RwLock::new(None),
         })
     }
 
@@ -122,12 +141,77 @@ impl Client {
         &self.base
     }
 
+    /// Whether the node holds a credential of its own (from an attestation).
+    pub fn has_credential(&self) -> bool {
+        self.credential
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Forgets the node's credential (the controller no longer knows it: attest again).
+    pub fn drop_credential(&self) {
+        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// What reports and policy requests are sent with: the node's credential, else the token.
+    fn reporting_authorization(&self) -> String {
+        match &*self.credential.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(credential) => format!("Bearer {credential}"),
+            None => self.authorization.clone(),
+        }
+    }
+
+    /// Proves the node's identity: a nonce from the controller, the attested document for it
+    /// from the instance metadata service at `imds_url`, the document to the controller for
+    /// a credential, which later reports carry. Returns the VM id the node is bound to.
+    pub fn attest(&self, node_id: &str, imds_url: &str) -> Result<String, SendError> {
+        let nonce: NonceReply = self.post_json(
+            "attestation/nonce",
+            &NonceRequest {
+                node_id: node_id.to_owned(),
+            },
+        )?;
+        let document: AttestedDocument =
+            crate::azure::imds::attested_document(imds_url, &nonce.nonce).map_err(|err| {
+                SendError::Transport(format!(
+                    "no attested document from the instance metadata service: {}",
+                    crate::system::error::chain(&err)
+                ))
+            })?;
+        let reply: AttestationReply = self.post_json(
+            "attestation",
+            &AttestationRequest {
+                node_id: node_id.to_owned(),
+                nonce: nonce.nonce,
+                document,
+            },
+        )?;
+        *self.credential.write().unwrap_or_else(|p| p.into_inner()) = Some(reply.credential);
+        Ok(reply.vm_id)
+    }
+
+    fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<T, SendError> {
+        let response = self
+            .agent
+            .post(format!("{}{API}/{path}", self.base))
+            .header("Authorization", &self.authorization)
+            .header("Content-Type", "application/json")
+            .send(serde_json::to_vec(body).expect("plain structs serialise"))
+            .map_err(|err| SendError::Transport(err.to_string()))?;
+        answer(response)
+    }
+
     /// Sends one spooled report (already JSON).
     pub fn post_report(&self, body: &[u8]) -> Result<ReportReply, SendError> {
         let response = self
             .agent
             .post(format!("{}{API}/reports", self.base))
-            .header("Authorization", &self.authorization)
+            .header("Authorization", &self.reporting_authorization())
             .header("Content-Type", "application/json")
             .send(body)
             .map_err(|err| SendError::Transport(err.to_string()))?;
@@ -138,7 +222,7 @@ impl Client {
         let response = self
             .agent
             .get(format!("{}{API}/policy", self.base))
-            .header("Authorization", &self.authorization)
+            .header("Authorization", &self.reporting_authorization())
             .call()
             .map_err(|err| SendError::Transport(err.to_string()))?;
         answer(response)

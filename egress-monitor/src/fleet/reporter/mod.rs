@@ -49,6 +49,9 @@ pub struct ReporterConfig {
     pub spool_max_bytes: u64,
     /// Where the VM id comes from on Azure.
     pub imds_url: String,
+    /// Prove the node's identity with Azure's attested document, and report with the
+    /// credential the controller gives for it.
+    pub attest: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +156,8 @@ pub struct Reporter {
 /// The first retry waits this long, doubling up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How often a node the controller refuses (401, 403, 409) asks again: an operator has to act.
+const REFUSED_RETRY: Duration = Duration::from_secs(300);
 /// At a stop, the spool gets this long to drain; what remains is sent by the next daemon.
 const FINAL_DELIVERY: Duration = Duration::from_secs(5);
 
@@ -237,7 +242,11 @@ impl Reporter {
             if Instant::now() < retry_at {
                 continue;
             }
-            match self.deliver(None).await {
+            let sent = match self.prove_identity().await {
+                Ok(()) => self.deliver(None).await,
+                Err(err) => Err(err),
+            };
+            match sent {
                 Ok((delivered, reply)) => {
                     if delivered > 0 {
                         link.last_delivery = Some(egress_monitor_api::time::rfc3339(
@@ -274,6 +283,28 @@ impl Reporter {
                     self.publish(&mut link);
                     retry_at = Instant::now() + wait;
                 }
+                Err(err) if err.is_refusal_of_the_node() => {
+                    // Only an operator can change this: say so loudly, ask again rarely.
+                    link.failing_since.get_or_insert_with(|| {
+                        egress_monitor_api::time::rfc3339(egress_monitor_api::time::now_ms())
+                    });
+                    let message = format!("the controller refuses this node: {err}");
+                    if link.last_error.as_deref() != Some(message.as_str()) {
+                        log::error!(
+                            "{message}; {} reports wait in the spool (asking again every {} s)",
+                            self.pending(),
+                            REFUSED_RETRY.as_secs()
+                        );
+                    }
+                    link.last_error = Some(message);
+                    self.publish(&mut link);
+                    if self.config.attest {
+                        // A credential the controller no longer knows: attest again next time.
+                        self.client.drop_credential();
+                    }
+                    failures += 1;
+                    retry_at = Instant::now() + REFUSED_RETRY;
+                }
                 Err(err) => {
                     link.failing_since.get_or_insert_with(|| {
                         egress_monitor_api::time::rfc3339(egress_monitor_api::time::now_ms())
@@ -293,6 +324,21 @@ impl Reporter {
                 }
             }
         }
+    }
+
+    /// With `--attest`, gets the node a credential of its own when it has none (at start, and
+    /// after the controller refused the last one).
+    async fn prove_identity(&self) -> Result<(), SendError> {
+        if !self.config.attest || self.client.has_credential() {
+            return Ok(());
+        }
+        let client = Arc::clone(&self.client);
+        let (node_id, imds_url) = (self.config.node_id.clone(), self.config.imds_url.clone());
+        let vm_id = tokio::task::spawn_blocking(move || client.attest(&node_id, &imds_url))
+            .await
+            .unwrap_or_else(|err| panic!("the attestation task panicked: {err}"))?;
+        log::info!("attested as Azure VM {vm_id}: reports go with this node's own credential");
+        Ok(())
     }
 
     /// Seals the events waiting (in reports of at most the controller's maximum) into the
