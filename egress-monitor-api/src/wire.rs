@@ -96,8 +96,10 @@ pub struct Health {
 
 crate::words! {
     /// Which event of a flow: its first packet, a later count, or every packet (flow
-    /// interval 0).
-    pub enum FlowKind { First = "first", Update = "update", Packet = "packet" }
+    /// interval 0); or `dns`, a DNS question a domain policy refuses (or would, in observe
+    /// mode) or whose name looks like tunnelling: `dst` is the resolver, `dst_name` the name
+    /// asked, `rule` the domain rule, `tunnel_score` the name's score.
+    pub enum FlowKind { First = "first", Update = "update", Packet = "packet", Dns = "dns" }
 }
 
 crate::words! {
@@ -130,6 +132,10 @@ pub struct FlowEvent {
     pub cgroup: Option<String>,
     pub packets: u64,
     pub bytes: u64,
+    /// `dns` events: how much the name looks like data smuggled out (0-100; 50 or more is
+    /// suspicious).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_score: Option<u8>,
 }
 
 /// The controller's answer to a report: whether it was new, and what the fleet wants.
@@ -335,6 +341,9 @@ impl FlowEvent {
             ("cgroup", &self.cgroup),
         ] {
             opt_text(name, value)?;
+        }
+        if self.tunnel_score.is_some_and(|score| score > 100) {
+            return Err("tunnel_score must be between 0 and 100".into());
         }
         if self.packets == 0 || self.packets > i64::MAX as u64 || self.bytes > i64::MAX as u64 {
             return Err("packets must be between 1 and 2^63-1, bytes at most 2^63-1".into());

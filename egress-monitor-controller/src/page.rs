@@ -18,6 +18,8 @@ pub struct PageData {
     pub nodes: Vec<NodeView>,
     pub fleet: FleetPolicy,
     pub recent: Vec<Violation>,
+    /// The newest DNS questions refused (or that would be) and tunnelling-like names.
+    pub dns: Vec<Violation>,
     /// The newest changes of the fleet's policy and mode.
     pub history: Vec<HistoryEntry>,
 }
@@ -114,6 +116,31 @@ pub fn render(data: &PageData) -> Markup {
                                 td { (v.event.exe.as_deref().or(v.event.comm.as_deref()).unwrap_or("")) }
                                 td { (v.event.action) }
                                 td.n { (v.event.packets) }
+                            }
+                        }
+                    }
+                }
+                h2 { "Recent DNS violations" }
+                @if data.dns.is_empty() {
+                    p.muted { "No refused or tunnelling-like DNS questions." }
+                } @else {
+                    table id="dns" {
+                        thead { tr { th { "time" } th { "node" } th { "question" } th { "resolver" } th { "process" } th { "action" } th { "rule" } th { "tunnel score" } } }
+                        tbody {
+                            @for v in &data.dns {
+                                tr {
+                                    td { (rfc3339(v.event.ts_ms)) }
+                                    td { (v.node_id) }
+                                    td { (v.event.dst_name.as_deref().unwrap_or("")) }
+                                    td {
+                                        (v.event.dst.map(|a| a.to_string()).unwrap_or_default())
+                                        " " span.muted { (v.event.proto) }
+                                    }
+                                    td { (v.event.exe.as_deref().or(v.event.comm.as_deref()).unwrap_or("")) }
+                                    td { (v.event.action) }
+                                    td { (v.event.rule) }
+                                    td.n { (v.event.tunnel_score.map(|s| s.to_string()).unwrap_or_default()) }
+                                }
                             }
                         }
                     }

@@ -531,8 +531,9 @@ fn limit(value: &str) -> Result<u32, String> {
 }
 
 /// What `/violations` filters on.
-const VIOLATION_PARAMS: [&str; 8] = [
+const VIOLATION_PARAMS: [&str; 9] = [
     "node",
+    "kind",
     "destination",
     "process",
     "since",
@@ -542,7 +543,7 @@ const VIOLATION_PARAMS: [&str; 8] = [
     "limit",
 ];
 
-/// `?node=&destination=&process=&since=&until=&before=&after=&limit=`; times are RFC 3339 or
+/// `?node=&kind=&destination=&process=&since=&until=&before=&after=&limit=`; times are RFC 3339 or
 /// milliseconds since the epoch (the node's clock); `before` pages back from the newest,
 /// `after` forward in the order the controller stored them (a poller's cursor).
 fn violation_filter(query: &Params) -> Result<ViolationFilter, String> {
@@ -570,6 +571,9 @@ fn violation_filter(query: &Params) -> Result<ViolationFilter, String> {
         };
         match key {
             "node" => filter.node = text()?,
+            "kind" => {
+                filter.kind = Some(value.parse().map_err(|err| format!("`kind`: {err}"))?);
+            }
             "destination" => filter.destination = text()?,
             "process" => filter.process = text()?,
             "since" => filter.since_ms = Some(time(key, value)?),
@@ -812,12 +816,21 @@ async fn page_data(state: &Shared) -> Result<page::PageData, ApiError> {
             ..ViolationFilter::default()
         })
         .await?;
+    let dns = state
+        .store
+        .violations(&ViolationFilter {
+            kind: Some(egress_monitor_api::wire::FlowKind::Dns),
+            limit: 20,
+            ..ViolationFilter::default()
+        })
+        .await?;
     let summary = view::summary(&views, &fleet, since, tops);
     Ok(page::PageData {
         summary,
         nodes: views,
         fleet: fleet_policy(fleet),
         recent,
+        dns,
         history: history(state, PAGE_HISTORY).await?,
     })
 }
@@ -856,6 +869,10 @@ mod tests {
             (("node", ""), "`node` must be 1-"),
             (("before", "-3"), "`before` must be a violation id"),
             (("after", "x"), "`after` must be a violation id"),
+            (
+                ("kind", "dnss"),
+                "`kind`: `dnss` is not one of first, update, packet, dns",
+            ),
         ] {
             let err = violation_filter(&query(&[bad])).unwrap_err();
             assert!(err.starts_with(message), "{bad:?}: {err}");

@@ -36,7 +36,7 @@ pub const SQLITE: Dialect = Dialect {
 
 /// Every migration, in order. Version 1 is the schema as it was before migrations were
 /// versioned (`CREATE … IF NOT EXISTS`, so it is a no-op on such a database).
-pub const MIGRATIONS: [Migration; 4] = [
+pub const MIGRATIONS: [Migration; 5] = [
     Migration {
         version: 1,
         name: "nodes, reports, events, fleet, policies, fleet changes",
@@ -69,6 +69,15 @@ pub const MIGRATIONS: [Migration; 4] = [
                  bound_ms BIGINT NOT NULL, attested_ms BIGINT NOT NULL);
              CREATE TABLE IF NOT EXISTS attestation_nonces (
                  nonce TEXT PRIMARY KEY, node_id TEXT NOT NULL, expires_ms BIGINT NOT NULL);"
+                .to_owned()
+        },
+    },
+    Migration {
+        version: 5,
+        name: "DNS violations: the tunnelling score, and an index for the kind filter",
+        sql: |_| {
+            "ALTER TABLE events ADD COLUMN tunnel_score BIGINT;
+             CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id);"
                 .to_owned()
         },
     },
@@ -115,7 +124,10 @@ mod tests {
         for (i, migration) in MIGRATIONS.iter().enumerate() {
             assert_eq!(migration.version, i as i64 + 1, "{}", migration.name);
         }
-        assert_eq!(pending(1).map(|m| m.version).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(
+            pending(1).map(|m| m.version).collect::<Vec<_>>(),
+            [2, 3, 4, 5]
+        );
         assert_eq!(pending(latest()).count(), 0);
     }
 }

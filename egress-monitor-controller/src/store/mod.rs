@@ -110,6 +110,8 @@ pub struct Violation {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ViolationFilter {
     pub node: Option<String>,
+    /// One kind of event: `dns` for DNS questions, or a flow event's kind.
+    pub kind: Option<egress_monitor_api::wire::FlowKind>,
     /// An address (as text) or the name it was resolved from.
     pub destination: Option<String>,
     /// An executable's path or base name, or a command name.

@@ -27,10 +27,10 @@ const PRUNE_LOCK: i64 = 7_266_421;
 
 /// Inserts a report's events in one statement: the node and time once, each column an array.
 const INSERT_EVENTS: &str = "INSERT INTO events (node_id, received_ms, ts_ms, kind, hook, action, proto, src, dst, \
-     dst_port, dst_name, rule, pid, comm, exe, process, cgroup, packets, bytes) \
+     dst_port, dst_name, rule, pid, comm, exe, process, cgroup, packets, bytes, tunnel_score) \
      SELECT $1, $2, * FROM UNNEST($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], \
      $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], $13::bigint[], $14::text[], \
-     $15::text[], $16::text[], $17::text[], $18::bigint[], $19::bigint[])";
+     $15::text[], $16::text[], $17::text[], $18::bigint[], $19::bigint[], $20::bigint[])";
 
 /// The longest a request waits for a pooled connection, a new one, or a health check of one.
 const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -267,6 +267,7 @@ impl Store for PgStore {
             let cgroup = texts(&|e| e.cgroup.clone());
             let packets = ints(&|e| Some(e.packets as i64));
             let bytes = ints(&|e| Some(e.bytes as i64));
+            let tunnel_score = ints(&|e| e.tunnel_score.map(i64::from));
             tx.execute(
                 INSERT_EVENTS,
                 &[
@@ -289,6 +290,7 @@ impl Store for PgStore {
                     &cgroup,
                     &packets,
                     &bytes,
+                    &tunnel_score,
                 ],
             )
             .await?;

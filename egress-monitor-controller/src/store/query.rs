@@ -86,10 +86,10 @@ pub fn pg(sql: &str) -> String {
 }
 
 pub const SELECT_EVENTS: &str = "SELECT id, node_id, received_ms, ts_ms, kind, hook, action, proto, src, dst, dst_port, \
-     dst_name, rule, pid, comm, exe, cgroup, packets, bytes FROM events";
+     dst_name, rule, pid, comm, exe, cgroup, packets, bytes, tunnel_score FROM events";
 
 pub const INSERT_EVENT_COLUMNS: &str = "node_id, received_ms, ts_ms, kind, hook, action, proto, src, dst, dst_port, dst_name, \
-     rule, pid, comm, exe, process, cgroup, packets, bytes";
+     rule, pid, comm, exe, process, cgroup, packets, bytes, tunnel_score";
 
 /// An event's values in [`INSERT_EVENT_COLUMNS`] order.
 pub fn event_params(node_id: &str, received_ms: u64, event: &FlowEvent) -> Vec<Param> {
@@ -113,6 +113,7 @@ pub fn event_params(node_id: &str, received_ms: u64, event: &FlowEvent) -> Vec<P
         event.cgroup.clone().into(),
         event.packets.into(),
         event.bytes.into(),
+        Param::Int(event.tunnel_score.map(i64::from)),
     ]
 }
 
@@ -183,6 +184,9 @@ pub fn violations(filter: &ViolationFilter) -> (String, Vec<Param>) {
     };
     if let Some(node) = &filter.node {
         push("node_id = ?N", node.as_str().into(), &mut params);
+    }
+    if let Some(kind) = filter.kind {
+        push("kind = ?N", kind.as_str().into(), &mut params);
     }
     if let Some(destination) = &filter.destination {
         push(

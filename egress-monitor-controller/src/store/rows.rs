@@ -121,6 +121,7 @@ pub fn violation(row: &impl Columns) -> Result<Violation, StoreError> {
             cgroup: row.text(16)?,
             packets: row.required_int(17)? as u64,
             bytes: row.required_int(18)? as u64,
+            tunnel_score: row.int(19)?.map(|v| v.clamp(0, 100) as u8),
         },
     })
 }

@@ -194,7 +194,7 @@ impl Store for SqliteStore {
                 let mut insert = tx.prepare_cached(&format!(
                     "INSERT INTO events ({}) VALUES ({})",
                     query::INSERT_EVENT_COLUMNS,
-                    (1..=19).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+                    (1..=query::INSERT_EVENT_COLUMNS.split(',').count()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
                 ))?;
                 for event in &report.events {
                     insert.execute(params_from_iter(values(query::event_params(

@@ -84,6 +84,9 @@ impl Output<'_> {
     pub(super) fn write_dns(&mut self, mut record: DnsRecord) {
         (record.cgroup, record.exe) = self.resolve(record.cgroup_id, record.pid);
         record.tunnel = self.tunnel.score(&record.name);
+        if let Some(exchange) = &self.feed {
+            exchange.feed.push_dns(&record);
+        }
         self.writer.write(&record);
     }
 

@@ -298,7 +298,7 @@ fn contract(db: &str, scratch: &Scratch) {
     expect_refused(
         api.get("/api/v1/violations?colour=red", ADMIN_TOKEN),
         400,
-        "unknown parameter `colour`: use node, destination, process, since, until, before, after, limit",
+        "unknown parameter `colour`: use node, kind, destination, process, since, until, before, after, limit",
     );
     let wget = &violations(&api, "?process=wget")[0];
     assert_eq!(wget["dst"], "198.51.100.7");
@@ -497,6 +497,48 @@ fn contract(db: &str, scratch: &Scratch) {
     expect_refused(api.delete(&forget, ADMIN_TOKEN), 404, "no node");
     assert_eq!(nodes(&api).len(), 1);
     assert_eq!(violations(&api, &format!("?node={BOUND_NODE}")).len(), 1);
+
+    // DNS violations: stored with their tunnelling score, filtered by kind and by name.
+    let mut question = event("10.0.0.53", "/usr/bin/dig", 2);
+    question["kind"] = json!("dns");
+    question["dst_port"] = json!(53);
+    question["dst_name"] = json!("c2lnbmFs.exfil.example");
+    question["tunnel_score"] = json!(70);
+    let mut over = question.clone();
+    over["tunnel_score"] = json!(101);
+    expect_refused(
+        api.post_json(
+            reports,
+            FLEET_TOKEN,
+            &report("node-d", "machine-d", 1, 10, vec![over]),
+        ),
+        422,
+        "tunnel_score must be between 0 and 100",
+    );
+    let dns_report = report(
+        "node-d",
+        "machine-d",
+        1,
+        10,
+        vec![question, event("203.0.113.7", "/usr/bin/curl", 1)],
+    );
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &dns_report).0, 200);
+    let dns = violations(&api, "?kind=dns");
+    assert_eq!(dns.len(), 1, "{dns:#?}");
+    assert_eq!(dns[0]["dst_name"], "c2lnbmFs.exfil.example");
+    assert_eq!(dns[0]["tunnel_score"], 70);
+    assert_eq!(
+        violations(&api, "?kind=dns&destination=c2lnbmFs.exfil.example").len(),
+        1
+    );
+    let flows = violations(&api, "?kind=first&node=node-d");
+    assert_eq!(flows.len(), 1);
+    assert!(flows[0].get("tunnel_score").is_none(), "{:#}", flows[0]);
+    expect_refused(
+        api.get("/api/v1/violations?kind=dnss", ADMIN_TOKEN),
+        400,
+        "`kind`: `dnss` is not one of first, update, packet, dns",
+    );
 }
 
 trait PutAs {
@@ -722,7 +764,7 @@ fn replicas_started_together_on_an_empty_database_all_serve() {
             database.query_in(
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
             ),
-            "1,2,3,4",
+            "1,2,3,4,5",
             "attempt {attempt}"
         );
     }

@@ -541,3 +541,99 @@ fn forged_report(node_id: &str) -> Value {
         "events": []
     })
 }
+
+/// DNS reaches the fleet: a question a domain policy refuses (observe mode: it would) and a
+/// tunnelling-like name leave the node as `dns` violations, filterable at the controller
+/// (`kind=dns`, by name), with the name's score, and on the page; an allowed ordinary
+/// question stays local.
+#[test]
+fn refused_and_tunnelling_dns_questions_are_fleet_violations() {
+    use egress_monitor_tests::{
+        dns::{DnsServer, Record},
+        netns::PRIVATE_V4,
+    };
+    let scratch = Scratch::new("fleet-dns");
+    let files = ControllerFiles::new(&scratch.0);
+    let controller = Controller::start(&files, &files.sqlite(), 0, &[]);
+    let a = Node::new("node-dq");
+    let policy = a.scratch.0.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "mode = \"observe\"\n\n[[rule]]\nname = \"allowed-test\"\ndomain = \"*.allowed.test\"\naction = \"allow\"\n\n{}",
+            crate::dns::trust_the_test_resolver(&a)
+        ),
+    )
+    .unwrap();
+    let server = DnsServer::start(
+        &a.topology.net,
+        PRIVATE_V4.into(),
+        vec![Record::new("x.other.test", INTERNET_V4, 60)],
+    )
+    .unwrap();
+    let _daemon = reporting_daemon(
+        &a,
+        "node-dq",
+        &controller.url,
+        &files,
+        &["--policy", policy.to_str().unwrap()],
+    );
+    let tunnel =
+        "mzxw6ytboi4dqnjrgu3tmobqgezdgnbvgy3tqojqgezdgnbvgy3tq.k3j9x2q7v5w8z1c4b6n0m.allowed.test";
+    let resolver = client(&a.topology, Some(&a.cgroup));
+    for name in ["x.other.test", tunnel, "www.allowed.test"] {
+        resolver
+            .resolve(PRIVATE_V4.into(), name, "a", false)
+            .unwrap();
+    }
+    assert!(server.questions().iter().any(|q| q == "x.other.test"));
+    let api = Api::new(&controller.url);
+    let dns = api.wait(
+        "/api/v1/violations?kind=dns&node=node-dq",
+        Duration::from_secs(20),
+        |v| v.as_array().is_some_and(|all| all.len() >= 2),
+    );
+    let by_name = |name: &str| {
+        dns.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["dst_name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {dns:#}"))
+    };
+    let refused = by_name("x.other.test");
+    assert_eq!(refused["kind"], "dns");
+    assert_eq!(refused["action"], "observed");
+    assert_eq!(refused["rule"], "default");
+    assert_eq!(refused["dst"], PRIVATE_V4.to_string());
+    assert_eq!(refused["dst_port"], 53);
+    let flagged = by_name(tunnel);
+    assert_eq!(
+        flagged["rule"], "allowed-test",
+        "allowed, but its name is flagged"
+    );
+    assert!(
+        flagged["tunnel_score"].as_u64().unwrap() >= 50,
+        "{flagged:#}"
+    );
+    assert!(
+        !dns.to_string().contains("www.allowed.test"),
+        "an allowed ordinary question stays local: {dns:#}"
+    );
+    // Filterable by name, like any destination.
+    let (_, by_destination) = api.get(
+        &format!("/api/v1/violations?kind=dns&destination={tunnel}"),
+        ADMIN_TOKEN,
+    );
+    assert_eq!(
+        by_destination.as_array().unwrap().len(),
+        1,
+        "{by_destination:#}"
+    );
+    let (status, page) = api.get("/", ADMIN_TOKEN);
+    let page = page.as_str().unwrap_or_default().to_owned();
+    assert!(
+        status == 200 && page.contains("Recent DNS violations") && page.contains("x.other.test"),
+        "{status} {page}"
+    );
+}

@@ -6,7 +6,7 @@ use std::{collections::VecDeque, sync::Mutex};
 
 use egress_monitor_api::wire::{FlowEvent, MAX_EVENTS_PER_REPORT, MAX_TEXT};
 
-use crate::events::{EventRecord, Proto};
+use crate::events::{Action, EventRecord, Proto, dns::DnsRecord};
 
 /// Events held in memory at most (about 40 MB); the spool on disk takes over from there.
 pub const CAPACITY: usize = 100_000;
@@ -27,7 +27,18 @@ struct Inner {
 impl Feed {
     /// Queues a denied flow's event.
     pub fn push(&self, record: &EventRecord) {
-        let event = flow_event(record);
+        self.queue(flow_event(record));
+    }
+
+    /// Queues a DNS question the controller should see: one a domain policy refused (or
+    /// would, in observe mode), or whose name looks like tunnelling. Others stay local.
+    pub fn push_dns(&self, record: &DnsRecord) {
+        if record.action != Action::Allowed || record.tunnel.suspicious {
+            self.queue(dns_event(record));
+        }
+    }
+
+    fn queue(&self, event: FlowEvent) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.events.len() >= CAPACITY {
             inner.events.pop_front();
@@ -104,6 +115,38 @@ fn flow_event(record: &EventRecord) -> FlowEvent {
         cgroup: record.cgroup.as_deref().map(clean),
         packets: record.packets.max(1),
         bytes: record.bytes,
+        tunnel_score: None,
+    }
+}
+
+/// A DNS question as the controller stores violations: the resolver as the destination, the
+/// name asked as its name; an allowed question (flagged for its name) counts as observed.
+fn dns_event(record: &DnsRecord) -> FlowEvent {
+    FlowEvent {
+        ts_ms: egress_monitor_api::time::parse_rfc3339_ms(&record.ts)
+            .unwrap_or_else(egress_monitor_api::time::now_ms),
+        kind: egress_monitor_api::wire::FlowKind::Dns,
+        hook: record.hook,
+        action: record
+            .action
+            .denied()
+            .unwrap_or(egress_monitor_api::wire::DeniedAction::Observed),
+        proto: match record.proto {
+            Proto::Name(name) => name.to_owned(),
+            Proto::Number(number) => number.to_string(),
+        },
+        src: None,
+        dst: Some(record.server),
+        dst_port: Some(53),
+        dst_name: Some(clean(&record.name)),
+        rule: clean(&record.rule),
+        pid: record.pid,
+        comm: record.comm.as_deref().map(clean),
+        exe: record.exe.as_deref().map(clean),
+        cgroup: record.cgroup.as_deref().map(clean),
+        packets: u64::from(record.repeats) + 1,
+        bytes: 0,
+        tunnel_score: Some(record.tunnel.score.min(100)),
     }
 }
 

@@ -667,6 +667,7 @@ mod tests {
             cgroup: None,
             packets: 1,
             bytes: 60,
+            tunnel_score: None,
         }
     }
 
