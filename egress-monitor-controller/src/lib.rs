@@ -344,9 +344,9 @@ pub async fn prune(
     pause: Duration,
 ) -> Result<u64, StoreError> {
     let mut pruned = 0;
-    while let Some((events, reports)) = store.prune_batch(before_ms, batch).await? {
-        pruned += events;
-        if events < u64::from(batch) && reports < u64::from(batch) {
+    while let Some(batch_pruned) = store.prune_batch(before_ms, batch).await? {
+        pruned += batch_pruned.events;
+        if batch_pruned.last(batch) {
             break;
         }
         tokio::time::sleep(pause).await;

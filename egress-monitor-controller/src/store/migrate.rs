@@ -36,7 +36,7 @@ pub const SQLITE: Dialect = Dialect {
 
 /// Every migration, in order. Version 1 is the schema as it was before migrations were
 /// versioned (`CREATE … IF NOT EXISTS`, so it is a no-op on such a database).
-pub const MIGRATIONS: [Migration; 5] = [
+pub const MIGRATIONS: [Migration; 6] = [
     Migration {
         version: 1,
         name: "nodes, reports, events, fleet, policies, fleet changes",
@@ -80,6 +80,11 @@ pub const MIGRATIONS: [Migration; 5] = [
              CREATE INDEX IF NOT EXISTS events_kind ON events (kind, id);"
                 .to_owned()
         },
+    },
+    Migration {
+        version: 6,
+        name: "hourly rollups of the violations for the summary (filled from the stored events)",
+        sql: |_| super::rollup::MIGRATION.to_owned(),
     },
 ];
 
@@ -126,7 +131,7 @@ mod tests {
         }
         assert_eq!(
             pending(1).map(|m| m.version).collect::<Vec<_>>(),
-            [2, 3, 4, 5]
+            [2, 3, 4, 5, 6]
         );
         assert_eq!(pending(latest()).count(), 0);
     }

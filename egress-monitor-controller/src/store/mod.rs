@@ -8,6 +8,7 @@
 mod migrate;
 pub mod postgres;
 mod query;
+mod rollup;
 mod rows;
 pub mod sqlite;
 
@@ -137,6 +138,22 @@ pub struct Top {
     pub nodes: u64,
 }
 
+/// What one pruning batch removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: u64,
+    pub reports: u64,
+    pub rollups: u64,
+}
+
+impl Pruned {
+    /// Whether a batch of `batch` rows left nothing more to remove.
+    pub fn last(&self, batch: u32) -> bool {
+        let batch = u64::from(batch);
+        self.events < batch && self.reports < batch && self.rollups < batch
+    }
+}
+
 /// The fleet's policy and mode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FleetSettings {
@@ -172,7 +189,8 @@ pub trait Store: Send + Sync {
     /// One node, by id.
     async fn node(&self, node_id: &str) -> Result<Option<NodeRow>, StoreError>;
     async fn violations(&self, filter: &ViolationFilter) -> Result<Vec<Violation>, StoreError>;
-    /// Top destinations and processes (by packets) since `since_ms`.
+    /// Top destinations and processes of flows (by packets) from the hour of `since_ms` on,
+    /// from the hourly rollups.
     async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError>;
     async fn fleet(&self) -> Result<FleetSettings, StoreError>;
     /// Stores a new fleet policy; its version is the previous one plus one. `actor` (the
@@ -197,15 +215,11 @@ pub trait Store: Send + Sync {
     /// violations stay. False when there was no such node. A node that reports again is a new
     /// node.
     async fn forget(&self, node_id: &str) -> Result<bool, StoreError>;
-    /// Removes at most `batch` violations and `batch` report keys received before `before_ms`,
-    /// in one short transaction, so that ingestion never waits long behind pruning. Returns
-    /// how many of each went, or `None` when another replica is pruning at this moment (only
-    /// one does at a time).
-    async fn prune_batch(
-        &self,
-        before_ms: u64,
-        batch: u32,
-    ) -> Result<Option<(u64, u64)>, StoreError>;
+    /// Removes at most `batch` violations, `batch` report keys received before `before_ms` and
+    /// `batch` rollup rows of hours before it, in one short transaction, so that ingestion
+    /// never waits long behind pruning. Returns how many of each went, or `None` when another
+    /// replica is pruning at this moment (only one does at a time).
+    async fn prune_batch(&self, before_ms: u64, batch: u32) -> Result<Option<Pruned>, StoreError>;
     /// Keeps a nonce given out to `node_id` until `expires_ms`, dropping expired ones. False
     /// when the nonce is taken (draw another).
     async fn issue_nonce(

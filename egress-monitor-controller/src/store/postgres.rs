@@ -13,10 +13,10 @@ use tokio_postgres::{NoTls, Row, types::ToSql};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    FleetChange, FleetSettings, Ingest, NodeRow, Store, StoreError, Top, Violation,
+    FleetChange, FleetSettings, Ingest, NodeRow, Pruned, Store, StoreError, Top, Violation,
     ViolationFilter, migrate, mode_from, process_name,
     query::{self, Param, pg},
-    rows,
+    rollup, rows,
 };
 use egress_monitor_api::{Mode, time::now_ms, wire::Report};
 
@@ -186,7 +186,9 @@ fn top_from(row: &Row) -> Top {
 
 /// PostgreSQL's `SUM(bigint)` is numeric: cast it back.
 fn top_sql(sql: &str) -> String {
-    pg(sql).replace("SUM(packets)", "SUM(packets)::bigint")
+    pg(sql)
+        .replace("SUM(packets)", "SUM(packets)::bigint")
+        .replace("SUM(events)", "SUM(events)::bigint")
 }
 
 #[async_trait::async_trait]
@@ -295,6 +297,29 @@ impl Store for PgStore {
             )
             .await?;
         }
+        let rollups = rollup::of_report(report);
+        if !rollups.is_empty() {
+            let column = |f: &dyn Fn(&rollup::Rollup) -> i64| -> Vec<i64> {
+                rollups.iter().map(f).collect()
+            };
+            let text = |f: &dyn Fn(&rollup::Rollup) -> Option<String>| -> Vec<Option<String>> {
+                rollups.iter().map(f).collect()
+            };
+            tx.execute(
+                &rollup::upsert_many(),
+                &[
+                    &report.node_id,
+                    &column(&|r| r.hour_ms as i64),
+                    &text(&|r| Some(r.kind.to_owned())),
+                    &text(&|r| Some(r.dst.clone())),
+                    &text(&|r| Some(r.process.clone())),
+                    &text(&|r| r.dst_name.clone()),
+                    &column(&|r| r.packets.min(i64::MAX as u64) as i64),
+                    &column(&|r| r.events as i64),
+                ],
+            )
+            .await?;
+        }
         let count = boxed(vec![
             report.node_id.as_str().into(),
             (report.events.len() as i64).into(),
@@ -332,13 +357,14 @@ impl Store for PgStore {
 
     async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError> {
         let client = self.pool.get().await?;
-        let params: [&(dyn ToSql + Sync); 2] = [&(since_ms as i64), &i64::from(limit)];
+        let from_hour = rollup::hour(since_ms) as i64;
+        let params: [&(dyn ToSql + Sync); 2] = [&from_hour, &i64::from(limit)];
         let destinations = client
-            .query(&top_sql(query::TOP_DESTINATIONS), &params)
+            .query(&top_sql(rollup::TOP_DESTINATIONS), &params)
             .await?;
         let processes = client
             .query(
-                &top_sql(query::TOP_PROCESSES).replace("NULL,", "NULL::text,"),
+                &top_sql(rollup::TOP_PROCESSES).replace("NULL,", "NULL::text,"),
                 &params,
             )
             .await?;
@@ -483,11 +509,7 @@ impl Store for PgStore {
         Ok(count > 0)
     }
 
-    async fn prune_batch(
-        &self,
-        before_ms: u64,
-        batch: u32,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
+    async fn prune_batch(&self, before_ms: u64, batch: u32) -> Result<Option<Pruned>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let leader: bool = tx
@@ -500,8 +522,18 @@ impl Store for PgStore {
         let params: [&(dyn ToSql + Sync); 2] = [&(before_ms as i64), &i64::from(batch)];
         let events = tx.execute(&pg(query::PRUNE_EVENTS), &params).await?;
         let reports = tx.execute(&pg(query::PRUNE_REPORTS), &params).await?;
+        let rollups = tx
+            .execute(
+                &pg(rollup::PRUNE),
+                &[&(rollup::hour(before_ms) as i64), &i64::from(batch)],
+            )
+            .await?;
         tx.commit().await?;
-        Ok(Some((events, reports)))
+        Ok(Some(Pruned {
+            events,
+            reports,
+            rollups,
+        }))
     }
 
     async fn size_bytes(&self) -> Result<u64, StoreError> {

@@ -237,15 +237,6 @@ pub const PRUNE_EVENTS: &str = "DELETE FROM events WHERE id IN \
 pub const PRUNE_REPORTS: &str = "DELETE FROM reports WHERE (node_id, stream, seq) IN \
      (SELECT node_id, stream, seq FROM reports WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)";
 
-/// Top destinations since ?1, at most ?2.
-pub const TOP_DESTINATIONS: &str = "SELECT dst, MAX(dst_name), SUM(packets), COUNT(*), COUNT(DISTINCT node_id) FROM events \
-     WHERE ts_ms >= ?1 AND dst IS NOT NULL GROUP BY dst ORDER BY SUM(packets) DESC, dst LIMIT ?2";
-
-/// Top processes since ?1, at most ?2.
-pub const TOP_PROCESSES: &str = "SELECT COALESCE(exe, comm, '(unknown)'), NULL, SUM(packets), COUNT(*), COUNT(DISTINCT node_id) \
-     FROM events WHERE ts_ms >= ?1 GROUP BY COALESCE(exe, comm, '(unknown)') \
-     ORDER BY SUM(packets) DESC, COALESCE(exe, comm, '(unknown)') LIMIT ?2";
-
 pub const SELECT_FLEET: &str =
     "SELECT policy_version, policy, mode, updated_ms FROM fleet WHERE id = 1";
 

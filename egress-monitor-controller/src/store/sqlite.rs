@@ -12,10 +12,10 @@ use rusqlite::{
 };
 
 use super::{
-    FleetChange, FleetSettings, Ingest, NodeRow, Store, StoreError, Top, Violation,
+    FleetChange, FleetSettings, Ingest, NodeRow, Pruned, Store, StoreError, Top, Violation,
     ViolationFilter, migrate, mode_from,
     query::{self, Param},
-    rows,
+    rollup, rows,
 };
 use egress_monitor_api::{Mode, time::now_ms, wire::Report};
 
@@ -203,6 +203,19 @@ impl Store for SqliteStore {
                         event,
                     ))))?;
                 }
+                let mut upsert = tx.prepare_cached(&rollup::upsert_one())?;
+                for row in rollup::of_report(&report) {
+                    upsert.execute((
+                        &report.node_id,
+                        row.hour_ms as i64,
+                        row.kind,
+                        &row.dst,
+                        &row.process,
+                        &row.dst_name,
+                        row.packets.min(i64::MAX as u64) as i64,
+                        row.events as i64,
+                    ))?;
+                }
             }
             tx.execute(
                 query::INSERT_NODE,
@@ -260,10 +273,11 @@ impl Store for SqliteStore {
     }
 
     async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError> {
+        let from_hour = rollup::hour(since_ms);
         self.with(Use::Read, move |connection| {
             Ok((
-                top(connection, query::TOP_DESTINATIONS, since_ms, limit)?,
-                top(connection, query::TOP_PROCESSES, since_ms, limit)?,
+                top(connection, rollup::TOP_DESTINATIONS, from_hour, limit)?,
+                top(connection, rollup::TOP_PROCESSES, from_hour, limit)?,
             ))
         })
         .await
@@ -412,18 +426,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn prune_batch(
-        &self,
-        before_ms: u64,
-        batch: u32,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
+    async fn prune_batch(&self, before_ms: u64, batch: u32) -> Result<Option<Pruned>, StoreError> {
         self.with(Use::Write, move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let params = (before_ms as i64, i64::from(batch));
             let events = tx.execute(query::PRUNE_EVENTS, params)?;
             let reports = tx.execute(query::PRUNE_REPORTS, params)?;
+            let rollups = tx.execute(
+                rollup::PRUNE,
+                (rollup::hour(before_ms) as i64, i64::from(batch)),
+            )?;
             tx.commit()?;
-            Ok(Some((events as u64, reports as u64)))
+            Ok(Some(Pruned {
+                events: events as u64,
+                reports: reports as u64,
+                rollups: rollups as u64,
+            }))
         })
         .await
     }
