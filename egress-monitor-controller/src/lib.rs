@@ -10,6 +10,7 @@
 //! - [`store`]: SQLite (embedded, default) or PostgreSQL (shared by replicas).
 //! - [`quota`]: per-node reports per minute and bytes per day (429 + `Retry-After`).
 //! - [`metrics`]: the controller's own Prometheus metrics (`--metrics`).
+//! - [`otlp`]: every violation to an OpenTelemetry receiver (`--otlp-endpoint`).
 //! - [`certificates`]: `certificates`, a CA and the controller's TLS certificate.
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod attest;
 pub mod auth;
 pub mod certificates;
 pub mod metrics;
+pub mod otlp;
 pub mod page;
 pub mod params;
 pub mod quota;
@@ -50,6 +52,8 @@ pub struct ControllerConfig {
     pub metrics: Option<SocketAddr>,
     /// How Azure attested documents are checked (node identity).
     pub attestation: attest::Settings,
+    /// Where every violation is exported (OTLP/HTTP logs).
+    pub otlp: Option<otlp::OtlpConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,8 @@ pub enum ControllerError {
     Tokens(#[from] auth::TokenError),
     #[error("cannot set up the checks of Azure attested documents")]
     Attestation(#[from] attest::TrustError),
+    #[error(transparent)]
+    Otlp(#[from] otlp::OtlpError),
     #[error("cannot open the database {url}")]
     Store {
         url: String,
@@ -90,6 +96,7 @@ pub enum ControllerError {
 /// A controller with its tokens loaded, its database open and its port bound, ready to serve.
 pub struct Controller {
     state: Arc<AppState>,
+    exporter: Option<otlp::Exporter>,
     listener: std::net::TcpListener,
     metrics_listener: Option<std::net::TcpListener>,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
@@ -126,6 +133,11 @@ impl Controller {
     pub async fn bind(config: &ControllerConfig) -> Result<Controller, ControllerError> {
         let tokens = Tokens::load(&config.admin_token_file, &config.node_token_file)?;
         let attestation = Arc::new(attest::Verifier::new(&config.attestation)?);
+        let exporter = config
+            .otlp
+            .as_ref()
+            .map(|otlp| otlp::Exporter::new(otlp, config.listen))
+            .transpose()?;
         let tls = match &config.tls {
             Some((cert, key)) => {
                 // One process-wide crypto provider: ring (installing it twice is harmless).
@@ -174,6 +186,7 @@ impl Controller {
             })
             .transpose()?;
         Ok(Controller {
+            exporter,
             state: Arc::new(AppState {
                 store,
                 tokens: std::sync::RwLock::new(Arc::new(tokens)),
@@ -216,6 +229,16 @@ impl Controller {
         let app = api::router(Arc::clone(&self.state));
         let handle = axum_server::Handle::new();
         let pruner = tokio::spawn(prune_forever(Arc::clone(&self.state)));
+        let exporter = self.exporter.map(|exporter| {
+            log::info!(
+                "exporting every violation to {} (OTLP/HTTP)",
+                exporter.url()
+            );
+            tokio::spawn(exporter.run(
+                Arc::clone(&self.state.store),
+                Arc::clone(&self.state.metrics),
+            ))
+        });
         let reloader = tokio::spawn(reload_on_hangup(
             self.hangup,
             self.files,
@@ -275,6 +298,9 @@ impl Controller {
         };
         pruner.abort();
         reloader.abort();
+        if let Some(exporter) = exporter {
+            exporter.abort();
+        }
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
         }

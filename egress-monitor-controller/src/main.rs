@@ -26,6 +26,8 @@ use egress_monitor_controller::{Controller, ControllerConfig, ControllerError, r
       --db-ca db-ca.pem ...
   # Nodes:
   egress-monitor run --controller https://controller:8443 --token-file nodes.token
+  # Every violation to an OpenTelemetry collector too (OTLP/HTTP, protobuf):
+  egress-monitor-controller ... --otlp-endpoint http://otel-collector:4318
   # Azure VMs proving who they are (attested documents; see docs/fleet.md):
   egress-monitor-controller ... --attestation-intermediates azure-issuing-cas.pem \
       --attestation-subscription 00000000-0000-0000-0000-000000000000
@@ -117,6 +119,25 @@ struct Args {
     /// default: any).
     #[arg(long = "attestation-subscription", value_name = "ID")]
     attestation_subscriptions: Vec<String>,
+    /// Export every violation (flows and DNS) as OpenTelemetry logs over OTLP/HTTP (protobuf)
+    /// to this receiver: `http(s)://HOST:4318` (`/v1/logs` is added) or the full logs URL.
+    /// At least once, in the order stored, resumed after a restart from where it stopped.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// A header for every OTLP request, e.g. `api-key=…` (repeat for several).
+    #[arg(long = "otlp-header", value_name = "NAME=VALUE", requires = "otlp_endpoint",
+          value_parser = header)]
+    otlp_headers: Vec<(String, String)>,
+    /// PEM CA certificates for an https:// OTLP receiver (default: the public roots).
+    #[arg(long, value_name = "FILE", requires = "otlp_endpoint")]
+    otlp_ca: Option<PathBuf>,
+}
+
+fn header(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+        .ok_or_else(|| format!("`{text}` is not NAME=VALUE"))
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -183,6 +204,13 @@ fn main() -> ExitCode {
             signer_name: args.attestation_signer,
             subscriptions: args.attestation_subscriptions,
         },
+        otlp: args
+            .otlp_endpoint
+            .map(|endpoint| egress_monitor_controller::otlp::OtlpConfig {
+                endpoint,
+                headers: args.otlp_headers,
+                ca: args.otlp_ca,
+            }),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

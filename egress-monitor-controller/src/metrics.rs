@@ -78,6 +78,11 @@ pub struct ControllerMetrics {
     events_stored: Counter,
     nodes: Family<StateLabel, Gauge>,
     database_up: Gauge,
+    /// OTLP export (`--otlp-endpoint`): events delivered, events the receiver refused as
+    /// invalid (dropped), and failed attempts (retried).
+    otlp_exported: Counter,
+    otlp_rejected: Counter,
+    otlp_failures: Counter,
 }
 
 impl Default for ControllerMetrics {
@@ -93,6 +98,9 @@ impl Default for ControllerMetrics {
             events_stored: Counter::default(),
             nodes: Family::default(),
             database_up: Gauge::default(),
+            otlp_exported: Counter::default(),
+            otlp_rejected: Counter::default(),
+            otlp_failures: Counter::default(),
         };
         let mut registry = metrics.registry;
         registry.register(
@@ -125,6 +133,21 @@ impl Default for ControllerMetrics {
             "1 when the database answered the scrape's query, 0 when it did not",
             metrics.database_up.clone(),
         );
+        registry.register(
+            "otlp_exported_events",
+            "Events the OTLP receiver acknowledged (--otlp-endpoint)",
+            metrics.otlp_exported.clone(),
+        );
+        registry.register(
+            "otlp_rejected_events",
+            "Events the OTLP receiver refused as invalid (400): not sent again",
+            metrics.otlp_rejected.clone(),
+        );
+        registry.register(
+            "otlp_failures",
+            "OTLP export attempts that failed and are retried (no answer, 429, 5xx)",
+            metrics.otlp_failures.clone(),
+        );
         // Every outcome from the start, so that rates work before the first of each.
         for outcome in ["stored", "duplicate", "expired"] {
             metrics
@@ -151,6 +174,18 @@ impl ControllerMetrics {
             ReportOutcome::Throttled => "throttled",
         };
         self.reports.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn otlp_exported(&self, events: u64) {
+        self.otlp_exported.inc_by(events);
+    }
+
+    pub fn otlp_rejected(&self, events: u64) {
+        self.otlp_rejected.inc_by(events);
+    }
+
+    pub fn otlp_failure(&self) {
+        self.otlp_failures.inc();
     }
 
     fn request(&self, route: String, status: u16, started: Instant) {

@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod dns;
 pub mod logged;
 pub mod netns;
+pub mod otlp;
 pub mod programs;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -36,7 +36,7 @@ pub const SQLITE: Dialect = Dialect {
 
 /// Every migration, in order. Version 1 is the schema as it was before migrations were
 /// versioned (`CREATE … IF NOT EXISTS`, so it is a no-op on such a database).
-pub const MIGRATIONS: [Migration; 6] = [
+pub const MIGRATIONS: [Migration; 7] = [
     Migration {
         version: 1,
         name: "nodes, reports, events, fleet, policies, fleet changes",
@@ -86,6 +86,16 @@ pub const MIGRATIONS: [Migration; 6] = [
         name: "hourly rollups of the violations for the summary (filled from the stored events)",
         sql: |_| super::rollup::MIGRATION.to_owned(),
     },
+    Migration {
+        version: 7,
+        name: "OTLP export: the last violation exported per endpoint, and who exports",
+        sql: |_| {
+            "CREATE TABLE IF NOT EXISTS otlp_cursors (
+                 endpoint TEXT PRIMARY KEY, last_id BIGINT NOT NULL, holder TEXT,
+                 leased_until_ms BIGINT NOT NULL);"
+                .to_owned()
+        },
+    },
 ];
 
 /// The table that records them.
@@ -131,7 +141,7 @@ mod tests {
         }
         assert_eq!(
             pending(1).map(|m| m.version).collect::<Vec<_>>(),
-            [2, 3, 4, 5, 6]
+            [2, 3, 4, 5, 6, 7]
         );
         assert_eq!(pending(latest()).count(), 0);
     }

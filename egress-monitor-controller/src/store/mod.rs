@@ -246,6 +246,26 @@ pub trait Store: Send + Sync {
     async fn credential_owner(&self, credential: &str) -> Result<Option<String>, StoreError>;
     /// Whether the node id is bound to a VM (then only its own credential reports for it).
     async fn bound(&self, node_id: &str) -> Result<bool, StoreError>;
+    /// Takes or renews the OTLP export lease of `endpoint` for `holder` until `until_ms`, and
+    /// returns the id of the last violation exported there (0: none yet). `None` while
+    /// another replica's lease runs: one replica exports at a time, another takes over when
+    /// its lease lapses.
+    async fn export_lease(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Moves the export cursor of `endpoint` from `from` to `to`, if `holder` still holds the
+    /// lease and nobody moved it meanwhile.
+    async fn export_advance(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<bool, StoreError>;
     /// Bytes the database takes on disk.
     async fn size_bytes(&self) -> Result<u64, StoreError>;
 }

@@ -500,6 +500,43 @@ impl Store for PgStore {
             .map(|row| row.get(0)))
     }
 
+    async fn export_lease(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(&pg(query::ADD_EXPORT_CURSOR), &[&endpoint])
+            .await?;
+        Ok(client
+            .query_opt(
+                &pg(query::LEASE_EXPORT),
+                &[&endpoint, &holder, &(now_ms as i64), &(until_ms as i64)],
+            )
+            .await?
+            .map(|row| row.get(0)))
+    }
+
+    async fn export_advance(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                &pg(query::ADVANCE_EXPORT),
+                &[&endpoint, &holder, &from, &to],
+            )
+            .await?
+            > 0)
+    }
+
     async fn bound(&self, node_id: &str) -> Result<bool, StoreError> {
         let client = self.pool.get().await?;
         let count: i64 = client

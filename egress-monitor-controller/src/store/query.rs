@@ -274,6 +274,16 @@ pub const BIND_NODE: &str = "INSERT INTO node_bindings (node_id, vm_id, credenti
 pub const CREDENTIAL_OWNER: &str = "SELECT node_id FROM node_bindings WHERE credential = ?1";
 pub const NODE_BOUND: &str = "SELECT COUNT(*) FROM node_bindings WHERE node_id = ?1";
 
+// OTLP export: a cursor per endpoint, advanced by the replica holding its lease.
+pub const ADD_EXPORT_CURSOR: &str = "INSERT INTO otlp_cursors (endpoint, last_id, holder, leased_until_ms) \
+     VALUES (?1, 0, NULL, 0) ON CONFLICT (endpoint) DO NOTHING";
+/// ?1 endpoint, ?2 holder, ?3 now, ?4 until.
+pub const LEASE_EXPORT: &str = "UPDATE otlp_cursors SET holder = ?2, leased_until_ms = ?4 \
+     WHERE endpoint = ?1 AND (holder = ?2 OR leased_until_ms < ?3) RETURNING last_id";
+/// ?1 endpoint, ?2 holder, ?3 from, ?4 to.
+pub const ADVANCE_EXPORT: &str =
+    "UPDATE otlp_cursors SET last_id = ?4 WHERE endpoint = ?1 AND holder = ?2 AND last_id = ?3";
+
 pub const SET_MODE: &str = "UPDATE fleet SET mode = ?1, updated_ms = ?2 WHERE id = 1";
 
 #[cfg(test)]

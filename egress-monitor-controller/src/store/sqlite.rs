@@ -416,6 +416,41 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn export_lease(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        now_ms: u64,
+        until_ms: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (endpoint, holder) = (endpoint.to_owned(), holder.to_owned());
+        self.with(Use::Write, move |connection| {
+            connection.execute(query::ADD_EXPORT_CURSOR, [&endpoint])?;
+            Ok(connection
+                .query_row(
+                    query::LEASE_EXPORT,
+                    (&endpoint, &holder, now_ms as i64, until_ms as i64),
+                    |row| row.get(0),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn export_advance(
+        &self,
+        endpoint: &str,
+        holder: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<bool, StoreError> {
+        let (endpoint, holder) = (endpoint.to_owned(), holder.to_owned());
+        self.with(Use::Write, move |connection| {
+            Ok(connection.execute(query::ADVANCE_EXPORT, (&endpoint, &holder, from, to))? > 0)
+        })
+        .await
+    }
+
     async fn bound(&self, node_id: &str) -> Result<bool, StoreError> {
         let node_id = node_id.to_owned();
         self.with(Use::Write, move |connection| {

@@ -764,7 +764,7 @@ fn replicas_started_together_on_an_empty_database_all_serve() {
             database.query_in(
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
             ),
-            "1,2,3,4,5,6",
+            "1,2,3,4,5,6,7",
             "attempt {attempt}"
         );
     }
@@ -1197,6 +1197,160 @@ fn nodes_prove_who_they_are_with_attested_documents() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["vm_id"], VM_B);
+}
+
+/// Export (OTLP/HTTP): every violation reaches a real OTLP receiver as a log record with
+/// OpenTelemetry's attribute names, through refusals (retried, nothing skipped) and a
+/// controller killed mid-export (resumed from its cursor: nothing lost, nothing sent twice).
+#[test]
+fn every_violation_reaches_the_otlp_receiver_across_a_restart() {
+    use egress_monitor_tests::otlp::{OtlpReceiver, attribute};
+    let scratch = Scratch::new("controller-otlp");
+    let files = ControllerFiles::new(&scratch.0);
+    let receiver = OtlpReceiver::start();
+    let port = free_port();
+    let start = || {
+        Controller::start(
+            &files,
+            &files.sqlite(),
+            port,
+            &["--otlp-endpoint", &receiver.url],
+        )
+    };
+    let controller = start();
+    let api = Api::new(&controller.url);
+    let reports = "/api/v1/reports";
+    let events = |count: usize, host: usize| -> Vec<Value> {
+        (0..count)
+            .map(|i| {
+                event(
+                    &format!("203.0.113.{}", (i + host) % 250 + 1),
+                    "/usr/bin/curl",
+                    1,
+                )
+            })
+            .collect()
+    };
+    let mut question = event("10.0.0.53", "/usr/bin/dig", 1);
+    question["kind"] = json!("dns");
+    question["dst_port"] = json!(53);
+    question["dst_name"] = json!("c2lnbmFs.exfil.example");
+    question["tunnel_score"] = json!(80);
+    let mut first = events(1500, 0);
+    first.push(question);
+    for (seq, batch) in [(1, first), (2, events(1200, 7)), (3, events(300, 11))] {
+        let (status, body) = api.post_json(
+            reports,
+            FLEET_TOKEN,
+            &report("otlp-a", "m-a", seq, 10, batch),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    // Refused (503, Retry-After 1): retried, nothing is lost.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while receiver.requests().1 < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            receiver.requests()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Two batches get through; then the receiver refuses again and the controller is killed.
+    receiver.allow(Some(2));
+    receiver.wait(Duration::from_secs(20), |records| records.len() == 2000);
+    let refused = receiver.requests().1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while receiver.requests().1 == refused {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            receiver.requests()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    controller.kill();
+    receiver.allow(None);
+    let controller = start();
+    let api = Api::new(&controller.url);
+    let (status, body) = api.post_json(
+        reports,
+        FLEET_TOKEN,
+        &report("otlp-b", "m-b", 1, 10, events(500, 3)),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // Every stored violation, exactly once (the killed controller's acknowledged batches were
+    // not sent again).
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = violations(&api, &format!("?after={after}&limit=1000"));
+        let Some(last) = page.last() else { break };
+        after = last["id"].as_i64().unwrap();
+        stored.extend(page.iter().map(|v| v["id"].as_i64().unwrap()));
+    }
+    assert_eq!(stored.len(), 3501);
+    let records = receiver.wait(Duration::from_secs(30), |records| {
+        records.len() >= stored.len()
+    });
+    let mut exported: Vec<i64> = records
+        .iter()
+        .map(|r| {
+            attribute(&r.record.attributes, "egress_monitor.violation.id")
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    exported.sort_unstable();
+    assert_eq!(exported, stored, "every violation once, none twice");
+
+    // OpenTelemetry's names: a flow and the DNS question.
+    let flow = records
+        .iter()
+        .find(|r| attribute(&r.resource, "egress_monitor.node.id").as_deref() == Some("otlp-b"))
+        .unwrap();
+    let a = &flow.record.attributes;
+    assert_eq!(
+        attribute(&flow.resource, "service.name").as_deref(),
+        Some("egress-monitor")
+    );
+    assert_eq!(attribute(a, "network.transport").as_deref(), Some("tcp"));
+    assert_eq!(attribute(a, "destination.port").as_deref(), Some("443"));
+    assert_eq!(
+        attribute(a, "process.executable.path").as_deref(),
+        Some("/usr/bin/curl")
+    );
+    assert_eq!(
+        attribute(a, "process.executable.name").as_deref(),
+        Some("curl")
+    );
+    assert_eq!(attribute(a, "process.pid").as_deref(), Some("4242"));
+    assert_eq!(
+        attribute(a, "egress_monitor.action").as_deref(),
+        Some("observed")
+    );
+    assert!(
+        attribute(a, "destination.address")
+            .unwrap()
+            .starts_with("203.0.113.")
+    );
+    assert_eq!(flow.record.severity_text, "WARN");
+    assert_eq!(flow.record.event_name, "egress_monitor.violation");
+    assert!(flow.record.time_unix_nano > 1_700_000_000_000_000_000);
+    let dns = records
+        .iter()
+        .find(|r| attribute(&r.record.attributes, "egress_monitor.kind").as_deref() == Some("dns"))
+        .unwrap();
+    assert_eq!(
+        attribute(&dns.record.attributes, "dns.question.name").as_deref(),
+        Some("c2lnbmFs.exfil.example")
+    );
+    assert_eq!(
+        attribute(&dns.record.attributes, "egress_monitor.dns.tunnel_score").as_deref(),
+        Some("80")
+    );
 }
 
 /// `document` with `from` replaced by `to` (same length) inside the signed content: the
