@@ -11,7 +11,9 @@
 //!    cost per packet on that path from the kernel's run-time statistics.
 //! 3. [`flood`]: the denied path under a flood: packets dropped per second, events written.
 //! 4. [`daemon`]: resident memory at idle.
-//! 5. [`controller`]: 1,000 simulated nodes reporting to the controller, SQLite and PostgreSQL
+//! 5. [`controller`]: 10,000 simulated nodes reporting to two controller replicas on
+//!    PostgreSQL and to one on SQLite for five minutes, retention pruning under the load, then
+//!    the summary and the page at a million events, and a projection for 100,000 nodes
 //!    (`--only controller` runs this part alone); written to `controller.{md,json}`.
 //!
 //! Everything runs in the benchmark's own namespaces, cgroups and bpf filesystems; every loop
@@ -54,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     egress_monitor_tests::sweep_stale();
     let started = std::time::Instant::now();
     let machine = report::Machine::read();
-    eprintln!("== controller: 1,000 simulated nodes");
+    eprintln!("== controller: 10,000 simulated nodes");
     let fleet = controller::measure(quick)?;
     report::write_controller(&fleet, &machine, &out)?;
     println!("{}", controller::render(&fleet));

@@ -207,7 +207,7 @@ async fn tops_from_rollups_match_the_events_and_the_backfill() {
     for seq in 1..=6u64 {
         let mut report = report(seq, 0);
         for i in 0..40u64 {
-            let mut event = serde_json::to_value(&report_event()).unwrap();
+            let mut event = serde_json::to_value(report_event()).unwrap();
             event["ts_ms"] = json!(1_800_000_000_000 + (seq % 3) * hour + i);
             event["dst"] = json!(format!("203.0.113.{}", i % 7));
             event["exe"] = json!(format!("/usr/bin/tool{}", i % 3));
