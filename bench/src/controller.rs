@@ -433,7 +433,10 @@ fn run_store(
                 (Duration::ZERO, node, rounds + 1 + i / NODES as u64, 100)
             })
             .collect();
-        eprintln!("   {store}: {} more events for the summary", extra.len() * 100);
+        eprintln!(
+            "   {store}: {} more events for the summary",
+            extra.len() * 100
+        );
         drive(&urls, &extra, false, &pids);
     }
     let (_, events_at_summary) = stored(&api)?;
@@ -631,9 +634,7 @@ pub fn render(bench: &ControllerBench) -> String {
 mod tests {
     #[test]
     fn the_mix_is_mostly_empty_with_rare_bursts() {
-        let counts: Vec<usize> = (0..10_000)
-            .map(|node| super::events_in(node, 3))
-            .collect();
+        let counts: Vec<usize> = (0..10_000).map(|node| super::events_in(node, 3)).collect();
         let empty = counts.iter().filter(|c| **c == 0).count();
         let bursts = counts.iter().filter(|c| **c == 200).count();
         assert!((8_500..9_500).contains(&empty), "{empty}");

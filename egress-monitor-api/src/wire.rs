@@ -54,6 +54,10 @@ pub struct Identity {
     pub machine_id: String,
     /// The cloud's VM id (Azure's `compute.vmId`), when the metadata service answered.
     pub vm_id: Option<String>,
+    /// The group the node belongs to, for operators to filter the fleet by (`--node-group`,
+    /// else Azure's scale set name): 1-128 letters, digits, '.', '_', '-'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// The policy the node runs.
@@ -284,6 +288,17 @@ impl Report {
         text("identity.hostname", &self.identity.hostname, false)?;
         text("identity.machine_id", &self.identity.machine_id, false)?;
         opt_text("identity.vm_id", &self.identity.vm_id)?;
+        if self
+            .identity
+            .group
+            .as_deref()
+            .is_some_and(|group| !valid_node_id(group))
+        {
+            return Err(
+                "identity.group must be 1-128 characters of letters, digits, '.', '_' and '-'"
+                    .into(),
+            );
+        }
         text("policy.version", &self.policy.version, true)?;
         opt_text("policy.error", &self.policy.error)?;
         if self.events.len() > MAX_EVENTS_PER_REPORT {

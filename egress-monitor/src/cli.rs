@@ -198,6 +198,10 @@ pub struct RunArgs {
     /// '_' and '-'.
     #[arg(long, value_name = "NAME", requires = "controller", value_parser = node_id)]
     pub node_id: Option<String>,
+    /// The node's group at the controller, which filters the fleet by it (`/api/v1/nodes?group=`):
+    /// a scale set, a role, an environment. Default: the Azure scale set the VM is in, if any.
+    #[arg(long, value_name = "NAME", requires = "controller", value_parser = node_id)]
+    pub node_group: Option<String>,
     /// Seconds between reports to the controller; three missed make the node stale.
     #[arg(long, value_name = "SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=3600))]

@@ -415,7 +415,7 @@ async fn get_nodes(
     _: Reader,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let query = params(query, &["state", "after", "limit"])?;
+    let query = params(query, &["state", "group", "after", "limit"])?;
     let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
     let wanted = query
         .get("state")
@@ -428,6 +428,12 @@ async fn get_nodes(
     let after = query.get("after");
     if after.is_some_and(|id| !egress_monitor_api::wire::valid_node_id(id)) {
         return Err(bad("`after` must be a node id".into()));
+    }
+    let group = query.get("group");
+    if group.is_some_and(|g| !egress_monitor_api::wire::valid_node_id(g)) {
+        return Err(bad(
+            "`group` must be a group name (1-128 letters, digits, '.', '_', '-')".into(),
+        ));
     }
     let limit = match query.get("limit") {
         None => NODES_PAGE,
@@ -442,6 +448,7 @@ async fn get_nodes(
         .0
         .into_iter()
         .filter(|node| wanted.is_none_or(|wanted| node.state == wanted))
+        .filter(|node| group.is_none_or(|group| node.node.group.as_deref() == Some(group)))
         .filter(|node| after.is_none_or(|after| node.node.node_id.as_str() > after))
         .take(limit + 1)
         .collect();
@@ -452,6 +459,9 @@ async fn get_nodes(
         let mut next = format!("{API}/nodes?after={}&limit={limit}", last.node.node_id);
         if let Some(wanted) = wanted {
             next.push_str(&format!("&state={}", wanted.as_str()));
+        }
+        if let Some(group) = group {
+            next.push_str(&format!("&group={group}"));
         }
         if let Ok(value) = header::HeaderValue::from_str(&format!("<{next}>; rel=\"next\"")) {
             response.headers_mut().insert(header::LINK, value);

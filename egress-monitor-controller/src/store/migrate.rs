@@ -36,7 +36,7 @@ pub const SQLITE: Dialect = Dialect {
 
 /// Every migration, in order. Version 1 is the schema as it was before migrations were
 /// versioned (`CREATE … IF NOT EXISTS`, so it is a no-op on such a database).
-pub const MIGRATIONS: [Migration; 7] = [
+pub const MIGRATIONS: [Migration; 8] = [
     Migration {
         version: 1,
         name: "nodes, reports, events, fleet, policies, fleet changes",
@@ -96,6 +96,15 @@ pub const MIGRATIONS: [Migration; 7] = [
                 .to_owned()
         },
     },
+    Migration {
+        version: 8,
+        name: "node groups (a scale set, a role) to filter the fleet by",
+        sql: |_| {
+            "ALTER TABLE nodes ADD COLUMN node_group TEXT;
+             CREATE INDEX IF NOT EXISTS nodes_group ON nodes (node_group, node_id);"
+                .to_owned()
+        },
+    },
 ];
 
 /// The table that records them.
@@ -141,7 +150,7 @@ mod tests {
         }
         assert_eq!(
             pending(1).map(|m| m.version).collect::<Vec<_>>(),
-            [2, 3, 4, 5, 6, 7]
+            [2, 3, 4, 5, 6, 7, 8]
         );
         assert_eq!(pending(latest()).count(), 0);
     }

@@ -81,6 +81,8 @@ pub struct NodeRow {
     pub hostname: String,
     pub machine_id: String,
     pub vm_id: Option<String>,
+    /// The node's group (`--node-group`, or its Azure scale set).
+    pub group: Option<String>,
     pub mode: Mode,
     pub policy_version: String,
     pub fleet_version: Option<u64>,

@@ -132,7 +132,7 @@ pub const COUNT_REPORT: &str = "UPDATE nodes SET reports = reports + 1, events =
 /// data, never the order: a report dated in the future cannot freeze the state.
 pub const UPDATE_NODE_STATE: &str = "UPDATE nodes SET hostname = ?2, machine_id = ?3, vm_id = ?4, mode = ?5, \
      policy_version = ?6, fleet_version = ?7, policy_error = ?8, interval_s = ?9, report_created_ms = ?10, \
-     stream = ?11, last_seq = ?12, counters = ?13, health = ?14 \
+     stream = ?11, last_seq = ?12, counters = ?13, health = ?14, node_group = ?15 \
      WHERE node_id = ?1 AND (stream <> ?11 OR last_seq <= ?12)";
 
 pub fn node_state_params(report: &Report) -> Vec<Param> {
@@ -156,6 +156,7 @@ pub fn node_state_params(report: &Report) -> Vec<Param> {
         report.seq.into(),
         super::to_json(&report.counters).as_str().into(),
         super::to_json(&report.health).as_str().into(),
+        report.identity.group.clone().into(),
     ]
 }
 
@@ -164,7 +165,7 @@ macro_rules! node_columns {
     () => {
         "SELECT node_id, hostname, machine_id, vm_id, mode, policy_version, fleet_version, \
          policy_error, interval_s, first_seen_ms, last_seen_ms, stream, last_seq, counters, health, \
-         reports, events"
+         reports, events, node_group"
     };
 }
 

@@ -85,6 +85,7 @@ pub fn node(row: &impl Columns) -> Result<NodeRow, StoreError> {
         health: from_json("health", &row.required_text(14)?)?,
         reports: row.required_int(15)? as u64,
         events: row.required_int(16)? as u64,
+        group: row.text(17)?,
     })
 }
 

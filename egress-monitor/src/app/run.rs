@@ -55,6 +55,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             spool_max_bytes: args.spool_max_mb << 20,
             imds_url: args.imds_url.clone(),
             attest: args.attest,
+            group: args.node_group.clone(),
         }),
     };
     let (runtime, stop) = match runtime_and_stop(tokio::runtime::Builder::new_current_thread()) {

@@ -637,6 +637,9 @@ fn the_api_pages_filters_and_refuses_what_it_does_not_know() {
         if i == 4 {
             body["health"]["attachments"] = json!(0);
         }
+        if i % 2 == 0 {
+            body["identity"]["group"] = json!("vmss-even");
+        }
         assert_eq!(api.post_json(reports, FLEET_TOKEN, &body).0, 200);
     }
     // Pages of two, following the `Link` header.
@@ -665,6 +668,25 @@ fn the_api_pages_filters_and_refuses_what_it_does_not_know() {
     assert_eq!(status, 200);
     assert_eq!(unprotected.as_array().unwrap().len(), 1, "{unprotected}");
     assert_eq!(unprotected[0]["node_id"], "page-4");
+    // A group (a scale set): its nodes only, paged with the filter kept.
+    let (status, even, link) = api.get_page("/api/v1/nodes?group=vmss-even&limit=1", ADMIN_TOKEN);
+    assert_eq!(status, 200, "{even}");
+    assert_eq!(even[0]["node_id"], "page-2");
+    assert_eq!(even[0]["group"], "vmss-even");
+    let (_, rest, _) = api.get_page(&link.expect("a next page"), ADMIN_TOKEN);
+    assert_eq!(rest[0]["node_id"], "page-4", "{rest}");
+    expect_refused(
+        api.get("/api/v1/nodes?group=no%20such", ADMIN_TOKEN),
+        400,
+        "`group` must be a group name",
+    );
+    let mut bad_group = report("page-9", "machine-page-9", 1, 10, vec![]);
+    bad_group["identity"]["group"] = json!("a group");
+    expect_refused(
+        api.post_json(reports, FLEET_TOKEN, &bad_group),
+        422,
+        "identity.group must be",
+    );
     let (status, one) = api.get("/api/v1/nodes/page-2", ADMIN_TOKEN);
     assert_eq!(
         (status, one["node_id"].clone()),
@@ -680,7 +702,7 @@ fn the_api_pages_filters_and_refuses_what_it_does_not_know() {
     expect_refused(
         api.get("/api/v1/nodes?sate=stale", ADMIN_TOKEN),
         400,
-        "unknown parameter `sate`: use state, after, limit",
+        "unknown parameter `sate`: use state, group, after, limit",
     );
     expect_refused(
         api.get("/api/v1/nodes?state=gone", ADMIN_TOKEN),
@@ -764,7 +786,7 @@ fn replicas_started_together_on_an_empty_database_all_serve() {
             database.query_in(
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
             ),
-            "1,2,3,4,5,6,7",
+            "1,2,3,4,5,6,7,8",
             "attempt {attempt}"
         );
     }

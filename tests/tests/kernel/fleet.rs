@@ -78,16 +78,24 @@ fn two_nodes_and_a_controller() {
     let port = controller.port;
     let url = controller.url.clone();
     let api = Api::new(&url);
-    let daemon_a = reporting_daemon(&a, "node-a", &url, &files, &[]);
+    let daemon_a = reporting_daemon(&a, "node-a", &url, &files, &["--node-group", "web"]);
     let daemon_b = reporting_daemon(&b, "node-b", &url, &files, &[]);
     let wait = Duration::from_secs(20);
 
-    // Both register and observe.
+    // Both register and observe; node A in its group.
     api.wait("/api/v1/nodes", wait, |nodes| {
         ["node-a", "node-b"]
             .iter()
             .all(|id| node(nodes, id)["state"] == "observing")
     });
+    let (_, web) = api.get("/api/v1/nodes?group=web", ADMIN_TOKEN);
+    let ids: Vec<&str> = web
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["node_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["node-a"], "{web:#}");
 
     // A violation on node A: in the API, with the process that sent it (the executable is
     // named only while the process lives; this one is gone by then), and not on node B.

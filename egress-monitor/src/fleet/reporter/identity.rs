@@ -1,15 +1,19 @@
-//! Who this node is: its hostname, machine id and, on Azure, the VM id from the instance
-//! metadata service (asked only where the DMI asset tag says Azure).
+//! Who this node is: its hostname, machine id, group and, on Azure, the VM id and scale set
+//! from the instance metadata service (asked only where the DMI asset tag says Azure).
 
 use egress_monitor_api::wire::Identity;
 
-pub fn identity(imds_url: &str) -> Identity {
+/// `group`: `--node-group`; without it, the Azure scale set the VM belongs to, if any.
+pub fn identity(imds_url: &str, group: Option<String>) -> Identity {
+    let azure = crate::azure::imds::on_azure()
+        .then(|| compute(imds_url))
+        .flatten();
+    let (vm_id, scale_set) = azure.unwrap_or_default();
     Identity {
         hostname: hostname(),
         machine_id: machine_id(),
-        vm_id: crate::azure::imds::on_azure()
-            .then(|| vm_id(imds_url))
-            .flatten(),
+        vm_id,
+        group: group.or(scale_set),
     }
 }
 
@@ -33,9 +37,20 @@ fn machine_id() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-fn vm_id(imds_url: &str) -> Option<String> {
+/// The VM id and the scale set name (when the VM is in one) from the metadata service.
+fn compute(imds_url: &str) -> Option<(Option<String>, Option<String>)> {
     match crate::azure::imds::fetch(imds_url) {
-        Ok(document) => document["compute"]["vmId"].as_str().map(str::to_owned),
+        Ok(document) => {
+            let text = |key: &str| {
+                document["compute"][key]
+                    .as_str()
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            };
+            let scale_set =
+                text("vmScaleSetName").filter(|name| egress_monitor_api::wire::valid_node_id(name));
+            Some((text("vmId"), scale_set))
+        }
         Err(err) => {
             log::warn!(
                 "reports go without the VM id: {}",

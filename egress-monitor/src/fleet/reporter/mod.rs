@@ -52,6 +52,8 @@ pub struct ReporterConfig {
     /// Prove the node's identity with Azure's attested document, and report with the
     /// credential the controller gives for it.
     pub attest: bool,
+    /// The node's group at the controller (default: its Azure scale set).
+    pub group: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,10 +208,11 @@ impl Reporter {
             self.config.spool_dir.display()
         );
         let identity = {
-            let url = self.config.imds_url.clone();
-            tokio::task::spawn_blocking(move || identity::identity(&url))
+            let (url, group) = (self.config.imds_url.clone(), self.config.group.clone());
+            let fallback = group.clone();
+            tokio::task::spawn_blocking(move || identity::identity(&url, group))
                 .await
-                .unwrap_or_else(|_| identity::identity(""))
+                .unwrap_or_else(|_| identity::identity("", fallback))
         };
         let mut tick = tokio::time::interval(self.config.interval);
         let mut backoff = FIRST_BACKOFF;
@@ -682,6 +685,7 @@ mod tests {
                 hostname: "h".into(),
                 machine_id: "m".into(),
                 vm_id: None,
+                group: None,
             },
             mode: Mode::Enforce,
             policy: PolicyState {
