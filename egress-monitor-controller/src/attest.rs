@@ -153,6 +153,12 @@ impl Verifier {
         })
     }
 
+    /// Whether attested documents are taken at all: only with a list of subscriptions (any
+    /// Azure VM anywhere can get a validly signed document).
+    pub fn enabled(&self) -> bool {
+        !self.subscriptions.is_empty()
+    }
+
     /// Checks a document (`encoding`, base64 `signature`) against the nonce given out, at
     /// `now_s` (Unix seconds).
     pub fn verify(
@@ -173,12 +179,12 @@ impl Verifier {
         let signed = Signed::parse(&der)?;
         let leaf = EndEntityCert::try_from(&signed.signer)
             .map_err(|err| AttestError::Malformed(format!("the signer's certificate: {err:?}")))?;
-        let mut intermediates = self.intermediates.clone();
-        intermediates.extend(signed.others.iter().cloned());
+        // Only the configured issuing CAs: certificates the document carries besides the
+        // signer's (Azure's carry none) are not taken as intermediates.
         leaf.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &self.roots,
-            &intermediates,
+            &self.intermediates,
             UnixTime::since_unix_epoch(std::time::Duration::from_secs(now_s)),
             KeyUsage::server_auth(),
             None,
@@ -264,9 +270,11 @@ fn azure_time(text: &str) -> Result<i64, AttestError> {
     let year = if year < 100 { 2000 + year } else { year };
     let month =
         time::Month::try_from(u8::try_from(month).map_err(|_| bad())?).map_err(|_| bad())?;
-    let date = time::Date::from_calendar_date(year as i32, month, day as u8).map_err(|_| bad())?;
+    let small = |n: u32| u8::try_from(n).map_err(|_| bad());
+    let date =
+        time::Date::from_calendar_date(year as i32, month, small(day)?).map_err(|_| bad())?;
     let at = date
-        .with_hms(hour as u8, minute as u8, second as u8)
+        .with_hms(small(hour)?, small(minute)?, small(second)?)
         .map_err(|_| bad())?;
     Ok(at.assume_utc().unix_timestamp())
 }
@@ -274,9 +282,8 @@ fn azure_time(text: &str) -> Result<i64, AttestError> {
 /// The parts of the signed data a verification needs.
 struct Signed {
     content: Vec<u8>,
-    /// The signer's certificate, and the other certificates the document carries.
+    /// The signer's certificate.
     signer: CertificateDer<'static>,
-    others: Vec<CertificateDer<'static>>,
     digest: Oid,
     signature_algorithm: Oid,
     /// The DER of the signed attributes as a SET (what is signed when there are any), and the
@@ -321,19 +328,16 @@ impl Signed {
             ));
         };
         let mut signer_cert = None;
-        let mut others = Vec::new();
         for choice in data.certificates.iter().flat_map(|set| set.0.iter()) {
             let cms::cert::CertificateChoices::Certificate(cert) = choice else {
                 continue;
             };
-            let der =
-                CertificateDer::from(cert.to_der().map_err(|e| malformed("a certificate", e))?);
             if cert.tbs_certificate.serial_number == id.serial_number
                 && cert.tbs_certificate.issuer == id.issuer
             {
-                signer_cert = Some(der);
-            } else {
-                others.push(der);
+                signer_cert = Some(CertificateDer::from(
+                    cert.to_der().map_err(|e| malformed("a certificate", e))?,
+                ));
             }
         }
         let signer_cert = signer_cert.ok_or_else(|| {
@@ -379,7 +383,6 @@ impl Signed {
         Ok(Signed {
             content,
             signer: signer_cert,
-            others,
             digest: signer.digest_alg.oid,
             signature_algorithm: signer.signature_algorithm.oid,
             signed_attributes,
@@ -487,6 +490,10 @@ mod tests {
         assert!(azure_time("13/01/26 06:00:00 -0000").is_err());
         assert!(azure_time("12/01/26 06:00:00 +0100").is_err());
         assert!(azure_time("yesterday").is_err());
+        assert!(
+            azure_time("12/257/26 06:00:00 -0000").is_err(),
+            "no wrapping"
+        );
     }
 
     #[test]

@@ -88,6 +88,19 @@ pub enum NodeScope {
     AnyNode,
     /// A token bound to one node id.
     Node(String),
+    /// A credential the controller gave for an Azure attested document: this node id, on this
+    /// VM.
+    Attested { node_id: String, vm_id: String },
+}
+
+impl NodeScope {
+    /// The node id the credential is bound to (none for a fleet token).
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            NodeScope::AnyNode => None,
+            NodeScope::Node(node_id) | NodeScope::Attested { node_id, .. } => Some(node_id),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -197,6 +197,7 @@ impl Controller {
                 tops: api::TopsCache::default(),
                 metrics: Arc::default(),
                 refusals: api::Refusals::default(),
+                nonce_meter: quota::Meter::default(),
                 attestation,
             }),
             listener,
@@ -348,6 +349,7 @@ async fn prune_forever(state: Arc<AppState>) {
         tick.tick().await;
         let now = egress_monitor_api::time::now_ms();
         state.meter.forget_idle(now);
+        state.nonce_meter.forget_idle(now);
         let before = now.saturating_sub(state.retention.as_millis() as u64);
         match prune(state.store.as_ref(), before, PRUNE_BATCH, PRUNE_PAUSE).await {
             Ok(0) => {}

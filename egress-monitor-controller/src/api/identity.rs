@@ -25,13 +25,13 @@ pub(super) async fn may_report_for(
     scope: &NodeScope,
     node_id: &str,
 ) -> Result<(), ApiError> {
-    match scope {
-        NodeScope::Node(owner) if owner != node_id => Err(ApiError::new(
+    match scope.owner() {
+        Some(owner) if owner != node_id => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("this credential belongs to node `{owner}`; it cannot report for `{node_id}`"),
         )),
-        NodeScope::Node(_) => Ok(()),
-        NodeScope::AnyNode => {
+        Some(_) => Ok(()),
+        None => {
             let tokens = state
                 .tokens
                 .read()
@@ -59,10 +59,23 @@ pub(super) async fn post_nonce(
 ) -> Result<Json<NonceReply>, ApiError> {
     let Json(request) = body?;
     check_node_id(&scope, &request.node_id)?;
+    attestation_allowed(&state, &scope, &request.node_id)?;
     let now = now_ms();
-    // Nonces cost the node one report of its quota: asking cannot flood the database.
-    if let Err(over) = state.meter.admit(&state.quotas, &request.node_id, 0, now) {
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, over.message));
+    // Nonces have a quota of their own, per node id: asking cannot flood the database, nor
+    // use up the reports of the node named.
+    if let Err(over) = state
+        .nonce_meter
+        .admit(&NONCE_QUOTA, &request.node_id, 0, now)
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "node `{}` asks for more than {} nonces a minute; ask again in {} s",
+                request.node_id,
+                NONCE_QUOTA.reports_per_minute,
+                over.retry_after.as_secs().max(1)
+            ),
+        ));
     }
     for _ in 0..3 {
         let nonce = crate::attest::new_nonce();
@@ -92,21 +105,7 @@ pub(super) async fn post_attestation(
 ) -> Result<Json<AttestationReply>, ApiError> {
     let Json(request) = body?;
     check_node_id(&scope, &request.node_id)?;
-    if scope == NodeScope::AnyNode
-        && state
-            .tokens
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .has_own_token(&request.node_id)
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "node id `{}` has a token of its own; a fleet token cannot attest for it",
-                request.node_id
-            ),
-        ));
-    }
+    attestation_allowed(&state, &scope, &request.node_id)?;
     let now = now_ms();
     if !state
         .store
@@ -134,6 +133,35 @@ pub(super) async fn post_attestation(
             );
             ApiError::new(StatusCode::UNAUTHORIZED, message)
         })?;
+    // A VM is one node; and a node that reported a VM id before it was bound is that VM.
+    let refuse = |message: String| {
+        log::warn!(
+            "refused an attestation for node {} (VM {}): {message}",
+            request.node_id,
+            attested.vm_id
+        );
+        Err(ApiError::new(StatusCode::CONFLICT, message))
+    };
+    if let Some(other) = state.store.vm_owner(&attested.vm_id).await?
+        && other != request.node_id
+    {
+        return refuse(
+            "this VM is bound to another node id: a VM reports as one node (an operator can forget the other node)"
+                .into(),
+        );
+    }
+    if !state.store.bound(&request.node_id).await?
+        && let Some(node) = state.store.node(&request.node_id).await?
+        && node
+            .vm_id
+            .as_deref()
+            .is_some_and(|vm| !vm.eq_ignore_ascii_case(&attested.vm_id))
+    {
+        return refuse(format!(
+            "node id `{}` has reported from another VM; give this node its own --node-id",
+            request.node_id
+        ));
+    }
     let credential = crate::attest::new_credential();
     if !state
         .store
@@ -170,6 +198,39 @@ pub(super) async fn post_attestation(
     }))
 }
 
+/// Nonces a node id may ask for (a node asks once per start, and after its credential was
+/// refused).
+const NONCE_QUOTA: crate::quota::Quotas = crate::quota::Quotas {
+    reports_per_minute: 20,
+    bytes_per_day: u64::MAX,
+};
+
+/// Attestation is on (the controller knows which subscriptions its VMs are in), and a fleet
+/// token does not ask for an id with a token of its own.
+fn attestation_allowed(state: &Shared, scope: &NodeScope, node_id: &str) -> Result<(), ApiError> {
+    if !state.attestation.enabled() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "attestation is off: the controller takes attested documents only from the subscriptions given with --attestation-subscription",
+        ));
+    }
+    if *scope == NodeScope::AnyNode
+        && state
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .has_own_token(node_id)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "node id `{node_id}` has a token of its own; a fleet token cannot attest for it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A node id the caller may ask about: a valid one, and the caller's own when its token is
 /// bound to one.
 fn check_node_id(scope: &NodeScope, node_id: &str) -> Result<(), ApiError> {
@@ -179,8 +240,8 @@ fn check_node_id(scope: &NodeScope, node_id: &str) -> Result<(), ApiError> {
             "node_id: 1-128 letters, digits, '.', '_', '-'",
         ));
     }
-    match scope {
-        NodeScope::Node(owner) if owner != node_id => Err(ApiError::new(
+    match scope.owner() {
+        Some(owner) if owner != node_id => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("this credential belongs to node `{owner}`, not `{node_id}`"),
         )),

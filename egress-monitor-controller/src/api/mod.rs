@@ -45,6 +45,8 @@ pub struct AppState {
     pub tops: TopsCache,
     pub metrics: Arc<ControllerMetrics>,
     pub refusals: Refusals,
+    /// Nonces per node id (their own quota: asking for nonces cannot use up a node's reports).
+    pub nonce_meter: crate::quota::Meter,
     /// Checks Azure attested documents (node identity).
     pub attestation: Arc<crate::attest::Verifier>,
 }
@@ -224,12 +226,20 @@ async fn caller(headers: &HeaderMap, state: &Shared) -> Result<Caller, ApiError>
     if let Some(caller) = tokens.caller(&token) {
         return Ok(caller);
     }
-    if let Some(node_id) = state
+    if let Some((node_id, vm_id)) = state
         .store
         .credential_owner(&crate::auth::digest_hex(&token))
         .await?
     {
-        return Ok(Caller::Node(NodeScope::Node(node_id)));
+        if tokens.has_own_token(&node_id) {
+            // A `NODE_ID TOKEN` line added since (an operator taking the id back): only that
+            // token speaks for the node now.
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!("node id `{node_id}` has a token of its own now: this credential is void"),
+            ));
+        }
+        return Ok(Caller::Node(NodeScope::Attested { node_id, vm_id }));
     }
     state.refusals.unknown_token();
     Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"))
@@ -326,12 +336,16 @@ async fn post_report(
     headers: HeaderMap,
     body: Result<Json<Report>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(report) = body?;
+    let Json(mut report) = body?;
     let now = now_ms();
     report
         .validate(now)
         .map_err(|message| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))?;
     identity::may_report_for(&state, &scope, &report.node_id).await?;
+    if let NodeScope::Attested { vm_id, .. } = &scope {
+        // The VM the node proved it is, whatever the report says.
+        report.identity.vm_id = Some(vm_id.clone());
+    }
     let bytes = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -361,7 +375,7 @@ async fn post_report(
     } else {
         match state
             .store
-            .ingest(&report, matches!(scope, NodeScope::Node(_)), now)
+            .ingest(&report, scope.owner().is_some(), now)
             .await?
         {
             Ingest::Stored => ReportOutcome::Stored {

@@ -36,7 +36,7 @@ pub const SQLITE: Dialect = Dialect {
 
 /// Every migration, in order. Version 1 is the schema as it was before migrations were
 /// versioned (`CREATE … IF NOT EXISTS`, so it is a no-op on such a database).
-pub const MIGRATIONS: [Migration; 8] = [
+pub const MIGRATIONS: [Migration; 9] = [
     Migration {
         version: 1,
         name: "nodes, reports, events, fleet, policies, fleet changes",
@@ -105,6 +105,15 @@ pub const MIGRATIONS: [Migration; 8] = [
                 .to_owned()
         },
     },
+    Migration {
+        version: 9,
+        name: "one node id per VM, and nonces expired by index",
+        sql: |_| {
+            "CREATE UNIQUE INDEX IF NOT EXISTS node_bindings_vm ON node_bindings (vm_id);
+             CREATE INDEX IF NOT EXISTS attestation_nonces_expiry ON attestation_nonces (expires_ms);"
+                .to_owned()
+        },
+    },
 ];
 
 /// The table that records them.
@@ -150,7 +159,7 @@ mod tests {
         }
         assert_eq!(
             pending(1).map(|m| m.version).collect::<Vec<_>>(),
-            [2, 3, 4, 5, 6, 7, 8]
+            [2, 3, 4, 5, 6, 7, 8, 9]
         );
         assert_eq!(pending(latest()).count(), 0);
     }

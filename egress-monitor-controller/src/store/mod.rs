@@ -244,8 +244,13 @@ pub trait Store: Send + Sync {
         credential: &str,
         now_ms: u64,
     ) -> Result<bool, StoreError>;
-    /// The node id a credential (its SHA-256, hex) belongs to.
-    async fn credential_owner(&self, credential: &str) -> Result<Option<String>, StoreError>;
+    /// The node id a credential (its SHA-256, hex) belongs to, and the VM it is bound to.
+    async fn credential_owner(
+        &self,
+        credential: &str,
+    ) -> Result<Option<(String, String)>, StoreError>;
+    /// The node id a VM is bound to.
+    async fn vm_owner(&self, vm_id: &str) -> Result<Option<String>, StoreError>;
     /// Whether the node id is bound to a VM (then only its own credential reports for it).
     async fn bound(&self, node_id: &str) -> Result<bool, StoreError>;
     /// Takes or renews the OTLP export lease of `endpoint` for `holder` until `until_ms`, and

@@ -492,10 +492,21 @@ impl Store for PgStore {
             > 0)
     }
 
-    async fn credential_owner(&self, credential: &str) -> Result<Option<String>, StoreError> {
+    async fn credential_owner(
+        &self,
+        credential: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
         let client = self.pool.get().await?;
         Ok(client
             .query_opt(&pg(query::CREDENTIAL_OWNER), &[&credential])
+            .await?
+            .map(|row| (row.get(0), row.get(1))))
+    }
+
+    async fn vm_owner(&self, vm_id: &str) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt(&pg(query::VM_OWNER), &[&vm_id])
             .await?
             .map(|row| row.get(0)))
     }

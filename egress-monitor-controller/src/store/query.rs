@@ -272,7 +272,8 @@ pub const TAKE_NONCE: &str =
 pub const BIND_NODE: &str = "INSERT INTO node_bindings (node_id, vm_id, credential, bound_ms, attested_ms) \
      VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (node_id) DO UPDATE SET credential = excluded.credential, \
      attested_ms = excluded.attested_ms WHERE node_bindings.vm_id = excluded.vm_id";
-pub const CREDENTIAL_OWNER: &str = "SELECT node_id FROM node_bindings WHERE credential = ?1";
+pub const CREDENTIAL_OWNER: &str = "SELECT node_id, vm_id FROM node_bindings WHERE credential = ?1";
+pub const VM_OWNER: &str = "SELECT node_id FROM node_bindings WHERE vm_id = ?1";
 pub const NODE_BOUND: &str = "SELECT COUNT(*) FROM node_bindings WHERE node_id = ?1";
 
 // OTLP export: a cursor per endpoint, advanced by the replica holding its lease.

@@ -406,11 +406,26 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn credential_owner(&self, credential: &str) -> Result<Option<String>, StoreError> {
+    async fn credential_owner(
+        &self,
+        credential: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
         let credential = credential.to_owned();
         self.with(Use::Write, move |connection| {
             Ok(connection
-                .query_row(query::CREDENTIAL_OWNER, [&credential], |row| row.get(0))
+                .query_row(query::CREDENTIAL_OWNER, [&credential], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn vm_owner(&self, vm_id: &str) -> Result<Option<String>, StoreError> {
+        let vm_id = vm_id.to_owned();
+        self.with(Use::Write, move |connection| {
+            Ok(connection
+                .query_row(query::VM_OWNER, [&vm_id], |row| row.get(0))
                 .optional()?)
         })
         .await

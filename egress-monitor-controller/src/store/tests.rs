@@ -93,7 +93,7 @@ async fn migrations_run_once_and_are_recorded() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
     let indexes: i64 = connection
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_%'",
@@ -160,7 +160,11 @@ async fn nonces_are_used_once_and_ids_stay_bound_to_their_vm() {
     );
     assert!(store.bound("node-a").await.unwrap());
     assert_eq!(
-        store.credential_owner("digest-1").await.unwrap().as_deref(),
+        store.credential_owner("digest-1").await.unwrap(),
+        Some(("node-a".to_owned(), "vm-1".to_owned()))
+    );
+    assert_eq!(
+        store.vm_owner("vm-1").await.unwrap().as_deref(),
         Some("node-a")
     );
     // Another VM cannot take the id; the same VM gets a new credential, the old one is void.
@@ -179,8 +183,12 @@ async fn nonces_are_used_once_and_ids_stay_bound_to_their_vm() {
     );
     assert_eq!(store.credential_owner("digest-1").await.unwrap(), None);
     assert_eq!(
-        store.credential_owner("digest-3").await.unwrap().as_deref(),
-        Some("node-a")
+        store
+            .credential_owner("digest-3")
+            .await
+            .unwrap()
+            .map(|o| o.0),
+        Some("node-a".to_owned())
     );
     // Forgetting the node frees the id.
     store.ingest(&report(1, 0), false, 4_000).await.unwrap();

@@ -498,6 +498,18 @@ fn contract(db: &str, scratch: &Scratch) {
     assert_eq!(nodes(&api).len(), 1);
     assert_eq!(violations(&api, &format!("?node={BOUND_NODE}")).len(), 1);
 
+    // Without --attestation-subscription, no attested document is taken (any Azure VM
+    // anywhere can get a validly signed one).
+    expect_refused(
+        api.post_json(
+            "/api/v1/attestation/nonce",
+            FLEET_TOKEN,
+            &json!({"node_id": "node-z"}),
+        ),
+        403,
+        "attestation is off",
+    );
+
     // DNS violations: stored with their tunnelling score, filtered by kind and by name.
     let mut question = event("10.0.0.53", "/usr/bin/dig", 2);
     question["kind"] = json!("dns");
@@ -786,7 +798,7 @@ fn replicas_started_together_on_an_empty_database_all_serve() {
             database.query_in(
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
             ),
-            "1,2,3,4,5,6,7,8",
+            "1,2,3,4,5,6,7,8,9",
             "attempt {attempt}"
         );
     }
@@ -970,7 +982,7 @@ fn nodes_prove_who_they_are_with_attested_documents() {
     let db = PgDatabase::create();
     let roots = azure.root().display().to_string();
     let issuing = azure.issuing().display().to_string();
-    let controller = Controller::start(
+    let mut controller = Controller::start(
         &files,
         &db.url(),
         0,
@@ -1053,6 +1065,65 @@ fn nodes_prove_who_they_are_with_attested_documents() {
     );
     assert_eq!(api.get("/api/v1/policy", &credential).0, 200);
     expect_refused(api.get("/api/v1/nodes", &credential), 403, "node token");
+    // The VM the node proved is what is stored, whatever its reports say.
+    let mut claiming = report("vmss-1", "machine-1", next(), 10, vec![]);
+    claiming["identity"]["vm_id"] = json!(VM_B);
+    assert_eq!(api.post_json(reports, &credential, &claiming).0, 200);
+    let (_, node) = api.get("/api/v1/nodes/vmss-1", ADMIN_TOKEN);
+    assert_eq!(node["vm_id"], VM_A, "{node}");
+    // A VM is one node: it cannot bind a second id.
+    let n = nonce(FLEET_TOKEN, "vmss-2");
+    expect_refused(
+        attest(
+            FLEET_TOKEN,
+            "vmss-2",
+            &n,
+            &azure.document(&Claims::now(VM_A, SUBSCRIPTION, &n)),
+        ),
+        409,
+        "this VM is bound to another node id",
+    );
+    // A node that reported from a VM (its metadata) is not another VM's to attest for.
+    let mut on_c = report("vmss-3", "machine-3", 1, 10, vec![]);
+    on_c["identity"]["vm_id"] = json!("0f3c2b1a-aaaa-4bbb-8ccc-0000000000c3");
+    assert_eq!(api.post_json(reports, FLEET_TOKEN, &on_c).0, 200);
+    let n = nonce(FLEET_TOKEN, "vmss-3");
+    expect_refused(
+        attest(
+            FLEET_TOKEN,
+            "vmss-3",
+            &n,
+            &azure.document(&Claims::now(VM_B, SUBSCRIPTION, &n)),
+        ),
+        409,
+        "has reported from another VM",
+    );
+    // Nonces have their own small quota: asking cannot use up the node's reports.
+    for _ in 0..20 {
+        api.post_json(
+            "/api/v1/attestation/nonce",
+            FLEET_TOKEN,
+            &json!({"node_id": "vmss-9"}),
+        );
+    }
+    expect_refused(
+        api.post_json(
+            "/api/v1/attestation/nonce",
+            FLEET_TOKEN,
+            &json!({"node_id": "vmss-9"}),
+        ),
+        429,
+        "asks for more than 20 nonces a minute",
+    );
+    assert_eq!(
+        api.post_json(
+            reports,
+            FLEET_TOKEN,
+            &report("vmss-9", "machine-9", 1, 10, vec![])
+        )
+        .0,
+        200
+    );
 
     // A used nonce, a forger's chain, a document for another nonce, a stale one, one of
     // another subscription, a tampered one: each refused, and each uses its nonce up.
@@ -1196,13 +1267,21 @@ fn nodes_prove_who_they_are_with_attested_documents() {
         403,
         "has a credential of its own",
     );
-    let n = nonce(FLEET_TOKEN, BOUND_NODE);
+    expect_refused(
+        api.post_json(
+            "/api/v1/attestation/nonce",
+            FLEET_TOKEN,
+            &json!({"node_id": BOUND_NODE}),
+        ),
+        403,
+        "has a token of its own",
+    );
     expect_refused(
         attest(
             FLEET_TOKEN,
             BOUND_NODE,
-            &n,
-            &azure.document(&Claims::now(VM_B, SUBSCRIPTION, &n)),
+            "0123456789",
+            &azure.document(&Claims::now(VM_B, SUBSCRIPTION, "0123456789")),
         ),
         403,
         "has a token of its own",
@@ -1219,6 +1298,36 @@ fn nodes_prove_who_they_are_with_attested_documents() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["vm_id"], VM_B);
+    let credential = body["credential"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.post_json(
+            reports,
+            &credential,
+            &report("vmss-1", "machine-b", 1, 10, vec![])
+        )
+        .0,
+        200
+    );
+
+    // An operator takes the id back with a token line of its own: the attested credential is
+    // void from the reload on.
+    secret_file(
+        &files.dir.join("nodes.token"),
+        &format!(
+            "{FLEET_TOKEN}\n{BOUND_NODE} {BOUND_TOKEN}\nvmss-1 vmss-1-token-0123456789abcdef\n"
+        ),
+    );
+    controller.signal(libc::SIGHUP);
+    controller.wait_for("SIGHUP: tokens read again", Duration::from_secs(10));
+    expect_refused(
+        api.post_json(
+            reports,
+            &credential,
+            &report("vmss-1", "machine-b", 2, 10, vec![]),
+        ),
+        401,
+        "has a token of its own now",
+    );
 }
 
 /// Export (OTLP/HTTP): every violation reaches a real OTLP receiver as a log record with
