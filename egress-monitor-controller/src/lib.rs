@@ -198,6 +198,7 @@ impl Controller {
                 metrics: Arc::default(),
                 refusals: api::Refusals::default(),
                 nonce_meter: quota::Meter::default(),
+                desired: tokio::sync::Mutex::default(),
                 attestation,
             }),
             listener,
@@ -230,6 +231,7 @@ impl Controller {
         let app = api::router(Arc::clone(&self.state));
         let handle = axum_server::Handle::new();
         let pruner = tokio::spawn(prune_forever(Arc::clone(&self.state)));
+        let tops = tokio::spawn(api::refresh_tops(Arc::clone(&self.state)));
         let exporter = self.exporter.map(|exporter| {
             log::info!(
                 "exporting every violation to {} (OTLP/HTTP)",
@@ -298,6 +300,7 @@ impl Controller {
             }
         };
         pruner.abort();
+        tops.abort();
         reloader.abort();
         if let Some(exporter) = exporter {
             exporter.abort();

@@ -45,15 +45,18 @@ pub struct AppState {
     pub tops: TopsCache,
     pub metrics: Arc<ControllerMetrics>,
     pub refusals: Refusals,
+    /// The fleet's wishes as last read, and when (see [`desired`]).
+    pub desired: tokio::sync::Mutex<Option<(std::time::Instant, Desired)>>,
     /// Nonces per node id (their own quota: asking for nonces cannot use up a node's reports).
     pub nonce_meter: crate::quota::Meter,
     /// Checks Azure attested documents (node identity).
     pub attestation: Arc<crate::attest::Verifier>,
 }
 
-/// The tops scan a day of violations (about a second per million): computed at most once per
-/// [`TOPS_MAX_AGE`] and shared by the summary and the page; callers in between wait for the
-/// one computation instead of starting their own.
+/// The day's top destinations and processes, shared by the summary and the page. A task
+/// ([`refresh_tops`]) computes them every [`TOPS_REFRESH`] from the hourly rollups, off the
+/// requests' path: a request reads the last result, and computes one itself (others waiting
+/// for it) only before the first or when the task has not managed for [`TOPS_STALE`].
 #[derive(Default)]
 pub struct TopsCache(tokio::sync::Mutex<Option<CachedTops>>);
 
@@ -63,24 +66,55 @@ struct CachedTops {
     tops: (Vec<Top>, Vec<Top>),
 }
 
-const TOPS_MAX_AGE: Duration = Duration::from_secs(30);
+pub const TOPS_REFRESH: Duration = Duration::from_secs(30);
+const TOPS_STALE: Duration = Duration::from_secs(300);
 
 /// The last day's top destinations and processes, and since when they count.
 async fn tops(state: &Shared) -> Result<(u64, (Vec<Top>, Vec<Top>)), ApiError> {
     let mut cache = state.tops.0.lock().await;
     if let Some(cached) = cache.as_ref()
-        && cached.at.elapsed() < TOPS_MAX_AGE
+        && cached.at.elapsed() < TOPS_STALE
     {
         return Ok((cached.since_ms, cached.tops.clone()));
     }
-    let since_ms = now_ms().saturating_sub(TOP_WINDOW_MS);
-    let tops = state.store.top(since_ms, TOP_LIMIT).await?;
+    let (since_ms, tops) = compute_tops(state).await?;
     *cache = Some(CachedTops {
         at: std::time::Instant::now(),
         since_ms,
         tops: tops.clone(),
     });
     Ok((since_ms, tops))
+}
+
+async fn compute_tops(state: &Shared) -> Result<(u64, (Vec<Top>, Vec<Top>)), StoreError> {
+    let since_ms = now_ms().saturating_sub(TOP_WINDOW_MS);
+    let started = std::time::Instant::now();
+    let tops = state.store.top(since_ms, TOP_LIMIT).await?;
+    log::debug!("tops computed in {} ms", started.elapsed().as_millis());
+    Ok((since_ms, tops))
+}
+
+/// Recomputes the tops every [`TOPS_REFRESH`] from one interval after the start (until
+/// aborted); a failure keeps the last ones.
+pub async fn refresh_tops(state: Shared) {
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + TOPS_REFRESH, TOPS_REFRESH);
+    loop {
+        tick.tick().await;
+        match compute_tops(&state).await {
+            Ok((since_ms, tops)) => {
+                *state.tops.0.lock().await = Some(CachedTops {
+                    at: std::time::Instant::now(),
+                    since_ms,
+                    tops,
+                });
+            }
+            Err(err) => log::error!(
+                "cannot compute the top destinations and processes: {}",
+                egress_monitor_api::error_line(&err)
+            ),
+        }
+    }
 }
 
 type Shared = Arc<AppState>;
@@ -388,16 +422,33 @@ async fn post_report(
         }
     };
     state.metrics.report(outcome);
-    let fleet = state.store.fleet().await?;
     Ok(Json(ReportReply {
         stored: matches!(outcome, ReportOutcome::Stored { .. }),
-        fleet: Desired {
-            policy_version: fleet.policy_version,
-            mode: fleet.mode,
-        },
+        fleet: desired(&state).await?,
     })
     .into_response())
 }
+
+/// What the fleet wants, as the answer to every report carries it: read at most once per
+/// [`DESIRED_MAX_AGE`] (a change made on another replica reaches the nodes that much later; one
+/// made on this replica at once), not once per report.
+async fn desired(state: &Shared) -> Result<Desired, ApiError> {
+    let mut cached = state.desired.lock().await;
+    if let Some((at, desired)) = *cached
+        && at.elapsed() < DESIRED_MAX_AGE
+    {
+        return Ok(desired);
+    }
+    let fleet = state.store.fleet().await?;
+    let desired = Desired {
+        policy_version: fleet.policy_version,
+        mode: fleet.mode,
+    };
+    *cached = Some((std::time::Instant::now(), desired));
+    Ok(desired)
+}
+
+const DESIRED_MAX_AGE: Duration = Duration::from_secs(1);
 
 async fn views(state: &Shared) -> Result<(Vec<NodeView>, super::store::FleetSettings), ApiError> {
     let fleet = state.store.fleet().await?;
@@ -742,6 +793,7 @@ async fn put_policy(
         .store
         .set_policy(text, now_ms(), &operator.name)
         .await?;
+    *state.desired.lock().await = None;
     log::info!("fleet policy v{} set", fleet.policy_version);
     Ok(Json(fleet_policy(fleet)))
 }
@@ -769,6 +821,7 @@ async fn put_mode(
         .store
         .set_mode(request.mode, now_ms(), &operator.name)
         .await?;
+    *state.desired.lock().await = None;
     log::warn!("fleet mode set to {}", request.mode);
     Ok(Json(fleet_policy(fleet)))
 }
