@@ -364,13 +364,29 @@ impl Api {
         content_type: &str,
         body: &[u8],
     ) -> (u16, Value) {
+        self.send_with(method, path, token, content_type, body, &[])
+    }
+
+    /// [`Api::send`] with more request headers.
+    pub fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
         let builder = match method {
             "POST" => self.agent.post(url),
             "PUT" => self.agent.put(url),
             other => panic!("no method {other}"),
         };
-        let builder = builder.header("Content-Type", content_type);
+        let mut builder = builder.header("Content-Type", content_type);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         let builder = if token.is_empty() {
             builder
         } else {
@@ -397,6 +413,21 @@ impl Api {
             "application/json",
             body.to_string().as_bytes(),
         )
+    }
+
+    /// The `ETag` of `GET path`.
+    pub fn etag(&self, path: &str, token: &str) -> Option<String> {
+        let response = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .ok()?;
+        response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     }
 
     pub fn put_policy(&self, text: &str) -> (u16, Value) {

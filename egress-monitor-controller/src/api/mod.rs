@@ -20,7 +20,7 @@ use super::{
     metrics::{ControllerMetrics, ReportOutcome, count_requests},
     page,
     params::Params,
-    store::{Ingest, Store, StoreError, Top, ViolationFilter},
+    store::{Ingest, PolicyChange, Store, StoreError, Top, ViolationFilter},
     view::{self, NodeView},
 };
 use egress_monitor_api::{
@@ -698,11 +698,10 @@ fn fleet_policy(fleet: super::store::FleetSettings) -> FleetPolicy {
     }
 }
 
-async fn get_policy(
-    State(state): State<Shared>,
-    _: AnyCaller,
-) -> Result<Json<FleetPolicy>, ApiError> {
-    Ok(Json(fleet_policy(state.store.fleet().await?)))
+async fn get_policy(State(state): State<Shared>, _: AnyCaller) -> Result<Response, ApiError> {
+    let fleet = state.store.fleet().await?;
+    let version = fleet.policy_version;
+    Ok(with_etag(Json(fleet_policy(fleet)), version))
 }
 
 /// `GET /api/v1/policy/VERSION`: a fleet policy as it was set, for audits and roll-backs.
@@ -769,11 +768,44 @@ async fn history(state: &Shared, count: u32) -> Result<Vec<HistoryEntry>, ApiErr
 }
 
 /// The body is the policy file itself (TOML), exactly as a node's `--policy` file.
+/// `PUT /api/v1/policy`: a new fleet policy. The current text again changes nothing;
+/// `If-Match: "VERSION"` (the `ETag` of `GET /api/v1/policy`) sets it only over that version
+/// (412 otherwise: someone changed it since); a policy without a rule of its own needs
+/// `?confirm=empty` (it leaves every node only the private ranges and the cloud's addresses).
 async fn put_policy(
     State(state): State<Shared>,
     Admin(operator): Admin,
+    headers: HeaderMap,
+    Query(query): Query<Vec<(String, String)>>,
     body: Bytes,
-) -> Result<Json<FleetPolicy>, ApiError> {
+) -> Result<Response, ApiError> {
+    let query = params(query, &["confirm"])?;
+    let confirmed_empty = match query.get("confirm") {
+        None => false,
+        Some("empty") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`confirm` takes `empty`, not `{other}`"),
+            ));
+        }
+    };
+    let expected = headers
+        .get(header::IF_MATCH)
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "`If-Match` must be a policy version, as the `ETag` of GET /api/v1/policy gives it (\"7\")",
+                    )
+                })
+        })
+        .transpose()?;
     if body.len() > MAX_POLICY_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -789,13 +821,54 @@ async fn put_policy(
     let fleet = state.store.fleet().await?;
     egress_monitor_policy::validate_fleet_policy(text, fleet.mode)
         .map_err(|err| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()))?;
-    let fleet = state
+    if !confirmed_empty
+        && egress_monitor_policy::fleet_policy_file(text)
+            .is_ok_and(|file| file.rules.is_empty() && file.domain_rules.is_empty() && !file.azure)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this policy has no rule of its own: every node would reach only the private ranges and the cloud's addresses; send it with ?confirm=empty if that is what you want",
+        ));
+    }
+    let fleet = match state
         .store
-        .set_policy(text, now_ms(), &operator.name)
-        .await?;
-    *state.desired.lock().await = None;
-    log::info!("fleet policy v{} set", fleet.policy_version);
-    Ok(Json(fleet_policy(fleet)))
+        .set_policy(text, now_ms(), &operator.name, expected)
+        .await?
+    {
+        PolicyChange::Set(fleet) => {
+            *state.desired.lock().await = None;
+            log::info!(
+                "fleet policy v{} set by {}",
+                fleet.policy_version,
+                operator.name
+            );
+            fleet
+        }
+        PolicyChange::Unchanged(fleet) => fleet,
+        PolicyChange::Moved(fleet) => {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "the fleet policy is at v{}, not v{}: read it again (GET /api/v1/policy) and decide",
+                    fleet.policy_version,
+                    expected.unwrap_or_default()
+                ),
+            ));
+        }
+    };
+    Ok(with_etag(
+        Json(fleet_policy(fleet.clone())),
+        fleet.policy_version,
+    ))
+}
+
+/// A response with the fleet policy's version as its `ETag` (for `If-Match`).
+fn with_etag(body: impl IntoResponse, version: u64) -> Response {
+    let mut response = body.into_response();
+    if let Ok(value) = header::HeaderValue::from_str(&format!("\"{version}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
 }
 
 /// The fleet's mode, for every node: `{"mode": "enforce"}` is the emergency lockdown.

@@ -165,6 +165,30 @@ pub struct FleetSettings {
     pub updated_ms: Option<u64>,
 }
 
+/// What storing a fleet policy did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// A new version.
+    Set(FleetSettings),
+    /// The text is the current policy's: no new version.
+    Unchanged(FleetSettings),
+    /// The fleet is not at the expected version (someone changed it since): nothing changed.
+    Moved(FleetSettings),
+}
+
+impl PolicyChange {
+    /// The decision, from the fleet as it was and what was asked.
+    fn decide(current: &FleetSettings, text: &str, expected: Option<u64>) -> Option<PolicyChange> {
+        if expected.is_some_and(|version| version != current.policy_version) {
+            Some(PolicyChange::Moved(current.clone()))
+        } else if current.policy.as_deref() == Some(text) {
+            Some(PolicyChange::Unchanged(current.clone()))
+        } else {
+            None
+        }
+    }
+}
+
 /// One change of the fleet's policy or mode, and the wishes it left.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FleetChange {
@@ -196,13 +220,15 @@ pub trait Store: Send + Sync {
     async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError>;
     async fn fleet(&self) -> Result<FleetSettings, StoreError>;
     /// Stores a new fleet policy; its version is the previous one plus one. `actor` (the
-    /// operator's token name) goes into the history.
+    /// operator's token name) goes into the history. The same text as the current policy
+    /// changes nothing; with `expected`, only a fleet still at that version changes.
     async fn set_policy(
         &self,
         text: &str,
         now_ms: u64,
         actor: &str,
-    ) -> Result<FleetSettings, StoreError>;
+        expected: Option<u64>,
+    ) -> Result<PolicyChange, StoreError>;
     async fn set_mode(
         &self,
         mode: Mode,

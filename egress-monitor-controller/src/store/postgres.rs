@@ -13,8 +13,8 @@ use tokio_postgres::{NoTls, Row, types::ToSql};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    FleetChange, FleetSettings, Ingest, NodeRow, Pruned, Store, StoreError, Top, Violation,
-    ViolationFilter, migrate, mode_from, process_name,
+    FleetChange, FleetSettings, Ingest, NodeRow, PolicyChange, Pruned, Store, StoreError, Top,
+    Violation, ViolationFilter, migrate, mode_from, process_name,
     query::{self, Param, pg},
     rollup, rows,
 };
@@ -384,9 +384,18 @@ impl Store for PgStore {
         text: &str,
         now_ms: u64,
         actor: &str,
-    ) -> Result<FleetSettings, StoreError> {
+        expected: Option<u64>,
+    ) -> Result<PolicyChange, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // The fleet's row locked: two replicas deciding at once decide one after the other.
+        let current = fleet_from(
+            &tx.query_one(&format!("{} FOR UPDATE", query::SELECT_FLEET), &[])
+                .await?,
+        )?;
+        if let Some(decided) = PolicyChange::decide(&current, text, expected) {
+            return Ok(decided);
+        }
         tx.execute(&pg(query::SET_POLICY), &[&text, &(now_ms as i64)])
             .await?;
         tx.execute(query::RECORD_POLICY, &[]).await?;
@@ -394,7 +403,7 @@ impl Store for PgStore {
             .await?;
         let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
         tx.commit().await?;
-        Ok(fleet)
+        Ok(PolicyChange::Set(fleet))
     }
 
     async fn set_mode(

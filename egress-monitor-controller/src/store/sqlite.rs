@@ -12,8 +12,8 @@ use rusqlite::{
 };
 
 use super::{
-    FleetChange, FleetSettings, Ingest, NodeRow, Pruned, Store, StoreError, Top, Violation,
-    ViolationFilter, migrate, mode_from,
+    FleetChange, FleetSettings, Ingest, NodeRow, PolicyChange, Pruned, Store, StoreError, Top,
+    Violation, ViolationFilter, migrate, mode_from,
     query::{self, Param},
     rollup, rows,
 };
@@ -292,16 +292,20 @@ impl Store for SqliteStore {
         text: &str,
         now_ms: u64,
         actor: &str,
-    ) -> Result<FleetSettings, StoreError> {
+        expected: Option<u64>,
+    ) -> Result<PolicyChange, StoreError> {
         let (text, actor) = (text.to_owned(), actor.to_owned());
         self.with(Use::Write, move |connection| {
             let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(decided) = PolicyChange::decide(&fleet(&tx)?, &text, expected) {
+                return Ok(decided);
+            }
             tx.execute(query::SET_POLICY, (&text, now_ms as i64))?;
             tx.execute(query::RECORD_POLICY, [])?;
             tx.execute(query::RECORD_CHANGE, ["policy", actor.as_str()])?;
             let fleet = fleet(&tx)?;
             tx.commit()?;
-            Ok(fleet)
+            Ok(PolicyChange::Set(fleet))
         })
         .await
     }

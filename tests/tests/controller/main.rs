@@ -325,6 +325,39 @@ fn contract(db: &str, scratch: &Scratch) {
     let policy = "[[rule]]\nname = \"mirror\"\ncidr = \"203.0.113.0/24\"\naction = \"allow\"\n";
     let (status, fleet) = api.put_policy(policy);
     assert_eq!((status, &fleet["version"]), (200, &json!(1)), "{fleet}");
+    // The same text again is no new version; If-Match (the ETag) guards against lost updates;
+    // a policy without a rule of its own needs a confirmation.
+    let (status, again) = api.put_policy(policy);
+    assert_eq!((status, &again["version"]), (200, &json!(1)), "{again}");
+    assert_eq!(
+        api.etag("/api/v1/policy", FLEET_TOKEN).as_deref(),
+        Some("\"1\"")
+    );
+    let put_if = |version: &str, text: &str| {
+        api.send_with(
+            "PUT",
+            "/api/v1/policy",
+            ADMIN_TOKEN,
+            "application/toml",
+            text.as_bytes(),
+            &[("If-Match", version)],
+        )
+    };
+    expect_refused(
+        put_if(
+            "\"0\"",
+            "[[rule]]\nname = \"other\"\ncidr = \"198.51.100.0/24\"\naction = \"allow\"\n",
+        ),
+        412,
+        "the fleet policy is at v1, not v0",
+    );
+    expect_refused(
+        put_if("seven", policy),
+        400,
+        "`If-Match` must be a policy version",
+    );
+    assert_eq!(put_if("\"1\"", policy).0, 200);
+    expect_refused(api.put_policy("# nothing\n"), 422, "no rule of its own");
     let (status, fleet) = api.get("/api/v1/policy", FLEET_TOKEN);
     assert_eq!(status, 200);
     assert_eq!(fleet["policy"], policy);
@@ -830,7 +863,17 @@ fn operators_are_named_read_only_is_read_only_and_refusals_are_logged() {
             .0,
         200
     );
-    assert_eq!(api.put_policy("").0, 200);
+    assert_eq!(
+        api.send(
+            "PUT",
+            "/api/v1/policy?confirm=empty",
+            ADMIN_TOKEN,
+            "application/toml",
+            b""
+        )
+        .0,
+        200
+    );
     let (_, history) = api.get("/api/v1/history", READONLY_TOKEN);
     assert_eq!(
         history
@@ -1537,9 +1580,11 @@ fn replicas_share_one_postgres_database() {
         .map(|v| v["packets"].as_u64().unwrap())
         .sum();
     assert_eq!(packets, (1..=20).sum::<u64>());
-    assert_eq!(api_one.put_policy("").0, 200);
+    let rule =
+        |cidr: &str| format!("[[rule]]\nname = \"r\"\ncidr = \"{cidr}\"\naction = \"allow\"\n");
+    assert_eq!(api_one.put_policy(&rule("203.0.113.0/24")).0, 200);
     assert_eq!(
-        api_two.put_policy("").1["version"],
+        api_two.put_policy(&rule("198.51.100.0/24")).1["version"],
         2,
         "versions are shared"
     );
