@@ -4,10 +4,11 @@
 //! At-least-once and resumable: the export cursor (the last violation id the receiver
 //! acknowledged) lives in the database, advanced only after a 2xx; a controller killed
 //! mid-batch sends that batch again when it (or another replica) resumes. One replica exports
-//! at a time, under a lease it renews with every batch. Bounded in memory: one batch of at most
+//! at a time, under a lease it renews at half time. Events the retention removes before the
+//! receiver took them are not exported (the warning while the receiver fails says so). Bounded in memory: one batch of at most
 //! [`BATCH`] events. Retried with exponential back-off (1 s to 60 s, or the receiver's
-//! `Retry-After`) on no answer, 429 and 5xx; a 400 (the receiver cannot take the batch, and
-//! never will) is logged, counted and passed over, as the OTLP specification asks.
+//! `Retry-After`) on no answer and on any refusal but one: a 400 (the receiver cannot take the
+//! batch, and never will) is logged, counted and passed over, as the OTLP specification asks.
 //!
 //! Attributes use OpenTelemetry's semantic names where they exist (`network.transport`,
 //! `source.address`, `destination.address`, `destination.port`, `process.pid`,
@@ -33,8 +34,9 @@ use egress_monitor_api::wire::FlowKind;
 
 /// Events per request.
 pub const BATCH: u32 = 1000;
-/// How long a replica's claim on the export lasts without renewal.
-const LEASE: Duration = Duration::from_secs(30);
+/// How long a replica's claim on the export lasts without renewal (ms): longer than the
+/// longest back-off and a request together, so a replica waiting to retry keeps it.
+const LEASE_MS: u64 = 120_000;
 const IDLE: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -132,7 +134,10 @@ impl Exporter {
                 "{} {listen}",
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map(|h| h.trim().to_owned())
-                    .unwrap_or_default(),
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    // Without a host name, a name of its own: never the same as another's.
+                    .unwrap_or_else(crate::attest::new_credential),
             ),
         })
     }
@@ -146,28 +151,42 @@ impl Exporter {
         let exporter = Arc::new(self);
         let mut backoff = FIRST_BACKOFF;
         let mut failing = false;
+        // The lease this replica holds (until when, on the controller's clock) and the cursor
+        // it read with it: renewed at half time, re-read after anything went wrong.
+        let mut held: Option<(u64, i64)> = None;
         loop {
             let now = egress_monitor_api::time::now_ms();
-            let until = now + LEASE.as_millis() as u64;
-            let cursor = match store
-                .export_lease(&exporter.url, &exporter.holder, now, until)
-                .await
-            {
-                Ok(Some(cursor)) => cursor,
-                Ok(None) => {
-                    // Another replica exports; take over if its lease lapses.
-                    tokio::time::sleep(LEASE / 3).await;
-                    continue;
+            let renew_at = held.map(|(until, _)| until.saturating_sub(LEASE_MS / 2));
+            if renew_at.is_none_or(|at| now >= at) {
+                match store
+                    .export_lease(&exporter.url, &exporter.holder, now, now + LEASE_MS)
+                    .await
+                {
+                    Ok(Some(cursor)) => {
+                        // A renewal keeps the cursor this replica moved; a new lease reads it.
+                        let cursor = held.map_or(cursor, |(_, mine)| mine.max(cursor));
+                        held = Some((now + LEASE_MS, cursor));
+                    }
+                    Ok(None) => {
+                        // Another replica exports; take over if its lease lapses.
+                        held = None;
+                        tokio::time::sleep(Duration::from_millis(LEASE_MS / 4)).await;
+                        continue;
+                    }
+                    Err(err) => {
+                        log::error!(
+                            "OTLP export: the database failed: {}",
+                            egress_monitor_api::error_line(&err)
+                        );
+                        held = None;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
                 }
-                Err(err) => {
-                    log::error!(
-                        "OTLP export: the database failed: {}",
-                        egress_monitor_api::error_line(&err)
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
+            }
+            let Some((until, cursor)) = held else {
+                continue;
             };
             let batch = match store
                 .violations(&ViolationFilter {
@@ -184,6 +203,7 @@ impl Exporter {
                         egress_monitor_api::error_line(&err)
                     );
                     tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             };
@@ -198,7 +218,7 @@ impl Exporter {
             let sent = tokio::task::spawn_blocking(move || sender.send(&body))
                 .await
                 .unwrap_or_else(|err| Err(Failure::Retry(format!("the task failed: {err}"), None)));
-            let advance = match sent {
+            match sent {
                 Ok(()) => {
                     metrics.otlp_exported(count);
                     if failing {
@@ -206,23 +226,23 @@ impl Exporter {
                         failing = false;
                     }
                     backoff = FIRST_BACKOFF;
-                    true
                 }
                 Err(Failure::Rejected(message)) => {
                     metrics.otlp_rejected(count);
                     log::error!(
-                        "OTLP export: {} refused {count} events (violations {}..={last}) as invalid, passed over: {message}",
+                        "OTLP export: {} refused {count} events (violations {}..={last}) as invalid (400), passed over: {message}",
                         exporter.url,
                         cursor + 1
                     );
-                    true
                 }
                 Err(Failure::Retry(message, retry_after)) => {
                     metrics.otlp_failure();
-                    let wait = retry_after.unwrap_or(backoff).min(MAX_BACKOFF);
+                    let wait = retry_after
+                        .unwrap_or(backoff)
+                        .clamp(FIRST_BACKOFF, MAX_BACKOFF);
                     if !failing {
                         log::warn!(
-                            "OTLP export to {} failed: {message}; retrying (every {} s at most), nothing is skipped",
+                            "OTLP export to {} failed: {message}; retrying (every {} s at most), the events wait in the database",
                             exporter.url,
                             MAX_BACKOFF.as_secs()
                         );
@@ -230,19 +250,30 @@ impl Exporter {
                     }
                     tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    false
+                    continue;
                 }
-            };
-            if advance
-                && let Err(err) = store
-                    .export_advance(&exporter.url, &exporter.holder, cursor, last)
-                    .await
+            }
+            match store
+                .export_advance(&exporter.url, &exporter.holder, cursor, last)
+                .await
             {
-                // The batch goes again: at least once.
-                log::error!(
-                    "OTLP export: cannot record the export: {}",
-                    egress_monitor_api::error_line(&err)
-                );
+                Ok(true) => held = Some((until, last)),
+                Ok(false) => {
+                    // The lease went to another replica meanwhile: it sends from the cursor
+                    // it read (this batch perhaps again: at least once).
+                    log::warn!("OTLP export: another replica took over the export");
+                    held = None;
+                }
+                Err(err) => {
+                    // The batch goes again: at least once.
+                    log::error!(
+                        "OTLP export: cannot record the export: {}",
+                        egress_monitor_api::error_line(&err)
+                    );
+                    held = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
         }
     }
@@ -275,10 +306,12 @@ impl Exporter {
             .read_to_string()
             .unwrap_or_default();
         let message = format!("{status} {}", text.chars().take(200).collect::<String>());
-        match status {
-            429 | 502 | 503 | 504 => Err(Failure::Retry(message, retry_after)),
-            400..=499 => Err(Failure::Rejected(message)),
-            _ => Err(Failure::Retry(message, retry_after)),
+        // Only a 400 says this batch can never be taken; anything else (a wrong key, a
+        // wrong path, an overloaded receiver) may be fixed, and the events wait for it.
+        if status == 400 {
+            Err(Failure::Rejected(message))
+        } else {
+            Err(Failure::Retry(message, retry_after))
         }
     }
 }

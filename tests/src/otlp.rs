@@ -1,7 +1,8 @@
 //! A real OTLP/HTTP logs receiver for the tests: it decodes each `POST /v1/logs` body as
 //! OpenTelemetry's `ExportLogsServiceRequest` (the protobuf types generated from the
-//! OpenTelemetry definitions) and keeps every log record. It answers 503 with `Retry-After: 1`
-//! unless allowed to take requests, so a test decides exactly which batches get through.
+//! OpenTelemetry definitions) and keeps every log record. It refuses requests (with the status
+//! the test chose) unless allowed to take them, so a test decides exactly which batches get
+//! through.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -34,6 +35,8 @@ struct State {
     refused_requests: u64,
     /// Requests still to be accepted; `None`: all.
     allowance: Option<u64>,
+    /// How refused requests are answered: 503 (with `Retry-After: 1`) or e.g. 401.
+    refusal: u16,
 }
 
 pub struct OtlpReceiver {
@@ -45,14 +48,15 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Starts refusing every request (503) until [`OtlpReceiver::allow`]; stops when dropped,
-    /// or on its own after five minutes.
-    pub fn start() -> OtlpReceiver {
+    /// Starts refusing every request with `refusal` (503 comes with `Retry-After: 1`) until
+    /// [`OtlpReceiver::allow`]; stops when dropped, or on its own after five minutes.
+    pub fn start(refusal: u16) -> OtlpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State {
             allowance: Some(0),
+            refusal,
             ..State::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -162,7 +166,10 @@ fn serve(stream: std::net::TcpStream, state: &Mutex<State>) {
     let mut state = state.lock().unwrap();
     if state.allowance == Some(0) {
         state.refused_requests += 1;
-        answer("503 Service Unavailable", "Retry-After: 1\r\n", b"");
+        match state.refusal {
+            503 => answer("503 Service Unavailable", "Retry-After: 1\r\n", b""),
+            status => answer(&format!("{status} Refused"), "", b""),
+        }
         return;
     }
     let Ok(request) = ExportLogsServiceRequest::decode(body.as_slice()) else {

@@ -87,7 +87,9 @@ async fn tops(state: &Shared) -> Result<(u64, (Vec<Top>, Vec<Top>)), ApiError> {
 }
 
 async fn compute_tops(state: &Shared) -> Result<(u64, (Vec<Top>, Vec<Top>)), StoreError> {
+    // The rollups count whole hours: the window starts at the hour a day ago began.
     let since_ms = now_ms().saturating_sub(TOP_WINDOW_MS);
+    let since_ms = since_ms - since_ms % 3_600_000;
     let started = std::time::Instant::now();
     let tops = state.store.top(since_ms, TOP_LIMIT).await?;
     log::debug!("tops computed in {} ms", started.elapsed().as_millis());

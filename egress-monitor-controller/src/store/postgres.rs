@@ -24,6 +24,8 @@ use egress_monitor_api::{Mode, time::now_ms, wire::Report};
 const MIGRATION_LOCK: i64 = 7_266_420;
 /// The advisory lock a replica prunes under: one at a time.
 const PRUNE_LOCK: i64 = 7_266_421;
+/// The advisory lock that orders event ids with commits (see `ingest`).
+const EVENTS_LOCK: i64 = 7_266_422;
 
 /// Inserts a report's events in one statement: the node and time once, each column an array.
 const INSERT_EVENTS: &str = "INSERT INTO events (node_id, received_ms, ts_ms, kind, hook, action, proto, src, dst, \
@@ -244,7 +246,46 @@ impl Store for PgStore {
         if inserted == 0 {
             return Ok(Ingest::Duplicate);
         }
+        let rollups = rollup::of_report(report);
+        if !rollups.is_empty() {
+            let column = |f: &dyn Fn(&rollup::Rollup) -> i64| -> Vec<i64> {
+                rollups.iter().map(f).collect()
+            };
+            let text = |f: &dyn Fn(&rollup::Rollup) -> Option<String>| -> Vec<Option<String>> {
+                rollups.iter().map(f).collect()
+            };
+            tx.execute(
+                &rollup::upsert_many(),
+                &[
+                    &report.node_id,
+                    &column(&|r| r.hour_ms as i64),
+                    &text(&|r| Some(r.kind.to_owned())),
+                    &text(&|r| Some(r.dst.clone())),
+                    &text(&|r| Some(r.process.clone())),
+                    &text(&|r| r.dst_name.clone()),
+                    &column(&|r| r.packets.min(i64::MAX as u64) as i64),
+                    &column(&|r| r.events as i64),
+                ],
+            )
+            .await?;
+        }
+        let count = boxed(vec![
+            report.node_id.as_str().into(),
+            (report.events.len() as i64).into(),
+            now_ms.into(),
+        ]);
+        tx.execute(&pg(query::COUNT_REPORT), &refs(&count)).await?;
+        let state = boxed(query::node_state_params(report));
+        tx.execute(&pg(query::UPDATE_NODE_STATE), &refs(&state))
+            .await?;
         if !report.events.is_empty() {
+            // Event ids are the arrival cursor (`after=`, the OTLP export): a transaction
+            // holding a lower id must not commit after one holding a higher id, or a reader
+            // between the two would move past the lower one for good. So the events go last,
+            // and their insert and commit hold a lock every replica's ingest takes: ids become
+            // visible in order. (Reports without events do not take it.)
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&EVENTS_LOCK])
+                .await?;
             let events = &report.events;
             let ints = |f: &dyn Fn(&egress_monitor_api::wire::FlowEvent) -> Option<i64>| -> Vec<Option<i64>> {
                 events.iter().map(f).collect()
@@ -297,38 +338,6 @@ impl Store for PgStore {
             )
             .await?;
         }
-        let rollups = rollup::of_report(report);
-        if !rollups.is_empty() {
-            let column = |f: &dyn Fn(&rollup::Rollup) -> i64| -> Vec<i64> {
-                rollups.iter().map(f).collect()
-            };
-            let text = |f: &dyn Fn(&rollup::Rollup) -> Option<String>| -> Vec<Option<String>> {
-                rollups.iter().map(f).collect()
-            };
-            tx.execute(
-                &rollup::upsert_many(),
-                &[
-                    &report.node_id,
-                    &column(&|r| r.hour_ms as i64),
-                    &text(&|r| Some(r.kind.to_owned())),
-                    &text(&|r| Some(r.dst.clone())),
-                    &text(&|r| Some(r.process.clone())),
-                    &text(&|r| r.dst_name.clone()),
-                    &column(&|r| r.packets.min(i64::MAX as u64) as i64),
-                    &column(&|r| r.events as i64),
-                ],
-            )
-            .await?;
-        }
-        let count = boxed(vec![
-            report.node_id.as_str().into(),
-            (report.events.len() as i64).into(),
-            now_ms.into(),
-        ]);
-        tx.execute(&pg(query::COUNT_REPORT), &refs(&count)).await?;
-        let state = boxed(query::node_state_params(report));
-        tx.execute(&pg(query::UPDATE_NODE_STATE), &refs(&state))
-            .await?;
         tx.commit().await?;
         Ok(Ingest::Stored)
     }

@@ -1374,14 +1374,15 @@ fn nodes_prove_who_they_are_with_attested_documents() {
 }
 
 /// Export (OTLP/HTTP): every violation reaches a real OTLP receiver as a log record with
-/// OpenTelemetry's attribute names, through refusals (retried, nothing skipped) and a
-/// controller killed mid-export (resumed from its cursor: nothing lost, nothing sent twice).
+/// OpenTelemetry's attribute names, through refusals (a wrong key, 401: retried, nothing
+/// skipped) and a controller killed mid-export (resumed from its cursor: nothing lost, nothing
+/// sent twice).
 #[test]
 fn every_violation_reaches_the_otlp_receiver_across_a_restart() {
     use egress_monitor_tests::otlp::{OtlpReceiver, attribute};
     let scratch = Scratch::new("controller-otlp");
     let files = ControllerFiles::new(&scratch.0);
-    let receiver = OtlpReceiver::start();
+    let receiver = OtlpReceiver::start(401);
     let port = free_port();
     let start = || {
         Controller::start(
@@ -1420,7 +1421,7 @@ fn every_violation_reaches_the_otlp_receiver_across_a_restart() {
         );
         assert_eq!(status, 200, "{body}");
     }
-    // Refused (503, Retry-After 1): retried, nothing is lost.
+    // Refused (401, as with a wrong key): retried with back-off, nothing is lost.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while receiver.requests().1 < 2 {
         assert!(
