@@ -140,19 +140,7 @@ mod tests {
             }))
             .unwrap()
         };
-        let mut report: Report = serde_json::from_value(serde_json::json!({
-            "node_id": "n", "stream": "00112233aabbccdd", "seq": 1, "created_ms": 1,
-            "interval_s": 10,
-            "identity": {"hostname": "h", "machine_id": "m", "vm_id": null},
-            "mode": "observe",
-            "policy": {"version": "00000000deadbeef", "fleet_version": null, "error": null},
-            "counters": {"allowed_packets": 0, "denied_observed_packets": 0,
-                         "denied_dropped_packets": 0, "denied_bytes": 0, "malformed": 0},
-            "health": {"attachments": 1, "events_lost": 0, "uptime_s": 5,
-                       "spool_dropped_reports": 0, "spool_dropped_events": 0, "spool_pending": 0},
-            "events": []
-        }))
-        .unwrap();
+        let mut report: Report = crate::store::tests::report(1, 0);
         let h = 1_800_000_000_000 - 1_800_000_000_000 % HOUR_MS;
         report.events = vec![
             event(h + 5, "203.0.113.9", Some("/usr/bin/curl"), 2),

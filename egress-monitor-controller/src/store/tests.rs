@@ -7,7 +7,8 @@ use serde_json::json;
 use super::{Store, ViolationFilter, sqlite::SqliteStore};
 use egress_monitor_api::wire::Report;
 
-fn report(seq: u64, events: usize) -> Report {
+/// A report of node `node-p` with `events` copies of one flow event.
+pub(super) fn report(seq: u64, events: usize) -> Report {
     let event = json!({
         "ts_ms": 1_000, "kind": "first", "hook": "cgroup", "action": "observed",
         "proto": "tcp", "src": "10.0.0.4", "dst": "203.0.113.9", "dst_port": 443,
