@@ -133,6 +133,9 @@ struct RawRule {
     cidr: Option<Spanned<String>>,
     domain: Option<Spanned<String>>,
     action: Action,
+    /// An allow rule wider than the documented limit over public space is taken only with it.
+    #[serde(default)]
+    wide: bool,
 }
 
 impl PolicyFile {
@@ -327,6 +330,16 @@ impl<'a> FileRules<'a> {
         }
         match (&raw_rule.cidr, &raw_rule.domain) {
             (Some(cidr), None) => match parse_cidr(cidr.get_ref()) {
+                Ok(network)
+                    if raw_rule.action == Action::Allow
+                        && !raw_rule.wide
+                        && crate::too_wide(&network).is_some() =>
+                {
+                    diagnostics.push(Diagnostic {
+                        place: place(cidr.span()),
+                        message: crate::too_wide(&network).unwrap_or_default(),
+                    });
+                }
                 Ok(network) => self.rules.push(Rule {
                     name: name.to_owned(),
                     network,

@@ -311,6 +311,18 @@ impl Policy {
                     continue;
                 }
             };
+            if action == Action::Allow
+                && let Some(message) = too_wide(&network)
+            {
+                diagnostics.push(Diagnostic {
+                    place,
+                    message: message.replace(
+                        "add `wide = true` to the rule",
+                        "put it in a policy file with `wide = true`",
+                    ),
+                });
+                continue;
+            }
             if let Some(earlier) = from_command_line.get(network) {
                 diagnostics.push(Diagnostic {
                     place,
@@ -502,6 +514,30 @@ impl RuleSet {
 
 /// Parses a CIDR (or a bare address, meaning /32 or /128) strictly: host bits must be zero and
 /// IPv4-mapped IPv6 prefixes are refused, because sockets send those as IPv4.
+/// The widest allow rule over public space taken without `wide = true`: IPv4 /8 (16.7 million
+/// addresses), IPv6 /16 of the global unicast space (2000::/3).
+pub const WIDEST_ALLOW_V4: u8 = 8;
+pub const WIDEST_ALLOW_V6: u8 = 16;
+
+/// Why an allow rule for `network` opens too much of the internet to take without asking:
+/// wider than [`WIDEST_ALLOW_V4`] (every such IPv4 prefix holds public addresses) or an IPv6
+/// prefix wider than [`WIDEST_ALLOW_V6`] that reaches into the global unicast space. None when
+/// it is narrow enough.
+pub fn too_wide(network: &IpNetwork) -> Option<String> {
+    let wide = match network {
+        IpNetwork::V4(v4) => v4.prefix() < WIDEST_ALLOW_V4,
+        IpNetwork::V6(v6) => {
+            let global: ipnetwork::Ipv6Network = "2000::/3".parse().expect("a valid prefix");
+            v6.prefix() < WIDEST_ALLOW_V6 && (v6.overlaps(global))
+        }
+    };
+    wide.then(|| {
+        format!(
+            "allowing {network} opens most of the internet (wider than /{WIDEST_ALLOW_V4} for IPv4, /{WIDEST_ALLOW_V6} for public IPv6): it voids the isolation; add `wide = true` to the rule to do it anyway"
+        )
+    })
+}
+
 pub fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
     let network = text.trim().parse::<IpNetwork>().map_err(|err| {
         format!(

@@ -723,3 +723,54 @@ fn parsing_reads_no_file_and_resolving_reads_the_tags_file_beside_the_policy() {
     );
     assert_eq!(resolved.service_tag_rules.len(), 3);
 }
+
+#[test]
+fn an_allow_rule_opening_most_of_the_internet_needs_wide_true() {
+    let rule = |cidr: &str, extra: &str| {
+        format!("[[rule]]\nname = \"r\"\ncidr = \"{cidr}\"\naction = \"allow\"\n{extra}")
+    };
+    for cidr in [
+        "0.0.0.0/0",
+        "64.0.0.0/2",
+        "10.0.0.0/7",
+        "::/0",
+        "2000::/3",
+        "2a00::/12",
+    ] {
+        let errs = errors(&rule(cidr, ""));
+        assert_eq!(errs.len(), 1, "{cidr}: {errs:?}");
+        assert!(
+            errs[0].starts_with("p.toml:3:8: allowing ")
+                && errs[0].contains("opens most of the internet")
+                && errs[0].ends_with("add `wide = true` to the rule to do it anyway"),
+            "{cidr}: {errs:?}"
+        );
+        let forced = parse(&rule(cidr, "wide = true\n")).unwrap();
+        assert_eq!(forced.rules[0].network.to_string(), cidr);
+    }
+    // Narrow enough, private, or a deny: taken as they are.
+    for (cidr, action) in [
+        ("20.0.0.0/8", "allow"),
+        ("2a01::/16", "allow"),
+        ("fc00::/7", "allow"),
+        ("0.0.0.0/0", "deny"),
+        ("::/0", "deny"),
+    ] {
+        let text = format!("[[rule]]\nname = \"r\"\ncidr = \"{cidr}\"\naction = \"{action}\"\n");
+        assert!(parse(&text).is_ok(), "{cidr} {action}");
+    }
+    // On the command line too (there is no `wide` there: a file says it).
+    let Err(PolicyError::Invalid(errs)) = build(None, &["0.0.0.0/0"], &[]) else {
+        panic!("--allow 0.0.0.0/0 must be refused");
+    };
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("--allow `0.0.0.0/0`: allowing 0.0.0.0/0")
+            && errs[0]
+                .to_string()
+                .ends_with("put it in a policy file with `wide = true` to do it anyway"),
+        "{errs:?}"
+    );
+    assert!(build(None, &[], &["0.0.0.0/0"]).is_ok());
+}

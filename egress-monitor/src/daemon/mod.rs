@@ -244,11 +244,6 @@ pub async fn run(
         crate::inspect::metrics::spawn(listener, layout.clone(), Arc::clone(&counts));
         log::info!("metrics at http://{address}/metrics");
     }
-    log::info!(
-        "{} rules loaded; events to {}",
-        config.policy.rules.len(),
-        config.events
-    );
     let (stop_reporter, stopped) = tokio::sync::watch::channel(false);
     let (reporter, link) = match fleet.take() {
         Some((reporter, link)) => (Some(tokio::spawn(reporter.run(stopped))), Some(link)),
@@ -313,6 +308,13 @@ async fn serve(
     if !aggregate {
         flows.disable()?;
     }
+    // Said once the flows are aggregated as asked (the sweep above started the period): a
+    // packet sent after this line is reported as its flow's first event, never on its own.
+    log::info!(
+        "{} rules loaded; events to {}",
+        config.policy.rules.len(),
+        config.events
+    );
     let mut flow_tick = tokio::time::interval(config.flow_interval.max(Duration::from_millis(1)));
     flow_tick.reset();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
