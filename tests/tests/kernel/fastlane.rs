@@ -34,8 +34,9 @@ fn cidr(address: IpAddr, len: u32) -> String {
 }
 
 /// A random policy in enforce mode: nested chains of allow and deny prefixes of both families
-/// around a few centres, on top of the default groups. Prefixes a default group holds are
-/// skipped (a policy names each prefix once).
+/// around a few centres, on top of the default groups, written as a policy file (its wide
+/// allow rules say `wide = true`). Prefixes a default group holds are skipped (a policy names
+/// each prefix once).
 fn random_policy(rng: &mut Rng) -> Policy {
     let defaults = Policy::build(None, &CommandLineRules::default(), Some(Mode::Enforce))
         .expect("the default policy");
@@ -45,7 +46,7 @@ fn random_policy(rng: &mut Rng) -> Policy {
             .iter()
             .any(|rule| rule.network.to_string() == *text)
     };
-    let mut rules = CommandLineRules::default();
+    let mut file = String::new();
     let mut seen = std::collections::BTreeSet::new();
     for v6 in [false, true] {
         let bits = if v6 { 128 } else { 32 };
@@ -55,17 +56,28 @@ fn random_policy(rng: &mut Rng) -> Policy {
             while len <= bits as u32 {
                 let text = cidr(centre, len);
                 if !taken(&text) && seen.insert(text.clone()) {
-                    if rng.u64(0..100) < 55 {
-                        rules.allow.push(text);
+                    let action = if rng.u64(0..100) < 55 {
+                        "allow"
                     } else {
-                        rules.deny.push(text);
-                    }
+                        "deny"
+                    };
+                    file.push_str(&format!(
+                        "[[rule]]\nname = \"r{}\"\ncidr = \"{text}\"\naction = \"{action}\"\nwide = true\n",
+                        seen.len()
+                    ));
                 }
                 len += 1 + rng.u64(0..9) as u32;
             }
         }
     }
-    Policy::build(None, &rules, Some(Mode::Enforce)).expect("a random policy")
+    let file = egress_monitor_policy::PolicyFile::parse(std::path::Path::new("random.toml"), &file)
+        .expect("a random policy file");
+    Policy::build(
+        Some(&file),
+        &CommandLineRules::default(),
+        Some(Mode::Enforce),
+    )
+    .expect("a random policy")
 }
 
 /// What the tries say: the longest rule holding `address` allows it.
