@@ -470,7 +470,7 @@ pub fn new_nonce() -> String {
 pub fn new_credential() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the system's random source");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::auth::hex(&bytes)
 }
 
 #[cfg(test)]

@@ -78,7 +78,12 @@ fn digest(token: &str) -> Digest32 {
 /// A token's SHA-256 in hex: how node credentials are stored (a stolen database holds no
 /// usable credential).
 pub fn digest_hex(token: &str) -> String {
-    digest(token).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&digest(token))
+}
+
+/// Bytes as lowercase hex digits.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Who a node token belongs to.

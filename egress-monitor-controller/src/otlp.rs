@@ -5,8 +5,8 @@
 //! acknowledged) lives in the database, advanced only after a 2xx; a controller killed
 //! mid-batch sends that batch again when it (or another replica) resumes. One replica exports
 //! at a time, under a lease it renews at half time. Events the retention removes before the
-//! receiver took them are not exported (the warning while the receiver fails says so). Bounded in memory: one batch of at most
-//! [`BATCH`] events. Retried with exponential back-off (1 s to 60 s, or the receiver's
+//! receiver took them are not exported. Bounded in memory: one batch of at most [`BATCH`]
+//! events. Retried with exponential back-off (1 s to 60 s, or the receiver's
 //! `Retry-After`) on no answer and on any refusal but one: a 400 (the receiver cannot take the
 //! batch, and never will) is logged, counted and passed over, as the OTLP specification asks.
 //!
@@ -416,12 +416,7 @@ fn record(violation: &Violation) -> LogRecord {
     if let Some(exe) = &event.exe {
         attributes.push(text("process.executable.path", exe.as_str()));
     }
-    if let Some(name) = event
-        .exe
-        .as_deref()
-        .map(|exe| exe.rsplit('/').next().unwrap_or(exe))
-        .or(event.comm.as_deref())
-    {
+    if let Some(name) = crate::store::process_name(event) {
         attributes.push(text("process.executable.name", name));
     }
     if let Some(cgroup) = &event.cgroup {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::logged::Logged;
 
@@ -19,6 +19,23 @@ pub const FLEET_TOKEN: &str = "fleet-token-2c8e4a6b1d9f3e57";
 /// Bound to node `bound-node` only.
 pub const BOUND_TOKEN: &str = "bound-token-5e1a7c3b9d2f4a68";
 pub const BOUND_NODE: &str = "bound-node";
+
+/// A valid report as a node sends it: `node` on `machine`, `seq` of its stream, with `events`.
+pub fn report(node: &str, machine: &str, seq: u64, interval_s: u32, events: Vec<Value>) -> Value {
+    json!({
+        "node_id": node, "stream": "00112233aabbccdd", "seq": seq,
+        "created_ms": egress_monitor_api::time::now_ms(),
+        "interval_s": interval_s,
+        "identity": {"hostname": format!("host-{node}"), "machine_id": machine, "vm_id": null},
+        "mode": "observe",
+        "policy": {"version": "00000000deadbeef", "fleet_version": null, "error": null},
+        "counters": {"allowed_packets": 10, "denied_observed_packets": 3, "denied_dropped_packets": 0,
+                     "denied_bytes": 180, "malformed": 0},
+        "health": {"attachments": 1, "events_lost": 0, "uptime_s": 5, "spool_dropped_reports": 0,
+                   "spool_dropped_events": 0, "spool_pending": 0},
+        "events": events
+    })
+}
 
 /// The role `cargo xtask test` makes, in `EGRESS_MONITOR_TEST_POSTGRES`.
 pub fn postgres_url() -> String {

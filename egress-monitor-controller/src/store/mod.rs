@@ -323,8 +323,8 @@ pub async fn open(
 }
 
 /// The base name a process is filtered and grouped by: the executable's file name, else the
-/// command name.
-fn process_name(event: &FlowEvent) -> Option<String> {
+/// command name (also what the OTLP export calls `process.executable.name`).
+pub(crate) fn process_name(event: &FlowEvent) -> Option<String> {
     event
         .exe
         .as_deref()

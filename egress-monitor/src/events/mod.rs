@@ -148,6 +148,16 @@ pub enum Proto {
     Number(u8),
 }
 
+/// The protocol as the controller's reports carry it: its name, else its number.
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Proto::Name(name) => f.write_str(name),
+            Proto::Number(number) => write!(f, "{number}"),
+        }
+    }
+}
+
 impl Proto {
     pub fn from_number(number: u8, ip_version: u8) -> Proto {
         match (number, ip_version) {

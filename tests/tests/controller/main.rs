@@ -12,7 +12,7 @@ use egress_monitor_tests::{
     azure::{Claims, TestAzure},
     controller::{
         ADMIN_TOKEN, Api, BOUND_NODE, BOUND_TOKEN, Controller, ControllerFiles, FLEET_TOKEN,
-        PgDatabase, READONLY_TOKEN, browse, postgres_ca, secret_file,
+        PgDatabase, READONLY_TOKEN, browse, postgres_ca, report, secret_file,
     },
     free_port,
 };
@@ -24,21 +24,6 @@ fn event(dst: &str, exe: &str, packets: u64) -> Value {
         "proto": "tcp", "src": "10.0.0.4", "dst": dst, "dst_port": 443, "dst_name": null,
         "rule": "default-deny", "pid": 4242, "comm": exe.rsplit('/').next().unwrap(),
         "exe": exe, "cgroup": "/system.slice/app.service", "packets": packets, "bytes": packets * 60
-    })
-}
-
-fn report(node: &str, machine: &str, seq: u64, interval_s: u32, events: Vec<Value>) -> Value {
-    json!({
-        "node_id": node, "stream": "00112233aabbccdd", "seq": seq, "created_ms": now_ms(),
-        "interval_s": interval_s,
-        "identity": {"hostname": format!("host-{node}"), "machine_id": machine, "vm_id": null},
-        "mode": "observe",
-        "policy": {"version": "00000000deadbeef", "fleet_version": null, "error": null},
-        "counters": {"allowed_packets": 10, "denied_observed_packets": 3, "denied_dropped_packets": 0,
-                     "denied_bytes": 180, "malformed": 0},
-        "health": {"attachments": 1, "events_lost": 0, "uptime_s": 5, "spool_dropped_reports": 0,
-                   "spool_dropped_events": 0, "spool_pending": 0},
-        "events": events
     })
 }
 

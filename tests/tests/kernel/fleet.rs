@@ -11,7 +11,7 @@ use std::{
 
 use egress_monitor_tests::{
     azure::{AttestingImds, TestAzure},
-    controller::{ADMIN_TOKEN, Api, Controller, ControllerFiles, FLEET_TOKEN, browse},
+    controller::{ADMIN_TOKEN, Api, Controller, ControllerFiles, FLEET_TOKEN, browse, report},
     netns::INTERNET_V4,
 };
 use serde_json::{Value, json};
@@ -495,7 +495,11 @@ fn an_attested_node_is_the_only_one_to_report_as_itself() {
     });
 
     // A forger with the fleet token cannot report as the node.
-    let (status, body) = api.post_json("/api/v1/reports", FLEET_TOKEN, &forged_report("vmss-at"));
+    let (status, body) = api.post_json(
+        "/api/v1/reports",
+        FLEET_TOKEN,
+        &report("vmss-at", "forged", 1, 10, vec![]),
+    );
     assert_eq!(status, 403, "{body}");
 
     // Nor can a second daemon with the fleet token: its status says why, and it asks rarely.
@@ -531,23 +535,6 @@ fn an_attested_node_is_the_only_one_to_report_as_itself() {
         node(nodes, "vmss-at")["reports"].as_u64() > Some(before)
     });
     drop(imds);
-}
-
-/// A valid report for `node_id` (what a forger holding the fleet token would send).
-fn forged_report(node_id: &str) -> Value {
-    let now = egress_monitor_api::time::now_ms();
-    json!({
-        "node_id": node_id, "stream": "feedfacefeedface", "seq": 1, "created_ms": now,
-        "interval_s": 10,
-        "identity": {"hostname": node_id, "machine_id": "forged", "vm_id": null},
-        "mode": "observe",
-        "policy": {"version": "00000000deadbeef", "fleet_version": null, "error": null},
-        "counters": {"allowed_packets": 0, "denied_observed_packets": 0, "denied_dropped_packets": 0,
-                     "denied_bytes": 0, "malformed": 0},
-        "health": {"attachments": 1, "events_lost": 0, "uptime_s": 5, "spool_dropped_reports": 0,
-                   "spool_dropped_events": 0, "spool_pending": 0},
-        "events": []
-    })
 }
 
 /// DNS reaches the fleet: a question a domain policy refuses (observe mode: it would) and a

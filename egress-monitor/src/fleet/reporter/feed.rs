@@ -6,7 +6,7 @@ use std::{collections::VecDeque, sync::Mutex};
 
 use egress_monitor_api::wire::{FlowEvent, MAX_EVENTS_PER_REPORT, MAX_TEXT};
 
-use crate::events::{Action, EventRecord, Proto, dns::DnsRecord};
+use crate::events::{Action, EventRecord, dns::DnsRecord};
 
 /// Events held in memory at most (about 40 MB); the spool on disk takes over from there.
 pub const CAPACITY: usize = 100_000;
@@ -100,10 +100,7 @@ fn flow_event(record: &EventRecord) -> FlowEvent {
         kind: record.kind,
         hook: record.hook,
         action: record.action,
-        proto: match record.proto {
-            Proto::Name(name) => name.to_owned(),
-            Proto::Number(number) => number.to_string(),
-        },
+        proto: record.proto.to_string(),
         src: record.src,
         dst: record.dst,
         dst_port: record.dst_port,
@@ -131,10 +128,7 @@ fn dns_event(record: &DnsRecord) -> FlowEvent {
             .action
             .denied()
             .unwrap_or(egress_monitor_api::wire::DeniedAction::Observed),
-        proto: match record.proto {
-            Proto::Name(name) => name.to_owned(),
-            Proto::Number(number) => number.to_string(),
-        },
+        proto: record.proto.to_string(),
         src: None,
         dst: Some(record.server),
         dst_port: Some(53),
