@@ -38,6 +38,27 @@ pub struct FlowKey {
 pub const FLOW_KEY_SIZE: usize = 56;
 const _: () = assert!(core::mem::size_of::<FlowKey>() == FLOW_KEY_SIZE);
 
+/// A destination a socket sent a denied packet to, seen by the cgroup hook in observe mode
+/// (`CGROUP_JUDGED`). With both hooks the same packet then reaches TC, which reports and counts
+/// it only when the cgroup hook did not: a packet is one decision, reported once. Keyed by the
+/// destination, not only the socket, so a packet TC sees for another destination (a tunnel's
+/// outer header, say) is still TC's own to report.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct JudgedKey {
+    /// The sending socket's cookie (never 0: packets without a socket are TC's alone).
+    pub cookie: u64,
+    pub dst: [u8; 16],
+    pub proto: u8,
+    pub ip_version: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<JudgedKey>() == 32);
+
+/// Destinations remembered at once; under more, the oldest are forgotten and a packet to one
+/// of them is reported by both hooks again (never by neither).
+pub const CGROUP_JUDGED_CAPACITY: u32 = FLOWS_CAPACITY;
+
 /// What the kernel keeps per flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,4 +105,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: repr(C), three u64 fields.
     unsafe impl aya::Pod for super::FlowReported {}
+    // SAFETY: repr(C), integer and byte-array fields, explicit padding (asserted size).
+    unsafe impl aya::Pod for super::JudgedKey {}
 }

@@ -17,6 +17,7 @@ pub const FLOWS: &str = "FLOWS";
 /// The dirty-flow queues, one per parity of the reporting period (see [`crate::flow`]).
 pub const FLOW_DIRTY: [&str; 2] = ["FLOW_DIRTY_0", "FLOW_DIRTY_1"];
 pub const FLOW_REPORTED: &str = "FLOW_REPORTED";
+pub const CGROUP_JUDGED: &str = "CGROUP_JUDGED";
 pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
 pub const DOMAINS: &str = "DOMAINS";
 pub const DNS_ALLOWED_V4: &str = "DNS_ALLOWED_V4";
@@ -107,7 +108,10 @@ pub mod stat {
     /// Packets allowed only because their socket opened to the address while a DNS answer
     /// allowed it (see [`crate::dns::LearnedSocket`]).
     pub const LEARNED_SOCKET_PASSES: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Denied packets TC passed in observe mode without counting or reporting them, since the
+    /// cgroup hook had judged them already (see [`crate::flow::JudgedKey`]).
+    pub const JUDGED_BY_CGROUP: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// Default ring buffer size; a power-of-two multiple of the page size as the kernel requires.

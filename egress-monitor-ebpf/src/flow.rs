@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use egress_monitor_common::{
     event::flags,
-    flow::{FlowKey, FlowValue},
+    flow::{FlowKey, FlowValue, JudgedKey},
     maps::stat,
     policy::config,
     verdict::hook as hooks,
@@ -18,7 +18,7 @@ use egress_monitor_common::{
 
 use crate::{
     emit,
-    maps::{CONFIG, FLOW_DIRTY_0, FLOW_DIRTY_1, FLOW_SCRATCH, FLOWS},
+    maps::{CGROUP_JUDGED, CONFIG, FLOW_DIRTY_0, FLOW_DIRTY_1, FLOW_SCRATCH, FLOWS},
     parse::Packet,
 };
 
@@ -95,6 +95,43 @@ pub fn denied(
         flow.first.flags &= !flags::FLOW_FIRST;
         emit::output(&flow.first);
     }
+}
+
+/// The key under which the cgroup hook remembers a denied destination of the packet's socket;
+/// `None` for packets without one.
+#[inline(always)]
+fn judged_key(raw: *mut __sk_buff, packet: &Packet) -> Option<JudgedKey> {
+    // SAFETY: the helper reads the socket of the program's own skb (0 when there is none).
+    let cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+    (cookie != 0).then_some(JudgedKey {
+        cookie,
+        dst: packet.dst,
+        proto: packet.proto,
+        ip_version: packet.ip_version,
+        _pad: [0; 6],
+    })
+}
+
+/// Cgroup hook, observe mode: remembers that this socket's denied packets to this destination
+/// are reported here, so that TC does not report them again. Not inlined: only denied packets
+/// come here.
+#[inline(never)]
+pub fn remember_judged(raw: *mut __sk_buff, packet: &Packet) {
+    let Some(key) = judged_key(raw, packet) else {
+        return;
+    };
+    if CGROUP_JUDGED.get_ptr(&key).is_none() {
+        let _ = CGROUP_JUDGED.insert(&key, &0, 0);
+    }
+}
+
+/// TC, observe mode: whether the cgroup hook judged and reported this denied packet already
+/// (its socket sent a denied packet to the same destination through the cgroup hook).
+/// Packets without a socket, and those to a destination the cgroup hook did not see, are
+/// TC's own.
+#[inline(never)]
+pub fn judged_by_cgroup(raw: *mut __sk_buff, packet: &Packet) -> bool {
+    judged_key(raw, packet).is_some_and(|key| CGROUP_JUDGED.get_ptr(&key).is_some())
 }
 
 /// Adds a packet to its flow, and queues the flow for the daemon's next report unless it is

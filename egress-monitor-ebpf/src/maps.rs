@@ -14,8 +14,8 @@ use egress_monitor_common::{
     },
     flat,
     flow::{
-        FLOW_DIRTY_CAPACITY, FLOW_REPORTED_CAPACITY, FLOWS_CAPACITY, FlowKey, FlowReported,
-        FlowValue,
+        CGROUP_JUDGED_CAPACITY, FLOW_DIRTY_CAPACITY, FLOW_REPORTED_CAPACITY, FLOWS_CAPACITY,
+        FlowKey, FlowReported, FlowValue, JudgedKey,
     },
     guard::EXEMPT_CAPACITY,
     maps::{
@@ -71,6 +71,12 @@ pub static SOCK_OWNERS: LruHashMap<u64, SockOwner> =
 /// Denied flows: first event and cumulative counts (see `egress_monitor_common::flow`).
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
+
+/// Destinations the cgroup hook reported a denied packet to, per socket: TC leaves those
+/// packets to it (see `egress_monitor_common::flow::JudgedKey`). The value is unused.
+#[map]
+pub static CGROUP_JUDGED: LruHashMap<JudgedKey, u8> =
+    LruHashMap::with_max_entries(CGROUP_JUDGED_CAPACITY, 0);
 
 /// Domain rules, by the suffix hash of their domain (see `egress_monitor_common::dns`).
 #[map]

@@ -6,7 +6,7 @@ use egress_monitor_common::{
     event::flags,
     maps::stat,
     policy::{IPV4_ADDR_LEN, RuleValue, config},
-    verdict::{RULE_ID_DEFAULT, action, mode, outcome},
+    verdict::{RULE_ID_DEFAULT, action, hook as hooks, mode, outcome},
 };
 
 use crate::{
@@ -131,9 +131,6 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
     if allowed && question.status == dns::status::NAME && question.rule_action == action::ALLOW {
         dns::remember(raw, &packet, &question);
     }
-    if rule_id != RULE_ID_DEFAULT && accounted {
-        emit::rule_hit(rule_id);
-    }
     let (result, verdict) = if allowed {
         (outcome::ALLOWED, Verdict::Pass)
     } else if enforcing() {
@@ -141,6 +138,26 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
     } else {
         (outcome::DENIED_OBSERVED, Verdict::Pass)
     };
+    // With both hooks a packet the cgroup hook passed in observe mode reaches TC too: one
+    // decision, counted and reported once, by the hook that knows its process. (In enforce
+    // mode the cgroup hook dropped it; what TC drops is always its own.)
+    if accounted && judgeable && result == outcome::DENIED_OBSERVED {
+        // Keyed by the transport protocol: TC's IPv6 fragments carry a fragment header the
+        // cgroup hook's whole datagram does not (the walk is idempotent, done once).
+        parse::transport(skb, &mut packet);
+        if hook == hooks::CGROUP {
+            flow::remember_judged(raw, &packet);
+        } else if flow::judged_by_cgroup(raw, &packet) {
+            emit::stat(stat::JUDGED_BY_CGROUP);
+            return Judgement {
+                verdict,
+                unjudgeable: false,
+            };
+        }
+    }
+    if rule_id != RULE_ID_DEFAULT && accounted {
+        emit::rule_hit(rule_id);
+    }
     if accounted {
         emit::count(hook, result, packet.len);
         if question.status == dns::status::NAME {

@@ -10,7 +10,7 @@ use clap::{
 use egress_monitor_api::Words;
 use egress_monitor_policy::Mode;
 
-use crate::{daemon::HookChoice, datapath::pins::DEFAULT_PIN_PATH};
+use crate::{daemon::HookChoice, datapath::pins::DEFAULT_PIN_PATH, events::read::ActionFilter};
 
 /// The command line of this process (clap exits with its usage on an error).
 pub fn parse() -> Cli {
@@ -99,6 +99,13 @@ invalid FILE keeps the live policy at a SIGHUP and stops a start with exit code 
         #[arg(long)]
         json: bool,
     },
+    /// Show the events the daemon wrote, filtered, for people (or `--json`); `--follow` shows
+    /// new ones as they come, across log rotation, until interrupted.
+    #[command(after_help = "Examples:
+  egress-monitor events --follow --action dropped
+  egress-monitor events --follow --dst 203.0.113.0/24 --process curl
+  egress-monitor events --file /var/log/egress-monitor/events.jsonl --kind dns --json")]
+    Events(EventsArgs),
     /// Validate, print or apply policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -118,6 +125,44 @@ invalid FILE keeps the live policy at a SIGHUP and stops a start with exit code 
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The events file the packaged daemon writes.
+pub const DEFAULT_EVENTS_FILE: &str = "/var/log/egress-monitor/events.jsonl";
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// The daemon's events file (`run --events`).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_EVENTS_FILE)]
+    pub file: PathBuf,
+    /// Keep reading: show events as the daemon writes them (Ctrl-C stops).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// With --follow, how many of the latest matching events to show first.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub last: usize,
+    /// Only this action: allowed, observed, dropped, or denied (observed or dropped).
+    #[arg(long, value_parser = spelled::<ActionFilter>())]
+    pub action: Option<ActionFilter>,
+    /// Only events to this destination (an address or CIDR; for DNS, the resolver or an
+    /// answered address).
+    #[arg(long, value_name = "CIDR", value_parser = cidr)]
+    pub dst: Option<ipnetwork::IpNetwork>,
+    /// Only events of this process: its command name, or its executable's name or path.
+    #[arg(long, value_name = "NAME")]
+    pub process: Option<String>,
+    /// Only events of this kind: first, update, packet, dns, dns_answer, raw_socket, alarm.
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// The event lines as written (JSON), for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An address (a /32 or /128) or a CIDR.
+fn cidr(text: &str) -> Result<ipnetwork::IpNetwork, String> {
+    text.parse()
+        .map_err(|err| format!("not an address or CIDR ({err})"))
 }
 
 #[derive(Debug, Args)]
@@ -194,9 +239,9 @@ pub struct RunArgs {
     /// can then report as this node. Azure VMs only; --token-file then only asks.
     #[arg(long, requires = "controller")]
     pub attest: bool,
-    /// The node's name at the controller (default: the hostname): 1-128 letters, digits, '.',
-    /// '_' and '-'.
-    #[arg(long, value_name = "NAME", requires = "controller", value_parser = node_id)]
+    /// The node's name, in every event line (`node`) and at the controller (default: the
+    /// hostname): 1-128 letters, digits, '.', '_' and '-'.
+    #[arg(long, value_name = "NAME", value_parser = node_id)]
     pub node_id: Option<String>,
     /// The node's group at the controller, which filters the fleet by it (`/api/v1/nodes?group=`):
     /// a scale set, a role, an environment. Default: the Azure scale set the VM is in, if any.

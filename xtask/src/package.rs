@@ -145,6 +145,24 @@ fn verify_node(rootfs: &Path, control: &Path) -> anyhow::Result<()> {
         !unit.contains("--mode"),
         "the unit must take its mode from the policy file"
     );
+    // The events file the unit writes is rotated, and the rotation is the operator's to edit.
+    let rotation = std::fs::read_to_string(rootfs.join("etc/logrotate.d/egress-monitor"))
+        .context("the package lacks /etc/logrotate.d/egress-monitor")?;
+    let events = unit
+        .split("--events ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("the unit names no --events file")?;
+    ensure!(
+        rotation.lines().any(|l| l.trim_start().starts_with(events)),
+        "the logrotate configuration must rotate {events}"
+    );
+    ensure!(
+        conffiles
+            .lines()
+            .any(|l| l == "/etc/logrotate.d/egress-monitor"),
+        "the logrotate configuration must be a conffile: {conffiles:?}"
+    );
     for file in [
         "usr/bin/egress-monitor-controller",
         "lib/systemd/system/egress-monitor-controller.service",

@@ -2,12 +2,13 @@
 
 //!
 //! One module per kind of command: [`run`] (the daemon), `node` (status, check, detach,
-//! nsg-audit), `policy` (check, show, apply, service-tags); [`exit`] decides exit codes.
+//! nsg-audit), `events` (reading the events file), `policy` (check, show, apply, service-tags); [`exit`] decides exit codes.
 
 use std::{io::Write as _, process::ExitCode};
 
 use serde::Serialize;
 
+mod events;
 mod exit;
 mod node;
 mod policy;
@@ -45,6 +46,7 @@ pub fn main(cli: Cli) -> ExitCode {
             node_ip,
             json,
         } => node::nsg_audit(&file, node_ip, json),
+        Command::Events(args) => events::show(&args),
         Command::Policy(PolicyCommand::Check {
             file,
             mode,

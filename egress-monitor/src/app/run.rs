@@ -22,6 +22,10 @@ pub fn run(args: RunArgs) -> ExitCode {
         Err(err) => return fail(&err, ExitStatus::InvalidInput),
     };
     let policy_wants_azure = policy.azure;
+    let node = args
+        .node_id
+        .clone()
+        .unwrap_or_else(crate::fleet::reporter::identity::hostname);
     let config = RunConfig {
         policy,
         source,
@@ -29,6 +33,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         cgroup: args.cgroup,
         interfaces: args.interfaces,
         events: EventsTarget::parse(&args.events),
+        node: node.clone(),
         pin_path: PathBuf::from(&args.pins.pin_path),
         rule_capacity: args.rule_capacity,
         metrics: args.metrics,
@@ -46,10 +51,7 @@ pub fn run(args: RunArgs) -> ExitCode {
                 .clone()
                 .expect("clap: --controller requires it"),
             ca_file: args.controller_ca.clone(),
-            node_id: args
-                .node_id
-                .clone()
-                .unwrap_or_else(crate::fleet::reporter::identity::hostname),
+            node_id: node.clone(),
             interval: std::time::Duration::from_secs(u64::from(args.report_interval)),
             spool_dir: args.spool_dir.clone(),
             spool_max_bytes: args.spool_max_mb << 20,

@@ -88,6 +88,8 @@ pub struct RunConfig {
     /// Interfaces for the TC hook; every up, non-loopback interface when empty.
     pub interfaces: Vec<String>,
     pub events: EventsTarget,
+    /// The node's name in every event line (`--node-id`, else the hostname).
+    pub node: String,
     pub pin_path: PathBuf,
     /// Minimum rule slots for newly created maps.
     pub rule_capacity: usize,
@@ -207,11 +209,12 @@ pub async fn run(
             pin_path: layout.root.display().to_string(),
         });
     }
-    let mut writer =
-        EventWriter::open(&config.events).map_err(|source| DaemonError::EventsOpen {
+    let mut writer = EventWriter::open(&config.events, &config.node).map_err(|source| {
+        DaemonError::EventsOpen {
             path: config.events.to_string(),
             source,
-        })?;
+        }
+    })?;
     // Every target must exist, and the metrics address be free, before anything is pinned.
     let targets = resolve_targets(&config)?;
     if !config.policy.domains.is_empty() && targets.cgroup.is_none() {
@@ -367,7 +370,8 @@ async fn serve(
                 names = load_names(&layout)?;
             }
             _ = reload.signal.recv() => {
-                log::info!("SIGHUP: re-reading the policy");
+                log::info!("SIGHUP: reopening the events file, re-reading the policy");
+                out.writer.reopen();
                 // Events read before the reload name the old rules; after it, the new.
                 drain(ring.get_mut(), &names, &mut out);
                 let fleet_dir = link.as_ref().map(|link| link.dir.as_path());

@@ -105,9 +105,7 @@ impl Output<'_> {
 
 pub(super) fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, out: &mut Output) {
     out.clock.follow();
-    let mut any = false;
     while let Some(item) = ring.next() {
-        any = true;
         let written = match events::decode(&item) {
             Ok(KernelRecord::Packet(event)) => {
                 EventRecord::new(&event, names, &out.clock).map(|record| out.write(record))
@@ -126,9 +124,8 @@ pub(super) fn drain(ring: &mut RingBuf<MapData>, names: &StateFile, out: &mut Ou
             log::error!("skipping an unreadable event: {err}");
         }
     }
-    if any {
-        out.flush();
-    }
+    // Every drain, written or not: a moved events file is reopened within one drain interval.
+    out.flush();
 }
 
 /// Writes an update for every flow that sent packets since its previous report. A failure is

@@ -53,6 +53,9 @@ pub struct Counters {
     pub raw_guard_hits: u64,
     /// Packets allowed because their socket opened to a learned address while it was allowed.
     pub learned_socket_passes: u64,
+    /// Denied packets TC left uncounted and unreported in observe mode: the cgroup hook had
+    /// judged and reported them (both hooks attached).
+    pub judged_by_cgroup: u64,
 }
 
 impl Datapath {
@@ -93,6 +96,7 @@ impl Datapath {
             source_routed: stat_at(stat::SOURCE_ROUTED),
             raw_guard_hits: stat_at(stat::RAW_GUARD_HITS),
             learned_socket_passes: stat_at(stat::LEARNED_SOCKET_PASSES),
+            judged_by_cgroup: stat_at(stat::JUDGED_BY_CGROUP),
         })
     }
 

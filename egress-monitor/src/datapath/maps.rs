@@ -51,7 +51,7 @@ const fn map(name: &'static str, kind: MapKind, size: Size) -> MapSpec {
 /// Every map the object defines (as `egress-monitor-ebpf/src/maps.rs` declares it), with its
 /// kind and size: the loader pins each of them, and [`open_map`] opens these and no other. The
 /// one place a map's kind is stated.
-pub(super) const MAPS: [MapSpec; 27] = [
+pub(super) const MAPS: [MapSpec; 28] = [
     map(names::POLICY_V4, MapKind::LpmTrie, Size::RuleSlots),
     map(names::POLICY_V6, MapKind::LpmTrie, Size::RuleSlots),
     map(names::FLAT_V4, MapKind::Array, Size::Declared),
@@ -70,6 +70,7 @@ pub(super) const MAPS: [MapSpec; 27] = [
     map(names::FLOW_DIRTY[0], MapKind::Queue, Size::Declared),
     map(names::FLOW_DIRTY[1], MapKind::Queue, Size::Declared),
     map(names::FLOW_REPORTED, MapKind::LruHashMap, Size::Declared),
+    map(names::CGROUP_JUDGED, MapKind::LruHashMap, Size::Declared),
     map(names::FLOW_SCRATCH, MapKind::PerCpuArray, Size::Declared),
     map(names::DOMAINS, MapKind::HashMap, Size::Declared),
     map(names::DNS_ALLOWED_V4, MapKind::LruHashMap, Size::Declared),

@@ -10,6 +10,8 @@ pub mod counts;
 pub mod dns;
 pub mod flows;
 mod guard;
+pub mod read;
+pub mod tail;
 pub mod tunnel;
 mod writer;
 

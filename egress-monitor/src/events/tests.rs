@@ -316,7 +316,7 @@ fn a_failing_output_counts_unwritten_events_and_keeps_going() {
         capacity: 2 * line_len,
         taken: std::sync::Arc::clone(&taken),
     };
-    let mut writer = EventWriter::new(Box::new(disk));
+    let mut writer = EventWriter::new(Box::new(disk), "node-1");
     // The 64 KiB buffer takes the lines; the flush finds the disk full after two.
     for _ in 0..5 {
         writer.write(&record);
@@ -366,4 +366,56 @@ fn unknown_protocols_are_numbers_and_bad_codes_are_errors() {
     let mut e = event();
     e.outcome = outcome::ALLOWED as u8;
     assert!(EventRecord::new(&e, &policy(), &clock()).is_err());
+}
+
+#[test]
+fn every_line_names_its_node_schema_and_a_unique_id_and_a_moved_file_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let mut writer = EventWriter::open(&EventsTarget::File(path.clone()), "vm-7").unwrap();
+    let record = EventRecord::new(&event(), &policy(), &clock()).unwrap();
+    writer.write(&record);
+    writer.write(&record);
+    writer.flush();
+    // Rotated as logrotate does without copytruncate: the next flush notices.
+    let rotated = dir.path().join("events.jsonl.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    writer.flush();
+    writer.write(&record);
+    writer.flush();
+    // SIGHUP reopens whatever the path names now.
+    std::fs::rename(&path, dir.path().join("events.jsonl.2")).unwrap();
+    writer.reopen();
+    writer.write(&record);
+    writer.flush();
+    let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let (old, moved, new) = (
+        lines(&rotated),
+        lines(&dir.path().join("events.jsonl.2")),
+        lines(&path),
+    );
+    assert_eq!((old.len(), moved.len(), new.len()), (2, 1, 1));
+    let all: Vec<_> = old.iter().chain(&moved).chain(&new).collect();
+    for line in &all {
+        assert_eq!(line["node"], "vm-7");
+        assert_eq!(line["schema"], 1);
+        assert_eq!(line["dst"], "203.0.113.1");
+    }
+    let ids: std::collections::BTreeSet<_> = all
+        .iter()
+        .map(|line| line["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    // Another writer (a restarted daemon) never repeats an id.
+    let mut other = EventWriter::open(&EventsTarget::File(path.clone()), "vm-7").unwrap();
+    other.write(&record);
+    other.flush();
+    let last = lines(&path).pop().unwrap();
+    assert!(!ids.contains(last["id"].as_str().unwrap()));
 }

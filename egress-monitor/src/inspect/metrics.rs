@@ -7,7 +7,7 @@
 //! | `egress_monitor_packets_total`, `egress_monitor_bytes_total` | `hook`, `verdict` (allowed, denied), `action` (pass, observed, dropped) |
 //! | `egress_monitor_rule_hits_total` | `rule`, `cidr` |
 //! | `egress_monitor_events_written_total`, `_unwritten_total`, `_lost_total` | |
-//! | `egress_monitor_packets_aggregated_total`, `_flow_updates_total`, `_flows_evicted_total`, `_flow_queue_full_total` | |
+//! | `egress_monitor_packets_aggregated_total`, `_flow_updates_total`, `_flows_evicted_total`, `_flow_queue_full_total`, `_packets_judged_by_cgroup_total` | |
 //! | `egress_monitor_dns_queries_total` | `verdict` (allowed, denied) |
 //! | `egress_monitor_dns_answers_learned_total`, `egress_monitor_dns_allowed_addresses` | |
 //! | `egress_monitor_malformed_packets_total`, `_non_ip_denied_total`, `_arp_frames_total` | |
@@ -121,6 +121,11 @@ impl DatapathCollector {
                 "egress_monitor_learned_socket_passes",
                 "Packets allowed because their socket opened to a DNS-learned address while it was allowed",
                 counters.learned_socket_passes,
+            ),
+            (
+                "egress_monitor_packets_judged_by_cgroup",
+                "Denied packets the TC hook left to the cgroup hook, which had counted and reported them (both hooks, observe mode)",
+                counters.judged_by_cgroup,
             ),
             (
                 "egress_monitor_malformed_packets",

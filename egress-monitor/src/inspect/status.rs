@@ -259,9 +259,11 @@ pub fn render(status: &Status) -> String {
     out.push_str(&hook("cgroup", &status.counters.cgroup));
     out.push_str(&hook("tc", &status.counters.tc));
     out.push_str(&format!(
-        "events lost {}, packets aggregated into flows {}, malformed {}, non-IP denied {}, ARP {}\n",
+        "events lost {}, packets aggregated into flows {}, left by TC to the cgroup hook {}, \
+         malformed {}, non-IP denied {}, ARP {}\n",
         status.counters.events_lost,
         status.counters.aggregated,
+        status.counters.judged_by_cgroup,
         status.counters.malformed,
         status.counters.not_ip,
         status.counters.arp

@@ -212,13 +212,33 @@ fn a_mark_hides_nothing_from_the_audit() {
         .udp(INTERNET_V4.into(), UDP_PORT, 3, 8, false)
         .unwrap();
     assert_eq!(outcome.ok, 3);
+    // Both hooks judged them; one decision each, the cgroup hook's.
     let counters = fx.datapath.counters().unwrap();
     assert_eq!(counters.cgroup.denied_observed.packets, 3, "{counters:?}");
-    assert_eq!(counters.tc.denied_observed.packets, 3, "{counters:?}");
+    assert_eq!(counters.judged_by_cgroup, 3, "{counters:?}");
     let reported = fx
         .events(1)
         .iter()
         .filter(|event| event.dst == Some(IpAddr::V4(INTERNET_V4)))
         .count();
     assert!(reported >= 1, "the marked packets are reported");
+
+    // Frames the same process writes to a packet socket, to the same destination, meet TC
+    // alone: TC counts and reports them as its own (the datagrams above do not hide them).
+    let mac = fx.topology.peer_mac().unwrap();
+    let mut raw = fx.client(None);
+    raw.net_raw_only = true;
+    let outcome = raw
+        .l2(NODE_IF, &mac, INTERNET_V4.into(), UDP_PORT, "plain", 2)
+        .unwrap();
+    assert_eq!(outcome.ok, 2, "{outcome:?}");
+    let counters = fx.datapath.counters().unwrap();
+    assert_eq!(counters.tc.denied_observed.packets, 2, "{counters:?}");
+    assert_eq!(counters.judged_by_cgroup, 3, "{counters:?}");
+    let from_tc = fx
+        .events(2)
+        .iter()
+        .filter(|event| event.hook.as_str() == "tc" && event.dst == Some(IpAddr::V4(INTERNET_V4)))
+        .count();
+    assert!(from_tc >= 1, "TC reports the packet socket's frames");
 }

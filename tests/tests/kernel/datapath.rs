@@ -321,41 +321,24 @@ fn a_deny_rule_inside_an_allowed_range_wins() {
 }
 
 /// Fragments and IPv6 extension headers still get a verdict from their destination: the cgroup
-/// hook sees each datagram whole, TC sees every fragment, and only first fragments have ports.
+/// hook sees each datagram whole, TC every fragment, and only first fragments have ports. With
+/// both hooks a datagram is one decision: the cgroup hook reports it, TC leaves its fragments
+/// to it (counted as judged by the cgroup hook, not again as denied).
 #[test]
 fn fragments_and_extension_headers_get_verdicts() {
     const BIG: usize = 3000;
     const DATAGRAMS: u32 = 2;
-    // Both hooks at once, observe: every packet reaches the peer and is reported by both.
-    let mut fx = Fixture::new(Hook::Both, Mode::Observe, &[]);
+    // TC alone sees every fragment.
+    let mut fx = Fixture::new(Hook::Tc, Mode::Observe, &[]);
     let client = fx.client(None);
     for dst in INTERNET {
         client.udp(dst, UDP_PORT, DATAGRAMS, BIG, false).unwrap();
-        assert_eq!(
-            fx.topology.peers.udp_received(dst),
-            DATAGRAMS as usize,
-            "{dst}"
-        );
+        assert_eq!(fx.topology.peers.udp_received(dst), DATAGRAMS as usize);
     }
     // 3000 bytes of payload over a 1500-byte MTU: 3 fragments per datagram in either family.
-    let records = fx.events(2 * DATAGRAMS as usize * (1 + 3));
+    let records = fx.events(2 * DATAGRAMS as usize * 3);
     for dst in INTERNET {
-        let events = to(&records, dst);
-        let whole: Vec<_> = events
-            .iter()
-            .filter(|e| e.hook.as_str() == "cgroup")
-            .collect();
-        assert_eq!(
-            whole.len(),
-            DATAGRAMS as usize,
-            "{dst}: cgroup sees whole datagrams"
-        );
-        assert!(
-            whole
-                .iter()
-                .all(|e| e.len.map(u64::from) == Some(udp_len(dst, BIG)) && !e.fragment)
-        );
-        let fragments: Vec<_> = events.iter().filter(|e| e.hook.as_str() == "tc").collect();
+        let fragments: Vec<_> = to(&records, dst);
         assert_eq!(
             fragments.len(),
             3 * DATAGRAMS as usize,
@@ -364,7 +347,7 @@ fn fragments_and_extension_headers_get_verdicts() {
         assert!(
             fragments
                 .iter()
-                .all(|e| e.fragment && e.proto == Proto::Name("udp"))
+                .all(|e| e.hook.as_str() == "tc" && e.fragment && e.proto == Proto::Name("udp"))
         );
         let with_ports = fragments
             .iter()
@@ -381,13 +364,47 @@ fn fragments_and_extension_headers_get_verdicts() {
         );
     }
 
+    // Both hooks at once, observe: every datagram reaches the peer and is reported once, whole.
+    let mut fx = Fixture::new(Hook::Both, Mode::Observe, &[]);
+    let client = fx.client(None);
+    for dst in INTERNET {
+        client.udp(dst, UDP_PORT, DATAGRAMS, BIG, false).unwrap();
+        assert_eq!(
+            fx.topology.peers.udp_received(dst),
+            DATAGRAMS as usize,
+            "{dst}"
+        );
+    }
+    let records = fx.events(2 * DATAGRAMS as usize);
+    assert_eq!(records.len(), 2 * DATAGRAMS as usize, "{records:#?}");
+    for dst in INTERNET {
+        let whole = to(&records, dst);
+        assert_eq!(whole.len(), DATAGRAMS as usize, "{dst}: {whole:#?}");
+        assert!(whole.iter().all(|e| e.hook.as_str() == "cgroup"
+            && e.len.map(u64::from) == Some(udp_len(dst, BIG))
+            && !e.fragment));
+    }
+    let counters = fx.datapath.counters().unwrap();
+    assert_eq!(
+        counters.cgroup.denied_observed.packets,
+        2 * u64::from(DATAGRAMS),
+        "{counters:?}"
+    );
+    assert_eq!(counters.tc.denied_observed.packets, 0, "{counters:?}");
+    assert_eq!(
+        counters.judged_by_cgroup,
+        2 * 3 * u64::from(DATAGRAMS),
+        "every fragment left to the cgroup hook: {counters:?}"
+    );
+
     // An IPv6 Destination Options header before UDP: the parser walks past it to the ports.
     let v6 = IpAddr::V6(INTERNET_V6);
     client.udp(v6, UDP_PORT, N, PAYLOAD, true).unwrap();
     assert_eq!(fx.topology.peers.udp_received(v6), N as usize);
-    let records = fx.events(2 * N as usize);
-    assert_eq!(records.len(), 2 * N as usize, "{records:#?}");
+    let records = fx.events(N as usize);
+    assert_eq!(records.len(), N as usize, "{records:#?}");
     for event in &records {
+        assert_eq!(event.hook.as_str(), "cgroup");
         assert_eq!(event.dst, Some(v6));
         assert_eq!(event.proto, Proto::Name("udp"));
         assert_eq!(event.dst_port, Some(UDP_PORT));

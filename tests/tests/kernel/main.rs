@@ -6,6 +6,7 @@
 //! - `daemon`: the binary end to end: events file, signals, exit.
 //! - `cli`: exit codes and messages for bad input.
 //! - `durable`: enforcement that outlives the daemon; `flows`: flow events and their counts.
+//! - `logs`: the events file as read: node, schema and id per line, `events --follow`, rotation.
 //! - `fleet`: two nodes and a controller.
 //! - `bypass`: raw packet sockets, AF_XDP, source routes and marks: no way around the hooks.
 //! - `multicast`: multicast allowed by scope, global scope only by opting in.
@@ -24,6 +25,7 @@ mod durable;
 mod fastlane;
 mod fleet;
 mod flows;
+mod logs;
 mod multicast;
 mod rawneeds;
 
