@@ -67,6 +67,7 @@ fn rule(index: usize, network: IpNetwork) -> Rule {
         network,
         action: Action::Deny,
         origin: Origin::CommandLine,
+        expires: None,
     }
 }
 

@@ -23,6 +23,15 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
         .map(|d| d.as_millis() as u64)
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time in UTC, written out in full:
+/// `2026-12-31T00:00:00Z` (fractions allowed; no offset other than `Z`, nothing left out).
+pub fn parse_rfc3339_utc_ms(text: &str) -> Option<u64> {
+    humantime::parse_rfc3339(text)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -31,5 +40,11 @@ mod tests {
         assert_eq!(super::rfc3339(ms), "2026-12-01T17:00:00.123Z");
         assert_eq!(super::parse_rfc3339_ms(&super::rfc3339(ms)), Some(ms));
         assert_eq!(super::parse_rfc3339_ms("yesterday"), None);
+        assert_eq!(
+            super::parse_rfc3339_utc_ms("2026-12-01T17:00:00.123Z"),
+            Some(ms)
+        );
+        assert_eq!(super::parse_rfc3339_utc_ms("2026-12-01T17:00:00"), None);
+        assert_eq!(super::parse_rfc3339_utc_ms("2026-12-01"), None);
     }
 }

@@ -10,6 +10,8 @@ pub const FLAT_V6: &str = "FLAT_V6";
 pub const CONFIG: &str = "CONFIG";
 pub const COUNTERS: &str = "COUNTERS";
 pub const RULE_HITS: &str = "RULE_HITS";
+/// When expiring rules stop applying, by rule id (see [`crate::policy::RuleExpiry`]).
+pub const RULE_EXPIRY: &str = "RULE_EXPIRY";
 pub const STATS: &str = "STATS";
 pub const EVENTS: &str = "EVENTS";
 pub const SOCK_OWNERS: &str = "SOCK_OWNERS";

@@ -9,7 +9,9 @@ pub struct RuleValue {
     pub rule_id: u32,
     /// One of [`crate::verdict::action`].
     pub action: u8,
-    pub _pad: [u8; 3],
+    /// [`rule_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<RuleValue>() == 8);
 
@@ -18,10 +20,42 @@ impl RuleValue {
         Self {
             rule_id,
             action,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
         }
     }
+
+    pub const fn with_flags(self, flags: u8) -> Self {
+        Self { flags, ..self }
+    }
 }
+
+/// `RuleValue::flags` bits.
+pub mod rule_flags {
+    /// The rule expires: `RULE_EXPIRY[rule_id]` says when, and what applies after.
+    pub const EXPIRES: u8 = 1 << 0;
+}
+
+/// `RULE_EXPIRY[rule_id]` of a rule with [`rule_flags::EXPIRES`]: from `expires_boot_ns` on,
+/// its prefix is judged as the rule it falls back to — the policy's longest rule strictly
+/// containing it, or none (the default deny) — exactly as if it had been removed. A fallback
+/// may expire too: the kernel follows at most [`MAX_EXPIRY_HOPS`] of them, then denies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleExpiry {
+    /// `bpf_ktime_get_boot_ns()` at which the rule stops applying (the daemon converts the
+    /// policy's wall-clock time, and converts again when the wall clock is stepped).
+    pub expires_boot_ns: u64,
+    /// `crate::verdict::RULE_ID_DEFAULT` when no rule contains the prefix.
+    pub fallback_rule: u32,
+    pub fallback_action: u8,
+    pub fallback_flags: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<RuleExpiry>() == 16);
+
+/// How many expired rules in a row a lookup falls back through before it denies.
+pub const MAX_EXPIRY_HOPS: usize = 8;
 
 /// Slots of the `CONFIG` array (`u64` values). Pinned with the other maps, so the live state
 /// describes itself: any later process can read what is enforced, since when, by which build.
@@ -74,4 +108,6 @@ pub const IPV6_ADDR_LEN: usize = 16;
 mod pod {
     // SAFETY: repr(C), only integer fields, explicit padding: every bit pattern is valid.
     unsafe impl aya::Pod for super::RuleValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RuleExpiry {}
 }

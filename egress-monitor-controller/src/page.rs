@@ -22,6 +22,45 @@ pub struct PageData {
     pub dns: Vec<Violation>,
     /// The newest changes of the fleet's policy and mode.
     pub history: Vec<HistoryEntry>,
+    /// The fleet policy's rules that end within [`EXCEPTIONS_AHEAD_MS`] (or have ended),
+    /// soonest first.
+    pub exceptions: Vec<Exception>,
+}
+
+/// How far ahead the page looks for rules about to expire: a week.
+pub const EXCEPTIONS_AHEAD_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// A rule of the fleet policy with an end (`expires`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exception {
+    pub name: String,
+    pub cidr: String,
+    pub action: &'static str,
+    pub expires_ms: u64,
+}
+
+/// The rules of a fleet policy's text that end before `now_ms + ahead_ms`, soonest first.
+pub fn exceptions(policy_text: &str, now_ms: u64, ahead_ms: u64) -> Vec<Exception> {
+    let Ok(file) =
+        egress_monitor_policy::PolicyFile::parse(std::path::Path::new("fleet policy"), policy_text)
+    else {
+        return Vec::new();
+    };
+    let mut soon: Vec<Exception> = file
+        .rules
+        .iter()
+        .filter_map(|rule| {
+            let expires_ms = rule.expires?;
+            (expires_ms <= now_ms.saturating_add(ahead_ms)).then(|| Exception {
+                name: rule.name.clone(),
+                cidr: rule.network.to_string(),
+                action: rule.action.as_str(),
+                expires_ms,
+            })
+        })
+        .collect();
+    soon.sort_by_key(|e| e.expires_ms);
+    soon
 }
 
 const STYLE: &str = "
@@ -155,6 +194,22 @@ pub fn render(data: &PageData) -> Markup {
                     "Fleet mode: " b { (data.fleet.mode.map_or("not set (each node keeps its own)", |m| m.as_str())) } ". "
                     (s.converged) " of " (s.nodes) " nodes run it."
                 }
+                @if !data.exceptions.is_empty() {
+                    h2 { "Exceptions ending within 7 days" }
+                    table id="exceptions" {
+                        thead { tr { th { "rule" } th { "action" } th { "prefix" } th { "ends" } } }
+                        tbody {
+                            @for e in &data.exceptions {
+                                tr data-rule=(e.name) {
+                                    td { (e.name) }
+                                    td { (e.action) }
+                                    td { (e.cidr) }
+                                    td { (rfc3339(e.expires_ms)) }
+                                }
+                            }
+                        }
+                    }
+                }
                 @if let Some(policy) = &data.fleet.policy { pre id="policy" { (policy) } }
                 @if !data.history.is_empty() {
                     table id="history" {
@@ -199,5 +254,44 @@ fn tops(id: &str, what: &str, rows: &[Top]) -> Markup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exceptions_listed_are_the_fleet_rules_ending_within_the_window() {
+        let text = r#"
+[[rule]]
+name = "ended"
+cidr = "192.0.2.0/24"
+action = "allow"
+expires = "2026-11-30T00:00:00Z"
+
+[[rule]]
+name = "next-week"
+cidr = "203.0.113.0/24"
+action = "allow"
+expires = "2026-12-05T00:00:00Z"
+
+[[rule]]
+name = "next-year"
+cidr = "198.51.100.0/24"
+action = "deny"
+expires = "2027-12-01T00:00:00Z"
+
+[[rule]]
+name = "forever"
+cidr = "10.1.0.0/16"
+action = "deny"
+"#;
+        let now = egress_monitor_api::time::parse_rfc3339_ms("2026-12-01T00:00:00Z").unwrap();
+        let listed = exceptions(text, now, EXCEPTIONS_AHEAD_MS);
+        let names: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["ended", "next-week"]);
+        assert_eq!(listed[1].cidr, "203.0.113.0/24");
+        assert!(exceptions("not a policy [", now, EXCEPTIONS_AHEAD_MS).is_empty());
     }
 }

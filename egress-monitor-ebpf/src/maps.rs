@@ -22,7 +22,7 @@ use egress_monitor_common::{
         COUNTER_SLOTS, Counter, DEFAULT_RULE_CAPACITY, EVENTS_RING_BYTES, SOCK_OWNERS_CAPACITY,
         SockOwner, stat,
     },
-    policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue, config},
+    policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleExpiry, RuleValue, config},
 };
 
 use crate::dns::DnsScratch;
@@ -56,6 +56,11 @@ pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(COUNTE
 
 #[map]
 pub static RULE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DEFAULT_RULE_CAPACITY, 0);
+
+/// When expiring rules stop applying, and what applies after (by rule id; sized like the
+/// hit counters).
+#[map]
+pub static RULE_EXPIRY: Array<RuleExpiry> = Array::with_max_entries(DEFAULT_RULE_CAPACITY, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);

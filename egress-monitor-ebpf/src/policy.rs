@@ -1,17 +1,20 @@
 //! The verdict: look the destination up in the policy tries, apply the mode, account for it.
 
-use aya_ebpf::{bindings::__sk_buff, maps::lpm_trie::Key, programs::sk_buff::SkBuff};
+use aya_ebpf::{
+    bindings::__sk_buff, helpers::bpf_ktime_get_boot_ns, maps::lpm_trie::Key,
+    programs::sk_buff::SkBuff,
+};
 use egress_monitor_common::{
     dns::{NO_RULE, queries},
     event::flags,
     maps::stat,
-    policy::{IPV4_ADDR_LEN, RuleValue, config},
+    policy::{IPV4_ADDR_LEN, MAX_EXPIRY_HOPS, RuleValue, config, rule_flags},
     verdict::{RULE_ID_DEFAULT, action, hook as hooks, mode, outcome},
 };
 
 use crate::{
     dns, emit, flow,
-    maps::{CONFIG, POLICY_V4, POLICY_V6},
+    maps::{CONFIG, POLICY_V4, POLICY_V6, RULE_EXPIRY},
     parse::{self, L3Start, Packet, Parsed},
 };
 
@@ -191,13 +194,46 @@ pub fn judge(skb: &SkBuff, raw: *mut __sk_buff, start: L3Start, hook: u8) -> Jud
 
 #[inline(always)]
 fn lookup(packet: &Packet) -> Option<RuleValue> {
-    if packet.ip_version == 4 {
+    let rule = if packet.ip_version == 4 {
         let mut addr = [0u8; IPV4_ADDR_LEN];
         addr.copy_from_slice(&packet.dst[..IPV4_ADDR_LEN]);
         POLICY_V4.get(&Key::new(32, addr)).copied()
     } else {
         POLICY_V6.get(&Key::new(128, packet.dst)).copied()
+    }?;
+    if rule.flags & rule_flags::EXPIRES == 0 {
+        return Some(rule);
     }
+    let mut rule = rule;
+    unexpired(&mut rule).then_some(rule)
+}
+
+/// Turns `rule` into the rule that applies in its place now: itself until it expires, then
+/// its fallback (itself perhaps expired); `false` when none does (the default deny). Not
+/// inlined: only expiring rules come here (and a BPF function returns one register, hence
+/// the pointer).
+#[inline(never)]
+fn unexpired(rule: &mut RuleValue) -> bool {
+    // SAFETY: the helper reads the clock.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    for _ in 0..MAX_EXPIRY_HOPS {
+        if rule.flags & rule_flags::EXPIRES == 0 {
+            return true;
+        }
+        // An expiring rule without its entry is treated as expired (the daemon writes the
+        // entry before the rule).
+        let expiry = RULE_EXPIRY.get(rule.rule_id).copied().unwrap_or_default();
+        if now < expiry.expires_boot_ns {
+            return true;
+        }
+        if expiry.fallback_rule == RULE_ID_DEFAULT {
+            return false;
+        }
+        *rule = RuleValue::new(expiry.fallback_rule, expiry.fallback_action)
+            .with_flags(expiry.fallback_flags);
+    }
+    // Expired fallbacks all the way: fail closed.
+    false
 }
 
 /// Whether `skb` is one of `check`'s synthetic packets: its `cb` carries the secret only the

@@ -136,6 +136,8 @@ struct RawRule {
     /// An allow rule wider than the documented limit over public space is taken only with it.
     #[serde(default)]
     wide: bool,
+    /// When a prefix rule stops applying: RFC 3339, UTC (`2026-12-31T00:00:00Z`).
+    expires: Option<Spanned<String>>,
 }
 
 impl PolicyFile {
@@ -170,6 +172,7 @@ impl PolicyFile {
                         name: tag,
                         network,
                         action: Action::Allow,
+                        expires: None,
                     })
                     .collect();
                 Ok(self)
@@ -328,6 +331,32 @@ impl<'a> FileRules<'a> {
             diagnostics.push(problem("a rule name must be non-empty printable text"));
             return;
         }
+        let expires = match &raw_rule.expires {
+            None => None,
+            Some(text) => match egress_monitor_api::time::parse_rfc3339_utc_ms(text.get_ref()) {
+                Some(ms) if raw_rule.domain.is_none() => Some(ms),
+                Some(_) => {
+                    diagnostics.push(Diagnostic {
+                        place: place(text.span()),
+                        message: "expires is for prefix (cidr) rules; a domain rule cannot \
+                                  expire yet"
+                            .to_owned(),
+                    });
+                    return;
+                }
+                None => {
+                    diagnostics.push(Diagnostic {
+                        place: place(text.span()),
+                        message: format!(
+                            "expires {} is not an RFC 3339 time in UTC, as \
+                             \"2026-12-31T00:00:00Z\"",
+                            quote(text.get_ref())
+                        ),
+                    });
+                    return;
+                }
+            },
+        };
         match (&raw_rule.cidr, &raw_rule.domain) {
             (Some(cidr), None) => match parse_cidr(cidr.get_ref()) {
                 Ok(network)
@@ -345,6 +374,7 @@ impl<'a> FileRules<'a> {
                     network,
                     action: raw_rule.action,
                     origin: self.origin(line_of(cidr.span())),
+                    expires,
                 }),
                 Err(message) => diagnostics.push(Diagnostic {
                     place: place(cidr.span()),

@@ -109,6 +109,9 @@ pub struct Rule {
     pub network: IpNetwork,
     pub action: Action,
     pub origin: Origin,
+    /// When the rule stops applying (milliseconds since the epoch): the kernel then judges its
+    /// prefix as the next shorter rule does, without a reload. `None`: it never expires.
+    pub expires: Option<u64>,
 }
 
 /// One thing wrong with a policy, and where.
@@ -263,6 +266,7 @@ impl Policy {
                     network,
                     action: Action::Allow,
                     origin: Origin::Group(group.name),
+                    expires: None,
                 });
             }
         }
@@ -338,6 +342,7 @@ impl Policy {
                 network,
                 action,
                 origin: Origin::CommandLine,
+                expires: None,
             });
         }
         for rule in from_command_line.rules {
@@ -392,7 +397,19 @@ impl Policy {
         let mut lines: Vec<String> = self
             .rules
             .iter()
-            .map(|rule| format!("{} {} {}", rule.network, rule.action.as_str(), rule.name))
+            .map(|rule| {
+                // A rule without an end keeps the line (and so the version) it always had.
+                let ends = rule
+                    .expires
+                    .map(|ms| format!(" expires {ms}"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {} {}{ends}",
+                    rule.network,
+                    rule.action.as_str(),
+                    rule.name
+                )
+            })
             .chain(self.domains.iter().map(|rule| {
                 format!(
                     "domain {} {} {}",
@@ -463,8 +480,12 @@ impl Policy {
             .max()
             .unwrap_or(0);
         for rule in &self.rules {
+            let ends = rule
+                .expires
+                .map(|ms| format!("; until {}", egress_monitor_api::time::rfc3339(ms)))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "{:<5} {:<width$}  {:<16} ({})\n",
+                "{:<5} {:<width$}  {:<16} ({}{ends})\n",
                 rule.action.as_str(),
                 rule.network.to_string(),
                 rule.name,

@@ -774,3 +774,49 @@ fn an_allow_rule_opening_most_of_the_internet_needs_wide_true() {
     );
     assert!(build(None, &[], &["0.0.0.0/0"]).is_ok());
 }
+
+#[test]
+fn a_prefix_rule_may_expire_at_a_time_given_in_full_in_utc() {
+    let rule = |expires: &str| {
+        format!(
+            "[[rule]]\nname = \"vendor\"\ncidr = \"203.0.113.0/24\"\naction = \"allow\"\nexpires = \"{expires}\"\n"
+        )
+    };
+    let file = parse(&rule("2026-12-31T00:00:00Z")).unwrap();
+    assert_eq!(file.rules[0].expires, Some(1_798_675_200_000));
+    let built = build(Some(&file), &[], &[]).unwrap();
+    assert_eq!(
+        find(&built, "203.0.113.0/24").unwrap().expires,
+        Some(1_798_675_200_000)
+    );
+    assert_eq!(find(&built, "10.0.0.0/8").unwrap().expires, None);
+    // Another offset, no zone, a date alone, words: refused with the form that is taken.
+    for bad in [
+        "2026-12-31T00:00:00+01:00",
+        "2026-12-31T00:00:00",
+        "2026-12-31",
+        "next week",
+    ] {
+        let errs = errors(&rule(bad));
+        assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+        assert!(
+            errs[0].starts_with("p.toml:5:11: expires ")
+                && errs[0].ends_with("is not an RFC 3339 time in UTC, as \"2026-12-31T00:00:00Z\""),
+            "{bad}: {errs:?}"
+        );
+    }
+    // A domain rule cannot expire (yet): said, not ignored.
+    let errs = errors(
+        "[[rule]]\nname = \"d\"\ndomain = \"example.com\"\naction = \"allow\"\nexpires = \"2026-12-31T00:00:00Z\"\n",
+    );
+    assert!(
+        errs.len() == 1 && errs[0].contains("expires is for prefix (cidr) rules"),
+        "{errs:?}"
+    );
+    // The version changes with the time: two policies that differ only there are different.
+    let later = parse(&rule("2027-01-31T00:00:00Z")).unwrap();
+    assert_ne!(
+        build(Some(&file), &[], &[]).unwrap().version(),
+        build(Some(&later), &[], &[]).unwrap().version()
+    );
+}

@@ -977,13 +977,18 @@ async fn page_data(state: &Shared) -> Result<page::PageData, ApiError> {
         })
         .await?;
     let summary = view::summary(&views, &fleet, since, tops);
+    let fleet = fleet_policy(fleet);
+    let exceptions = fleet.policy.as_deref().map_or_else(Vec::new, |text| {
+        page::exceptions(text, now_ms(), page::EXCEPTIONS_AHEAD_MS)
+    });
     Ok(page::PageData {
         summary,
         nodes: views,
-        fleet: fleet_policy(fleet),
+        fleet,
         recent,
         dns,
         history: history(state, PAGE_HISTORY).await?,
+        exceptions,
     })
 }
 

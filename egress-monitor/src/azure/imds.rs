@@ -130,6 +130,7 @@ pub fn rules(prefixes: &[VnetPrefix]) -> Vec<Rule> {
             network: prefix.network,
             action: Action::Allow,
             origin: Origin::Imds(prefix.source.clone()),
+            expires: None,
         })
         .collect()
 }

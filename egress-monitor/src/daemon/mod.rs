@@ -192,8 +192,11 @@ struct FleetLink {
     dir: PathBuf,
 }
 
-/// How often expired DNS-learned addresses are removed from their maps.
+/// How often expired DNS-learned addresses are removed from their maps (and the wall clock
+/// checked for steps).
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+/// A wall clock that moved this much against the boot clock was stepped.
+const CLOCK_STEP_NS: u64 = 1_000_000_000;
 
 pub async fn run(
     config: RunConfig,
@@ -332,6 +335,7 @@ async fn serve(
     imds_tick.reset();
     tokio::pin!(shutdown);
     let mut generation = datapath.generation();
+    let mut clock_epoch = crate::datapath::expiry::BootClock::now().epoch_ns();
     loop {
         if datapath.generation() != generation {
             // Bigger maps were swapped in: what the old ones still hold is reported, then the
@@ -386,6 +390,16 @@ async fn serve(
             _ = housekeeping.tick() => {
                 if let Err(err) = datapath.prune_learned() {
                     log::warn!("cannot prune expired DNS-learned addresses: {}", crate::system::error::chain(&err));
+                }
+                // Expiring rules end on the kernel's boot clock: a stepped wall clock moves
+                // their ends, converted again here.
+                let epoch = crate::datapath::expiry::BootClock::now().epoch_ns();
+                if epoch.abs_diff(clock_epoch) > CLOCK_STEP_NS {
+                    clock_epoch = epoch;
+                    log::info!("the wall clock was stepped: converting the rules' expiry times again");
+                    if let Err(err) = datapath.refresh_expiry() {
+                        log::warn!("cannot convert the rules' expiry times: {}", crate::system::error::chain(&err));
+                    }
                 }
             }
             _ = tick.tick() => {

@@ -315,6 +315,7 @@ mod tests {
             network: "10.5.0.0/16".parse().unwrap(),
             action: egress_monitor_policy::Action::Allow,
             origin: egress_monitor_policy::Origin::Imds("test".into()),
+            expires: None,
         });
         let mut record = recorded("/srv/b.toml", Some(Mode::Enforce));
         record.accept_risk = true;

@@ -137,6 +137,11 @@ impl Datapath {
         if tables.zero(plan.changed_prefixes()) > 0 {
             super::flat::barrier::wait_for_running_programs().map_err(DatapathError::Barrier)?;
         }
+        let version = policy.version();
+        let state = recorded_state(policy, &plan, version);
+        // An expiring rule's entry is in place before the rule: the kernel never sees the
+        // rule without knowing when it ends.
+        self.write_expiry(&state)?;
         self.take_steps(&plan, policy)?;
         tables.fill();
         let refused = tables.refused();
@@ -148,9 +153,8 @@ impl Datapath {
         }
         self.write_dns_settings(policy)?;
         self.write_trust(&trust)?;
-        let version = policy.version();
         // Names first, then the version: a reader that sees the new version finds its names.
-        recorded_state(policy, &plan, version).save(&self.layout.state_file())?;
+        state.save(&self.layout.state_file())?;
         self.set_mode(policy.mode)?;
         write_config(&self.target, config::POLICY_VERSION, version)?;
         Ok(ApplyReport {
@@ -281,10 +285,14 @@ fn recorded_state(policy: &Policy, plan: &Plan, version: u64) -> StateFile {
         action,
         name: name.to_owned(),
         origin,
+        expires: None,
     };
     let prefixes = policy.rules.iter().zip(&plan.prefix_ids).map(|(rule, id)| {
         let cidr = rule.network.to_string();
-        entry(id, cidr, rule.action, &rule.name, rule.origin.to_string())
+        StateRule {
+            expires: rule.expires.map(egress_monitor_api::time::rfc3339),
+            ..entry(id, cidr, rule.action, &rule.name, rule.origin.to_string())
+        }
     });
     let domains = policy
         .domains

@@ -7,7 +7,7 @@ use aya::maps::{Array, HashMap as AyaHashMap, LpmTrie, MapData, MapError, PerCpu
 use egress_monitor_common::{
     dns::{DomainValue, LearnedSocket, LearnedValue, PendingKey},
     maps::{self as names, Counter, SockOwner},
-    policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue, config},
+    policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleExpiry, RuleValue, config},
     verdict::action,
 };
 
@@ -55,6 +55,8 @@ pub(super) fn carry_over(from: &PinLayout, to: &PinLayout) -> Result<(), Datapat
             .map_err(DatapathError::map(names::CONFIG, "read"))?;
         write_config(to, slot, value)?;
     }
+    // The expiring rules' ends before the rules themselves.
+    copy_map::<u32, RuleExpiry>(from, to, names::RULE_EXPIRY, 0)?;
     copy_map::<[u8; IPV4_ADDR_LEN], RuleValue>(from, to, names::POLICY_V4, 0)?;
     copy_map::<[u8; IPV6_ADDR_LEN], RuleValue>(from, to, names::POLICY_V6, 0)?;
     copy_map::<u64, DomainValue>(from, to, names::DOMAINS, 0)?;

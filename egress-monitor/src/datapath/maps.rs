@@ -51,7 +51,7 @@ const fn map(name: &'static str, kind: MapKind, size: Size) -> MapSpec {
 /// Every map the object defines (as `egress-monitor-ebpf/src/maps.rs` declares it), with its
 /// kind and size: the loader pins each of them, and [`open_map`] opens these and no other. The
 /// one place a map's kind is stated.
-pub(super) const MAPS: [MapSpec; 28] = [
+pub(super) const MAPS: [MapSpec; 29] = [
     map(names::POLICY_V4, MapKind::LpmTrie, Size::RuleSlots),
     map(names::POLICY_V6, MapKind::LpmTrie, Size::RuleSlots),
     map(names::FLAT_V4, MapKind::Array, Size::Declared),
@@ -59,6 +59,7 @@ pub(super) const MAPS: [MapSpec; 28] = [
     map(names::CONFIG, MapKind::Array, Size::Declared),
     map(names::COUNTERS, MapKind::PerCpuArray, Size::Declared),
     map(names::RULE_HITS, MapKind::PerCpuArray, Size::RuleSlots),
+    map(names::RULE_EXPIRY, MapKind::Array, Size::RuleSlots),
     map(names::STATS, MapKind::PerCpuArray, Size::Declared),
     map(
         names::EVENTS,

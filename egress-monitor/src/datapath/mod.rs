@@ -18,7 +18,7 @@
 //!   needs; `maps`: the one table of maps (name, kind, size) and opening them.
 //! - `links`: attaching programs and pinning their links, named by [`LinkName`].
 //! - `plan`: the pure apply plan (ids, steps in their safe order, whether the maps fit);
-//!   `apply`: reading the maps and carrying the plan out; `trust`: resolvers, namespaces and
+//!   `apply`: reading the maps and carrying the plan out; `expiry`: when expiring rules end; `trust`: resolvers, namespaces and
 //!   cgroups the policy trusts.
 //! - `grow`: replacing the state under traffic (another build, bigger maps), carrying over
 //!   what the live maps hold.
@@ -31,6 +31,7 @@ pub mod state;
 mod apply;
 mod counters;
 mod error;
+pub mod expiry;
 mod flat;
 mod flow_maps;
 mod grow;

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use egress_monitor_common::{
     dns::{DomainValue, NO_RULE, suffix_hash},
     maps::DEFAULT_RULE_CAPACITY,
-    policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue},
+    policy::{IPV4_ADDR_LEN, IPV6_ADDR_LEN, RuleValue, rule_flags},
     verdict::{RULE_ID_DEFAULT, action},
 };
 use ipnetwork::IpNetwork;
@@ -82,6 +82,9 @@ impl Live {
 pub(super) struct Wanted {
     pub prefixes: Vec<(LpmKey, Action)>,
     pub domains: Vec<(DomainKey, Action)>,
+    /// Indices (in `prefixes`) of the rules that expire: their values say so
+    /// ([`rule_flags::EXPIRES`]).
+    pub expiring: BTreeSet<usize>,
 }
 
 impl Wanted {
@@ -99,6 +102,13 @@ impl Wanted {
                     let hash = suffix_hash(&rule.domain.wire());
                     ((hash, rule.domain.subdomains), rule.action)
                 })
+                .collect(),
+            expiring: policy
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, rule)| rule.expires.is_some())
+                .map(|(index, _)| index)
                 .collect(),
         }
     }
@@ -232,7 +242,10 @@ impl Plan {
         for (rule, ((key, rule_action), id)) in
             wanted.prefixes.iter().zip(&self.prefix_ids).enumerate()
         {
-            let value = rule_value(*id, *rule_action);
+            let mut value = rule_value(*id, *rule_action);
+            if wanted.expiring.contains(&rule) {
+                value = value.with_flags(rule_flags::EXPIRES);
+            }
             match live.prefixes.get(key) {
                 Some(current) if *current == value => {
                     self.unchanged += 1;
@@ -379,6 +392,7 @@ mod tests {
                 .map(|(network, rule_action)| (key(network), *rule_action))
                 .collect(),
             domains: Vec::new(),
+            expiring: Default::default(),
         }
     }
 
@@ -446,7 +460,8 @@ mod tests {
     fn rule_values_carry_id_and_action() {
         assert_eq!(rule_value(7, Action::Deny), RuleValue::new(7, action::DENY));
         assert_eq!(rule_value(0, Action::Allow).action, action::ALLOW);
-        assert_eq!(rule_value(0, Action::Allow)._pad, [0; 3]);
+        assert_eq!(rule_value(0, Action::Allow)._pad, [0; 2]);
+        assert_eq!(rule_value(0, Action::Allow).flags, 0);
     }
 
     #[test]
@@ -652,6 +667,7 @@ mod tests {
                 .map(|i| (LpmKey::V4(32, i.to_be_bytes()), Action::Allow))
                 .collect(),
             domains: Vec::new(),
+            expiring: Default::default(),
         };
         assert_eq!(
             fit(&Live::default(), &many, DEFAULT_RULE_CAPACITY),

@@ -32,6 +32,9 @@ pub struct StateRule {
     pub action: Action,
     pub name: String,
     pub origin: String,
+    /// When the rule stops applying (RFC 3339, UTC), for rules that expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,7 @@ mod tests {
                 action: Action::Deny,
                 name: "lab".into(),
                 origin: "command line".into(),
+                expires: None,
             }],
         };
         state.save(&path).unwrap();

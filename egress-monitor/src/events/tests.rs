@@ -51,6 +51,7 @@ fn policy() -> StateFile {
             action: Action::Deny,
             name: "cli-deny".into(),
             origin: "command line".into(),
+            expires: None,
         }],
     }
 }

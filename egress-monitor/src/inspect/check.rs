@@ -452,11 +452,18 @@ fn inside(network: IpNetwork) -> IpAddr {
     }
 }
 
-/// The recorded policy's decision for `address`: the longest matching prefix.
+/// The recorded policy's decision for `address`: the longest matching prefix of the rules
+/// that have not expired.
 fn decide(state: &StateFile, address: IpAddr) -> (String, bool) {
+    let now = egress_monitor_api::time::now_ms();
     state
         .rules
         .iter()
+        .filter(|rule| {
+            rule.expires.as_deref().is_none_or(|expires| {
+                egress_monitor_api::time::parse_rfc3339_ms(expires).is_some_and(|end| end > now)
+            })
+        })
         .filter_map(|rule| {
             let network: IpNetwork = rule.cidr.parse().ok()?;
             network
@@ -610,6 +617,7 @@ mod tests {
             action,
             name: format!("r{id}"),
             origin: String::new(),
+            expires: None,
         };
         let mut rules: Vec<StateRule> = (0..40)
             .map(|i| rule(i, format!("10.{i}.0.0/16"), Action::Allow))
@@ -653,6 +661,7 @@ mod tests {
             action,
             name: name.into(),
             origin: String::new(),
+            expires: None,
         };
         let state = StateFile {
             version: String::new(),

@@ -36,6 +36,20 @@ pub struct Status {
     pub dns_allowed: Vec<DnsAllowed>,
     /// The link to the fleet controller, when the daemon reports to one.
     pub controller: Option<crate::fleet::reporter::ReporterStatus>,
+    /// Rules that expire (`expires = …`), soonest first, with whether they still apply.
+    pub expiring: Vec<ExpiringRule>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExpiringRule {
+    pub name: String,
+    pub cidr: String,
+    pub action: egress_monitor_policy::Action,
+    /// RFC 3339.
+    pub expires: String,
+    /// Seconds left; negative once it expired (the kernel judges its prefix by the next
+    /// shorter rule).
+    pub expires_in_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -105,7 +119,29 @@ pub fn status(layout: &PinLayout) -> Result<Status, DatapathError> {
         rule_hits,
         dns_allowed: dns_allowed(&datapath, state.as_ref())?,
         controller: crate::fleet::reporter::ReporterStatus::read(layout),
+        expiring: expiring(state.as_ref()),
     })
+}
+
+fn expiring(state: Option<&StateFile>) -> Vec<ExpiringRule> {
+    let now = egress_monitor_api::time::now_ms() as f64;
+    let mut rules: Vec<ExpiringRule> = state
+        .iter()
+        .flat_map(|state| &state.rules)
+        .filter_map(|rule| {
+            let expires = rule.expires.clone()?;
+            let end = egress_monitor_api::time::parse_rfc3339_ms(&expires)? as f64;
+            Some(ExpiringRule {
+                name: rule.name.clone(),
+                cidr: rule.cidr.clone(),
+                action: rule.action,
+                expires,
+                expires_in_s: (end - now) / 1000.0,
+            })
+        })
+        .collect();
+    rules.sort_by(|a, b| a.expires_in_s.total_cmp(&b.expires_in_s));
+    rules
 }
 
 fn dns_allowed(
@@ -288,6 +324,20 @@ pub fn render(status: &Status) -> String {
         out.push_str(&format!(
             "dns-allowed {} ({} {}, {:.0} s left)\n",
             learned.address, learned.rule, learned.domain, learned.expires_in_s
+        ));
+    }
+    for rule in &status.expiring {
+        let when = if rule.expires_in_s > 0.0 {
+            format!("{:.0} s left", rule.expires_in_s)
+        } else {
+            "expired".to_owned()
+        };
+        out.push_str(&format!(
+            "expires {} {} ({} {}, {when})\n",
+            rule.expires,
+            rule.name,
+            rule.action.as_str(),
+            rule.cidr
         ));
     }
     for rule in &status.rule_hits {

@@ -6,6 +6,7 @@
 //! - `daemon`: the binary end to end: events file, signals, exit.
 //! - `cli`: exit codes and messages for bad input.
 //! - `durable`: enforcement that outlives the daemon; `flows`: flow events and their counts.
+//! - `expiry`: rules with `expires` end in the kernel on time, without a reload.
 //! - `logs`: the events file as read: node, schema and id per line, `events --follow`, rotation.
 //! - `fleet`: two nodes and a controller.
 //! - `bypass`: raw packet sockets, AF_XDP, source routes and marks: no way around the hooks.
@@ -22,6 +23,7 @@ mod daemon;
 mod datapath;
 mod dns;
 mod durable;
+mod expiry;
 mod fastlane;
 mod fleet;
 mod flows;

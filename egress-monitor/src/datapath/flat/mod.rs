@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use egress_monitor_common::{
     flat::{BLOCK_ENTRIES, BLOCKS, ENTRIES, Entry, ROOT_ENTRIES},
-    policy::RuleValue,
+    policy::{RuleValue, rule_flags},
     verdict::action,
 };
 
@@ -182,10 +182,13 @@ impl Builder {
     }
 }
 
-/// The entry for a region whose longest match is `answer` throughout.
+/// The entry for a region whose longest match is `answer` throughout. A rule that expires
+/// is left to the trie, which knows when it ends.
 fn allowed(answer: Option<RuleValue>) -> u64 {
     match answer {
-        Some(value) if value.action == action::ALLOW => Entry::Allow(value.rule_id).encode(),
+        Some(value) if value.action == action::ALLOW && value.flags & rule_flags::EXPIRES == 0 => {
+            Entry::Allow(value.rule_id).encode()
+        }
         _ => 0,
     }
 }

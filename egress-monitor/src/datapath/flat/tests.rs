@@ -89,6 +89,7 @@ fn random_policy(rng: &mut Rng) -> Wanted {
     Wanted {
         prefixes,
         domains: Vec::new(),
+        expiring: Default::default(),
     }
 }
 
@@ -376,6 +377,7 @@ fn an_entry_the_same_before_and_after_still_asks_while_a_change_covers_it() {
             (v4(10, 1, 16), Action::Allow),
         ],
         domains: Vec::new(),
+        expiring: Default::default(),
     };
     let live = Live {
         prefixes: tries.clone(),
