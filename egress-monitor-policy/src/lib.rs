@@ -19,7 +19,9 @@ mod file;
 pub mod groups;
 pub mod quote;
 mod read;
+pub mod replay;
 pub mod service_tags;
+pub mod suggest;
 
 use std::{
     fmt,

@@ -139,6 +139,33 @@ impl ServiceTags {
     }
 }
 
+impl ServiceTags {
+    /// The most specific tag holding `address`: the one with the longest prefix holding it,
+    /// then a region's (`Storage.WestEurope`) over the service's (`Storage`); never
+    /// `AzureCloud` or its regions.
+    pub fn tag_for(&self, address: std::net::IpAddr) -> Option<String> {
+        self.tags
+            .iter()
+            .filter(|tag| {
+                let lower = tag.name.to_ascii_lowercase();
+                lower != "azurecloud" && !lower.starts_with("azurecloud.")
+            })
+            .filter_map(|tag| {
+                let longest = tag
+                    .properties
+                    .address_prefixes
+                    .iter()
+                    .filter_map(|prefix| prefix.parse::<IpNetwork>().ok())
+                    .filter(|network| network.contains(address))
+                    .map(|network| network.prefix())
+                    .max()?;
+                Some((longest, tag.name.contains('.'), &tag.name))
+            })
+            .max_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| b.2.cmp(a.2)))
+            .map(|(_, _, name)| name.clone())
+    }
+}
+
 /// Policy-file `[[rule]]` entries allowing the prefixes, named after their tag.
 pub fn render_rules(tags: &ServiceTags, prefixes: &[(String, IpNetwork)]) -> String {
     let mut out = format!(
@@ -167,6 +194,17 @@ mod tests {
             &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/ServiceTags_Public.json"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn an_address_belongs_to_its_most_specific_tag_never_azure_cloud() {
+        let tags = fixture();
+        let tag = |address: &str| tags.tag_for(address.parse().unwrap());
+        assert_eq!(tag("20.38.108.5").as_deref(), Some("Storage.WestEurope"));
+        assert_eq!(tag("20.60.1.1").as_deref(), Some("Storage.WestEurope"));
+        assert_eq!(tag("20.150.3.3").as_deref(), Some("Storage"));
+        assert_eq!(tag("4.175.0.1"), None, "AzureCloud is never proposed");
+        assert_eq!(tag("203.0.113.1"), None);
     }
 
     #[test]

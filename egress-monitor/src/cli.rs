@@ -352,6 +352,63 @@ A policy file can also name the tags itself, so that a refreshed file is one rel
         #[arg(long)]
         allow_azure_cloud: bool,
     },
+    /// Learning mode: print a proposed policy (a valid, commented policy file) built from the
+    /// traffic a node recorded — domain rules for the names destinations were resolved from,
+    /// exact addresses otherwise, each with its evidence and a confidence.
+    #[command(after_help = "Examples:
+  egress-monitor policy suggest --events /var/log/egress-monitor/events.jsonl > suggested.toml
+  egress-monitor policy suggest --events events.jsonl --wildcards --widen \
+      --service-tags ServiceTags_Public.json > suggested.toml
+  egress-monitor policy replay suggested.toml --events events.jsonl
+
+Nothing is wider than what was seen unless asked: --wildcards turns three or more names under
+one parent (of two or more labels) into `*.parent`, --widen two or more addresses of one /24
+(IPv6 /64) into that prefix, --service-tags an address into the most specific Azure service tag
+holding it (never AzureCloud). Run the node in observe mode first: its events are the traffic.")]
+    Suggest {
+        /// The events file (`run --events`).
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_EVENTS_FILE)]
+        events: PathBuf,
+        /// Group three or more names under one parent into `*.parent`.
+        #[arg(long)]
+        wildcards: bool,
+        /// Group two or more addresses of one /24 (IPv6: /64) into that prefix.
+        #[arg(long)]
+        widen: bool,
+        /// Propose Azure service tags from this ServiceTags_Public.json for addresses without
+        /// a name.
+        #[arg(long, value_name = "FILE")]
+        service_tags: Option<PathBuf>,
+        /// The mode the proposed policy says.
+        #[arg(long, value_parser = spelled::<Mode>(), default_value = "observe")]
+        mode: Mode,
+    },
+    /// Dry run: replay a policy against the traffic a node recorded and say what it would
+    /// still block (flows, packets, nodes, destinations, processes) and what it would let
+    /// through. Exit 0; 1 with --fail-if-blocking when it would block anything.
+    #[command(after_help = "Examples:
+  egress-monitor policy replay /etc/egress-monitor/next.toml --events /var/log/egress-monitor/events.jsonl
+  egress-monitor policy replay next.toml --events events.jsonl --json | jq .blocked.destinations
+
+The events hold the packets that were denied when they were recorded (allowed packets are not
+recorded): a replay says what the policy changes about those. Each is judged at its own time
+(an `expires` rule no longer counts after its end).")]
+    Replay {
+        /// The policy file to try.
+        file: PathBuf,
+        /// The events file (`run --events`).
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_EVENTS_FILE)]
+        events: PathBuf,
+        /// How many destinations, processes and rules to list per side.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        top: usize,
+        /// Exit 1 when the policy would block any recorded flow (a pipeline gate).
+        #[arg(long)]
+        fail_if_blocking: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply a policy to the live datapath as a difference (new rules first, stale ones
     /// after) and make FILE the node's policy source; an invalid policy changes nothing.
     #[command(after_help = "Example:

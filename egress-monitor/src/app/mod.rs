@@ -2,7 +2,7 @@
 
 //!
 //! One module per kind of command: [`run`] (the daemon), `node` (status, check, detach,
-//! nsg-audit), `events` (reading the events file), `policy` (check, show, apply, service-tags); [`exit`] decides exit codes.
+//! nsg-audit), `events` (reading the events file), `policy` (check, show, apply, service-tags), `learn` (suggest, replay); [`exit`] decides exit codes.
 
 use std::{io::Write as _, process::ExitCode};
 
@@ -10,6 +10,7 @@ use serde::Serialize;
 
 mod events;
 mod exit;
+mod learn;
 mod node;
 mod policy;
 mod run;
@@ -58,6 +59,28 @@ pub fn main(cli: Cli) -> ExitCode {
             allow_azure_cloud,
         }) => policy::service_tags(&file, &tags, allow_azure_cloud),
         Command::Policy(PolicyCommand::Show { policy }) => policy::show(&policy),
+        Command::Policy(PolicyCommand::Suggest {
+            events,
+            wildcards,
+            widen,
+            service_tags,
+            mode,
+        }) => learn::suggest(
+            &events,
+            learn::Widen {
+                wildcards,
+                widen,
+                service_tags,
+            },
+            mode,
+        ),
+        Command::Policy(PolicyCommand::Replay {
+            file,
+            events,
+            top,
+            fail_if_blocking,
+            json,
+        }) => learn::replay(&file, &events, top, fail_if_blocking, json),
         Command::Policy(PolicyCommand::Apply {
             file,
             mode,

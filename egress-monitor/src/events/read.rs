@@ -5,8 +5,14 @@
 //! not know, is still read for what it has; a line that is not a JSON object is skipped and
 //! counted, never guessed at.
 
-use std::net::IpAddr;
+use std::{
+    collections::HashMap,
+    io::{self, BufRead as _},
+    net::IpAddr,
+    path::Path,
+};
 
+use egress_monitor_policy::suggest::Seen;
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
@@ -83,6 +89,55 @@ impl LoggedEvent {
     fn proto_text(&self) -> String {
         value_text(self.proto.as_ref())
     }
+}
+
+/// The denied traffic an events file recorded, as observations for `policy suggest` and
+/// `policy replay`, and the count of lines that were not events. A packet whose event names no
+/// destination name gets the one a DNS answer to the same node gave for its address (the
+/// latest in the file), when there was one.
+pub fn observations(path: &Path) -> io::Result<(Vec<Seen>, u64)> {
+    let file = std::fs::File::open(path)?;
+    let mut seen = Vec::new();
+    let mut unreadable = 0;
+    let mut answered: HashMap<(Option<String>, IpAddr), String> = HashMap::new();
+    for line in io::BufReader::new(file).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some(event) = LoggedEvent::parse(&line) else {
+            unreadable += 1;
+            continue;
+        };
+        if event.kind == "dns_answer"
+            && let Some(name) = &event.name
+        {
+            for address in &event.addresses {
+                answered.insert((event.node.clone(), *address), name.clone());
+            }
+            continue;
+        }
+        let denied = matches!(event.action.as_deref(), Some("observed" | "dropped"));
+        if !event.is_packet() || !denied {
+            continue;
+        }
+        seen.push(Seen {
+            dst: event.dst,
+            name: event.dst_name.clone(),
+            process: event.process().map(str::to_owned),
+            node: event.node.clone(),
+            at_ms: egress_monitor_api::time::parse_rfc3339_ms(&event.ts).unwrap_or(0),
+            packets: event.packet_count(),
+        });
+    }
+    for item in &mut seen {
+        if item.name.is_none()
+            && let Some(dst) = item.dst
+        {
+            item.name = answered.get(&(item.node.clone(), dst)).cloned();
+        }
+    }
+    Ok((seen, unreadable))
 }
 
 fn value_text(value: Option<&serde_json::Value>) -> String {

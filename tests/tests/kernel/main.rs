@@ -7,6 +7,7 @@
 //! - `cli`: exit codes and messages for bad input.
 //! - `durable`: enforcement that outlives the daemon; `flows`: flow events and their counts.
 //! - `expiry`: rules with `expires` end in the kernel on time, without a reload.
+//! - `learn`: a policy suggested from observed traffic, replayed, then enforced.
 //! - `logs`: the events file as read: node, schema and id per line, `events --follow`, rotation.
 //! - `fleet`: two nodes and a controller.
 //! - `bypass`: raw packet sockets, AF_XDP, source routes and marks: no way around the hooks.
@@ -27,6 +28,7 @@ mod expiry;
 mod fastlane;
 mod fleet;
 mod flows;
+mod learn;
 mod logs;
 mod multicast;
 mod rawneeds;
