@@ -50,7 +50,10 @@ pub struct RuleExpiry {
     pub fallback_rule: u32,
     pub fallback_action: u8,
     pub fallback_flags: u8,
-    pub _pad: [u8; 2],
+    /// Non-zero once the daemon wrote the entry: a rule whose entry is not set is denied
+    /// (never judged by a zeroed entry's "rule 0").
+    pub set: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<RuleExpiry>() == 16);
 

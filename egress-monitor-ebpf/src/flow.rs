@@ -5,7 +5,10 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST},
-    helpers::{bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie},
+    helpers::{
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_get_socket_cookie, bpf_sk_fullsock},
+    },
     programs::sk_buff::SkBuff,
 };
 use egress_monitor_common::{
@@ -125,13 +128,36 @@ pub fn remember_judged(raw: *mut __sk_buff, packet: &Packet) {
     }
 }
 
-/// TC, observe mode: whether the cgroup hook judged and reported this denied packet already
-/// (its socket sent a denied packet to the same destination through the cgroup hook).
-/// Packets without a socket, and those to a destination the cgroup hook did not see, are
-/// TC's own.
+/// TC, observe mode: whether the cgroup hook judged and reported this denied packet already:
+/// its socket sent a denied packet to the same destination through the cgroup hook, and the
+/// packet is the socket's own — its transport protocol, and with ports its source port, are the
+/// socket's. A packet a socket's data only rides in (a tunnel's outer header, sent without the
+/// cgroup hook) has another protocol or port and stays TC's to report, as do packets without a
+/// socket and those to a destination the cgroup hook did not see.
 #[inline(never)]
 pub fn judged_by_cgroup(raw: *mut __sk_buff, packet: &Packet) -> bool {
+    if !sent_by_its_socket(raw, packet) {
+        return false;
+    }
     judged_key(raw, packet).is_some_and(|key| CGROUP_JUDGED.get_ptr(&key).is_some())
+}
+
+/// Whether the packet's transport protocol and source port are those of the socket it
+/// carries.
+#[inline(always)]
+fn sent_by_its_socket(raw: *mut __sk_buff, packet: &Packet) -> bool {
+    // SAFETY: reading a context field of the program's own skb; the helper checks the socket.
+    unsafe {
+        let sk = (*raw).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return false;
+        }
+        let full = bpf_sk_fullsock(sk);
+        if full.is_null() || (*full).protocol != u32::from(packet.proto) {
+            return false;
+        }
+        packet.flags & flags::HAS_PORTS == 0 || (*full).src_port == u32::from(packet.src_port)
+    }
 }
 
 /// Adds a packet to its flow, and queues the flow for the daemon's next report unless it is

@@ -205,35 +205,50 @@ fn lookup(packet: &Packet) -> Option<RuleValue> {
         return Some(rule);
     }
     let mut rule = rule;
-    unexpired(&mut rule).then_some(rule)
+    match unexpired(&mut rule) {
+        EXPIRY_APPLIES => Some(rule),
+        EXPIRY_NO_RULE => None,
+        // Denied by the default rule, whatever a DNS answer allowed.
+        _ => Some(RuleValue::new(RULE_ID_DEFAULT, action::DENY)),
+    }
 }
 
-/// Turns `rule` into the rule that applies in its place now: itself until it expires, then
-/// its fallback (itself perhaps expired); `false` when none does (the default deny). Not
-/// inlined: only expiring rules come here (and a BPF function returns one register, hence
-/// the pointer).
+/// What [`unexpired`] found.
+const EXPIRY_APPLIES: u8 = 0;
+/// No rule contains the expired one's prefix: judged as if no prefix rule matched.
+const EXPIRY_NO_RULE: u8 = 1;
+/// The fallbacks ran out or an entry was never written: denied.
+const EXPIRY_DENIED: u8 = 2;
+
+/// Turns `rule` into the rule that applies in its place now — itself until it expires, then
+/// its fallback (itself perhaps expired) — and says whether one does ([`EXPIRY_APPLIES`]), none
+/// contains the prefix ([`EXPIRY_NO_RULE`]), or the packet is denied ([`EXPIRY_DENIED`]: more expired
+/// fallbacks than are followed, or an entry never written). Not inlined: only expiring rules
+/// come here (and a BPF function returns one register, hence the pointer).
 #[inline(never)]
-fn unexpired(rule: &mut RuleValue) -> bool {
+fn unexpired(rule: &mut RuleValue) -> u8 {
     // SAFETY: the helper reads the clock.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     for _ in 0..MAX_EXPIRY_HOPS {
         if rule.flags & rule_flags::EXPIRES == 0 {
-            return true;
+            return EXPIRY_APPLIES;
         }
-        // An expiring rule without its entry is treated as expired (the daemon writes the
-        // entry before the rule).
-        let expiry = RULE_EXPIRY.get(rule.rule_id).copied().unwrap_or_default();
+        let Some(expiry) = RULE_EXPIRY.get(rule.rule_id).copied() else {
+            return EXPIRY_DENIED;
+        };
+        if expiry.set == 0 {
+            return EXPIRY_DENIED;
+        }
         if now < expiry.expires_boot_ns {
-            return true;
+            return EXPIRY_APPLIES;
         }
         if expiry.fallback_rule == RULE_ID_DEFAULT {
-            return false;
+            return EXPIRY_NO_RULE;
         }
         *rule = RuleValue::new(expiry.fallback_rule, expiry.fallback_action)
             .with_flags(expiry.fallback_flags);
     }
-    // Expired fallbacks all the way: fail closed.
-    false
+    EXPIRY_DENIED
 }
 
 /// Whether `skb` is one of `check`'s synthetic packets: its `cb` carries the secret only the

@@ -33,7 +33,7 @@ use crate::{
 
 /// Holds the pin path's apply lock (an exclusive lock on `apply.lock` in its run directory)
 /// until dropped; waits for another apply to finish.
-fn apply_lock(layout: &PinLayout) -> Result<std::fs::File, DatapathError> {
+pub(super) fn apply_lock(layout: &PinLayout) -> Result<std::fs::File, DatapathError> {
     let dir = layout.run_dir();
     std::fs::create_dir_all(&dir).map_err(DatapathError::pin("creating", &dir))?;
     let path = dir.join("apply.lock");
@@ -307,6 +307,7 @@ fn recorded_state(policy: &Policy, plan: &Plan, version: u64) -> StateFile {
     StateFile {
         version: format!("{version:016x}"),
         mode: policy.mode,
+        mode_source: policy.mode_source.clone(),
         applied_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         groups: policy
             .groups

@@ -40,10 +40,11 @@ impl BootClock {
     }
 
     /// The boot-clock time of a wall-clock time (ms since the epoch); 0 (long past) for one
-    /// before boot.
+    /// before boot, `u64::MAX` (never) for one beyond what the clock counts to.
     pub fn boot_ns_of(&self, unix_ms: u64) -> u64 {
-        let unix_ns = unix_ms.saturating_mul(1_000_000);
-        (self.boot_ns + unix_ns).saturating_sub(self.unix_ns)
+        let unix_ns = u128::from(unix_ms) * 1_000_000;
+        let boot_ns = (u128::from(self.boot_ns) + unix_ns).saturating_sub(u128::from(self.unix_ns));
+        u64::try_from(boot_ns).unwrap_or(u64::MAX)
     }
 
     /// The wall-clock time at boot-clock zero, in ns: what moves when the wall clock is stepped.
@@ -55,8 +56,11 @@ impl BootClock {
 /// The `RULE_EXPIRY` entries of the expiring prefix rules among `rules` (a state file's), by
 /// rule id.
 pub fn entries(rules: &[StateRule], clock: BootClock) -> Vec<(u32, RuleExpiry)> {
+    // Prefix rules only: a domain rule's pattern never has a `/` (though `203.0.113.7` may be
+    // a domain).
     let prefixes: HashMap<IpNetwork, &StateRule> = rules
         .iter()
+        .filter(|rule| rule.cidr.contains('/'))
         .filter_map(|rule| Some((rule.cidr.parse::<IpNetwork>().ok()?, rule)))
         .collect();
     let mut entries = Vec::new();
@@ -64,8 +68,13 @@ pub fn entries(rules: &[StateRule], clock: BootClock) -> Vec<(u32, RuleExpiry)> 
         let Some(expires) = rule.expires.as_deref() else {
             continue;
         };
-        // Unreadable: expired (the file is ours; fail closed rather than keep a rule forever).
-        let expires_ms = egress_monitor_api::time::parse_rfc3339_ms(expires).unwrap_or(0);
+        // Unreadable (the file is ours, so only if damaged): the stricter reading — an allow
+        // has ended, a deny never ends.
+        let expires_ms =
+            egress_monitor_api::time::parse_rfc3339_ms(expires).unwrap_or(match rule.action {
+                Action::Allow => 0,
+                Action::Deny => u64::MAX,
+            });
         let fallback = containing(&prefixes, *network);
         let (fallback_rule, fallback_action, fallback_flags) = match fallback {
             Some(parent) => (
@@ -85,11 +94,16 @@ pub fn entries(rules: &[StateRule], clock: BootClock) -> Vec<(u32, RuleExpiry)> 
         entries.push((
             rule.id,
             RuleExpiry {
-                expires_boot_ns: clock.boot_ns_of(expires_ms),
+                expires_boot_ns: if expires_ms == u64::MAX {
+                    u64::MAX
+                } else {
+                    clock.boot_ns_of(expires_ms)
+                },
                 fallback_rule,
                 fallback_action,
                 fallback_flags,
-                _pad: [0; 2],
+                set: 1,
+                _pad: 0,
             },
         ));
     }
@@ -139,6 +153,8 @@ impl Datapath {
     /// Converts the applied policy's expiry times to the boot clock again (after the wall
     /// clock was stepped). Nothing to do without expiring rules.
     pub fn refresh_expiry(&self) -> Result<(), DatapathError> {
+        // Not beside an apply: it would write the old state's ids over the new ones.
+        let _lock = super::apply::apply_lock(&self.layout)?;
         let Some(state) = super::state::StateFile::load(&self.layout.state_file())
             .map_err(DatapathError::State)?
         else {
@@ -196,9 +212,17 @@ mod tests {
                 Some("2027-01-01T00:00:00.000Z"),
             ),
             rule(5, "2001:db8::/32", Action::Deny, None),
+            // A domain that reads like an address is no prefix.
+            rule(
+                6,
+                "10.1.2.0",
+                Action::Allow,
+                Some("2027-01-01T00:00:00.000Z"),
+            ),
         ];
         let entries: HashMap<u32, RuleExpiry> = entries(&rules, clock).into_iter().collect();
         assert_eq!(entries.len(), 4);
+        assert!(entries.values().all(|entry| entry.set == 1));
         // The /24 falls back to the /16 (itself expiring), the /16 to the /8.
         assert_eq!(
             (entries[&2].fallback_rule, entries[&2].fallback_action),
@@ -220,6 +244,14 @@ mod tests {
             boot_ns: 5_000_000_000,
             unix_ns: 1_790_000_000_000_000_000,
         };
+        // Far beyond the clock: never, not "long past".
+        assert_eq!(later.boot_ns_of(u64::MAX / 2), u64::MAX);
+        // The year 3000 is beyond what the boot clock counts (in u64 ns): never. 2500 is not.
+        assert_eq!(later.boot_ns_of(32_503_680_000_000), u64::MAX);
+        assert_eq!(
+            later.boot_ns_of(16_725_225_600_000),
+            5_000_000_000 + 16_725_225_600_000_000_000 - 1_790_000_000_000_000_000
+        );
         let entries: HashMap<u32, RuleExpiry> = super::entries(&rules, later).into_iter().collect();
         assert_eq!(
             entries[&2].expires_boot_ns,

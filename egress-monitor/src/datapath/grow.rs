@@ -152,7 +152,8 @@ fn copy_map<K: aya::Pod, V: aya::Pod>(
         MapKind::LpmTrie => copy_trie::<K, V>(from, to, name, flags),
         MapKind::HashMap | MapKind::LruHashMap => copy_hash::<K, V>(from, to, name, flags),
         MapKind::PerCpuArray => copy_per_cpu::<V>(from, to, name, flags),
-        MapKind::Array | MapKind::RingBuf | MapKind::Queue => Err(DatapathError::NotCopied(name)),
+        MapKind::Array => copy_array::<V>(from, to, name, flags),
+        MapKind::RingBuf | MapKind::Queue => Err(DatapathError::NotCopied(name)),
     }
 }
 
@@ -208,6 +209,25 @@ fn copy_per_cpu<V: aya::Pod>(
             .map_err(DatapathError::map(name, "read"))?;
         target
             .set(index, values, flags)
+            .map_err(DatapathError::map(name, "copy"))?;
+    }
+    Ok(())
+}
+
+fn copy_array<V: aya::Pod>(
+    from: &PinLayout,
+    to: &PinLayout,
+    name: &'static str,
+    flags: u64,
+) -> Result<(), DatapathError> {
+    let source: Array<MapData, V> = open_map(from, name)?;
+    let mut target: Array<MapData, V> = open_map(to, name)?;
+    for index in 0..source.len().min(target.len()) {
+        let value = source
+            .get(&index, 0)
+            .map_err(DatapathError::map(name, "read"))?;
+        target
+            .set(index, &value, flags)
             .map_err(DatapathError::map(name, "copy"))?;
     }
     Ok(())

@@ -346,9 +346,29 @@ fn assign_ids(live: &Live, wanted: &Wanted, capacity: u32) -> Result<Ids, Datapa
                 .map(|(_, id)| *id),
         )
         .collect();
+    // A stale rule that expires keeps its id until the last: the new rule's `RULE_EXPIRY`
+    // entry is written before the stale rule is deleted, and would be the stale rule's until
+    // then.
+    let expiring_stale: BTreeSet<u32> = live
+        .prefixes
+        .iter()
+        .filter(|(key, value)| !wanted_keys.contains(key) && value.flags & rule_flags::EXPIRES != 0)
+        .map(|(_, value)| value.rule_id)
+        .collect();
     let mut free = (0..capacity)
         .filter(|id| !kept.contains(id) && !stale.contains(id))
-        .chain(stale.iter().copied().filter(|id| !kept.contains(id)));
+        .chain(
+            stale
+                .iter()
+                .copied()
+                .filter(|id| !kept.contains(id) && !expiring_stale.contains(id)),
+        )
+        .chain(
+            expiring_stale
+                .iter()
+                .copied()
+                .filter(|id| !kept.contains(id)),
+        );
     let mut fresh = Vec::new();
     let mut take = |live_ids: &[Option<u32>], needed: usize| {
         live_ids

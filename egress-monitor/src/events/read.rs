@@ -203,8 +203,40 @@ impl EventFilter {
     }
 }
 
-/// One line for people: time, action, what, where to, which rule, who.
+/// Every kind of event line the daemon writes (what `--kind` accepts).
+pub const KINDS: [&str; 7] = [
+    "first",
+    "update",
+    "packet",
+    "dns",
+    "dns_answer",
+    "raw_socket",
+    "alarm",
+];
+
+/// Text any process can choose (a command name, an executable's path, a cgroup's, a name in a
+/// DNS answer) made safe for a terminal: control, bidirectional-override and other invisible
+/// format characters are written as `\u{…}`, so no line can be forged or hidden.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let format = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        if c.is_control() || format {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One line for people: time, action, what, where to, which rule, who. Every text field is
+/// made [`printable`].
 pub fn human(event: &LoggedEvent) -> String {
+    printable(&human_raw(event))
+}
+
+fn human_raw(event: &LoggedEvent) -> String {
     // `2026-12-02T02:03:17.866842647Z` → `02:03:17.866`
     let time = event
         .ts
@@ -304,6 +336,16 @@ mod tests {
             human(&event),
             "05:12:40.118 dropped  cgroup tcp    10.0.0.4:41974 -> 203.0.113.80:443 rule=default \
              curl[2231] /system.slice/app.service"
+        );
+        let forged = LoggedEvent {
+            comm: Some("x\n05:00:00.000 allowed\u{1b}[2K\u{202e}".to_owned()),
+            ..event.clone()
+        };
+        let line = human(&forged);
+        assert!(!line.contains('\n') && !line.contains('\u{1b}') && !line.contains('\u{202e}'));
+        assert!(
+            line.contains("x\\u{a}05:00:00.000 allowed\\u{1b}[2K\\u{202e}"),
+            "{line}"
         );
         assert_eq!(LoggedEvent::parse("not json"), None);
         assert_eq!(LoggedEvent::parse("{broken"), None);

@@ -10,65 +10,37 @@ use std::{
 
 pub struct Tail {
     path: PathBuf,
+    current: Reader,
+    /// The file the path named before a rotation, still read for [`DRAIN_AFTER_ROTATION`]: the
+    /// writer may finish lines in it until it notices the move.
+    previous: Option<(Reader, std::time::Instant)>,
+}
+
+/// How long a rotated file is still read.
+const DRAIN_AFTER_ROTATION: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One open file and how far it was read.
+struct Reader {
     reader: BufReader<File>,
     identity: (u64, u64),
-    /// Bytes of the current file consumed so far.
+    /// Bytes consumed so far.
     position: u64,
     /// The start of a line whose end is not written yet.
     partial: String,
 }
 
-impl Tail {
-    /// Opens `path`, positioned `back` bytes before its end (at a line start), so that the
-    /// last lines can be shown before the new ones.
-    pub fn open(path: &Path, back: u64) -> io::Result<Tail> {
-        let (mut reader, identity) = open(path)?;
-        let len = reader.get_ref().metadata()?.len();
-        let mut position = len.saturating_sub(back);
-        reader.seek(SeekFrom::Start(position))?;
-        if position > 0 {
-            // Skip the rest of the line cut in the middle.
-            let mut cut = Vec::new();
-            position += reader.read_until(b'\n', &mut cut)? as u64;
-        }
-        Ok(Tail {
-            path: path.to_owned(),
+impl Reader {
+    fn open(path: &Path) -> io::Result<Reader> {
+        let (reader, identity) = open(path)?;
+        Ok(Reader {
             reader,
             identity,
-            position,
+            position: 0,
             partial: String::new(),
         })
     }
 
     /// The complete lines written since the last call.
-    pub fn poll(&mut self) -> io::Result<Vec<String>> {
-        let mut lines = self.read_available()?;
-        match identity_of(&self.path) {
-            Ok(identity) if identity != self.identity => {
-                // Rotated: the old file was read to its end above; the new one from its start.
-                let (reader, identity) = open(&self.path)?;
-                self.reader = reader;
-                self.identity = identity;
-                self.position = 0;
-                self.partial.clear();
-                lines.extend(self.read_available()?);
-            }
-            Ok(_) => {
-                let len = self.reader.get_ref().metadata()?.len();
-                if len < self.position {
-                    // Truncated in place: what is there now is new.
-                    self.reader.seek(SeekFrom::Start(0))?;
-                    self.position = 0;
-                    self.partial.clear();
-                    lines.extend(self.read_available()?);
-                }
-            }
-            // Moved away and not yet replaced: keep reading the old file.
-            Err(_) => {}
-        }
-        Ok(lines)
-    }
-
     fn read_available(&mut self) -> io::Result<Vec<String>> {
         let mut lines = Vec::new();
         loop {
@@ -84,6 +56,62 @@ impl Tail {
                 lines.push(line.trim_end_matches('\n').to_owned());
             }
         }
+    }
+}
+
+impl Tail {
+    /// Opens `path`, positioned `back` bytes before its end (at a line start), so that the
+    /// last lines can be shown before the new ones.
+    pub fn open(path: &Path, back: u64) -> io::Result<Tail> {
+        let mut current = Reader::open(path)?;
+        let len = current.reader.get_ref().metadata()?.len();
+        let start = len.saturating_sub(back);
+        if start > 0 {
+            // Start at a line: after the newline at or before `start`.
+            current.reader.seek(SeekFrom::Start(start - 1))?;
+            let mut cut = Vec::new();
+            let skipped = current.reader.read_until(b'\n', &mut cut)? as u64;
+            current.position = start - 1 + skipped;
+        }
+        Ok(Tail {
+            path: path.to_owned(),
+            current,
+            previous: None,
+        })
+    }
+
+    /// The complete lines written since the last call.
+    pub fn poll(&mut self) -> io::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        if let Some((previous, since)) = &mut self.previous {
+            lines.extend(previous.read_available()?);
+            if since.elapsed() > DRAIN_AFTER_ROTATION {
+                self.previous = None;
+            }
+        }
+        lines.extend(self.current.read_available()?);
+        match identity_of(&self.path) {
+            Ok(identity) if identity != self.current.identity => {
+                // Rotated: the new file from its start; the old one is still read a while.
+                let new = Reader::open(&self.path)?;
+                let old = std::mem::replace(&mut self.current, new);
+                self.previous = Some((old, std::time::Instant::now()));
+                lines.extend(self.current.read_available()?);
+            }
+            Ok(_) => {
+                let len = self.current.reader.get_ref().metadata()?.len();
+                if len < self.current.position {
+                    // Truncated in place: what is there now is new.
+                    self.current.reader.seek(SeekFrom::Start(0))?;
+                    self.current.position = 0;
+                    self.current.partial.clear();
+                    lines.extend(self.current.read_available()?);
+                }
+            }
+            // Moved away and not yet replaced: keep reading the old file.
+            Err(_) => {}
+        }
+        Ok(lines)
     }
 }
 
@@ -120,7 +148,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         append(&path, "old 1\nold 2\nold 3\n");
-        // Six bytes back: the cut line is skipped, the last whole one shown.
+        // Eight bytes back: the cut line is skipped, the last whole one shown; six bytes back
+        // is a line's start, and that line is shown.
+        assert_eq!(Tail::open(&path, 6).unwrap().poll().unwrap(), ["old 3"]);
+        assert_eq!(
+            Tail::open(&path, 12).unwrap().poll().unwrap(),
+            ["old 2", "old 3"]
+        );
         let mut tail = Tail::open(&path, 8).unwrap();
         assert_eq!(tail.poll().unwrap(), ["old 3"]);
         append(&path, "new 1\npart");
@@ -133,6 +167,9 @@ mod tests {
         assert_eq!(tail.poll().unwrap(), ["before the move"]);
         append(&path, "after the move\n");
         assert_eq!(tail.poll().unwrap(), ["after the move"]);
+        // The writer finishes a line in the moved file after the follower switched: not lost.
+        append(&dir.path().join("events.jsonl.1"), "late in the old file\n");
+        assert_eq!(tail.poll().unwrap(), ["late in the old file"]);
         // Truncated in place, then written again.
         std::fs::write(&path, "").unwrap();
         assert!(tail.poll().unwrap().is_empty());
