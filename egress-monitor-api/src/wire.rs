@@ -44,6 +44,65 @@ pub struct Report {
     pub counters: NodeCounters,
     pub health: Health,
     pub events: Vec<FlowEvent>,
+    /// The node's latest self-check, when its daemon ran one (older nodes send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
+}
+
+/// A node's continuous proof: its daemon's latest self-check (`egress-monitor check`, run on a
+/// schedule and after every change) and the tampering it saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proof {
+    /// When the check ran (node clock, ms since the epoch).
+    pub checked_ms: u64,
+    /// Every probe agreed with the policy and mode, every link is attached with the program it
+    /// was attached with, and no alarm is open.
+    pub passed: bool,
+    /// Why not, when it did not pass (at most [`MAX_PROOF_LINES`]).
+    pub problems: Vec<String>,
+    /// Seconds between the scheduled checks: an older check proves nothing.
+    pub interval_s: u32,
+    /// The pinned programs are the daemon's own build.
+    pub same_build: bool,
+    /// The live mode and where it came from (`fleet mode`, `--mode`, `the policy file's mode`,
+    /// `the default`).
+    pub mode_source: String,
+    /// Alarms raised since the daemon started, newest last (at most [`MAX_PROOF_LINES`]).
+    pub alarms: Vec<Alarm>,
+}
+
+/// Something done to the node's enforcement: a link removed or detached, a program replaced,
+/// a self-check failing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alarm {
+    pub ts_ms: u64,
+    /// `link_removed`, `link_detached`, `program_replaced`, `link_unreadable`, `check_failed`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// Problems and alarms a proof carries at most.
+pub const MAX_PROOF_LINES: usize = 32;
+
+impl Proof {
+    fn validate(&self) -> Result<(), String> {
+        if self.problems.len() > MAX_PROOF_LINES || self.alarms.len() > MAX_PROOF_LINES {
+            return Err(format!(
+                "proof carries at most {MAX_PROOF_LINES} problems and {MAX_PROOF_LINES} alarms"
+            ));
+        }
+        for problem in &self.problems {
+            text("proof.problems[]", problem, false)?;
+        }
+        text("proof.mode_source", &self.mode_source, false)?;
+        for alarm in &self.alarms {
+            text("proof.alarms[].kind", &alarm.kind, false)?;
+            text("proof.alarms[].message", &alarm.message, false)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +360,9 @@ impl Report {
         }
         text("policy.version", &self.policy.version, true)?;
         opt_text("policy.error", &self.policy.error)?;
+        if let Some(proof) = &self.proof {
+            proof.validate()?;
+        }
         if self.events.len() > MAX_EVENTS_PER_REPORT {
             return Err(format!(
                 "a report carries at most {MAX_EVENTS_PER_REPORT} events, this one {}",

@@ -105,12 +105,13 @@ pub fn render(data: &PageData) -> Markup {
                     (tile("drifted", s.drifted))
                     (tile("unprotected", s.unprotected))
                     (tile("stale", s.stale))
+                    (tile("unverified", s.unverified))
                     (tile("converged", s.converged))
                 }
                 h2 { "Nodes" span.muted { " (those that need attention first)" } }
                 table id="nodes" {
                     thead { tr {
-                        th { "node" } th { "state" } th { "mode" } th { "fleet policy" }
+                        th { "node" } th { "state" } th { "proof" } th { "mode" } th { "fleet policy" }
                         th { "denied (observed / dropped)" } th { "last report" } th { "problems" }
                     } }
                     tbody {
@@ -118,7 +119,16 @@ pub fn render(data: &PageData) -> Markup {
                             tr data-node=(node.node.node_id) {
                                 td { (node.node.node_id) br; span.muted { (node.node.hostname) } }
                                 td { span class={ "state " (node.state.as_str()) } { (node.state.as_str()) } }
-                                td { (node.node.mode.as_str()) }
+                                td {
+                                    @if node.verified { span.state.enforced { "verified" } }
+                                    @else { span.state.drifted { "unverified" } }
+                                }
+                                td {
+                                    (node.node.mode.as_str())
+                                    @if let Some(proof) = &node.node.proof {
+                                        br; span.muted { "from " (proof.proof.mode_source) }
+                                    }
+                                }
                                 td { @match node.node.fleet_version { Some(v) => { "v" (v) }, None => span.muted { "local" } } }
                                 td.n { (node.node.counters.denied_observed_packets) " / " (node.node.counters.denied_dropped_packets) }
                                 td { (node.last_seen) }

@@ -36,6 +36,10 @@ pub struct NodeView {
     pub state: NodeState,
     /// It runs the fleet policy version and mode (true when the fleet sets neither).
     pub converged: bool,
+    /// Its last self-check passed within its interval, on programs of its daemon's own build,
+    /// with no alarm open, and it runs the policy the fleet expects: proven, not only
+    /// reported (see [`verification`]).
+    pub verified: bool,
     /// RFC 3339.
     pub last_seen: String,
     /// What is wrong, in words; empty when nothing is.
@@ -102,6 +106,9 @@ pub fn node_view(
         ));
     }
     let converged = policy_converged && mode_converged && node.policy_error.is_none();
+    let unproven = verification(&node, now_ms);
+    let verified = unproven.is_none() && converged && !stale;
+    problems.extend(unproven);
     let state = if stale {
         NodeState::Stale
     } else if node.health.attachments == 0 {
@@ -118,8 +125,41 @@ pub fn node_view(
         node,
         state,
         converged,
+        verified,
         problems,
     }
+}
+
+/// How long a check proves anything: two of the node's check intervals, and a minute for the
+/// report carrying it to arrive.
+fn proof_lifetime_ms(interval_s: u32) -> u64 {
+    2 * u64::from(interval_s) * 1000 + 60_000
+}
+
+/// Why the node's proof does not hold at `now_ms`; `None` when it does.
+pub fn verification(node: &NodeRow, now_ms: u64) -> Option<String> {
+    let Some(stored) = &node.proof else {
+        return Some("no self-check reported (a node without continuous proof)".to_owned());
+    };
+    let proof = &stored.proof;
+    if let Some(alarm) = proof.alarms.last().filter(|_| !proof.passed) {
+        return Some(format!("alarm: {}", alarm.message));
+    }
+    if !proof.passed {
+        return Some(format!("self-check failed: {}", proof.problems.join("; ")));
+    }
+    if !proof.same_build {
+        return Some("its pinned programs are not its daemon's build".to_owned());
+    }
+    let age_ms = now_ms.saturating_sub(stored.checked_at_ms);
+    if age_ms > proof_lifetime_ms(proof.interval_s) {
+        return Some(format!(
+            "its last self-check is {} s old (checks every {} s)",
+            age_ms / 1000,
+            proof.interval_s
+        ));
+    }
+    None
 }
 
 /// `GET /api/v1/summary`.
@@ -131,6 +171,8 @@ pub struct Summary {
     pub drifted: usize,
     pub unprotected: usize,
     pub stale: usize,
+    /// Nodes whose proof does not hold (see [`NodeView::verified`]).
+    pub unverified: usize,
     /// Nodes that run the fleet's policy version and mode.
     pub converged: usize,
     pub policy_version: u64,
@@ -155,6 +197,7 @@ pub fn summary(
         drifted: count(NodeState::Drifted),
         unprotected: count(NodeState::Unprotected),
         stale: count(NodeState::Stale),
+        unverified: views.iter().filter(|v| !v.verified).count(),
         converged: views.iter().filter(|v| v.converged).count(),
         policy_version: fleet.policy_version,
         mode: fleet.mode,

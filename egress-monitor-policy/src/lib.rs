@@ -169,6 +169,11 @@ pub struct PolicySource {
     pub accept_risk: bool,
     /// Allow rules found at run time (the VNet from IMDS); they rank like the default groups.
     pub discovered: Vec<Rule>,
+    /// Who set `mode`, when not the command line (`fleet mode`): said in the built policy's
+    /// [`Policy::mode_source`].
+    pub mode_label: Option<String>,
+    /// What the file is, when not the operator's own (`fleet policy v7`).
+    pub file_label: Option<String>,
 }
 
 impl PolicySource {
@@ -176,6 +181,19 @@ impl PolicySource {
     pub fn build(&self) -> Result<Policy, PolicyError> {
         let file = self.file.as_deref().map(PolicyFile::load).transpose()?;
         let mut policy = Policy::build(file.as_ref(), &self.command_line, self.mode)?;
+        policy.mode_source = if self.mode.is_some() {
+            self.mode_label
+                .clone()
+                .unwrap_or_else(|| "--mode".to_owned())
+        } else if file.as_ref().is_some_and(|file| file.mode.is_some()) {
+            match (&self.file_label, &self.file) {
+                (Some(label), _) => format!("the mode of {label}"),
+                (None, Some(path)) => format!("the mode of the policy file {}", path.display()),
+                (None, None) => "the policy file's mode".to_owned(),
+            }
+        } else {
+            "the default (observe)".to_owned()
+        };
         // Discovered prefixes fill in where the policy says nothing about the same prefix.
         for rule in &self.discovered {
             if !policy.rules.iter().any(|r| r.network == rule.network) {
@@ -240,6 +258,9 @@ pub struct Policy {
     pub azure: bool,
     pub dns: DnsTrust,
     pub raw_sockets: RawSockets,
+    /// Where `mode` came from, in words: the fleet's mode, `--mode`, the policy file's mode, or
+    /// the default (see [`PolicySource::build`]; the precedence is in docs/operations.md).
+    pub mode_source: String,
 }
 
 impl Policy {
@@ -355,6 +376,14 @@ impl Policy {
         if !diagnostics.is_empty() {
             return Err(PolicyError::Invalid(diagnostics));
         }
+        let mode_source = if mode.is_some() {
+            "--mode"
+        } else if file.is_some_and(|file| file.mode.is_some()) {
+            "the policy file's mode"
+        } else {
+            "the default (observe)"
+        }
+        .to_owned();
         let mode = mode
             .or_else(|| file.and_then(|file| file.mode))
             .unwrap_or(Mode::Observe);
@@ -389,6 +418,7 @@ impl Policy {
             raw_sockets: file
                 .map(|file| file.raw_sockets.clone())
                 .unwrap_or_default(),
+            mode_source,
         })
     }
 

@@ -152,7 +152,8 @@ pub struct EventsArgs {
     #[arg(long, value_name = "NAME")]
     pub process: Option<String>,
     /// Only events of this kind: first, update, packet, dns, dns_answer, raw_socket, alarm.
-    #[arg(long, value_name = "KIND")]
+    #[arg(long, value_name = "KIND",
+          value_parser = PossibleValuesParser::new(crate::events::read::KINDS).map(|s: String| s))]
     pub kind: Option<String>,
     /// The event lines as written (JSON), for scripts.
     #[arg(long)]
@@ -209,6 +210,12 @@ pub struct RunArgs {
     /// record's TTL: connections opened just before expiry, and resolvers' caches, need it.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub dns_grace: u64,
+    /// Seconds between the daemon's scheduled self-checks (`check`, also run after every
+    /// change; its result goes to the controller as the node's proof). The links are watched
+    /// every 2 s regardless: a removed, detached or replaced link raises an alarm at once.
+    #[arg(long, value_name = "SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(10..=86_400))]
+    pub check_interval: u32,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,

@@ -3,6 +3,7 @@
 //! `{"error": "…"}` with a fitting status.
 
 mod identity;
+mod learn;
 
 use std::{sync::Arc, time::Duration};
 
@@ -187,6 +188,11 @@ pub fn router(state: Shared) -> Router {
         .route(&format!("{API}/violations"), get(get_violations))
         .route(&format!("{API}/summary"), get(get_summary))
         .route(&format!("{API}/policy"), get(get_policy).put(put_policy))
+        .route(
+            &format!("{API}/policy/suggestion"),
+            get(learn::get_suggestion),
+        )
+        .route(&format!("{API}/policy/replay"), post(learn::post_replay))
         .route(
             &format!("{API}/policy/{{version}}"),
             get(get_policy_version),

@@ -36,7 +36,7 @@ pub const SQLITE: Dialect = Dialect {
 
 /// Every migration, in order. Version 1 is the schema as it was before migrations were
 /// versioned (`CREATE … IF NOT EXISTS`, so it is a no-op on such a database).
-pub const MIGRATIONS: [Migration; 9] = [
+pub const MIGRATIONS: [Migration; 10] = [
     Migration {
         version: 1,
         name: "nodes, reports, events, fleet, policies, fleet changes",
@@ -113,6 +113,11 @@ pub const MIGRATIONS: [Migration; 9] = [
              CREATE INDEX IF NOT EXISTS attestation_nonces_expiry ON attestation_nonces (expires_ms);"
                 .to_owned()
         },
+    },
+    Migration {
+        version: 10,
+        name: "continuous proof: each node's latest self-check and alarms",
+        sql: |_| "ALTER TABLE nodes ADD COLUMN proof TEXT;".to_owned(),
     },
 ];
 

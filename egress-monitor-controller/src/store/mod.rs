@@ -97,6 +97,27 @@ pub struct NodeRow {
     pub health: Health,
     pub reports: u64,
     pub events: u64,
+    /// The node's latest self-check (continuous proof), when it sent one.
+    pub proof: Option<NodeProof>,
+}
+
+/// A node's proof as stored: what it sent, and when the check ran on the controller's clock
+/// (the report's age of the check, taken from when the report arrived).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NodeProof {
+    #[serde(flatten)]
+    pub proof: egress_monitor_api::wire::Proof,
+    pub checked_at_ms: u64,
+}
+
+impl NodeProof {
+    pub fn received(proof: egress_monitor_api::wire::Proof, report: &Report, now_ms: u64) -> Self {
+        let age = report.created_ms.saturating_sub(proof.checked_ms);
+        NodeProof {
+            checked_at_ms: now_ms.saturating_sub(age),
+            proof,
+        }
+    }
 }
 
 /// A stored violation: a flow event and the node that sent it.

@@ -275,7 +275,7 @@ impl Store for PgStore {
             now_ms.into(),
         ]);
         tx.execute(&pg(query::COUNT_REPORT), &refs(&count)).await?;
-        let state = boxed(query::node_state_params(report));
+        let state = boxed(query::node_state_params(report, now_ms));
         tx.execute(&pg(query::UPDATE_NODE_STATE), &refs(&state))
             .await?;
         if !report.events.is_empty() {

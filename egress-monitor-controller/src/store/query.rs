@@ -132,10 +132,13 @@ pub const COUNT_REPORT: &str = "UPDATE nodes SET reports = reports + 1, events =
 /// data, never the order: a report dated in the future cannot freeze the state.
 pub const UPDATE_NODE_STATE: &str = "UPDATE nodes SET hostname = ?2, machine_id = ?3, vm_id = ?4, mode = ?5, \
      policy_version = ?6, fleet_version = ?7, policy_error = ?8, interval_s = ?9, report_created_ms = ?10, \
-     stream = ?11, last_seq = ?12, counters = ?13, health = ?14, node_group = ?15 \
+     stream = ?11, last_seq = ?12, counters = ?13, health = ?14, node_group = ?15, \
+     proof = COALESCE(?16, proof) \
      WHERE node_id = ?1 AND (stream <> ?11 OR last_seq <= ?12)";
 
-pub fn node_state_params(report: &Report) -> Vec<Param> {
+/// The parameters of [`UPDATE_NODE_STATE`]; `now_ms` (the controller's clock) dates the
+/// report's proof on the controller's clock.
+pub fn node_state_params(report: &Report, now_ms: u64) -> Vec<Param> {
     vec![
         report.node_id.as_str().into(),
         report.identity.hostname.as_str().into(),
@@ -157,6 +160,11 @@ pub fn node_state_params(report: &Report) -> Vec<Param> {
         super::to_json(&report.counters).as_str().into(),
         super::to_json(&report.health).as_str().into(),
         report.identity.group.clone().into(),
+        report
+            .proof
+            .as_ref()
+            .map(|proof| super::to_json(&super::NodeProof::received(proof.clone(), report, now_ms)))
+            .into(),
     ]
 }
 
@@ -165,7 +173,7 @@ macro_rules! node_columns {
     () => {
         "SELECT node_id, hostname, machine_id, vm_id, mode, policy_version, fleet_version, \
          policy_error, interval_s, first_seen_ms, last_seen_ms, stream, last_seq, counters, health, \
-         reports, events, node_group"
+         reports, events, node_group, proof"
     };
 }
 

@@ -86,6 +86,10 @@ pub fn node(row: &impl Columns) -> Result<NodeRow, StoreError> {
         reports: row.required_int(15)? as u64,
         events: row.required_int(16)? as u64,
         group: row.text(17)?,
+        proof: row
+            .text(18)?
+            .map(|text| from_json("proof", &text))
+            .transpose()?,
     })
 }
 

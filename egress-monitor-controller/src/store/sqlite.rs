@@ -227,7 +227,7 @@ impl Store for SqliteStore {
             )?;
             tx.execute(
                 query::UPDATE_NODE_STATE,
-                params_from_iter(values(query::node_state_params(&report))),
+                params_from_iter(values(query::node_state_params(&report, now_ms))),
             )?;
             tx.commit()?;
             Ok(Ingest::Stored)

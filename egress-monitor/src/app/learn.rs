@@ -99,6 +99,7 @@ pub fn replay(
         mode: None,
         accept_risk: true,
         discovered: Vec::new(),
+        ..PolicySource::default()
     };
     let policy = match source.build() {
         Ok(policy) => policy,

@@ -32,6 +32,7 @@ pub fn check(file: PathBuf, mode: Option<Mode>, break_platform_access: bool) -> 
         mode,
         accept_risk: break_platform_access,
         discovered: Vec::new(),
+        ..PolicySource::default()
     };
     match source.build() {
         Ok(policy) => {
@@ -111,6 +112,7 @@ pub fn apply(
         mode,
         accept_risk: break_platform_access,
         discovered: Vec::new(),
+        ..PolicySource::default()
     };
     let policy = match policy_source.build() {
         Ok(policy) => policy,
@@ -235,5 +237,6 @@ pub fn source(args: &PolicyArgs, mode: Option<egress_monitor_policy::Mode>) -> P
         mode,
         accept_risk: args.break_platform_access,
         discovered: Vec::new(),
+        ..PolicySource::default()
     }
 }

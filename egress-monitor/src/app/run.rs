@@ -34,6 +34,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         interfaces: args.interfaces,
         events: EventsTarget::parse(&args.events),
         node: node.clone(),
+        check_interval: std::time::Duration::from_secs(u64::from(args.check_interval)),
         pin_path: PathBuf::from(&args.pins.pin_path),
         rule_capacity: args.rule_capacity,
         metrics: args.metrics,

@@ -10,6 +10,7 @@
 //! own arguments. Start-up and every SIGHUP choose again, so neither undoes an applied policy.
 
 mod output;
+mod proof;
 mod reload;
 pub mod source;
 mod start;
@@ -90,6 +91,8 @@ pub struct RunConfig {
     pub events: EventsTarget,
     /// The node's name in every event line (`--node-id`, else the hostname).
     pub node: String,
+    /// Seconds between the scheduled self-checks (continuous proof).
+    pub check_interval: Duration,
     pub pin_path: PathBuf,
     /// Minimum rule slots for newly created maps.
     pub rule_capacity: usize,
@@ -242,6 +245,8 @@ pub async fn run(
     // anything is attached.
     let mut fleet = connect_fleet(&mut config, &layout, &counts)?;
     discover_vnet(&mut config, &layout)?;
+    // What was done to the links while no daemon ran, before anything is attached again.
+    let while_down = proof::Prover::tampered_while_down(&layout);
     let mut datapath = open_and_attach(&config, &layout, &targets)?;
     std::fs::write(layout.pid_file(), std::process::id().to_string())
         .map_err(DaemonError::PidFile)?;
@@ -267,6 +272,7 @@ pub async fn run(
         &counts,
         link,
         reload,
+        while_down,
         shutdown,
     )
     .await;
@@ -284,6 +290,10 @@ pub async fn run(
     stopped_summary(&datapath, &writer)
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the loop's parts, each made by `run` before the loop starts"
+)]
 async fn serve(
     datapath: &mut Datapath,
     config: &mut RunConfig,
@@ -291,6 +301,7 @@ async fn serve(
     counts: &crate::events::counts::DaemonCounts,
     mut link: Option<FleetLink>,
     mut reload: Reload,
+    while_down: Vec<crate::datapath::watch::Tampering>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let layout = datapath.layout().clone();
@@ -321,6 +332,18 @@ async fn serve(
         config.policy.rules.len(),
         config.events
     );
+    let mut prover = proof::Prover::start(
+        &layout,
+        config.check_interval,
+        while_down,
+        link.as_ref().map(|link| Arc::clone(&link.exchange)),
+        &mut out,
+    );
+    prover.check(datapath, &mut out);
+    let mut watch_tick = tokio::time::interval(proof::WATCH_INTERVAL);
+    watch_tick.reset();
+    let mut check_tick = tokio::time::interval(prover.interval());
+    check_tick.reset();
     let mut flow_tick = tokio::time::interval(config.flow_interval.max(Duration::from_millis(1)));
     flow_tick.reset();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
@@ -335,7 +358,15 @@ async fn serve(
     imds_tick.reset();
     tokio::pin!(shutdown);
     let mut generation = datapath.generation();
+    // The rules' ends converted to the boot clock now, and again whenever the wall clock is
+    // seen to step from here on (a step while no daemon ran is caught here).
     let mut clock_epoch = crate::datapath::expiry::BootClock::now().epoch_ns();
+    if let Err(err) = datapath.refresh_expiry() {
+        log::warn!(
+            "cannot convert the rules' expiry times: {}",
+            crate::system::error::chain(&err)
+        );
+    }
     loop {
         if datapath.generation() != generation {
             // Bigger maps were swapped in: what the old ones still hold is reported, then the
@@ -350,6 +381,9 @@ async fn serve(
             }
             logger = datapath.logger().map(watch).transpose()?;
             log::info!("reading events from the new maps");
+            // The swap attached new links: they are what is watched from here on.
+            prover.attached();
+            prover.check(datapath, &mut out);
         }
         tokio::select! {
             () = &mut shutdown => break,
@@ -372,20 +406,28 @@ async fn serve(
                 drain(ring.get_mut(), &names, &mut out);
                 follow_fleet(update, link.as_ref().expect("guarded"), config, datapath);
                 names = load_names(&layout)?;
+                prover.check(datapath, &mut out);
             }
             _ = reload.signal.recv() => {
-                log::info!("SIGHUP: reopening the events file, re-reading the policy");
+                log::info!("SIGHUP: re-reading the policy");
                 out.writer.reopen();
                 // Events read before the reload name the old rules; after it, the new.
                 drain(ring.get_mut(), &names, &mut out);
                 let fleet_dir = link.as_ref().map(|link| link.dir.as_path());
                 reload_policy(&reload.arguments, config, datapath, fleet_dir);
                 names = load_names(&layout)?;
+                prover.check(datapath, &mut out);
             }
             _ = flow_tick.tick(), if aggregate => {
                 // A flow's first event goes out before its first update.
                 drain(ring.get_mut(), &names, &mut out);
                 report_flows(&mut flows, &names, &mut out);
+            }
+            _ = watch_tick.tick() => {
+                prover.watch(datapath, &mut out);
+            }
+            _ = check_tick.tick() => {
+                prover.check(datapath, &mut out);
             }
             _ = housekeeping.tick() => {
                 if let Err(err) = datapath.prune_learned() {

@@ -9,6 +9,7 @@ pub(super) fn load_names(layout: &PinLayout) -> Result<StateFile, DaemonError> {
         StateFile::load(&layout.state_file())?.unwrap_or_else(|| StateFile {
             version: String::new(),
             mode: egress_monitor_policy::Mode::Observe,
+            mode_source: String::new(),
             applied_at: String::new(),
             groups: Vec::new(),
             rules: Vec::new(),

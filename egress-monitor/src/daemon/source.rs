@@ -140,6 +140,8 @@ impl RecordedSource {
             mode: self.mode,
             accept_risk: self.accept_risk,
             discovered: discovered.to_vec(),
+            mode_label: self.mode.map(|_| "`policy apply --mode`".to_owned()),
+            ..PolicySource::default()
         }
     }
 }

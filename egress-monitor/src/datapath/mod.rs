@@ -42,6 +42,7 @@ mod plan;
 mod syscall;
 mod testrun;
 mod trust;
+pub mod watch;
 
 use std::{collections::HashMap, net::IpAddr, path::Path, time::Duration};
 

@@ -16,6 +16,9 @@ pub struct StateFile {
     /// The policy version (hex), as in the config map.
     pub version: String,
     pub mode: Mode,
+    /// Where the mode came from (see `Policy::mode_source`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode_source: String,
     /// RFC 3339.
     pub applied_at: String,
     pub groups: Vec<(String, bool)>,
@@ -121,6 +124,7 @@ mod tests {
         let state = StateFile {
             version: "0123456789abcdef".into(),
             mode: Mode::Enforce,
+            mode_source: String::new(),
             applied_at: "2026-11-29T00:00:00Z".into(),
             groups: vec![("private".into(), true)],
             rules: vec![StateRule {

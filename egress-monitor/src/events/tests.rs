@@ -43,6 +43,7 @@ fn policy() -> StateFile {
     StateFile {
         version: "00000000deadbeef".into(),
         mode: Mode::Observe,
+        mode_source: String::new(),
         applied_at: "2026-11-29T00:00:00Z".into(),
         groups: vec![],
         rules: vec![StateRule {

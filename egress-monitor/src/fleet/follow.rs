@@ -24,6 +24,9 @@ struct Applied {
     mode: Option<Mode>,
 }
 
+/// How the fleet's mode is named as a mode's source.
+const FLEET_MODE: &str = "the fleet's mode (PUT /api/v1/mode)";
+
 fn applied_path(dir: &Path) -> PathBuf {
     dir.join("fleet.json")
 }
@@ -52,11 +55,13 @@ pub fn restore(dir: &Path, source: &mut PolicySource) -> Following {
     else {
         return Following::default();
     };
-    if applied.policy_version.is_some() {
+    if let Some(version) = applied.policy_version {
         source.file = Some(policy_path(dir));
+        source.file_label = Some(format!("fleet policy v{version}"));
     }
     if let Some(mode) = applied.mode {
         source.mode = Some(mode);
+        source.mode_label = Some(FLEET_MODE.to_owned());
     }
     log::info!(
         "running the fleet's {} and {} mode, as last applied",
@@ -86,6 +91,7 @@ pub fn apply(
     let mut candidate = source.clone();
     if let Some(mode) = desired.mode {
         candidate.mode = Some(mode);
+        candidate.mode_label = Some(FLEET_MODE.to_owned());
     }
     let pending = dir.join("fleet-policy.pending.toml");
     if let Some(text) = policy {
@@ -109,6 +115,7 @@ pub fn apply(
         }
         std::fs::rename(&pending, policy_path(dir)).map_err(|err| err.to_string())?;
         candidate.file = Some(policy_path(dir));
+        candidate.file_label = Some(format!("fleet policy v{}", desired.policy_version));
     }
     let built = candidate.build().map_err(|err| {
         format!(

@@ -629,6 +629,7 @@ mod tests {
         let state = StateFile {
             version: String::new(),
             mode: Mode::Enforce,
+            mode_source: String::new(),
             applied_at: String::new(),
             groups: vec![],
             rules,
@@ -666,6 +667,7 @@ mod tests {
         let state = StateFile {
             version: String::new(),
             mode: Mode::Enforce,
+            mode_source: String::new(),
             applied_at: String::new(),
             groups: vec![],
             rules: vec![

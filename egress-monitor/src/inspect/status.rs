@@ -16,6 +16,10 @@ use crate::{
 pub struct Status {
     pub pin_path: String,
     pub mode: Mode,
+    /// Where the mode came from: the fleet's mode, `--mode` (of the daemon or `policy apply`),
+    /// the policy file's (or fleet policy's) mode, or the default; empty when unknown (state
+    /// pinned by an older build).
+    pub mode_source: String,
     pub policy_version: String,
     pub rules: usize,
     /// Where the programs are attached.
@@ -98,6 +102,13 @@ pub fn status(layout: &PinLayout) -> Result<Status, DatapathError> {
     Ok(Status {
         pin_path: layout.root.display().to_string(),
         mode: live.mode,
+        // The state file names the source of the mode it recorded; a mode switched since
+        // (`set_mode` without an apply) is no longer that one's.
+        mode_source: state
+            .as_ref()
+            .filter(|state| state.mode == live.mode)
+            .map(|state| state.mode_source.clone())
+            .unwrap_or_default(),
         policy_version: format!("{:016x}", live.policy_version),
         rules: state.as_ref().map_or(0, |state| state.rules.len()),
         attached: datapath
@@ -249,10 +260,15 @@ pub fn render(status: &Status) -> String {
             c.denied_dropped.bytes
         )
     };
+    let mode = if status.mode_source.is_empty() {
+        status.mode.to_string()
+    } else {
+        format!("{} (from {})", status.mode, status.mode_source)
+    };
     let mut out = format!(
         "pin path     {}\nmode         {}\npolicy       {} ({} rules)\nattached     {}\npinned since {}{}\ndaemon       {}\n",
         status.pin_path,
-        status.mode,
+        mode,
         status.policy_version,
         status.rules,
         if status.attached.is_empty() {

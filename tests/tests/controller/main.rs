@@ -4,6 +4,8 @@
 //! states, TLS, replicas sharing one database, and the page in a real browser. The nodes here
 //! are simulated; `kernel::fleet` runs real daemons.
 
+mod learn;
+
 use std::time::Duration;
 
 use egress_monitor_api::time::now_ms;

@@ -8,6 +8,7 @@
 //! - `durable`: enforcement that outlives the daemon; `flows`: flow events and their counts.
 //! - `expiry`: rules with `expires` end in the kernel on time, without a reload.
 //! - `learn`: a policy suggested from observed traffic, replayed, then enforced.
+//! - `proof`: continuous proof: scheduled self-checks, alarms for removed links, verified nodes.
 //! - `logs`: the events file as read: node, schema and id per line, `events --follow`, rotation.
 //! - `fleet`: two nodes and a controller.
 //! - `bypass`: raw packet sockets, AF_XDP, source routes and marks: no way around the hooks.
@@ -31,6 +32,7 @@ mod flows;
 mod learn;
 mod logs;
 mod multicast;
+mod proof;
 mod rawneeds;
 
 use std::{

@@ -118,8 +118,10 @@ pub struct Following {
 pub struct Exchange {
     pub feed: Feed,
     pub following: Mutex<Following>,
-    /// Wakes the reporter for a report now (the fleet state changed).
+    /// Wakes the reporter for a report now (the fleet state changed, an alarm was raised).
     pub report_now: Notify,
+    /// The daemon's latest self-check, sent with every report.
+    pub proof: Mutex<Option<egress_monitor_api::wire::Proof>>,
 }
 
 impl Exchange {
@@ -132,6 +134,18 @@ impl Exchange {
 
     pub fn set_following(&self, state: Following) {
         *self.following.lock().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+
+    pub fn proof(&self) -> Option<egress_monitor_api::wire::Proof> {
+        self.proof.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A new self-check result; `urgent` (an alarm, a failed check) reports it at once.
+    pub fn set_proof(&self, proof: egress_monitor_api::wire::Proof, urgent: bool) {
+        *self.proof.lock().unwrap_or_else(|p| p.into_inner()) = Some(proof);
+        if urgent {
+            self.report_now.notify_one();
+        }
     }
 }
 
@@ -394,6 +408,7 @@ impl Reporter {
                             spool_pending: spool.entries().len() as u64,
                         },
                         events,
+                        proof: exchange.proof(),
                     }
                 })?;
                 if exchange.feed.is_empty() {
@@ -696,6 +711,7 @@ mod tests {
             counters: NodeCounters::default(),
             health: Health::default(),
             events,
+            proof: None,
         }
     }
 
