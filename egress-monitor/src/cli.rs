@@ -113,7 +113,8 @@ invalid FILE keeps the live policy at a SIGHUP and stops a start with exit code 
     /// rule? Exit 0 when isolated, 1 when not (a deployment gate), 2 for an unreadable file.
     #[command(after_help = "Examples:
   az network nsg show -g RG -n NSG -o json > nsg.json && egress-monitor nsg-audit nsg.json
-  az network nic list-effective-nsg -g RG -n NIC -o json > eff.json && egress-monitor nsg-audit eff.json")]
+  az network nic list-effective-nsg -g RG -n NIC -o json > eff.json && egress-monitor nsg-audit eff.json
+  egress-monitor nsg-audit nsg.json --accept Storage.WestEurope   # the one service it must reach")]
     NsgAudit {
         /// `az network nsg show -o json` or `az network nic list-effective-nsg -o json` output.
         file: PathBuf,
@@ -121,6 +122,11 @@ invalid FILE keeps the live policy at a SIGHUP and stops a start with exit code 
         /// source-limited Deny is not trusted and a source-limited Allow is).
         #[arg(long, value_name = "IP")]
         node_ip: Option<std::net::IpAddr>,
+        /// An intended exposure: a service tag (a regional tag inside it counts) or a public
+        /// prefix the design reaches on purpose; listed as accepted, not failing. Repeatable.
+        /// Never the whole internet, nor AzureCloud.
+        #[arg(long = "accept", value_name = "TAG_OR_PREFIX")]
+        accept: Vec<crate::azure::nsg::Acceptance>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -270,8 +276,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub spool_max_mb: u64,
-    /// Rule slots of newly pinned maps (at least twice the policy's rules are always made).
-    /// Later policies may not need more without a `detach`.
+    /// Rule slots of newly pinned maps: at least 4096, and at least twice the policy's rules
+    /// (the log says when it raised the number given). Bigger policies later grow the maps
+    /// live.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     pub rule_capacity: usize,
 }

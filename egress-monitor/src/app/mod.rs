@@ -45,8 +45,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::NsgAudit {
             file,
             node_ip,
+            accept,
             json,
-        } => node::nsg_audit(&file, node_ip, json),
+        } => node::nsg_audit(&file, node_ip, &accept, json),
         Command::Events(args) => events::show(&args),
         Command::Policy(PolicyCommand::Check {
             file,

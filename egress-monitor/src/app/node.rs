@@ -63,10 +63,15 @@ pub fn detach(layout: &PinLayout, json: bool) -> ExitCode {
 }
 
 /// Exit 1 when the NSG lets the node reach the internet or a service tag.
-pub fn nsg_audit(file: &Path, node_ip: Option<IpAddr>, json: bool) -> ExitCode {
+pub fn nsg_audit(
+    file: &Path,
+    node_ip: Option<IpAddr>,
+    accept: &[azure::nsg::Acceptance],
+    json: bool,
+) -> ExitCode {
     match azure::nsg::load(file) {
         Ok(rules) => {
-            let audit = azure::nsg::audit(&rules, node_ip);
+            let audit = azure::nsg::audit(&rules, node_ip).accept(accept);
             print(&audit, json, azure::nsg::render);
             if audit.isolated() {
                 ExitCode::SUCCESS

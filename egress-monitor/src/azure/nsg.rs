@@ -354,11 +354,72 @@ pub struct Exposure {
 pub struct Audit {
     pub outbound_rules: usize,
     pub exposures: Vec<Exposure>,
+    /// Exposures the operator said are intended (`--accept`): reported, not failing.
+    pub accepted: Vec<Exposure>,
 }
 
 impl Audit {
     pub fn isolated(&self) -> bool {
         self.exposures.is_empty()
+    }
+
+    /// Moves the exposures to what `accepted` names (service tags, a regional tag inside an
+    /// accepted one, or public prefixes inside an accepted prefix) aside: the design that
+    /// reaches one service on purpose still gates a pipeline on everything else.
+    pub fn accept(mut self, accepted: &[Acceptance]) -> Audit {
+        let (intended, rest): (Vec<Exposure>, Vec<Exposure>) =
+            self.exposures.into_iter().partition(|exposure| {
+                accepted
+                    .iter()
+                    .any(|acceptance| covers(&acceptance.0, &exposure.destination))
+            });
+        self.exposures = rest;
+        self.accepted = intended;
+        self
+    }
+}
+
+/// An exposure the operator accepts (`--accept`): a service tag or a public prefix, never the
+/// internet as a whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acceptance(String);
+
+impl std::str::FromStr for Acceptance {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Acceptance, String> {
+        if is_any(text) {
+            return Err(format!(
+                "`{text}` is the whole internet: accept a service tag or a public prefix"
+            ));
+        }
+        if text.parse::<IpNetwork>().is_ok() {
+            return match public_cidr(text) {
+                Some(_) if text.contains('/') => Ok(Acceptance(text.to_owned())),
+                Some(_) => Err(format!("write `{text}` as a prefix, e.g. {text}/32")),
+                None => Err(format!(
+                    "`{text}` is private: nsg-audit reports internet destinations only"
+                )),
+            };
+        }
+        let tag_like = !text.is_empty()
+            && text.len() <= 128
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-');
+        if !tag_like || NOT_INTERNET.contains(&text.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "`{text}` is neither a service tag (Storage, Storage.WestEurope) nor a public prefix"
+            ));
+        }
+        if text.eq_ignore_ascii_case("azurecloud")
+            || text.to_ascii_lowercase().starts_with("azurecloud.")
+        {
+            return Err(format!(
+                "`{text}` covers every Azure tenant's public addresses: accepting it accepts \
+                 no isolation"
+            ));
+        }
+        Ok(Acceptance(text.to_owned()))
     }
 }
 
@@ -443,36 +504,52 @@ pub fn audit(rules: &[Rule], node: Option<IpAddr>) -> Audit {
     Audit {
         outbound_rules: rules.len(),
         exposures,
+        accepted: Vec::new(),
     }
 }
 
 pub fn render(audit: &Audit) -> String {
-    if audit.isolated() {
+    let mut out = if audit.isolated() && audit.accepted.is_empty() {
         return format!(
             "isolated: no outbound rule of {} lets traffic reach the internet\n",
             audit.outbound_rules
         );
-    }
-    let mut out = String::from("NOT ISOLATED: the internet is reachable\n");
+    } else if audit.isolated() {
+        String::from("isolated but for what was accepted:\n")
+    } else {
+        String::from("NOT ISOLATED: the internet is reachable\n")
+    };
     for e in &audit.exposures {
-        let ports = match e.protocol {
-            Protocol::Tcp | Protocol::Udp if e.ports == (0, 65535) => " all ports".to_owned(),
-            Protocol::Tcp | Protocol::Udp if e.ports.0 == e.ports.1 => {
-                format!(" port {}", e.ports.0)
-            }
-            Protocol::Tcp | Protocol::Udp => format!(" ports {}-{}", e.ports.0, e.ports.1),
-            _ => String::new(),
-        };
-        out.push_str(&format!(
-            "  {} {:?}{ports}: allowed by {} (priority {}){}\n",
-            e.destination,
-            e.protocol,
-            e.rule,
-            e.priority,
-            if e.default_rule { ", an Azure default rule: add a Deny rule for destination Internet with a lower priority number" } else { "" }
-        ));
+        out.push_str(&exposure_line(e));
+    }
+    if !audit.isolated() && !audit.accepted.is_empty() {
+        out.push_str("accepted (--accept):\n");
+    }
+    for e in &audit.accepted {
+        out.push_str(&exposure_line(e));
     }
     out
+}
+
+fn exposure_line(e: &Exposure) -> String {
+    let ports = match e.protocol {
+        Protocol::Tcp | Protocol::Udp if e.ports == (0, 65535) => " all ports".to_owned(),
+        Protocol::Tcp | Protocol::Udp if e.ports.0 == e.ports.1 => format!(" port {}", e.ports.0),
+        Protocol::Tcp | Protocol::Udp => format!(" ports {}-{}", e.ports.0, e.ports.1),
+        _ => String::new(),
+    };
+    format!(
+        "  {} {:?}{ports}: allowed by {} (priority {}){}\n",
+        e.destination,
+        e.protocol,
+        e.rule,
+        e.priority,
+        if e.default_rule {
+            ", an Azure default rule: add a Deny rule for destination Internet with a lower priority number"
+        } else {
+            ""
+        }
+    )
 }
 
 #[cfg(test)]

@@ -89,9 +89,22 @@ pub(super) fn open_and_attach(
     targets: &Targets,
 ) -> Result<Datapath, DaemonError> {
     // Prefix and domain rules take ids from the same slots.
-    let capacity = config
-        .rule_capacity
-        .max((config.policy.rules.len() + config.policy.domains.len()) * 2);
+    let needed = (config.policy.rules.len() + config.policy.domains.len()) * 2;
+    let capacity = config.rule_capacity.max(needed);
+    let minimum = egress_monitor_common::maps::DEFAULT_RULE_CAPACITY as usize;
+    if capacity < minimum {
+        log::info!(
+            "--rule-capacity {} is below the minimum: new maps get {minimum} rule slots",
+            config.rule_capacity
+        );
+    } else if capacity > config.rule_capacity {
+        log::info!(
+            "--rule-capacity {} is raised to {capacity}: twice the policy's {} rules, so that a \
+             change can hold old and new rules at once",
+            config.rule_capacity,
+            needed / 2
+        );
+    }
     let mut datapath = Datapath::open(layout, capacity)?;
     match datapath.opened() {
         Opened::Created => log::info!("pinned a new datapath at {}", layout.root.display()),

@@ -217,6 +217,23 @@ fn kernel_log_is_off_unless_asked_and_switches_live() {
     );
 }
 
+/// A --rule-capacity below the minimum is raised, and the log says so; `status` says where
+/// the mode came from.
+#[test]
+fn a_small_rule_capacity_is_raised_and_said() {
+    let node = crate::Node::new("capacity");
+    let daemon = node.daemon(&["--rule-capacity", "100", "--mode", "observe"]);
+    let (code, log) = daemon.stop();
+    assert_eq!(code, 0, "{log:#?}");
+    assert!(
+        log.iter().any(|l| l
+            .contains("--rule-capacity 100 is below the minimum: new maps get 4096 rule slots")),
+        "{log:#?}"
+    );
+    let status = crate::status_json(&node.bpffs.pin_path());
+    assert_eq!(status["mode_source"], "--mode", "{status:#}");
+}
+
 /// Enforce mode on the TC hook of the node's interface, with a policy file: internet and the
 /// denied lab subnet are dropped and named in events; after SIGTERM the hook is gone.
 #[test]

@@ -115,3 +115,71 @@ fn malformed_documents_are_refused() {
     ]});
     assert!(parse(&bad).unwrap_err().contains("bad port range"));
 }
+
+#[test]
+fn an_accepted_exposure_is_listed_apart_and_the_rest_still_fails() {
+    let rules = fixture("nsg-tricky.json");
+    let accepted: Vec<Acceptance> = vec!["Storage".parse().unwrap()];
+    let audit = audit(&rules, None).accept(&accepted);
+    assert_eq!(
+        summary(&audit),
+        ["the internet Tcp 8000-8100 AllowVendorSupport"],
+        "the regional tag is inside the accepted one; the internet is never accepted"
+    );
+    assert_eq!(audit.accepted.len(), 2);
+    assert!(!audit.isolated());
+    let text = render(&audit);
+    assert!(
+        text.starts_with("NOT ISOLATED") && text.contains("accepted (--accept):"),
+        "{text}"
+    );
+    // The exposures the design means, all accepted: the gate passes and says what it accepted.
+    let fixed = audit_of_one_service(&["Storage.WestEurope"]);
+    assert!(fixed.isolated());
+    assert!(render(&fixed).starts_with("isolated but for what was accepted:"));
+    // A prefix inside an accepted prefix.
+    let mut rules = fixture("nsg-fixed.json");
+    rules.insert(0, prefix_rule("AllowMirror", "203.0.113.0/25"));
+    let accepted: Vec<Acceptance> = vec!["203.0.113.0/24".parse().unwrap()];
+    assert!(super::audit(&rules, None).accept(&accepted).isolated());
+    let narrower: Vec<Acceptance> = vec!["203.0.113.0/26".parse().unwrap()];
+    assert!(!super::audit(&rules, None).accept(&narrower).isolated());
+}
+
+fn prefix_rule(name: &str, destination: &str) -> Rule {
+    let mut rule = fixture("nsg-tricky.json")
+        .into_iter()
+        .find(|r| r.name == "AllowStorageHttps")
+        .unwrap();
+    rule.name = name.to_owned();
+    rule.priority = 100;
+    rule.destinations = vec![destination.to_owned()];
+    rule
+}
+
+fn audit_of_one_service(accept: &[&str]) -> Audit {
+    let mut rules = fixture("nsg-fixed.json");
+    rules.insert(0, prefix_rule("AllowStorageHttps", "Storage.WestEurope"));
+    let accepted: Vec<Acceptance> = accept.iter().map(|a| a.parse().unwrap()).collect();
+    audit(&rules, None).accept(&accepted)
+}
+
+#[test]
+fn the_whole_internet_private_space_and_azure_cloud_cannot_be_accepted() {
+    for (bad, says) in [
+        ("*", "whole internet"),
+        ("0.0.0.0/0", "whole internet"),
+        ("Internet", "whole internet"),
+        ("10.1.0.0/16", "private"),
+        ("203.0.113.7", "as a prefix"),
+        ("AzureCloud", "every Azure tenant"),
+        ("AzureCloud.westeurope", "every Azure tenant"),
+        ("VirtualNetwork", "neither a service tag"),
+        ("not a tag!", "neither a service tag"),
+    ] {
+        let err = bad.parse::<Acceptance>().unwrap_err();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+    assert!("Storage.WestEurope".parse::<Acceptance>().is_ok());
+    assert!("2001:db8::/32".parse::<Acceptance>().is_ok());
+}
