@@ -243,7 +243,9 @@ pub struct PolicyVersion {
 pub struct HistoryEntry {
     /// RFC 3339.
     pub at: String,
-    /// `policy` or `mode`.
+    /// `policy`, `mode`, or a staged rollout's stage: `rollout-start`, `rollout-pause` (by an
+    /// operator, or by `controller (automatic)` when a canary reported new drops or a failed check),
+    /// `rollout-promote`, `rollout-rollback`.
     pub change: String,
     pub policy_version: u64,
     pub mode: Option<Mode>,

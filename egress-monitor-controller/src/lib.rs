@@ -9,6 +9,8 @@
 //!   [`view`]: node states (enforced, observing, drifted, unprotected, stale) and the summary.
 //! - [`store`]: SQLite (embedded, default) or PostgreSQL (shared by replicas).
 //! - [`quota`]: per-node reports per minute and bytes per day (429 + `Retry-After`).
+//! - [`rollout`]: staged rollouts (a group or a share of the nodes first, paused by a canary's
+//!   new drops or failing self-check, promoted or rolled back in one call).
 //! - [`metrics`]: the controller's own Prometheus metrics (`--metrics`).
 //! - [`otlp`]: every violation to an OpenTelemetry receiver (`--otlp-endpoint`).
 //! - [`certificates`]: `certificates`, a CA and the controller's TLS certificate.
@@ -22,6 +24,7 @@ pub mod otlp;
 pub mod page;
 pub mod params;
 pub mod quota;
+pub mod rollout;
 pub mod store;
 pub mod view;
 

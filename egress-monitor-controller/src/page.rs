@@ -25,6 +25,8 @@ pub struct PageData {
     /// The fleet policy's rules that end within [`EXCEPTIONS_AHEAD_MS`] (or have ended),
     /// soonest first.
     pub exceptions: Vec<Exception>,
+    /// The staged rollout in progress, if one is.
+    pub rollout: Option<crate::rollout::Rollout>,
 }
 
 /// How far ahead the page looks for rules about to expire: a week.
@@ -203,6 +205,16 @@ pub fn render(data: &PageData) -> Markup {
                     }
                     "Fleet mode: " b { (data.fleet.mode.map_or("not set (each node keeps its own)", |m| m.as_str())) } ". "
                     (s.converged) " of " (s.nodes) " nodes run it."
+                }
+                @if let Some(rollout) = &data.rollout {
+                    p id="rollout-stage" class={ "rollout " (rollout.stage.as_str()) } {
+                        "Rollout of v" (data.fleet.version) " to " (rollout.target.describe()) ": "
+                        b { (rollout.stage.as_str()) }
+                        @if let Some(reason) = &rollout.reason { " — " (reason) }
+                        ". Started " (rfc3339(rollout.started_ms)) " by " (rollout.started_by)
+                        "; the other nodes keep v" (rollout.base_version) ". "
+                        span.muted { "POST /api/v1/rollout/promote or /rollback." }
+                    }
                 }
                 @if !data.exceptions.is_empty() {
                     h2 { "Exceptions ending within 7 days" }

@@ -68,26 +68,30 @@ pub fn node_view(
     if node.health.attachments == 0 {
         problems.push("no program attached".to_owned());
     }
+    // What the fleet wants this node to run: during a rollout, the base outside its target.
+    let desired = fleet
+        .current()
+        .desired_for(&node.node_id, node.group.as_deref());
     let policy_converged =
-        fleet.policy_version == 0 || node.fleet_version == Some(fleet.policy_version);
+        desired.policy_version == 0 || node.fleet_version == Some(desired.policy_version);
     if !policy_converged {
         problems.push(match node.fleet_version {
             Some(v) => format!(
                 "runs fleet policy v{v}, the fleet's is v{}",
-                fleet.policy_version
+                desired.policy_version
             ),
             None => format!(
                 "runs its local policy, the fleet's is v{}",
-                fleet.policy_version
+                desired.policy_version
             ),
         });
     }
-    let mode_converged = fleet.mode.is_none_or(|mode| mode == node.mode);
+    let mode_converged = desired.mode.is_none_or(|mode| mode == node.mode);
     if !mode_converged {
         problems.push(format!(
             "mode {}, the fleet's is {}",
             node.mode,
-            fleet.mode.map_or("", Mode::as_str)
+            desired.mode.map_or("", Mode::as_str)
         ));
     }
     if let Some(error) = &node.policy_error {

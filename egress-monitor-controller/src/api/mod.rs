@@ -4,6 +4,7 @@
 
 mod identity;
 mod learn;
+mod rollout;
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,8 +28,8 @@ use super::{
 use egress_monitor_api::{
     time::{now_ms, parse_rfc3339_ms, rfc3339},
     wire::{
-        API, Desired, ErrorBody, FleetPolicy, HistoryEntry, MAX_POLICY_BYTES, MAX_REPORT_BYTES,
-        ModeRequest, PolicyVersion, Report, ReportReply,
+        API, ErrorBody, FleetPolicy, HistoryEntry, MAX_POLICY_BYTES, MAX_REPORT_BYTES, ModeRequest,
+        PolicyVersion, Report, ReportReply,
     },
 };
 
@@ -46,8 +47,8 @@ pub struct AppState {
     pub tops: TopsCache,
     pub metrics: Arc<ControllerMetrics>,
     pub refusals: Refusals,
-    /// The fleet's wishes as last read, and when (see [`desired`]).
-    pub desired: tokio::sync::Mutex<Option<(std::time::Instant, Desired)>>,
+    /// The fleet's wishes as last read, and when (see [`fleet_now`]).
+    pub desired: tokio::sync::Mutex<Option<(std::time::Instant, Arc<super::store::FleetSettings>)>>,
     /// Nonces per node id (their own quota: asking for nonces cannot use up a node's reports).
     pub nonce_meter: crate::quota::Meter,
     /// Checks Azure attested documents (node identity).
@@ -193,6 +194,14 @@ pub fn router(state: Shared) -> Router {
             get(learn::get_suggestion),
         )
         .route(&format!("{API}/policy/replay"), post(learn::post_replay))
+        .route(
+            &format!("{API}/rollout"),
+            get(rollout::get_rollout).post(rollout::post_rollout),
+        )
+        .route(
+            &format!("{API}/rollout/{{action}}"),
+            post(rollout::post_rollout_action),
+        )
         .route(
             &format!("{API}/policy/{{version}}"),
             get(get_policy_version),
@@ -430,30 +439,55 @@ async fn post_report(
         }
     };
     state.metrics.report(outcome);
+    let mut fleet = fleet_now(&state).await?;
+    if matches!(outcome, ReportOutcome::Stored { .. })
+        && let Some(reason) = fleet
+            .rollout
+            .as_ref()
+            .and_then(|rollout| crate::rollout::canary_trouble(rollout, &report))
+    {
+        // A canary in trouble: the rollout stops where it is, for an operator to decide.
+        let pause = crate::rollout::Transition::Pause { reason };
+        if let Ok(paused) = state.store.transition(pause, now, AUTOMATIC).await? {
+            log::warn!(
+                "rollout paused: {}",
+                paused
+                    .rollout
+                    .as_ref()
+                    .and_then(|r| r.reason.as_deref())
+                    .unwrap_or("")
+            );
+            *state.desired.lock().await = None;
+            fleet = Arc::new(paused);
+        }
+    }
+    let desired = fleet
+        .current()
+        .desired_for(&report.node_id, report.identity.group.as_deref());
     Ok(Json(ReportReply {
         stored: matches!(outcome, ReportOutcome::Stored { .. }),
-        fleet: desired(&state).await?,
+        fleet: desired,
     })
     .into_response())
 }
 
-/// What the fleet wants, as the answer to every report carries it: read at most once per
-/// [`DESIRED_MAX_AGE`] (a change made on another replica reaches the nodes that much later; one
-/// made on this replica at once), not once per report.
-async fn desired(state: &Shared) -> Result<Desired, ApiError> {
+/// Who the history names for what the controller did by itself (no token has this name:
+/// token names have no spaces).
+const AUTOMATIC: &str = "controller (automatic)";
+
+/// The fleet's wishes, as the answer to every report carries them (each node's own, during a
+/// rollout): read at most once per [`DESIRED_MAX_AGE`] (a change made on another replica
+/// reaches the nodes that much later; one made on this replica at once), not once per report.
+async fn fleet_now(state: &Shared) -> Result<Arc<super::store::FleetSettings>, ApiError> {
     let mut cached = state.desired.lock().await;
-    if let Some((at, desired)) = *cached
+    if let Some((at, fleet)) = cached.as_ref()
         && at.elapsed() < DESIRED_MAX_AGE
     {
-        return Ok(desired);
+        return Ok(Arc::clone(fleet));
     }
-    let fleet = state.store.fleet().await?;
-    let desired = Desired {
-        policy_version: fleet.policy_version,
-        mode: fleet.mode,
-    };
-    *cached = Some((std::time::Instant::now(), desired));
-    Ok(desired)
+    let fleet = Arc::new(state.store.fleet().await?);
+    *cached = Some((std::time::Instant::now(), Arc::clone(&fleet)));
+    Ok(fleet)
 }
 
 const DESIRED_MAX_AGE: Duration = Duration::from_secs(1);
@@ -706,9 +740,34 @@ fn fleet_policy(fleet: super::store::FleetSettings) -> FleetPolicy {
     }
 }
 
-async fn get_policy(State(state): State<Shared>, _: AnyCaller) -> Result<Response, ApiError> {
+/// `GET /api/v1/policy[?node=ID]`: the fleet's policy and mode; with `node`, what that node
+/// is to run (during a rollout, nodes outside its target keep the policy and mode before it).
+async fn get_policy(
+    State(state): State<Shared>,
+    _: AnyCaller,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let query = params(query, &["node"])?;
     let fleet = state.store.fleet().await?;
     let version = fleet.policy_version;
+    if let Some(node_id) = query.get("node") {
+        if !egress_monitor_api::wire::valid_node_id(node_id) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`node` must be a node id (1-128 letters, digits, '.', '_' and '-')",
+            ));
+        }
+        let group = state.store.node(node_id).await?.and_then(|node| node.group);
+        let current = fleet.current();
+        let desired = current.desired_for(node_id, group.as_deref());
+        let answer = FleetPolicy {
+            version: desired.policy_version,
+            policy: current.policy_for(node_id, group.as_deref()),
+            mode: desired.mode,
+            updated: fleet.updated_ms.map(rfc3339),
+        };
+        return Ok(with_etag(Json(answer), version));
+    }
     Ok(with_etag(Json(fleet_policy(fleet)), version))
 }
 
@@ -798,22 +857,7 @@ async fn put_policy(
             ));
         }
     };
-    let expected = headers
-        .get(header::IF_MATCH)
-        .map(|value| {
-            value
-                .to_str()
-                .ok()
-                .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "`If-Match` must be a policy version, as the `ETag` of GET /api/v1/policy gives it (\"7\")",
-                    )
-                })
-        })
-        .transpose()?;
+    let expected = if_match(&headers)?;
     if body.len() > MAX_POLICY_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -827,17 +871,8 @@ async fn put_policy(
         )
     })?;
     let fleet = state.store.fleet().await?;
-    egress_monitor_policy::validate_fleet_policy(text, fleet.mode)
-        .map_err(|err| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()))?;
-    if !confirmed_empty
-        && egress_monitor_policy::fleet_policy_file(text)
-            .is_ok_and(|file| file.rules.is_empty() && file.domain_rules.is_empty() && !file.azure)
-    {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "this policy has no rule of its own: every node would reach only the private ranges and the cloud's addresses; send it with ?confirm=empty if that is what you want",
-        ));
-    }
+    refuse_during_rollout(&fleet)?;
+    check_fleet_policy(text, fleet.mode, confirmed_empty)?;
     let fleet = match state
         .store
         .set_policy(text, now_ms(), &operator.name, expected)
@@ -870,6 +905,61 @@ async fn put_policy(
     ))
 }
 
+/// The `If-Match` header: the fleet policy version the caller read (`ETag` of GET /policy).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(header::IF_MATCH)
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "`If-Match` must be a policy version, as the `ETag` of GET /api/v1/policy gives it (\"7\")",
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// A fleet policy as nodes will build it (in `mode`), and not empty unless confirmed.
+fn check_fleet_policy(
+    text: &str,
+    mode: Option<egress_monitor_api::Mode>,
+    confirmed_empty: bool,
+) -> Result<(), ApiError> {
+    egress_monitor_policy::validate_fleet_policy(text, mode)
+        .map_err(|err| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string()))?;
+    if !confirmed_empty
+        && egress_monitor_policy::fleet_policy_file(text)
+            .is_ok_and(|file| file.rules.is_empty() && file.domain_rules.is_empty() && !file.azure)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this policy has no rule of its own: every node would reach only the private ranges and the cloud's addresses; send it with ?confirm=empty if that is what you want",
+        ));
+    }
+    Ok(())
+}
+
+/// The whole fleet's policy and mode do not change under a rollout.
+fn refuse_during_rollout(fleet: &super::store::FleetSettings) -> Result<(), ApiError> {
+    match &fleet.rollout {
+        Some(rollout) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "a rollout to {} is in progress ({}): promote or roll it back first (POST /api/v1/rollout/promote or /rollback)",
+                rollout.target.describe(),
+                rollout.stage
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A response with the fleet policy's version as its `ETag` (for `If-Match`).
 fn with_etag(body: impl IntoResponse, version: u64) -> Response {
     let mut response = body.into_response();
@@ -887,6 +977,7 @@ async fn put_mode(
 ) -> Result<Json<FleetPolicy>, ApiError> {
     let Json(request) = body?;
     let fleet = state.store.fleet().await?;
+    refuse_during_rollout(&fleet)?;
     if let Some(text) = &fleet.policy {
         egress_monitor_policy::validate_fleet_policy(text, Some(request.mode)).map_err(|err| {
             ApiError::new(
@@ -983,6 +1074,7 @@ async fn page_data(state: &Shared) -> Result<page::PageData, ApiError> {
         })
         .await?;
     let summary = view::summary(&views, &fleet, since, tops);
+    let rollout = fleet.rollout.clone();
     let fleet = fleet_policy(fleet);
     let exceptions = fleet.policy.as_deref().map_or_else(Vec::new, |text| {
         page::exceptions(text, now_ms(), page::EXCEPTIONS_AHEAD_MS)
@@ -995,6 +1087,7 @@ async fn page_data(state: &Shared) -> Result<page::PageData, ApiError> {
         dns,
         history: history(state, PAGE_HISTORY).await?,
         exceptions,
+        rollout,
     })
 }
 

@@ -36,7 +36,7 @@ pub const SQLITE: Dialect = Dialect {
 
 /// Every migration, in order. Version 1 is the schema as it was before migrations were
 /// versioned (`CREATE … IF NOT EXISTS`, so it is a no-op on such a database).
-pub const MIGRATIONS: [Migration; 10] = [
+pub const MIGRATIONS: [Migration; 11] = [
     Migration {
         version: 1,
         name: "nodes, reports, events, fleet, policies, fleet changes",
@@ -118,6 +118,11 @@ pub const MIGRATIONS: [Migration; 10] = [
         version: 10,
         name: "continuous proof: each node's latest self-check and alarms",
         sql: |_| "ALTER TABLE nodes ADD COLUMN proof TEXT;".to_owned(),
+    },
+    Migration {
+        version: 11,
+        name: "staged rollouts: the rollout in progress, beside the fleet's policy and mode",
+        sql: |_| "ALTER TABLE fleet ADD COLUMN rollout TEXT;".to_owned(),
     },
 ];
 

@@ -184,6 +184,20 @@ pub struct FleetSettings {
     pub policy: Option<String>,
     pub mode: Option<Mode>,
     pub updated_ms: Option<u64>,
+    /// The staged rollout in progress, if one is (see [`crate::rollout`]).
+    pub rollout: Option<crate::rollout::Rollout>,
+}
+
+impl FleetSettings {
+    /// The fleet as a rollout transition is decided from.
+    pub fn current(&self) -> crate::rollout::Current<'_> {
+        crate::rollout::Current {
+            policy_version: self.policy_version,
+            policy: self.policy.as_deref(),
+            mode: self.mode,
+            rollout: self.rollout.as_ref(),
+        }
+    }
 }
 
 /// What storing a fleet policy did.
@@ -256,6 +270,15 @@ pub trait Store: Send + Sync {
         now_ms: u64,
         actor: &str,
     ) -> Result<FleetSettings, StoreError>;
+    /// Carries out a rollout transition as [`crate::rollout::plan`] decides it from the fleet
+    /// as it is, under the fleet row's lock (two replicas deciding at once decide one after
+    /// the other). The inner `Err` says why nothing was written.
+    async fn transition(
+        &self,
+        transition: crate::rollout::Transition,
+        now_ms: u64,
+        actor: &str,
+    ) -> Result<Result<FleetSettings, crate::rollout::Refusal>, StoreError>;
     /// The newest `limit` changes of the fleet's policy and mode, newest first.
     async fn history(&self, limit: u32) -> Result<Vec<FleetChange>, StoreError>;
     /// A fleet policy version as it was set: its text and when.
@@ -358,6 +381,11 @@ fn mode_from(text: &str) -> Result<Mode, StoreError> {
         what: "mode",
         message,
     })
+}
+
+/// The fleet's rollout column, as stored.
+fn rollout_from(text: Option<String>) -> Result<Option<crate::rollout::Rollout>, StoreError> {
+    text.map(|text| from_json("rollout", &text)).transpose()
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(

@@ -173,6 +173,7 @@ fn fleet_from(row: &Row) -> Result<FleetSettings, StoreError> {
             .map(mode_from)
             .transpose()?,
         updated_ms: row.get::<_, Option<i64>>(3).map(|v| v as u64),
+        rollout: super::rollout_from(row.get(4))?,
     })
 }
 
@@ -413,6 +414,50 @@ impl Store for PgStore {
         let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
         tx.commit().await?;
         Ok(PolicyChange::Set(fleet))
+    }
+
+    async fn transition(
+        &self,
+        transition: crate::rollout::Transition,
+        now_ms: u64,
+        actor: &str,
+    ) -> Result<Result<FleetSettings, crate::rollout::Refusal>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // The fleet's row locked, as for a policy.
+        let current = fleet_from(
+            &tx.query_one(&format!("{} FOR UPDATE", query::SELECT_FLEET), &[])
+                .await?,
+        )?;
+        let plan = match crate::rollout::plan(current.current(), transition, now_ms, actor) {
+            Ok(plan) => plan,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let now = now_ms as i64;
+        if let Some(text) = &plan.new_policy {
+            tx.execute(&pg(query::SET_POLICY), &[text, &now]).await?;
+            tx.execute(query::RECORD_POLICY, &[]).await?;
+        }
+        if let Some((version, policy, mode)) = &plan.restore {
+            let mode = mode.map(|m| m.as_str());
+            tx.execute(
+                &pg(query::RESTORE_FLEET),
+                &[&(*version as i64), policy, &mode, &now],
+            )
+            .await?;
+        }
+        if let Some(mode) = plan.mode {
+            tx.execute(&pg(query::SET_MODE), &[&mode.as_str(), &now])
+                .await?;
+        }
+        let rollout = plan.rollout.as_ref().map(super::to_json);
+        tx.execute(&pg(query::SET_ROLLOUT), &[&rollout, &now])
+            .await?;
+        tx.execute(&pg(query::RECORD_CHANGE), &[&plan.change, &actor])
+            .await?;
+        let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
+        tx.commit().await?;
+        Ok(Ok(fleet))
     }
 
     async fn set_mode(

@@ -247,9 +247,20 @@ pub const PRUNE_REPORTS: &str = "DELETE FROM reports WHERE (node_id, stream, seq
      (SELECT node_id, stream, seq FROM reports WHERE received_ms < ?1 ORDER BY received_ms LIMIT ?2)";
 
 pub const SELECT_FLEET: &str =
-    "SELECT policy_version, policy, mode, updated_ms FROM fleet WHERE id = 1";
+    "SELECT policy_version, policy, mode, updated_ms, rollout FROM fleet WHERE id = 1";
 
-pub const SET_POLICY: &str = "UPDATE fleet SET policy_version = policy_version + 1, policy = ?1, updated_ms = ?2 WHERE id = 1";
+/// A new policy version: after every version stored (a rolled-back rollout leaves the fleet
+/// below its candidate's version, which is never given out again).
+pub const SET_POLICY: &str = "UPDATE fleet SET policy_version = policy_version + 1 + \
+     (SELECT COUNT(*) FROM policies WHERE version > fleet.policy_version), policy = ?1, \
+     updated_ms = ?2 WHERE id = 1";
+
+/// A rollback: the fleet's version, policy and mode as they were before the rollout.
+pub const RESTORE_FLEET: &str = "UPDATE fleet SET policy_version = ?1, policy = ?2, mode = ?3, \
+     updated_ms = ?4 WHERE id = 1";
+
+/// The rollout in progress (?1: JSON, or NULL when none).
+pub const SET_ROLLOUT: &str = "UPDATE fleet SET rollout = ?1, updated_ms = ?2 WHERE id = 1";
 
 pub const RECORD_POLICY: &str = "INSERT INTO policies (version, policy, set_ms) SELECT policy_version, policy, updated_ms FROM fleet WHERE id = 1";
 

@@ -120,16 +120,31 @@ fn migrate_sqlite(connection: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+type FleetColumns = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
 fn fleet(connection: &Connection) -> Result<FleetSettings, StoreError> {
-    let (version, policy, mode, updated): (i64, Option<String>, Option<String>, Option<i64>) =
+    let (version, policy, mode, updated, rollout): FleetColumns =
         connection.query_row(query::SELECT_FLEET, [], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
         })?;
     Ok(FleetSettings {
         policy_version: version as u64,
         policy,
         mode: mode.as_deref().map(mode_from).transpose()?,
         updated_ms: updated.map(|v| v as u64),
+        rollout: super::rollout_from(rollout)?,
     })
 }
 
@@ -324,6 +339,44 @@ impl Store for SqliteStore {
             let fleet = fleet(&tx)?;
             tx.commit()?;
             Ok(fleet)
+        })
+        .await
+    }
+
+    async fn transition(
+        &self,
+        transition: crate::rollout::Transition,
+        now_ms: u64,
+        actor: &str,
+    ) -> Result<Result<FleetSettings, crate::rollout::Refusal>, StoreError> {
+        let actor = actor.to_owned();
+        self.with(Use::Write, move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let plan = match crate::rollout::plan(fleet(&tx)?.current(), transition, now_ms, &actor)
+            {
+                Ok(plan) => plan,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            let now = now_ms as i64;
+            if let Some(text) = &plan.new_policy {
+                tx.execute(query::SET_POLICY, (text, now))?;
+                tx.execute(query::RECORD_POLICY, [])?;
+            }
+            if let Some((version, policy, mode)) = &plan.restore {
+                tx.execute(
+                    query::RESTORE_FLEET,
+                    (*version as i64, policy, mode.map(|m| m.as_str()), now),
+                )?;
+            }
+            if let Some(mode) = plan.mode {
+                tx.execute(query::SET_MODE, (mode.as_str(), now))?;
+            }
+            let rollout = plan.rollout.as_ref().map(super::to_json);
+            tx.execute(query::SET_ROLLOUT, (rollout, now))?;
+            tx.execute(query::RECORD_CHANGE, [plan.change, actor.as_str()])?;
+            let fleet = fleet(&tx)?;
+            tx.commit()?;
+            Ok(Ok(fleet))
         })
         .await
     }

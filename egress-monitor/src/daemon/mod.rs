@@ -404,7 +404,7 @@ async fn serve(
                 let Some(update) = update else { continue };
                 // Events read before the change name the old rules; after it, the new.
                 drain(ring.get_mut(), &names, &mut out);
-                follow_fleet(update, link.as_ref().expect("guarded"), config, datapath);
+                follow_fleet(update, link.as_ref().expect("guarded"), config, datapath, &reload.arguments);
                 names = load_names(&layout)?;
                 prover.check(datapath, &mut out);
             }

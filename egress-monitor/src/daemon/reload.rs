@@ -32,8 +32,24 @@ pub(super) fn follow_fleet(
     link: &FleetLink,
     config: &mut RunConfig,
     datapath: &mut Datapath,
+    arguments: &PolicySource,
 ) {
-    let state = link.exchange.following();
+    let mut state = link.exchange.following();
+    // The fleet no longer sets what it set (a rolled-back rollout): the node returns to its
+    // own policy or mode, as a restart with the fleet's record would build it.
+    if let Some(released) = crate::fleet::follow::release(&link.dir, update.desired, &state) {
+        let layout = datapath.layout().clone();
+        match reload_source(arguments, &config.source, &layout, Some(&link.dir)) {
+            Ok(source) => {
+                config.source = source;
+                state = released;
+            }
+            Err(err) => log::error!(
+                "cannot return to the node's own policy source: {}",
+                crate::system::error::chain(&err)
+            ),
+        }
+    }
     let outcome = crate::fleet::follow::apply(
         &link.dir,
         update.desired,

@@ -78,6 +78,50 @@ pub fn restore(dir: &Path, source: &mut PolicySource) -> Following {
     }
 }
 
+/// When the fleet no longer sets a policy (`desired` version 0) or a mode (`None`) the node
+/// follows (a rolled-back rollout), forgets them in the record kept in `dir` and returns the
+/// state without them: the caller then builds the node's own source again. `None` when
+/// nothing is released.
+pub fn release(dir: &Path, desired: Desired, state: &Following) -> Option<Following> {
+    let policy_released = desired.policy_version == 0 && state.policy_version.is_some();
+    let mode_released = desired.mode.is_none() && state.mode.is_some();
+    if !policy_released && !mode_released {
+        return None;
+    }
+    let applied = Applied {
+        policy_version: if policy_released {
+            None
+        } else {
+            state.policy_version
+        },
+        mode: if mode_released { None } else { state.mode },
+    };
+    if let Err(err) = write_durably(
+        &applied_path(dir),
+        &serde_json::to_vec(&applied).expect("plain struct"),
+    ) {
+        log::error!(
+            "cannot record the fleet's release: {}",
+            crate::system::error::chain(&err)
+        );
+        return None;
+    }
+    log::info!(
+        "the fleet no longer sets {}: back to this node's own",
+        match (policy_released, mode_released) {
+            (true, true) => "a policy or a mode",
+            (true, false) => "a policy",
+            _ => "a mode",
+        }
+    );
+    Some(Following {
+        policy_version: applied.policy_version,
+        mode: applied.mode,
+        error: None,
+        refused: None,
+    })
+}
+
 /// Applies the fleet's wishes; on success `source` is the new source. `Err` says why nothing
 /// changed.
 pub fn apply(

@@ -5,6 +5,7 @@
 //! are simulated; `kernel::fleet` runs real daemons.
 
 mod learn;
+mod rollout;
 
 use std::time::Duration;
 

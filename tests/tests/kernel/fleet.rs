@@ -632,3 +632,89 @@ fn refused_and_tunnelling_dns_questions_are_fleet_violations() {
         "{status} {page}"
     );
 }
+
+/// A staged rollout on real daemons: the canary group's node enforces the candidate, the other
+/// keeps observing; the canary's first drops pause the rollout; a rollback returns the canary
+/// to observe mode, with nothing else to do.
+#[test]
+fn a_rollout_reaches_the_canaries_first_pauses_on_their_drops_and_rolls_back() {
+    let canary = Node::new("roll-canary");
+    let other = Node::new("roll-other");
+    let scratch = Scratch::new("roll-controller");
+    let files = ControllerFiles::new(&scratch.0);
+    let controller = Controller::start(&files, &files.sqlite(), 0, &[]);
+    let api = Api::new(&controller.url);
+    let wait = Duration::from_secs(20);
+    let _a = reporting_daemon(
+        &canary,
+        "roll-canary",
+        &controller.url,
+        &files,
+        &["--node-group", "canaries"],
+    );
+    let _b = reporting_daemon(
+        &other,
+        "roll-other",
+        &controller.url,
+        &files,
+        &["--node-group", "web"],
+    );
+    api.wait("/api/v1/nodes", wait, |nodes| {
+        ["roll-canary", "roll-other"]
+            .iter()
+            .all(|id| node(nodes, id)["state"] == "observing")
+    });
+
+    let (status, started) = api.post_json(
+        "/api/v1/rollout",
+        ADMIN_TOKEN,
+        &json!({"mode": "enforce", "group": "canaries"}),
+    );
+    assert_eq!(status, 201, "{started}");
+    api.wait("/api/v1/nodes", wait, |nodes| {
+        node(nodes, "roll-canary")["state"] == "enforced"
+            && node(nodes, "roll-other")["state"] == "observing"
+            && node(nodes, "roll-other")["converged"] == true
+    });
+    let status = status_json(&canary.bpffs.pin_path());
+    assert_eq!(status["mode"], "enforce");
+    assert_eq!(
+        status["mode_source"], "the fleet's mode (PUT /api/v1/mode)",
+        "{status:#}"
+    );
+    assert_eq!(status_json(&other.bpffs.pin_path())["mode"], "observe");
+    assert_eq!(
+        other.send(IpAddr::V4(INTERNET_V4), 2),
+        0,
+        "the other node still observes"
+    );
+
+    // The canary's workload now meets drops: the rollout stops by itself.
+    assert_eq!(
+        canary.send(IpAddr::V4(INTERNET_V4), 3),
+        3,
+        "dropped on the canary"
+    );
+    let paused = api.wait("/api/v1/rollout", wait, |rollout| {
+        rollout["rollout"]["stage"] == "paused"
+    });
+    assert!(
+        paused["rollout"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("canary roll-canary reported"),
+        "{paused:#}"
+    );
+
+    // One call back: the canary observes again.
+    let (status, back) = api.post_json("/api/v1/rollout/rollback", ADMIN_TOKEN, &json!({}));
+    assert_eq!(status, 200, "{back}");
+    api.wait("/api/v1/nodes", wait, |nodes| {
+        node(nodes, "roll-canary")["state"] == "observing"
+    });
+    assert_eq!(
+        canary.send(IpAddr::V4(INTERNET_V4), 2),
+        0,
+        "observing again"
+    );
+}

@@ -218,10 +218,11 @@ impl Client {
         answer(response)
     }
 
-    pub fn policy(&self) -> Result<FleetPolicy, SendError> {
+    /// What the fleet wants `node_id` to run (during a staged rollout, it depends on the node).
+    pub fn policy(&self, node_id: &str) -> Result<FleetPolicy, SendError> {
         let response = self
             .agent
-            .get(format!("{}{API}/policy", self.base))
+            .get(format!("{}{API}/policy?node={node_id}", self.base))
             .header("Authorization", &self.reporting_authorization())
             .call()
             .map_err(|err| SendError::Transport(err.to_string()))?;

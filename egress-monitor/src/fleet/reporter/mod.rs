@@ -532,13 +532,17 @@ impl Reporter {
         let state = self.exchange.following();
         let policy_needed =
             desired.policy_version > 0 && state.policy_version != Some(desired.policy_version);
-        let mode_needed = desired.mode.is_some() && state.mode != desired.mode;
+        // Also when the fleet stops setting what the node follows (a rolled-back rollout).
+        let released = (desired.policy_version == 0 && state.policy_version.is_some())
+            || (desired.mode.is_none() && state.mode.is_some());
+        let mode_needed = (desired.mode.is_some() && state.mode != desired.mode) || released;
         if !(policy_needed || mode_needed) || state.refused == Some(desired) {
             return;
         }
         let (desired, policy) = if policy_needed {
             let client = Arc::clone(&self.client);
-            match tokio::task::spawn_blocking(move || client.policy()).await {
+            let node_id = self.config.node_id.clone();
+            match tokio::task::spawn_blocking(move || client.policy(&node_id)).await {
                 Ok(Ok(fleet)) => (
                     Desired {
                         policy_version: fleet.version,
