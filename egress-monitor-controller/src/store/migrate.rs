@@ -169,7 +169,7 @@ mod tests {
         }
         assert_eq!(
             pending(1).map(|m| m.version).collect::<Vec<_>>(),
-            [2, 3, 4, 5, 6, 7, 8, 9]
+            [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
         );
         assert_eq!(pending(latest()).count(), 0);
     }
