@@ -819,7 +819,7 @@ fn replicas_started_together_on_an_empty_database_all_serve() {
             database.query_in(
                 "SELECT string_agg(version::text, ',' ORDER BY version) FROM schema_migrations"
             ),
-            "1,2,3,4,5,6,7,8,9",
+            "1,2,3,4,5,6,7,8,9,10,11",
             "attempt {attempt}"
         );
     }
