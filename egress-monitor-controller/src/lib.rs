@@ -203,6 +203,7 @@ impl Controller {
                 nonce_meter: quota::Meter::default(),
                 desired: tokio::sync::Mutex::default(),
                 attestation,
+                scheme: if tls.is_some() { "https" } else { "http" },
             }),
             listener,
             metrics_listener,

@@ -2,6 +2,7 @@
 //! mapping from requests to the store. A refused request stores nothing and says why, as
 //! `{"error": "…"}` with a fitting status.
 
+mod console;
 mod identity;
 mod learn;
 mod rollout;
@@ -13,14 +14,13 @@ use axum::{
     body::Bytes,
     extract::{FromRequestParts, Query, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header, request::Parts},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::{get, post, put},
 };
 
 use super::{
     auth::{Caller, NodeScope, Operator, Role, Tokens, presented},
     metrics::{ControllerMetrics, ReportOutcome, count_requests},
-    page,
     params::Params,
     store::{Ingest, PolicyChange, Store, StoreError, Top, ViolationFilter},
     view::{self, NodeView},
@@ -53,6 +53,8 @@ pub struct AppState {
     pub nonce_meter: crate::quota::Meter,
     /// Checks Azure attested documents (node identity).
     pub attestation: Arc<crate::attest::Verifier>,
+    /// `https` when the controller serves TLS (the console's enrolment steps name it).
+    pub scheme: &'static str,
 }
 
 /// The day's top destinations and processes, shared by the summary and the page. A task
@@ -66,6 +68,8 @@ struct CachedTops {
     at: std::time::Instant,
     since_ms: u64,
     tops: (Vec<Top>, Vec<Top>),
+    /// Violations per hour over the same day (the console's chart).
+    hours: Vec<super::store::Hour>,
 }
 
 pub const TOPS_REFRESH: Duration = Duration::from_secs(30);
@@ -73,29 +77,40 @@ const TOPS_STALE: Duration = Duration::from_secs(300);
 
 /// The last day's top destinations and processes, and since when they count.
 async fn tops(state: &Shared) -> Result<(u64, (Vec<Top>, Vec<Top>)), ApiError> {
+    let (since_ms, tops, _) = day(state).await?;
+    Ok((since_ms, tops))
+}
+
+/// The day's tops and its violations per hour, from the cache (see [`TopsCache`]).
+async fn day(
+    state: &Shared,
+) -> Result<(u64, (Vec<Top>, Vec<Top>), Vec<super::store::Hour>), ApiError> {
     let mut cache = state.tops.0.lock().await;
     if let Some(cached) = cache.as_ref()
         && cached.at.elapsed() < TOPS_STALE
     {
-        return Ok((cached.since_ms, cached.tops.clone()));
+        return Ok((cached.since_ms, cached.tops.clone(), cached.hours.clone()));
     }
-    let (since_ms, tops) = compute_tops(state).await?;
-    *cache = Some(CachedTops {
-        at: std::time::Instant::now(),
-        since_ms,
-        tops: tops.clone(),
-    });
-    Ok((since_ms, tops))
+    let fresh = compute_tops(state).await?;
+    let answer = (fresh.since_ms, fresh.tops.clone(), fresh.hours.clone());
+    *cache = Some(fresh);
+    Ok(answer)
 }
 
-async fn compute_tops(state: &Shared) -> Result<(u64, (Vec<Top>, Vec<Top>)), StoreError> {
+async fn compute_tops(state: &Shared) -> Result<CachedTops, StoreError> {
     // The rollups count whole hours: the window starts at the hour a day ago began.
     let since_ms = now_ms().saturating_sub(TOP_WINDOW_MS);
     let since_ms = since_ms - since_ms % 3_600_000;
     let started = std::time::Instant::now();
     let tops = state.store.top(since_ms, TOP_LIMIT).await?;
+    let hours = state.store.hours(since_ms).await?;
     log::debug!("tops computed in {} ms", started.elapsed().as_millis());
-    Ok((since_ms, tops))
+    Ok(CachedTops {
+        at: std::time::Instant::now(),
+        since_ms,
+        tops,
+        hours,
+    })
 }
 
 /// Recomputes the tops every [`TOPS_REFRESH`] from one interval after the start (until
@@ -106,12 +121,8 @@ pub async fn refresh_tops(state: Shared) {
     loop {
         tick.tick().await;
         match compute_tops(&state).await {
-            Ok((since_ms, tops)) => {
-                *state.tops.0.lock().await = Some(CachedTops {
-                    at: std::time::Instant::now(),
-                    since_ms,
-                    tops,
-                });
+            Ok(fresh) => {
+                *state.tops.0.lock().await = Some(fresh);
             }
             Err(err) => log::error!(
                 "cannot compute the top destinations and processes: {}",
@@ -170,7 +181,12 @@ impl IntoResponse for ApiError {
 
 pub fn router(state: Shared) -> Router {
     Router::new()
-        .route("/", get(page_handler))
+        .route("/", get(console::home))
+        .route("/nodes", get(console::nodes))
+        .route("/nodes/{node_id}", get(console::node))
+        .route("/violations", get(console::violations))
+        .route(crate::page::UPLOT_JS_PATH, get(console::uplot_js))
+        .route(crate::page::UPLOT_CSS_PATH, get(console::uplot_css))
         .route("/healthz", get(healthz))
         .route(&format!("{API}/reports"), post(post_report))
         .route(
@@ -648,8 +664,9 @@ fn limit(value: &str) -> Result<u32, String> {
 }
 
 /// What `/violations` filters on.
-const VIOLATION_PARAMS: [&str; 9] = [
+const VIOLATION_PARAMS: [&str; 10] = [
     "node",
+    "rule",
     "kind",
     "destination",
     "process",
@@ -688,6 +705,7 @@ fn violation_filter(query: &Params) -> Result<ViolationFilter, String> {
         };
         match key {
             "node" => filter.node = text()?,
+            "rule" => filter.rule = text()?,
             "kind" => {
                 filter.kind = Some(value.parse().map_err(|err| format!("`kind`: {err}"))?);
             }
@@ -1024,71 +1042,6 @@ async fn healthz(State(state): State<Shared>) -> Response {
         "the controller's database does not answer",
     )
     .into_response()
-}
-
-/// The page wants the admin token as a `Bearer` or as the password of HTTP basic
-/// authentication (what a browser asks for).
-async fn page_handler(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    match caller(&headers, &state).await {
-        Ok(Caller::Operator(_)) => {}
-        _ => {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(
-                    header::WWW_AUTHENTICATE,
-                    "Basic realm=\"egress-monitor controller (password: the admin token)\"",
-                )],
-                "the admin token is needed (as the password; any user name)\n",
-            )
-                .into_response();
-        }
-    }
-    match page_data(&state).await {
-        Ok(data) => Html(page::render(&data).into_string()).into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn page_data(state: &Shared) -> Result<page::PageData, ApiError> {
-    let (mut views, fleet) = views(state).await?;
-    // For people, the nodes that need them first: stale, unprotected, drifted, then the rest.
-    views.sort_by(|a, b| {
-        a.state
-            .cmp(&b.state)
-            .then_with(|| a.node.node_id.cmp(&b.node.node_id))
-    });
-    let (since, tops) = tops(state).await?;
-    let recent = state
-        .store
-        .violations(&ViolationFilter {
-            limit: 20,
-            ..ViolationFilter::default()
-        })
-        .await?;
-    let dns = state
-        .store
-        .violations(&ViolationFilter {
-            kind: Some(egress_monitor_api::wire::FlowKind::Dns),
-            limit: 20,
-            ..ViolationFilter::default()
-        })
-        .await?;
-    let summary = view::summary(&views, &fleet, since, tops);
-    let rollout = fleet.rollout.clone();
-    let fleet = fleet_policy(fleet);
-    let exceptions = fleet.policy.as_deref().map_or_else(Vec::new, |text| {
-        page::exceptions(text, now_ms(), page::EXCEPTIONS_AHEAD_MS)
-    });
-    Ok(page::PageData {
-        summary,
-        nodes: views,
-        fleet,
-        recent,
-        dns,
-        history: history(state, PAGE_HISTORY).await?,
-        exceptions,
-        rollout,
-    })
 }
 
 #[cfg(test)]

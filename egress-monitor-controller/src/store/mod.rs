@@ -136,6 +136,8 @@ pub struct ViolationFilter {
     pub node: Option<String>,
     /// One kind of event: `dns` for DNS questions, or a flow event's kind.
     pub kind: Option<egress_monitor_api::wire::FlowKind>,
+    /// The rule that decided (its name; `default` when none matched).
+    pub rule: Option<String>,
     /// An address (as text) or the name it was resolved from.
     pub destination: Option<String>,
     /// An executable's path or base name, or a command name.
@@ -159,6 +161,16 @@ pub struct Top {
     pub packets: u64,
     pub events: u64,
     pub nodes: u64,
+}
+
+/// One hour of violations across the fleet (from the rollups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Hour {
+    pub hour_ms: u64,
+    /// Denied packets of flows (observed or dropped).
+    pub flow_packets: u64,
+    /// DNS violations (questions refused or that would be, tunnelling-like names).
+    pub dns_violations: u64,
 }
 
 /// What one pruning batch removed.
@@ -253,6 +265,8 @@ pub trait Store: Send + Sync {
     /// Top destinations and processes of flows (by packets) from the hour of `since_ms` on,
     /// from the hourly rollups.
     async fn top(&self, since_ms: u64, limit: u32) -> Result<(Vec<Top>, Vec<Top>), StoreError>;
+    /// Violations per hour from the hour of `since_ms` on, from the hourly rollups.
+    async fn hours(&self, since_ms: u64) -> Result<Vec<Hour>, StoreError>;
     async fn fleet(&self) -> Result<FleetSettings, StoreError>;
     /// Stores a new fleet policy; its version is the previous one plus one. `actor` (the
     /// operator's token name) goes into the history. The same text as the current policy

@@ -384,6 +384,20 @@ impl Store for PgStore {
         ))
     }
 
+    async fn hours(&self, since_ms: u64) -> Result<Vec<super::Hour>, StoreError> {
+        let client = self.pool.get().await?;
+        let from_hour = rollup::hour(since_ms) as i64;
+        let rows = client.query(&pg(rollup::HOURS), &[&from_hour]).await?;
+        Ok(rows
+            .iter()
+            .map(|row| super::Hour {
+                hour_ms: row.get::<_, i64>(0) as u64,
+                flow_packets: row.get::<_, i64>(1) as u64,
+                dns_violations: row.get::<_, i64>(2) as u64,
+            })
+            .collect())
+    }
+
     async fn fleet(&self) -> Result<FleetSettings, StoreError> {
         let client = self.pool.get().await?;
         fleet_from(&client.query_one(query::SELECT_FLEET, &[]).await?)

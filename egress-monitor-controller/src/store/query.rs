@@ -197,6 +197,9 @@ pub fn violations(filter: &ViolationFilter) -> (String, Vec<Param>) {
     if let Some(kind) = filter.kind {
         push("kind = ?N", kind.as_str().into(), &mut params);
     }
+    if let Some(rule) = &filter.rule {
+        push("rule = ?N", rule.as_str().into(), &mut params);
+    }
     if let Some(destination) = &filter.destination {
         push(
             "(dst = ?N OR dst_name = ?N)",

@@ -119,6 +119,13 @@ pub const TOP_PROCESSES: &str = "SELECT process, NULL, SUM(packets), SUM(events)
      FROM event_rollups WHERE hour_ms >= ?1 AND kind <> 'dns' \
      GROUP BY process ORDER BY SUM(packets) DESC, process LIMIT ?2";
 
+/// Denied flow packets and DNS violations per hour, from the hour of ?1 on (the console's
+/// chart).
+pub const HOURS: &str = "SELECT hour_ms, \
+     CAST(SUM(CASE WHEN kind <> 'dns' THEN packets ELSE 0 END) AS BIGINT), \
+     CAST(SUM(CASE WHEN kind = 'dns' THEN events ELSE 0 END) AS BIGINT) \
+     FROM event_rollups WHERE hour_ms >= ?1 GROUP BY hour_ms ORDER BY hour_ms";
+
 /// At most ?2 rollup rows of hours before ?1.
 pub const PRUNE: &str = "DELETE FROM event_rollups WHERE (hour_ms, node_id, kind, dst, process) IN \
      (SELECT hour_ms, node_id, kind, dst, process FROM event_rollups WHERE hour_ms < ?1 \

@@ -298,6 +298,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn hours(&self, since_ms: u64) -> Result<Vec<super::Hour>, StoreError> {
+        let from_hour = rollup::hour(since_ms) as i64;
+        self.with(Use::Read, move |connection| {
+            let mut statement = connection.prepare_cached(rollup::HOURS)?;
+            let rows = statement.query_map([from_hour], |row| {
+                Ok(super::Hour {
+                    hour_ms: row.get::<_, i64>(0)? as u64,
+                    flow_packets: row.get::<_, i64>(1)? as u64,
+                    dns_violations: row.get::<_, i64>(2)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn fleet(&self) -> Result<FleetSettings, StoreError> {
         self.with(Use::Write, |connection| fleet(connection)).await
     }

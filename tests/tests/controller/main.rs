@@ -4,6 +4,7 @@
 //! states, TLS, replicas sharing one database, and the page in a real browser. The nodes here
 //! are simulated; `kernel::fleet` runs real daemons.
 
+mod console;
 mod learn;
 mod rollout;
 
