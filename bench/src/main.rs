@@ -15,10 +15,14 @@
 //!    PostgreSQL and to one on SQLite for five minutes, retention pruning under the load, then
 //!    the summary and the page at a million events, and a projection for 100,000 nodes
 //!    (`--only controller` runs this part alone); written to `controller.{md,json}`.
+//! 6. [`console`]: the controller's console at 10,000 nodes in headless Chromium: each page's
+//!    load time and peak memory beside an empty page's (`--only console` runs this part
+//!    alone); written to `console.{md,json}`.
 //!
 //! Everything runs in the benchmark's own namespaces, cgroups and bpf filesystems; every loop
 //! is bounded in count and time.
 
+mod console;
 mod controller;
 mod daemon;
 mod empty;
@@ -37,17 +41,19 @@ fn main() -> anyhow::Result<()> {
     let mut out = PathBuf::from("bench/results");
     let mut quick = false;
     let mut only_controller = false;
+    let mut only_console = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--out" => out = args.next().context("--out DIR")?.into(),
             "--quick" => quick = true,
             "--only" => match args.next().as_deref() {
                 Some("controller") => only_controller = true,
-                other => anyhow::bail!("--only takes `controller`, not {other:?}"),
+                Some("console") => only_console = true,
+                other => anyhow::bail!("--only takes `controller` or `console`, not {other:?}"),
             },
             other => {
                 anyhow::bail!(
-                    "unknown argument {other}; usage: em-bench [--out DIR] [--quick] [--only controller]"
+                    "unknown argument {other}; usage: em-bench [--out DIR] [--quick] [--only controller|console]"
                 )
             }
         }
@@ -56,6 +62,13 @@ fn main() -> anyhow::Result<()> {
     egress_monitor_tests::sweep_stale();
     let started = std::time::Instant::now();
     let machine = report::Machine::read();
+    eprintln!("== console: 10,000 nodes in headless Chromium");
+    let console = console::measure()?;
+    report::write_console(&console, &machine, &out)?;
+    println!("{}", console::render(&console));
+    if only_console {
+        return Ok(());
+    }
     eprintln!("== controller: 10,000 simulated nodes");
     let fleet = controller::measure(quick)?;
     report::write_controller(&fleet, &machine, &out)?;

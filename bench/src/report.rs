@@ -124,6 +124,29 @@ pub fn write_controller(
     Ok(())
 }
 
+pub fn write_console(
+    bench: &crate::console::ConsoleBench,
+    machine: &Machine,
+    out: &Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let header = format!(
+        "# egress-monitor console benchmark\n\n{} · Linux {} · {} × {} · {:.0} GiB. The controller \
+         (SQLite) and Chromium run on the same machine.\n\n",
+        machine.date, machine.kernel, machine.cpus, machine.cpu, machine.memory_gib
+    );
+    std::fs::write(
+        out.join("console.md"),
+        header + &crate::console::render(bench),
+    )?;
+    std::fs::write(
+        out.join("console.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"machine": machine, "console": bench}))?
+            + "\n",
+    )?;
+    Ok(())
+}
+
 fn markdown(r: &Results) -> String {
     let m = &r.machine;
     let mut out = format!(

@@ -339,3 +339,67 @@ pub async fn uplot_js() -> Response {
 pub async fn uplot_css() -> Response {
     asset("text/css; charset=utf-8", page::UPLOT_CSS)
 }
+
+/// The form of `/replay`.
+#[derive(Debug, serde::Deserialize)]
+pub struct ReplayForm {
+    #[serde(default)]
+    policy: String,
+    #[serde(default)]
+    since: String,
+}
+
+/// `GET /replay`: the form, with the fleet's policy in it.
+pub async fn replay_form(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refused(&headers, &state).await {
+        return refusal;
+    }
+    let result = async {
+        let fleet = state.store.fleet().await?;
+        Ok(page::replay::render(&page::replay::ReplayPage {
+            policy: fleet.policy.unwrap_or_default(),
+            since: String::new(),
+            outcome: None,
+        }))
+    }
+    .await;
+    html(result)
+}
+
+/// `POST /replay`: the candidate replayed (nothing is set), shown as what it would block and
+/// let through.
+pub async fn replay(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<ReplayForm>,
+) -> Response {
+    if let Some(refusal) = refused(&headers, &state).await {
+        return refusal;
+    }
+    let result = async {
+        let mut pairs = Vec::new();
+        if !form.since.trim().is_empty() {
+            pairs.push(("since".to_owned(), form.since.trim().to_owned()));
+        }
+        let outcome = match super::learn::Scope::parse(&params(pairs, &["since"])?) {
+            Err(err) => Err(err.message().to_owned()),
+            Ok(scope) => match egress_monitor_policy::validate_fleet_policy(&form.policy, None) {
+                Err(err) => Err(egress_monitor_api::error_line(&err)),
+                Ok(policy) => {
+                    let (seen, truncated) = super::learn::recorded(&state, &scope).await?;
+                    Ok((
+                        scope.describe(seen.len(), truncated),
+                        egress_monitor_policy::replay::replay(&policy, &seen),
+                    ))
+                }
+            },
+        };
+        Ok(page::replay::render(&page::replay::ReplayPage {
+            policy: form.policy.clone(),
+            since: form.since.clone(),
+            outcome: Some(outcome),
+        }))
+    }
+    .await;
+    html(result)
+}

@@ -32,7 +32,7 @@ const DEFAULT_WINDOW_MS: u64 = 7 * 24 * 3600 * 1000;
 const PAGE: u32 = 1000;
 
 /// The traffic a request asks about: a window, a node or a group.
-struct Scope {
+pub(super) struct Scope {
     since_ms: u64,
     until_ms: Option<u64>,
     node: Option<String>,
@@ -40,7 +40,7 @@ struct Scope {
 }
 
 impl Scope {
-    fn parse(query: &crate::params::Params) -> Result<Scope, ApiError> {
+    pub(super) fn parse(query: &crate::params::Params) -> Result<Scope, ApiError> {
         let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, message);
         let time = |key: &str| -> Result<Option<u64>, ApiError> {
             query
@@ -64,7 +64,7 @@ impl Scope {
         })
     }
 
-    fn describe(&self, read: usize, truncated: bool) -> String {
+    pub(super) fn describe(&self, read: usize, truncated: bool) -> String {
         let mut out = format!(
             "{read} violations reported since {}",
             rfc3339(self.since_ms)
@@ -86,7 +86,7 @@ impl Scope {
 }
 
 /// The recorded denied traffic in `scope`, newest first, and whether there was more.
-async fn recorded(state: &Shared, scope: &Scope) -> Result<(Vec<Seen>, bool), ApiError> {
+pub(super) async fn recorded(state: &Shared, scope: &Scope) -> Result<(Vec<Seen>, bool), ApiError> {
     let members: Option<BTreeSet<String>> = match &scope.group {
         Some(group) => Some(
             state

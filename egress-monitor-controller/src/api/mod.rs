@@ -142,6 +142,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// What the refusal says.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
@@ -185,6 +190,7 @@ pub fn router(state: Shared) -> Router {
         .route("/nodes", get(console::nodes))
         .route("/nodes/{node_id}", get(console::node))
         .route("/violations", get(console::violations))
+        .route("/replay", get(console::replay_form).post(console::replay))
         .route(crate::page::UPLOT_JS_PATH, get(console::uplot_js))
         .route(crate::page::UPLOT_CSS_PATH, get(console::uplot_css))
         .route("/healthz", get(healthz))

@@ -93,7 +93,12 @@ pub async fn post_rollout_action(
     State(state): State<Shared>,
     Admin(operator): Admin,
     Path(action): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<RolloutStatus>, ApiError> {
+    // A JSON body (`{}`), so the call needs `Content-Type: application/json`: a form on
+    // another site, posted with the browser's cached credentials of the console, cannot send
+    // one without asking first (CORS), so it cannot move a rollout on.
+    let Json(_) = body?;
     let transition = match action.as_str() {
         "pause" => Transition::Pause {
             reason: format!("paused by {}", operator.name),

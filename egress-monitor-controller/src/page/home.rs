@@ -21,7 +21,7 @@ use crate::{
 
 /// Nodes listed on the overview at most (the rest are one click away, paged).
 pub const ATTENTION_SHOWN: usize = 50;
-pub const NODES_SHOWN: usize = 100;
+pub const NODES_SHOWN: usize = 50;
 
 /// One group (a scale set, a `--node-group`) at a glance.
 #[derive(Clone, Debug, Default)]
@@ -113,6 +113,10 @@ fn fleet(data: &HomeData) -> Markup {
             (dns_table(&data.dns))
         }
         (policy_section(data))
+        p {
+            a id="suggest" href="/api/v1/policy/suggestion" { "Suggest a policy from the last week's violations" }
+            " · " a href="/replay" { "Dry-run a candidate against them" }
+        }
         p.muted { "API: /api/v1/nodes, /api/v1/violations, /api/v1/summary, /api/v1/policy, /api/v1/rollout, /api/v1/history. As of " (rfc3339(egress_monitor_api::time::now_ms())) "." }
     }
 }

@@ -6,11 +6,13 @@
 //!   the rollout, exceptions, the policy and its history; how to enrol a node when none has.
 //! - [`nodes`] (`/nodes`, `/nodes/ID`): the nodes, searched, filtered and paged; one node.
 //! - [`violations`] (`/violations`): the violations, filtered, paged back in time.
+//! - [`replay`] (`/replay`): a dry run of a candidate policy against them, as a diff.
 //!
 //! Every node, destination, process and rule links to its filtered view.
 
 pub mod home;
 pub mod nodes;
+pub mod replay;
 pub mod violations;
 
 use egress_monitor_api::time::rfc3339;
@@ -98,6 +100,7 @@ pub enum Section {
     Overview,
     Nodes,
     Violations,
+    DryRun,
 }
 
 /// Every console page: the head, the navigation with the node search, the page's body.
@@ -117,6 +120,7 @@ pub fn layout(title: &str, section: Section, head_extra: Markup, body: Markup) -
                     a class=(here(Section::Overview)) href="/" { "egress-monitor fleet" }
                     a class=(here(Section::Nodes)) href="/nodes" { "Nodes" }
                     a class=(here(Section::Violations)) href="/violations" { "Violations" }
+                    a class=(here(Section::DryRun)) href="/replay" { "Dry run" }
                     form action="/nodes" method="get" {
                         input type="search" name="q" placeholder="find a node (id or hostname)" aria-label="find a node";
                     }

@@ -210,10 +210,14 @@ fn the_console_at_ten_thousand_nodes_in_a_browser() {
     );
     // The fleet by group, and a page of nodes, not ten thousand.
     assert_eq!(count(&dom, "data-group=\"vmss-"), GROUPS);
-    assert_eq!(count(&dom, "data-node="), 100);
+    assert_eq!(count(&dom, "data-node="), 50);
     // Every node, destination and process links to its view.
     assert!(dom.contains("href=\"/nodes/vm-00500\""));
     assert!(dom.contains("href=\"/violations?process=%2Fusr%2Fbin%2Fbackup\""));
+
+    // Learning and dry runs are a click away.
+    assert!(dom.contains("id=\"suggest\" href=\"/api/v1/policy/suggestion\""));
+    assert!(dom.contains("href=\"/replay\""));
 
     // A search: one node.
     let dom = page(&format!("{url}/nodes?q=vm-04242"), &scratch.0, None);

@@ -125,6 +125,45 @@ fn the_fleet_suggests_a_policy_and_replays_a_candidate_against_its_reports() {
     assert_eq!(status, 422);
     let (status, answer) = replay("", "[[rule]]\nname = \"x\"\n");
     assert_eq!(status, 422, "{answer}");
+    // The same dry run on the console's page, as a diff.
+    let form = format!(
+        "policy={}&since=",
+        candidate
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            })
+            .collect::<String>()
+    );
+    let (status, page) = api.send(
+        "POST",
+        "/replay",
+        READONLY_TOKEN,
+        "application/x-www-form-urlencoded",
+        form.as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let page = page.as_str().unwrap().to_owned();
+    assert!(page.contains("id=\"would-block\""), "{page}");
+    assert!(
+        page.contains("Would still block: 2 flows, 8 packets on 2 nodes"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Would let through (denied when recorded): 2 flows, 9 packets on 2 nodes"),
+        "{page}"
+    );
+    let (status, page) = api.send(
+        "POST",
+        "/replay",
+        READONLY_TOKEN,
+        "application/x-www-form-urlencoded",
+        b"policy=%5B%5Brule",
+    );
+    assert_eq!(status, 200);
+    assert!(page.as_str().unwrap().contains("id=\"replay-error\""));
     let (_, fleet) = api.get("/api/v1/policy", ADMIN_TOKEN);
     assert_eq!(fleet["version"], 0, "a dry run sets nothing: {fleet}");
 }

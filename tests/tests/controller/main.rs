@@ -287,7 +287,7 @@ fn contract(db: &str, scratch: &Scratch) {
     expect_refused(
         api.get("/api/v1/violations?colour=red", ADMIN_TOKEN),
         400,
-        "unknown parameter `colour`: use node, kind, destination, process, since, until, before, after, limit",
+        "unknown parameter `colour`: use node, rule, kind, destination, process, since, until, before, after, limit",
     );
     let wget = &violations(&api, "?process=wget")[0];
     assert_eq!(wget["dst"], "198.51.100.7");

@@ -177,6 +177,15 @@ fn rollout_contract(db: &str, scratch: &Scratch) {
     );
     assert_eq!(paused["rollout"]["canaries_converged"], 2);
 
+    // Not from a form another site posts with the browser's credentials: JSON only.
+    let (status, _) = api.send(
+        "POST",
+        "/api/v1/rollout/rollback",
+        ADMIN_TOKEN,
+        "application/x-www-form-urlencoded",
+        b"",
+    );
+    assert_eq!(status, 415, "a form post cannot roll back");
     // Rolled back in one call: every node is told v1 in observe mode again.
     let (status, back) = api.post_json("/api/v1/rollout/rollback", ADMIN_TOKEN, &json!({}));
     assert_eq!(status, 200, "{back}");
