@@ -97,6 +97,9 @@ impl Proof {
             text("proof.problems[]", problem, false)?;
         }
         text("proof.mode_source", &self.mode_source, false)?;
+        if !(1..=86_400).contains(&self.interval_s) {
+            return Err("proof.interval_s must be between 1 and 86400 seconds".into());
+        }
         for alarm in &self.alarms {
             text("proof.alarms[].kind", &alarm.kind, false)?;
             text("proof.alarms[].message", &alarm.message, false)?;

@@ -114,8 +114,12 @@ pub enum Transition {
     },
     /// Stop the canaries' rollout where it is (the canaries keep the candidate).
     Pause { reason: String },
-    /// Every node gets the candidate: the rollout ends.
-    Promote,
+    /// Every node gets the candidate: the rollout ends. A paused rollout only with
+    /// `confirm_paused` (the operator saw why it paused).
+    Promote { confirm_paused: bool },
+    /// The fleet's mode, during a rollout or not: during one, only `enforce` (the lockdown,
+    /// which the nodes outside the target get too); `observe` waits for the rollout's end.
+    SetMode(Mode),
     /// The canaries return to the base: the rollout ends and the fleet is as before it.
     Rollback,
 }
@@ -220,9 +224,15 @@ pub fn plan(
                 ..Plan::default()
             })
         }
-        Transition::Promote => {
-            if fleet.rollout.is_none() {
+        Transition::Promote { confirm_paused } => {
+            let Some(rollout) = fleet.rollout else {
                 return Err(Refusal::Conflict("no rollout runs".to_owned()));
+            };
+            if rollout.stage == Stage::Paused && !confirm_paused {
+                return Err(Refusal::Conflict(format!(
+                    "the rollout is paused: {}; promote it with {{\"confirm\": \"paused\"}} if that is what you want",
+                    rollout.reason.as_deref().unwrap_or("")
+                )));
             }
             Ok(Plan {
                 rollout: None,
@@ -230,6 +240,27 @@ pub fn plan(
                 ..Plan::default()
             })
         }
+        Transition::SetMode(mode) => match fleet.rollout {
+            None => Ok(Plan {
+                mode: Some(mode),
+                change: "mode",
+                ..Plan::default()
+            }),
+            Some(rollout) if mode == Mode::Enforce => Ok(Plan {
+                mode: Some(mode),
+                rollout: Some(Rollout {
+                    base_mode: Some(mode),
+                    ..rollout.clone()
+                }),
+                change: "mode",
+                ..Plan::default()
+            }),
+            Some(rollout) => Err(Refusal::Conflict(format!(
+                "a rollout to {} is in progress ({}): the fleet's mode goes to observe after it ends (promote or roll it back); enforce (the lockdown) is taken at any time",
+                rollout.target.describe(),
+                rollout.stage
+            ))),
+        },
         Transition::Rollback => {
             let Some(rollout) = fleet.rollout else {
                 return Err(Refusal::Conflict("no rollout runs".to_owned()));
@@ -248,13 +279,21 @@ pub fn plan(
     }
 }
 
-/// Why a canary's report pauses the rollout: new drops since it started, or a failing
-/// self-check. `None`: it does not.
+/// Why a canary's report pauses the rollout: packets it dropped, reported while it runs the
+/// candidate (`candidate_version` in `candidate_mode`), or a failing self-check on it. `None`:
+/// it does not — a report from before the canary took the candidate says nothing about the
+/// candidate. (Events are not compared with the rollout's start: they carry the node's clock.)
 pub fn canary_trouble(
     rollout: &Rollout,
+    candidate_version: u64,
+    candidate_mode: Option<Mode>,
     report: &egress_monitor_api::wire::Report,
 ) -> Option<String> {
+    let runs_candidate = (candidate_version == 0
+        || report.policy.fleet_version == Some(candidate_version))
+        && candidate_mode.is_none_or(|mode| report.mode == mode);
     if rollout.stage != Stage::Canary
+        || !runs_candidate
         || !rollout
             .target
             .includes(&report.node_id, report.identity.group.as_deref())
@@ -376,10 +415,49 @@ mod tests {
             Some((4, Some("old".into()), Some(Mode::Observe)))
         );
         assert_eq!(back.rollout, None);
-        let promoted = super::plan(during, Transition::Promote, 13, "ops").unwrap();
+        let promoted = super::plan(
+            during,
+            Transition::Promote {
+                confirm_paused: false,
+            },
+            13,
+            "ops",
+        )
+        .unwrap();
         assert_eq!((promoted.restore, promoted.rollout), (None, None));
         assert!(matches!(
-            super::plan(before, Transition::Promote, 13, "ops"),
+            super::plan(
+                before,
+                Transition::Promote {
+                    confirm_paused: false
+                },
+                13,
+                "ops"
+            ),
+            Err(Refusal::Conflict(_))
+        ));
+        // A paused rollout is promoted only when the operator says they saw why.
+        let paused_rollout = paused.rollout.clone().unwrap();
+        let paused_fleet = Current {
+            rollout: Some(&paused_rollout),
+            ..during
+        };
+        let unconfirmed = Transition::Promote {
+            confirm_paused: false,
+        };
+        assert!(matches!(
+            super::plan(paused_fleet, unconfirmed, 14, "ops"),
+            Err(Refusal::Conflict(_))
+        ));
+        let confirmed = Transition::Promote {
+            confirm_paused: true,
+        };
+        assert!(super::plan(paused_fleet, confirmed, 14, "ops").is_ok());
+        // The lockdown during a rollout reaches the others too; observe waits.
+        let lockdown = super::plan(during, Transition::SetMode(Mode::Enforce), 15, "ops").unwrap();
+        assert_eq!(lockdown.rollout.unwrap().base_mode, Some(Mode::Enforce));
+        assert!(matches!(
+            super::plan(during, Transition::SetMode(Mode::Observe), 15, "ops"),
             Err(Refusal::Conflict(_))
         ));
     }

@@ -41,7 +41,17 @@ async fn refused(headers: &HeaderMap, state: &Shared) -> Option<Response> {
 
 fn html(result: Result<maud::Markup, ApiError>) -> Response {
     match result {
-        Ok(markup) => Html(markup.into_string()).into_response(),
+        Ok(markup) => (
+            [
+                // Not framed by another site (no clickjacking), not sniffed, not kept.
+                (header::X_FRAME_OPTIONS, "DENY"),
+                (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            Html(markup.into_string()),
+        )
+            .into_response(),
         Err(err) => err.into_response(),
     }
 }

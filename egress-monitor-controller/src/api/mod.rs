@@ -424,10 +424,10 @@ async fn post_report(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or_else(|| serde_json::to_vec(&report).map_or(0, |body| body.len() as u64));
-    if let Err(over) = state
-        .meter
-        .admit(&state.quotas, &report.node_id, bytes, now)
-    {
+    // Metered per node id and machine: reports forged for another node's id (refused by the
+    // store, which knows the machine that took the id) do not use up that node's quota.
+    let meter_key = format!("{}\u{0}{}", report.node_id, report.identity.machine_id);
+    if let Err(over) = state.meter.admit(&state.quotas, &meter_key, bytes, now) {
         state.metrics.report(ReportOutcome::Throttled);
         let mut response =
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, over.message).into_response();
@@ -463,10 +463,9 @@ async fn post_report(
     state.metrics.report(outcome);
     let mut fleet = fleet_now(&state).await?;
     if matches!(outcome, ReportOutcome::Stored { .. })
-        && let Some(reason) = fleet
-            .rollout
-            .as_ref()
-            .and_then(|rollout| crate::rollout::canary_trouble(rollout, &report))
+        && let Some(reason) = fleet.rollout.as_ref().and_then(|rollout| {
+            crate::rollout::canary_trouble(rollout, fleet.policy_version, fleet.mode, &report)
+        })
     {
         // A canary in trouble: the rollout stops where it is, for an operator to decide.
         let pause = crate::rollout::Transition::Pause { reason };
@@ -773,7 +772,6 @@ async fn get_policy(
 ) -> Result<Response, ApiError> {
     let query = params(query, &["node"])?;
     let fleet = state.store.fleet().await?;
-    let version = fleet.policy_version;
     if let Some(node_id) = query.get("node") {
         if !egress_monitor_api::wire::valid_node_id(node_id) {
             return Err(ApiError::new(
@@ -790,8 +788,9 @@ async fn get_policy(
             mode: desired.mode,
             updated: fleet.updated_ms.map(rfc3339),
         };
-        return Ok(with_etag(Json(answer), version));
+        return Ok(with_etag(Json(answer), desired.policy_version));
     }
+    let version = fleet.policy_version;
     Ok(with_etag(Json(fleet_policy(fleet)), version))
 }
 
@@ -912,6 +911,7 @@ async fn put_policy(
             fleet
         }
         PolicyChange::Unchanged(fleet) => fleet,
+        PolicyChange::InRollout(fleet) => return Err(rollout_refusal(&fleet)),
         PolicyChange::Moved(fleet) => {
             return Err(ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
@@ -969,19 +969,26 @@ fn check_fleet_policy(
     Ok(())
 }
 
-/// The whole fleet's policy and mode do not change under a rollout.
+/// The whole fleet's policy does not change under a rollout.
 fn refuse_during_rollout(fleet: &super::store::FleetSettings) -> Result<(), ApiError> {
     match &fleet.rollout {
-        Some(rollout) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "a rollout to {} is in progress ({}): promote or roll it back first (POST /api/v1/rollout/promote or /rollback)",
-                rollout.target.describe(),
-                rollout.stage
-            ),
-        )),
+        Some(_) => Err(rollout_refusal(fleet)),
         None => Ok(()),
     }
+}
+
+fn rollout_refusal(fleet: &super::store::FleetSettings) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "a rollout to {} is in progress ({}): promote or roll it back first (POST /api/v1/rollout/promote or /rollback)",
+            fleet
+                .rollout
+                .as_ref()
+                .map_or(String::new(), |r| r.target.describe()),
+            fleet.rollout.as_ref().map_or("", |r| r.stage.as_str())
+        ),
+    )
 }
 
 /// A response with the fleet policy's version as its `ETag` (for `If-Match`).
@@ -1001,7 +1008,6 @@ async fn put_mode(
 ) -> Result<Json<FleetPolicy>, ApiError> {
     let Json(request) = body?;
     let fleet = state.store.fleet().await?;
-    refuse_during_rollout(&fleet)?;
     if let Some(text) = &fleet.policy {
         egress_monitor_policy::validate_fleet_policy(text, Some(request.mode)).map_err(|err| {
             ApiError::new(
@@ -1013,10 +1019,25 @@ async fn put_mode(
             )
         })?;
     }
-    let fleet = state
+    // Decided under the fleet row's lock: during a rollout only the lockdown, which every
+    // node gets (the rollout's base too).
+    let transition = crate::rollout::Transition::SetMode(request.mode);
+    let fleet = match state
         .store
-        .set_mode(request.mode, now_ms(), &operator.name)
-        .await?;
+        .transition(transition, now_ms(), &operator.name)
+        .await?
+    {
+        Ok(fleet) => fleet,
+        Err(crate::rollout::Refusal::Conflict(message)) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, message));
+        }
+        Err(other) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("the mode was not set: {other:?}"),
+            ));
+        }
+    };
     *state.desired.lock().await = None;
     log::warn!("fleet mode set to {}", request.mode);
     Ok(Json(fleet_policy(fleet)))

@@ -98,12 +98,14 @@ pub async fn post_rollout_action(
     // A JSON body (`{}`), so the call needs `Content-Type: application/json`: a form on
     // another site, posted with the browser's cached credentials of the console, cannot send
     // one without asking first (CORS), so it cannot move a rollout on.
-    let Json(_) = body?;
+    let Json(body) = body?;
     let transition = match action.as_str() {
         "pause" => Transition::Pause {
             reason: format!("paused by {}", operator.name),
         },
-        "promote" => Transition::Promote,
+        "promote" => Transition::Promote {
+            confirm_paused: body.get("confirm").and_then(|c| c.as_str()) == Some("paused"),
+        },
         "rollback" => Transition::Rollback,
         _ => {
             return Err(ApiError::new(

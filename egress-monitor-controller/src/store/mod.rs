@@ -221,12 +221,16 @@ pub enum PolicyChange {
     Unchanged(FleetSettings),
     /// The fleet is not at the expected version (someone changed it since): nothing changed.
     Moved(FleetSettings),
+    /// A staged rollout is in progress: the fleet's policy waits for its end.
+    InRollout(FleetSettings),
 }
 
 impl PolicyChange {
     /// The decision, from the fleet as it was and what was asked.
     fn decide(current: &FleetSettings, text: &str, expected: Option<u64>) -> Option<PolicyChange> {
-        if expected.is_some_and(|version| version != current.policy_version) {
+        if current.rollout.is_some() {
+            Some(PolicyChange::InRollout(current.clone()))
+        } else if expected.is_some_and(|version| version != current.policy_version) {
             Some(PolicyChange::Moved(current.clone()))
         } else if current.policy.as_deref() == Some(text) {
             Some(PolicyChange::Unchanged(current.clone()))

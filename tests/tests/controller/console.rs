@@ -273,8 +273,10 @@ fn the_console_at_ten_thousand_nodes_in_a_browser() {
     );
     assert_eq!(status, 201, "{started}");
     assert_eq!(started["rollout"]["canaries"], 1000);
+    // The canary runs the candidate (the fleet's v1 in enforce mode) and drops packets.
     let mut canary = node_report(1, 2);
     canary["mode"] = json!("enforce");
+    canary["policy"]["fleet_version"] = json!(1);
     canary["events"] = json!([event("192.0.2.33", "backup", "dropped", 5)]);
     assert_eq!(
         api.post_json("/api/v1/reports", FLEET_TOKEN, &canary).0,

@@ -155,8 +155,20 @@ fn rollout_contract(db: &str, scratch: &Scratch) {
     let (status, _) = start(&api, &json!({"mode": "observe", "percent": 10}));
     assert_eq!(status, 409);
 
+    // Drops from a canary still on the old policy say nothing about the candidate.
+    send(
+        &api,
+        "vm-c2",
+        "canary",
+        2,
+        1,
+        "observe",
+        vec![dropped("203.0.113.49")],
+    );
+    let (_, still) = api.get("/api/v1/rollout", READONLY_TOKEN);
+    assert_eq!(still["rollout"]["stage"], "canary", "{still:#}");
     // A canary that follows and drops packets it did not before: the rollout pauses itself.
-    send(&api, "vm-c2", "canary", 2, 2, "enforce", vec![]);
+    send(&api, "vm-c2", "canary", 3, 2, "enforce", vec![]);
     send(
         &api,
         "vm-c1",
@@ -177,6 +189,19 @@ fn rollout_contract(db: &str, scratch: &Scratch) {
     );
     assert_eq!(paused["rollout"]["canaries_converged"], 2);
 
+    // A paused rollout is promoted only by an operator who says they saw why.
+    let (status, answer) = api.post_json("/api/v1/rollout/promote", ADMIN_TOKEN, &json!({}));
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"confirm\": \"paused\""),
+        "{answer}"
+    );
+    // The lockdown is taken during a rollout, and reaches the others; observe waits.
+    let (status, answer) = api.put_json("/api/v1/mode", ADMIN_TOKEN, &json!({"mode": "observe"}));
+    assert_eq!(status, 409, "{answer}");
     // Not from a form another site posts with the browser's credentials: JSON only.
     let (status, _) = api.send(
         "POST",
