@@ -10,7 +10,7 @@ use std::{
 };
 
 use egress_monitor_tests::controller::{
-    ADMIN_TOKEN, Api, Controller, ControllerFiles, FLEET_TOKEN, report,
+    ADMIN_TOKEN, Api, CHROMIUM_DUMP_DOM, Controller, ControllerFiles, FLEET_TOKEN, report,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -69,17 +69,7 @@ fn load(url: &str, profile: &std::path::Path) -> anyhow::Result<(f64, f64, usize
     let _ = std::fs::remove_dir_all(profile);
     let started = Instant::now();
     let mut child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--dump-dom",
-        ])
+        .args(CHROMIUM_DUMP_DOM)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .stdout(Stdio::piped())

@@ -476,22 +476,26 @@ impl Api {
 
 /// The page as headless chromium renders it (its DOM after load), authenticated with the admin
 /// token as the HTTP basic password in the URL.
+/// Headless Chromium's arguments for loading a page to its DOM dump (scripts run), quietly:
+/// the tests' [`browse`] and the benchmark's console loads.
+pub const CHROMIUM_DUMP_DOM: [&str; 9] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--dump-dom",
+];
+
 pub fn browse(url: &str, token: &str, scratch: &Path) -> String {
     let (scheme, rest) = url.split_once("://").expect("a URL");
     let with_credentials = format!("{scheme}://operator:{token}@{rest}");
     let profile = scratch.join("chromium-profile");
     let output = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--dump-dom",
-        ])
+        .args(CHROMIUM_DUMP_DOM)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(&with_credentials)
         .output()

@@ -307,19 +307,13 @@ pub async fn violations(
     // Empty form fields mean "any".
     let asked: Vec<(String, String)> = query.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     let result = async {
-        let checked = params(
-            asked.clone(),
-            &[
-                "node",
-                "rule",
-                "kind",
-                "destination",
-                "process",
-                "since",
-                "until",
-                "before",
-            ],
-        )?;
+        // The API's filters but its cursors forward and page sizes: the page pages back.
+        let allowed: Vec<&str> = super::VIOLATION_PARAMS
+            .iter()
+            .copied()
+            .filter(|param| !matches!(*param, "after" | "limit"))
+            .collect();
+        let checked = params(asked.clone(), &allowed)?;
         let mut filter = violation_filter(&checked)
             .map_err(|message| ApiError::new(StatusCode::BAD_REQUEST, message))?;
         filter.limit = violations::PAGE_SIZE;
