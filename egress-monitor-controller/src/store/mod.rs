@@ -282,12 +282,6 @@ pub trait Store: Send + Sync {
         actor: &str,
         expected: Option<u64>,
     ) -> Result<PolicyChange, StoreError>;
-    async fn set_mode(
-        &self,
-        mode: Mode,
-        now_ms: u64,
-        actor: &str,
-    ) -> Result<FleetSettings, StoreError>;
     /// Carries out a rollout transition as [`crate::rollout::plan`] decides it from the fleet
     /// as it is, under the fleet row's lock (two replicas deciding at once decide one after
     /// the other). The inner `Err` says why nothing was written.

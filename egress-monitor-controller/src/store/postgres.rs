@@ -18,7 +18,7 @@ use super::{
     query::{self, Param, pg},
     rollup, rows,
 };
-use egress_monitor_api::{Mode, time::now_ms, wire::Report};
+use egress_monitor_api::{time::now_ms, wire::Report};
 
 /// The advisory lock migrations run under (transaction-level).
 const MIGRATION_LOCK: i64 = 7_266_420;
@@ -175,6 +175,15 @@ fn fleet_from(row: &Row) -> Result<FleetSettings, StoreError> {
         updated_ms: row.get::<_, Option<i64>>(3).map(|v| v as u64),
         rollout: super::rollout_from(row.get(4))?,
     })
+}
+
+/// The fleet's row, locked until `tx` ends: two replicas deciding a change of the fleet at
+/// once decide one after the other.
+async fn locked_fleet(tx: &tokio_postgres::Transaction<'_>) -> Result<FleetSettings, StoreError> {
+    fleet_from(
+        &tx.query_one(&format!("{} FOR UPDATE", query::SELECT_FLEET), &[])
+            .await?,
+    )
 }
 
 fn top_from(row: &Row) -> Top {
@@ -412,11 +421,7 @@ impl Store for PgStore {
     ) -> Result<PolicyChange, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        // The fleet's row locked: two replicas deciding at once decide one after the other.
-        let current = fleet_from(
-            &tx.query_one(&format!("{} FOR UPDATE", query::SELECT_FLEET), &[])
-                .await?,
-        )?;
+        let current = locked_fleet(&tx).await?;
         if let Some(decided) = PolicyChange::decide(&current, text, expected) {
             return Ok(decided);
         }
@@ -438,11 +443,7 @@ impl Store for PgStore {
     ) -> Result<Result<FleetSettings, crate::rollout::Refusal>, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        // The fleet's row locked, as for a policy.
-        let current = fleet_from(
-            &tx.query_one(&format!("{} FOR UPDATE", query::SELECT_FLEET), &[])
-                .await?,
-        )?;
+        let current = locked_fleet(&tx).await?;
         let plan = match crate::rollout::plan(current.current(), transition, now_ms, actor) {
             Ok(plan) => plan,
             Err(refusal) => return Ok(Err(refusal)),
@@ -472,23 +473,6 @@ impl Store for PgStore {
         let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
         tx.commit().await?;
         Ok(Ok(fleet))
-    }
-
-    async fn set_mode(
-        &self,
-        mode: Mode,
-        now_ms: u64,
-        actor: &str,
-    ) -> Result<FleetSettings, StoreError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute(&pg(query::SET_MODE), &[&mode.as_str(), &(now_ms as i64)])
-            .await?;
-        tx.execute(&pg(query::RECORD_CHANGE), &[&"mode", &actor])
-            .await?;
-        let fleet = fleet_from(&tx.query_one(query::SELECT_FLEET, &[]).await?)?;
-        tx.commit().await?;
-        Ok(fleet)
     }
 
     async fn history(&self, limit: u32) -> Result<Vec<FleetChange>, StoreError> {

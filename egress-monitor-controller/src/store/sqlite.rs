@@ -17,7 +17,7 @@ use super::{
     query::{self, Param},
     rollup, rows,
 };
-use egress_monitor_api::{Mode, time::now_ms, wire::Report};
+use egress_monitor_api::{time::now_ms, wire::Report};
 
 pub struct SqliteStore {
     /// Every write, and the small reads on the reports' path (the fleet's wishes).
@@ -337,24 +337,6 @@ impl Store for SqliteStore {
             let fleet = fleet(&tx)?;
             tx.commit()?;
             Ok(PolicyChange::Set(fleet))
-        })
-        .await
-    }
-
-    async fn set_mode(
-        &self,
-        mode: Mode,
-        now_ms: u64,
-        actor: &str,
-    ) -> Result<FleetSettings, StoreError> {
-        let actor = actor.to_owned();
-        self.with(Use::Write, move |connection| {
-            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(query::SET_MODE, (mode.as_str(), now_ms as i64))?;
-            tx.execute(query::RECORD_CHANGE, ["mode", actor.as_str()])?;
-            let fleet = fleet(&tx)?;
-            tx.commit()?;
-            Ok(fleet)
         })
         .await
     }

@@ -143,10 +143,11 @@ impl Prover {
     /// Runs the self-check and publishes its result (an event line when it starts or stops
     /// failing).
     pub(super) fn check(&mut self, datapath: &Datapath, out: &mut super::output::Output) {
-        let live_mode = datapath.config().map(|config| config.mode).ok();
+        // Read once: the mode the check requires and the build it compares with.
+        let live = datapath.config().ok();
         let options = check::Options {
             // The node is proven as configured: an observing node is checked as observing.
-            required_mode: live_mode,
+            required_mode: live.map(|config| config.mode),
             // 32-bit system calls are the kernel's build, not a change to this node: `check`
             // shows them; the scheduled proof does not fail every stock kernel for them.
             accept_compat_syscalls: true,
@@ -158,9 +159,7 @@ impl Prover {
                     .flatten();
                 (
                     report.problems,
-                    datapath
-                        .config()
-                        .is_ok_and(|config| config.build_id == crate::datapath::build_id()),
+                    live.is_some_and(|config| config.build_id == crate::datapath::build_id()),
                     state.map(|state| state.mode_source).unwrap_or_default(),
                 )
             }

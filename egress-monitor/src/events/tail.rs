@@ -2,6 +2,8 @@
 //! rotation (the path names a new file: the old one is read to its end first) and truncation
 //! (`copytruncate`: read again from the start).
 
+use crate::system::fs::FileId;
+
 use std::{
     fs::File,
     io::{self, BufRead as _, BufReader, Seek as _, SeekFrom},
@@ -22,7 +24,7 @@ const DRAIN_AFTER_ROTATION: std::time::Duration = std::time::Duration::from_secs
 /// One open file and how far it was read.
 struct Reader {
     reader: BufReader<File>,
-    identity: (u64, u64),
+    identity: FileId,
     /// Bytes consumed so far.
     position: u64,
     /// The start of a line whose end is not written yet.
@@ -90,7 +92,7 @@ impl Tail {
             }
         }
         lines.extend(self.current.read_available()?);
-        match identity_of(&self.path) {
+        match FileId::of_path(&self.path) {
             Ok(identity) if identity != self.current.identity => {
                 // Rotated: the new file from its start; the old one is still read a while.
                 let new = Reader::open(&self.path)?;
@@ -115,17 +117,10 @@ impl Tail {
     }
 }
 
-fn open(path: &Path) -> io::Result<(BufReader<File>, (u64, u64))> {
-    use std::os::unix::fs::MetadataExt as _;
+fn open(path: &Path) -> io::Result<(BufReader<File>, FileId)> {
     let file = File::open(path)?;
-    let metadata = file.metadata()?;
-    Ok((BufReader::new(file), (metadata.dev(), metadata.ino())))
-}
-
-fn identity_of(path: &Path) -> io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    let metadata = std::fs::metadata(path)?;
-    Ok((metadata.dev(), metadata.ino()))
+    let identity = FileId::of_file(&file)?;
+    Ok((BufReader::new(file), identity))
 }
 
 #[cfg(test)]

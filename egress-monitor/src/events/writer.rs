@@ -3,6 +3,7 @@
 
 // The events module's types and imports.
 use super::*;
+use crate::system::fs::FileId;
 
 /// Where events go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub struct EventWriter {
     out: BufWriter<Box<dyn Write + Send>>,
     /// The file written and the identity (device, inode) of what was opened; `None` for
     /// standard output and other streams.
-    file: Option<(PathBuf, (u64, u64))>,
+    file: Option<(PathBuf, FileId)>,
     node: String,
     id_prefix: String,
     written: u64,
@@ -131,7 +132,7 @@ impl EventWriter {
         let moved = self
             .file
             .as_ref()
-            .is_some_and(|(path, identity)| identity_of(path).ok().as_ref() != Some(identity));
+            .is_some_and(|(path, identity)| FileId::of_path(path).ok().as_ref() != Some(identity));
         if moved {
             self.reopen();
         }
@@ -183,21 +184,14 @@ impl EventWriter {
     }
 }
 
-/// The (device, inode) a path names now.
-fn identity_of(path: &Path) -> io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    let metadata = std::fs::metadata(path)?;
-    Ok((metadata.dev(), metadata.ino()))
-}
-
 /// The file opened for appending, and its identity.
-fn open_append(path: &Path) -> io::Result<(File, (u64, u64))> {
-    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+fn open_append(path: &Path) -> io::Result<(File, FileId)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
         .open(path)?;
-    let metadata = file.metadata()?;
-    Ok((file, (metadata.dev(), metadata.ino())))
+    let identity = FileId::of_file(&file)?;
+    Ok((file, identity))
 }

@@ -1,6 +1,37 @@
-//! Which filesystem a path is on.
+//! Which filesystem a path is on, and which file.
 
-use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::Path,
+};
+
+/// Which file a path names, or a descriptor holds (device and inode): a file moved away and
+/// replaced by another under the same path has another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub fn of_path(path: &Path) -> io::Result<FileId> {
+        std::fs::metadata(path).map(|m| FileId::of(&m))
+    }
+
+    pub fn of_file(file: &File) -> io::Result<FileId> {
+        file.metadata().map(|m| FileId::of(&m))
+    }
+
+    fn of(metadata: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        }
+    }
+}
 
 /// `CGROUP2_SUPER_MAGIC`.
 pub const CGROUP2: i64 = 0x6367_7270;
